@@ -1,0 +1,40 @@
+"""ess: how sequence models use their memory and what they retrieve.
+
+The numerical kernels live in a Rust core (``ess._core``); this package is the public API.
+
+* :func:`effective_state_size`: ESS curves of dense causal operators.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._core import __version__
+from . import examples
+from ._dense import EssCurves, effective_state_size
+from .errors import (
+    DTypeError,
+    EssError,
+    InvalidArgumentError,
+    NonFiniteError,
+    NotStochasticError,
+    NumericalError,
+    OutOfRangeError,
+    ShapeError,
+    TooLargeError,
+)
+
+__all__ = [
+    "__version__",
+    "effective_state_size",
+    "EssCurves",
+    "errors",
+    "EssError",
+    "ShapeError",
+    "NonFiniteError",
+    "InvalidArgumentError",
+    "OutOfRangeError",
+    "NotStochasticError",
+    "TooLargeError",
+    "NumericalError",
+    "DTypeError",
+]

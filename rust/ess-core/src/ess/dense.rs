@@ -1,0 +1,473 @@
+//! Dense ESS: singular values of every block `H_t = T[t:, :t]` of a dense causal operator.
+//!
+//! # Algorithm
+//!
+//! A naive loop computes one SVD of an `(L-t) x t` block per split, about `L^4/19` flops in
+//! total, and re-reads the whole block each time. Here the blocks are never formed:
+//!
+//! * Only the strictly lower triangle of `T` enters any block; the diagonal and the upper
+//!   triangle are never read.
+//! * Splits with `t >= L/2` (fewer rows than columns) are swept with `t` increasing. The
+//!   sweep carries an upper-triangular `k x k` factor `R_t` (`k = L - t`) with
+//!   `R_t^T R_t = H_t H_t^T`, i.e. the same singular values as `H_t`. Going to `t + 1` drops a
+//!   row of `H_t` (a column of `R`, restored to triangular form by `k` Givens rotations) and
+//!   appends a column of `T` (a new row of `R`, rotated in by another `k` rotations): `O(k^2)`
+//!   per split and orthogonal, so no Gram matrix is formed and small singular values are as
+//!   accurate as a direct SVD gives them.
+//! * Splits with `t < L/2` are the same computation on `J T^T J` (`J` the reversal), whose
+//!   block at `L - t` is `J H_t^T J`.
+//! * The two halves (and the operators of a batch) run in parallel on rayon.
+//! * Per requested split, the singular values of the small triangle come from a single
+//!   values-only SVD (no vectors).
+//! * Rounding accumulates along a sweep; its size is tracked, and a block whose
+//!   tolerance count could be changed by it (a singular value within the accumulated error
+//!   of the threshold) is recomputed from a fresh QR of `H_t`.
+//! * Operators are rescaled by a power of two (exact) so that magnitudes from 1e-300 to
+//!   1e300 neither overflow nor underflow.
+
+use faer::{Mat, MatRef, Par};
+use faer::dyn_stack::{MemBuffer, MemStack};
+use rayon::prelude::*;
+
+use super::{entropy_ess, tolerance_count, Method, Tolerance};
+use crate::error::{check_finite, checked_size, Error, Result};
+
+/// Element types accepted by the dense kernel; computation is always in `f64`.
+pub trait Scalar: Copy + Send + Sync + Into<f64> + 'static {
+    /// Machine epsilon of the type (the default tolerance uses the input's precision).
+    const EPS: f64;
+}
+impl Scalar for f32 {
+    const EPS: f64 = f32::EPSILON as f64;
+}
+impl Scalar for f64 {
+    const EPS: f64 = f64::EPSILON;
+}
+
+/// Options of [`dense_ess`].
+#[derive(Clone, Debug)]
+pub struct DenseOptions {
+    pub method: Method,
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+    /// Split points to compute (strictly increasing, each in `0..L`); `None` for all `L`.
+    pub positions: Option<Vec<usize>>,
+}
+
+impl Default for DenseOptions {
+    fn default() -> Self {
+        DenseOptions { method: Method::Both, atol: None, rtol: None, positions: None }
+    }
+}
+
+/// ESS curves of a batch: row-major `(batch, n_positions)`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EssCurves {
+    pub batch: usize,
+    pub n_positions: usize,
+    pub tolerance: Option<Vec<f64>>,
+    pub entropy: Option<Vec<f64>>,
+}
+
+/// Check a `positions` list against the sequence length.
+pub fn validate_positions(positions: &[usize], l: usize) -> Result<()> {
+    for (i, &p) in positions.iter().enumerate() {
+        if p >= l {
+            return Err(Error::out_of_range(
+                "positions",
+                format!("positions[{i}] = {p} is outside [0, {l}) for sequence length L = {l}"),
+            ));
+        }
+        if i > 0 && positions[i - 1] >= p {
+            return Err(Error::out_of_range(
+                "positions",
+                format!(
+                    "must be strictly increasing; positions[{}] = {} >= positions[{i}] = {p}",
+                    i - 1,
+                    positions[i - 1]
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Dense ESS of a batch of `L x L` causal operators stored contiguously (row-major,
+/// `batch * L * L` values). Returns the requested curves, each `(batch, n_positions)`.
+pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOptions) -> Result<EssCurves> {
+    if l == 0 {
+        return Err(Error::shape("T", "the operator is empty (L = 0)"));
+    }
+    let expected = checked_size("T", &[batch, l, l])?;
+    if data.len() != expected {
+        return Err(Error::shape(
+            "T",
+            format!("expected {batch} x {l} x {l} = {expected} values, got {}", data.len()),
+        ));
+    }
+    check_finite("T", data)?;
+    let tol = Tolerance::new(opts.atol, opts.rtol, F::EPS)?;
+    let positions: Vec<usize> = match &opts.positions {
+        Some(p) => {
+            validate_positions(p, l)?;
+            p.clone()
+        }
+        None => (0..l).collect(),
+    };
+    let np = positions.len();
+    let out_len = checked_size("T", &[batch, np])?;
+    let want_tol = opts.method.wants_tolerance();
+    let want_ent = opts.method.wants_entropy();
+    let mut tol_out = if want_tol { vec![0.0; out_len] } else { Vec::new() };
+    let mut ent_out = if want_ent { vec![0.0; out_len] } else { Vec::new() };
+
+    if np > 0 && batch > 0 {
+        let chunk = np;
+        let ll = l * l;
+        // Pair up the output rows so each operator owns its slices.
+        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(batch);
+        let mut tol_iter = if want_tol { Some(tol_out.chunks_mut(chunk)) } else { None };
+        let mut ent_iter = if want_ent { Some(ent_out.chunks_mut(chunk)) } else { None };
+        for b in 0..batch {
+            let tr = tol_iter.as_mut().and_then(|it| it.next());
+            let er = ent_iter.as_mut().and_then(|it| it.next());
+            rows.push((b, tr, er));
+        }
+        rows.into_par_iter().try_for_each(|(b, tr, er)| {
+            let op = &data[b * ll..(b + 1) * ll];
+            one_operator(op, l, &tol, &positions, tr, er)
+        })?;
+    }
+    Ok(EssCurves {
+        batch,
+        n_positions: np,
+        tolerance: want_tol.then_some(tol_out),
+        entropy: want_ent.then_some(ent_out),
+    })
+}
+
+/// Result slot for one split.
+#[derive(Clone, Copy, Default)]
+struct SplitResult {
+    tol: f64,
+    ent: f64,
+}
+
+fn one_operator<F: Scalar>(
+    op: &[F],
+    l: usize,
+    tol: &Tolerance,
+    positions: &[usize],
+    tol_out: Option<&mut [f64]>,
+    ent_out: Option<&mut [f64]>,
+) -> Result<()> {
+    let want_tol = tol_out.is_some();
+    let want_ent = ent_out.is_some();
+    let mut results = vec![SplitResult::default(); positions.len()];
+    // Largest magnitude in the strictly lower triangle (the only part any block sees).
+    let mut amax = 0.0f64;
+    for i in 1..l {
+        for j in 0..i {
+            amax = amax.max(op[i * l + j].into().abs());
+        }
+    }
+    if amax > 0.0 && l >= 2 {
+        // Exact power-of-two rescaling to magnitude ~1.
+        let e = amax.log2().round() as i32;
+        let scale = 2f64.powi(-e.clamp(-1000, 1000));
+        let tol_s = tol.scaled(scale);
+        // a: the operator; b: its reversed transpose J T^T J.
+        let mut a = vec![0.0f64; l * l];
+        let mut bt = vec![0.0f64; l * l];
+        for i in 1..l {
+            for j in 0..i {
+                let v = op[i * l + j].into() * scale;
+                a[i * l + j] = v;
+                bt[(l - 1 - j) * l + (l - 1 - i)] = v;
+            }
+        }
+        // Output index of each split point.
+        let mut slot = vec![usize::MAX; l];
+        for (idx, &p) in positions.iter().enumerate() {
+            slot[p] = idx;
+        }
+        let half_hi = l.div_ceil(2); // first t with L - t <= t
+        // Splits t >= ceil(L/2) from `a`; splits t < ceil(L/2) as t' = L - t > floor(L/2) from `bt`.
+        let hi_targets: Vec<(usize, usize)> =
+            (half_hi..l).filter(|&t| slot[t] != usize::MAX).map(|t| (t, slot[t])).collect();
+        let lo_targets: Vec<(usize, usize)> = (1..half_hi)
+            .rev()
+            .filter(|&t| slot[t] != usize::MAX)
+            .map(|t| (l - t, slot[t]))
+            .collect();
+        let (r1, r2) = rayon::join(
+            || sweep(&a, l, &hi_targets, &tol_s, want_tol, want_ent),
+            || sweep(&bt, l, &lo_targets, &tol_s, want_tol, want_ent),
+        );
+        for (idx, r) in r1?.into_iter().chain(r2?) {
+            results[idx] = r;
+        }
+    }
+    if let Some(out) = tol_out {
+        for (o, r) in out.iter_mut().zip(&results) {
+            *o = r.tol;
+        }
+    }
+    if let Some(out) = ent_out {
+        for (o, r) in out.iter_mut().zip(&results) {
+            *o = r.ent;
+        }
+    }
+    Ok(())
+}
+
+/// Givens rotation `(c, s)` with `[c s; -s c] [x; y] = [r; 0]`.
+#[inline(always)]
+fn givens(x: f64, y: f64) -> (f64, f64, f64) {
+    if y == 0.0 {
+        (1.0, 0.0, x)
+    } else {
+        let r = x.hypot(y);
+        (x / r, y / r, r)
+    }
+}
+
+#[inline(always)]
+fn rotate(u: &mut [f64], v: &mut [f64], c: f64, s: f64) {
+    for (x, y) in u.iter_mut().zip(v.iter_mut()) {
+        let (a, b) = (*x, *y);
+        *x = c * a + s * b;
+        *y = c * b - s * a;
+    }
+}
+
+/// Carried triangular factor of `K_t = (A[t:, :t])^T` (`t x k`, `k = L - t <= t`).
+struct Carried {
+    /// Row-major storage `k0 x k0`; logical `R(i, j)` lives at `buf[i * k0 + off + j]`.
+    buf: Vec<f64>,
+    k0: usize,
+    off: usize,
+    /// Current size `k = L - t`.
+    k: usize,
+    /// Running estimate of the rounding error accumulated in `R` (absolute, 2-norm scale).
+    err: f64,
+}
+
+impl Carried {
+    /// Fresh factor at split `t` by a Householder QR of `K_t`.
+    fn fresh(a: &[f64], l: usize, t: usize) -> Result<Self> {
+        let k = l - t;
+        let kmat = Mat::<f64>::from_fn(t, k, |i, j| a[(t + j) * l + i]);
+        let qr = kmat.qr();
+        let r = qr.thin_R();
+        let mut buf = vec![0.0; k * k];
+        let mut fro2 = 0.0;
+        for i in 0..k {
+            for j in i..k {
+                let v = r[(i, j)];
+                buf[i * k + j] = v;
+                fro2 += v * v;
+            }
+        }
+        let err = 4.0 * f64::EPSILON * (t as f64).sqrt() * fro2.sqrt();
+        Ok(Carried { buf, k0: k, off: 0, k, err })
+    }
+
+    /// Advance from split `t` to `t + 1`.
+    fn advance(&mut self, a: &[f64], l: usize, t: usize) {
+        let k = self.k;
+        let k0 = self.k0;
+        // 1. drop the first column: upper Hessenberg k x (k-1), rotate rows j, j+1.
+        self.off += 1;
+        let off = self.off;
+        let mut fro2 = 0.0;
+        for j in 0..k - 1 {
+            let (head, tail) = self.buf.split_at_mut((j + 1) * k0);
+            let row_j = &mut head[j * k0 + off + j..j * k0 + off + k - 1];
+            let row_j1 = &mut tail[off + j..off + k - 1];
+            let (c, s, r) = givens(row_j[0], row_j1[0]);
+            if s != 0.0 {
+                rotate(&mut row_j[1..], &mut row_j1[1..], c, s);
+            }
+            row_j[0] = r;
+            row_j1[0] = 0.0;
+        }
+        // The last row (k-1) is now zero in the logical columns: drop it.
+        let k = k - 1;
+        self.k = k;
+        // 2. append the row c_j = A[t + 1 + j, t], j < k, and rotate it in.
+        let mut cvec: Vec<f64> = (0..k).map(|j| a[(t + 1 + j) * l + t]).collect();
+        for j in 0..k {
+            let row = &mut self.buf[j * k0 + off + j..j * k0 + off + k];
+            let (c, s, r) = givens(row[0], cvec[j]);
+            if s != 0.0 {
+                rotate(&mut row[1..], &mut cvec[j + 1..], c, s);
+            }
+            row[0] = r;
+            cvec[j] = 0.0;
+            fro2 += row.iter().map(|x| x * x).sum::<f64>();
+        }
+        // Each entry took part in a few rotations; model the rounding as a random walk.
+        let step = 3.0 * f64::EPSILON * fro2.sqrt();
+        self.err = (self.err * self.err + step * step).sqrt();
+    }
+
+    fn as_mat(&self) -> Mat<f64> {
+        let k = self.k;
+        Mat::from_fn(k, k, |i, j| if j >= i { self.buf[i * self.k0 + self.off + j] } else { 0.0 })
+    }
+}
+
+/// Values-only SVD of a small square matrix, sequential (the caller is already parallel).
+fn singular_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
+    let n = m.nrows();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    let par = Par::Seq;
+    let scratch = faer::linalg::svd::svd_scratch::<f64>(
+        n,
+        n,
+        faer::linalg::svd::ComputeSvdVectors::No,
+        faer::linalg::svd::ComputeSvdVectors::No,
+        par,
+        Default::default(),
+    );
+    let mut mem = MemBuffer::new(scratch);
+    faer::linalg::svd::svd(m, s.as_mut(), None, None, par, MemStack::new(&mut mem), Default::default())
+        .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
+    let mut v: Vec<f64> = s.column_vector().iter().map(|x| x.abs()).collect();
+    v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(v)
+}
+
+/// Sweep `t` upward over the requested `targets` (`(t, output slot)`, increasing `t`, each
+/// with `L - t <= t`), returning the result of each slot.
+fn sweep(
+    a: &[f64],
+    l: usize,
+    targets: &[(usize, usize)],
+    tol: &Tolerance,
+    want_tol: bool,
+    want_ent: bool,
+) -> Result<Vec<(usize, SplitResult)>> {
+    let mut out = Vec::with_capacity(targets.len());
+    let Some(&(t_first, _)) = targets.first() else {
+        return Ok(out);
+    };
+    let mut fac = Carried::fresh(a, l, t_first)?;
+    let mut t = t_first;
+    for &(target, slot) in targets {
+        while t < target {
+            fac.advance(a, l, t);
+            t += 1;
+        }
+        let k = l - t;
+        let mut sigma = singular_values(fac.as_mat().as_ref())?;
+        let smax = sigma.first().copied().unwrap_or(0.0);
+        let tau = tol.threshold(smax, k, t);
+        // A count that the accumulated rounding could change: recompute from scratch.
+        let err = fac.err;
+        if want_tol && err > 0.0 && sigma.iter().any(|&s| (s - tau).abs() <= err) && fac.k0 != k {
+            fac = Carried::fresh(a, l, t)?;
+            sigma = singular_values(fac.as_mat().as_ref())?;
+        }
+        let smax = sigma.first().copied().unwrap_or(0.0);
+        let tau = tol.threshold(smax, k, t);
+        let r = SplitResult {
+            tol: if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+            ent: if want_ent { entropy_ess(&sigma) } else { 0.0 },
+        };
+        out.push((slot, r));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(op: &[f64], l: usize, tol: &Tolerance) -> (Vec<f64>, Vec<f64>) {
+        let mut tc = vec![0.0; l];
+        let mut en = vec![0.0; l];
+        for t in 1..l {
+            let h = Mat::<f64>::from_fn(l - t, t, |i, j| op[(t + i) * l + j]);
+            let s = h.singular_values().unwrap();
+            let smax = s.iter().cloned().fold(0.0, f64::max);
+            tc[t] = tolerance_count(&s, tol.threshold(smax, l - t, t)) as f64;
+            en[t] = entropy_ess(&s);
+        }
+        (tc, en)
+    }
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
+    }
+
+    #[test]
+    fn matches_naive_svd_on_random_operators() {
+        let mut seed = 7u64;
+        for l in [1usize, 2, 3, 4, 7, 16, 33] {
+            let op: Vec<f64> = (0..l * l).map(|_| lcg(&mut seed)).collect();
+            let opts = DenseOptions { rtol: Some(1e-10), ..Default::default() };
+            let got = dense_ess(&op, 1, l, &opts).unwrap();
+            let tol = Tolerance::new(None, Some(1e-10), f64::EPSILON).unwrap();
+            let (tc, en) = naive(&op, l, &tol);
+            assert_eq!(got.tolerance.unwrap(), tc, "L = {l}");
+            for (a, b) in got.entropy.unwrap().iter().zip(&en) {
+                assert!((a - b).abs() <= 1e-9 * b.max(1.0), "L = {l}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn low_rank_operator_stays_low_rank() {
+        // T[t, s] = sum_n c_t[n] b_s[n], rank <= 3.
+        let l = 40;
+        let mut seed = 3u64;
+        let c: Vec<f64> = (0..l * 3).map(|_| lcg(&mut seed)).collect();
+        let b: Vec<f64> = (0..l * 3).map(|_| lcg(&mut seed)).collect();
+        let mut op = vec![0.0; l * l];
+        for t in 0..l {
+            for s in 0..=t {
+                op[t * l + s] = (0..3).map(|n| c[t * 3 + n] * b[s * 3 + n]).sum();
+            }
+        }
+        let got = dense_ess(&op, 1, l, &DenseOptions::default()).unwrap();
+        for (t, &r) in got.tolerance.unwrap().iter().enumerate() {
+            assert!(r <= 3.0_f64.min(t as f64).min((l - t) as f64), "t = {t}: {r}");
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(matches!(dense_ess::<f64>(&[], 1, 0, &DenseOptions::default()), Err(Error::Shape { .. })));
+        assert!(matches!(dense_ess(&[1.0, f64::NAN, 0.0, 1.0], 1, 2, &DenseOptions::default()), Err(Error::NonFinite { .. })));
+        let opts = DenseOptions { positions: Some(vec![1, 1]), ..Default::default() };
+        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::OutOfRange { .. })));
+        let opts = DenseOptions { positions: Some(vec![5]), ..Default::default() };
+        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::OutOfRange { .. })));
+        assert!(matches!(dense_ess(&[0.0f64; 3], 1, 2, &DenseOptions::default()), Err(Error::Shape { .. })));
+        let opts = DenseOptions { atol: Some(-1.0), ..Default::default() };
+        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::InvalidValue { .. })));
+    }
+
+    #[test]
+    fn positions_subset_equals_full_curve() {
+        let l = 21;
+        let mut seed = 11u64;
+        let op: Vec<f64> = (0..2 * l * l).map(|_| lcg(&mut seed)).collect();
+        let full = dense_ess(&op, 2, l, &DenseOptions::default()).unwrap();
+        let pos = vec![0, 3, 10, 11, 20];
+        let sub = dense_ess(&op, 2, l, &DenseOptions { positions: Some(pos.clone()), ..Default::default() }).unwrap();
+        for b in 0..2 {
+            for (i, &p) in pos.iter().enumerate() {
+                assert_eq!(sub.tolerance.as_ref().unwrap()[b * 5 + i], full.tolerance.as_ref().unwrap()[b * l + p]);
+                let (x, y) = (sub.entropy.as_ref().unwrap()[b * 5 + i], full.entropy.as_ref().unwrap()[b * l + p]);
+                assert!((x - y).abs() <= 1e-12 * y.max(1.0));
+            }
+        }
+    }
+}

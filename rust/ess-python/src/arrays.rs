@@ -1,0 +1,57 @@
+//! Boundary checks for numpy inputs: dtype and layout, once, with the argument's name.
+//! Contiguous arrays are borrowed zero-copy; non-contiguous ones (negative strides,
+//! slices, transposes) are copied once into C order.
+
+use std::borrow::Cow;
+
+use numpy::{PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{Element, PyReadonlyArrayDyn};
+use pyo3::prelude::*;
+
+use crate::errors::dtype_error;
+
+/// A float array of either precision.
+pub enum FloatArray<'py> {
+    F32(PyReadonlyArrayDyn<'py, f32>),
+    F64(PyReadonlyArrayDyn<'py, f64>),
+}
+
+impl<'py> FloatArray<'py> {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            FloatArray::F32(a) => a.shape().to_vec(),
+            FloatArray::F64(a) => a.shape().to_vec(),
+        }
+    }
+}
+
+/// Accept a numpy array of float32 or float64; anything else is a `DTypeError`.
+pub fn float_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<FloatArray<'py>> {
+    let arr = obj
+        .cast::<PyUntypedArray>()
+        .map_err(|_| dtype_error(arg, format!("expected a numpy.ndarray, got {}", type_name(obj))))?;
+    let dt = arr.dtype();
+    let py = obj.py();
+    if dt.is_equiv_to(&numpy::dtype::<f64>(py)) {
+        Ok(FloatArray::F64(obj.cast::<PyArrayDyn<f64>>()?.readonly()))
+    } else if dt.is_equiv_to(&numpy::dtype::<f32>(py)) {
+        Ok(FloatArray::F32(obj.cast::<PyArrayDyn<f32>>()?.readonly()))
+    } else {
+        Err(dtype_error(
+            arg,
+            format!("dtype {} is not supported; pass float32 or float64 (e.g. x.astype(numpy.float64))", dt),
+        ))
+    }
+}
+
+/// Contiguous data of an array, borrowed when C-contiguous, else copied.
+pub fn contiguous<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T>) -> Cow<'a, [T]> {
+    match a.as_slice() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+    }
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into())
+}

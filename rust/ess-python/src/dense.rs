@@ -1,0 +1,76 @@
+//! Binding of the dense ESS kernel.
+
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods};
+use pyo3::prelude::*;
+
+use ess_core::ess::{dense_ess, DenseOptions, EssCurves, Method};
+
+use crate::arrays::{contiguous, float_array, FloatArray};
+use crate::errors::{shape_error, IntoPy};
+
+/// Dense ESS curves of `T` (`(..., L, L)`); returns `(tolerance or None, entropy or None)`,
+/// each a float64 array of shape `(..., n_positions)`.
+#[pyfunction]
+#[pyo3(signature = (t, method, atol=None, rtol=None, positions=None))]
+pub fn dense_ess_curves<'py>(
+    py: Python<'py>,
+    t: &Bound<'py, PyAny>,
+    method: &str,
+    atol: Option<f64>,
+    rtol: Option<f64>,
+    positions: Option<Vec<i64>>,
+) -> PyResult<(Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>)> {
+    let method = Method::parse("method", method).py_err()?;
+    let arr = float_array(t, "T")?;
+    let shape = arr.shape();
+    if shape.len() < 2 {
+        return Err(shape_error("T", format!("needs at least 2 dimensions (..., L, L), got shape {shape:?}")));
+    }
+    let (l, l2) = (shape[shape.len() - 2], shape[shape.len() - 1]);
+    if l != l2 {
+        return Err(shape_error("T", format!("last two dimensions must be square (L, L), got shape {shape:?}")));
+    }
+    let batch_shape = &shape[..shape.len() - 2];
+    let batch: usize = batch_shape.iter().product();
+    let positions = match positions {
+        None => None,
+        Some(p) => Some(
+            p.into_iter()
+                .map(|x| {
+                    usize::try_from(x).map_err(|_| {
+                        ess_core::Error::out_of_range("positions", format!("negative position {x}"))
+                    })
+                })
+                .collect::<Result<Vec<usize>, _>>()
+                .py_err()?,
+        ),
+    };
+    let opts = DenseOptions { method, atol, rtol, positions };
+    let curves: EssCurves = match &arr {
+        FloatArray::F64(a) => {
+            let data = contiguous(a);
+            py.detach(|| dense_ess(&data, batch, l, &opts)).py_err()?
+        }
+        FloatArray::F32(a) => {
+            let data = contiguous(a);
+            py.detach(|| dense_ess(&data, batch, l, &opts)).py_err()?
+        }
+    };
+    let mut out_shape: Vec<usize> = batch_shape.to_vec();
+    out_shape.push(curves.n_positions);
+    let wrap = |v: Option<Vec<f64>>| -> PyResult<Option<Bound<'py, PyAny>>> {
+        match v {
+            None => Ok(None),
+            Some(v) => {
+                let a: Bound<'py, PyArray1<f64>> = v.into_pyarray(py);
+                Ok(Some(a.reshape(out_shape.clone())?.into_any()))
+            }
+        }
+    };
+    Ok((wrap(curves.tolerance)?, wrap(curves.entropy)?))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(dense_ess_curves, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,15 @@
+//! `ess._core`: the thin PyO3 layer over `ess-core`. Conversions and error mapping only;
+//! no algorithm lives here. Every heavy call releases the GIL.
+
+use pyo3::prelude::*;
+
+mod arrays;
+mod dense;
+mod errors;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    dense::register(m)?;
+    Ok(())
+}
