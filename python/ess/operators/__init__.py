@@ -1,0 +1,5 @@
+"""Operator extraction from PyTorch models (see :mod:`ess.operators.base`)."""
+
+from .base import Extractor, OperatorSet, find_extractor, register, registered
+
+__all__ = ["Extractor", "OperatorSet", "find_extractor", "register", "registered"]
