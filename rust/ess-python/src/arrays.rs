@@ -46,10 +46,13 @@ pub fn float_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<FloatArr
 
 /// Contiguous data of an array, borrowed when C-contiguous, else copied.
 pub fn contiguous<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T>) -> Cow<'a, [T]> {
-    match a.as_slice() {
-        Ok(s) => Cow::Borrowed(s),
-        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+    // `as_slice` also succeeds for Fortran-ordered arrays: require C order explicitly.
+    if a.is_c_contiguous() {
+        if let Ok(s) = a.as_slice() {
+            return Cow::Borrowed(s);
+        }
     }
+    Cow::Owned(a.as_array().iter().copied().collect())
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {

@@ -173,15 +173,14 @@ fn one_operator<F: Scalar>(
     }
     if amax > 0.0 && l >= 2 {
         // Exact power-of-two rescaling to magnitude ~1.
-        let e = amax.log2().round() as i32;
-        let scale = 2f64.powi(-e.clamp(-1000, 1000));
-        let tol_s = tol.scaled(scale);
+        let e = pow2_exponent(amax);
+        let tol_s = tol.scaled_pow2(e);
         // a: the operator; b: its reversed transpose J T^T J.
         let mut a = vec![0.0f64; l * l];
         let mut bt = vec![0.0f64; l * l];
         for i in 1..l {
             for j in 0..i {
-                let v = op[i * l + j].into() * scale;
+                let v = mul_pow2(op[i * l + j].into(), e);
                 a[i * l + j] = v;
                 bt[(l - 1 - j) * l + (l - 1 - i)] = v;
             }
@@ -221,6 +220,27 @@ fn one_operator<F: Scalar>(
     Ok(())
 }
 
+/// `x * 2^e` without intermediate overflow of `2^e` (exact unless the result under/overflows).
+pub(crate) fn mul_pow2(x: f64, e: i32) -> f64 {
+    let mut x = x;
+    let mut e = e;
+    while e != 0 {
+        let step = e.clamp(-1000, 1000);
+        x *= 2f64.powi(step);
+        e -= step;
+    }
+    x
+}
+
+/// The exponent `e` that brings `amax * 2^e` near 1 (0 for `amax == 0`).
+pub(crate) fn pow2_exponent(amax: f64) -> i32 {
+    if amax > 0.0 {
+        -(amax.log2().round() as i32)
+    } else {
+        0
+    }
+}
+
 /// Givens rotation `(c, s)` with `[c s; -s c] [x; y] = [r; 0]`.
 #[inline(always)]
 fn givens(x: f64, y: f64) -> (f64, f64, f64) {
@@ -251,13 +271,24 @@ struct Carried {
     k: usize,
     /// Running estimate of the rounding error accumulated in `R` (absolute, 2-norm scale).
     err: f64,
+    /// `R` is the factor of `2^exp2 * K_t`.
+    exp2: i32,
 }
 
 impl Carried {
-    /// Fresh factor at split `t` by a Householder QR of `K_t`.
+    /// Fresh factor at split `t` by a Householder QR of `K_t`, with the block rescaled by an
+    /// exact power of two of its own (so a block far smaller than the operator's largest
+    /// entries keeps full precision instead of underflowing).
     fn fresh(a: &[f64], l: usize, t: usize) -> Result<Self> {
         let k = l - t;
-        let kmat = Mat::<f64>::from_fn(t, k, |i, j| a[(t + j) * l + i]);
+        let mut bmax = 0.0f64;
+        for j in 0..k {
+            for i in 0..t {
+                bmax = bmax.max(a[(t + j) * l + i].abs());
+            }
+        }
+        let e = pow2_exponent(bmax);
+        let kmat = Mat::<f64>::from_fn(t, k, |i, j| mul_pow2(a[(t + j) * l + i], e));
         let qr = kmat.qr();
         let r = qr.thin_R();
         let mut buf = vec![0.0; k * k];
@@ -270,7 +301,7 @@ impl Carried {
             }
         }
         let err = 4.0 * f64::EPSILON * (t as f64).sqrt() * fro2.sqrt();
-        Ok(Carried { buf, k0: k, off: 0, k, err })
+        Ok(Carried { buf, k0: k, off: 0, k, err, exp2: e })
     }
 
     /// Advance from split `t` to `t + 1`.
@@ -296,7 +327,7 @@ impl Carried {
         let k = k - 1;
         self.k = k;
         // 2. append the row c_j = A[t + 1 + j, t], j < k, and rotate it in.
-        let mut cvec: Vec<f64> = (0..k).map(|j| a[(t + 1 + j) * l + t]).collect();
+        let mut cvec: Vec<f64> = (0..k).map(|j| mul_pow2(a[(t + 1 + j) * l + t], self.exp2)).collect();
         for j in 0..k {
             let row = &mut self.buf[j * k0 + off + j..j * k0 + off + k];
             let (c, s, r) = givens(row[0], cvec[j]);
@@ -319,6 +350,7 @@ impl Carried {
 }
 
 /// Values-only SVD of a small square matrix, sequential (the caller is already parallel).
+/// Returned in non-increasing order.
 fn singular_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
     let n = m.nrows();
     if n == 0 {
@@ -338,12 +370,150 @@ fn singular_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
     faer::linalg::svd::svd(m, s.as_mut(), None, None, par, MemStack::new(&mut mem), Default::default())
         .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
     let mut v: Vec<f64> = s.column_vector().iter().map(|x| x.abs()).collect();
-    v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+    v.sort_by(|x, y| y.total_cmp(x));
     Ok(v)
+}
+
+/// Gram matrix `G_t = H_t H_t^T` (`k x k`, `k = L - t`), carried along the sweep:
+/// `G_{t+1} = G_t[1:, 1:] + c c^T` with `c = A[t+1:, t]`. Only sums of products, no
+/// cancellation beyond the summation's own rounding.
+struct Gram {
+    /// `k0 x k0` row-major; logical `G(i, j)` at `buf[(i + off) * k0 + j + off]`, lower triangle kept.
+    buf: Vec<f64>,
+    k0: usize,
+    off: usize,
+    k: usize,
+    /// Reusable workspace of the eigensolver.
+    mem: Option<(usize, MemBuffer)>,
+}
+
+impl Gram {
+    fn fresh(a: &[f64], l: usize, t: usize) -> Self {
+        let k = l - t;
+        let h = MatRef::from_row_major_slice(&a[t * l..], k, l).subcols(0, t);
+        let mut g = Mat::<f64>::zeros(k, k);
+        faer::linalg::matmul::matmul(g.as_mut(), faer::Accum::Replace, h, h.transpose(), 1.0, Par::Seq);
+        let mut buf = vec![0.0; k * k];
+        for i in 0..k {
+            for j in 0..=i {
+                buf[i * k + j] = g[(i, j)];
+            }
+        }
+        Gram { buf, k0: k, off: 0, k, mem: None }
+    }
+
+    fn advance(&mut self, a: &[f64], l: usize, t: usize) {
+        self.off += 1;
+        self.k -= 1;
+        let (k, k0, off) = (self.k, self.k0, self.off);
+        let c: Vec<f64> = (0..k).map(|j| a[(t + 1 + j) * l + t]).collect();
+        for i in 0..k {
+            let ci = c[i];
+            if ci != 0.0 {
+                let row = &mut self.buf[(i + off) * k0 + off..(i + off) * k0 + off + i + 1];
+                for (g, &cj) in row.iter_mut().zip(&c[..=i]) {
+                    *g += ci * cj;
+                }
+            }
+        }
+    }
+
+    /// Eigenvalues, non-increasing, and the largest diagonal entry.
+    fn eigenvalues(&mut self) -> Result<Vec<f64>> {
+        let (k, k0, off) = (self.k, self.k0, self.off);
+        let g = Mat::<f64>::from_fn(k, k, |i, j| {
+            let (i, j) = if i >= j { (i, j) } else { (j, i) };
+            self.buf[(i + off) * k0 + j + off]
+        });
+        let par = Par::Seq;
+        if self.mem.as_ref().map(|(n, _)| *n < k).unwrap_or(true) {
+            let scratch = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(
+                k,
+                faer::linalg::evd::ComputeEigenvectors::No,
+                par,
+                Default::default(),
+            );
+            self.mem = Some((k, MemBuffer::new(scratch)));
+        }
+        let mem = &mut self.mem.as_mut().expect("allocated above").1;
+        let mut s = faer::diag::Diag::<f64>::zeros(k);
+        faer::linalg::evd::self_adjoint_evd(g.as_ref(), s.as_mut(), None, par, MemStack::new(mem), Default::default())
+            .map_err(|e| Error::Numerical(format!("symmetric eigensolver did not converge: {e:?}")))?;
+        let mut v: Vec<f64> = s.column_vector().iter().copied().collect();
+        v.sort_by(|x, y| y.total_cmp(x));
+        Ok(v)
+    }
+}
+
+/// Results from singular values.
+/// `sigma` are those of `2^exp2 * H_t`; thresholds are rescaled to match.
+fn from_sigma(sigma: &[f64], exp2: i32, t: usize, k: usize, tol: &Tolerance, want_tol: bool, want_ent: bool) -> SplitResult {
+    let smax = sigma.first().copied().unwrap_or(0.0);
+    let tol = tol.scaled_pow2(exp2);
+    SplitResult {
+        tol: if want_tol { tolerance_count(sigma, tol.threshold(smax, k, t)) as f64 } else { 0.0 },
+        ent: if want_ent { entropy_ess(sigma) } else { 0.0 },
+    }
+}
+
+/// Relative accuracy demanded of entropy-ESS from the Gram route before it is trusted.
+const ENTROPY_RTOL: f64 = 1e-7;
+
+/// Try to answer from the Gram eigenvalues `lam` (non-increasing). Squaring limits their
+/// resolution to about `sqrt(err)`; return `None` when that could change the tolerance
+/// count or move the entropy-ESS by more than [`ENTROPY_RTOL`] (relative).
+fn gram_route(lam: &[f64], t: usize, k: usize, tol: &Tolerance, want_tol: bool, want_ent: bool) -> Option<SplitResult> {
+    let lmax = lam.first().copied().unwrap_or(0.0).max(0.0);
+    if lmax < 1e-200 {
+        // A zero or tiny block: its squares may have underflowed. The SVD route rescales
+        // the block on its own and decides.
+        return None;
+    }
+    // Rounding of the accumulated sums (t terms each) and of the eigensolver.
+    let err = 2.0 * f64::EPSILON * (t + k) as f64 * lmax;
+    let lo = |x: f64| (x - err).max(0.0).sqrt();
+    let hi = |x: f64| (x + err).sqrt();
+    let sigma: Vec<f64> = lam.iter().map(|&x| x.max(0.0).sqrt()).collect();
+    let smax = sigma[0];
+    let mut r = SplitResult::default();
+    if want_tol {
+        let tau = tol.threshold(smax, k, t);
+        let c_lo = lam.iter().filter(|&&x| lo(x) > tau).count();
+        let c_hi = lam.iter().filter(|&&x| hi(x) > tau).count();
+        if c_lo != c_hi {
+            return None;
+        }
+        r.tol = c_lo as f64;
+    }
+    if want_ent {
+        let s: f64 = sigma.iter().sum();
+        let ent = entropy_ess(&sigma);
+        let h = ent.ln();
+        // First-order bound on |d ln(ESS)| = |dH| from the uncertainty of each sigma.
+        let mut bound = 0.0;
+        for &x in lam {
+            let (a, b) = (lo(x), hi(x));
+            let delta = b - a;
+            if delta > 0.0 {
+                let p = (b / s).max(f64::MIN_POSITIVE);
+                bound += delta / s * ((p.ln()).abs() + h.abs() + 1.0);
+            }
+        }
+        if bound > ENTROPY_RTOL {
+            return None;
+        }
+        r.ent = ent;
+    }
+    Some(r)
 }
 
 /// Sweep `t` upward over the requested `targets` (`(t, output slot)`, increasing `t`, each
 /// with `L - t <= t`), returning the result of each slot.
+///
+/// Per split, the Gram route runs first (one symmetric eigensolve of the carried `G_t`);
+/// when its squared resolution cannot settle the answer, the split is recomputed from the
+/// singular values of a triangular factor of `H_t` (fresh QR, or the carried factor once
+/// fallbacks repeat, which then advances along with the Gram matrix).
 fn sweep(
     a: &[f64],
     l: usize,
@@ -356,30 +526,53 @@ fn sweep(
     let Some(&(t_first, _)) = targets.first() else {
         return Ok(out);
     };
-    let mut fac = Carried::fresh(a, l, t_first)?;
+    let mut gram = Gram::fresh(a, l, t_first);
+    let mut carried: Option<Carried> = None;
+    let mut misses = 0usize;
     let mut t = t_first;
-    for &(target, slot) in targets {
+    for (n, &(target, slot)) in targets.iter().enumerate() {
         while t < target {
-            fac.advance(a, l, t);
+            gram.advance(a, l, t);
+            if let Some(c) = carried.as_mut() {
+                c.advance(a, l, t);
+            }
             t += 1;
         }
         let k = l - t;
-        let mut sigma = singular_values(fac.as_mat().as_ref())?;
-        let smax = sigma.first().copied().unwrap_or(0.0);
-        let tau = tol.threshold(smax, k, t);
-        // A count that the accumulated rounding could change: recompute from scratch.
-        let err = fac.err;
-        if want_tol && err > 0.0 && sigma.iter().any(|&s| (s - tau).abs() <= err) && fac.k0 != k {
-            fac = Carried::fresh(a, l, t)?;
-            sigma = singular_values(fac.as_mat().as_ref())?;
+        // After repeated misses, go straight to the SVD, retrying the Gram route now and then.
+        let try_gram = misses < 4 || n % 16 == 0;
+        let quick = if try_gram { gram_route(&gram.eigenvalues()?, t, k, tol, want_tol, want_ent) } else { None };
+        if let Some(r) = quick {
+            misses = 0;
+            out.push((slot, r));
+            continue;
         }
-        let smax = sigma.first().copied().unwrap_or(0.0);
-        let tau = tol.threshold(smax, k, t);
-        let r = SplitResult {
-            tol: if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
-            ent: if want_ent { entropy_ess(&sigma) } else { 0.0 },
+        misses += 1;
+        let (sigma, scale) = match carried.as_mut() {
+            Some(c) => {
+                let mut sigma = singular_values(c.as_mat().as_ref())?;
+                let smax = sigma.first().copied().unwrap_or(0.0);
+                let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
+                // A count the carried factor's rounding could change, or a block that shrank
+                // far below the factor's scale: recompute from scratch.
+                let ambiguous = want_tol && sigma.iter().any(|&s| (s - tau).abs() <= c.err);
+                if c.k0 != k && (ambiguous || smax < 1e-150) {
+                    *c = Carried::fresh(a, l, t)?;
+                    sigma = singular_values(c.as_mat().as_ref())?;
+                }
+                (sigma, c.exp2)
+            }
+            None => {
+                let c = Carried::fresh(a, l, t)?;
+                let sigma = singular_values(c.as_mat().as_ref())?;
+                let exp2 = c.exp2;
+                if misses >= 2 {
+                    carried = Some(c);
+                }
+                (sigma, exp2)
+            }
         };
-        out.push((slot, r));
+        out.push((slot, from_sigma(&sigma, scale, t, k, tol, want_tol, want_ent)));
     }
     Ok(out)
 }

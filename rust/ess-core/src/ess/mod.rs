@@ -88,9 +88,9 @@ impl Tolerance {
         }
     }
 
-    /// The same convention after the operator was multiplied by `scale` (> 0).
-    pub fn scaled(&self, scale: f64) -> Tolerance {
-        Tolerance { atol: self.atol.map(|a| a * scale), ..*self }
+    /// The same convention after the operator was multiplied by `2^e` (exact).
+    pub fn scaled_pow2(&self, e: i32) -> Tolerance {
+        Tolerance { atol: self.atol.map(|a| dense::mul_pow2(a, e)), ..*self }
     }
 }
 

@@ -1,0 +1,285 @@
+"""Dense ESS kernel against the numpy per-split SVD reference, invariants and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import ess
+from reference import (
+    conv_operator,
+    ess_reference,
+    linear_attention_operator,
+    near_threshold,
+    sliding_window_attention,
+    ssm_operator,
+)
+
+DTYPES = [np.float32, np.float64]
+
+
+def assert_matches_reference(T, got_tol, got_ent, *, atol=None, rtol=None, ent_rtol=1e-6):
+    ref_tol, ref_ent, detail = ess_reference(T, atol=atol, rtol=rtol)
+    for t in range(T.shape[-1]):
+        s, tau = detail[t]
+        if got_tol is not None and got_tol[t] != ref_tol[t]:
+            assert near_threshold(s, tau), f"t={t}: tolerance-ESS {got_tol[t]} != reference {ref_tol[t]} (sigma={s}, tau={tau})"
+    if got_ent is not None:
+        np.testing.assert_allclose(got_ent, ref_ent, rtol=ent_rtol, atol=0)
+
+
+@st.composite
+def random_operator(draw, max_L=24, batch=False):
+    L = draw(st.integers(1, max_L))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**32 - 1))
+    log_scale = draw(st.floats(-30, 30))
+    rng = np.random.default_rng(seed)
+    shape = (draw(st.integers(1, 3)), L, L) if batch else (L, L)
+    T = rng.standard_normal(shape) * 10.0**log_scale
+    return T.astype(dtype)
+
+
+@given(random_operator())
+def test_generic_operators_match_svd_reference(T):
+    c = ess.effective_state_size(T, method="both")
+    assert c.tolerance.dtype == np.float64 and c.tolerance.shape == (T.shape[-1],)
+    assert_matches_reference(T, c.tolerance, c.entropy)
+
+
+@given(random_operator(batch=True), st.sampled_from([1e-3, 1e-6, 1e-10]))
+def test_batches_with_rtol_match_reference(T, rtol):
+    c = ess.effective_state_size(T, method="both", rtol=rtol)
+    assert c.tolerance.shape == T.shape[:-1]
+    for b in range(T.shape[0]):
+        assert_matches_reference(T[b], c.tolerance[b], c.entropy[b], rtol=rtol)
+
+
+@given(
+    hnp.arrays(
+        np.float64,
+        st.tuples(st.integers(1, 12)).map(lambda s: (s[0], s[0])),
+        elements=st.one_of(st.just(0.0), st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)),
+    )
+)
+def test_adversarial_entries_with_rtol(T):
+    """Hypothesis-chosen entries (repeated values, zeros, mixed magnitudes), relative threshold."""
+    c = ess.effective_state_size(T, method="both", rtol=1e-7)
+    assert_matches_reference(T, c.tolerance, c.entropy, rtol=1e-7, ent_rtol=1e-6)
+
+
+@given(random_operator(max_L=16), st.floats(0, 10))
+def test_absolute_tolerance(T, atol_scale):
+    atol = atol_scale * float(np.abs(T).max() if T.size else 0.0)
+    got = ess.effective_state_size(T, atol=atol)
+    assert_matches_reference(T, got, None, atol=atol)
+
+
+@given(random_operator(max_L=16), st.integers(-60, 60))
+def test_scale_invariance(T, e):
+    T = T.astype(np.float64)
+    base = ess.effective_state_size(T, method="both", rtol=1e-9)
+    scaled = ess.effective_state_size(T * 10.0**e, method="both", rtol=1e-9)
+    ref_tol, _, detail = ess_reference(T, rtol=1e-9)
+    for t, (s, tau) in enumerate(detail):
+        if not near_threshold(s, tau, 1e-6):
+            assert base.tolerance[t] == scaled.tolerance[t]
+    np.testing.assert_allclose(scaled.entropy, base.entropy, rtol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-30, 1.0, 1e30, 1e300])
+def test_extreme_magnitudes_do_not_overflow(scale):
+    rng = np.random.default_rng(0)
+    T = np.tril(rng.standard_normal((20, 20)))
+    ref = ess.effective_state_size(T, method="both")
+    got = ess.effective_state_size(T * scale, method="both")
+    np.testing.assert_array_equal(got.tolerance, ref.tolerance)
+    np.testing.assert_allclose(got.entropy, ref.entropy, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("L", [1, 2, 3])
+def test_tiny_lengths(L, dtype):
+    T = np.tril(np.arange(1, L * L + 1, dtype=dtype).reshape(L, L))
+    c = ess.effective_state_size(T, method="both")
+    assert c.tolerance.shape == (L,) and c.tolerance[0] == 0 and c.entropy[0] == 0
+    if L == 2:
+        assert c.tolerance[1] == 1 and c.entropy[1] == pytest.approx(1.0)
+    assert_matches_reference(T, c.tolerance, c.entropy)
+
+
+def test_zero_operator_and_zero_blocks():
+    c = ess.effective_state_size(np.zeros((2, 9, 9)), method="both")
+    assert np.all(c.tolerance == 0) and np.all(c.entropy == 0)
+    T = np.eye(6)  # only the diagonal, which no block sees
+    c = ess.effective_state_size(T, method="both")
+    assert np.all(c.tolerance == 0) and np.all(c.entropy == 0)
+
+
+def test_upper_triangle_and_diagonal_are_ignored():
+    rng = np.random.default_rng(1)
+    T = rng.standard_normal((15, 15))
+    a = ess.effective_state_size(T, method="both")
+    b = ess.effective_state_size(np.tril(T, -1), method="both")
+    np.testing.assert_array_equal(a.tolerance, b.tolerance)
+    np.testing.assert_array_equal(a.entropy, b.entropy)
+
+
+@given(random_operator(max_L=20), st.data())
+def test_positions_subset_equals_full_curve(T, data):
+    L = T.shape[-1]
+    pos = sorted(data.draw(st.sets(st.integers(0, L - 1), max_size=L)))
+    full = ess.effective_state_size(T, method="both", rtol=1e-8)
+    sub = ess.effective_state_size(T, method="both", rtol=1e-8, positions=np.array(pos, dtype=np.int64))
+    assert sub.tolerance.shape == (len(pos),)
+    np.testing.assert_array_equal(sub.tolerance, full.tolerance[pos])
+    np.testing.assert_allclose(sub.entropy, full.entropy[pos], rtol=1e-12)
+
+
+# --- invariants of SPEC §1 -------------------------------------------------------------
+
+@given(st.integers(0, 2**32 - 1), st.integers(2, 40), st.integers(1, 6))
+def test_rank_bounds_of_structured_operators(seed, L, n):
+    rng = np.random.default_rng(seed)
+    cases = {
+        "ssm": (ssm_operator(rng, L, n), n),
+        "linear attention": (linear_attention_operator(rng, L, n), n),
+        "convolution": (conv_operator(rng, L, n + 1), n),
+        "sliding window": (sliding_window_attention(rng, L, n + 1), n),
+    }
+    t = np.arange(L)
+    for name, (T, bound) in cases.items():
+        c = ess.effective_state_size(T, method="both", rtol=1e-10)
+        exact = np.minimum(t, L - t)
+        assert np.all(c.tolerance <= np.minimum(bound, exact)), name
+        assert np.all(c.entropy <= c.tolerance + 1e-9), name
+        assert np.all(c.entropy >= 0)
+        assert_matches_reference(T, c.tolerance, c.entropy, rtol=1e-10)
+
+
+@given(random_operator(max_L=16))
+def test_entropy_below_rank_below_min(T):
+    L = T.shape[-1]
+    c = ess.effective_state_size(T, method="both")
+    t = np.arange(L)
+    assert np.all(c.entropy <= c.tolerance + 1e-9)
+    assert np.all(c.tolerance <= np.minimum(t, L - t))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(2, 20))
+def test_diagonal_scalings_keep_rank(seed, L):
+    rng = np.random.default_rng(seed)
+    T = ssm_operator(rng, L, 3)
+    D1 = np.exp(rng.uniform(-3, 3, L))
+    D2 = np.exp(rng.uniform(-3, 3, L))
+    a = ess.effective_state_size(T, rtol=1e-9)
+    b = ess.effective_state_size(D1[:, None] * T * D2[None, :], rtol=1e-9)
+    # Exact rank is invariant; the numerical one may only differ where sigma is near tau.
+    ref_tol, _, detail = ess_reference(D1[:, None] * T * D2[None, :], rtol=1e-9)
+    np.testing.assert_array_equal(b, ref_tol)
+    assert np.all(b <= 3) and np.all(a <= 3)
+
+
+def test_softmax_attention_is_full_rank():
+    T = ess.examples.softmax_attention(64, 16, seed=3)
+    t = np.arange(64)
+    np.testing.assert_array_equal(ess.effective_state_size(T), np.minimum(t, 64 - t))
+
+
+def test_float32_uses_float32_epsilon():
+    rng = np.random.default_rng(4)
+    T = np.tril(rng.standard_normal((30, 30))).astype(np.float32)
+    got = ess.effective_state_size(T)
+    ref, _, _ = ess_reference(T)  # eps of float32
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_non_contiguous_and_negative_strides_are_copied():
+    rng = np.random.default_rng(5)
+    T = rng.standard_normal((2, 12, 12))
+    ref = ess.effective_state_size(T, method="entropy")
+    Tf = np.asfortranarray(T)
+    np.testing.assert_array_equal(ess.effective_state_size(Tf, method="entropy"), ref)
+    rev = T[::-1]  # negative stride on the batch axis
+    np.testing.assert_array_equal(ess.effective_state_size(rev, method="entropy"), ref[::-1])
+    big = np.zeros((2, 24, 24))
+    big[:, ::2, ::2] = T
+    np.testing.assert_array_equal(ess.effective_state_size(big[:, ::2, ::2], method="entropy"), ref)
+
+
+def test_lists_are_accepted():
+    got = ess.effective_state_size([[1.0, 0.0], [2.0, 1.0]])
+    np.testing.assert_array_equal(got, [0, 1])
+
+
+def test_batch_shape_is_kept():
+    T = np.zeros((2, 3, 5, 5))
+    assert ess.effective_state_size(T).shape == (2, 3, 5)
+    assert ess.effective_state_size(T, positions=[1, 4]).shape == (2, 3, 2)
+    assert ess.effective_state_size(np.zeros((0, 5, 5))).shape == (0, 5)
+
+
+# --- bad input -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_rejected(bad):
+    T = np.zeros((4, 4))
+    T[2, 1] = bad
+    with pytest.raises(ess.NonFiniteError, match="T"):
+        ess.effective_state_size(T)
+    with pytest.raises(ValueError):
+        ess.effective_state_size(T)
+
+
+@pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4), (5,), ()])
+def test_bad_shapes_rejected(shape):
+    with pytest.raises(ess.ShapeError, match="T"):
+        ess.effective_state_size(np.zeros(shape))
+
+
+def test_empty_operator_rejected():
+    with pytest.raises(ess.ShapeError, match="empty"):
+        ess.effective_state_size(np.zeros((0, 0)))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.complex128, object, np.bool_, np.float16])
+def test_bad_dtypes_rejected(dtype):
+    with pytest.raises(ess.DTypeError, match="T"):
+        ess.effective_state_size(np.zeros((3, 3), dtype=dtype))
+    with pytest.raises(TypeError):
+        ess.effective_state_size(np.zeros((3, 3), dtype=dtype))
+
+
+@pytest.mark.parametrize(
+    "positions, match",
+    [([3, 1], "increasing"), ([0, 0], "increasing"), ([5], "outside"), ([-1], "negative"), ([[1]], "one-dimensional")],
+)
+def test_bad_positions_rejected(positions, match):
+    with pytest.raises((ess.OutOfRangeError, ess.ShapeError), match=match):
+        ess.effective_state_size(np.zeros((5, 5)), positions=positions)
+
+
+def test_float_positions_rejected():
+    with pytest.raises(ess.DTypeError, match="positions"):
+        ess.effective_state_size(np.zeros((5, 5)), positions=[1.5])
+
+
+@pytest.mark.parametrize("kw", [{"atol": -1.0}, {"rtol": -1e-3}, {"atol": float("nan")}, {"rtol": float("inf")}])
+def test_bad_tolerances_rejected(kw):
+    name = next(iter(kw))
+    with pytest.raises(ess.InvalidArgumentError, match=name):
+        ess.effective_state_size(np.zeros((4, 4)), **kw)
+
+
+def test_unknown_method_rejected():
+    with pytest.raises(ess.InvalidArgumentError, match="method"):
+        ess.effective_state_size(np.zeros((4, 4)), method="nuclear")
+
+
+def test_errors_are_typed():
+    assert issubclass(ess.ShapeError, ValueError) and issubclass(ess.ShapeError, ess.EssError)
+    assert issubclass(ess.DTypeError, TypeError)
+    assert issubclass(ess.OutOfRangeError, IndexError)
