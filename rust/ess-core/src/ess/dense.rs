@@ -23,7 +23,8 @@
 //!   tolerance count could be changed by it (a singular value within the accumulated error
 //!   of the threshold) is recomputed from a fresh QR of `H_t`.
 //! * Operators are rescaled by a power of two (exact) so that magnitudes from 1e-300 to
-//!   1e300 neither overflow nor underflow.
+//!   1e300 neither overflow nor underflow; each block that the SVD route handles is
+//!   rescaled again on its own.
 
 use faer::{Mat, MatRef, Par};
 use faer::dyn_stack::{MemBuffer, MemStack};
@@ -173,7 +174,11 @@ fn one_operator<F: Scalar>(
     }
     if amax > 0.0 && l >= 2 {
         // Exact power-of-two rescaling to magnitude ~1.
-        let e = pow2_exponent(amax);
+        // Rescale only when the squares of the Gram route could overflow or underflow:
+        // scaling down can flush the smallest subnormal entries to zero, so leave
+        // moderate magnitudes alone (blocks whose squares underflow are rescaled on
+        // their own by the SVD route).
+        let e = if amax.log2().abs() <= 500.0 { 0 } else { pow2_exponent(amax) };
         let tol_s = tol.scaled_pow2(e);
         // a: the operator; b: its reversed transpose J T^T J.
         let mut a = vec![0.0f64; l * l];
@@ -341,6 +346,16 @@ impl Carried {
         // Each entry took part in a few rotations; model the rounding as a random walk.
         let step = 3.0 * f64::EPSILON * fro2.sqrt();
         self.err = (self.err * self.err + step * step).sqrt();
+    }
+
+    fn max_abs(&self) -> f64 {
+        let mut m = 0.0f64;
+        for i in 0..self.k {
+            for &v in &self.buf[i * self.k0 + self.off + i..i * self.k0 + self.off + self.k] {
+                m = m.max(v.abs());
+            }
+        }
+        m
     }
 
     fn as_mat(&self) -> Mat<f64> {
@@ -550,13 +565,24 @@ fn sweep(
         misses += 1;
         let (sigma, scale) = match carried.as_mut() {
             Some(c) => {
-                let mut sigma = singular_values(c.as_mat().as_ref())?;
+                // A block that shrank far below the factor's scale is recomputed from scratch
+                // (its own rescaling keeps subnormal entries exact).
+                if c.k0 != k && !(1e-150..=1e150).contains(&c.max_abs()) {
+                    *c = Carried::fresh(a, l, t)?;
+                }
+                let mut sigma = match singular_values(c.as_mat().as_ref()) {
+                    Ok(s) => s,
+                    Err(_) if c.k0 != k => {
+                        *c = Carried::fresh(a, l, t)?;
+                        singular_values(c.as_mat().as_ref())?
+                    }
+                    Err(e) => return Err(e),
+                };
                 let smax = sigma.first().copied().unwrap_or(0.0);
                 let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
-                // A count the carried factor's rounding could change, or a block that shrank
-                // far below the factor's scale: recompute from scratch.
+                // A count the carried factor's rounding could change: recompute from scratch.
                 let ambiguous = want_tol && sigma.iter().any(|&s| (s - tau).abs() <= c.err);
-                if c.k0 != k && (ambiguous || smax < 1e-150) {
+                if c.k0 != k && ambiguous {
                     *c = Carried::fresh(a, l, t)?;
                     sigma = singular_values(c.as_mat().as_ref())?;
                 }
