@@ -283,3 +283,19 @@ def test_errors_are_typed():
     assert issubclass(ess.ShapeError, ValueError) and issubclass(ess.ShapeError, ess.EssError)
     assert issubclass(ess.DTypeError, TypeError)
     assert issubclass(ess.OutOfRangeError, IndexError)
+
+
+def test_sizes_that_cannot_fit_are_refused_before_any_copy():
+    huge = np.broadcast_to(np.float32(0.0), (100_000, 100_000))  # no memory behind it
+    with pytest.raises(ess.TooLargeError, match="GiB"):
+        ess.effective_state_size(huge)
+
+
+def test_no_rust_panic_reaches_python():
+    """Edge inputs give results or typed errors, never a PanicException."""
+    cases = [np.zeros((1, 1)), np.zeros((2, 2)), np.full((3, 3), 1e308), np.full((3, 3), -5e-324)]
+    for T in cases:
+        try:
+            ess.effective_state_size(T, method="both", atol=0.0, rtol=0.0)
+        except ess.EssError:
+            pass

@@ -45,6 +45,10 @@ pub fn dense_ess_curves<'py>(
                 .py_err()?,
         ),
     };
+    // Before any copy of a non-contiguous input: refuse what cannot fit.
+    if batch > 0 {
+        ess_core::ess::dense::check_memory(l, batch).py_err()?;
+    }
     let opts = DenseOptions { method, atol, rtol, positions };
     let curves: EssCurves = match &arr {
         FloatArray::F64(a) => {

@@ -123,6 +123,7 @@ pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOpti
     let mut ent_out = if want_ent { vec![0.0; out_len] } else { Vec::new() };
 
     if np > 0 && batch > 0 {
+        check_memory(l, batch)?;
         let chunk = np;
         let ll = l * l;
         // Pair up the output rows so each operator owns its slices.
@@ -145,6 +146,42 @@ pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOpti
         tolerance: want_tol.then_some(tol_out),
         entropy: want_ent.then_some(ent_out),
     })
+}
+
+/// Bytes of working memory one operator needs: two `L x L` float64 copies (the operator
+/// and its reversed transpose) and two `L/2 x L/2` factors.
+pub fn working_bytes(l: usize) -> Option<u64> {
+    let l = l as u64;
+    l.checked_mul(l)?.checked_mul(8 * 2 + 8 / 2)
+}
+
+/// Memory the system reports as available (Linux `/proc/meminfo`), if known.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Refuse, with a clear error, work whose buffers would not fit in memory (rather than
+/// letting the allocator abort the process).
+pub fn check_memory(l: usize, batch: usize) -> Result<()> {
+    let in_flight = rayon::current_num_threads().min(batch).max(1) as u64;
+    let need = working_bytes(l).and_then(|b| b.checked_mul(in_flight));
+    let avail = available_memory();
+    match (need, avail) {
+        (None, _) => Err(Error::too_large("T", format!("L = {l}: working memory overflows the address space"))),
+        (Some(n), Some(a)) if n > a => Err(Error::too_large(
+            "T",
+            format!(
+                "L = {l} needs about {:.1} GiB of working memory ({in_flight} operators in flight) but {:.1} GiB is available; \
+                 use fewer threads (RAYON_NUM_THREADS) or shorter sequences",
+                n as f64 / (1u64 << 30) as f64,
+                a as f64 / (1u64 << 30) as f64
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Result slot for one split.
