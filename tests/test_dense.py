@@ -48,14 +48,21 @@ def test_generic_operators_match_svd_reference(T):
     c = ess.effective_state_size(T, method="both")
     assert c.tolerance.dtype == np.float64 and c.tolerance.shape == (T.shape[-1],)
     assert_matches_reference(T, c.tolerance, c.entropy)
+    # Tolerance alone takes another route (a Cholesky certificate of full rank).
+    alone = ess.effective_state_size(T, method="tolerance")
+    assert_matches_reference(T, alone, None)
+    ent = ess.effective_state_size(T, method="entropy")
+    np.testing.assert_array_equal(ent, c.entropy)
 
 
-@given(random_operator(batch=True), st.sampled_from([1e-3, 1e-6, 1e-10]))
+@given(random_operator(batch=True), st.sampled_from([1e-1, 1e-3, 1e-6, 1e-10]))
 def test_batches_with_rtol_match_reference(T, rtol):
     c = ess.effective_state_size(T, method="both", rtol=rtol)
     assert c.tolerance.shape == T.shape[:-1]
+    alone = ess.effective_state_size(T, rtol=rtol)
     for b in range(T.shape[0]):
         assert_matches_reference(T[b], c.tolerance[b], c.entropy[b], rtol=rtol)
+        assert_matches_reference(T[b], alone[b], None, rtol=rtol)
 
 
 @given(
@@ -153,6 +160,7 @@ def test_rank_bounds_of_structured_operators(seed, L, n):
     t = np.arange(L)
     for name, (T, bound) in cases.items():
         c = ess.effective_state_size(T, method="both", rtol=1e-10)
+        np.testing.assert_array_equal(ess.effective_state_size(T, rtol=1e-10), c.tolerance)
         exact = np.minimum(t, L - t)
         assert np.all(c.tolerance <= np.minimum(bound, exact)), name
         assert np.all(c.entropy <= c.tolerance + 1e-9), name

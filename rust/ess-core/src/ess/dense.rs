@@ -470,13 +470,51 @@ impl Gram {
         }
     }
 
-    /// Eigenvalues, non-increasing, and the largest diagonal entry.
-    fn eigenvalues(&mut self) -> Result<Vec<f64>> {
+    fn to_mat(&self, shift: f64) -> Mat<f64> {
         let (k, k0, off) = (self.k, self.k0, self.off);
-        let g = Mat::<f64>::from_fn(k, k, |i, j| {
+        Mat::<f64>::from_fn(k, k, |i, j| {
             let (i, j) = if i >= j { (i, j) } else { (j, i) };
-            self.buf[(i + off) * k0 + j + off]
-        });
+            let g = self.buf[(i + off) * k0 + j + off];
+            if i == j { g - shift } else { g }
+        })
+    }
+
+    /// Frobenius norm (an upper bound of the largest eigenvalue).
+    fn frobenius(&self) -> f64 {
+        let (k, k0, off) = (self.k, self.k0, self.off);
+        let mut s = 0.0;
+        for i in 0..k {
+            let row = &self.buf[(i + off) * k0 + off..(i + off) * k0 + off + i + 1];
+            for (j, &g) in row.iter().enumerate() {
+                s += if j == i { g * g } else { 2.0 * g * g };
+            }
+        }
+        s.sqrt()
+    }
+
+    /// Whether `G - shift I` is numerically positive definite (a Cholesky factorisation,
+    /// `k^3/3` flops, succeeds): then every eigenvalue of `G` exceeds `shift` up to the
+    /// factorisation's backward error.
+    fn positive_definite_above(&self, shift: f64) -> bool {
+        let k = self.k;
+        let mut g = self.to_mat(shift);
+        let par = Par::Seq;
+        let scratch = faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(k, par, Default::default());
+        let mut mem = MemBuffer::new(scratch);
+        faer::linalg::cholesky::llt::factor::cholesky_in_place(
+            g.as_mut(),
+            Default::default(),
+            par,
+            MemStack::new(&mut mem),
+            Default::default(),
+        )
+        .is_ok()
+    }
+
+    /// Eigenvalues, non-increasing.
+    fn eigenvalues(&mut self) -> Result<Vec<f64>> {
+        let k = self.k;
+        let g = self.to_mat(0.0);
         let par = Par::Seq;
         if self.mem.as_ref().map(|(n, _)| *n < k).unwrap_or(true) {
             let scratch = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(
@@ -591,6 +629,20 @@ fn sweep(
             t += 1;
         }
         let k = l - t;
+        // Tolerance alone, full numerical rank: certified by one Cholesky factorisation of
+        // G - s I (4x cheaper than the eigenvalues), where s bounds the threshold squared
+        // plus the rounding of G from above.
+        if want_tol && !want_ent && k > 0 {
+            let lmax_ub = gram.frobenius();
+            if lmax_ub > 1e-200 {
+                let tau_ub = tol.threshold(lmax_ub.sqrt(), k, t);
+                let shift = tau_ub * tau_ub + 2.0 * f64::EPSILON * (t + k) as f64 * lmax_ub;
+                if shift.is_finite() && gram.positive_definite_above(shift) {
+                    out.push((slot, SplitResult { tol: k as f64, ent: 0.0 }));
+                    continue;
+                }
+            }
+        }
         // After repeated misses, go straight to the SVD, retrying the Gram route now and then.
         let try_gram = misses < 4 || n % 16 == 0;
         let quick = if try_gram { gram_route(&gram.eigenvalues()?, t, k, tol, want_tol, want_ent) } else { None };
@@ -672,6 +724,9 @@ mod tests {
             let tol = Tolerance::new(None, Some(1e-10), f64::EPSILON).unwrap();
             let (tc, en) = naive(&op, l, &tol);
             assert_eq!(got.tolerance.unwrap(), tc, "L = {l}");
+            let alone = dense_ess(&op, 1, l, &DenseOptions { method: Method::Tolerance, ..opts.clone() }).unwrap();
+            assert_eq!(alone.tolerance.unwrap(), tc, "tolerance alone, L = {l}");
+            assert!(alone.entropy.is_none());
             for (a, b) in got.entropy.unwrap().iter().zip(&en) {
                 assert!((a - b).abs() <= 1e-9 * b.max(1.0), "L = {l}: {a} vs {b}");
             }
