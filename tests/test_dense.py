@@ -307,3 +307,25 @@ def test_no_rust_panic_reaches_python():
             ess.effective_state_size(T, method="both", atol=0.0, rtol=0.0)
         except ess.EssError:
             pass
+
+
+def test_gil_is_released_during_the_kernel():
+    """Another Python thread keeps running while the kernel works."""
+    import threading
+
+    T = np.stack([ess.examples.softmax_attention(160, 16, seed=s) for s in range(6)])
+    done = threading.Event()
+    ticks_during = 0
+
+    def work():
+        ess.effective_state_size(T, method="both")
+        done.set()
+
+    th = threading.Thread(target=work)
+    th.start()
+    while not done.is_set():
+        ticks_during += 1
+        done.wait(0.001)
+    th.join()
+    # With the GIL held for the whole call, this loop could not have run while it worked.
+    assert ticks_during > 1
