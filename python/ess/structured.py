@@ -110,7 +110,9 @@ def ssm_ess(
         Transitions. ``None``: identity (``A_t = I``, e.g. linear attention). Otherwise
         one of ``(..., L)`` scalar (``A_t = a_t I``), ``(..., L, N)`` diagonal, or
         ``(..., L, N, N)`` dense (``A[..., t, i, j]`` is row ``i``, column ``j`` of ``A_t``).
-        The kind is read from ``A.ndim - B.ndim`` (-1, 0, +1) unless ``transition`` names it.
+        The kind is read from the trailing shape, trying ``(L, N, N)``, then ``(L, N)``, then
+        ``(L,)``, unless ``transition`` names it (needed only when ``L == N`` makes the trailing
+        shape ambiguous).
     B, C : arrays ``(..., L, N)``
         Inputs ``b_t`` and outputs ``c_t``, ``N >= 1``. Leading dimensions of ``A``, ``B``
         and ``C`` (channels, heads, batch) broadcast against each other; each resulting
@@ -151,7 +153,14 @@ def ssm_ess(
         if a is None:
             kind = "identity"
         else:
-            kind = {-1: "scalar", 0: "diagonal", 1: "dense"}.get(a.ndim - b.ndim, "")
+            if a.ndim >= 3 and a.shape[-3:] == (L, N, N):
+                kind = "dense"
+            elif a.ndim >= 2 and a.shape[-2:] == (L, N):
+                kind = "diagonal"
+            elif a.ndim >= 1 and a.shape[-1] == L:
+                kind = "scalar"
+            else:
+                kind = ""
             if not kind:
                 raise ShapeError(
                     f"A: cannot tell the transition kind from A.ndim = {a.ndim} and B.ndim = {b.ndim}; "
@@ -456,25 +465,28 @@ def conv_ess(
 
     Paths
     -----
-    ``"exact"``: factorises ``M`` exactly through its ``(k-1) x (k-1)`` nonzero corner and runs
-    the structured kernel with a state of size ``k - 1``: exact up to rounding (same
-    guarantees as :func:`ssm_ess`), cost ``O(L k^3)``, memory ``O(n_positions k^2)``.
-    Meant for short kernels.
+    ``"exact"``: without gates, factorises ``M`` exactly through its ``(k-1) x (k-1)`` nonzero
+    corner (the blocks are the corners of ``M`` up to a row and column reversal, which keeps
+    singular values) and runs the structured kernel with a state of size ``k - 1``; with
+    gates, runs the shift-register realisation (state size ``k``, dense shift transition).
+    Exact up to rounding (same guarantees as :func:`ssm_ess`), cost ``O(L k^3)``, memory
+    ``O(n_positions k^2)``. Meant for short kernels.
 
     ``"fast"``: a randomised low-rank factorisation ``M ~ X Y^T`` (range finder with power
     iterations, Hankel products by FFT in ``O(L log L)``, rank doubled until the a
     posteriori error estimate is below ``accuracy * ||M||_2`` or ``max_rank`` is reached),
-    then the structured kernel with a state of size ``r = rank(X)``. Cost
+    then the structured kernel with a state of size ``r = rank(X)``. Not available with the
+    gates ``x1``, ``x2`` (:class:`InvalidArgumentError`). Cost
     ``O(r L log L + L r^3)``: efficient when the kernel's Hankel singular values decay
     (smooth or decaying long kernels: S4/Hyena-style), never ``L^4``. **Guarantee**: with
     probability at least ``1 - 1e-10`` (10 Gaussian probes, Halko-Martinsson-Tropp Lemma 4.1),
-    every singular value of every ``H_t`` is within ``err * max|x1| * max|x2|`` of the exact
-    one (Weyl), where ``err`` is the achieved bound; entropy-ESS is correspondingly
+    every singular value of every ``H_t`` is within ``err`` of the exact one (Weyl; each
+    ``H_t`` is a submatrix of ``M`` up to permutations), where ``err`` is the achieved bound; entropy-ESS is correspondingly
     approximate, and tolerance counts are exact for every singular value farther than that
     from the threshold. If the bound exceeds ``accuracy * ||M||_2`` at ``max_rank``, a
     :class:`NumericalError` is raised (use ``"exact"`` or the dense kernel).
 
-    ``"auto"``: ``"exact"`` when ``k - 1 <= 64``, else ``"fast"``.
+    ``"auto"``: ``"exact"`` when ``k - 1 <= 64`` or gates are given, else ``"fast"``.
 
     Parameters
     ----------
@@ -524,8 +536,14 @@ def conv_ess(
     g1 = None if gates[0] is None else np.broadcast_to(gates[0], batch + (L,)).reshape(-1, L)
     g2 = None if gates[1] is None else np.broadcast_to(gates[1], batch + (L,)).reshape(-1, L)
     nb = hb.shape[0]
+    gated = g1 is not None or g2 is not None
     if path == "auto":
-        path = "exact" if k - 1 <= 64 else "fast"
+        path = "exact" if (k - 1 <= 64 or gated) else "fast"
+    if path == "fast" and gated:
+        raise InvalidArgumentError(
+            "path: the fast path does not support the gates x1, x2 (its Hankel factorisation has no "
+            "time-invariant state); use path='exact' (O(L k^3)) or the dense kernel"
+        )
     if L == 1 or k == 1:
         # No strictly-lower entries: every block is zero.
         n_pos = L if positions is None else len(_positions_list(positions) or [])
@@ -535,6 +553,23 @@ def conv_ess(
                                  _positions_list(positions))
         z = np.zeros(batch + (n_pos,))
         return _finish(z, z.copy(), method) if method == "both" else z
+    if path == "exact" and gated:
+        # Shift-register realisation, state h_t = (u_t, ..., u_{t-k+1}) (size k):
+        # A = down-shift, b_t = x1[t] e_0, c_t = x2[t] h. Exact; O(L k^3) per channel.
+        shift = np.eye(k, k, -1)
+        A = np.broadcast_to(shift, (L, k, k))
+        tols, ents = [], []
+        for j in range(nb):
+            Bj = np.zeros((L, k))
+            Bj[:, 0] = 1.0 if g1 is None else g1[j]
+            Cj = np.broadcast_to(hb[j], (L, k)) * (1.0 if g2 is None else g2[j][:, None])
+            tj, ej = _core.ssm_ess_curves(np.ascontiguousarray(A), "dense", Bj, np.ascontiguousarray(Cj),
+                                          method, atol, rtol, _positions_list(positions))
+            tols.append(tj)
+            ents.append(ej)
+        tol = None if tols[0] is None else np.stack(tols).reshape(batch + tols[0].shape[-1:])
+        ent = None if ents[0] is None else np.stack(ents).reshape(batch + ents[0].shape[-1:])
+        return _finish(tol, ent, method)
     if path == "exact":
         n = k - 1
         # M = E Hk E^T with Hk[i, j] = h[i + j + 1] (i + j + 1 < k): X = E Hk, Y = E.
@@ -575,10 +610,6 @@ def conv_ess(
             r = X.shape[1]
             Bf[j, : L - 1, :r] = Y  # b_s = Y[s], s < L-1
             Cf[j, 1:, :r] = X[::-1]  # c_i = X[L-1-i], i >= 1
-    if g1 is not None:
-        Bf *= g1[:, :, None]
-    if g2 is not None:
-        Cf *= g2[:, :, None]
     tol, ent = _core.ssm_ess_curves(None, "identity", Bf, Cf, method, atol, rtol, _positions_list(positions))
     shape = batch + (tol if tol is not None else ent).shape[-1:]  # type: ignore[union-attr]
     tol = None if tol is None else tol.reshape(shape)

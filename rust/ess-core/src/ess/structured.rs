@@ -540,7 +540,11 @@ fn one_channel<F: Scalar>(
                         }
                     }
                 }
-                (singular_values(w.as_ref(), &mut mem)?, gmax)
+                let mut sv = singular_values(w.as_ref(), &mut mem)?;
+                // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
+                // (what the N x N product shows there is rounding).
+                sv.truncate(t.min(l - t));
+                (sv, gmax)
             }
         };
         let smax = sigma.first().copied().unwrap_or(0.0);
