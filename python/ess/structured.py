@@ -436,7 +436,16 @@ def _lowrank_hankel(
         err = 10.0 * math.sqrt(2.0 / math.pi) * float(np.max(np.linalg.norm(resid, axis=0)))
         sigma1 = float(np.linalg.norm(MQ, 2)) if MQ.size else 0.0
         if err <= accuracy * sigma1 or Q.shape[1] >= n or r >= max_rank:
-            return Q, MQ, err, sigma1
+            # Compress to the numerical rank: M ~ Q MQ^T = (Q V S) U^T with MQ = U S V^T;
+            # drop directions while the total bound stays within the target.
+            U, sv, Vt = np.linalg.svd(MQ, full_matrices=False)
+            budget = accuracy * sigma1 - err
+            keep = sv > max(budget, 0.0)
+            keep[0] = True
+            if not np.all(keep):
+                err += float(sv[~keep].max())
+            X = (Q @ Vt.T[:, keep]) * sv[keep]
+            return X, U[:, keep], err, sigma1
         r = min(2 * r, n, max_rank)
 
 
