@@ -69,8 +69,8 @@ def entropy(sig):
 
 def ambiguous(sig, tau, smax, L):
     """Splits whose count rounding may decide: a reference singular value within a band of
-    the threshold (both kernels are only accurate to ~eps * sigma_max * size)."""
-    band = 1e3 * L * EPS * smax
+    the threshold (a backward-stable SVD is accurate to a few eps * sigma_max)."""
+    band = 8 * EPS * smax
     return bool(np.any(np.abs(sig - tau) <= band)) or (tau > 0 and bool(np.any(np.abs(sig / tau - 1) < 1e-6)))
 
 
