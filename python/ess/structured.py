@@ -246,7 +246,9 @@ def mamba_ess(
 
     Notes
     -----
-    ``exp(delta * A)`` is evaluated in float64; a decay below ``1e-308`` per step is 0
+    The factors are formed in float64 and passed on in the inputs' common dtype (float32
+    inputs keep the float32 ``eps`` of the default threshold). ``exp(delta * A)`` is
+    evaluated in float64; a decay below ``1e-308`` per step is 0
     (the channel forgets completely), exactly as a materialised float64 operator would have it.
     """
     _check_method(method)
@@ -277,6 +279,8 @@ def mamba_ess(
     bb = b[None, :, :] if b.ndim == 2 else b.transpose(1, 0, 2)
     cc = c[None, :, :] if c.ndim == 2 else c.transpose(1, 0, 2)
     bt = dl.T[:, :, None] * bb
+    dt = _common(*(np.asarray(x) for x in (A, delta, B, C)))
+    at, bt, cc = at.astype(dt), bt.astype(dt), np.asarray(cc, dtype=dt)
     return ssm_ess(at, bt, cc, transition="diagonal", method=method, atol=atol, rtol=rtol, positions=positions)
 
 
@@ -338,6 +342,8 @@ def mamba2_ess(
     bb = b[None] if b.ndim == 2 else b.transpose(1, 0, 2)
     cc = c[None] if c.ndim == 2 else c.transpose(1, 0, 2)
     bt = dl.T[:, :, None] * bb
+    dt = _common(*(np.asarray(x) for x in (A, delta, B, C)))
+    at, bt, cc = at.astype(dt), bt.astype(dt), np.asarray(cc, dtype=dt)
     return ssm_ess(at, bt, cc, transition="scalar", method=method, atol=atol, rtol=rtol, positions=positions)
 
 
