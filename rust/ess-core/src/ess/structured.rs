@@ -311,9 +311,21 @@ impl Factor {
         let Some(emax) = emax else {
             return; // zero factor stays zero
         };
-        // Column scale of A: 2^(e_k - emax) <= 1.
+        // A = 2^ka A' with max|A'| in [1, 2): huge or tiny transitions cannot overflow the
+        // accumulation below.
+        let amax = a.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
+        if amax == 0.0 {
+            self.s.iter_mut().for_each(|x| *x = 0.0);
+            self.e.iter_mut().for_each(|x| *x = 0);
+            self.tri = true;
+            return;
+        }
+        let ka = exponent(amax);
+        let a_s: Vec<f64> = a.iter().map(|&x| ldexp(x, -ka)).collect();
+        // Column scale of A': 2^(e_k - emax) <= 1; the result carries exponent emax + ka.
         let cs: Vec<f64> = self.e.iter().map(|&e| ldexp(1.0, e - emax)).collect();
-        let aij = |i: usize, k: usize| if transpose { a[k * n + i] } else { a[i * n + k] };
+        let emax = emax + ka;
+        let aij = |i: usize, k: usize| if transpose { a_s[k * n + i] } else { a_s[i * n + k] };
         // M^T (n x n) = (A' S)^T, built directly: MT[j, i] = sum_k A'[i, k] S[k, j].
         let mt = Mat::<f64>::from_fn(n, n, |j, i| {
             let mut acc = 0.0;
@@ -649,6 +661,36 @@ mod tests {
         let en = got.entropy.unwrap();
         assert_eq!(tc[1000], 1.0);
         assert!((en[1000] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn huge_and_tiny_dense_transitions() {
+        // Diagonal transitions of size 2^(+-900) given as dense matrices agree with the
+        // diagonal path (T itself overflows / underflows float64 here).
+        let (l, n) = (12usize, 3usize);
+        let mut seed = 9u64;
+        let d: Vec<f64> = (0..l * n).map(|_| 0.5 + lcg(&mut seed)).collect();
+        let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+        let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+        let opts = StructuredOptions { rtol: Some(1e-10), ..Default::default() };
+        for e in [-900i64, 900] {
+            let ad: Vec<f64> = d.iter().map(|&x| ldexp(x, e)).collect();
+            let mut a = vec![0.0; l * n * n];
+            for t in 0..l {
+                for i in 0..n {
+                    a[t * n * n + i * n + i] = ad[t * n + i];
+                }
+            }
+            let fd = SsmFactors { batch: 1, l, n, kind: Transition::Diagonal, a: &ad, b: &b, c: &c };
+            let fm = SsmFactors { batch: 1, l, n, kind: Transition::Dense, a: &a, b: &b, c: &c };
+            let want = ssm_ess(&fd, &opts).unwrap();
+            let got = ssm_ess(&fm, &opts).unwrap();
+            assert_eq!(got.tolerance, want.tolerance);
+            assert!(want.tolerance.as_ref().unwrap()[l / 2] >= 1.0);
+            for (x, y) in got.entropy.unwrap().iter().zip(want.entropy.as_ref().unwrap()) {
+                assert!(x.is_finite() && (x - y).abs() <= 1e-10 * y.max(1.0), "{x} vs {y}");
+            }
+        }
     }
 
     #[test]
