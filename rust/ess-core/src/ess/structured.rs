@@ -189,20 +189,27 @@ pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Re
 #[inline]
 pub(crate) fn ldexp(mut x: f64, mut e: i64) -> f64 {
     while e > 1000 {
-        x *= 2f64.powi(1000);
+        x *= pow2(1000);
         e -= 1000;
         if x.is_infinite() || x == 0.0 {
             return x;
         }
     }
     while e < -1000 {
-        x *= 2f64.powi(-1000);
+        x *= pow2(-1000);
         e += 1000;
         if x == 0.0 {
             return x;
         }
     }
-    x * 2f64.powi(e as i32)
+    x * pow2(e)
+}
+
+/// `2^e` for `-1022 <= e <= 1023` (exact, by construction of the bits).
+#[inline]
+fn pow2(e: i64) -> f64 {
+    debug_assert!((-1022..=1023).contains(&e));
+    f64::from_bits(((e + 1023) as u64) << 52)
 }
 
 /// Exponent `k` with `2^k <= |x| < 2^(k+1)` for finite nonzero `x`.
