@@ -449,3 +449,37 @@ def test_bad_input_wrappers():
     with pytest.raises(InvalidArgumentError, match="path"):
         S.conv_ess(np.ones(3), 5, path="magic")
     np.testing.assert_array_equal(S.conv_ess(np.ones(1), 4), np.zeros(4))
+
+
+def test_mamba_float32_and_positions():
+    rng = np.random.default_rng(9)
+    L, N, Dch = 40, 6, 3
+    A = (-np.exp(rng.uniform(-1, 1, (Dch, N)))).astype(np.float32)
+    delta = np.log1p(np.exp(rng.standard_normal((L, Dch)))).astype(np.float32)
+    B = rng.standard_normal((L, N)).astype(np.float32)
+    C = rng.standard_normal((L, N)).astype(np.float32)
+    full = S.mamba_ess(A, delta, B, C, method="both", rtol=1e-3)
+    f64 = S.mamba_ess(A.astype(np.float64), delta.astype(np.float64), B.astype(np.float64),
+                      C.astype(np.float64), method="both", rtol=1e-3)
+    np.testing.assert_allclose(full.entropy, f64.entropy, rtol=1e-4)
+    pos = np.array([0, 1, 17, 39])
+    sub = S.mamba_ess(A, delta, B, C, method="entropy", rtol=1e-3, positions=pos)
+    np.testing.assert_allclose(sub, full.entropy[:, pos], rtol=1e-12)
+    # float32 default threshold uses the float32 eps: noise-level values are not counted
+    t32 = S.mamba_ess(A, delta, B, C)
+    assert np.all(t32 <= N)
+
+
+def test_conv_positions_and_batch():
+    rng = np.random.default_rng(10)
+    h = rng.standard_normal((2, 3, 4))
+    L = 12
+    full = S.conv_ess(h, L, method="both")
+    assert full.tolerance.shape == (2, 3, L)
+    sub = S.conv_ess(h, L, method="tolerance", positions=[2, 5, 11])
+    np.testing.assert_array_equal(sub, full.tolerance[..., [2, 5, 11]])
+    x1 = rng.uniform(0.5, 1.5, (3, L))
+    g = S.conv_ess(h, L, x1=x1, method="both")
+    for i in range(2):
+        for j in range(3):
+            compare(conv_operator(h[i, j], L, x1[j]), g.tolerance[i, j], g.entropy[i, j])

@@ -533,7 +533,7 @@ def conv_ess(
     if not (isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and accuracy > 0):
         raise InvalidArgumentError(f"accuracy: must be a finite positive number, got {accuracy!r}")
     lead = ha.shape[:-1]
-    gates = []
+    gates: list = []
     for name, x in (("x1", x1), ("x2", x2)):
         if x is None:
             gates.append(None)
@@ -572,13 +572,14 @@ def conv_ess(
         # Shift-register realisation, state h_t = (u_t, ..., u_{t-k+1}) (size k):
         # A = down-shift, b_t = x1[t] e_0, c_t = x2[t] h. Exact; O(L k^3) per channel.
         shift = np.eye(k, k, -1)
-        A = np.broadcast_to(shift, (L, k, k))
-        tols, ents = [], []
+        A = np.ascontiguousarray(np.broadcast_to(shift, (L, k, k)))
+        tols: list = []
+        ents: list = []
         for j in range(nb):
             Bj = np.zeros((L, k))
             Bj[:, 0] = 1.0 if g1 is None else g1[j]
             Cj = np.broadcast_to(hb[j], (L, k)) * (1.0 if g2 is None else g2[j][:, None])
-            tj, ej = _core.ssm_ess_curves(np.ascontiguousarray(A), "dense", Bj, np.ascontiguousarray(Cj),
+            tj, ej = _core.ssm_ess_curves(A, "dense", Bj, np.ascontiguousarray(Cj),
                                           method, atol, rtol, _positions_list(positions))
             tols.append(tj)
             ents.append(ej)
