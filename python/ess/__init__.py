@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import errors
 from ._core import __version__
 from . import examples
+from . import structured
 from ._dense import EssCurves, effective_state_size
 from .errors import (
     DTypeError,
@@ -28,6 +29,7 @@ __all__ = [
     "effective_state_size",
     "EssCurves",
     "errors",
+    "structured",
     "EssError",
     "ShapeError",
     "NonFiniteError",

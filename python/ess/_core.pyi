@@ -15,3 +15,15 @@ def dense_ess_curves(
     rtol: Optional[float] = None,
     positions: Optional[Sequence[int]] = None,
 ) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
+
+# --- structured ESS (ess.structured) ----------------------------------------------------
+def ssm_ess_curves(
+    a: Optional[npt.NDArray[np.floating]],
+    kind: str,
+    b: npt.NDArray[np.floating],
+    c: npt.NDArray[np.floating],
+    method: str,
+    atol: Optional[float] = None,
+    rtol: Optional[float] = None,
+    positions: Optional[Sequence[int]] = None,
+) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...

@@ -1,0 +1,725 @@
+//! Structured ESS: state-space realisations `T[t, s] = c_t^T A_t A_{t-1} ... A_{s+1} b_s`
+//! (`s < t`) of a batch of channels, without forming `T`.
+//!
+//! # Conventions
+//!
+//! The recurrence is `h_t = A_t h_{t-1} + b_t u_t`, `y_t = c_t^T h_t (+ D u_t)`, 0-indexed,
+//! state size `N`. For `s < t`, `T[t, s] = c_t^T Phi(t, s) b_s` with
+//! `Phi(t, s) = A_t A_{t-1} ... A_{s+1}` (so `A_0` never enters any block). The diagonal
+//! `T[t, t] = c_t^T b_t (+ D)` is in no block `H_t = T[t:, :t]` and is never used.
+//! This matches the SPEC table: gated linear attention
+//! `T[t, s] = q_t^T diag(a_t) ... diag(a_{s+1}) k_s`; Mamba `A_t = exp(Delta_t A)`,
+//! `b_s = Delta_s B_s`, `c_t = C_t`.
+//!
+//! # Algorithm (square-root Gramians)
+//!
+//! `H_t = O_t R_t` with the reachability factor `R_t = [Phi(t-1, s) b_s]_{s<t}` (`N x t`) and
+//! the observability factor `O_t` whose rows are `c_i^T A_i ... A_t` (`i >= t`). Their
+//! Gramians are `P_t = R_t R_t^T` and `Q_t = O_t^T O_t`, and `sigma(H_t) = sigma(S_O^T S_R)`
+//! for any square roots `S_R S_R^T = P_t`, `S_O S_O^T = Q_t`. The Gramians are never formed:
+//!
+//! * forward, `S_R(t+1) = tri([A_t S_R(t), b_t])`,
+//! * backward, `S_O(t) = tri(A_t^T [c_t, S_O(t+1)])`,
+//!
+//! where `tri` compresses an `N x (N+1)` matrix `M` to a lower-triangular `N x N` factor with
+//! the same `M M^T` by orthogonal transformations (Givens rotations for appending a column
+//! to a triangular factor; a Householder QR after a dense transition). Diagonal and scalar
+//! transitions keep the factor triangular, so a step costs `O(N^2)`; a dense `A_t` costs
+//! `O(N^3)`. Each split then needs the `N x N` product `S_O^T S_R` and its singular values
+//! (`O(N^3)`). Nothing is squared, so small singular values keep the accuracy of an SVD of
+//! `S_O^T S_R`, i.e. about `eps * ||S_O|| ||S_R||` absolute.
+//!
+//! # Scaling
+//!
+//! Each row (state coordinate) of a factor is stored with its own power-of-two exponent:
+//! the true factor is `diag(2^e) S`, with every row of `S` of max-norm in `[1, 2)`. Row
+//! scalings commute with the column rotations, so the exponents pass through the updates
+//! exactly; transitions that decay (`|a|` near 0) or grow (`|a| > 1`) over long sequences,
+//! and factors that are badly scaled per coordinate, neither overflow nor underflow. At
+//! a split the combined exponents `e_R + e_O` are folded into the product relative to their
+//! maximum `E`, and `sigma(H_t) = 2^E sigma(W)`: entropy and relative thresholds use `W`
+//! directly; an absolute `atol` is compared as `atol * 2^-E` (no overflow either way).
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::{Mat, MatRef, Par};
+use rayon::prelude::*;
+
+use super::dense::{validate_positions, EssCurves, Scalar};
+use super::{entropy_ess, tolerance_count, Method, Tolerance};
+use crate::error::{check_finite, checked_size, Error, Result};
+
+/// How the transitions `A_t` are given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// `A_t = I` for all `t` (linear attention); no `a` data.
+    Identity,
+    /// `A_t = a_t I`: `a` holds `batch * L` values.
+    Scalar,
+    /// `A_t = diag(a_t)`: `a` holds `batch * L * N` values.
+    Diagonal,
+    /// Dense `A_t`: `a` holds `batch * L * N * N` values, `A_t[i, j]` row-major.
+    Dense,
+}
+
+/// Factors of a batch of time-varying state-space operators, all contiguous row-major.
+#[derive(Clone, Copy, Debug)]
+pub struct SsmFactors<'a, F> {
+    pub batch: usize,
+    /// Sequence length `L`.
+    pub l: usize,
+    /// State size `N`.
+    pub n: usize,
+    pub kind: Transition,
+    /// Transitions, layout given by `kind` (empty for `Identity`).
+    pub a: &'a [F],
+    /// Inputs `b_t`: `batch * L * N`.
+    pub b: &'a [F],
+    /// Outputs `c_t`: `batch * L * N`.
+    pub c: &'a [F],
+}
+
+/// Options of [`ssm_ess`] (same meaning as for the dense kernel).
+#[derive(Clone, Debug)]
+pub struct StructuredOptions {
+    pub method: Method,
+    pub atol: Option<f64>,
+    pub rtol: Option<f64>,
+    /// Split points to compute (strictly increasing, each in `0..L`); `None` for all `L`.
+    pub positions: Option<Vec<usize>>,
+}
+
+impl Default for StructuredOptions {
+    fn default() -> Self {
+        StructuredOptions { method: Method::Both, atol: None, rtol: None, positions: None }
+    }
+}
+
+/// Validate the shapes and values of `f`.
+fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
+    if f.l == 0 {
+        return Err(Error::shape("B", "the sequence is empty (L = 0)"));
+    }
+    if f.n == 0 {
+        return Err(Error::shape(
+            "B",
+            "the state dimension is empty (N = 0); B and C must have shape (..., L, N) with N >= 1",
+        ));
+    }
+    let bc = checked_size("B", &[f.batch, f.l, f.n])?;
+    if f.b.len() != bc {
+        return Err(Error::shape(
+            "B",
+            format!("expected {} x {} x {} = {bc} values, got {}", f.batch, f.l, f.n, f.b.len()),
+        ));
+    }
+    if f.c.len() != bc {
+        return Err(Error::shape(
+            "C",
+            format!("expected {} x {} x {} = {bc} values (the shape of B), got {}", f.batch, f.l, f.n, f.c.len()),
+        ));
+    }
+    let (dims, what): (Vec<usize>, &str) = match f.kind {
+        Transition::Identity => (vec![0], "none (identity transitions)"),
+        Transition::Scalar => (vec![f.batch, f.l], "batch x L (scalar)"),
+        Transition::Diagonal => (vec![f.batch, f.l, f.n], "batch x L x N (diagonal)"),
+        Transition::Dense => (vec![f.batch, f.l, f.n, f.n], "batch x L x N x N (dense)"),
+    };
+    let na = checked_size("A", &dims)?;
+    if f.a.len() != na {
+        return Err(Error::shape("A", format!("expected {what} = {na} values, got {}", f.a.len())));
+    }
+    check_finite("A", f.a)?;
+    check_finite("B", f.b)?;
+    check_finite("C", f.c)?;
+    Ok(())
+}
+
+/// Tolerance- and/or entropy-ESS curves of a batch of state-space operators (see the
+/// module docs for the convention). Returns curves of shape `(batch, n_positions)`.
+pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Result<EssCurves> {
+    validate(f)?;
+    let tol = Tolerance::new(opts.atol, opts.rtol, F::EPS)?;
+    let l = f.l;
+    let positions: Vec<usize> = match &opts.positions {
+        Some(p) => {
+            validate_positions(p, l)?;
+            p.clone()
+        }
+        None => (0..l).collect(),
+    };
+    let np = positions.len();
+    let out_len = checked_size("B", &[f.batch, np])?;
+    // Per channel the backward factors at the requested splits are stored.
+    checked_size("B", &[np, f.n, f.n + 1, 8])?;
+    let want_tol = opts.method.wants_tolerance();
+    let want_ent = opts.method.wants_entropy();
+    let mut tol_out = vec![0.0; if want_tol { out_len } else { 0 }];
+    let mut ent_out = vec![0.0; if want_ent { out_len } else { 0 }];
+    if np > 0 && f.batch > 0 {
+        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(f.batch);
+        let mut ti = if want_tol { Some(tol_out.chunks_mut(np)) } else { None };
+        let mut ei = if want_ent { Some(ent_out.chunks_mut(np)) } else { None };
+        for b in 0..f.batch {
+            rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
+        }
+        rows.into_par_iter().try_for_each(|(ch, tr, er)| {
+            let res = one_channel(f, ch, &positions, &tol, want_tol, want_ent)?;
+            if let Some(tr) = tr {
+                for (o, r) in tr.iter_mut().zip(&res) {
+                    *o = r.0;
+                }
+            }
+            if let Some(er) = er {
+                for (o, r) in er.iter_mut().zip(&res) {
+                    *o = r.1;
+                }
+            }
+            Ok::<(), Error>(())
+        })?;
+    }
+    Ok(EssCurves {
+        batch: f.batch,
+        n_positions: np,
+        tolerance: want_tol.then_some(tol_out),
+        entropy: want_ent.then_some(ent_out),
+    })
+}
+
+/// `x * 2^e`, exact whenever the result is a normal number, never overflowing in between.
+#[inline]
+pub(crate) fn ldexp(mut x: f64, mut e: i64) -> f64 {
+    while e > 1000 {
+        x *= pow2(1000);
+        e -= 1000;
+        if x.is_infinite() || x == 0.0 {
+            return x;
+        }
+    }
+    while e < -1000 {
+        x *= pow2(-1000);
+        e += 1000;
+        if x == 0.0 {
+            return x;
+        }
+    }
+    x * pow2(e)
+}
+
+/// `2^e` for `-1022 <= e <= 1023` (exact, by construction of the bits).
+#[inline]
+fn pow2(e: i64) -> f64 {
+    debug_assert!((-1022..=1023).contains(&e));
+    f64::from_bits(((e + 1023) as u64) << 52)
+}
+
+/// Exponent `k` with `2^k <= |x| < 2^(k+1)` for finite nonzero `x`.
+#[inline]
+fn exponent(x: f64) -> i64 {
+    let bits = x.abs().to_bits();
+    let raw = ((bits >> 52) & 0x7ff) as i64;
+    if raw == 0 {
+        // subnormal
+        let mant = bits & ((1u64 << 52) - 1);
+        -1074 + (63 - mant.leading_zeros() as i64)
+    } else {
+        raw - 1023
+    }
+}
+
+/// A lower-triangular `N x N` factor with per-row power-of-two exponents:
+/// true factor `= diag(2^e) S`. Column-major storage (`s[j * n + i] = S[i, j]`).
+#[derive(Clone)]
+struct Factor {
+    n: usize,
+    s: Vec<f64>,
+    e: Vec<i64>,
+    /// Whether `S` is currently lower triangular (false after a dense transition).
+    tri: bool,
+}
+
+impl Factor {
+    fn zeros(n: usize) -> Self {
+        Factor { n, s: vec![0.0; n * n], e: vec![0; n], tri: true }
+    }
+
+    #[inline]
+    fn at(&self, i: usize, j: usize) -> f64 {
+        self.s[j * self.n + i]
+    }
+
+    /// Columns of row `i` that may be nonzero.
+    #[inline]
+    fn row_cols(&self, i: usize) -> std::ops::Range<usize> {
+        if self.tri {
+            0..i + 1
+        } else {
+            0..self.n
+        }
+    }
+
+    /// Rescale each row to max-norm in `[1, 2)` (zero rows get exponent 0).
+    fn normalise(&mut self) {
+        let n = self.n;
+        for i in 0..n {
+            let cols = self.row_cols(i);
+            let mut m = 0.0f64;
+            for j in cols.clone() {
+                m = m.max(self.s[j * n + i].abs());
+            }
+            if m == 0.0 {
+                self.e[i] = 0;
+                continue;
+            }
+            let k = exponent(m);
+            if k != 0 {
+                for j in cols {
+                    self.s[j * n + i] = ldexp(self.s[j * n + i], -k);
+                }
+                self.e[i] += k;
+            }
+        }
+    }
+
+    /// `S <- diag(a) S` (scalar `a` when `diag` has one entry).
+    fn mul_diag(&mut self, a: &[f64]) {
+        let n = self.n;
+        for i in 0..n {
+            let ai = if a.len() == 1 { a[0] } else { a[i] };
+            let cols = self.row_cols(i);
+            if ai == 0.0 {
+                for j in cols {
+                    self.s[j * n + i] = 0.0;
+                }
+                self.e[i] = 0;
+            } else if ai != 1.0 {
+                // |S| < 2, so the product stays finite (|ai| < 2^1023) until normalised,
+                // except |ai| >= 2^1023, handled by splitting off the exponent.
+                let k = exponent(ai);
+                let am = ldexp(ai, -k);
+                for j in cols {
+                    self.s[j * n + i] *= am;
+                }
+                self.e[i] += k;
+            }
+        }
+        self.normalise();
+    }
+
+    /// `S <- A S` (or `A^T S` when `transpose`), `A` row-major `n x n`; re-triangularised.
+    fn mul_dense(&mut self, a: &[f64], transpose: bool) {
+        let n = self.n;
+        let emax = self
+            .e
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| self.row_cols(i).any(|j| self.at(i, j) != 0.0))
+            .map(|(_, &e)| e)
+            .max();
+        let Some(emax) = emax else {
+            return; // zero factor stays zero
+        };
+        // A = 2^ka A' with max|A'| in [1, 2): huge or tiny transitions cannot overflow the
+        // accumulation below.
+        let amax = a.iter().fold(0.0f64, |m, &x| m.max(x.abs()));
+        if amax == 0.0 {
+            self.s.iter_mut().for_each(|x| *x = 0.0);
+            self.e.iter_mut().for_each(|x| *x = 0);
+            self.tri = true;
+            return;
+        }
+        let ka = exponent(amax);
+        let a_s: Vec<f64> = a.iter().map(|&x| ldexp(x, -ka)).collect();
+        // Column scale of A': 2^(e_k - emax) <= 1; the result carries exponent emax + ka.
+        let cs: Vec<f64> = self.e.iter().map(|&e| ldexp(1.0, e - emax)).collect();
+        let emax = emax + ka;
+        let aij = |i: usize, k: usize| if transpose { a_s[k * n + i] } else { a_s[i * n + k] };
+        // M^T (n x n) = (A' S)^T, built directly: MT[j, i] = sum_k A'[i, k] S[k, j].
+        let mt = Mat::<f64>::from_fn(n, n, |j, i| {
+            let mut acc = 0.0;
+            let k0 = if self.tri { j } else { 0 };
+            for k in k0..n {
+                let skj = self.s[j * n + k];
+                if skj != 0.0 {
+                    acc += aij(i, k) * cs[k] * skj;
+                }
+            }
+            acc
+        });
+        // Per-row (= per-column of M^T) normalisation before the QR, so that the QR only
+        // sees O(1) columns; the exponents pass through it (column-scaling equivariance).
+        let mut e_new = vec![emax; n];
+        let mut mt = mt;
+        for i in 0..n {
+            let m = (0..n).fold(0.0f64, |m, j| m.max(mt[(j, i)].abs()));
+            if m == 0.0 {
+                e_new[i] = 0;
+                continue;
+            }
+            let k = exponent(m);
+            for j in 0..n {
+                mt[(j, i)] = ldexp(mt[(j, i)], -k);
+            }
+            e_new[i] += k;
+        }
+        let r = mt.qr().thin_R().to_owned();
+        for j in 0..n {
+            for i in 0..n {
+                // S_new = R^T: S_new[i, j] = R[j, i], lower triangular.
+                self.s[j * n + i] = if i >= j { r[(j, i)] } else { 0.0 };
+            }
+        }
+        self.e = e_new;
+        self.tri = true;
+        self.normalise();
+    }
+
+    /// Append the column `v` (true scale) and compress back to `N x N` lower triangular:
+    /// `S S^T <- S S^T + v v^T`, by Givens rotations.
+    fn append(&mut self, v: &[f64]) {
+        debug_assert!(self.tri);
+        let n = self.n;
+        // Bring each row and v[i] to a common exponent.
+        let mut w = vec![0.0; n];
+        for i in 0..n {
+            if v[i] == 0.0 {
+                continue;
+            }
+            let ev = exponent(v[i]);
+            let row_zero = (0..=i).all(|j| self.s[j * n + i] == 0.0);
+            if row_zero {
+                self.e[i] = ev;
+            } else if ev > self.e[i] {
+                let d = self.e[i] - ev;
+                for j in 0..=i {
+                    self.s[j * n + i] = ldexp(self.s[j * n + i], d);
+                }
+                self.e[i] = ev;
+            }
+            w[i] = ldexp(v[i], -self.e[i]);
+        }
+        for j in 0..n {
+            if w[j] == 0.0 && w[j..].iter().all(|&x| x == 0.0) {
+                break;
+            }
+            let x = self.s[j * n + j];
+            let y = w[j];
+            if y == 0.0 {
+                continue;
+            }
+            let r = x.hypot(y);
+            let (c, s) = (x / r, y / r);
+            self.s[j * n + j] = r;
+            w[j] = 0.0;
+            let col = &mut self.s[j * n + j + 1..(j + 1) * n];
+            for (p, q) in col.iter_mut().zip(w[j + 1..].iter_mut()) {
+                let (a, b) = (*p, *q);
+                *p = c * a + s * b;
+                *q = c * b - s * a;
+            }
+        }
+        self.normalise();
+    }
+}
+
+/// The transition of channel `ch` at time `t`, in f64.
+enum Step<'v> {
+    Identity,
+    Diag(&'v [f64]),
+    Dense(&'v [f64]),
+}
+
+struct Channel {
+    kind: Transition,
+    n: usize,
+    a: Vec<f64>,
+    b: Vec<f64>,
+    c: Vec<f64>,
+}
+
+impl Channel {
+    fn new<F: Scalar>(f: &SsmFactors<'_, F>, ch: usize) -> Self {
+        let (l, n) = (f.l, f.n);
+        let conv = |x: &[F]| x.iter().map(|&v| v.into()).collect::<Vec<f64>>();
+        let a = match f.kind {
+            Transition::Identity => Vec::new(),
+            Transition::Scalar => conv(&f.a[ch * l..(ch + 1) * l]),
+            Transition::Diagonal => conv(&f.a[ch * l * n..(ch + 1) * l * n]),
+            Transition::Dense => conv(&f.a[ch * l * n * n..(ch + 1) * l * n * n]),
+        };
+        Channel {
+            kind: f.kind,
+            n,
+            a,
+            b: conv(&f.b[ch * l * n..(ch + 1) * l * n]),
+            c: conv(&f.c[ch * l * n..(ch + 1) * l * n]),
+        }
+    }
+    fn step(&self, t: usize) -> Step<'_> {
+        let n = self.n;
+        match self.kind {
+            Transition::Identity => Step::Identity,
+            Transition::Scalar => Step::Diag(&self.a[t..t + 1]),
+            Transition::Diagonal => Step::Diag(&self.a[t * n..(t + 1) * n]),
+            Transition::Dense => Step::Dense(&self.a[t * n * n..(t + 1) * n * n]),
+        }
+    }
+    fn apply(&self, fac: &mut Factor, t: usize, transpose: bool) {
+        match self.step(t) {
+            Step::Identity => {}
+            Step::Diag(a) => fac.mul_diag(a),
+            Step::Dense(a) => fac.mul_dense(a, transpose),
+        }
+    }
+}
+
+fn one_channel<F: Scalar>(
+    f: &SsmFactors<'_, F>,
+    ch: usize,
+    positions: &[usize],
+    tol: &Tolerance,
+    want_tol: bool,
+    want_ent: bool,
+) -> Result<Vec<(f64, f64)>> {
+    let (l, n) = (f.l, f.n);
+    let chan = Channel::new(f, ch);
+    let mut out = vec![(0.0, 0.0); positions.len()];
+    // Requested splits with 1 <= t <= L-1 (t = 0 is 0 by convention).
+    let mut slot = vec![usize::MAX; l];
+    for (idx, &p) in positions.iter().enumerate() {
+        if p >= 1 {
+            slot[p] = idx;
+        }
+    }
+    let Some(t_min) = (1..l).find(|&t| slot[t] != usize::MAX) else {
+        return Ok(out);
+    };
+    // Backward: S_O(t) = tri(A_t^T [c_t, S_O(t+1)]), S_O(L) = 0. Stored at requested t.
+    let mut so = Factor::zeros(n);
+    let mut stored: Vec<Option<Factor>> = vec![None; l];
+    for t in (t_min..l).rev() {
+        so.append(&chan.c[t * n..(t + 1) * n]);
+        chan.apply(&mut so, t, true);
+        if slot[t] != usize::MAX {
+            stored[t] = Some(so.clone());
+        }
+    }
+    drop(so);
+    // Forward: S_R(1) = [b_0], S_R(t+1) = tri([A_t S_R(t), b_t]).
+    let mut sr = Factor::zeros(n);
+    sr.append(&chan.b[0..n]);
+    let t_max = (1..l).rev().find(|&t| slot[t] != usize::MAX).unwrap_or(t_min);
+    let mut mem = {
+        let scratch = faer::linalg::svd::svd_scratch::<f64>(
+            n,
+            n,
+            faer::linalg::svd::ComputeSvdVectors::No,
+            faer::linalg::svd::ComputeSvdVectors::No,
+            Par::Seq,
+            Default::default(),
+        );
+        MemBuffer::new(scratch)
+    };
+    let mut w = Mat::<f64>::zeros(n, n);
+    for t in 1..=t_max {
+        if t > 1 {
+            chan.apply(&mut sr, t - 1, false);
+            sr.append(&chan.b[(t - 1) * n..t * n]);
+        }
+        if slot[t] == usize::MAX {
+            continue;
+        }
+        let so = stored[t].take().expect("stored backward factor");
+        // Combined row exponents over rows that are nonzero in both factors.
+        let nz = |fac: &Factor, k: usize| fac.row_cols(k).any(|j| fac.at(k, j) != 0.0);
+        let g: Vec<Option<i64>> =
+            (0..n).map(|k| (nz(&sr, k) && nz(&so, k)).then(|| sr.e[k] + so.e[k])).collect();
+        let gmax = g.iter().flatten().copied().max();
+        let (sigma, gmax) = match gmax {
+            None => (Vec::new(), 0),
+            Some(gmax) => {
+                // W = S_O^T diag(2^(g - gmax)) S_R.
+                for j in 0..n {
+                    for i in 0..n {
+                        w[(i, j)] = 0.0;
+                    }
+                }
+                for k in 0..n {
+                    let Some(gk) = g[k] else { continue };
+                    let sc = ldexp(1.0, gk - gmax);
+                    if sc == 0.0 {
+                        continue;
+                    }
+                    for j in sr.row_cols(k) {
+                        let srk = sr.at(k, j) * sc;
+                        if srk == 0.0 {
+                            continue;
+                        }
+                        for i in so.row_cols(k) {
+                            w[(i, j)] += so.at(k, i) * srk;
+                        }
+                    }
+                }
+                let mut sv = singular_values(w.as_ref(), &mut mem)?;
+                // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
+                // (what the N x N product shows there is rounding).
+                sv.truncate(t.min(l - t));
+                (sv, gmax)
+            }
+        };
+        let smax = sigma.first().copied().unwrap_or(0.0);
+        let tol_s = match tol.atol {
+            Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
+            None => *tol,
+        };
+        let tau = tol_s.threshold(smax, l - t, t);
+        out[slot[t]] = (
+            if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+            if want_ent { entropy_ess(&sigma) } else { 0.0 },
+        );
+    }
+    Ok(out)
+}
+
+/// Values-only SVD of a small square matrix, sequential (the caller is already parallel),
+/// sorted decreasingly.
+fn singular_values(m: MatRef<'_, f64>, mem: &mut MemBuffer) -> Result<Vec<f64>> {
+    let n = m.nrows();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let mut s = faer::diag::Diag::<f64>::zeros(n);
+    faer::linalg::svd::svd(m, s.as_mut(), None, None, Par::Seq, MemStack::new(mem), Default::default())
+        .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
+    let mut v: Vec<f64> = s.column_vector().iter().map(|x| x.abs()).collect();
+    v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
+    }
+
+    /// Materialise T densely (f64) from the factors of channel 0.
+    fn materialise(kind: Transition, l: usize, n: usize, a: &[f64], b: &[f64], c: &[f64]) -> Vec<f64> {
+        let mut t_op = vec![0.0; l * l];
+        for s in 0..l {
+            // x = b_s, then x <- A_r x for r = s+1..t.
+            let mut x: Vec<f64> = b[s * n..(s + 1) * n].to_vec();
+            for t in s..l {
+                if t > s {
+                    x = match kind {
+                        Transition::Identity => x,
+                        Transition::Scalar => x.iter().map(|v| v * a[t]).collect(),
+                        Transition::Diagonal => (0..n).map(|i| x[i] * a[t * n + i]).collect(),
+                        Transition::Dense => (0..n)
+                            .map(|i| (0..n).map(|k| a[t * n * n + i * n + k] * x[k]).sum())
+                            .collect(),
+                    };
+                }
+                t_op[t * l + s] = (0..n).map(|i| c[t * n + i] * x[i]).sum();
+            }
+        }
+        t_op
+    }
+
+    #[test]
+    fn agrees_with_dense_kernel() {
+        let mut seed = 5u64;
+        for kind in [Transition::Identity, Transition::Scalar, Transition::Diagonal, Transition::Dense] {
+            for (l, n) in [(2usize, 1usize), (5, 3), (12, 4), (30, 6)] {
+                let na = match kind {
+                    Transition::Identity => 0,
+                    Transition::Scalar => l,
+                    Transition::Diagonal => l * n,
+                    Transition::Dense => l * n * n,
+                };
+                let a: Vec<f64> = (0..na).map(|_| 1.6 * lcg(&mut seed)).collect();
+                let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+                let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+                let f = SsmFactors { batch: 1, l, n, kind, a: &a, b: &b, c: &c };
+                let opts = StructuredOptions { rtol: Some(1e-9), ..Default::default() };
+                let got = ssm_ess(&f, &opts).unwrap();
+                let op = materialise(kind, l, n, &a, &b, &c);
+                let dopts = super::super::DenseOptions { rtol: Some(1e-9), ..Default::default() };
+                let want = super::super::dense_ess(&op, 1, l, &dopts).unwrap();
+                assert_eq!(got.tolerance, want.tolerance, "{kind:?} L={l} N={n}");
+                for (x, y) in got.entropy.unwrap().iter().zip(want.entropy.unwrap().iter()) {
+                    assert!((x - y).abs() <= 1e-9 * y.max(1.0), "{kind:?} L={l} N={n}: {x} vs {y}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn growth_does_not_overflow() {
+        // a = 4 over 2000 steps: T entries up to 4^2000 (overflow in f64), curves still finite.
+        let (l, n) = (2000usize, 2usize);
+        let a = vec![4.0; l];
+        let b = vec![1.0; l * n];
+        let c: Vec<f64> = (0..l * n).map(|i| if i % 2 == 0 { 1.0 } else { -0.5 }).collect();
+        let f = SsmFactors { batch: 1, l, n, kind: Transition::Scalar, a: &a, b: &b, c: &c };
+        let got = ssm_ess(&f, &StructuredOptions::default()).unwrap();
+        let tc = got.tolerance.unwrap();
+        let en = got.entropy.unwrap();
+        assert_eq!(tc[1000], 1.0);
+        assert!((en[1000] - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn huge_and_tiny_dense_transitions() {
+        // Diagonal transitions of size 2^(+-900) given as dense matrices agree with the
+        // diagonal path (T itself overflows / underflows float64 here).
+        let (l, n) = (12usize, 3usize);
+        let mut seed = 9u64;
+        let d: Vec<f64> = (0..l * n).map(|_| 0.5 + lcg(&mut seed)).collect();
+        let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+        let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+        let opts = StructuredOptions { rtol: Some(1e-10), ..Default::default() };
+        for e in [-900i64, 900] {
+            let ad: Vec<f64> = d.iter().map(|&x| ldexp(x, e)).collect();
+            let mut a = vec![0.0; l * n * n];
+            for t in 0..l {
+                for i in 0..n {
+                    a[t * n * n + i * n + i] = ad[t * n + i];
+                }
+            }
+            let fd = SsmFactors { batch: 1, l, n, kind: Transition::Diagonal, a: &ad, b: &b, c: &c };
+            let fm = SsmFactors { batch: 1, l, n, kind: Transition::Dense, a: &a, b: &b, c: &c };
+            let want = ssm_ess(&fd, &opts).unwrap();
+            let got = ssm_ess(&fm, &opts).unwrap();
+            assert_eq!(got.tolerance, want.tolerance);
+            assert!(want.tolerance.as_ref().unwrap()[l / 2] >= 1.0);
+            for (x, y) in got.entropy.unwrap().iter().zip(want.entropy.as_ref().unwrap()) {
+                assert!(x.is_finite() && (x - y).abs() <= 1e-10 * y.max(1.0), "{x} vs {y}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input() {
+        let f = SsmFactors::<f64> { batch: 1, l: 3, n: 0, kind: Transition::Identity, a: &[], b: &[], c: &[] };
+        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
+        let b = [1.0, f64::NAN, 0.0];
+        let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Identity, a: &[], b: &b, c: &[0.0; 3] };
+        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::NonFinite { .. })));
+        let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Scalar, a: &[1.0], b: &[0.0; 3], c: &[0.0; 3] };
+        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
+    }
+
+    #[test]
+    fn ldexp_and_exponent() {
+        assert_eq!(exponent(1.0), 0);
+        assert_eq!(exponent(3.0), 1);
+        assert_eq!(exponent(0.25), -2);
+        assert_eq!(exponent(f64::MIN_POSITIVE / 4.0), -1024);
+        assert_eq!(ldexp(1.0, -1074), 5e-324);
+        assert_eq!(ldexp(3.0, 2000), f64::INFINITY);
+        assert_eq!(ldexp(ldexp(1.5, 900), -900), 1.5);
+        assert_eq!(ldexp(1.5, -2000), 0.0);
+    }
+}

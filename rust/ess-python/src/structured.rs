@@ -1,0 +1,132 @@
+//! Binding of the structured (state-space) ESS kernel.
+
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods};
+use pyo3::prelude::*;
+
+use ess_core::ess::structured::{ssm_ess, SsmFactors, StructuredOptions, Transition};
+use ess_core::ess::{EssCurves, Method};
+
+use crate::arrays::{contiguous, float_array, FloatArray};
+use crate::errors::{dtype_error, shape_error, IntoPy};
+
+/// Structured ESS curves of state-space operators.
+///
+/// `b`, `c`: `(..., L, N)`; `a`: `None` (`kind="identity"`), `(..., L)` (`"scalar"`),
+/// `(..., L, N)` (`"diagonal"`) or `(..., L, N, N)` (`"dense"`), same leading dimensions
+/// and the same dtype as `b` and `c`. Returns `(tolerance or None, entropy or None)`, each
+/// float64 `(..., n_positions)`.
+#[pyfunction]
+#[pyo3(signature = (a, kind, b, c, method, atol=None, rtol=None, positions=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn ssm_ess_curves<'py>(
+    py: Python<'py>,
+    a: Option<&Bound<'py, PyAny>>,
+    kind: &str,
+    b: &Bound<'py, PyAny>,
+    c: &Bound<'py, PyAny>,
+    method: &str,
+    atol: Option<f64>,
+    rtol: Option<f64>,
+    positions: Option<Vec<i64>>,
+) -> PyResult<(Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>)> {
+    let method = Method::parse("method", method).py_err()?;
+    let kind = match kind {
+        "identity" => Transition::Identity,
+        "scalar" => Transition::Scalar,
+        "diagonal" => Transition::Diagonal,
+        "dense" => Transition::Dense,
+        other => {
+            return Err(ess_core::Error::invalid(
+                "kind",
+                format!("unknown transition kind {other:?}; expected \"identity\", \"scalar\", \"diagonal\" or \"dense\""),
+            ))
+            .py_err()
+        }
+    };
+    let barr = float_array(b, "B")?;
+    let carr = float_array(c, "C")?;
+    let bshape = barr.shape();
+    if bshape.len() < 2 {
+        return Err(shape_error("B", format!("needs at least 2 dimensions (..., L, N), got shape {bshape:?}")));
+    }
+    if carr.shape() != bshape {
+        return Err(shape_error("C", format!("shape {:?} differs from the shape of B {bshape:?}", carr.shape())));
+    }
+    let nd = bshape.len();
+    let (l, n) = (bshape[nd - 2], bshape[nd - 1]);
+    let batch_shape = bshape[..nd - 2].to_vec();
+    let batch: usize = batch_shape.iter().product();
+    let aarr = match (kind, a) {
+        (Transition::Identity, None) => None,
+        (Transition::Identity, Some(_)) => {
+            return Err(ess_core::Error::invalid("A", "must be None for identity transitions")).py_err()
+        }
+        (_, None) => return Err(ess_core::Error::invalid("A", "is required for this transition kind")).py_err(),
+        (_, Some(a)) => {
+            let arr = float_array(a, "A")?;
+            let mut want = batch_shape.clone();
+            match kind {
+                Transition::Scalar => want.push(l),
+                Transition::Diagonal => want.extend([l, n]),
+                _ => want.extend([l, n, n]),
+            }
+            if arr.shape() != want {
+                return Err(shape_error(
+                    "A",
+                    format!("expected shape {want:?} for {kind:?} transitions with B of shape {bshape:?}, got {:?}", arr.shape()),
+                ));
+            }
+            Some(arr)
+        }
+    };
+    let positions = match positions {
+        None => None,
+        Some(p) => Some(
+            p.into_iter()
+                .map(|x| {
+                    usize::try_from(x).map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
+                })
+                .collect::<Result<Vec<usize>, _>>()
+                .py_err()?,
+        ),
+    };
+    let opts = StructuredOptions { method, atol, rtol, positions };
+    let curves: EssCurves = match (&aarr, &barr, &carr) {
+        (None | Some(FloatArray::F64(_)), FloatArray::F64(bb), FloatArray::F64(cc)) => {
+            let av = match &aarr {
+                Some(FloatArray::F64(x)) => contiguous(x),
+                _ => std::borrow::Cow::Borrowed(&[][..]),
+            };
+            let (bv, cv) = (contiguous(bb), contiguous(cc));
+            let f = SsmFactors { batch, l, n, kind, a: &av, b: &bv, c: &cv };
+            py.detach(|| ssm_ess(&f, &opts)).py_err()?
+        }
+        (None | Some(FloatArray::F32(_)), FloatArray::F32(bb), FloatArray::F32(cc)) => {
+            let av = match &aarr {
+                Some(FloatArray::F32(x)) => contiguous(x),
+                _ => std::borrow::Cow::Borrowed(&[][..]),
+            };
+            let (bv, cv) = (contiguous(bb), contiguous(cc));
+            let f = SsmFactors { batch, l, n, kind, a: &av, b: &bv, c: &cv };
+            py.detach(|| ssm_ess(&f, &opts)).py_err()?
+        }
+        _ => return Err(dtype_error("A, B, C", "must all have the same dtype (float32 or float64)")),
+    };
+    let mut out_shape = batch_shape;
+    out_shape.push(curves.n_positions);
+    let wrap = |v: Option<Vec<f64>>| -> PyResult<Option<Bound<'py, PyAny>>> {
+        match v {
+            None => Ok(None),
+            Some(v) => {
+                let arr: Bound<'py, PyArray1<f64>> = v.into_pyarray(py);
+                Ok(Some(arr.reshape(out_shape.clone())?.into_any()))
+            }
+        }
+    };
+    Ok((wrap(curves.tolerance)?, wrap(curves.entropy)?))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(ssm_ess_curves, m)?)?;
+    Ok(())
+}
