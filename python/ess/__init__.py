@@ -3,6 +3,7 @@
 The numerical kernels live in a Rust core (``ess._core``); this package is the public API.
 
 * :func:`effective_state_size`: ESS curves of dense causal operators.
+* :mod:`ess.markov`: Markov chains (hitting times, committors, GTH) and the CCMC.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from . import errors
 from ._core import __version__
 from . import examples
+from . import markov
 from ._dense import EssCurves, effective_state_size
 from .errors import (
     DTypeError,
@@ -28,6 +30,7 @@ __all__ = [
     "effective_state_size",
     "EssCurves",
     "errors",
+    "markov",
     "EssError",
     "ShapeError",
     "NonFiniteError",
