@@ -196,7 +196,11 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
     ``W[j, k] - W[j', k]`` of tokens present in the same prompt (the softmax is shift
     invariant). Hence ``W[:, k]`` is determined up to one shift exactly when the co-occurrence
     graph (tokens linked when they share a prompt ending in ``k``) is connected and covers
-    the vocabulary; each connected component carries its own unknown shift.
+    the vocabulary; each connected component carries its own unknown shift. In this model
+    the last token ``k`` occurs in every prompt ending in ``k``, so the tokens seen there are
+    always linked through ``k``: in practice identifiability fails through coverage (tokens
+    never seen with ``k``, whose entries are then undetermined), and the component labels
+    matter for generalisations (e.g. prompts whose last position is masked out).
     """
     V = int(vocab_size)
     X = _prompts(prompts, V)
