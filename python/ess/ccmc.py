@@ -228,7 +228,7 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
                 rt = find(int(t))
                 if rt != r0:
                     parent[rt] = r0
-        roots = {}
+        roots: dict[int, int] = {}
         for j in np.flatnonzero(seen):
             r = find(int(j))
             comps[j, k] = roots.setdefault(r, len(roots))
