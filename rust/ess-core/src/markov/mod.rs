@@ -458,3 +458,79 @@ pub fn committor_backward(chain: &ChainRef<'_>, a: &[i64], b: &[i64], method: Me
     let rc = ChainRef::Csr64(CsrRef { n: chain.n(), indptr: &ip, indices: &ix, data: &d });
     committor_validated(&rc, b, a, method)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cycle(n: usize) -> Vec<f64> {
+        let mut p = vec![0.0; n * n];
+        for i in 0..n {
+            p[i * n + (i + 1) % n] += 0.5;
+            p[i * n + (i + n - 1) % n] += 0.5;
+        }
+        p
+    }
+
+    #[test]
+    fn cycle_hitting_times_dense_sparse_lu() {
+        let n = 300; // > 2 * NB: exercises AMD, the sparse engine and the dense switch
+        let p = cycle(n);
+        let dense = ChainRef::Dense { n, p: &p };
+        let mut ip = vec![0i64];
+        let mut ix = Vec::new();
+        let mut d = Vec::new();
+        for i in 0..n {
+            for j in 0..n {
+                if p[i * n + j] > 0.0 {
+                    ix.push(j as i64);
+                    d.push(p[i * n + j]);
+                }
+            }
+            ip.push(ix.len() as i64);
+        }
+        let csr = ChainRef::Csr64(CsrRef { n, indptr: &ip, indices: &ix, data: &d });
+        for (c, m) in [(&dense, Method::Gth), (&csr, Method::Gth), (&csr, Method::Lu)] {
+            let h = hitting_times(c, &[0], m).unwrap();
+            for k in 0..n {
+                let want = (k * (n - k)) as f64;
+                assert!((h[k] - want).abs() <= 1e-10 * want.max(1.0), "k={k} got {} want {want}", h[k]);
+            }
+        }
+        let pi = stationary_distribution(&csr).unwrap();
+        for v in pi {
+            assert!((v * n as f64 - 1.0).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn mfpt_two_state_and_errors() {
+        let p = [0.7, 0.3, 1e-12, 1.0 - 1e-12];
+        let c = ChainRef::Dense { n: 2, p: &p };
+        let m = mean_first_passage_times(&c).unwrap();
+        assert_eq!(m[0], 0.0);
+        assert!((m[1] - 1.0 / 0.3).abs() < 1e-14 / 0.3);
+        assert!((m[2] - 1e12).abs() < 1e-3);
+        assert!(matches!(hitting_times(&c, &[], Method::Gth), Err(Error::InvalidValue { .. })));
+        assert!(matches!(hitting_times(&c, &[2], Method::Gth), Err(Error::OutOfRange { .. })));
+        let bad = [0.5, 0.6, 0.5, 0.5];
+        let c = ChainRef::Dense { n: 2, p: &bad };
+        assert!(matches!(hitting_times(&c, &[0], Method::Gth), Err(Error::NotStochastic { .. })));
+    }
+
+    #[test]
+    fn scc_iterative_long_path() {
+        // a 200000-state path with a back edge: one SCC, no recursion depth issues
+        let n = 200_000;
+        let mut indptr = vec![0usize];
+        let mut indices = Vec::new();
+        for i in 0..n {
+            indices.push((i + 1) % n);
+            indptr.push(indices.len());
+        }
+        let g = Graph { n, indptr, indices };
+        let (lab, k) = g.scc();
+        assert_eq!(k, 1);
+        assert!(lab.iter().all(|&l| l == 0));
+    }
+}
