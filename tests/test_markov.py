@@ -450,3 +450,30 @@ def test_csr_duplicates_and_unsorted():
     indptr = np.array([0, 3, 5])
     S = sp.csr_array((data, indices, indptr), shape=(2, 2))
     assert rel(mk.hitting_times(S, [1]), [2, 0]) < 1e-15
+
+
+def test_kemeny_requires_irreducible():
+    P = np.array([[0.5, 0.5, 0], [0, 0.5, 0.5], [0, 0.5, 0.5]])  # state 0 transient
+    with pytest.raises(ess.InvalidArgumentError, match="irreducible"):
+        mk.kemeny_constant(P)
+    P2 = np.array([[1.0, 0], [0, 1.0]])
+    with pytest.raises(ess.InvalidArgumentError, match="closed classes"):
+        mk.kemeny_constant(P2)
+
+
+def test_lu_path_loses_digits_on_metastable_chain():
+    """The documented trade-off: LU is fine on well-conditioned chains, not on rare edges."""
+    P = sp.csr_array(mk.metastable_chain(3, 5, degree=2, eps=1e-15, seed=1))
+    A = np.arange(10, 15)
+    ref = hit_mpmath(P.toarray(), A)
+    assert rel(mk.hitting_times(P, A, method="gth"), ref) <= 1e-12
+    assert rel(mk.hitting_times(P, A, method="lu"), ref) > 1e-6
+
+
+def test_all_targets_and_single_state():
+    P = np.array([[1.0]])
+    assert mk.hitting_times(P, [0]).tolist() == [0.0]
+    assert mk.stationary_distribution(P).tolist() == [1.0]
+    assert mk.mean_first_passage_times(P).tolist() == [[0.0]]
+    Q = np.full((3, 3), 1 / 3)
+    assert mk.hitting_times(Q, [0, 1, 2]).tolist() == [0, 0, 0]

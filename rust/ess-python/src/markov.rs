@@ -69,12 +69,14 @@ fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     Ok(Held::Dense(sh[0], a))
 }
 
+type IdxPair<'a, T> = (Cow<'a, [T]>, Cow<'a, [T]>);
+
 /// Contiguous slices of a held chain (copied once only when the arrays are not contiguous).
 struct Slices<'a> {
     n: usize,
     dense: Option<Cow<'a, [f64]>>,
-    ip32: Option<(Cow<'a, [i32]>, Cow<'a, [i32]>)>,
-    ip64: Option<(Cow<'a, [i64]>, Cow<'a, [i64]>)>,
+    ip32: Option<IdxPair<'a, i32>>,
+    ip64: Option<IdxPair<'a, i64>>,
     data: Option<Cow<'a, [f64]>>,
 }
 

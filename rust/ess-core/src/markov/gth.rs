@@ -270,7 +270,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
                 if pk < ri.len() {
                     pos[ri[pk].0] = pk;
                 }
-                nnz -= 1;
+                nnz = nnz.saturating_sub(1);
                 let mult = qik / s;
                 for &(j, v) in &rowk {
                     if j == i {
@@ -296,7 +296,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
                 }
                 lcol.push((i, mult));
             }
-            nnz -= rowk.len();
+            nnz = nnz.saturating_sub(rowk.len());
             elim[k] = true;
             steps.push(Step { k, row: rowk, d: s, lcol });
             step += 1;

@@ -9,6 +9,9 @@
 //! * Hitting time of a set `A`: `h = 0` on `A`, `h = 1 + P h` elsewhere, `+inf` where `A`
 //!   is reached with probability < 1.
 
+// `!(x > 0.0)` is deliberate throughout: it is also true for NaN.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod ccmc;
 pub mod chain;
 pub mod gth;
@@ -404,15 +407,19 @@ pub fn mean_first_passage_times(chain: &ChainRef<'_>) -> Result<Vec<f64>> {
 }
 
 /// Kemeny constant `K = sum_j pi_j M[i, j]` (the same for every `i`) of an irreducible
-/// chain, from the all-pairs first-passage times. Returns `(K, row sums M pi)` so callers can
-/// inspect the invariance.
+/// chain, from the all-pairs first-passage times (row `i = 0`).
 pub fn kemeny_constant(chain: &ChainRef<'_>) -> Result<f64> {
-    let m = mean_first_passage_times(chain)?;
+    chain.validate("P")?;
     let n = chain.n();
-    let pi = stationary_validated(chain)?;
-    if pi.iter().any(|&p| p == 0.0) {
-        return Err(Error::invalid("P", "the Kemeny constant needs an irreducible chain"));
+    if n > MFPT_MAX_N {
+        return Err(Error::too_large("P", format!("the Kemeny constant uses dense n x n first-passage times; n = {n} exceeds {MFPT_MAX_N}")));
     }
+    // irreducibility first (cheap), so reducible chains fail before the O(n^3) work
+    let pi = stationary_validated(chain)?;
+    if pi.contains(&0.0) {
+        return Err(Error::invalid("P", "the Kemeny constant needs an irreducible chain (this one has transient states)"));
+    }
+    let m = mean_first_passage_times(chain)?;
     let mut k = 0.0;
     for j in 0..n {
         k += pi[j] * m[j];
