@@ -5,8 +5,11 @@
 
 use std::borrow::Cow;
 
-use numpy::{IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use numpy::PyArrayDescrMethods;
+use numpy::{
+    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
+    PyUntypedArrayMethods,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -21,9 +24,14 @@ enum Idx<'py> {
 }
 
 fn idx_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Idx<'py>> {
-    let arr = obj.cast::<PyUntypedArray>().map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
+    let arr = obj
+        .cast::<PyUntypedArray>()
+        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
     if arr.ndim() != 1 {
-        return Err(shape_error(arg, format!("must be one-dimensional, got {} dimensions", arr.ndim())));
+        return Err(shape_error(
+            arg,
+            format!("must be one-dimensional, got {} dimensions", arr.ndim()),
+        ));
     }
     let dt = arr.dtype();
     let py = obj.py();
@@ -32,14 +40,22 @@ fn idx_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Idx<'py>> {
     } else if dt.is_equiv_to(&numpy::dtype::<i64>(py)) {
         Ok(Idx::I64(obj.cast::<PyArrayDyn<i64>>()?.readonly()))
     } else {
-        Err(dtype_error(arg, format!("index dtype {dt} is not supported; use int32 or int64")))
+        Err(dtype_error(
+            arg,
+            format!("index dtype {dt} is not supported; use int32 or int64"),
+        ))
     }
 }
 
 fn f64_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
-    let arr = obj.cast::<PyUntypedArray>().map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
+    let arr = obj
+        .cast::<PyUntypedArray>()
+        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
     if !arr.dtype().is_equiv_to(&numpy::dtype::<f64>(obj.py())) {
-        return Err(dtype_error(arg, format!("dtype {} is not supported; pass float64", arr.dtype())));
+        return Err(dtype_error(
+            arg,
+            format!("dtype {} is not supported; pass float64", arr.dtype()),
+        ));
     }
     Ok(obj.cast::<PyArrayDyn<f64>>()?.readonly())
 }
@@ -53,7 +69,10 @@ enum Held<'py> {
 fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     if let Ok(t) = p.cast::<PyTuple>() {
         if t.len() != 4 {
-            return Err(shape_error("P", "a CSR chain is the tuple (n, indptr, indices, data)"));
+            return Err(shape_error(
+                "P",
+                "a CSR chain is the tuple (n, indptr, indices, data)",
+            ));
         }
         let n: usize = t.get_item(0)?.extract()?;
         let indptr = idx_array(&t.get_item(1)?, "P.indptr")?;
@@ -64,7 +83,10 @@ fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     let a = f64_array(p, "P")?;
     let sh = a.shape().to_vec();
     if sh.len() != 2 || sh[0] != sh[1] {
-        return Err(shape_error("P", format!("must be a square 2-D matrix (n, n), got shape {sh:?}")));
+        return Err(shape_error(
+            "P",
+            format!("must be a square 2-D matrix (n, n), got shape {sh:?}"),
+        ));
     }
     Ok(Held::Dense(sh[0], a))
 }
@@ -82,17 +104,34 @@ struct Slices<'a> {
 
 fn slices<'a>(h: &'a Held<'_>) -> PyResult<Slices<'a>> {
     match h {
-        Held::Dense(n, a) => Ok(Slices { n: *n, dense: Some(contiguous(a)), ip32: None, ip64: None, data: None }),
+        Held::Dense(n, a) => Ok(Slices {
+            n: *n,
+            dense: Some(contiguous(a)),
+            ip32: None,
+            ip64: None,
+            data: None,
+        }),
         Held::Csr(n, ip, ix, d) => {
             let data = Some(contiguous(d));
             match (ip, ix) {
-                (Idx::I32(a), Idx::I32(b)) => {
-                    Ok(Slices { n: *n, dense: None, ip32: Some((contiguous(a), contiguous(b))), ip64: None, data })
-                }
-                (Idx::I64(a), Idx::I64(b)) => {
-                    Ok(Slices { n: *n, dense: None, ip32: None, ip64: Some((contiguous(a), contiguous(b))), data })
-                }
-                _ => Err(dtype_error("P.indices", "indptr and indices must have the same dtype")),
+                (Idx::I32(a), Idx::I32(b)) => Ok(Slices {
+                    n: *n,
+                    dense: None,
+                    ip32: Some((contiguous(a), contiguous(b))),
+                    ip64: None,
+                    data,
+                }),
+                (Idx::I64(a), Idx::I64(b)) => Ok(Slices {
+                    n: *n,
+                    dense: None,
+                    ip32: None,
+                    ip64: Some((contiguous(a), contiguous(b))),
+                    data,
+                }),
+                _ => Err(dtype_error(
+                    "P.indices",
+                    "indptr and indices must have the same dtype",
+                )),
             }
         }
     }
@@ -105,10 +144,20 @@ impl<'a> Slices<'a> {
         }
         let data = self.data.as_deref().unwrap_or(&[]);
         if let Some((a, b)) = &self.ip32 {
-            return ChainRef::Csr32(CsrRef { n: self.n, indptr: a, indices: b, data });
+            return ChainRef::Csr32(CsrRef {
+                n: self.n,
+                indptr: a,
+                indices: b,
+                data,
+            });
         }
         let (a, b) = self.ip64.as_ref().expect("csr indices");
-        ChainRef::Csr64(CsrRef { n: self.n, indptr: a, indices: b, data })
+        ChainRef::Csr64(CsrRef {
+            n: self.n,
+            indptr: a,
+            indices: b,
+            data,
+        })
     }
 }
 
@@ -122,28 +171,50 @@ fn to_2d<'py>(py: Python<'py>, v: Vec<f64>, r: usize, c: usize) -> PyResult<Boun
 
 #[pyfunction]
 #[pyo3(signature = (p, target, method="auto"))]
-fn markov_hitting_times<'py>(py: Python<'py>, p: &Bound<'py, PyAny>, target: Vec<i64>, method: &str) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn markov_hitting_times<'py>(
+    py: Python<'py>,
+    p: &Bound<'py, PyAny>,
+    target: Vec<i64>,
+    method: &str,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let method = Method::parse("method", method).py_err()?;
     let h = hold(p)?;
     let s = slices(&h)?;
-    let out = py.detach(|| markov::hitting_times(&s.chain(), &target, method)).py_err()?;
+    let out = py
+        .detach(|| markov::hitting_times(&s.chain(), &target, method))
+        .py_err()?;
     Ok(to_1d(py, out))
 }
 
 #[pyfunction]
 #[pyo3(signature = (p, labels, nsets, method="auto"))]
-fn markov_absorption<'py>(py: Python<'py>, p: &Bound<'py, PyAny>, labels: Vec<i64>, nsets: usize, method: &str) -> PyResult<Bound<'py, PyAny>> {
+fn markov_absorption<'py>(
+    py: Python<'py>,
+    p: &Bound<'py, PyAny>,
+    labels: Vec<i64>,
+    nsets: usize,
+    method: &str,
+) -> PyResult<Bound<'py, PyAny>> {
     let method = Method::parse("method", method).py_err()?;
     let h = hold(p)?;
     let s = slices(&h)?;
     let n = s.n;
-    let out = py.detach(|| markov::absorption_probabilities(&s.chain(), &labels, nsets, method)).py_err()?;
+    let out = py
+        .detach(|| markov::absorption_probabilities(&s.chain(), &labels, nsets, method))
+        .py_err()?;
     to_2d(py, out, n, nsets)
 }
 
 #[pyfunction]
 #[pyo3(signature = (p, a, b, backward=false, method="auto"))]
-fn markov_committor<'py>(py: Python<'py>, p: &Bound<'py, PyAny>, a: Vec<i64>, b: Vec<i64>, backward: bool, method: &str) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn markov_committor<'py>(
+    py: Python<'py>,
+    p: &Bound<'py, PyAny>,
+    a: Vec<i64>,
+    b: Vec<i64>,
+    backward: bool,
+    method: &str,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let method = Method::parse("method", method).py_err()?;
     let h = hold(p)?;
     let s = slices(&h)?;
@@ -160,10 +231,15 @@ fn markov_committor<'py>(py: Python<'py>, p: &Bound<'py, PyAny>, a: Vec<i64>, b:
 }
 
 #[pyfunction]
-fn markov_stationary<'py>(py: Python<'py>, p: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn markov_stationary<'py>(
+    py: Python<'py>,
+    p: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let h = hold(p)?;
     let s = slices(&h)?;
-    let out = py.detach(|| markov::stationary_distribution(&s.chain())).py_err()?;
+    let out = py
+        .detach(|| markov::stationary_distribution(&s.chain()))
+        .py_err()?;
     Ok(to_1d(py, out))
 }
 
@@ -172,7 +248,9 @@ fn markov_mfpt<'py>(py: Python<'py>, p: &Bound<'py, PyAny>) -> PyResult<Bound<'p
     let h = hold(p)?;
     let s = slices(&h)?;
     let n = s.n;
-    let out = py.detach(|| markov::mean_first_passage_times(&s.chain())).py_err()?;
+    let out = py
+        .detach(|| markov::mean_first_passage_times(&s.chain()))
+        .py_err()?;
     to_2d(py, out, n, n)
 }
 
@@ -185,12 +263,22 @@ fn markov_kemeny(py: Python<'_>, p: &Bound<'_, PyAny>) -> PyResult<f64> {
 
 #[pyfunction]
 #[pyo3(signature = (p, threshold=0.0))]
-fn markov_classes<'py>(py: Python<'py>, p: &Bound<'py, PyAny>, threshold: f64) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, usize)> {
+fn markov_classes<'py>(
+    py: Python<'py>,
+    p: &Bound<'py, PyAny>,
+    threshold: f64,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, usize)> {
     let h = hold(p)?;
     let s = slices(&h)?;
-    let (lab, closed, k) = py.detach(|| markov::classes(&s.chain(), threshold)).py_err()?;
+    let (lab, closed, k) = py
+        .detach(|| markov::classes(&s.chain(), threshold))
+        .py_err()?;
     let lab: Vec<i64> = lab.into_iter().map(|x| x as i64).collect();
-    Ok((lab.into_pyarray(py).into_any(), closed.into_pyarray(py).into_any(), k))
+    Ok((
+        lab.into_pyarray(py).into_any(),
+        closed.into_pyarray(py).into_any(),
+        k,
+    ))
 }
 
 #[pyfunction]
@@ -208,15 +296,36 @@ fn markov_ccmc_simulate<'py>(
     let a = f64_array(p, "P")?;
     let sh = a.shape().to_vec();
     if sh.len() != 2 || sh[0] != sh[1] {
-        return Err(shape_error("P", format!("must be a square 2-D matrix (V, V), got shape {sh:?}")));
+        return Err(shape_error(
+            "P",
+            format!("must be a square 2-D matrix (V, V), got shape {sh:?}"),
+        ));
     }
     let data = contiguous(&a);
     let v = sh[0];
     let sim = py
-        .detach(|| markov::ccmc::simulate(&data, v, &prompt, position_weights.as_deref(), n_traj, n_steps, seed))
+        .detach(|| {
+            markov::ccmc::simulate(
+                &data,
+                v,
+                &prompt,
+                position_weights.as_deref(),
+                n_traj,
+                n_steps,
+                seed,
+            )
+        })
         .py_err()?;
-    let tok = sim.tokens.into_pyarray(py).reshape([n_traj, n_steps])?.into_any();
-    Ok((tok, to_2d(py, sim.support, n_traj, n_steps)?, to_2d(py, sim.winner_share, n_traj, n_steps)?))
+    let tok = sim
+        .tokens
+        .into_pyarray(py)
+        .reshape([n_traj, n_steps])?
+        .into_any();
+    Ok((
+        tok,
+        to_2d(py, sim.support, n_traj, n_steps)?,
+        to_2d(py, sim.winner_share, n_traj, n_steps)?,
+    ))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -109,9 +109,27 @@ pub fn dense_eliminate(a: &mut [f64], r: usize, npiv: usize, d: &mut Vec<f64>) -
             // rows k0..k1 x columns k1.., rows k1.. x columns k0..k1), all inside r x (r + 1).
             let (a22, l21, u12) = unsafe {
                 (
-                    MatMut::<f64>::from_raw_parts_mut(base.add(k1 * ld + k1), r - k1, r + 1 - k1, 1isize, ld as isize),
-                    MatRef::<f64>::from_raw_parts(base.add(k0 * ld + k1) as *const f64, r - k1, k1 - k0, 1isize, ld as isize),
-                    MatRef::<f64>::from_raw_parts(base.add(k1 * ld + k0) as *const f64, k1 - k0, r + 1 - k1, 1isize, ld as isize),
+                    MatMut::<f64>::from_raw_parts_mut(
+                        base.add(k1 * ld + k1),
+                        r - k1,
+                        r + 1 - k1,
+                        1isize,
+                        ld as isize,
+                    ),
+                    MatRef::<f64>::from_raw_parts(
+                        base.add(k0 * ld + k1) as *const f64,
+                        r - k1,
+                        k1 - k0,
+                        1isize,
+                        ld as isize,
+                    ),
+                    MatRef::<f64>::from_raw_parts(
+                        base.add(k1 * ld + k0) as *const f64,
+                        k1 - k0,
+                        r + 1 - k1,
+                        1isize,
+                        ld as isize,
+                    ),
                 )
             };
             matmul(a22, Accum::Add, l21, u12, 1.0, par());
@@ -205,8 +223,14 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
     let mut mem = faer::dyn_stack::MemBuffer::try_new(req)
         .map_err(|_| Error::too_large("P", "not enough memory for the fill-reducing ordering"))?;
     let stack = faer::dyn_stack::MemStack::new(&mut mem);
-    amd::order_maybe_unsorted(&mut perm, &mut perm_inv, sym, amd::Control::default(), stack)
-        .map_err(|e| Error::Numerical(format!("AMD ordering failed: {e:?}")))?;
+    amd::order_maybe_unsorted(
+        &mut perm,
+        &mut perm_inv,
+        sym,
+        amd::Control::default(),
+        stack,
+    )
+    .map_err(|e| Error::Numerical(format!("AMD ordering failed: {e:?}")))?;
     Ok(perm)
 }
 
@@ -216,7 +240,11 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
 fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
     let m = red.m;
     let c = red.c;
-    let order: Vec<usize> = if dense || m <= 2 * NB { (0..m).collect() } else { amd_order(red)? };
+    let order: Vec<usize> = if dense || m <= 2 * NB {
+        (0..m).collect()
+    } else {
+        amd_order(red)?
+    };
     let mut steps: Vec<Step> = Vec::new();
     let mut elim = vec![false; m];
     let mut pos = vec![usize::MAX; m];
@@ -232,7 +260,10 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
         let last = if keep_last { m.saturating_sub(1) } else { m };
         while step < last {
             let rem = m - step;
-            if rem <= DENSE_MAX && (nnz as f64) > DENSE_FRACTION * (rem as f64) * (rem as f64) && rem > 32 {
+            if rem <= DENSE_MAX
+                && (nnz as f64) > DENSE_FRACTION * (rem as f64) * (rem as f64)
+                && rem > 32
+            {
                 break;
             }
             let k = order[step];
@@ -298,7 +329,12 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
             }
             nnz = nnz.saturating_sub(rowk.len());
             elim[k] = true;
-            steps.push(Step { k, row: rowk, d: s, lcol });
+            steps.push(Step {
+                k,
+                row: rowk,
+                d: s,
+                lcol,
+            });
             step += 1;
         }
     }
@@ -309,10 +345,15 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
     for (t, &s) in states.iter().enumerate() {
         loc[s] = t;
     }
-    let size = r.checked_mul(r + 1).ok_or_else(|| Error::too_large("P", "dense block too large"))?;
+    let size = r
+        .checked_mul(r + 1)
+        .ok_or_else(|| Error::too_large("P", "dense block too large"))?;
     let mut a = Vec::new();
     a.try_reserve_exact(size).map_err(|_| {
-        Error::too_large("P", format!("the dense elimination block needs {r} x {r} doubles; not enough memory"))
+        Error::too_large(
+            "P",
+            format!("the dense elimination block needs {r} x {r} doubles; not enough memory"),
+        )
     })?;
     a.resize(size, 0.0);
     for (t, &s) in states.iter().enumerate() {
@@ -328,7 +369,10 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
     let npiv = if keep_last { r.saturating_sub(1) } else { r };
     let mut d = Vec::with_capacity(r);
     dense_eliminate(&mut a, r, npiv, &mut d)?;
-    Ok(Factor { steps, tail: DenseTail { states, a, d, npiv } })
+    Ok(Factor {
+        steps,
+        tail: DenseTail { states, a, d, npiv },
+    })
 }
 
 /// Solve the reduced system: returns `x` (`m x c` row-major), every entry computed
@@ -370,7 +414,9 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
         return Ok(vec![1.0]);
     }
     let f = factor(&mut red, true, dense)?;
-    let DenseTail { states, a, npiv, .. } = &f.tail;
+    let DenseTail {
+        states, a, npiv, ..
+    } = &f.tail;
     let r = states.len();
     let mut pi = vec![0.0; m];
     let mut tp = vec![0.0; r];
@@ -395,7 +441,9 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
     }
     let total: f64 = pi.iter().sum();
     if !(total > 0.0) || !total.is_finite() {
-        return Err(Error::Numerical("stationary distribution underflowed or overflowed".into()));
+        return Err(Error::Numerical(
+            "stationary distribution underflowed or overflowed".into(),
+        ));
     }
     // rescale in two steps so that huge dynamic ranges do not overflow the sum
     for v in &mut pi {
