@@ -36,6 +36,10 @@ const NB: usize = 64;
 const DENSE_FRACTION: f64 = 0.08;
 const DENSE_MAX: usize = 20_000;
 
+/// Most matrix entries (live fill plus stored factor) the sparse engine may hold, about
+/// 16 bytes each: beyond this it stops with `TooLarge` instead of exhausting memory.
+pub const FILL_MAX: usize = 500_000_000;
+
 fn par() -> Par {
     if rayon::current_num_threads() > 1 {
         Par::rayon(0)
@@ -237,7 +241,7 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
 /// Eliminate `red`: all states (`keep_last = false`) or all but the last one in the
 /// elimination order (`keep_last = true`, for stationary distributions). `dense` forces the
 /// dense engine from the start. Sparse-phase right-hand-side updates are applied in place.
-fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
+fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> Result<Factor> {
     let m = red.m;
     let c = red.c;
     let order: Vec<usize> = if dense || m <= 2 * NB {
@@ -249,6 +253,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
     let mut elim = vec![false; m];
     let mut pos = vec![usize::MAX; m];
     let mut nnz: usize = red.rows.iter().map(|r| r.len()).sum();
+    let mut stored: usize = 0;
     let mut cols: Vec<Vec<usize>> = vec![Vec::new(); m];
     let mut step = 0;
     if !dense {
@@ -329,6 +334,17 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
             }
             nnz = nnz.saturating_sub(rowk.len());
             elim[k] = true;
+            stored += rowk.len() + lcol.len();
+            if nnz + stored > fill_max {
+                return Err(Error::too_large(
+                    "P",
+                    format!(
+                        "exact elimination needs more than {fill_max} stored entries (fill-in) after \
+                         {step} of {m} states; the chain's graph is too well connected for a \
+                         direct method at this size"
+                    ),
+                ));
+            }
             steps.push(Step {
                 k,
                 row: rowk,
@@ -379,7 +395,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool) -> Result<Factor> {
 /// subtraction-free. `dense` selects the dense engine from the start.
 pub fn solve(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
     let c = red.c;
-    let f = factor(&mut red, false, dense)?;
+    let f = factor(&mut red, false, dense, FILL_MAX)?;
     let DenseTail { states, a, d, npiv } = &f.tail;
     let r = states.len();
     debug_assert_eq!(*npiv, r);
@@ -413,7 +429,7 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
     if m == 1 {
         return Ok(vec![1.0]);
     }
-    let f = factor(&mut red, true, dense)?;
+    let f = factor(&mut red, true, dense, FILL_MAX)?;
     let DenseTail {
         states, a, npiv, ..
     } = &f.tail;
@@ -450,4 +466,33 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
         *v /= total;
     }
     Ok(pi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A random-looking well-connected chain on `m` states as a reduced problem.
+    fn expander(m: usize) -> Reduced {
+        let mut rows = vec![Vec::new(); m];
+        for (i, row) in rows.iter_mut().enumerate() {
+            for t in 1..4usize {
+                let j = (i * 7919 * t + 13 * t) % m;
+                if j != i && !row.iter().any(|e: &(usize, f64)| e.0 == j) {
+                    row.push((j, 0.2));
+                }
+            }
+        }
+        let exit = vec![0.1; m];
+        Reduced { m, rows, exit, rhs: vec![1.0; m], c: 1 }
+    }
+
+    #[test]
+    fn fill_budget_is_an_error_not_an_abort() {
+        let mut red = expander(3000);
+        let r = factor(&mut red, false, false, 10_000);
+        assert!(matches!(r, Err(Error::TooLarge { .. })));
+        let red = expander(3000);
+        assert!(solve(red, false).is_ok());
+    }
 }
