@@ -3,6 +3,7 @@
 The numerical kernels live in a Rust core (``ess._core``); this package is the public API.
 
 * :func:`effective_state_size`: ESS curves of dense causal operators.
+* :mod:`ess.markov`: Markov chains (hitting times, committors, GTH) and the CCMC.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from . import errors
 from ._core import __version__
 from . import examples
 from . import structured
+from . import markov
 from ._dense import EssCurves, effective_state_size
 from .errors import (
     DTypeError,
@@ -30,6 +32,7 @@ __all__ = [
     "EssCurves",
     "errors",
     "structured",
+    "markov",
     "EssError",
     "ShapeError",
     "NonFiniteError",

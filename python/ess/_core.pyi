@@ -1,6 +1,6 @@
 """Type stubs of the compiled extension ``ess._core`` (checked by ``mypy.stubtest``)."""
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -27,3 +27,26 @@ def ssm_ess_curves(
     rtol: Optional[float] = None,
     positions: Optional[Sequence[int]] = None,
 ) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
+
+# --- markov (ess.markov) ------------------------------------------------------------------
+# A chain is a float64 (n, n) array or the CSR tuple (n, indptr, indices, data) with int32 or
+# int64 index arrays (same dtype) and float64 data.
+_Chain = Union[npt.NDArray[np.float64], Tuple[int, npt.NDArray[np.integer], npt.NDArray[np.integer], npt.NDArray[np.float64]]]
+
+def markov_hitting_times(p: _Chain, target: Sequence[int], method: str = "auto") -> npt.NDArray[np.float64]: ...
+def markov_absorption(p: _Chain, labels: Sequence[int], nsets: int, method: str = "auto") -> npt.NDArray[np.float64]: ...
+def markov_committor(
+    p: _Chain, a: Sequence[int], b: Sequence[int], backward: bool = False, method: str = "auto"
+) -> npt.NDArray[np.float64]: ...
+def markov_stationary(p: _Chain) -> npt.NDArray[np.float64]: ...
+def markov_mfpt(p: _Chain) -> npt.NDArray[np.float64]: ...
+def markov_kemeny(p: _Chain) -> float: ...
+def markov_classes(p: _Chain, threshold: float = 0.0) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], int]: ...
+def markov_ccmc_simulate(
+    p: npt.NDArray[np.float64],
+    prompt: Sequence[int],
+    n_traj: int,
+    n_steps: int,
+    seed: int,
+    position_weights: Optional[Sequence[float]] = None,
+) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...

@@ -7,5 +7,6 @@
 
 pub mod error;
 pub mod ess;
+pub mod markov;
 
 pub use error::{Error, Result};

@@ -7,11 +7,13 @@ mod arrays;
 mod dense;
 mod errors;
 mod structured;
+mod markov;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     dense::register(m)?;
     structured::register(m)?;
+    markov::register(m)?;
     Ok(())
 }

@@ -1,0 +1,326 @@
+"""Self-attention as a context-conditioned Markov chain (CCMC); public API via ``ess.markov``.
+
+Model (one attention layer, query = last token, tied output embeddings): the base chain
+``P[k, j] = softmax_j(e_j^T W e_k)`` and, for a prompt ``X`` with token counts ``m_j``
+(or position-weighted counts ``sum_{t: x_t = j} w_t``),
+
+    P_X(k -> j) = m_j P[k, j] / sum_i m_i P[k, i]      (0 for tokens absent from X).
+
+Tokens are ``0..V-1``; ``W`` is ``(V, V)`` with one-hot embeddings (``W[j, k]`` scores
+candidate ``j`` for last token ``k``), or ``(d, d)`` with embeddings ``E`` of shape ``(V, d)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError
+
+__all__ = [
+    "base_chain",
+    "ccmc_transition",
+    "simulate_ccmc",
+    "CCMCSimulation",
+    "fit_attention_mle",
+    "identifiability",
+    "IdentifiabilityReport",
+]
+
+
+def _real(a: object, arg: str) -> npt.NDArray[np.float64]:
+    x = np.asarray(a)
+    if x.dtype.kind not in "fiu":
+        raise DTypeError(f"{arg}: dtype {x.dtype} is not supported; pass a real array")
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        from .errors import NonFiniteError
+
+        raise NonFiniteError(f"{arg} contains a non-finite value (NaN or inf)")
+    return x
+
+
+def _tokens(a: object, arg: str, V: int, ndim: int) -> npt.NDArray[np.int64]:
+    x = np.asarray(a)
+    if x.size and x.dtype.kind not in "iu":
+        raise DTypeError(f"{arg}: tokens must be integers, got dtype {x.dtype}")
+    x = x.astype(np.int64)
+    if x.ndim != ndim:
+        raise ShapeError(f"{arg}: must have {ndim} dimension(s), got shape {x.shape}")
+    if x.size and (x.min() < 0 or x.max() >= V):
+        raise OutOfRangeError(f"{arg}: token ids must be in [0, {V}), got range [{x.min()}, {x.max()}]")
+    return x
+
+
+def base_chain(W: npt.ArrayLike, embeddings: Optional[npt.ArrayLike] = None) -> npt.NDArray[np.float64]:
+    """Base chain ``P[k, j] = softmax_j(e_j^T W e_k)`` of a one-layer attention model.
+
+    With ``embeddings=None``, ``W`` is ``(V, V)`` and ``e`` are one-hot (``P[k] = softmax(W[:, k])``);
+    otherwise ``embeddings`` is ``(V, d)`` and ``W`` is ``(d, d)``. Returns ``(V, V)``, rows sum to 1
+    (computed with the max-shift, so huge scores do not overflow).
+    """
+    Wm = _real(W, "W")
+    if Wm.ndim != 2 or Wm.shape[0] != Wm.shape[1]:
+        raise ShapeError(f"W: must be square 2-D, got shape {Wm.shape}")
+    if embeddings is None:
+        S = Wm.T  # S[k, j] = W[j, k]
+    else:
+        E = _real(embeddings, "embeddings")
+        if E.ndim != 2 or E.shape[1] != Wm.shape[0]:
+            raise ShapeError(f"embeddings: must be (V, {Wm.shape[0]}), got shape {E.shape}")
+        S = (E @ Wm @ E.T).T
+    S = S - S.max(axis=1, keepdims=True)
+    P = np.exp(S)
+    return P / P.sum(axis=1, keepdims=True)
+
+
+def _counts(prompt: npt.NDArray[np.int64], V: int, w: Optional[npt.NDArray[np.float64]]) -> npt.NDArray[np.float64]:
+    m = np.zeros(V)
+    np.add.at(m, prompt, 1.0 if w is None else w[: prompt.size])
+    return m
+
+
+def ccmc_transition(
+    P: npt.ArrayLike, prompt: npt.ArrayLike, *, position_weights: Optional[npt.ArrayLike] = None
+) -> npt.NDArray[np.float64]:
+    """Prompt-conditioned transition matrix ``P_X`` (``(V, V)``) of SPEC §3.
+
+    ``P_X[k, j] = m_j P[k, j] / sum_i m_i P[k, i]``; columns of tokens absent from the prompt
+    are 0. ``position_weights`` (length ``len(prompt)``, > 0) gives position-weighted counts.
+    Rows whose base row gives the prompt zero mass raise :class:`InvalidArgumentError`.
+    """
+    Pm = _real(P, "P")
+    if Pm.ndim != 2 or Pm.shape[0] != Pm.shape[1]:
+        raise ShapeError(f"P: must be square (V, V), got shape {Pm.shape}")
+    V = Pm.shape[0]
+    x = _tokens(prompt, "prompt", V, 1)
+    if x.size == 0:
+        raise ShapeError("prompt: the prompt is empty")
+    w = None
+    if position_weights is not None:
+        w = _real(position_weights, "position_weights")
+        if w.shape != x.shape or np.any(w <= 0):
+            raise InvalidArgumentError("position_weights: needs one positive weight per prompt position")
+    m = _counts(x, V, w)
+    Q = Pm * m[None, :]
+    z = Q.sum(axis=1, keepdims=True)
+    if np.any(z <= 0):
+        k = int(np.flatnonzero(z[:, 0] <= 0)[0])
+        raise InvalidArgumentError(f"P: row {k} gives zero probability to every token of the prompt")
+    return Q / z
+
+
+class CCMCSimulation(NamedTuple):
+    """Trajectories of :func:`simulate_ccmc` (arrays ``(n_traj, n_steps)``) and their summaries."""
+
+    tokens: npt.NDArray[np.int64]
+    support: npt.NDArray[np.float64]
+    """Effective support of the next-token law before each step: ``exp(entropy)``."""
+    winner_share: npt.NDArray[np.float64]
+    """Largest (weighted) token count over the total count, after each step."""
+
+    def mean_support(self) -> npt.NDArray[np.float64]:
+        """Mean effective support over trajectories, per step."""
+        return self.support.mean(axis=0)
+
+    def mean_winner_share(self) -> npt.NDArray[np.float64]:
+        """Mean winner share over trajectories, per step."""
+        return self.winner_share.mean(axis=0)
+
+
+def simulate_ccmc(
+    P: npt.ArrayLike,
+    prompt: npt.ArrayLike,
+    n_steps: int,
+    *,
+    n_traj: int = 1,
+    seed: int = 0,
+    position_weights: Optional[npt.ArrayLike] = None,
+) -> CCMCSimulation:
+    """Generate by appending each sampled token to the prompt (the urn-like CCMC process).
+
+    Runs ``n_traj`` independent trajectories in parallel (Rust, GIL released). Each step
+    samples from ``P_X(k -> .)`` with the current counts and last token, then adds the token
+    (weight 1, or ``position_weights[len(prompt) + step]``). Reproducible: trajectory ``r``
+    uses xoshiro256++ seeded from ``(seed, r)``, independent of thread count.
+    ``position_weights``, if given, has ``len(prompt) + n_steps`` positive entries.
+    """
+    Pm = _real(P, "P")
+    x = np.asarray(prompt)
+    if x.size and x.dtype.kind not in "iu":
+        raise DTypeError(f"prompt: tokens must be integers, got dtype {x.dtype}")
+    if x.ndim != 1:
+        raise ShapeError(f"prompt: must be 1-D, got shape {x.shape}")
+    if int(n_steps) < 0 or int(n_traj) < 0:
+        raise InvalidArgumentError("n_steps and n_traj must be >= 0")
+    if not (0 <= int(seed) < 2**64):
+        raise InvalidArgumentError("seed: must be in [0, 2**64)")
+    w = None
+    if position_weights is not None:
+        w = _real(position_weights, "position_weights").ravel().tolist()
+    tok, sup, win = _core.markov_ccmc_simulate(
+        Pm, [int(t) for t in x], int(n_traj), int(n_steps), int(seed), w
+    )
+    return CCMCSimulation(tok, sup, win)
+
+
+class IdentifiabilityReport(NamedTuple):
+    """Which columns of ``W`` the (prompt, next token) samples determine."""
+
+    identifiable: npt.NDArray[np.bool_]
+    """Per column ``k``: every token co-occurs (transitively) in prompts ending in ``k``, so
+    column ``k`` is determined up to one additive shift."""
+    components: npt.NDArray[np.int64]
+    """``(V, V)``: ``components[j, k]`` = connected component of token ``j`` in the
+    co-occurrence graph of prompts ending in ``k``; ``-1`` if ``j`` never occurs there
+    (``W[j, k]`` is then not determined at all)."""
+    n_components: npt.NDArray[np.int64]
+    n_samples: npt.NDArray[np.int64]
+    """Number of samples whose prompt ends in ``k``."""
+
+
+def _prompts(prompts: npt.ArrayLike, V: int) -> npt.NDArray[np.int64]:
+    X = _tokens(prompts, "prompts", V, 2)
+    if X.shape[1] == 0:
+        raise ShapeError("prompts: prompts must be non-empty")
+    return X
+
+
+def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityReport:
+    """Identifiability of ``W`` from prompts (``(N, L)`` int array, all of length ``L``).
+
+    Column ``k`` enters only through prompts ending in ``k``, and only through differences
+    ``W[j, k] - W[j', k]`` of tokens present in the same prompt (the softmax is shift
+    invariant). Hence ``W[:, k]`` is determined up to one shift exactly when the co-occurrence
+    graph (tokens linked when they share a prompt ending in ``k``) is connected and covers
+    the vocabulary; each connected component carries its own unknown shift. In this model
+    the last token ``k`` occurs in every prompt ending in ``k``, so the tokens seen there are
+    always linked through ``k``: in practice identifiability fails through coverage (tokens
+    never seen with ``k``, whose entries are then undetermined), and the component labels
+    matter for generalisations (e.g. prompts whose last position is masked out).
+    """
+    V = int(vocab_size)
+    X = _prompts(prompts, V)
+    comps = np.full((V, V), -1, dtype=np.int64)
+    ncomp = np.zeros(V, dtype=np.int64)
+    nsamp = np.bincount(X[:, -1], minlength=V).astype(np.int64)
+    for k in range(V):
+        Xk = X[X[:, -1] == k]
+        if Xk.shape[0] == 0:
+            continue
+        parent = np.arange(V)
+
+        def find(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        seen = np.zeros(V, dtype=bool)
+        for row in Xk:
+            toks = np.unique(row)
+            seen[toks] = True
+            r0 = find(int(toks[0]))
+            for t in toks[1:]:
+                rt = find(int(t))
+                if rt != r0:
+                    parent[rt] = r0
+        roots: dict[int, int] = {}
+        for j in np.flatnonzero(seen):
+            r = find(int(j))
+            comps[j, k] = roots.setdefault(r, len(roots))
+        ncomp[k] = len(roots)
+    ident = (ncomp == 1) & np.all(comps >= 0, axis=0)
+    return IdentifiabilityReport(ident, comps, ncomp, nsamp)
+
+
+def fit_attention_mle(
+    prompts: npt.ArrayLike,
+    next_tokens: npt.ArrayLike,
+    vocab_size: int,
+    *,
+    position_weights: Optional[npt.ArrayLike] = None,
+    l2: float = 1e-6,
+    max_iter: int = 100,
+    tol: float = 1e-10,
+) -> tuple[npt.NDArray[np.float64], IdentifiabilityReport]:
+    """Maximum-likelihood ``W`` (one-hot embeddings) from (prompt, next-token) samples.
+
+    For each last token ``k`` the problem is a convex multinomial logit over the tokens of
+    each prompt with offsets ``log m_j``: ``p(j | X) = m_j exp(W[j, k]) / sum_i m_i exp(W[i, k])``.
+    Solved column by column by damped Newton with a small ridge ``l2 * ||W[:, k]||^2 / 2``
+    (needed where the data separate, e.g. a token always chosen when present; it also
+    selects the zero-mean representative of each shift class).
+
+    Returns ``(W_hat, report)``: entries of tokens never seen with ``k`` are ``NaN``; on each
+    connected component of the co-occurrence graph (see :func:`identifiability`) the column
+    is centred to mean zero (the gauge). A next token absent from its prompt has probability
+    zero under the model and raises :class:`InvalidArgumentError`.
+    """
+    V = int(vocab_size)
+    X = _prompts(prompts, V)
+    y = _tokens(next_tokens, "next_tokens", V, 1)
+    if y.shape[0] != X.shape[0]:
+        raise ShapeError(f"next_tokens: expected {X.shape[0]} labels, got {y.shape[0]}")
+    N, L = X.shape
+    w = np.ones(L) if position_weights is None else _real(position_weights, "position_weights")
+    if w.shape != (L,) or np.any(w <= 0):
+        raise InvalidArgumentError(f"position_weights: needs {L} positive weights")
+    if not (l2 > 0):
+        raise InvalidArgumentError("l2: must be > 0")
+    Mc = np.zeros((N, V))
+    np.add.at(Mc, (np.repeat(np.arange(N), L), X.ravel()), np.tile(w, N))
+    bad = np.flatnonzero(Mc[np.arange(N), y] == 0)
+    if bad.size:
+        raise InvalidArgumentError(
+            f"next_tokens: sample {int(bad[0])} has next token {int(y[bad[0]])} absent from its prompt "
+            f"(probability zero under the model; {bad.size} such samples)"
+        )
+    rep = identifiability(X, V)
+    W = np.full((V, V), np.nan)
+    logM = np.where(Mc > 0, np.log(np.where(Mc > 0, Mc, 1.0)), -np.inf)
+    for k in range(V):
+        idx = np.flatnonzero(X[:, -1] == k)
+        if idx.size == 0:
+            continue
+        seen = rep.components[:, k] >= 0
+        cols = np.flatnonzero(seen)
+        Z = logM[np.ix_(idx, cols)]
+        Y = np.zeros((idx.size, cols.size))
+        Y[np.arange(idx.size), np.searchsorted(cols, y[idx])] = 1.0
+        beta = np.zeros(cols.size)
+
+        def f(b: npt.NDArray[np.float64]) -> float:
+            z = Z + b
+            zm = z.max(axis=1, keepdims=True)
+            lse = zm[:, 0] + np.log(np.exp(z - zm).sum(axis=1))
+            return float(-(Y * np.where(Y > 0, z, 0)).sum() + lse.sum() + 0.5 * l2 * b @ b)
+
+        fb = f(beta)
+        for _ in range(max_iter):
+            z = Z + beta
+            z = z - z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            g = (p - Y).sum(axis=0) + l2 * beta
+            H = np.diag(p.sum(axis=0)) - p.T @ p + l2 * np.eye(cols.size)
+            step = np.linalg.solve(H, g)
+            t = 1.0
+            while True:
+                nb = beta - t * step
+                fn = f(nb)
+                if fn <= fb - 1e-4 * t * (g @ step) or t < 1e-10:
+                    break
+                t *= 0.5
+            beta, dec, fb = nb, fb - fn, fn
+            if dec <= tol * max(1.0, abs(fb)) or np.max(np.abs(g)) < tol:
+                break
+        comp = rep.components[cols, k]
+        for c in np.unique(comp):
+            sel = comp == c
+            beta[sel] -= beta[sel].mean()
+        W[cols, k] = beta
+    return W, rep
