@@ -7,5 +7,6 @@
 
 pub mod error;
 pub mod ess;
+pub mod graph;
 
 pub use error::{Error, Result};
