@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import errors
 from ._core import __version__
 from . import examples
+from . import graph
 from ._dense import EssCurves, effective_state_size
 from .errors import (
     DTypeError,
@@ -28,6 +29,8 @@ __all__ = [
     "effective_state_size",
     "EssCurves",
     "errors",
+    "graph",
+    "automaton",
     "EssError",
     "ShapeError",
     "NonFiniteError",
@@ -38,3 +41,11 @@ __all__ = [
     "NumericalError",
     "DTypeError",
 ]
+
+
+def __getattr__(name: str):  # lazy: ess.automaton imports torch only when used
+    if name == "automaton":
+        import importlib
+
+        return importlib.import_module(".automaton", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

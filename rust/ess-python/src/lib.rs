@@ -6,10 +6,12 @@ use pyo3::prelude::*;
 mod arrays;
 mod dense;
 mod errors;
+mod graph;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     dense::register(m)?;
+    graph::register(m)?;
     Ok(())
 }
