@@ -140,13 +140,27 @@ def train(
     seed: int = 0,
     normalized: bool = True,
     init_scale: float = 0.0,
+    num_threads: Optional[int] = 1,
 ) -> OneLayerAttention:
     """Train :class:`OneLayerAttention` on ``dataset`` with cross-entropy.
 
     Normalised gradient descent ``W <- W - lr * g / ||g||_F`` (``normalized=False``: plain
     gradient descent), full batch, from ``W = 0`` (or a seeded Gaussian of std
-    ``init_scale``). Deterministic in ``seed``.
+    ``init_scale``). Deterministic in ``seed``. ``num_threads``: torch intra-op threads
+    during training (default 1: the problem is tiny and extra threads only add
+    synchronisation; None keeps torch's setting); restored afterwards.
     """
+    if num_threads is None:
+        return _train(dataset, steps, lr, seed, normalized, init_scale)
+    old = torch.get_num_threads()
+    torch.set_num_threads(num_threads)
+    try:
+        return _train(dataset, steps, lr, seed, normalized, init_scale)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _train(dataset: AutomatonDataset, steps: int, lr: float, seed: int, normalized: bool, init_scale: float) -> OneLayerAttention:
     gen = torch.Generator().manual_seed(seed)
     E = dataset.embeddings()
     d = E.shape[1]
