@@ -368,12 +368,8 @@ class TokenPriorityGraphs:
         out["n_graphs"] = int(s.shape[0])
         out["n_cyclic"] = int(out["cyclic"].sum())
         out["n_acyclic"] = int(s.shape[0] - out["n_cyclic"])
-        counts: Dict[int, int] = {}
-        for g in self:
-            sz, c = np.unique([x.shape[0] for x in g.components], return_counts=True)
-            for a, b in zip(sz, c):
-                counts[int(a)] = counts.get(int(a), 0) + int(b)
-        out["scc_size_counts"] = dict(sorted(counts.items()))
+        sz, cnt = self._inner.scc_size_counts()
+        out["scc_size_counts"] = {int(a): int(b) for a, b in zip(sz, cnt)}
         out["n_unrealisable"] = int(self.unrealisable.shape[0])
         return out
 

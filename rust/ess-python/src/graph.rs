@@ -232,6 +232,11 @@ impl TokenGraphs {
         let a = out.into_pyarray(py);
         a.reshape([gs.len(), 7]).expect("size matches")
     }
+    /// Histogram of SCC sizes over all graphs: `(sizes, counts)`.
+    fn scc_size_counts<'py>(&self, py: Python<'py>) -> (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>) {
+        let (s, c) = self.inner.scc_size_counts();
+        (usizes(py, &s), usizes(py, &c))
+    }
     /// Hard retrieval of many windows: `(flat tokens, offsets, determined)`.
     fn retrieve<'py>(
         &self,

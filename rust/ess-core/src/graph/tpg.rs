@@ -171,6 +171,18 @@ impl TokenPriorityGraphs {
         Ok(TokenPriorityGraphs { vocab_size, graphs, graph_of, unrealisable })
     }
 
+    /// Histogram of SCC sizes over all graphs (tokens occurring in each graph):
+    /// `(sizes, counts)`, sizes increasing.
+    pub fn scc_size_counts(&self) -> (Vec<usize>, Vec<usize>) {
+        let mut h: std::collections::BTreeMap<usize, usize> = std::collections::BTreeMap::new();
+        for g in &self.graphs {
+            for &s in &g.cond.sizes {
+                *h.entry(s as usize).or_insert(0) += 1;
+            }
+        }
+        h.into_iter().unzip()
+    }
+
     /// The graph of last token `k`, if some sample ends in `k`.
     pub fn graph(&self, k: u32) -> Option<&TokenGraph> {
         match self.graph_of.get(k as usize) {
