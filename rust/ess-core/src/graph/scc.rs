@@ -48,6 +48,28 @@ pub fn scc_csr(g: &Csr) -> (usize, Vec<u32>) {
     scc_unchecked(&g.indptr, &g.indices)
 }
 
+/// Hint the cache about the nodes the DFS is about to look at: the state of every
+/// successor of `v` (and where its row starts). On large random graphs the search is
+/// bound by memory latency; issuing these loads together overlaps the misses.
+#[inline(always)]
+fn prefetch_row(indptr: &[usize], indices: &[u32], rindex: &[u32], v: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for &w in &indices[indptr[v]..indptr[v + 1]] {
+            // SAFETY: prefetch is a hint; w < n = rindex.len() = indptr.len() - 1 (valid CSR).
+            unsafe {
+                _mm_prefetch(rindex.as_ptr().add(w as usize) as *const i8, _MM_HINT_T0);
+                _mm_prefetch(indptr.as_ptr().add(w as usize) as *const i8, _MM_HINT_T0);
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (indptr, indices, rindex, v);
+    }
+}
+
 /// Pearce's iterative algorithm on a CSR known to be valid.
 pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u32>) {
     let n = indptr.len() - 1;
@@ -71,6 +93,7 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
         rindex[start] = index;
         index += 1;
         root[start] = true;
+        prefetch_row(indptr, indices, &rindex, start);
         call.push((start as u32, indptr[start]));
         while let Some(top) = call.last_mut() {
             let v = top.0 as usize;
@@ -96,6 +119,7 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
                 rindex[w] = index;
                 index += 1;
                 root[w] = true;
+                prefetch_row(indptr, indices, &rindex, w);
                 call.push((child, indptr[w]));
                 continue;
             }
