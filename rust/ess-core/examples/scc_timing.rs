@@ -3,8 +3,8 @@ use ess_core::graph::{csr_from_edges, scc_csr};
 use std::time::Instant;
 
 fn main() {
-    let n: usize = 1_000_000;
-    let m: usize = 10_000_000;
+    let n: usize = std::env::var("N").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let m: usize = std::env::var("M").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000_000);
     let mut s: u64 = 0x9E3779B97F4A7C15;
     let mut next = || {
         s ^= s << 13;
