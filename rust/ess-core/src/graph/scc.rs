@@ -6,7 +6,7 @@
 //! for finding strongly connected components", IPL 2016), written iteratively: an explicit
 //! call stack of `(node, next edge position)` replaces recursion, so a path of 10^7 nodes
 //! needs no program stack. One `u32` per node (`rindex`) serves as DFS index, low-link and
-//! finally component number; one byte per node marks roots. `O(n + m)` time.
+//! finally component number; the root flag lives in the call-stack frame. `O(n + m)` time.
 //!
 //! # Numbering
 //!
@@ -80,11 +80,17 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
     // component is complete, its number counted down from n - 1 (always larger than
     // any active index, so completed nodes never lower a low-link).
     let mut rindex: Vec<u32> = vec![0; n];
-    let mut root: Vec<bool> = vec![false; n];
     let mut index: u32 = 1;
     let mut c: u32 = (n - 1) as u32;
     let mut stack: Vec<u32> = Vec::new();
-    let mut call: Vec<(u32, usize)> = Vec::new();
+    // Call stack frames: node, next edge position, and the node's "root" flag (kept in
+    // the frame rather than in a per-node array: it only matters while the node is active).
+    struct Frame {
+        v: u32,
+        root: bool,
+        pos: usize,
+    }
+    let mut call: Vec<Frame> = Vec::new();
 
     for start in 0..n {
         if rindex[start] != 0 {
@@ -92,14 +98,14 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
         }
         rindex[start] = index;
         index += 1;
-        root[start] = true;
         prefetch_row(indptr, indices, &rindex, start);
-        call.push((start as u32, indptr[start]));
+        call.push(Frame { v: start as u32, root: true, pos: indptr[start] });
         while let Some(top) = call.last_mut() {
-            let v = top.0 as usize;
+            let v = top.v as usize;
             let end = indptr[v + 1];
-            let mut pos = top.1;
+            let mut pos = top.pos;
             let mut child = u32::MAX;
+            let mut rv = rindex[v];
             while pos < end {
                 let w = indices[pos];
                 pos += 1;
@@ -108,26 +114,26 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
                     child = w;
                     break;
                 }
-                if rw < rindex[v] {
-                    rindex[v] = rw;
-                    root[v] = false;
+                if rw < rv {
+                    rv = rw;
+                    top.root = false;
                 }
             }
-            top.1 = pos;
+            rindex[v] = rv;
+            top.pos = pos;
             if child != u32::MAX {
                 let w = child as usize;
                 rindex[w] = index;
                 index += 1;
-                root[w] = true;
                 prefetch_row(indptr, indices, &rindex, w);
-                call.push((child, indptr[w]));
+                call.push(Frame { v: child, root: true, pos: indptr[w] });
                 continue;
             }
             // v is finished.
+            let is_root = top.root;
             call.pop();
-            if root[v] {
+            if is_root {
                 index -= 1;
-                let rv = rindex[v];
                 while let Some(&w) = stack.last() {
                     if rv > rindex[w as usize] {
                         break;
@@ -141,11 +147,11 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
             } else {
                 stack.push(v as u32);
             }
-            if let Some(&(p, _)) = call.last() {
-                let p = p as usize;
+            if let Some(parent) = call.last_mut() {
+                let p = parent.v as usize;
                 if rindex[v] < rindex[p] {
                     rindex[p] = rindex[v];
-                    root[p] = false;
+                    parent.root = false;
                 }
             }
         }
