@@ -107,6 +107,8 @@ class OneLayerAttention(torch.nn.Module):
     (or ``W0``). Computation in float64.
     """
 
+    E: torch.Tensor
+
     def __init__(self, vocab_size: int, E: Optional[npt.ArrayLike] = None, W0: Optional[npt.ArrayLike] = None) -> None:
         super().__init__()
         e = np.eye(vocab_size) if E is None else np.asarray(E, dtype=np.float64)
@@ -182,7 +184,7 @@ def _train(dataset: AutomatonDataset, steps: int, lr: float, seed: int, normaliz
                 if nrm == 0:
                     break
                 g = g / nrm
-            model.W -= lr * g
+            model.W.sub_(lr * g)
     return model
 
 
@@ -249,25 +251,26 @@ def automaton_report(
     den = np.linalg.norm(W) * np.linalg.norm(W_svm)
     cosine = float(np.sum(W * W_svm) / den) if den > 0 else float("nan")
 
-    L = dataset.windows.shape[1]
+    length = dataset.windows.shape[1]
     if heldout is None:
         rng = np.random.default_rng(seed)
         lasts = set(int(k) for k in tpg.last_tokens)
-        rows = []
+        rows: list[np.ndarray] = []
         tries = 0
         while len(rows) < n_heldout and tries < 100 * n_heldout:
             tries += 1
-            w = rng.choice(K, size=L, replace=False)
+            w = np.asarray(rng.choice(K, size=length, replace=False))
             if int(w[-1]) in lasts:
                 rows.append(w)
-        H = np.array(rows, dtype=np.int64).reshape(-1, L)
+        H = np.array(rows, dtype=np.int64).reshape(-1, length)
     else:
         H = np.asarray(heldout, dtype=np.int64)
         if H.ndim != 2:
             raise ShapeError(f"heldout: must be a 2-D (m, L) array, got shape {H.shape}")
 
     def evaluate(windows: np.ndarray) -> tuple[list[float], list[float]]:
-        masses, tvs = [], []
+        masses: list[float] = []
+        tvs: list[float] = []
         if windows.shape[0] == 0:
             return masses, tvs
         sets, det = tpg.retrieval_sets(windows)

@@ -413,7 +413,7 @@ class TokenPriorityGraphs:
             rows, cols, vals = self._inner.svm_one_hot()
             k = self.vocab_size
             if sparse:
-                import scipy.sparse
+                import scipy.sparse  # type: ignore[import-untyped]
 
                 return scipy.sparse.csc_array((vals, (rows, cols)), shape=(k, k))
             if k * k > 100_000_000:
@@ -477,13 +477,13 @@ class TokenPriorityGraphs:
             w = flat[off[i] : off[i + 1]]
             k = int(w[-1])
             y = int(lab[i])
-            g = self.graph(k)
-            if g is None:
+            tg = self.graph(k)
+            if tg is None:
                 continue
-            cy = g.component_of(y)
+            cy = tg.component_of(y)
             if cy is None:
                 continue
-            tie = np.array([g.component_of(int(x)) == cy for x in w])
+            tie = np.array([tg.component_of(int(x)) == cy for x in w])
             toks = w[tie]
             if np.unique(toks).shape[0] < 2:
                 continue
