@@ -24,7 +24,7 @@ use clarabel::solver::{
 use rayon::prelude::*;
 
 use super::tpg::{TokenGraph, TokenPriorityGraphs};
-use crate::error::{check_finite, Error, Result};
+use crate::error::{check_finite, checked_size, Error, Result};
 
 fn settings() -> clarabel::solver::DefaultSettings<f64> {
     DefaultSettingsBuilder::default()
@@ -173,7 +173,16 @@ pub fn graph_svm_embedded(t: &TokenPriorityGraphs, e: &[f64], d: usize) -> Resul
         return Err(Error::shape("E", format!("must be (vocab_size = {k}, d >= 1), got {} entries for d = {d}", e.len())));
     }
     check_finite("E", e)?;
-    let nv = d * d;
+    let nv = checked_size("E", &[d, d])?;
+    let n_rows: usize = t.graphs.iter().map(|g| g.graph.n_edges()).sum();
+    // The constraint rows are dense in the d^2 entries of W.
+    const MAX_ENTRIES: usize = 200_000_000;
+    if checked_size("E", &[nv, n_rows.max(1)])? > MAX_ENTRIES {
+        return Err(Error::too_large(
+            "E",
+            format!("the graph-SVM QP would have {n_rows} dense constraints in d^2 = {nv} variables (over {MAX_ENTRIES} entries); reduce d or the data"),
+        ));
+    }
     // Constraint rows (dense, d^2 each): equalities first, then inequalities.
     let mut eq_rows: Vec<Vec<f64>> = Vec::new();
     let mut ineq_rows: Vec<Vec<f64>> = Vec::new();
