@@ -13,6 +13,7 @@ from ._core import __version__
 from . import examples
 from . import structured
 from . import markov
+from . import graph
 from ._dense import EssCurves, effective_state_size
 from .errors import (
     DTypeError,
@@ -33,6 +34,8 @@ __all__ = [
     "errors",
     "structured",
     "markov",
+    "graph",
+    "automaton",
     "EssError",
     "ShapeError",
     "NonFiniteError",
@@ -43,3 +46,11 @@ __all__ = [
     "NumericalError",
     "DTypeError",
 ]
+
+
+def __getattr__(name: str):  # lazy: ess.automaton imports torch only when used
+    if name == "automaton":
+        import importlib
+
+        return importlib.import_module(".automaton", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,5 +8,6 @@
 pub mod error;
 pub mod ess;
 pub mod markov;
+pub mod graph;
 
 pub use error::{Error, Result};

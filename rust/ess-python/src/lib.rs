@@ -8,6 +8,7 @@ mod dense;
 mod errors;
 mod structured;
 mod markov;
+mod graph;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -15,5 +16,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     dense::register(m)?;
     structured::register(m)?;
     markov::register(m)?;
+    graph::register(m)?;
     Ok(())
 }
