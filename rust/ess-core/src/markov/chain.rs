@@ -284,65 +284,16 @@ impl Graph {
         seen
     }
 
-    /// Strongly connected components, iterative Tarjan (no recursion, `O(n + m)`).
-    /// Returns `(labels, count)`; labels are numbered in reverse topological order of the
-    /// condensation (a component's successors have smaller labels), as Tarjan emits them.
-    ///
-    /// Private copy: to be replaced by `ess_core::graph`'s SCC (issue 5) once both land.
-    pub fn scc(&self) -> (Vec<usize>, usize) {
-        let n = self.n;
-        const UNSEEN: usize = usize::MAX;
-        let mut index = vec![UNSEEN; n];
-        let mut low = vec![0usize; n];
-        let mut on_stack = vec![false; n];
-        let mut comp = vec![UNSEEN; n];
-        let mut stack: Vec<usize> = Vec::new();
-        let mut call: Vec<(usize, usize)> = Vec::new(); // (node, next edge offset)
-        let mut next_index = 0usize;
-        let mut ncomp = 0usize;
-        for root in 0..n {
-            if index[root] != UNSEEN {
-                continue;
-            }
-            call.push((root, self.indptr[root]));
-            index[root] = next_index;
-            low[root] = next_index;
-            next_index += 1;
-            stack.push(root);
-            on_stack[root] = true;
-            while let Some(&mut (v, ref mut e)) = call.last_mut() {
-                if *e < self.indptr[v + 1] {
-                    let w = self.indices[*e];
-                    *e += 1;
-                    if index[w] == UNSEEN {
-                        index[w] = next_index;
-                        low[w] = next_index;
-                        next_index += 1;
-                        stack.push(w);
-                        on_stack[w] = true;
-                        call.push((w, self.indptr[w]));
-                    } else if on_stack[w] {
-                        low[v] = low[v].min(index[w]);
-                    }
-                } else {
-                    call.pop();
-                    if let Some(&(parent, _)) = call.last() {
-                        low[parent] = low[parent].min(low[v]);
-                    }
-                    if low[v] == index[v] {
-                        loop {
-                            let w = stack.pop().expect("tarjan stack");
-                            on_stack[w] = false;
-                            comp[w] = ncomp;
-                            if w == v {
-                                break;
-                            }
-                        }
-                        ncomp += 1;
-                    }
-                }
-            }
-        }
-        (comp, ncomp)
+    /// Strongly connected components through [`crate::graph::strongly_connected_components`]
+    /// (iterative, `O(n + m)`). Returns `(labels, count)`; labels are numbered sinks first
+    /// (a component's successors have smaller labels).
+    pub fn scc(&self) -> Result<(Vec<usize>, usize)> {
+        let indices: Vec<u32> = self
+            .indices
+            .iter()
+            .map(|&j| u32::try_from(j).map_err(|_| Error::too_large("P", "more than 2^32 states")))
+            .collect::<Result<_>>()?;
+        let (count, labels) = crate::graph::strongly_connected_components(&self.indptr, &indices)?;
+        Ok((labels.into_iter().map(|x| x as usize).collect(), count))
     }
 }

@@ -346,7 +346,7 @@ pub fn classes(chain: &ChainRef<'_>, threshold: f64) -> Result<(Vec<usize>, Vec<
     } else {
         thresholded_graph(chain, threshold)
     };
-    let (lab, k) = g.scc();
+    let (lab, k) = g.scc()?;
     let closed = closed_flags(&g, &lab, k);
     Ok((lab, closed, k))
 }
@@ -390,7 +390,7 @@ pub fn stationary_distribution(chain: &ChainRef<'_>) -> Result<Vec<f64>> {
 fn stationary_validated(chain: &ChainRef<'_>) -> Result<Vec<f64>> {
     let n = chain.n();
     let g = chain.graph();
-    let (lab, k) = g.scc();
+    let (lab, k) = g.scc()?;
     let closed = closed_flags(&g, &lab, k);
     let nclosed = closed.iter().filter(|&&c| c).count();
     if nclosed != 1 {
@@ -435,7 +435,7 @@ pub fn mean_first_passage_times(chain: &ChainRef<'_>) -> Result<Vec<f64>> {
         return Err(Error::too_large("P", format!("all-pairs first-passage times are dense n x n; n = {n} exceeds {MFPT_MAX_N}; use hitting_times per target")));
     }
     let g = chain.graph();
-    let (_, k) = g.scc();
+    let (_, k) = g.scc()?;
     if k == 1 {
         let mut a = vec![0.0; n * n];
         for i in 0..n {
@@ -631,7 +631,7 @@ mod tests {
             indptr.push(indices.len());
         }
         let g = Graph { n, indptr, indices };
-        let (lab, k) = g.scc();
+        let (lab, k) = g.scc().unwrap();
         assert_eq!(k, 1);
         assert!(lab.iter().all(|&l| l == 0));
     }
