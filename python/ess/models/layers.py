@@ -159,9 +159,11 @@ class SelectiveSSM(nn.Module):
         dA = torch.exp(delta.unsqueeze(-1) * A)  # (B, L, d, N)
         dBu = (delta * u).unsqueeze(-1) * Bm.unsqueeze(-2)  # (B, L, d, N)
         ys = []
-        for t in range(L):
-            h = dA[:, t] * h + dBu[:, t]
-            ys.append((h * Cm[:, t].unsqueeze(-2)).sum(-1))
+        # unbind (one view per step, one backward node) instead of indexing in the loop: indexing
+        # would make autograd scatter into a full-size zero tensor at every step
+        for a_t, b_t, c_t in zip(dA.unbind(1), dBu.unbind(1), Cm.unsqueeze(-1).unbind(1)):
+            h = a_t * h + b_t
+            ys.append((h @ c_t).squeeze(-1))
         return torch.stack(ys, dim=1) + u * self.D
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
