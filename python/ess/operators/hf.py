@@ -298,8 +298,9 @@ class LlamaAttentionExtractor(_HFAttention):
 
 class _MixerBase(_Captures):
     kind = "selective_ssm"
-    #: channels materialised per step (bounds the temporaries to chunk * L * L doubles)
-    chunk_channels: int = 64
+    #: channels materialised per step (on an accelerator the step's result, chunk * L * L doubles, is
+    #: built on the device and copied out)
+    chunk_channels: int = 256
 
     def __init__(self, module: Any, name: str) -> None:
         super().__init__(module, name)
@@ -344,27 +345,32 @@ class _MixerBase(_Captures):
         self._reset_captures()
 
 
-def _decay_operators(
+def _scan_operators(
     Cm: torch.Tensor, Bm: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, D: torch.Tensor, out: np.ndarray
 ) -> None:
-    """Fill ``out[c] = tril(sum_n C[t,n,c] B[s,n,c] exp(A[c,n] (cum[t,c]-cum[s,c]))) * dt[s,c] + D[c] I``.
+    """Fill ``out[c, t, s] = sum_n C[t,n] exp(A[c,n] (cum[t,c]-cum[s,c])) dt[s,c] B[s,n]`` (``s <= t``) plus
+    ``D[c]`` on the diagonal, ``cum = cumsum(dt)``: the selective scan run on all impulses at once.
 
-    ``Cm``, ``Bm``: (L, N, c) or (L, N, 1) (shared over channels); ``dt``: (L, c); ``A``: (c, N);
-    ``D``: (c,). All float64 on one device.
+    ``Cm``, ``Bm``: (L, N); ``dt``: (L, c); ``A``: (c, N); ``D``: (c,), float64 on one device. The
+    state of every source position is carried forward (``M[:, :, s]``, decayed by
+    ``exp(A dt_t)`` at each step, so never above its start: no overflow), and row ``t`` is ``C_t``
+    read out of it: ``L^2 N`` multiply-adds per channel and no exponential of a difference.
     """
-    L, N = Cm.shape[0], Cm.shape[1]
+    L, N = Cm.shape
     c = dt.shape[1]
-    cum = torch.cumsum(dt, dim=0)  # (L, c)
-    tri = _causal_keep(L, dt.device)
-    diff = (cum.T[:, :, None] - cum.T[:, None, :]).masked_fill_(~tri, 0.0)  # (c, L, L), >= 0 on the tril
-    acc = torch.zeros(c, L, L, dtype=torch.float64, device=dt.device)
-    for n in range(N):
-        cb = Cm[:, n, :].T[:, :, None] * Bm[:, n, :].T[:, None, :]  # (c or 1, L, L)
-        acc += cb * torch.exp(A[:, n, None, None] * diff)
-    acc *= dt.T[:, None, :]
-    acc.masked_fill_(~tri, 0.0)
-    acc += torch.diag_embed(D[:, None].expand(c, L))
-    out[...] = acc.cpu().numpy()
+    on_cpu = dt.device.type == "cpu"
+    res = torch.from_numpy(out) if on_cpu else torch.zeros(c, L, L, dtype=torch.float64, device=dt.device)
+    res.zero_()
+    M = torch.zeros(c, N, L, dtype=torch.float64, device=dt.device)
+    a = torch.exp(A[None] * dt[:, :, None])  # (L, c, N) one-step decays
+    for t in range(L):
+        Mt = M[:, :, : t + 1]
+        Mt[:, :, :t] *= a[t][:, :, None]
+        Mt[:, :, t] = Bm[t][None, :] * dt[t][:, None]
+        res[:, t, : t + 1] = torch.bmm(Cm[t].expand(c, 1, N), Mt)[:, 0]
+    res.diagonal(dim1=1, dim2=2).add_(D[:, None])
+    if not on_cpu:
+        out[...] = res.cpu().numpy()
 
 
 class MambaMixerExtractor(_MixerBase):
@@ -395,7 +401,8 @@ class MambaMixerExtractor(_MixerBase):
         L = self._calls[1]
         Dn = int(self.module.intermediate_size)
         c = min(Dn, self.chunk_channels)
-        return 8 * Dn * L * L + 3 * 8 * c * L * L
+        N = int(self.module.ssm_state_size)
+        return 8 * Dn * L * L + 8 * c * L * (L + 2 * N)
 
     def operators(self, sample: int = 0) -> OperatorSet:
         self._check(sample)
@@ -417,7 +424,7 @@ class MambaMixerExtractor(_MixerBase):
             ops = np.empty((Dn, L, L), dtype=np.float64)
             for c0 in range(0, Dn, self.chunk_channels):
                 c1 = min(Dn, c0 + self.chunk_channels)
-                _decay_operators(Cm[:, :, None], Bm[:, :, None], dt[:, c0:c1], A[c0:c1], D[c0:c1], ops[c0:c1])
+                _scan_operators(Cm, Bm, dt[:, c0:c1], A[c0:c1], D[c0:c1], ops[c0:c1])
         return OperatorSet(
             layer=self.name,
             kind=self.kind,
