@@ -456,3 +456,23 @@ def test_rnn_training_mode_restored() -> None:
     assert m.training and "dropout off" in s.note
     m.eval()
     assert rel_err(s.operators, reference_jacobian(m, x[0])) <= 1e-9
+
+
+def test_capture_failure_does_not_break_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ess.operators import torch_nn
+
+    def boom(*a: Any, **k: Any) -> Any:
+        raise RuntimeError("unexpected call signature")
+
+    monkeypatch.setattr(torch_nn, "_bind", boom)
+    m = nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    x = torch.randn(1, 3, 8)
+    ext = MultiheadAttentionExtractor(m, "odd")
+    with torch.no_grad(), attached(ext):
+        out = m(x, x, x)[0]  # the forward itself is unaffected
+    assert out.shape == (1, 3, 8)
+    assert ext.n_samples() == 1
+    with pytest.raises(InvalidArgumentError, match="odd: capturing .* failed .*unexpected call signature"):
+        ext.operators(0)
+    ext.clear()
+    assert ext.n_samples() == 0

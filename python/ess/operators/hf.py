@@ -137,6 +137,7 @@ class _HFAttention(_Captures):
         return 0 if self._q is None else int(self._q.shape[0])
 
     def clear(self) -> None:
+        self._capture_error = None
         self._q = self._k = self._mask = None
         self._extra = {}
         self._problem = None
@@ -226,8 +227,8 @@ class GPT2AttentionExtractor(_HFAttention):
 
         self._dropout = float(self.module.attn_dropout.p)
         return [
-            self.module.register_forward_pre_hook(self._pre, with_kwargs=True),
-            self.module.c_attn.register_forward_hook(on_c_attn),
+            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            self.module.c_attn.register_forward_hook(self._guard(on_c_attn)),
         ]
 
     def _heads(self) -> int:
@@ -254,9 +255,9 @@ class LlamaAttentionExtractor(_HFAttention):
 
         self._dropout = float(getattr(self.module, "attention_dropout", 0.0))
         return [
-            self.module.register_forward_pre_hook(self._pre, with_kwargs=True),
-            self.module.q_proj.register_forward_hook(on_q),
-            self.module.k_proj.register_forward_hook(on_k),
+            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            self.module.q_proj.register_forward_hook(self._guard(on_q)),
+            self.module.k_proj.register_forward_hook(self._guard(on_k)),
         ]
 
     def _pre_extra(self, b: Dict[str, Any]) -> Dict[str, Any]:
@@ -339,6 +340,7 @@ class _MixerBase(_Captures):
             )
 
     def clear(self) -> None:
+        self._capture_error = None
         self._calls = None
         self._problem = None
         self._mask = None
@@ -391,8 +393,8 @@ class MambaMixerExtractor(_MixerBase):
             self._xo = out.detach()
 
         return [
-            self.module.register_forward_pre_hook(self._pre, with_kwargs=True),
-            self.module.x_proj.register_forward_hook(on_x_proj),
+            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            self.module.x_proj.register_forward_hook(self._guard(on_x_proj)),
         ]
 
     def estimate_bytes(self, sample: int = 0) -> int:
@@ -452,8 +454,8 @@ class Mamba2MixerExtractor(_MixerBase):
             self._proj = out.detach()
 
         return [
-            self.module.register_forward_pre_hook(self._pre, with_kwargs=True),
-            self.module.in_proj.register_forward_hook(on_in_proj),
+            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            self.module.in_proj.register_forward_hook(self._guard(on_in_proj)),
         ]
 
     def estimate_bytes(self, sample: int = 0) -> int:

@@ -80,15 +80,33 @@ def _additive_to_keep(mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Captures(Extractor):
-    """Shared bookkeeping: a sample count and range checks."""
+    """Shared bookkeeping: a sample count, range checks, and hooks that never break the forward.
+
+    A hook wrapped by :meth:`_guard` that raises records the error instead of propagating it into
+    the model's forward pass; :meth:`operators` then raises it, naming the layer.
+    """
+
+    _capture_error: Optional[str] = None
+
+    def _guard(self, fn: Any) -> Any:
+        def hook(*args: Any, **kwargs: Any) -> None:
+            try:
+                fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - reported by operators()
+                self._capture_error = f"{type(e).__name__}: {e}"
+
+        return hook
 
     def _count(self) -> int:
         raise NotImplementedError
 
     def n_samples(self) -> int:
-        return self._count()
+        n = self._count()
+        return max(n, 1) if self._capture_error is not None else n
 
     def _check_sample(self, sample: int) -> None:
+        if self._capture_error is not None:
+            raise InvalidArgumentError(f"{self.name}: capturing this layer's inputs failed ({self._capture_error})")
         n = self._count()
         if n == 0:
             raise InvalidArgumentError(
@@ -147,12 +165,13 @@ class MultiheadAttentionExtractor(_Captures):
                 "training": bool(mod.training),
             }
 
-        return [self.module.register_forward_pre_hook(pre, with_kwargs=True)]
+        return [self.module.register_forward_pre_hook(self._guard(pre), with_kwargs=True)]
 
     def _count(self) -> int:
         return 0 if self._cap is None else int(self._cap["q"].shape[0])
 
     def clear(self) -> None:
+        self._capture_error = None
         self._cap = None
 
     def _lengths(self) -> Tuple[int, int]:
@@ -293,12 +312,13 @@ class CausalConv1dExtractor(_Captures):
             else:
                 self._shape = (int(x.shape[0]), int(x.shape[-1]))
 
-        return [self.module.register_forward_pre_hook(pre)]
+        return [self.module.register_forward_pre_hook(self._guard(pre))]
 
     def _count(self) -> int:
         return 0 if self._shape is None else self._shape[0]
 
     def clear(self) -> None:
+        self._capture_error = None
         self._shape = None
 
     def estimate_bytes(self, sample: int = 0) -> int:
@@ -390,7 +410,7 @@ class RecurrentJacobianExtractor(_Captures):
             else:
                 self._hx = hx.detach()
 
-        return [self.module.register_forward_pre_hook(pre, with_kwargs=True)]
+        return [self.module.register_forward_pre_hook(self._guard(pre), with_kwargs=True)]
 
     def _count(self) -> int:
         if self._packed:
@@ -398,6 +418,7 @@ class RecurrentJacobianExtractor(_Captures):
         return 0 if self._x is None else int(self._x.shape[0])
 
     def clear(self) -> None:
+        self._capture_error = None
         self._x = self._hx = None
         self._packed = False
 
