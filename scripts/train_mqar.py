@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="torch device to train on (the shipped weights are saved from CPU tensors)")
     ap.add_argument("--max-seconds", type=float, default=float("inf"), help="stop (and save) after this much training time")
+    ap.add_argument("--curriculum", default="2:300,4:300", help="pairs:steps stages before the full task (MQAR has a long plateau; short tasks first shorten it); '' for none")
     ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (continue a run)")
     ap.add_argument("--target", type=float, default=0.99, help="stop early at this held-out accuracy")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "python" / "ess" / "models")
@@ -64,11 +65,21 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.05)
     ev = tuple(t.to(device) for t in generate(1000, tcfg, seed=EVAL_SEED))
+    stages, upto = [], 0
+    for part in filter(None, args.curriculum.split(",")):
+        p, n = (int(v) for v in part.split(":"))
+        upto += n
+        stages.append((p, upto))
     t0 = time.time()
     acc = 0.0
     step = 0
     for step in range(1, args.steps + 1):
-        tokens, targets, mask = (t.to(device) for t in generate(args.batch, tcfg, seed=args.seed * 1_000_003 + step))
+        cur = tcfg
+        for p, upto in stages:
+            if step <= upto:
+                cur = MQARConfig(tcfg.vocab_size, tcfg.n_keys, p, p)
+                break
+        tokens, targets, mask = (t.to(device) for t in generate(args.batch, cur, seed=args.seed * 1_000_003 + step))
         logits = model(tokens)
         loss = F.cross_entropy(logits[mask], targets[mask])
         opt.zero_grad()
@@ -100,6 +111,7 @@ def main() -> None:
         "train_seconds": round(time.time() - t0, 1),
         "torch_version": torch.__version__,
         "seed": args.seed,
+        "curriculum": args.curriculum,
         "init": None if args.init is None else args.init.name,
         "device": str(device),
         "threads": args.threads,

@@ -148,3 +148,53 @@ def test_model_bad_input():
         m(torch.zeros(1, 17, dtype=torch.long))
     with pytest.raises(ValueError, match="unknown mixer"):
         HybridLM(HybridConfig(mixers=["nope"]))
+
+
+def test_shipped_model_and_inputs():
+    """The shipped weights load, the recorded accuracy is reproduced, ESS stays within TSS."""
+    from ess.models import SEP, WEIGHTS, builtin_info, builtin_inputs, load_builtin
+
+    info = builtin_info()
+    assert WEIGHTS.stat().st_size < 4 * 1024**2
+    m = load_builtin()
+    assert not m.training
+    cfg = MQARConfig(**info["mqar_config"])
+    tok, tgt, mask = generate(info["eval_sequences"], cfg, seed=info["eval_seed"])
+    with torch.no_grad():
+        pred = m(tok).argmax(-1)
+    acc = float((pred[mask] == tgt[mask]).float().mean())
+    assert abs(acc - info["accuracy"]) < 1e-6, (acc, info["accuracy"])
+    inp = builtin_inputs(2)
+    assert torch.equal(inp, tok[:2]) and (inp[:, 1 + 2 * cfg.n_pairs] == SEP).all()
+    r = ess.analyze(m, inp, markers=[SEP], progress=False)
+    t = r.table
+    structured = t[t.kind.isin(["conv", "selective_ssm", "linear_attention"])]
+    assert (structured.ess_tolerance <= structured.tss).all()
+    assert (t.ess_tolerance <= t.bound).all()
+    with pytest.raises(ValueError, match="n:"):
+        builtin_inputs(9)
+
+
+def test_compact_trainer_is_the_same_model():
+    """scripts/train_mqar_compact.py (which produced the shipped weights) defines the same function."""
+    import pathlib
+    import sys
+
+    src = (pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_mqar_compact.py").read_text()
+    head = src.split("m=LM()")[0].replace("d='cuda'", "d='cpu'")
+    g: dict = {}
+    argv = sys.argv
+    try:
+        sys.argv = ["x", "/dev/null"]
+        exec(compile(head, "train_mqar_compact.py", "exec"), g)
+    finally:
+        sys.argv = argv
+    c = g["LM"]()
+    m = HybridLM(HybridConfig())
+    m.load_state_dict(c.state_dict())  # strict: same parameter names and shapes
+    tok, _, _ = generate(4, MQARConfig(), seed=5)
+    gt, gg = g["gen"](4)
+    assert gt.shape == tok.shape and torch.equal(gg[:, :-1], gt[:, 1:])
+    assert (gt[:, 0] == 0).all() and (gt[:, 17] == SEP).all()
+    with torch.no_grad():
+        assert torch.allclose(c.eval()(tok), m.eval()(tok), atol=1e-6)

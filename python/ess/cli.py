@@ -180,6 +180,8 @@ def _print_summary(report, title: str) -> None:
         for _, r in s.iterrows():
             t.add_row(*[fmt(r[c]) for c, _ in cols], flag(r))
         con = Console()
+        if not con.is_terminal:
+            con = Console(width=160)
         con.print(t)
         for name, typ in report.skipped:
             con.print(f"[yellow]skipped[/yellow] {name}: {typ}")
