@@ -53,3 +53,16 @@ def test_analyze_errors(tmp_path, capsys):
 def test_demo_still_works(capsys):
     assert main(["demo", "--length", "32"]) == 0
     assert "softmax attention" in capsys.readouterr().out
+
+
+def test_analyze_hf_directory(tmp_path, capsys):
+    tr = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = tr.GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+    tr.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    out = tmp_path / "rep"
+    assert main(["analyze", "--hf", str(tmp_path / "gpt2"), "--length", "10", "--out", str(out), "--no-progress"]) == 0
+    js = json.loads((out / "summary.json").read_text())
+    assert [l["layer"] for l in js["layers"]] == ["transformer.h.0.attn"] and js["meta"]["length"] == 10
+    with pytest.raises(SystemExit, match="cannot read"):
+        main(["analyze", "--hf", str(tmp_path / "gpt2"), "--text", str(tmp_path / "none.txt")])

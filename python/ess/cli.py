@@ -86,6 +86,12 @@ def _analyze(args: argparse.Namespace) -> int:
     markers: Optional[list] = None
     inputs = None
     title = ""
+    if args.text:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text_content = f.read()
+        except OSError as e:
+            raise SystemExit(f"ess analyze: cannot read --text {args.text!r}: {e.strerror}") from None
     if args.model and args.hf:
         raise SystemExit("ess analyze: give --model or --hf, not both")
     if args.hf:
@@ -105,7 +111,7 @@ def _analyze(args: argparse.Namespace) -> int:
         if args.text:
             if tok is None:
                 raise SystemExit(f"ess analyze: --text needs a tokenizer in {args.hf}; pass --tokens instead")
-            ids = tok(open(args.text, encoding="utf-8").read(), return_tensors="pt")["input_ids"][:, : args.length]
+            ids = tok(text_content, return_tensors="pt")["input_ids"][:, : args.length]
             inputs = ids
         title = f"Hugging Face model {args.hf}"
     elif args.model:
