@@ -56,7 +56,7 @@ def main() -> None:
     L = args.length
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
           f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'default')}")
-    cfg = GPT2Config(vocab_size=1024, n_positions=max(1024, L), n_embd=768, n_layer=12, n_head=12)
+    cfg = GPT2Config(vocab_size=1024, n_positions=max(1024, L), n_embd=768, n_layer=12, n_head=12, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg).eval()
     tok = torch.randint(0, cfg.vocab_size, (1, L), generator=torch.Generator().manual_seed(1))
