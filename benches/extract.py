@@ -1,6 +1,7 @@
 """Operator extraction from torch / transformers layers against the pipeline a user would write.
 
-For each layer family, the same data goes through (a) the ess extractor (hooks during the
+Times are the best of two runs (one for the slow Jacobian baseline) and include the model's
+forward pass on the ess side. For each layer family, the same data goes through (a) the ess extractor (hooks during the
 forward, then ``operators(0)``) and (b) the obvious baseline, in the same process; both results are
 compared and the wall-clock times and their ratio printed.
 
@@ -84,7 +85,7 @@ def bench_lstm() -> None:
     L, I, H = 64, 32, 64
     m = torch.nn.LSTM(I, H, batch_first=True).double()
     x = torch.randn(1, L, I, dtype=torch.float64)
-    t_ess, ops = timed(lambda: extract(m, "", lambda: m(x)), 1)
+    t_ess, ops = timed(lambda: extract(m, "", lambda: m(x)), 2)
 
     def naive() -> np.ndarray:
         J = torch.autograd.functional.jacobian(lambda u: m(u.unsqueeze(0))[0][0], x[0])  # (L, H, L, I)
@@ -106,7 +107,7 @@ def bench_mamba() -> None:
     ids = torch.randint(0, 100, (1, L))
     cap = {}
     h = mixer.x_proj.register_forward_hook(lambda m, a, o: cap.update(xo=o.detach()))
-    t_ess, ops = timed(lambda: extract(model, "backbone.layers.0.mixer", lambda: model(input_ids=ids)), 1)
+    t_ess, ops = timed(lambda: extract(model, "backbone.layers.0.mixer", lambda: model(input_ids=ids)), 2)
     h.remove()
 
     def naive() -> np.ndarray:
@@ -128,7 +129,7 @@ def bench_mamba() -> None:
             out[d] = np.where(tri, T * dt[None, :, d], 0.0) + np.diag(np.full(L, D[d]))
         return out
 
-    t_base, ref = timed(naive, 1)
+    t_base, ref = timed(naive, 2)
     row("Mamba mixer (scan vs numpy formula)", ops.shape, t_ess, t_base, float(np.abs(ops - ref).max()))
 
 

@@ -8,8 +8,8 @@ from typing import Any, Dict, Iterator, List
 
 import numpy as np
 import pytest
-import torch
 
+torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
     GPT2Config,

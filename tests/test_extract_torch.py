@@ -7,15 +7,16 @@ from typing import Any, Iterator, List
 
 import numpy as np
 import pytest
-import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from torch import nn
 
-import ess
-from ess.errors import InvalidArgumentError, OutOfRangeError, ShapeError
-from ess.operators import find_extractor
-from ess.operators.torch_nn import (
+torch = pytest.importorskip("torch")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from torch import nn  # noqa: E402
+
+import ess  # noqa: E402
+from ess.errors import InvalidArgumentError, OutOfRangeError, ShapeError  # noqa: E402
+from ess.operators import find_extractor  # noqa: E402
+from ess.operators.torch_nn import (  # noqa: E402
     CausalConv1dExtractor,
     MultiheadAttentionExtractor,
     RecurrentJacobianExtractor,

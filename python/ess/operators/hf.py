@@ -274,15 +274,15 @@ class LlamaAttentionExtractor(_HFAttention):
         assert self._q is not None and self._k is not None
         d = int(self.module.head_dim)
         cos, sin = self._extra.get("cos"), self._extra.get("sin")
-        if cos is None:
+        if cos is None or sin is None:
             raise InvalidArgumentError(f"{self.name}: no position_embeddings were passed to the attention layer")
         q = self._q[sample].to(torch.float64)
         k = self._k[sample].to(torch.float64)
         L = q.shape[0]
         q = q.reshape(1, L, -1, d).transpose(1, 2)  # (1, H, L, d)
         k = k.reshape(1, L, -1, d).transpose(1, 2)  # (1, Hkv, L, d)
-        cb = cos[sample if cos.shape[0] > 1 else 0 : (sample if cos.shape[0] > 1 else 0) + 1]
-        sb = sin[sample if sin.shape[0] > 1 else 0 : (sample if sin.shape[0] > 1 else 0) + 1]
+        i = sample if cos.shape[0] > 1 else 0  # position embeddings broadcast over the batch or not
+        cb, sb = cos[i : i + 1], sin[i : i + 1]
         rope = sys.modules[type(self.module).__module__].apply_rotary_pos_emb
         q, k = rope(q, k, cb.to(q.device, torch.float64), sb.to(q.device, torch.float64))
         H, Hkv = q.shape[1], k.shape[1]

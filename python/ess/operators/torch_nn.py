@@ -202,7 +202,7 @@ class MultiheadAttentionExtractor(_Captures):
         x_k = self._cap["k"][sample].to(f64)
         q = x_q @ wq.detach().to(f64).T
         k = x_k @ wk.detach().to(f64).T
-        if bq is not None:
+        if bq is not None and bk is not None:
             q = q + bq.detach().to(f64)
             k = k + bk.detach().to(f64)
         return q.reshape(-1, H, d).transpose(0, 1), k.reshape(-1, H, d).transpose(0, 1)  # (H, L, d)
