@@ -21,6 +21,7 @@ All operators are computed in float64 with torch, on the module's device, then r
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -372,8 +373,9 @@ class RecurrentJacobianExtractor(_Captures):
     at the captured input and initial state. Computed exactly by forward-mode AD, one tangent per
     source position ``s`` batched along the batch dimension (``jacobian_mode="forward"``), or by
     reverse mode, one backward pass per target position (``"reverse"``); ``"auto"`` tries forward
-    and falls back to reverse. cuDNN is disabled while it runs; dropout between layers is off
-    (the module is put in eval mode for the computation and restored).
+    and falls back to reverse. It runs in float64 (through a float64 copy of a float32/bf16 module,
+    at the captured input), with cuDNN disabled and dropout between layers off (the module is put in
+    eval mode for the computation and restored).
     """
 
     kind = "rnn_jacobian"
@@ -386,9 +388,13 @@ class RecurrentJacobianExtractor(_Captures):
         self._x: Optional[torch.Tensor] = None  # (B, L, I)
         self._hx: Any = None  # per layer (layers, B, H) or a pair for LSTM
         self._packed = False
+        self._busy = False
+        self._work: Any = None  # the module the Jacobian runs through (a float64 copy if needed)
 
     def attach(self) -> List[Any]:
         def pre(mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+            if self._busy:  # our own Jacobian passes, if the hooks are still attached
+                return
             b = _bind(mod, args, kwargs)
             x, hx = b["input"], b.get("hx")
             if isinstance(x, nn.utils.rnn.PackedSequence):
@@ -440,7 +446,7 @@ class RecurrentJacobianExtractor(_Captures):
 
     def _run(self, u: torch.Tensor, hx: Any) -> torch.Tensor:
         """Output sequence (nb, L, n_out) of the module for a batch ``u`` (nb, L, I)."""
-        m = self.module
+        m = self._work if self._work is not None else self.module
         x = u if m.batch_first else u.transpose(0, 1)
         out = m(x, hx)[0]
         return out if m.batch_first else out.transpose(0, 1)
@@ -498,13 +504,23 @@ class RecurrentJacobianExtractor(_Captures):
         assert self._x is not None
         m = self.module
         p = next(m.parameters())
-        u = self._x[sample].to(device=p.device, dtype=p.dtype)
-        was_training = m.training
         mode = self.jacobian_mode
         if mode not in ("auto", "forward", "reverse"):
             raise InvalidArgumentError(f"jacobian_mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
+        # the Jacobian is taken in float64 (a float64 copy of a lower-precision module): float32
+        # round-off would otherwise show up as spurious singular values above the float64 tolerance
+        if p.dtype != torch.float64:
+            work = copy.deepcopy(m).to(torch.float64)
+            work._forward_pre_hooks.clear()
+            work._forward_hooks.clear()
+        else:
+            work = m
+        u = self._x[sample].to(device=p.device, dtype=torch.float64)
+        was_training = m.training
         try:
-            m.eval()
+            self._busy = True
+            self._work = work
+            work.eval()
             with torch.backends.cudnn.flags(enabled=False):
                 ops = None
                 if mode in ("auto", "forward"):
@@ -516,6 +532,8 @@ class RecurrentJacobianExtractor(_Captures):
                 if ops is None:
                     ops = self._reverse_mode(u, sample)
         finally:
+            self._busy = False
+            self._work = None
             m.train(was_training)
         n_out = self._n_out()
         note = (
