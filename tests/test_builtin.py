@@ -176,7 +176,7 @@ def test_shipped_model_and_inputs():
 
 
 def test_compact_trainer_is_the_same_model():
-    """scripts/train_mqar_compact.py (which produced the shipped weights) defines the same function."""
+    """scripts/train_mqar_compact.py (the GPU variant of the trainer) defines the same function."""
     import pathlib
     import sys
 
