@@ -3,7 +3,10 @@
 The numerical kernels live in a Rust core (``ess._core``); this package is the public API.
 
 * :func:`effective_state_size`: ESS curves of dense causal operators.
+* :mod:`ess.structured`: ESS straight from state-space / linear-attention / convolution factors.
 * :mod:`ess.markov`: Markov chains (hitting times, committors, GTH) and the CCMC.
+* :mod:`ess.graph`: strongly connected components and token-priority graphs.
+* :func:`analyze`: ESS of every sequence-mixing layer of a PyTorch model (an :class:`Report`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from . import structured
 from . import markov
 from . import graph
 from ._dense import EssCurves, effective_state_size
+from .analyze import analyze
+from .report import Report
 from .errors import (
     DTypeError,
     EssError,
@@ -31,6 +36,8 @@ __all__ = [
     "__version__",
     "effective_state_size",
     "EssCurves",
+    "analyze",
+    "Report",
     "errors",
     "structured",
     "markov",

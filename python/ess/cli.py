@@ -1,5 +1,7 @@
 """The ``ess`` command line.
 
+``ess analyze`` (the main job) analyses a model and writes a report directory; with no
+arguments it analyses the built-in hybrid model on shipped MQAR inputs.
 ``ess demo`` prints ESS summaries of the built-in example operators.
 """
 
@@ -32,12 +34,202 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_factory(spec: str):
+    import importlib
+
+    if ":" not in spec:
+        raise SystemExit(f"ess analyze: --model expects module:factory (e.g. mypkg.models:build), got {spec!r}")
+    mod, fn = spec.split(":", 1)
+    try:
+        obj = getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise SystemExit(f"ess analyze: cannot load {spec!r}: {e}") from None
+    out = obj() if callable(obj) and not hasattr(obj, "named_modules") else obj
+    return out
+
+
+def _parse_tokens(text: str) -> list:
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise SystemExit(f"ess analyze: --tokens expects integers separated by commas or spaces, got {text!r}") from None
+
+
+def _parse_positions(text: Optional[str], L: int):
+    if text is None:
+        return None
+    if ":" in text:
+        parts = [int(p) if p else None for p in text.split(":")]
+        return np.arange(L)[slice(*parts)]
+    return np.array(_parse_tokens(text), dtype=np.int64)
+
+
+def _vocab_size(model) -> Optional[int]:
+    for attr in ("cfg", "config"):
+        c = getattr(model, attr, None)
+        v = getattr(c, "vocab_size", None)
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    try:
+        import torch
+    except ImportError:
+        print("ess analyze needs PyTorch and pandas: pip install 'ess[analyze]'", file=sys.stderr)
+        return 2
+    from . import analyze
+    from .errors import EssError
+
+    tokens_text = None
+    markers: Optional[list] = None
+    inputs = None
+    title = ""
+    if args.text:
+        try:
+            with open(args.text, encoding="utf-8") as f:
+                text_content = f.read()
+        except OSError as e:
+            raise SystemExit(f"ess analyze: cannot read --text {args.text!r}: {e.strerror}") from None
+    if args.model and args.hf:
+        raise SystemExit("ess analyze: give --model or --hf, not both")
+    if args.hf:
+        try:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError:
+            print("ess analyze --hf needs transformers: pip install transformers", file=sys.stderr)
+            return 2
+        model = AutoModelForCausalLM.from_pretrained(args.hf, local_files_only=True)
+        tok = None
+        try:
+            tok = AutoTokenizer.from_pretrained(args.hf, local_files_only=True)
+        except Exception:  # a model directory without tokenizer files
+            tok = None
+        eos = getattr(model.config, "eos_token_id", None)
+        markers = [eos] if isinstance(eos, int) else (list(eos) if eos else None)
+        if args.text:
+            if tok is None:
+                raise SystemExit(f"ess analyze: --text needs a tokenizer in {args.hf}; pass --tokens instead")
+            ids = tok(text_content, return_tensors="pt")["input_ids"][:, : args.length]
+            inputs = ids
+        title = f"Hugging Face model {args.hf}"
+    elif args.model:
+        obj = _load_factory(args.model)
+        model, inputs = (obj if isinstance(obj, tuple) else (obj, None))
+        title = f"model {args.model}"
+        if args.text:
+            raise SystemExit("ess analyze: --text needs a tokenizer (use --hf); with --model pass --tokens")
+    else:
+        from .models import SEP, builtin_info, builtin_inputs, load_builtin, token_names
+
+        model = load_builtin(args.device or "cpu")
+        info = builtin_info()
+        inputs = builtin_inputs(args.samples)
+        markers = [SEP]
+        tokens_text = token_names(inputs[0])
+        title = f"built-in hybrid model (MQAR accuracy {info['accuracy']:.3f}), shipped MQAR inputs"
+        if args.tokens or args.text:
+            raise SystemExit("ess analyze: --tokens/--text need --model or --hf (the built-in model runs on its shipped MQAR inputs)")
+    if args.tokens:
+        inputs = torch.tensor([_parse_tokens(args.tokens)], dtype=torch.long)
+    if inputs is None:
+        V = _vocab_size(model)
+        if V is None:
+            raise SystemExit("ess analyze: no inputs; pass --tokens (or --text with --hf)")
+        g = torch.Generator().manual_seed(0)
+        inputs = torch.randint(0, V, (1, args.length), generator=g)
+        title += f", random tokens (L = {args.length})"
+    if args.device:
+        model = model.to(args.device)
+    L = int(inputs.shape[-1]) if hasattr(inputs, "shape") else args.length
+    try:
+        report = analyze(
+            model,
+            inputs,
+            layers=args.layers,
+            positions=_parse_positions(args.positions, L),
+            method=args.method,
+            progress=not args.no_progress,
+            tokens=tokens_text,
+            markers=markers,
+            memory_budget=args.memory_budget,
+        )
+    except EssError as e:
+        print(f"ess analyze: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    out = report.save(args.out)
+    _print_summary(report, title)
+    print(f"report written to {out}/ (report.html, ess.csv, summary.json, ...)")
+    return 0
+
+
+def _print_summary(report, title: str) -> None:
+    s = report.summary
+    cols = [("layer", "layer"), ("kind", "kind"), ("n_operators", "ops"), ("tss", "TSS"), ("avg_ess_tolerance", "avg tol-ESS"),
+            ("avg_ess_entropy", "avg ent-ESS"), ("total_ess", "total ESS"), ("utilisation", "util"), ("fill", "fill")]
+
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    def flag(r):
+        return "saturated" if r["saturated"] else ("collapsed" if r["collapsed"] else "")
+
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=title)
+        for _, h in cols:
+            t.add_column(h, justify="left" if h in ("layer", "kind") else "right")
+        t.add_column("flag")
+        for _, r in s.iterrows():
+            t.add_row(*[fmt(r[c]) for c, _ in cols], flag(r))
+        con = Console()
+        if not con.is_terminal:
+            con = Console(width=160)
+        con.print(t)
+        for name, typ in report.skipped:
+            con.print(f"[yellow]skipped[/yellow] {name}: {typ}")
+        for c in report.caveats:
+            con.print(f"[dim]note: {c}[/dim]")
+    except ImportError:
+        print(title)
+        print("  ".join(h for _, h in cols) + "  flag")
+        for _, r in s.iterrows():
+            print("  ".join(fmt(r[c]) for c, _ in cols) + "  " + flag(r))
+        for name, typ in report.skipped:
+            print(f"skipped {name}: {typ}")
+        for c in report.caveats:
+            print(f"note: {c}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ess", description="Effective state size of sequence models.")
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="ESS of built-in example operators (softmax attention, SSM, convolution)")
     p_demo.add_argument("--length", "-L", type=int, default=256, help="sequence length (default 256)")
     p_demo.set_defaults(func=_demo)
+    p_an = sub.add_parser(
+        "analyze",
+        help="ESS of every sequence-mixing layer of a model; writes a report directory",
+        description="With no arguments: the built-in hybrid model (softmax/linear attention, selective SSM, short conv) "
+        "trained on MQAR, on shipped MQAR inputs.",
+    )
+    p_an.add_argument("--model", help="module:factory returning a torch.nn.Module (or a (model, inputs) tuple)")
+    p_an.add_argument("--hf", metavar="PATH", help="local Hugging Face model directory (no downloads)")
+    p_an.add_argument("--text", metavar="FILE", help="text file to tokenise (with --hf)")
+    p_an.add_argument("--tokens", help="token ids, comma or space separated")
+    p_an.add_argument("--length", "-L", type=int, default=128, help="truncate --text / length of random tokens (default 128)")
+    p_an.add_argument("--samples", type=int, default=2, help="built-in model: number of shipped sequences (1-8, default 2)")
+    p_an.add_argument("--layers", nargs="+", help="module names or fnmatch patterns to analyse (default all supported)")
+    p_an.add_argument("--positions", help="split points: 'start:stop:step' or a list of integers")
+    p_an.add_argument("--method", choices=["both", "tolerance", "entropy"], default="both")
+    p_an.add_argument("--device", help="move the model to this torch device (e.g. cuda)")
+    p_an.add_argument("--memory-budget", help="bytes per layer and sequence (e.g. 2G; default 4G)")
+    p_an.add_argument("--out", "-o", default="ess-report", help="report directory (default ./ess-report)")
+    p_an.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_an.set_defaults(func=_analyze)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         args = parser.parse_args(["demo", *(argv or [])])

@@ -1,0 +1,376 @@
+"""``ess.analyze``: the ESS of every sequence-mixing layer of a PyTorch model on given inputs."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError, TooLargeError
+
+__all__ = ["analyze", "DEFAULT_MEMORY_BUDGET", "mixing_like"]
+
+#: Default budget (bytes) for the operators of one layer of one sequence; override with
+#: ``memory_budget=`` or the environment variable ``ESS_MEMORY_BUDGET`` (bytes, or with a
+#: ``K``/``M``/``G`` suffix).
+DEFAULT_MEMORY_BUDGET = 4 * 1024**3
+
+_MIXING_NAME = re.compile(r"attn|attention|mamba|mixer|ssm|s4|s6|conv|rnn|gru|lstm|hyena|rwkv|retention|recurren|scan|mlstm|slstm|griffin|lru", re.I)
+
+
+def mixing_like(module: Any) -> bool:
+    """Heuristic: does this module's type name suggest it mixes the sequence? (used to list skipped modules)."""
+    return bool(_MIXING_NAME.search(type(module).__name__))
+
+
+def _budget(memory_budget: Optional[Union[int, float, str]]) -> int:
+    val: Any = memory_budget if memory_budget is not None else os.environ.get("ESS_MEMORY_BUDGET")
+    if val is None:
+        return DEFAULT_MEMORY_BUDGET
+    if isinstance(val, str):
+        s = val.strip().upper().rstrip("B")
+        mult = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}.get(s[-1:], 1)
+        try:
+            val = float(s[:-1] if mult != 1 else s) * mult
+        except ValueError:
+            raise InvalidArgumentError(f"memory_budget: cannot parse {memory_budget!r} (bytes, or a number with K/M/G suffix)") from None
+    val = float(val)
+    if not np.isfinite(val) or val <= 0:
+        raise InvalidArgumentError(f"memory_budget: must be a positive number of bytes, got {memory_budget!r}")
+    return int(val)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _to_device(obj: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _prepare_inputs(inputs: Any) -> Tuple[str, Any, Optional[Any]]:
+    """Normalise ``inputs`` -> (call style, payload, token tensor or None), with validation."""
+    import torch
+
+    if inputs is None:
+        raise InvalidArgumentError("inputs: required (a tensor of token ids (batch, length), a dict of keyword arguments, or a tuple of positional arguments)")
+    if isinstance(inputs, np.ndarray) or (isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(v, (int, np.integer)) for v in inputs)):
+        arr = np.asarray(inputs)
+        if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+            raise DTypeError(f"inputs: numpy arrays must be integer token ids or floats, got dtype {arr.dtype}")
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        inputs = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64 if arr.dtype.kind in "iu" else None))
+    if isinstance(inputs, torch.Tensor):
+        t = inputs
+        if t.dtype in (torch.complex64, torch.complex128, torch.bool):
+            raise DTypeError(f"inputs: unsupported dtype {t.dtype} (token ids must be integers, embeddings floating point)")
+        if t.dim() == 1:
+            t = t.unsqueeze(0)
+        if t.dim() < 2:
+            raise ShapeError(f"inputs: expected (batch, length[, features]), got shape {tuple(inputs.shape)}")
+        if t.numel() == 0 or t.shape[0] == 0 or t.shape[1] == 0:
+            raise ShapeError(f"inputs: empty (shape {tuple(t.shape)}); need at least one sequence of length >= 1")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise InvalidArgumentError("inputs: contains NaN or infinity")
+        return "args", (t,), (t if not t.is_floating_point() else None)
+    if isinstance(inputs, dict):
+        if not inputs:
+            raise ShapeError("inputs: empty dict")
+        toks = inputs.get("input_ids")
+        if toks is not None and isinstance(toks, torch.Tensor) and (toks.numel() == 0):
+            raise ShapeError(f"inputs: input_ids is empty (shape {tuple(toks.shape)})")
+        return "kwargs", inputs, toks
+    if isinstance(inputs, tuple):
+        if not inputs:
+            raise ShapeError("inputs: empty tuple")
+        first = inputs[0]
+        return "args", inputs, (first if isinstance(first, torch.Tensor) and not first.is_floating_point() else None)
+    raise DTypeError(f"inputs: expected a torch.Tensor, numpy array, dict or tuple, got {type(inputs).__name__}")
+
+
+def _select(found: List[Tuple[str, Any]], layers: Optional[Union[str, Sequence[str]]]) -> List[Tuple[str, Any]]:
+    if layers is None:
+        return found
+    pats = [layers] if isinstance(layers, str) else list(layers)
+    if not pats:
+        raise InvalidArgumentError("layers: empty selection")
+    chosen = [(n, e) for n, e in found if any(n == p or fnmatch.fnmatchcase(n, p) for p in pats)]
+    unmatched = [p for p in pats if not any(n == p or fnmatch.fnmatchcase(n, p) for n, _ in found)]
+    if unmatched:
+        raise InvalidArgumentError(
+            f"layers: {unmatched} match no supported layer; supported layers are {[n for n, _ in found]}"
+        )
+    return chosen
+
+
+def _positions(positions: Any, L: int) -> Optional[np.ndarray]:
+    if positions is None:
+        return None
+    p = np.asarray(positions)
+    if p.dtype.kind not in "iu":
+        raise DTypeError(f"positions: must be integers, got dtype {p.dtype}")
+    if p.ndim != 1 or p.size == 0:
+        raise ShapeError(f"positions: must be a non-empty one-dimensional array, got shape {p.shape}")
+    if p.min() < 0 or p.max() >= L:
+        raise OutOfRangeError(f"positions: must lie in [0, {L}) for inputs of length {L}; got min {p.min()}, max {p.max()}")
+    if np.any(np.diff(p) <= 0):
+        raise OutOfRangeError("positions: must be strictly increasing")
+    return p.astype(np.int64)
+
+
+def discover(model: Any) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
+    """Extractors of the supported layers of ``model`` (outermost match wins; its submodules are
+    not searched), and ``(name, type)`` of modules that look sequence-mixing but are not supported."""
+    from .operators import find_extractor
+
+    found: List[Tuple[str, Any]] = []
+    covered: List[str] = []
+    candidates: List[Tuple[str, Any]] = []
+    for name, mod in model.named_modules():
+        if any(name == c or name.startswith(c + ".") for c in covered):
+            continue
+        ex = find_extractor(mod, name)
+        if ex is not None:
+            found.append((name, ex))
+            covered.append(name)
+        elif mixing_like(mod):
+            candidates.append((name, mod))
+    skipped: List[Tuple[str, str]] = []
+    for name, mod in candidates:
+        prefix = name + "." if name else ""
+        if any(f == name or f.startswith(prefix) for f, _ in found):
+            continue  # a container of supported layers
+        if any(s == name or name.startswith(s + ".") for s, _ in skipped):
+            continue  # inside an already listed skipped module
+        skipped.append((name or "<model>", f"{type(mod).__module__}.{type(mod).__qualname__}"))
+    return found, skipped
+
+
+def analyze(
+    model: Any,
+    inputs: Any,
+    *,
+    layers: Optional[Union[str, Sequence[str]]] = None,
+    positions: Optional[Any] = None,
+    method: str = "both",
+    atol: Optional[float] = None,
+    rtol: Optional[float] = None,
+    progress: bool = True,
+    tokens: Optional[Sequence[str]] = None,
+    markers: Optional[Iterable[int]] = None,
+    memory_budget: Optional[Union[int, float, str]] = None,
+    saturation: float = 0.9,
+    collapse: float = 0.1,
+) -> "Report":
+    """Effective state size of every supported sequence-mixing layer of ``model`` on ``inputs``.
+
+    One forward pass runs with extractor hooks on each supported layer (the model in eval mode,
+    under ``torch.no_grad``, on its own device; its training flags are restored and every hook is
+    removed afterwards, also when the forward raises). Then, one layer at a time and one sequence at
+    a time, the layer's causal operators (per head or channel; channels sharing an operator are
+    computed once) are materialised and their ESS curves computed by the dense kernel
+    (:func:`ess.effective_state_size`), then freed.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    inputs : torch.Tensor ``(batch, length)`` of token ids (numpy arrays and 1-D sequences are
+        accepted), a tensor ``(batch, length, features)``, a dict of keyword arguments (e.g. a
+        Hugging Face ``input_ids``/``attention_mask``) or a tuple of positional arguments. Moved to
+        the model's device.
+    layers : qualified module names or ``fnmatch`` patterns (``"blocks.*.mixer"``); default all.
+    positions : split points to compute (strictly increasing, in ``[0, L)``); default all.
+    method : ``"both"`` (default), ``"tolerance"`` or ``"entropy"``.
+    atol, rtol : threshold of the tolerance-ESS (as in :func:`ess.effective_state_size`).
+    progress : show a tqdm progress bar over layers.
+    tokens : optional decoded tokens of the (first) sequence, shown in the report.
+    markers : token ids that mark segment boundaries (delimiter, EOS); their positions are drawn
+        in the plots.
+    memory_budget : bytes allowed for the operators of one layer of one sequence (default 4 GiB, or
+        ``$ESS_MEMORY_BUDGET``); exceeding it raises :class:`~ess.errors.TooLargeError` before
+        anything is allocated.
+    saturation, collapse : thresholds of the per-layer flags, as fractions of the attainable ESS
+        (mean over positions of ``min(TSS, t, L - t)``).
+
+    Returns
+    -------
+    :class:`ess.Report`
+    """
+    import torch
+
+    from . import effective_state_size
+    from .report import Report
+
+    if not isinstance(model, torch.nn.Module):
+        raise DTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if method not in ("both", "tolerance", "entropy"):
+        raise InvalidArgumentError(f"method: expected 'both', 'tolerance' or 'entropy', got {method!r}")
+    if not (0.0 <= collapse < saturation <= 1.0):
+        raise InvalidArgumentError(f"collapse and saturation: need 0 <= collapse < saturation <= 1, got {collapse}, {saturation}")
+    budget = _budget(memory_budget)
+    style, payload, tok = _prepare_inputs(inputs)
+    L_in = None
+    if style == "args" and isinstance(payload[0], torch.Tensor) and payload[0].dim() >= 2:
+        L_in = int(payload[0].shape[1])
+    elif tok is not None and isinstance(tok, torch.Tensor) and tok.dim() >= 1:
+        L_in = int(tok.shape[-1])
+    if L_in is not None:
+        _positions(positions, L_in)
+
+    found, skipped = discover(model)
+    if not found:
+        seen = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for _, m in model.named_modules()})
+        raise InvalidArgumentError(
+            f"model: no supported sequence-mixing layer found in {type(model).__name__}. "
+            f"Module types found: {seen}. Register an extractor with ess.operators.register(ModuleType, factory)."
+        )
+    found = _select(found, layers)
+
+    # device of the model (first parameter or buffer); inputs follow it
+    device = next((p.device for p in model.parameters()), None) or next((b.device for b in model.buffers()), torch.device("cpu"))
+    payload = _to_device(payload, device)
+
+    modes = {m: m.training for m in model.modules()}
+    handles: List[Any] = []
+    t0 = time.perf_counter()
+    try:
+        for _, ex in found:
+            handles.extend(ex.attach())
+        model.eval()
+        with torch.no_grad():
+            if style == "kwargs":
+                model(**payload)
+            else:
+                model(*payload)
+    except BaseException:
+        for _, ex in found:
+            ex.clear()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in modes.items():
+            m.training = flag
+    t_forward = time.perf_counter() - t0
+
+    rows: Dict[str, List[Any]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
+    layer_meta: List[Dict[str, Any]] = []
+    L_seen: Optional[int] = None
+    pos_arr: Optional[np.ndarray] = None
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(found), desc="ess.analyze", unit="layer", leave=False)
+        except ImportError:  # pragma: no cover - tqdm is part of the analyze extra
+            bar = None
+    t1 = time.perf_counter()
+    try:
+        for name, ex in found:
+            if bar is not None:
+                bar.set_postfix_str(name, refresh=False)
+            n = ex.n_samples()
+            if n == 0:
+                skipped.append((name, f"{type(ex.module).__module__}.{type(ex.module).__qualname__} (not called in forward)"))
+                continue
+            note = ""
+            for s in range(n):
+                need = int(ex.estimate_bytes(s))
+                if need > budget:
+                    raise TooLargeError(
+                        f"layer {name!r}: its operators need about {_fmt_bytes(need)} for one sequence, over the memory "
+                        f"budget of {_fmt_bytes(budget)}. Use a shorter input (memory grows as L^2 per head/channel), "
+                        f"select fewer layers with layers=..., pass positions=... to cut the compute, or raise "
+                        f"memory_budget= (or $ESS_MEMORY_BUDGET)."
+                    )
+                ops = ex.operators(s)
+                T = np.asarray(ops.operators)
+                if T.ndim != 3 or T.shape[1] != T.shape[2]:
+                    raise ShapeError(f"extractor for {name!r} returned operators of shape {T.shape}, expected (n, L, L)")
+                L = int(T.shape[1])
+                if L_seen is None:
+                    L_seen = L
+                    pos_arr = _positions(positions, L)
+                elif L != L_seen:
+                    raise ShapeError(f"layer {name!r} has sequence length {L}, other layers {L_seen}")
+                P = np.arange(L) if pos_arr is None else pos_arr
+                res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr)
+                if method == "both":
+                    tol, ent = res.tolerance, res.entropy  # type: ignore[union-attr]
+                elif method == "tolerance":
+                    tol, ent = res, np.full_like(res, np.nan)  # type: ignore[arg-type]
+                else:
+                    tol, ent = np.full_like(res, np.nan), res  # type: ignore[arg-type]
+                nops = T.shape[0]
+                shared = ops.shared or [1] * nops
+                bound = np.minimum(P, L - P)
+                for i in range(nops):
+                    m = len(P)
+                    rows["sample"] += [s] * m
+                    rows["layer"] += [name] * m
+                    rows["kind"] += [ops.kind] * m
+                    rows["operator"] += [ops.labels[i]] * m
+                    rows["index"] += [i] * m
+                    rows["position"] += P.tolist()
+                    rows["ess_tolerance"] += np.asarray(tol[i], dtype=float).tolist()
+                    rows["ess_entropy"] += np.asarray(ent[i], dtype=float).tolist()
+                    rows["tss"] += [float(ops.tss[i])] * m
+                    rows["bound"] += bound.tolist()
+                    rows["shared"] += [int(shared[i])] * m
+                note = ops.note
+                del T, ops, res
+            layer_meta.append({"layer": name, "kind": ex.kind, "module_type": type(ex.module).__name__, "note": note})
+            ex.clear()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        for _, ex in found:
+            ex.clear()
+    t_ess = time.perf_counter() - t1
+
+    tok_np = None
+    if tok is not None:
+        tok_np = tok.detach().to("cpu").numpy()
+        if tok_np.ndim == 1:
+            tok_np = tok_np[None]
+    marker_pos: Dict[int, List[int]] = {}
+    if markers is not None and tok_np is not None:
+        mk = set(int(m) for m in markers)
+        for s in range(tok_np.shape[0]):
+            marker_pos[s] = [int(i) for i, t in enumerate(tok_np[s]) if int(t) in mk]
+    meta = {
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "device": str(device),
+        "length": L_seen,
+        "n_samples": int(max(rows["sample"]) + 1) if rows["sample"] else 0,
+        "method": method,
+        "atol": atol,
+        "rtol": rtol,
+        "positions": None if pos_arr is None else pos_arr.tolist(),
+        "saturation": saturation,
+        "collapse": collapse,
+        "memory_budget": budget,
+        "seconds_forward": round(t_forward, 4),
+        "seconds_ess": round(t_ess, 4),
+    }
+    return Report.from_rows(rows, layer_meta=layer_meta, skipped=skipped, tokens=tokens, token_ids=tok_np, markers=marker_pos, meta=meta)

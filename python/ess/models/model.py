@@ -1,0 +1,85 @@
+"""The built-in hybrid language model (softmax attention, linear attention, selective SSM, short convolution)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import List
+
+import torch
+from torch import nn
+
+from .layers import GatedLinearAttention, LinearAttention, SelectiveSSM, ShortConv, SoftmaxAttention
+
+__all__ = ["HybridConfig", "HybridLM", "Block"]
+
+MIXERS = ("conv", "ssm", "linear_attention", "gated_linear_attention", "softmax_attention")
+
+
+@dataclass
+class HybridConfig:
+    vocab_size: int = 64
+    d_model: int = 64
+    n_heads: int = 4
+    d_state: int = 8
+    conv_kernel: int = 4
+    max_len: int = 256
+    mixers: List[str] = field(default_factory=lambda: ["conv", "ssm", "linear_attention", "softmax_attention"])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: ``x + mixer(LN(x))`` then ``x + MLP(LN(x))``."""
+
+    def __init__(self, cfg: HybridConfig, kind: str) -> None:
+        super().__init__()
+        if kind not in MIXERS:
+            raise ValueError(f"unknown mixer {kind!r}; expected one of {MIXERS}")
+        self.kind = kind
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        if kind == "conv":
+            self.mixer: nn.Module = ShortConv(cfg.d_model, cfg.conv_kernel)
+        elif kind == "ssm":
+            self.mixer = SelectiveSSM(cfg.d_model, cfg.d_state)
+        elif kind == "linear_attention":
+            self.mixer = LinearAttention(cfg.d_model, cfg.n_heads)
+        elif kind == "gated_linear_attention":
+            self.mixer = GatedLinearAttention(cfg.d_model, cfg.n_heads)
+        else:
+            self.mixer = SoftmaxAttention(cfg.d_model, cfg.n_heads)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, 2 * cfg.d_model), nn.GELU(), nn.Linear(2 * cfg.d_model, cfg.d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class HybridLM(nn.Module):
+    """Token + learned position embeddings, one block per entry of ``cfg.mixers``, tied output head.
+
+    ``forward(tokens)`` takes int64 ``(B, L)`` token ids (``L <= max_len``) and returns logits ``(B, L, vocab)``.
+    """
+
+    def __init__(self, cfg: HybridConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or HybridConfig()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.blocks = nn.ModuleList([Block(cfg, k) for k in cfg.mixers])
+        self.norm = nn.LayerNorm(cfg.d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens: expected shape (batch, length), got {tuple(tokens.shape)}")
+        L = tokens.shape[1]
+        if L > self.cfg.max_len:
+            raise ValueError(f"tokens: length {L} exceeds max_len {self.cfg.max_len}")
+        x = self.embed(tokens) + self.pos(torch.arange(L, device=tokens.device))
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x) @ self.embed.weight.T

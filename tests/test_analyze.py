@@ -1,0 +1,209 @@
+"""ess.analyze: the table, the summaries, memory budget, layer selection, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pd = pytest.importorskip("pandas")
+
+import ess  # noqa: E402
+from ess.errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError, TooLargeError  # noqa: E402
+from ess.models.model import HybridConfig, HybridLM  # noqa: E402
+from torch import nn  # noqa: E402
+
+
+def small_model(mixers=("conv", "softmax_attention"), seed=0, **kw):
+    torch.manual_seed(seed)
+    return HybridLM(HybridConfig(d_model=16, n_heads=2, d_state=4, max_len=64, mixers=list(mixers), **kw))
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_table_and_summary():
+    m = small_model(("conv", "ssm", "linear_attention", "softmax_attention"))
+    tok = torch.randint(2, 64, (2, 20))
+    tok[:, 9] = 1
+    r = ess.analyze(m, tok, markers=[1], progress=False, tokens=[str(int(t)) for t in tok[0]])
+    t = r.table
+    assert list(t.columns) == ["sample", "layer", "kind", "operator", "index", "position", "token", "ess_tolerance", "ess_entropy", "tss", "bound", "shared"]
+    n_ops = {"conv": 16, "selective_ssm": 16, "linear_attention": 2, "softmax_attention": 2}
+    assert len(t) == 2 * 20 * sum(n_ops.values())
+    assert set(t.kind) == set(n_ops)
+    assert (t.ess_tolerance[t.position == 0] == 0).all()
+    assert (t.ess_tolerance <= t.bound).all() and (t.ess_entropy <= t.ess_tolerance + 1e-9).all()
+    assert (t.token[(t["sample"] == 0)].to_numpy()[:20] == tok[0].numpy()).all()
+    assert r.markers == {0: [9], 1: [9]}
+    s = r.summary.set_index("kind")
+    assert list(r.summary.layer) == [f"blocks.{i}.mixer" for i in range(4)]
+    assert s.loc["softmax_attention", "tss"] == 20 and s.loc["linear_attention", "tss"] == 8
+    assert s.loc["conv", "tss"] == 3 and s.loc["selective_ssm", "tss"] == 4
+    assert s.loc["softmax_attention", "channels"] == 16  # 2 heads x 8 value channels share 2 operators
+    # totals: channel-weighted sum of per-operator averages
+    sm = t[t.kind == "softmax_attention"].groupby(["sample", "index"]).ess_tolerance.mean()
+    assert np.isclose(s.loc["softmax_attention", "total_ess"], 8 * sm.sum() / 2)
+    assert np.isclose(s.loc["softmax_attention", "avg_ess_tolerance"], sm.mean())
+    assert np.isclose(s.loc["conv", "utilisation"], s.loc["conv", "avg_ess_tolerance"] / 3)
+    # a random-weight conv fills its 3 states at interior positions
+    assert s.loc["conv", "saturated"] and not s.loc["conv", "collapsed"]
+    assert any("Boundary" in c for c in r.caveats)
+    assert r.meta["length"] == 20 and r.meta["n_samples"] == 2
+
+
+def test_positions_layers_and_methods():
+    m = small_model()
+    tok = torch.randint(0, 64, (1, 16))
+    full = ess.analyze(m, tok, progress=False)
+    pos = [1, 5, 8, 15]
+    r = ess.analyze(m, tok, positions=np.array(pos), layers=["blocks.1.*"], progress=False)
+    assert set(r.table.layer) == {"blocks.1.mixer"} and sorted(set(r.table.position)) == pos
+    ref = full.table[(full.table.layer == "blocks.1.mixer") & full.table.position.isin(pos)]
+    assert np.array_equal(ref.ess_tolerance.to_numpy(), r.table.ess_tolerance.to_numpy())
+    e = ess.analyze(m, tok, method="entropy", progress=True)
+    assert e.table.ess_tolerance.isna().all() and np.allclose(e.table.ess_entropy, full.table.ess_entropy)
+    tl = ess.analyze(m, tok, method="tolerance", rtol=0.5, progress=False)
+    assert (tl.table.ess_tolerance <= full.table.ess_tolerance).all()
+    # numpy / list inputs and 1-D token ids are accepted
+    r1 = ess.analyze(m, tok[0].numpy(), progress=False)
+    assert np.array_equal(r1.table.ess_tolerance.to_numpy(), full.table.ess_tolerance.to_numpy())
+
+
+def test_hooks_removed_and_model_unchanged():
+    m = small_model()
+    m.train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ess.analyze(m, torch.randint(0, 64, (1, 8)), progress=False)
+    assert _hooks(m) == 0 and m.training and all(mod.training for mod in m.modules())
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+class Boom(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inner = small_model()
+
+    def forward(self, x):
+        self.inner(x)
+        raise RuntimeError("boom in forward")
+
+
+def test_model_raising_in_forward():
+    m = Boom()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(RuntimeError, match="boom"):
+        ess.analyze(m, torch.randint(0, 64, (1, 8)), progress=False)
+    assert _hooks(m) == 0 and m.training
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+class MyAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def test_no_supported_layer():
+    m = nn.Sequential(nn.Embedding(10, 4), MyAttention(), nn.Linear(4, 10))
+    with pytest.raises(InvalidArgumentError, match="no supported.*MyAttention"):
+        ess.analyze(m, torch.zeros(1, 5, dtype=torch.long), progress=False)
+
+
+def test_skipped_modules_listed():
+    class Hybrid(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = small_model(("conv",))
+            self.extra = MyAttention()
+
+        def forward(self, x):
+            return self.lm(x)
+
+    r = ess.analyze(Hybrid(), torch.zeros(1, 6, dtype=torch.long), progress=False)
+    assert [n for n, _ in r.skipped] == ["extra"]
+    assert "MyAttention" in r.skipped[0][1]
+    assert any("not analysed" in c for c in r.caveats)
+
+
+def test_bad_inputs():
+    m = small_model()
+    tok = torch.randint(0, 64, (1, 10))
+    with pytest.raises(ShapeError, match="inputs"):
+        ess.analyze(m, torch.zeros(1, 0, dtype=torch.long), progress=False)
+    with pytest.raises(ShapeError, match="inputs"):
+        ess.analyze(m, torch.zeros(0, 5, dtype=torch.long), progress=False)
+    with pytest.raises(DTypeError, match="inputs"):
+        ess.analyze(m, torch.zeros(1, 5, dtype=torch.complex64), progress=False)
+    with pytest.raises(DTypeError, match="inputs"):
+        ess.analyze(m, "hello", progress=False)
+    with pytest.raises(DTypeError, match="inputs"):
+        ess.analyze(m, np.array([["a", "b"]]), progress=False)
+    with pytest.raises(InvalidArgumentError, match="inputs"):
+        ess.analyze(m, None, progress=False)
+    with pytest.raises(DTypeError, match="model"):
+        ess.analyze(lambda x: x, tok, progress=False)
+    # the model's own check of a wrong shape surfaces, and leaves no hooks
+    with pytest.raises(ValueError, match="tokens"):
+        ess.analyze(m, torch.zeros(1, 5, 3, dtype=torch.long), progress=False)
+    assert _hooks(m) == 0
+    with pytest.raises(OutOfRangeError, match="positions"):
+        ess.analyze(m, tok, positions=[0, 10], progress=False)
+    with pytest.raises(OutOfRangeError, match="positions"):
+        ess.analyze(m, tok, positions=[-1, 3], progress=False)
+    with pytest.raises(OutOfRangeError, match="increasing"):
+        ess.analyze(m, tok, positions=[3, 3], progress=False)
+    with pytest.raises(DTypeError, match="positions"):
+        ess.analyze(m, tok, positions=[0.5], progress=False)
+    with pytest.raises(InvalidArgumentError, match="method"):
+        ess.analyze(m, tok, method="rank", progress=False)
+    with pytest.raises(InvalidArgumentError, match="layers"):
+        ess.analyze(m, tok, layers=["nope"], progress=False)
+    with pytest.raises(InvalidArgumentError, match="saturation"):
+        ess.analyze(m, tok, saturation=0.1, collapse=0.5, progress=False)
+    with pytest.raises(ess.InvalidArgumentError, match="atol"):
+        ess.analyze(m, tok, atol=-1.0, progress=False)
+    assert _hooks(m) == 0
+
+
+def test_memory_budget(monkeypatch):
+    m = small_model(("conv",))
+    tok = torch.randint(0, 64, (1, 32))
+    need = 16 * 32 * 32 * 8
+    with pytest.raises(TooLargeError, match="shorter input.*positions"):
+        ess.analyze(m, tok, memory_budget=need - 1, progress=False)
+    ess.analyze(m, tok, memory_budget=need, progress=False)
+    monkeypatch.setenv("ESS_MEMORY_BUDGET", "1K")
+    with pytest.raises(TooLargeError, match="1.0 KiB"):
+        ess.analyze(m, tok, progress=False)
+    with pytest.raises(InvalidArgumentError, match="memory_budget"):
+        ess.analyze(m, tok, memory_budget="lots", progress=False)
+    with pytest.raises(InvalidArgumentError, match="memory_budget"):
+        ess.analyze(m, tok, memory_budget=0, progress=False)
+
+
+def test_float64_model_and_dict_inputs():
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lm = small_model(("linear_attention",))
+
+        def forward(self, input_ids=None, attention_mask=None):
+            return self.lm(input_ids)
+
+    w = Wrap().double()
+    tok = torch.randint(0, 64, (1, 12))
+    r = ess.analyze(w, {"input_ids": tok}, progress=False)
+    assert r.meta["length"] == 12 and (r.table.ess_tolerance <= 8).all()
+    assert (r.table.token.to_numpy()[:12] == tok[0].numpy()).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_model():
+    m = small_model().cuda()
+    r = ess.analyze(m, torch.randint(0, 64, (1, 12)), progress=False)
+    assert r.meta["device"].startswith("cuda") and len(r.table)
