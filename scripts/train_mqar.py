@@ -1,6 +1,11 @@
 """Train the built-in hybrid model (ess.models) on multi-query associative recall.
 
-    python scripts/train_mqar.py [--steps 3000] [--threads 2] [--out python/ess/models]
+    python scripts/train_mqar.py [--device cuda] [--steps 14000] [--out python/ess/models]
+
+The shipped weights come from ``--device cuda`` with the defaults (batch 256, curriculum
+2 pairs for 1000 steps then 4 pairs for 2000, lr 1e-3, seed 0): held-out accuracy 0.99975 after
+3100 steps (94 s on one H100; early stop at --target). Small batches (32-64) stall on the MQAR
+plateau near 0.21 for thousands of steps. On CPU the same run takes hours on 2 cores.
 
 Writes ``hybrid_mqar.safetensors`` (weights) and ``hybrid_mqar.json`` (model and task config,
 training settings and the held-out accuracy) into ``--out``.
@@ -39,14 +44,14 @@ def accuracy(model: HybridLM, tokens, targets, mask, batch: int = 256) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--steps", type=int, default=14000)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="torch device to train on (the shipped weights are saved from CPU tensors)")
     ap.add_argument("--max-seconds", type=float, default=float("inf"), help="stop (and save) after this much training time")
-    ap.add_argument("--curriculum", default="2:300,4:300", help="pairs:steps stages before the full task (MQAR has a long plateau; short tasks first shorten it); '' for none")
+    ap.add_argument("--curriculum", default="2:1000,4:2000", help="pairs:steps stages before the full task (MQAR has a long plateau; short tasks first shorten it); '' for none")
     ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (continue a run)")
     ap.add_argument("--target", type=float, default=0.99, help="stop early at this held-out accuracy")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "python" / "ess" / "models")

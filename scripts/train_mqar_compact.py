@@ -4,7 +4,9 @@
 # Usage: python scripts/train_mqar_compact.py OUT.safetensors   (device 'cuda', 3000 steps, seed 0)
 # The weights load into ess.models.HybridLM with strict=True; tests/test_builtin*.py check that
 # this module computes the same function as ess.models.HybridLM on shared weights.
-# (The shipped weights come from scripts/train_mqar.py on CPU; a 3000-step H100 run of this
+# (The shipped weights come from scripts/train_mqar.py --device cuda with its defaults (batch 256,
+# curriculum 2:1000,4:2000, lr 1e-3): 0.99975 held-out accuracy after 3100 steps, 94 s on one H100.
+# Earlier, smaller-batch runs stalled on the MQAR plateau: a 3000-step H100 run of this
 # script reached 0.209 held-out accuracy, the CPU run 0.2125.)
 import torch,math,sys,time,torch.nn as nn,torch.nn.functional as F
 from torch import arange as ar
