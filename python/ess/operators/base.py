@@ -12,6 +12,7 @@ users extend with :func:`register`.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
@@ -50,8 +51,9 @@ class OperatorSet:
     note: str = ""
 
 
-class Extractor:
-    """Base class. Subclasses set :attr:`kind` and implement :meth:`attach` and :meth:`operators`."""
+class Extractor(abc.ABC):
+    """Abstract base. Subclasses set :attr:`kind` and implement :meth:`attach`,
+    :meth:`n_samples`, :meth:`operators` and :meth:`estimate_bytes`."""
 
     kind: str = ""
 
@@ -59,24 +61,24 @@ class Extractor:
         self.module = module
         self.name = name
 
+    @abc.abstractmethod
     def attach(self) -> List[Any]:
         """Install hooks on ``self.module`` (or its submodules); return their handles.
 
         The caller removes every handle after the forward pass, also when it raises.
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def n_samples(self) -> int:
         """Number of captured batch elements."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def operators(self, sample: int = 0) -> OperatorSet:
         """Materialise the operators of batch element ``sample`` from the captures."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def estimate_bytes(self, sample: int = 0) -> int:
         """Bytes :meth:`operators` will allocate (checked against the memory budget first)."""
-        raise NotImplementedError
 
     def clear(self) -> None:
         """Drop the captures."""

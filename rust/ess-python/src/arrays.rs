@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use numpy::{PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
-use numpy::{Element, PyReadonlyArrayDyn};
+use numpy::{Element, IntoPyArray, PyReadonlyArrayDyn};
 use pyo3::prelude::*;
 
 use crate::errors::dtype_error;
@@ -57,4 +57,23 @@ pub fn contiguous<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T>) -> Co
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "object".into())
+}
+
+/// ESS curves to Python: `(tolerance or None, entropy or None)`, each float64 of shape
+/// `batch_shape + (n_positions,)`, moved into numpy without a copy.
+#[allow(clippy::type_complexity)]
+pub fn curves_to_py<'py>(
+    py: Python<'py>,
+    curves: ess_core::ess::EssCurves,
+    batch_shape: &[usize],
+) -> PyResult<(Option<Bound<'py, PyAny>>, Option<Bound<'py, PyAny>>)> {
+    let mut shape = batch_shape.to_vec();
+    shape.push(curves.n_positions);
+    let wrap = |v: Option<Vec<f64>>| -> PyResult<Option<Bound<'py, PyAny>>> {
+        match v {
+            None => Ok(None),
+            Some(v) => Ok(Some(v.into_pyarray(py).reshape(shape.clone())?.into_any())),
+        }
+    };
+    Ok((wrap(curves.tolerance)?, wrap(curves.entropy)?))
 }

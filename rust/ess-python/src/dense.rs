@@ -1,11 +1,10 @@
 //! Binding of the dense ESS kernel.
 
-use numpy::{IntoPyArray, PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 
 use ess_core::ess::{dense_ess, DenseOptions, EssCurves, Method};
 
-use crate::arrays::{contiguous, float_array, FloatArray};
+use crate::arrays::{contiguous, curves_to_py, float_array, FloatArray};
 use crate::errors::{shape_error, IntoPy};
 
 /// Dense ESS curves of `T` (`(..., L, L)`); returns `(tolerance or None, entropy or None)`,
@@ -60,18 +59,7 @@ pub fn dense_ess_curves<'py>(
             py.detach(|| dense_ess(&data, batch, l, &opts)).py_err()?
         }
     };
-    let mut out_shape: Vec<usize> = batch_shape.to_vec();
-    out_shape.push(curves.n_positions);
-    let wrap = |v: Option<Vec<f64>>| -> PyResult<Option<Bound<'py, PyAny>>> {
-        match v {
-            None => Ok(None),
-            Some(v) => {
-                let a: Bound<'py, PyArray1<f64>> = v.into_pyarray(py);
-                Ok(Some(a.reshape(out_shape.clone())?.into_any()))
-            }
-        }
-    };
-    Ok((wrap(curves.tolerance)?, wrap(curves.entropy)?))
+    curves_to_py(py, curves, batch_shape)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -1,12 +1,11 @@
 //! Binding of the structured (state-space) ESS kernel.
 
-use numpy::{IntoPyArray, PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 
 use ess_core::ess::structured::{ssm_ess, SsmFactors, StructuredOptions, Transition};
 use ess_core::ess::{EssCurves, Method};
 
-use crate::arrays::{contiguous, float_array, FloatArray};
+use crate::arrays::{contiguous, curves_to_py, float_array, FloatArray};
 use crate::errors::{dtype_error, shape_error, IntoPy};
 
 /// Structured ESS curves of state-space operators.
@@ -112,18 +111,7 @@ pub fn ssm_ess_curves<'py>(
         }
         _ => return Err(dtype_error("A, B, C", "must all have the same dtype (float32 or float64)")),
     };
-    let mut out_shape = batch_shape;
-    out_shape.push(curves.n_positions);
-    let wrap = |v: Option<Vec<f64>>| -> PyResult<Option<Bound<'py, PyAny>>> {
-        match v {
-            None => Ok(None),
-            Some(v) => {
-                let arr: Bound<'py, PyArray1<f64>> = v.into_pyarray(py);
-                Ok(Some(arr.reshape(out_shape.clone())?.into_any()))
-            }
-        }
-    };
-    Ok((wrap(curves.tolerance)?, wrap(curves.entropy)?))
+    curves_to_py(py, curves, &batch_shape)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

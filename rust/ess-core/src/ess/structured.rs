@@ -45,7 +45,7 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 use super::dense::{validate_positions, EssCurves, Scalar};
-use super::{entropy_ess, tolerance_count, Method, Tolerance};
+use super::{entropy_ess, tolerance_count, Tolerance};
 use crate::error::{check_finite, checked_size, Error, Result};
 
 /// How the transitions `A_t` are given.
@@ -78,21 +78,8 @@ pub struct SsmFactors<'a, F> {
     pub c: &'a [F],
 }
 
-/// Options of [`ssm_ess`] (same meaning as for the dense kernel).
-#[derive(Clone, Debug)]
-pub struct StructuredOptions {
-    pub method: Method,
-    pub atol: Option<f64>,
-    pub rtol: Option<f64>,
-    /// Split points to compute (strictly increasing, each in `0..L`); `None` for all `L`.
-    pub positions: Option<Vec<usize>>,
-}
-
-impl Default for StructuredOptions {
-    fn default() -> Self {
-        StructuredOptions { method: Method::Both, atol: None, rtol: None, positions: None }
-    }
-}
+/// Options of [`ssm_ess`]: the dense kernel's options, with the same meaning.
+pub type StructuredOptions = super::dense::DenseOptions;
 
 /// Validate the shapes and values of `f`.
 fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
