@@ -32,19 +32,25 @@ def same_partition(a, b):
     return len(pairs) == len(set(a.tolist())) == len(set(b.tolist()))
 
 
+ALGORITHMS = ("auto", "pearce", "fwbw")
+
+
 def check_against_refs(src, dst, n):
     src = np.asarray(src, dtype=np.int64)
     dst = np.asarray(dst, dtype=np.int64)
-    nc, lab = strongly_connected_components(src, dst, n)
     rnc, rlab = scipy_scc(src, dst, n)
-    assert nc == rnc
-    assert lab.dtype == np.int32 and lab.shape == (n,)
-    assert same_partition(lab, rlab)
-    if n:
-        assert lab.min() >= 0 and lab.max() == nc - 1
-    # numbering: sinks first, every cross edge goes to a smaller number
-    assert np.all(lab[src] >= lab[dst])
-    return nc, lab
+    out = []
+    for algorithm in ALGORITHMS:
+        nc, lab = strongly_connected_components(src, dst, n, algorithm=algorithm)
+        assert nc == rnc
+        assert lab.dtype == np.int32 and lab.shape == (n,)
+        assert same_partition(lab, rlab)
+        if n:
+            assert lab.min() >= 0 and lab.max() == nc - 1
+        # numbering: sinks first, every cross edge goes to a smaller number
+        assert np.all(lab[src] >= lab[dst])
+        out.append((nc, lab))
+    return out[0]
 
 
 # ---------------------------------------------------------------- graph strategies
@@ -111,10 +117,10 @@ def test_relabelling_invariance(g, rnd):
 
 
 @settings(max_examples=80, deadline=None)
-@given(random_graphs())
-def test_condensation_and_reachability_match_networkx(g):
+@given(random_graphs(), st.sampled_from(ALGORITHMS))
+def test_condensation_and_reachability_match_networkx(g, algorithm):
     src, dst, n = g
-    c = condensation(src, dst, n)
+    c = condensation(src, dst, n, algorithm=algorithm)
     G = nx.DiGraph()
     G.add_nodes_from(range(n))
     G.add_edges_from(zip(src.tolist(), dst.tolist()))
@@ -217,6 +223,24 @@ def test_bad_input():
         ess._core.graph_scc(a.astype(np.float32), a, 3)
     with pytest.raises(ValueError):  # errors are ValueErrors too
         strongly_connected_components(a, np.array([1, 2, 5]), 3)
+    with pytest.raises(InvalidArgumentError, match="algorithm"):
+        strongly_connected_components(a, a, 3, algorithm="kosaraju")
+    with pytest.raises(InvalidArgumentError, match="algorithm"):
+        condensation(a, a, 3, algorithm="")
+    # the forward-backward path (CSR + transpose) names the offending array too
+    for alg in ALGORITHMS:
+        with pytest.raises(OutOfRangeError, match=r"dst: entry 2 = 5"):
+            strongly_connected_components(a, np.array([1, 2, 5]), 3, algorithm=alg)
+        with pytest.raises(OutOfRangeError, match=r"src: entry 1 = -1"):
+            strongly_connected_components(np.array([0, -1, 2]), a, 3, algorithm=alg)
+    big = np.arange(300_000, dtype=np.int64)
+    for alg in ALGORITHMS:
+        bad = big.copy()
+        bad[299_990] = 300_000
+        with pytest.raises(OutOfRangeError, match=r"dst: entry 299990 = 300000"):
+            strongly_connected_components(big, bad, 300_000, algorithm=alg)
+        with pytest.raises(OutOfRangeError, match=r"src: entry 299990 = 300000"):
+            strongly_connected_components(bad, big, 300_000, algorithm=alg)
 
 
 def test_parallel_csr_large_random_matches_scipy():
@@ -226,3 +250,42 @@ def test_parallel_csr_large_random_matches_scipy():
     src = rng.integers(0, n, m)
     dst = rng.integers(0, n, m)
     check_against_refs(src, dst, n)
+
+
+@pytest.mark.parametrize("n, m", [(100_000, 100_000), (100_000, 150_000), (70_000, 1_000_000), (300_000, 90_000)])
+def test_large_graphs_all_algorithms_match_scipy(n, m):
+    # sizes where "auto" takes the forward-backward path (n >= 65,536, m >= n) and where it
+    # does not; sparse ones have many components besides the pivot's
+    rng = np.random.default_rng(n + m)
+    src = rng.integers(0, n, m)
+    dst = rng.integers(0, n, m)
+    check_against_refs(src, dst, n)
+    check_against_refs(src.astype(np.int32), dst.astype(np.int32), n)
+
+
+def test_forward_backward_with_ancestors_descendants_and_unrelated_parts():
+    # a strongly connected core (the pivot's component), chains of small cycles feeding it,
+    # fed by it, and disjoint from it; shuffled edge order and node ids
+    rng = np.random.default_rng(5)
+    core = 80_000
+    parts = []
+    r = np.arange(core)
+    parts += [(r, (r + 1) % core), (r, rng.integers(0, core, core))]
+    base = core
+    for role in ("ancestor", "descendant", "unrelated"):
+        k = 6_000
+        v = base + np.arange(k)
+        parts.append((v, base + (np.arange(k) // 3) * 3 + (np.arange(k) + 1) % 3))  # 3-cycles
+        parts.append((v[:-3], v[3:]))  # chain between the cycles
+        if role == "ancestor":
+            parts.append((v[::5], rng.integers(0, core, v[::5].size)))
+        elif role == "descendant":
+            parts.append((rng.integers(0, core, v[::5].size), v[::5]))
+        base += k
+    src = np.concatenate([p[0] for p in parts])
+    dst = np.concatenate([p[1] for p in parts])
+    n = base
+    perm = rng.permutation(n)
+    order = rng.permutation(src.size)
+    nc, lab = check_against_refs(perm[src][order], perm[dst][order], n)
+    assert nc == 1 + 3 * 2_000

@@ -53,8 +53,12 @@ def markov_ccmc_simulate(
 # --- graphs: SCC, condensation, token-priority graphs (ess.graph) ----------------------
 from typing_extensions import final
 
-def graph_scc(src: npt.NDArray[np.integer], dst: npt.NDArray[np.integer], n_nodes: int) -> Tuple[int, npt.NDArray[np.int32]]: ...
-def graph_condensation(src: npt.NDArray[np.integer], dst: npt.NDArray[np.integer], n_nodes: int) -> GraphCondensation: ...
+def graph_scc(
+    src: npt.NDArray[np.integer], dst: npt.NDArray[np.integer], n_nodes: int, algorithm: str = "auto"
+) -> Tuple[int, npt.NDArray[np.int32]]: ...
+def graph_condensation(
+    src: npt.NDArray[np.integer], dst: npt.NDArray[np.integer], n_nodes: int, algorithm: str = "auto"
+) -> GraphCondensation: ...
 def graph_token_priority(
     tokens: npt.NDArray[np.integer],
     offsets: npt.NDArray[np.integer],

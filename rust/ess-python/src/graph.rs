@@ -10,7 +10,7 @@ use numpy::{PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use ess_core::graph::{
-    csr_from_edges, graph_svm_embedded, graph_svm_one_hot, scc_csr, Condensation, ReachScratch,
+    graph_svm_embedded, graph_svm_one_hot, scc_from_edges, Condensation, ReachScratch, SccAlgorithm,
     TokenPriorityGraphs,
 };
 use ess_core::Error;
@@ -76,17 +76,24 @@ fn labels_array<'py>(py: Python<'py>, labels: Vec<u32>) -> Bound<'py, PyAny> {
     }
 }
 
-fn build_condensation(py: Python<'_>, src: &Bound<'_, PyAny>, dst: &Bound<'_, PyAny>, n_nodes: i64, dag: bool) -> PyResult<Condensation> {
+fn build_condensation(
+    py: Python<'_>,
+    src: &Bound<'_, PyAny>,
+    dst: &Bound<'_, PyAny>,
+    n_nodes: i64,
+    algorithm: &str,
+    dag: bool,
+) -> PyResult<Condensation> {
     let n = n_nodes_arg(n_nodes, "n_nodes")?;
+    let alg = SccAlgorithm::parse("algorithm", algorithm).py_err()?;
     let s = ids(src, "src")?;
     let d = ids(dst, "dst")?;
     let p = pair(&s, &d);
     py.detach(|| {
-        let g = match &p {
-            IdPair::I32(a, b) => csr_from_edges(a, b, n),
-            IdPair::I64(a, b) => csr_from_edges(a, b, n),
+        let (g, nc, labels) = match &p {
+            IdPair::I32(a, b) => scc_from_edges(a, b, n, alg),
+            IdPair::I64(a, b) => scc_from_edges(a, b, n, alg),
         }?;
-        let (nc, labels) = scc_csr(&g);
         if dag {
             Ok(Condensation::from_labels(&g, nc, labels))
         } else {
@@ -103,8 +110,15 @@ fn build_condensation(py: Python<'_>, src: &Bound<'_, PyAny>, dst: &Bound<'_, Py
 
 /// `(n_components, labels)` of the graph `src[i] -> dst[i]` over `n_nodes` nodes.
 #[pyfunction]
-pub fn graph_scc<'py>(py: Python<'py>, src: &Bound<'py, PyAny>, dst: &Bound<'py, PyAny>, n_nodes: i64) -> PyResult<(usize, Bound<'py, PyAny>)> {
-    let c = build_condensation(py, src, dst, n_nodes, false)?;
+#[pyo3(signature = (src, dst, n_nodes, algorithm = "auto"))]
+pub fn graph_scc<'py>(
+    py: Python<'py>,
+    src: &Bound<'py, PyAny>,
+    dst: &Bound<'py, PyAny>,
+    n_nodes: i64,
+    algorithm: &str,
+) -> PyResult<(usize, Bound<'py, PyAny>)> {
+    let c = build_condensation(py, src, dst, n_nodes, algorithm, false)?;
     Ok((c.n_components, labels_array(py, c.labels)))
 }
 
@@ -153,8 +167,15 @@ impl GraphCondensation {
 }
 
 #[pyfunction]
-pub fn graph_condensation(py: Python<'_>, src: &Bound<'_, PyAny>, dst: &Bound<'_, PyAny>, n_nodes: i64) -> PyResult<GraphCondensation> {
-    Ok(GraphCondensation { inner: build_condensation(py, src, dst, n_nodes, true)? })
+#[pyo3(signature = (src, dst, n_nodes, algorithm = "auto"))]
+pub fn graph_condensation(
+    py: Python<'_>,
+    src: &Bound<'_, PyAny>,
+    dst: &Bound<'_, PyAny>,
+    n_nodes: i64,
+    algorithm: &str,
+) -> PyResult<GraphCondensation> {
+    Ok(GraphCondensation { inner: build_condensation(py, src, dst, n_nodes, algorithm, true)? })
 }
 
 /// Token-priority graphs of a dataset (one per last token).

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::csr::Csr;
+use super::csr::{csr_and_transpose, Csr, NodeId};
 use crate::error::{Error, Result};
 
 /// Strongly connected components of the graph given in CSR form.
@@ -76,29 +76,57 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
     if n == 0 {
         return (0, Vec::new());
     }
-    // rindex[v]: 0 = unvisited; 1.. = DFS index / low-link while active; once v's
-    // component is complete, its number counted down from n - 1 (always larger than
-    // any active index, so completed nodes never lower a low-link).
-    let mut rindex: Vec<u32> = vec![0; n];
-    let mut index: u32 = 1;
-    let mut c: u32 = (n - 1) as u32;
-    let mut stack: Vec<u32> = Vec::new();
-    // Call stack frames: node, next edge position, and the node's "root" flag (kept in
-    // the frame rather than in a per-node array: it only matters while the node is active).
-    struct Frame {
-        v: u32,
-        root: bool,
-        pos: usize,
-    }
-    let mut call: Vec<Frame> = Vec::new();
-
+    let mut p = Pearce::new(n);
     for start in 0..n {
-        if rindex[start] != 0 {
-            continue;
+        if p.rindex[start] == 0 {
+            p.visit(indptr, indices, start);
         }
+    }
+    p.finish(None)
+}
+
+/// `rindex` value of the nodes of a component found beforehand (forward-backward search),
+/// numbered only once its turn comes; larger than any DFS index, so it never lowers a
+/// low-link.
+const PLACED: u32 = u32::MAX - 1;
+
+/// State of Pearce's algorithm, so that the search can be run from chosen start nodes.
+struct Pearce {
+    /// 0 = unvisited; 1.. = DFS index / low-link while active; once the node's component
+    /// is complete, its number counted down from n - 1 (always larger than any active
+    /// index, so completed nodes never lower a low-link); [`PLACED`] for a component
+    /// found by the forward-backward search and not yet numbered.
+    rindex: Vec<u32>,
+    index: u32,
+    c: u32,
+    stack: Vec<u32>,
+    call: Vec<Frame>,
+}
+
+/// Call stack frame: node, next edge position, and the node's "root" flag (kept in the
+/// frame rather than in a per-node array: it only matters while the node is active).
+struct Frame {
+    v: u32,
+    root: bool,
+    pos: usize,
+}
+
+impl Pearce {
+    fn new(n: usize) -> Self {
+        Pearce { rindex: vec![0; n], index: 1, c: (n - 1) as u32, stack: Vec::new(), call: Vec::new() }
+    }
+
+    /// Depth-first search from the unvisited node `start`; completes every component
+    /// reachable from it that is not complete yet.
+    fn visit(&mut self, indptr: &[usize], indices: &[u32], start: usize) {
+        let rindex = &mut self.rindex;
+        let stack = &mut self.stack;
+        let call = &mut self.call;
+        let mut index = self.index;
+        let mut c = self.c;
         rindex[start] = index;
         index += 1;
-        prefetch_row(indptr, indices, &rindex, start);
+        prefetch_row(indptr, indices, rindex, start);
         call.push(Frame { v: start as u32, root: true, pos: indptr[start] });
         while let Some(top) = call.last_mut() {
             let v = top.v as usize;
@@ -125,7 +153,7 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
                 let w = child as usize;
                 rindex[w] = index;
                 index += 1;
-                prefetch_row(indptr, indices, &rindex, w);
+                prefetch_row(indptr, indices, rindex, w);
                 call.push(Frame { v: child, root: true, pos: indptr[w] });
                 continue;
             }
@@ -155,11 +183,181 @@ pub(crate) fn scc_unchecked(indptr: &[usize], indices: &[u32]) -> (usize, Vec<u3
                 }
             }
         }
+        self.index = index;
+        self.c = c;
     }
-    let n_comp = (n as u32 - 1).wrapping_sub(c) as usize;
-    let top = (n - 1) as u32;
-    rindex.par_iter_mut().for_each(|r| *r = top - *r);
-    (n_comp, rindex)
+
+    /// Take the next component number (for a component placed beforehand).
+    fn next_component(&mut self) -> u32 {
+        let c = self.c;
+        self.c = c.wrapping_sub(1);
+        c
+    }
+
+    /// Labels numbered from 0 in completion order (sinks first); `placed` is the number
+    /// given to the [`PLACED`] nodes.
+    fn finish(self, placed: Option<u32>) -> (usize, Vec<u32>) {
+        let mut rindex = self.rindex;
+        let n = rindex.len();
+        let n_comp = (n as u32 - 1).wrapping_sub(self.c) as usize;
+        let top = (n - 1) as u32;
+        match placed {
+            None => rindex.par_iter_mut().for_each(|r| *r = top - *r),
+            Some(pc) => rindex.par_iter_mut().for_each(|r| *r = top - if *r == PLACED { pc } else { *r }),
+        }
+        (n_comp, rindex)
+    }
+}
+
+/// Smallest graph (nodes) for which [`SccAlgorithm::Auto`] tries the forward-backward split.
+pub const FWBW_MIN_NODES: usize = 1 << 16;
+
+/// Which SCC algorithm [`scc_from_edges`] runs. All give the same partition and a
+/// sinks-first numbering (a reverse topological order of the condensation); the exact
+/// numbers may differ between algorithms where the condensation has several valid orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SccAlgorithm {
+    /// [`SccAlgorithm::ForwardBackward`] on graphs of at least [`FWBW_MIN_NODES`] nodes
+    /// with at least as many edges as nodes, [`SccAlgorithm::Pearce`] otherwise.
+    Auto,
+    /// Pearce's depth-first search alone (CSR only).
+    Pearce,
+    /// Forward-backward split around one pivot, then Pearce on the rest (CSR and transpose).
+    ForwardBackward,
+}
+
+impl SccAlgorithm {
+    /// From its name: `"auto"`, `"pearce"` or `"fwbw"`.
+    pub fn parse(arg: &str, s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(SccAlgorithm::Auto),
+            "pearce" | "tarjan" => Ok(SccAlgorithm::Pearce),
+            "fwbw" | "forward-backward" => Ok(SccAlgorithm::ForwardBackward),
+            _ => Err(Error::invalid(arg, format!("must be 'auto', 'pearce' or 'fwbw', got {s:?}"))),
+        }
+    }
+}
+
+/// Strongly connected components straight from edge arrays, returning the CSR too.
+///
+/// Same partition and numbering convention as [`csr_from_edges`](super::csr_from_edges) followed by
+/// [`scc_csr`], and the same errors as [`csr_from_edges`](super::csr_from_edges). The forward-backward method
+/// (Fleischer, Hendrickson and Pinar, 2000) first peels off the component of a
+/// high-degree pivot by a forward and a backward breadth-first search, run in parallel;
+/// it needs the transposed graph too (built together with the CSR by
+/// [`csr_and_transpose`]). On graphs with a giant component those searches are far
+/// cheaper than a depth-first search through it (their visited sets are bitmaps that stay
+/// in cache). The remaining nodes go through Pearce's algorithm in an order that keeps
+/// the numbering a reverse topological order (see [`scc_fwbw`]).
+pub fn scc_from_edges<I: NodeId>(
+    src: &[I],
+    dst: &[I],
+    n_nodes: usize,
+    algorithm: SccAlgorithm,
+) -> Result<(Csr, usize, Vec<u32>)> {
+    let fwbw = match algorithm {
+        SccAlgorithm::Auto => n_nodes >= FWBW_MIN_NODES && src.len() >= n_nodes,
+        SccAlgorithm::Pearce => false,
+        SccAlgorithm::ForwardBackward => true,
+    };
+    if fwbw {
+        let (g, gt) = csr_and_transpose(src, dst, n_nodes, true)?;
+        let gt = gt.ok_or_else(|| Error::Numerical("transpose missing".into()))?;
+        let (nc, labels) = scc_fwbw(&g, &gt);
+        Ok((g, nc, labels))
+    } else {
+        let (g, _) = csr_and_transpose(src, dst, n_nodes, false)?;
+        let (nc, labels) = scc_csr(&g);
+        Ok((g, nc, labels))
+    }
+}
+
+/// Forward-backward split, then Pearce's algorithm on the rest. `gt` is the transpose of
+/// `g`. Both must be valid CSRs over the same nodes.
+///
+/// With `F` the nodes reachable from the pivot and `B` those that reach it, `S = F & B`
+/// is the pivot's component. There are no edges from `F \ B` or from the nodes in neither
+/// set into `S` or `B \ S`, and none from `S` out of `F`; so the search first completes
+/// every node outside `B` (its successors are all outside `B`), then numbers `S`, then
+/// completes `B \ S`: completion order stays a reverse topological order.
+pub fn scc_fwbw(g: &Csr, gt: &Csr) -> (usize, Vec<u32>) {
+    let n = g.n_nodes;
+    if n == 0 {
+        return (0, Vec::new());
+    }
+    // Pivot: largest (out-degree + 1) * (in-degree + 1), the likeliest member of a giant component.
+    let pivot = (0..n)
+        .into_par_iter()
+        .map(|v| {
+            let d = (g.indptr[v + 1] - g.indptr[v] + 1) as u64 * (gt.indptr[v + 1] - gt.indptr[v] + 1) as u64;
+            (d, std::cmp::Reverse(v))
+        })
+        .max()
+        .map(|(_, std::cmp::Reverse(v))| v)
+        .unwrap_or(0);
+    let (fw, bw) = rayon::join(|| bfs_bitmap(g, pivot), || bfs_bitmap(gt, pivot));
+    let mut p = Pearce::new(n);
+    p.rindex.par_chunks_mut(64).enumerate().for_each(|(k, ch)| {
+        let both = fw[k] & bw[k];
+        if both != 0 {
+            for (i, r) in ch.iter_mut().enumerate() {
+                if both >> i & 1 == 1 {
+                    *r = PLACED;
+                }
+            }
+        }
+    });
+    drop(fw);
+    let in_b = |v: usize| bw[v >> 6] >> (v & 63) & 1 == 1;
+    for start in 0..n {
+        if p.rindex[start] == 0 && !in_b(start) {
+            p.visit(&g.indptr, &g.indices, start);
+        }
+    }
+    let placed = p.next_component();
+    for start in 0..n {
+        if p.rindex[start] == 0 {
+            p.visit(&g.indptr, &g.indices, start);
+        }
+    }
+    p.finish(Some(placed))
+}
+
+/// Nodes reachable from `s` (itself included), as a bitmap of `u64` words.
+fn bfs_bitmap(g: &Csr, s: usize) -> Vec<u64> {
+    let n = g.n_nodes;
+    let mut seen = vec![0u64; n.div_ceil(64)];
+    let mut queue: Vec<u32> = Vec::with_capacity(1024);
+    seen[s >> 6] |= 1 << (s & 63);
+    queue.push(s as u32);
+    let (indptr, indices) = (&g.indptr[..], &g.indices[..]);
+    let mut head = 0usize;
+    while head < queue.len() {
+        // Prefetch the row bounds of a node further down the queue, and the row of a nearer one.
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            if let Some(&u) = queue.get(head + 16) {
+                // SAFETY: prefetch is a hint; u < n.
+                unsafe { _mm_prefetch(indptr.as_ptr().add(u as usize) as *const i8, _MM_HINT_T0) };
+            }
+            if let Some(&u) = queue.get(head + 6) {
+                let a = indptr[u as usize];
+                // SAFETY: prefetch is a hint; a <= indices.len().
+                unsafe { _mm_prefetch(indices.as_ptr().add(a) as *const i8, _MM_HINT_T0) };
+            }
+        }
+        let v = queue[head] as usize;
+        head += 1;
+        for &w in &indices[indptr[v]..indptr[v + 1]] {
+            let (k, b) = ((w >> 6) as usize, 1u64 << (w & 63));
+            if seen[k] & b == 0 {
+                seen[k] |= b;
+                queue.push(w);
+            }
+        }
+    }
+    seen
 }
 
 /// The condensation of a graph: one node per SCC, deduplicated edges between different
@@ -355,6 +553,119 @@ mod tests {
         let g = csr_from_edges(&src2, &dst2, n as usize).unwrap();
         let (nc, _) = scc_csr(&g);
         assert_eq!(nc, 1);
+    }
+
+    /// Same partition as `reference`, and numbering a reverse topological order of `g`.
+    fn check_against(g: &Csr, reference: &(usize, Vec<u32>), got: &(usize, Vec<u32>)) {
+        assert_eq!(reference.0, got.0);
+        let n = g.n_nodes;
+        let mut map = vec![u32::MAX; reference.0];
+        for v in 0..n {
+            let (a, b) = (reference.1[v] as usize, got.1[v]);
+            assert!(b < got.0 as u32);
+            if map[a] == u32::MAX {
+                map[a] = b;
+            }
+            assert_eq!(map[a], b, "partition differs at node {v}");
+        }
+        for v in 0..n {
+            for &w in g.row(v) {
+                assert!(got.1[v] >= got.1[w as usize], "edge {v} -> {w} against the numbering");
+            }
+        }
+    }
+
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed | 1;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        }
+    }
+
+    #[test]
+    fn fwbw_matches_pearce() {
+        // Random graphs of several densities (giant component or not), graphs built so that
+        // the pivot's component has ancestors, descendants and unrelated parts, a DAG, a
+        // cycle, and tiny sizes.
+        let mut cases: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::new();
+        let mut rnd = xorshift(7);
+        for &(n, deg) in &[(1usize, 1usize), (2, 1), (3, 2), (50, 1), (200, 2), (1000, 3), (5000, 1), (20_000, 5)] {
+            let m = n * deg;
+            let src: Vec<u32> = (0..m).map(|_| (rnd() % n as u64) as u32).collect();
+            let dst: Vec<u32> = (0..m).map(|_| (rnd() % n as u64) as u32).collect();
+            cases.push((n, src, dst));
+        }
+        {
+            // A dense core 0..100 (pivot), ancestors 100..200 -> core, descendants core -> 200..300,
+            // unrelated 300..400 -> descendants, with small cycles in every part.
+            let (mut s, mut d) = (Vec::new(), Vec::new());
+            for v in 0..100u32 {
+                for k in 1..8 {
+                    s.push(v);
+                    d.push((v + k * 13) % 100);
+                }
+            }
+            for v in 100..400u32 {
+                let base = v - v % 100;
+                s.push(v);
+                d.push(base + (v + 1) % 10 + (v - base) / 10 * 10);
+            }
+            for v in 100..200u32 {
+                s.push(v);
+                d.push(v % 100);
+                s.push(v);
+                d.push(200 + v % 100);
+            }
+            for v in 0..100u32 {
+                s.push(v);
+                d.push(200 + (v * 7) % 100);
+            }
+            for v in 300..400u32 {
+                s.push(v);
+                d.push(200 + (v * 3) % 100);
+            }
+            cases.push((400, s, d));
+        }
+        {
+            let n = 3000u32;
+            let s: Vec<u32> = (0..n).flat_map(|v| [v, v]).collect();
+            let d: Vec<u32> = (0..n).flat_map(|v| [(v + 1).min(n - 1), (v + 7).min(n - 1)]).collect();
+            cases.push((n as usize, s.clone(), d.clone())); // DAG
+            let d2: Vec<u32> = (0..n).flat_map(|v| [(v + 1) % n, (v + 7) % n]).collect();
+            cases.push((n as usize, s, d2)); // one cycle
+        }
+        for (n, src, dst) in cases {
+            let g = csr_from_edges(&src, &dst, n).unwrap();
+            let gt = csr_from_edges(&dst, &src, n).unwrap();
+            let reference = scc_csr(&g);
+            check_against(&g, &reference, &reference);
+            check_against(&g, &reference, &scc_fwbw(&g, &gt));
+            for alg in [SccAlgorithm::Auto, SccAlgorithm::Pearce, SccAlgorithm::ForwardBackward] {
+                let (g2, nc, lab) = scc_from_edges(&src, &dst, n, alg).unwrap();
+                assert_eq!(g2, g);
+                check_against(&g, &reference, &(nc, lab));
+            }
+        }
+    }
+
+    #[test]
+    fn from_edges_large_uses_fwbw() {
+        let n = FWBW_MIN_NODES + 123;
+        let m = 3 * n;
+        let mut rnd = xorshift(11);
+        let src: Vec<i64> = (0..m).map(|_| (rnd() % n as u64) as i64).collect();
+        let dst: Vec<i64> = (0..m).map(|_| (rnd() % n as u64) as i64).collect();
+        let g = csr_from_edges(&src, &dst, n).unwrap();
+        let reference = scc_csr(&g);
+        let (g2, nc, lab) = scc_from_edges(&src, &dst, n, SccAlgorithm::Auto).unwrap();
+        assert_eq!(g2, g);
+        check_against(&g, &reference, &(nc, lab));
+        let mut bad = src.clone();
+        bad[m - 1] = n as i64;
+        assert!(matches!(scc_from_edges(&bad, &dst, n, SccAlgorithm::Auto), Err(Error::OutOfRange { .. })));
     }
 
     #[test]
