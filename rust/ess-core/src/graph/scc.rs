@@ -295,7 +295,7 @@ pub fn scc_fwbw(g: &Csr, gt: &Csr) -> (usize, Vec<u32>) {
         .max()
         .map(|(_, std::cmp::Reverse(v))| v)
         .unwrap_or(0);
-    let (fw, bw) = rayon::join(|| bfs_bitmap(g, pivot), || bfs_bitmap(gt, pivot));
+    let (fw, bw) = rayon::join(|| reach_bitmap(g, gt, pivot), || reach_bitmap(gt, g, pivot));
     let mut p = Pearce::new(n);
     p.rindex.par_chunks_mut(64).enumerate().for_each(|(k, ch)| {
         let both = fw[k] & bw[k];
@@ -323,39 +323,80 @@ pub fn scc_fwbw(g: &Csr, gt: &Csr) -> (usize, Vec<u32>) {
     p.finish(Some(placed))
 }
 
-/// Nodes reachable from `s` (itself included), as a bitmap of `u64` words.
-fn bfs_bitmap(g: &Csr, s: usize) -> Vec<u64> {
+/// Nodes reachable from `s` (itself included) in `g`, as a bitmap of `u64` words; `gr`
+/// is the transpose of `g`.
+///
+/// Direction-optimising breadth-first search (Beamer, Asanović and Patterson, 2012):
+/// top-down steps expand the frontier's successors; once the frontier's edges outnumber
+/// a fraction of the edges into unvisited nodes, bottom-up steps instead let every
+/// unvisited node look for a visited predecessor (stopping at the first), a sequential
+/// sweep over the transpose. Every node marked during a step joins the next frontier, so
+/// the result is exact reachability either way.
+fn reach_bitmap(g: &Csr, gr: &Csr, s: usize) -> Vec<u64> {
+    const ALPHA: usize = 14;
     let n = g.n_nodes;
-    let mut seen = vec![0u64; n.div_ceil(64)];
-    let mut queue: Vec<u32> = Vec::with_capacity(1024);
-    seen[s >> 6] |= 1 << (s & 63);
-    queue.push(s as u32);
+    let words = n.div_ceil(64);
+    let mut seen = vec![0u64; words];
     let (indptr, indices) = (&g.indptr[..], &g.indices[..]);
-    let mut head = 0usize;
-    while head < queue.len() {
-        // Prefetch the row bounds of a node further down the queue, and the row of a nearer one.
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            if let Some(&u) = queue.get(head + 16) {
-                // SAFETY: prefetch is a hint; u < n.
-                unsafe { _mm_prefetch(indptr.as_ptr().add(u as usize) as *const i8, _MM_HINT_T0) };
+    let (rptr, ridx) = (&gr.indptr[..], &gr.indices[..]);
+    seen[s >> 6] |= 1 << (s & 63);
+    // Edges into unvisited nodes (what a bottom-up step may have to look at).
+    let mut m_u = gr.indices.len() - (rptr[s + 1] - rptr[s]);
+    let mut frontier: Vec<u32> = vec![s as u32];
+    let mut next: Vec<u32> = Vec::new();
+    while !frontier.is_empty() {
+        let m_f: usize = frontier.iter().map(|&v| indptr[v as usize + 1] - indptr[v as usize]).sum();
+        next.clear();
+        if m_f * ALPHA > m_u {
+            // Bottom-up: every unvisited node looks for a visited predecessor.
+            for k in 0..words {
+                let mut free = !seen[k];
+                if k == words - 1 && n % 64 != 0 {
+                    free &= (1u64 << (n % 64)) - 1;
+                }
+                while free != 0 {
+                    let i = free.trailing_zeros() as usize;
+                    free &= free - 1;
+                    let v = k * 64 + i;
+                    for &u in &ridx[rptr[v]..rptr[v + 1]] {
+                        if seen[(u >> 6) as usize] >> (u & 63) & 1 == 1 {
+                            seen[k] |= 1 << i;
+                            next.push(v as u32);
+                            break;
+                        }
+                    }
+                }
             }
-            if let Some(&u) = queue.get(head + 6) {
-                let a = indptr[u as usize];
-                // SAFETY: prefetch is a hint; a <= indices.len().
-                unsafe { _mm_prefetch(indices.as_ptr().add(a) as *const i8, _MM_HINT_T0) };
+        } else {
+            // Top-down: expand the frontier, prefetching rows further down the queue.
+            for (j, &v) in frontier.iter().enumerate() {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                    if let Some(&u) = frontier.get(j + 16) {
+                        // SAFETY: prefetch is a hint; u < n.
+                        unsafe { _mm_prefetch(indptr.as_ptr().add(u as usize) as *const i8, _MM_HINT_T0) };
+                    }
+                    if let Some(&u) = frontier.get(j + 6) {
+                        let a = indptr[u as usize];
+                        // SAFETY: prefetch is a hint; a <= indices.len().
+                        unsafe { _mm_prefetch(indices.as_ptr().add(a) as *const i8, _MM_HINT_T0) };
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = j;
+                let v = v as usize;
+                for &w in &indices[indptr[v]..indptr[v + 1]] {
+                    let (k, b) = ((w >> 6) as usize, 1u64 << (w & 63));
+                    if seen[k] & b == 0 {
+                        seen[k] |= b;
+                        next.push(w);
+                    }
+                }
             }
         }
-        let v = queue[head] as usize;
-        head += 1;
-        for &w in &indices[indptr[v]..indptr[v + 1]] {
-            let (k, b) = ((w >> 6) as usize, 1u64 << (w & 63));
-            if seen[k] & b == 0 {
-                seen[k] |= b;
-                queue.push(w);
-            }
-        }
+        m_u -= next.iter().map(|&v| rptr[v as usize + 1] - rptr[v as usize]).sum::<usize>();
+        std::mem::swap(&mut frontier, &mut next);
     }
     seen
 }
