@@ -1,6 +1,6 @@
 """Benchmark: strongly connected components from numpy edge arrays, and token-priority graphs.
 
-Run after an optimised build:  maturin develop --profile fastrelease && python benches/scc.py
+Run on the release build (what pip installs; LTO):  pip install . && python benches/scc.py
 
 Every baseline runs in this process on the same arrays. Times are the best of ``--repeat``
 runs (wall clock). Requires scipy; networkx and rustworkx are used when installed.
@@ -59,19 +59,24 @@ def bench_graph(label, n, m, repeat, rng, with_nx=False, with_rx=False):
     t_ess, (nc, lab) = best(lambda: strongly_connected_components(src, dst, n), repeat)
     s32, d32 = src.astype(np.int32), dst.astype(np.int32)
     t_ess32, _ = best(lambda: strongly_connected_components(s32, d32, n), repeat)
+    t_pearce, (pnc, plab) = best(lambda: strongly_connected_components(src, dst, n, algorithm="pearce"), repeat)
+    t_fwbw, (fnc, flab) = best(lambda: strongly_connected_components(src, dst, n, algorithm="fwbw"), repeat)
     t_csr, a = best(lambda: scipy_csr(src, dst, n), repeat)
     t_cc, (snc, slab) = best(lambda: scipy_scc(a), repeat)
     t_sp, _ = best(lambda: scipy_scc(scipy_csr(src, dst, n)), repeat)
     assert nc == snc and same_partition(lab, slab), "partition differs from scipy"
+    assert pnc == fnc == nc and same_partition(plab, slab) and same_partition(flab, slab)
     sizes = np.bincount(lab)
     print(f"  components: {nc:,} (largest {sizes.max():,}); partition == scipy: True")
     row("ess.graph.strongly_connected_components", t_ess)
     row("ess (int32 ids)", t_ess32)
+    row('  ess algorithm="pearce" (depth-first only)', t_pearce)
+    row('  ess algorithm="fwbw" (forward-backward)', t_fwbw)
     row("scipy end to end (csr_array + connected_components)", t_sp)
     row("  scipy csr_array construction", t_csr)
     row("  scipy connected_components(strong) on CSR", t_cc)
     print(f"  ratio scipy end to end / ess: {t_sp / t_ess:.2f}x  (int32: {t_sp / t_ess32:.2f}x); scipy SCC only / ess end to end: {t_cc / t_ess:.2f}x")
-    res = {"ess": t_ess, "ess32": t_ess32, "scipy": t_sp, "scipy_csr": t_csr, "scipy_cc": t_cc}
+    res = {"ess": t_ess, "ess32": t_ess32, "pearce": t_pearce, "fwbw": t_fwbw, "scipy": t_sp, "scipy_csr": t_csr, "scipy_cc": t_cc}
     if with_nx:
         try:
             import networkx as nx
