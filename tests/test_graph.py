@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy.sparse.csgraph import connected_components
 
 import ess
-from ess.errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError
+from ess.errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError, TooLargeError
 from ess.graph import condensation, strongly_connected_components
 
 
@@ -233,6 +233,11 @@ def test_bad_input():
             strongly_connected_components(a, np.array([1, 2, 5]), 3, algorithm=alg)
         with pytest.raises(OutOfRangeError, match=r"src: entry 1 = -1"):
             strongly_connected_components(np.array([0, -1, 2]), a, 3, algorithm=alg)
+    # sizes that cannot fit: a clear error before any allocation, not an abort
+    with pytest.raises(TooLargeError, match="n_nodes"):
+        strongly_connected_components(np.zeros(0, np.int64), np.zeros(0, np.int64), 4_000_000_000)
+    with pytest.raises(TooLargeError, match="'fwbw' on 1 edges needs about .* GiB"):
+        strongly_connected_components(np.zeros(1, np.int64), np.zeros(1, np.int64), 4_000_000_000, algorithm="fwbw")
     big = np.arange(300_000, dtype=np.int64)
     for alg in ALGORITHMS:
         bad = big.copy()

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::csr::{csr_and_transpose, Csr, NodeId};
+use super::csr::{csr_and_transpose, csr_from_edges, Csr, NodeId};
 use crate::error::{Error, Result};
 
 /// Strongly connected components of the graph given in CSR form.
@@ -218,7 +218,8 @@ pub const FWBW_MIN_NODES: usize = 1 << 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SccAlgorithm {
     /// [`SccAlgorithm::ForwardBackward`] on graphs of at least [`FWBW_MIN_NODES`] nodes
-    /// with at least as many edges as nodes, [`SccAlgorithm::Pearce`] otherwise.
+    /// with at least as many edges as nodes (and room in memory for the transpose),
+    /// [`SccAlgorithm::Pearce`] otherwise.
     Auto,
     /// Pearce's depth-first search alone (CSR only).
     Pearce,
@@ -255,21 +256,57 @@ pub fn scc_from_edges<I: NodeId>(
     n_nodes: usize,
     algorithm: SccAlgorithm,
 ) -> Result<(Csr, usize, Vec<u32>)> {
+    let (m, n) = (src.len() as u64, n_nodes as u64);
+    let avail = crate::ess::dense::available_memory();
+    let fits = |bytes: u64| avail.is_none_or(|a| bytes <= a);
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    // Peak working memory (bytes) of each route: bucketed build of CSR + transpose (pairs
+    // 8 B and columns 4 B per edge and graph, row pointers), node state; Pearce alone on
+    // the counting-sort CSR (columns, row pointers, per-chunk histograms <= columns, node
+    // state and a worst-case call stack of one 16 B frame per node).
+    let fwbw_bytes = m.saturating_mul(24).saturating_add(n.saturating_mul(24));
+    let bucketed_bytes = m.saturating_mul(12).saturating_add(n.saturating_mul(32));
+    let pearce_bytes = m.saturating_mul(8).saturating_add(n.saturating_mul(32));
     let fwbw = match algorithm {
-        SccAlgorithm::Auto => n_nodes >= FWBW_MIN_NODES && src.len() >= n_nodes,
+        SccAlgorithm::Auto => n_nodes >= FWBW_MIN_NODES && src.len() >= n_nodes && fits(fwbw_bytes),
         SccAlgorithm::Pearce => false,
-        SccAlgorithm::ForwardBackward => true,
+        SccAlgorithm::ForwardBackward => {
+            if !fits(fwbw_bytes) {
+                return Err(Error::too_large(
+                    "algorithm",
+                    format!(
+                        "'fwbw' on {m} edges needs about {:.1} GiB but {:.1} GiB is available; use 'pearce' or 'auto'",
+                        gib(fwbw_bytes),
+                        gib(avail.unwrap_or(0))
+                    ),
+                ));
+            }
+            true
+        }
     };
     if fwbw {
         let (g, gt) = csr_and_transpose(src, dst, n_nodes, true)?;
         let gt = gt.ok_or_else(|| Error::Numerical("transpose missing".into()))?;
         let (nc, labels) = scc_fwbw(&g, &gt);
-        Ok((g, nc, labels))
-    } else {
-        let (g, _) = csr_and_transpose(src, dst, n_nodes, false)?;
-        let (nc, labels) = scc_csr(&g);
-        Ok((g, nc, labels))
+        return Ok((g, nc, labels));
     }
+    if !fits(pearce_bytes) {
+        return Err(Error::too_large(
+            if m.saturating_mul(8) >= n.saturating_mul(32) { "src" } else { "n_nodes" },
+            format!(
+                "{m} edges over {n} nodes need about {:.1} GiB of working memory but {:.1} GiB is available",
+                gib(pearce_bytes),
+                gib(avail.unwrap_or(0))
+            ),
+        ));
+    }
+    let g = if fits(bucketed_bytes.saturating_mul(2)) {
+        csr_and_transpose(src, dst, n_nodes, false)?.0
+    } else {
+        csr_from_edges(src, dst, n_nodes)?
+    };
+    let (nc, labels) = scc_csr(&g);
+    Ok((g, nc, labels))
 }
 
 /// Forward-backward split, then Pearce's algorithm on the rest. `gt` is the transpose of
