@@ -93,7 +93,7 @@ const PLACED: u32 = u32::MAX - 1;
 /// State of Pearce's algorithm, so that the search can be run from chosen start nodes.
 struct Pearce {
     /// 0 = unvisited; 1.. = DFS index / low-link while active; once the node's component
-    /// is complete, its number counted down from n - 1 (always larger than any active
+    /// is complete, its number counted down from n (always larger than any active
     /// index, so completed nodes never lower a low-link); [`PLACED`] for a component
     /// found by the forward-backward search and not yet numbered.
     rindex: Vec<u32>,
@@ -113,7 +113,9 @@ struct Frame {
 
 impl Pearce {
     fn new(n: usize) -> Self {
-        Pearce { rindex: vec![0; n], index: 1, c: (n - 1) as u32, stack: Vec::new(), call: Vec::new() }
+        // Component numbers count down from n (not n - 1), so that no completed node ever
+        // carries the value 0 of an unvisited one.
+        Pearce { rindex: vec![0; n], index: 1, c: n as u32, stack: Vec::new(), call: Vec::new() }
     }
 
     /// Depth-first search from the unvisited node `start`; completes every component
@@ -199,8 +201,8 @@ impl Pearce {
     fn finish(self, placed: Option<u32>) -> (usize, Vec<u32>) {
         let mut rindex = self.rindex;
         let n = rindex.len();
-        let n_comp = (n as u32 - 1).wrapping_sub(self.c) as usize;
-        let top = (n - 1) as u32;
+        let n_comp = (n as u32 - self.c) as usize;
+        let top = n as u32;
         match placed {
             None => rindex.par_iter_mut().for_each(|r| *r = top - *r),
             Some(pc) => rindex.par_iter_mut().for_each(|r| *r = top - if *r == PLACED { pc } else { *r }),
@@ -211,6 +213,8 @@ impl Pearce {
 
 /// Smallest graph (nodes) for which [`SccAlgorithm::Auto`] tries the forward-backward split.
 pub const FWBW_MIN_NODES: usize = 1 << 16;
+/// The forward-backward route needs `n_nodes` below this (it keeps two ids as markers).
+pub const FWBW_MAX_NODES: usize = u32::MAX as usize - 3;
 
 /// Which SCC algorithm [`scc_from_edges`] runs. All give the same partition and a
 /// sinks-first numbering (a reverse topological order of the condensation); the exact
@@ -268,9 +272,13 @@ pub fn scc_from_edges<I: NodeId>(
     let bucketed_bytes = m.saturating_mul(12).saturating_add(n.saturating_mul(32));
     let pearce_bytes = m.saturating_mul(8).saturating_add(n.saturating_mul(32));
     let fwbw = match algorithm {
-        SccAlgorithm::Auto => n_nodes >= FWBW_MIN_NODES && src.len() >= n_nodes && fits(fwbw_bytes),
+        // (the forward-backward route keeps the ids u32::MAX - 2.. as markers)
+        SccAlgorithm::Auto => n_nodes >= FWBW_MIN_NODES && src.len() >= n_nodes && n_nodes < FWBW_MAX_NODES && fits(fwbw_bytes),
         SccAlgorithm::Pearce => false,
         SccAlgorithm::ForwardBackward => {
+            if n_nodes >= FWBW_MAX_NODES {
+                return Err(Error::too_large("n_nodes", format!("'fwbw' handles up to {} nodes; use 'pearce'", FWBW_MAX_NODES - 1)));
+            }
             if !fits(fwbw_bytes) {
                 return Err(Error::too_large(
                     "algorithm",
@@ -322,42 +330,117 @@ pub fn scc_fwbw(g: &Csr, gt: &Csr) -> (usize, Vec<u32>) {
     if n == 0 {
         return (0, Vec::new());
     }
-    // Pivot: largest (out-degree + 1) * (in-degree + 1), the likeliest member of a giant component.
+    if n >= FWBW_MAX_NODES {
+        return scc_csr(g);
+    }
+    let mut p = Pearce::new(n);
+    let sources = trim(g, gt, &mut p);
+    // Pivot: the untrimmed node with the largest (out-degree + 1) * (in-degree + 1), the
+    // likeliest member of a giant component.
+    let rindex = &p.rindex;
     let pivot = (0..n)
         .into_par_iter()
+        .filter(|&v| rindex[v] == 0)
         .map(|v| {
             let d = (g.indptr[v + 1] - g.indptr[v] + 1) as u64 * (gt.indptr[v + 1] - gt.indptr[v] + 1) as u64;
             (d, std::cmp::Reverse(v))
         })
         .max()
-        .map(|(_, std::cmp::Reverse(v))| v)
-        .unwrap_or(0);
-    let (fw, bw) = rayon::join(|| reach_bitmap(g, gt, pivot), || reach_bitmap(gt, g, pivot));
-    let mut p = Pearce::new(n);
-    p.rindex.par_chunks_mut(64).enumerate().for_each(|(k, ch)| {
-        let both = fw[k] & bw[k];
-        if both != 0 {
-            for (i, r) in ch.iter_mut().enumerate() {
-                if both >> i & 1 == 1 {
-                    *r = PLACED;
+        .map(|(_, std::cmp::Reverse(v))| v);
+    let placed = if let Some(pivot) = pivot {
+        let (fw, bw) = rayon::join(|| reach_bitmap(g, gt, pivot), || reach_bitmap(gt, g, pivot));
+        // The pivot's component (never contains a trimmed node: those are singletons).
+        p.rindex.par_chunks_mut(64).enumerate().for_each(|(k, ch)| {
+            let both = fw[k] & bw[k];
+            if both != 0 {
+                for (i, r) in ch.iter_mut().enumerate() {
+                    if both >> i & 1 == 1 {
+                        *r = PLACED;
+                    }
+                }
+            }
+        });
+        drop(fw);
+        let in_b = |v: usize| bw[v >> 6] >> (v & 63) & 1 == 1;
+        for start in 0..n {
+            if p.rindex[start] == 0 && !in_b(start) {
+                p.visit(&g.indptr, &g.indices, start);
+            }
+        }
+        let placed = p.next_component();
+        for start in 0..n {
+            if p.rindex[start] == 0 {
+                p.visit(&g.indptr, &g.indices, start);
+            }
+        }
+        Some(placed)
+    } else {
+        None
+    };
+    // Trimmed sources last, the last trimmed first.
+    for &v in sources.iter().rev() {
+        let c = p.next_component();
+        p.rindex[v as usize] = c;
+    }
+    p.finish(placed)
+}
+
+/// Marks the trimmed sources until they are numbered.
+const SOURCE: u32 = u32::MAX - 2;
+
+/// Trimming: peel off, repeatedly, nodes with no remaining successor (sinks) and then
+/// nodes with no remaining predecessor (sources); each is a component of its own. Sinks
+/// are numbered at once, in peeling order, before anything else (all their successors
+/// were peeled before them); sources are marked [`SOURCE`] and returned in peeling order,
+/// to be numbered after everything else, the last peeled first. Untrimmed nodes have no
+/// edge into a source or out of a sink, so the numbering stays sinks first.
+fn trim(g: &Csr, gt: &Csr, p: &mut Pearce) -> Vec<u32> {
+    let n = g.n_nodes;
+    // Sinks: out-degree counts successors not yet peeled as sinks.
+    let mut deg: Vec<usize> = (0..n).into_par_iter().map(|v| g.indptr[v + 1] - g.indptr[v]).collect();
+    let mut order: Vec<u32> = (0..n as u32).filter(|&v| deg[v as usize] == 0).collect();
+    let mut head = 0;
+    while head < order.len() {
+        let v = order[head] as usize;
+        head += 1;
+        for &u in gt.row(v) {
+            let d = &mut deg[u as usize];
+            // A node already peeled has degree 0 and is skipped (its count never returns to 0).
+            if *d > 0 {
+                *d -= 1;
+                if *d == 0 {
+                    order.push(u);
                 }
             }
         }
+    }
+    for &v in &order {
+        let c = p.next_component();
+        p.rindex[v as usize] = c;
+    }
+    // Sources among the rest: in-degree counts predecessors not yet peeled as sources
+    // (an untrimmed node has no sink predecessor).
+    let rindex = &p.rindex;
+    deg.par_iter_mut().enumerate().for_each(|(v, d)| {
+        *d = if rindex[v] == 0 { gt.indptr[v + 1] - gt.indptr[v] } else { 0 };
     });
-    drop(fw);
-    let in_b = |v: usize| bw[v >> 6] >> (v & 63) & 1 == 1;
-    for start in 0..n {
-        if p.rindex[start] == 0 && !in_b(start) {
-            p.visit(&g.indptr, &g.indices, start);
+    let mut sources: Vec<u32> = (0..n as u32).filter(|&v| p.rindex[v as usize] == 0 && deg[v as usize] == 0).collect();
+    let mut head = 0;
+    while head < sources.len() {
+        let v = sources[head] as usize;
+        head += 1;
+        p.rindex[v] = SOURCE;
+        for &w in g.row(v) {
+            let d = &mut deg[w as usize];
+            if *d > 0 {
+                *d -= 1;
+                if *d == 0 {
+                    sources.push(w);
+                }
+            }
         }
     }
-    let placed = p.next_component();
-    for start in 0..n {
-        if p.rindex[start] == 0 {
-            p.visit(&g.indptr, &g.indices, start);
-        }
-    }
-    p.finish(Some(placed))
+    sources
 }
 
 /// Nodes reachable from `s` (itself included) in `g`, as a bitmap of `u64` words; `gr`
@@ -670,7 +753,7 @@ mod tests {
         // cycle, and tiny sizes.
         let mut cases: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::new();
         let mut rnd = xorshift(7);
-        for &(n, deg) in &[(1usize, 1usize), (2, 1), (3, 2), (50, 1), (200, 2), (1000, 3), (5000, 1), (20_000, 5)] {
+        for &(n, deg) in &[(1usize, 0usize), (5, 0), (1, 1), (2, 1), (3, 2), (50, 1), (200, 2), (1000, 3), (5000, 1), (20_000, 5)] {
             let m = n * deg;
             let src: Vec<u32> = (0..m).map(|_| (rnd() % n as u64) as u32).collect();
             let dst: Vec<u32> = (0..m).map(|_| (rnd() % n as u64) as u32).collect();
