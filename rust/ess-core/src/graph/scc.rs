@@ -222,8 +222,9 @@ pub const FWBW_MAX_NODES: usize = u32::MAX as usize - 3;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SccAlgorithm {
     /// [`SccAlgorithm::ForwardBackward`] on graphs of at least [`FWBW_MIN_NODES`] nodes
-    /// with at least as many edges as nodes (and room in memory for the transpose),
-    /// [`SccAlgorithm::Pearce`] otherwise.
+    /// with at least twice as many edges as nodes (and room in memory for the transpose),
+    /// [`SccAlgorithm::Pearce`] otherwise. (On sparser graphs a breadth-first search costs
+    /// about as much per node as the depth-first search, so the split does not pay.)
     Auto,
     /// Pearce's depth-first search alone (CSR only).
     Pearce,
@@ -273,7 +274,9 @@ pub fn scc_from_edges<I: NodeId>(
     let pearce_bytes = m.saturating_mul(8).saturating_add(n.saturating_mul(32));
     let fwbw = match algorithm {
         // (the forward-backward route keeps the ids u32::MAX - 2.. as markers)
-        SccAlgorithm::Auto => n_nodes >= FWBW_MIN_NODES && src.len() >= n_nodes && n_nodes < FWBW_MAX_NODES && fits(fwbw_bytes),
+        SccAlgorithm::Auto => {
+            n_nodes >= FWBW_MIN_NODES && src.len() >= 2 * n_nodes && n_nodes < FWBW_MAX_NODES && fits(fwbw_bytes)
+        }
         SccAlgorithm::Pearce => false,
         SccAlgorithm::ForwardBackward => {
             if n_nodes >= FWBW_MAX_NODES {
@@ -377,8 +380,8 @@ pub fn scc_fwbw(g: &Csr, gt: &Csr) -> (usize, Vec<u32>) {
     } else {
         None
     };
-    // Trimmed sources last, the last trimmed first.
-    for &v in sources.iter().rev() {
+    // Trimmed sources last.
+    for &v in &sources {
         let c = p.next_component();
         p.rindex[v as usize] = c;
     }
@@ -388,57 +391,24 @@ pub fn scc_fwbw(g: &Csr, gt: &Csr) -> (usize, Vec<u32>) {
 /// Marks the trimmed sources until they are numbered.
 const SOURCE: u32 = u32::MAX - 2;
 
-/// Trimming: peel off, repeatedly, nodes with no remaining successor (sinks) and then
-/// nodes with no remaining predecessor (sources); each is a component of its own. Sinks
-/// are numbered at once, in peeling order, before anything else (all their successors
-/// were peeled before them); sources are marked [`SOURCE`] and returned in peeling order,
-/// to be numbered after everything else, the last peeled first. Untrimmed nodes have no
-/// edge into a source or out of a sink, so the numbering stays sinks first.
+/// Trimming (one round, a parallel scan): nodes without successors (sinks) and nodes
+/// without predecessors (sources) are components of their own. Sinks are numbered at
+/// once, before anything else; sources are marked [`SOURCE`] and returned, to be numbered
+/// after everything else. No edge leaves a sink or enters a source, so the numbering
+/// stays sinks first whatever the order within each group.
 fn trim(g: &Csr, gt: &Csr, p: &mut Pearce) -> Vec<u32> {
     let n = g.n_nodes;
-    // Sinks: out-degree counts successors not yet peeled as sinks.
-    let mut deg: Vec<usize> = (0..n).into_par_iter().map(|v| g.indptr[v + 1] - g.indptr[v]).collect();
-    let mut order: Vec<u32> = (0..n as u32).filter(|&v| deg[v as usize] == 0).collect();
-    let mut head = 0;
-    while head < order.len() {
-        let v = order[head] as usize;
-        head += 1;
-        for &u in gt.row(v) {
-            let d = &mut deg[u as usize];
-            // A node already peeled has degree 0 and is skipped (its count never returns to 0).
-            if *d > 0 {
-                *d -= 1;
-                if *d == 0 {
-                    order.push(u);
-                }
-            }
-        }
-    }
-    for &v in &order {
+    let sinks: Vec<u32> = (0..n as u32).into_par_iter().filter(|&v| g.indptr[v as usize + 1] == g.indptr[v as usize]).collect();
+    for &v in &sinks {
         let c = p.next_component();
         p.rindex[v as usize] = c;
     }
-    // Sources among the rest: in-degree counts predecessors not yet peeled as sources
-    // (an untrimmed node has no sink predecessor).
-    let rindex = &p.rindex;
-    deg.par_iter_mut().enumerate().for_each(|(v, d)| {
-        *d = if rindex[v] == 0 { gt.indptr[v + 1] - gt.indptr[v] } else { 0 };
-    });
-    let mut sources: Vec<u32> = (0..n as u32).filter(|&v| p.rindex[v as usize] == 0 && deg[v as usize] == 0).collect();
-    let mut head = 0;
-    while head < sources.len() {
-        let v = sources[head] as usize;
-        head += 1;
-        p.rindex[v] = SOURCE;
-        for &w in g.row(v) {
-            let d = &mut deg[w as usize];
-            if *d > 0 {
-                *d -= 1;
-                if *d == 0 {
-                    sources.push(w);
-                }
-            }
-        }
+    let sources: Vec<u32> = (0..n as u32)
+        .into_par_iter()
+        .filter(|&v| gt.indptr[v as usize + 1] == gt.indptr[v as usize] && g.indptr[v as usize + 1] != g.indptr[v as usize])
+        .collect();
+    for &v in &sources {
+        p.rindex[v as usize] = SOURCE;
     }
     sources
 }
@@ -447,13 +417,17 @@ fn trim(g: &Csr, gt: &Csr, p: &mut Pearce) -> Vec<u32> {
 /// is the transpose of `g`.
 ///
 /// Direction-optimising breadth-first search (Beamer, Asanović and Patterson, 2012):
-/// top-down steps expand the frontier's successors; once the frontier's edges outnumber
-/// a fraction of the edges into unvisited nodes, bottom-up steps instead let every
+/// top-down steps expand the frontier's successors; while the frontier is large (its
+/// edges outnumber a fraction of the edges into unvisited nodes, and it holds more than
+/// a fraction of all nodes), bottom-up steps instead let every
 /// unvisited node look for a visited predecessor (stopping at the first), a sequential
 /// sweep over the transpose. Every node marked during a step joins the next frontier, so
 /// the result is exact reachability either way.
 fn reach_bitmap(g: &Csr, gr: &Csr, s: usize) -> Vec<u64> {
+    // Beamer's switching rule: bottom-up once the frontier's edges exceed 1/ALPHA of the
+    // edges into unvisited nodes, back to top-down when the frontier drops below n/BETA.
     const ALPHA: usize = 14;
+    const BETA: usize = 24;
     let n = g.n_nodes;
     let words = n.div_ceil(64);
     let mut seen = vec![0u64; words];
@@ -464,10 +438,16 @@ fn reach_bitmap(g: &Csr, gr: &Csr, s: usize) -> Vec<u64> {
     let mut m_u = gr.indices.len() - (rptr[s + 1] - rptr[s]);
     let mut frontier: Vec<u32> = vec![s as u32];
     let mut next: Vec<u32> = Vec::new();
+    let mut bottom_up = false;
     while !frontier.is_empty() {
-        let m_f: usize = frontier.iter().map(|&v| indptr[v as usize + 1] - indptr[v as usize]).sum();
+        if bottom_up {
+            bottom_up = frontier.len() * BETA >= n;
+        } else {
+            let m_f: usize = frontier.iter().map(|&v| indptr[v as usize + 1] - indptr[v as usize]).sum();
+            bottom_up = m_f * ALPHA > m_u && frontier.len() * BETA >= n;
+        }
         next.clear();
-        if m_f * ALPHA > m_u {
+        if bottom_up {
             // Bottom-up: every unvisited node looks for a visited predecessor.
             for k in 0..words {
                 let mut free = !seen[k];
