@@ -176,13 +176,59 @@ pub fn dense_backward(a: &[f64], r: usize, d: &[f64], rhs: &mut [f64], c: usize)
 /// The reduced problem on a set `S` of `m` states (local numbering `0..m`).
 pub struct Reduced {
     pub m: usize,
-    /// Off-diagonal entries inside `S`, per row, deduplicated (`(local col, value)`).
-    pub rows: Vec<Vec<(usize, f64)>>,
+    /// Off-diagonal entries inside `S` as CSR (`ptr`, `idx`, `val`), deduplicated, no
+    /// diagonal; explicit zeros allowed.
+    pub ptr: Vec<usize>,
+    pub idx: Vec<usize>,
+    pub val: Vec<f64>,
     /// Mass leaving `S`.
     pub exit: Vec<f64>,
     /// Right-hand sides, `m x c` row-major.
     pub rhs: Vec<f64>,
     pub c: usize,
+}
+
+impl Reduced {
+    /// Build from per-row lists (deduplicated, no diagonal).
+    pub fn from_rows(
+        rows: Vec<Vec<(usize, f64)>>,
+        exit: Vec<f64>,
+        rhs: Vec<f64>,
+        c: usize,
+    ) -> Reduced {
+        let m = rows.len();
+        let mut ptr = Vec::with_capacity(m + 1);
+        let mut idx = Vec::new();
+        let mut val = Vec::new();
+        ptr.push(0);
+        for row in rows {
+            for (j, v) in row {
+                idx.push(j);
+                val.push(v);
+            }
+            ptr.push(idx.len());
+        }
+        Reduced {
+            m,
+            ptr,
+            idx,
+            val,
+            exit,
+            rhs,
+            c,
+        }
+    }
+
+    /// Column indices and values of row `i`.
+    #[inline]
+    pub fn row(&self, i: usize) -> (&[usize], &[f64]) {
+        let (a, b) = (self.ptr[i], self.ptr[i + 1]);
+        (&self.idx[a..b], &self.val[a..b])
+    }
+
+    pub fn nnz(&self) -> usize {
+        self.idx.len()
+    }
 }
 
 struct Step {
@@ -210,17 +256,9 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
     use faer::sparse::linalg::amd;
     use faer::sparse::SymbolicSparseColMatRef;
     let m = red.m;
-    let mut ptr: Vec<usize> = Vec::with_capacity(m + 1);
-    let mut idx: Vec<usize> = Vec::new();
-    ptr.push(0);
-    for row in &red.rows {
-        for &(j, _) in row {
-            idx.push(j);
-        }
-        ptr.push(idx.len());
-    }
+    let (ptr, idx) = (&red.ptr, &red.idx);
     // the rows of Q read as columns are the pattern of Q^T; AMD symmetrises it anyway
-    let sym = SymbolicSparseColMatRef::new_unsorted_checked(m, m, &ptr, None, &idx);
+    let sym = SymbolicSparseColMatRef::new_unsorted_checked(m, m, ptr, None, idx);
     let mut perm = vec![0usize; m];
     let mut perm_inv = vec![0usize; m];
     let req = amd::order_maybe_unsorted_scratch::<usize>(m, idx.len());
@@ -252,12 +290,19 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     let mut steps: Vec<Step> = Vec::new();
     let mut elim = vec![false; m];
     let mut pos = vec![usize::MAX; m];
-    let mut nnz: usize = red.rows.iter().map(|r| r.len()).sum();
+    let mut nnz: usize = red.nnz();
     let mut stored: usize = 0;
-    let mut cols: Vec<Vec<usize>> = vec![Vec::new(); m];
+    let mut rows: Vec<Vec<(usize, f64)>> = Vec::new();
     let mut step = 0;
     if !dense {
-        for (i, row) in red.rows.iter().enumerate() {
+        let mut cols: Vec<Vec<usize>> = vec![Vec::new(); m];
+        rows = (0..m)
+            .map(|i| {
+                let (ix, vs) = red.row(i);
+                ix.iter().copied().zip(vs.iter().copied()).collect()
+            })
+            .collect();
+        for (i, row) in rows.iter().enumerate() {
             for &(j, _) in row {
                 cols[j].push(i);
             }
@@ -272,7 +317,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
                 break;
             }
             let k = order[step];
-            let rowk = std::mem::take(&mut red.rows[k]);
+            let rowk = std::mem::take(&mut rows[k]);
             let mut s = red.exit[k];
             for &(_, v) in &rowk {
                 s += v;
@@ -289,7 +334,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
                 if elim[i] || i == k {
                     continue;
                 }
-                let ri = &mut red.rows[i];
+                let ri = &mut rows[i];
                 for (t, &(j, _)) in ri.iter().enumerate() {
                     pos[j] = t;
                 }
@@ -373,14 +418,24 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     })?;
     a.resize(size, 0.0);
     for (t, &s) in states.iter().enumerate() {
-        for &(j, v) in &red.rows[s] {
+        let mut put = |j: usize, v: f64| {
             let lj = loc[j];
             if lj != usize::MAX && lj != t {
                 a[lj * r + t] += v;
             }
+        };
+        if dense {
+            let (ix, vs) = red.row(s);
+            for (&j, &v) in ix.iter().zip(vs) {
+                put(j, v);
+            }
+        } else {
+            for &(j, v) in &rows[s] {
+                put(j, v);
+            }
+            rows[s] = Vec::new();
         }
         a[r * r + t] = red.exit[s];
-        red.rows[s] = Vec::new();
     }
     let npiv = if keep_last { r.saturating_sub(1) } else { r };
     let mut d = Vec::with_capacity(r);
@@ -484,7 +539,7 @@ mod tests {
             }
         }
         let exit = vec![0.1; m];
-        Reduced { m, rows, exit, rhs: vec![1.0; m], c: 1 }
+        Reduced::from_rows(rows, exit, vec![1.0; m], 1)
     }
 
     #[test]

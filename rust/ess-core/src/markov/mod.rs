@@ -102,16 +102,21 @@ fn build_reduced(
     let n = chain.n();
     let nc = class.map(|c| c.1).unwrap_or(0);
     let c = nc + usize::from(ones);
-    let mut rows: Vec<Vec<(usize, f64)>> = vec![Vec::new(); m];
+    let mut ptr: Vec<usize> = Vec::with_capacity(m + 1);
+    let mut idx: Vec<usize> = Vec::with_capacity(chain.nnz().min(n.saturating_mul(64)));
+    let mut val: Vec<f64> = Vec::with_capacity(idx.capacity());
     let mut exit = vec![0.0; m];
     let mut rhs = vec![0.0; m * c];
+    // mark[lj]: position of column lj in `idx` if it is in the current row (>= start)
     let mut mark = vec![usize::MAX; m];
+    ptr.push(0);
     for i in 0..n {
         let li = loc[i];
         if li == usize::MAX {
             continue;
         }
-        let row = &mut rows[li];
+        debug_assert_eq!(li + 1, ptr.len(), "loc must number S in increasing order");
+        let start = idx.len();
         if ones {
             rhs[li * c] = 1.0;
         }
@@ -121,13 +126,13 @@ fn build_reduced(
             }
             let lj = loc[j];
             if lj != usize::MAX {
-                if mark[lj] == li {
-                    if let Some(e) = row.iter_mut().find(|e| e.0 == lj) {
-                        e.1 += v;
-                    }
+                let p = mark[lj];
+                if p != usize::MAX && p >= start {
+                    val[p] += v;
                 } else {
-                    mark[lj] = li;
-                    row.push((lj, v));
+                    mark[lj] = idx.len();
+                    idx.push(lj);
+                    val.push(v);
                 }
             } else {
                 exit[li] += v;
@@ -139,10 +144,13 @@ fn build_reduced(
                 }
             }
         });
+        ptr.push(idx.len());
     }
     Reduced {
         m,
-        rows,
+        ptr,
+        idx,
+        val,
         exit,
         rhs,
         c,
