@@ -409,14 +409,13 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     let size = r
         .checked_mul(r + 1)
         .ok_or_else(|| Error::too_large("P", "dense block too large"))?;
-    let mut a = Vec::new();
-    a.try_reserve_exact(size).map_err(|_| {
+    let a = super::mem::filled(size, 0.0).map_err(|_| {
         Error::too_large(
             "P",
             format!("the dense elimination block needs {r} x {r} doubles; not enough memory"),
         )
     })?;
-    a.resize(size, 0.0);
+    let mut a = a;
     for (t, &s) in states.iter().enumerate() {
         let mut put = |j: usize, v: f64| {
             let lj = loc[j];
@@ -450,6 +449,11 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
 /// subtraction-free. `dense` selects the dense engine from the start.
 pub fn solve(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
     let c = red.c;
+    if !dense {
+        if let Some(plan) = super::band::plan(&red) {
+            return super::band::solve(&red, &plan);
+        }
+    }
     let f = factor(&mut red, false, dense, FILL_MAX)?;
     let DenseTail { states, a, d, npiv } = &f.tail;
     let r = states.len();
@@ -484,7 +488,17 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
     if m == 1 {
         return Ok(vec![1.0]);
     }
-    let f = factor(&mut red, true, dense, FILL_MAX)?;
+    let band = if dense { None } else { super::band::plan(&red) };
+    let pi = match band {
+        Some(plan) => super::band::stationary_weights(&red, &plan)?,
+        None => stationary_weights(&mut red, dense)?,
+    };
+    normalise(pi)
+}
+
+fn stationary_weights(red: &mut Reduced, dense: bool) -> Result<Vec<f64>> {
+    let m = red.m;
+    let f = factor(red, true, dense, FILL_MAX)?;
     let DenseTail {
         states, a, npiv, ..
     } = &f.tail;
@@ -510,6 +524,10 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
         }
         pi[st.k] = s;
     }
+    Ok(pi)
+}
+
+fn normalise(mut pi: Vec<f64>) -> Result<Vec<f64>> {
     let total: f64 = pi.iter().sum();
     if !(total > 0.0) || !total.is_finite() {
         return Err(Error::Numerical(

@@ -12,10 +12,12 @@
 // `!(x > 0.0)` is deliberate throughout: it is also true for NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod band;
 pub mod ccmc;
 pub mod chain;
 pub mod gth;
 pub mod lu;
+pub mod mem;
 pub mod mfpt;
 
 use rayon::prelude::*;
@@ -103,8 +105,9 @@ fn build_reduced(
     let nc = class.map(|c| c.1).unwrap_or(0);
     let c = nc + usize::from(ones);
     let mut ptr: Vec<usize> = Vec::with_capacity(m + 1);
-    let mut idx: Vec<usize> = Vec::with_capacity(chain.nnz().min(n.saturating_mul(64)));
-    let mut val: Vec<f64> = Vec::with_capacity(idx.capacity());
+    let cap = chain.nnz().min(n.saturating_mul(64));
+    let mut idx: Vec<usize> = mem::with_capacity(cap).unwrap_or_default();
+    let mut val: Vec<f64> = mem::with_capacity(cap).unwrap_or_default();
     let mut exit = vec![0.0; m];
     let mut rhs = vec![0.0; m * c];
     // mark[lj]: position of column lj in `idx` if it is in the current row (>= start)
