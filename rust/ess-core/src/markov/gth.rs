@@ -16,12 +16,14 @@
 //! non-negative numbers, so each result carries a small relative error (a few units of
 //! roundoff times the number of steps), independent of how small the rare transitions are.
 //!
-//! Two engines share this scheme:
+//! Three engines share this scheme:
 //! * sparse: states eliminated one by one in an approximate-minimum-degree order (faer's
 //!   AMD on the pattern of `Q + Q^T`) with dynamic fill-in; when the remaining matrix
 //!   becomes dense enough it switches to
-//! * dense: a blocked right-looking elimination whose trailing updates are matrix products
-//!   of non-negative blocks (faer's GEMM): still subtraction-free.
+//! * dense: a recursive elimination whose updates are non-negative triangular solves and
+//!   matrix products (faer's GEMM), see [`dense_eliminate`]: still subtraction-free;
+//! * banded ([`super::band`]): chosen instead of the sparse engine when the pattern fits a
+//!   narrow band in natural or reverse Cuthill–McKee order.
 
 use faer::linalg::matmul::matmul;
 use faer::reborrow::{Reborrow, ReborrowMut};

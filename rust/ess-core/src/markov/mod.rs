@@ -31,7 +31,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// GTH state reduction (subtraction-free, entrywise accurate). Dense engine for dense
-    /// input with more than 10% non-zeros, sparse engine (AMD order, dense switch) otherwise.
+    /// input with more than 10% non-zeros; otherwise the banded engine when the pattern fits
+    /// a narrow band (natural or reverse Cuthill–McKee order), else the sparse engine (AMD
+    /// order, dense switch).
     Gth,
     /// faer sparse LU on `D - Q` (faster on large well-conditioned chains, not
     /// subtraction-free).
