@@ -477,3 +477,107 @@ def test_all_targets_and_single_state():
     assert mk.mean_first_passage_times(P).tolist() == [[0.0]]
     Q = np.full((3, 3), 1 / 3)
     assert mk.hitting_times(Q, [0, 1, 2]).tolist() == [0, 0, 0]
+
+
+# ----------------------------------------------------------------- banded GTH path
+# Sparse input whose pattern has a narrow band in natural or reverse Cuthill-McKee order
+# (rings, paths, nearest-neighbour chains) runs the banded elimination.
+
+
+def banded_chain(n, half, ring, rng, rare=None):
+    """Random chain with transitions i -> i-half..i+half (mod n on a ring, clipped on a path);
+    with ``rare``, about a fifth of the off-diagonal weights are scaled by ``rare``."""
+    P = np.zeros((n, n))
+    for i in range(n):
+        for d in range(-half, half + 1):
+            j = i + d
+            if ring:
+                j %= n
+            elif not 0 <= j < n:
+                continue
+            w = rng.uniform(0.1, 1.0)
+            if rare is not None and j != i and rng.random() < 0.2:
+                w *= rare
+            P[i, j] += w
+    return P / P.sum(axis=1, keepdims=True)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(1, 40),
+    st.integers(1, 3),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([None, 1e-6, 1e-12]),
+)
+def test_hypothesis_banded_vs_dense(n, half, ring, seed, rare):
+    rng = np.random.default_rng(seed)
+    P = banded_chain(n, half, ring, rng, rare)
+    if rare is None:  # well conditioned: numpy references
+        ref_pi = stationary_dense(P)
+    else:  # the dense-input GTH engine (mpmath-tested) as the reference
+        ref_pi = mk.stationary_distribution(P)
+    Ps = sp.csr_array(P)
+    assert rel(mk.stationary_distribution(Ps), ref_pi) < (1e-9 if rare is None else 1e-12)
+    k = int(rng.integers(1, n + 1))
+    t = rng.choice(n, size=k, replace=False)
+    ref_h = hit_dense(P, t) if rare is None else mk.hitting_times(P, t)
+    assert rel(mk.hitting_times(Ps, t), ref_h) < (1e-9 if rare is None else 1e-12)
+    if n >= 3:
+        A, B = t[:1], np.setdiff1d(np.arange(n), t)[:1]
+        if B.size:
+            ref_q = committor_dense(P, A, B) if rare is None else mk.committor(P, A, B)
+            q = mk.committor(Ps, A, B)
+            if rare is None:
+                assert np.allclose(q, ref_q, rtol=1e-9, atol=1e-13)
+            else:
+                assert rel(q, ref_q) < 1e-12
+            ab = mk.absorption_probabilities(Ps, [A, B])
+            assert np.allclose(ab[:, 1], q, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("half", [1, 2])
+def test_banded_tiny_rings(n, half):
+    rng = np.random.default_rng(n * 10 + half)
+    P = banded_chain(n, half, True, rng)
+    Ps = sp.csr_array(P)
+    assert rel(mk.stationary_distribution(Ps), stationary_dense(P)) < 1e-12
+    assert rel(mk.hitting_times(Ps, [0]), hit_dense(P, [0])) < 1e-12
+    if n == 3:
+        assert rel(mk.committor(Ps, [0], [2]), committor_dense(P, [0], [2])) < 1e-12
+
+
+def metastable_ring(n_clusters, size, eps, seed):
+    """Clusters of ``size`` states on a ring, each state linked to its ring neighbours at
+    distance 1 and 2; links between clusters have weight ``eps``: a banded metastable chain."""
+    rng = np.random.default_rng(seed)
+    n = n_clusters * size
+    P = np.zeros((n, n))
+    for i in range(n):
+        for d in (-2, -1, 1, 2):
+            j = (i + d) % n
+            P[i, j] = rng.uniform(0.2, 1.0) * (1.0 if i // size == j // size else eps)
+        P[i, i] = 0.5
+    return P / P.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("eps", EPS)
+def test_banded_metastable_vs_mpmath(eps):
+    P = metastable_ring(4, 8, eps, seed=5)
+    Ps = sp.csr_array(P)
+    A = np.arange(24, 32)
+    assert rel(mk.hitting_times(Ps, A), hit_mpmath(P, A)) <= 1e-12
+    assert rel(mk.stationary_distribution(Ps), stationary_mpmath(P)) <= 1e-12
+    assert rel(mk.committor(Ps, [3], A), committor_mpmath(P, [3], A)) <= 1e-12
+
+
+def test_banded_ring_rcm_matches_dense_engine():
+    """A 200-state metastable ring (the wrap-around needs the Cuthill-McKee order) against
+    the dense engine (dense input with n <= 256) on the same chain."""
+    P = metastable_ring(4, 50, 1e-13, seed=6)
+    Ps = sp.csr_array(P)
+    assert rel(mk.stationary_distribution(Ps), mk.stationary_distribution(P)) <= 1e-12
+    for A in ([0], np.arange(150, 200)):
+        assert rel(mk.hitting_times(Ps, A), mk.hitting_times(P, A)) <= 1e-12
+    assert rel(mk.committor(Ps, [0], [100]), mk.committor(P, [0], [100])) <= 1e-12

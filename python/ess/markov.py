@@ -19,10 +19,10 @@ Conventions
 
 Algorithms (which path runs when)
 ---------------------------------
-* ``method="auto"`` runs GTH: in ``benches/markov.py`` GTH is as fast as the LU path on
-  the large well-conditioned chains (banded ring at 1e5/1e6 states, random sparse at 1e4)
-  and it is the only one that stays accurate on metastable chains, so nothing is gained by
-  switching automatically.
+* ``method="auto"`` runs GTH: in ``benches/markov.py`` GTH is as fast as or faster than the
+  LU path on the large well-conditioned chains (banded ring at 1e5/1e6 states, random
+  sparse at 1e4) and it is the only one that stays accurate on metastable chains, so
+  nothing is gained by switching automatically.
 * ``method="gth"``: subtraction-free state reduction
   (Grassmann-Taksar-Heyman elimination). Eliminating a state censors it out of the chain;
   every pivot is a sum of off-diagonal probabilities plus the mass leaving the reduced set,
@@ -30,10 +30,22 @@ Algorithms (which path runs when)
   to a modest multiple of machine precision, independent of how rare the rare transitions
   are (tested to ``rtol 1e-12`` against 60-digit mpmath on chains with ``eps`` down to
   ``1e-15``, where ``numpy.linalg.solve(I - Q, 1)`` is wrong from the 2nd to 5th digit).
-  Dense input with more than 10% non-zeros runs a blocked dense elimination (trailing
-  updates are GEMMs of non-negative blocks); sparse input runs a sparse elimination in an
-  approximate-minimum-degree order (faer's AMD) with dynamic fill-in, switching to the
-  dense engine once the remaining matrix is more than ~8% full.
+  Three engines, chosen per call on the reduced set of states (same arithmetic, different
+  order and storage):
+
+  - *dense*: dense input with more than 10% non-zeros (or at most 256 states). A recursive
+    dense elimination whose updates are non-negative triangular solves and matrix products
+    (faer GEMM, all ``RAYON_NUM_THREADS`` threads); the pivots see the columns not yet
+    updated through one aggregated exit column, so they stay sums of positives.
+  - *banded*: sparse input (or dense input with at most 10% non-zeros and more than 256
+    states) whose pattern fits a narrow band ``-bl <= pos(j) - pos(i) <= bu`` in the
+    natural order or in a reverse Cuthill-McKee order of ``P + P^T`` (rings, paths,
+    birth-death and other nearest-neighbour chains, thin grids), when ``bl * bu <= 1600``
+    and the band needs at most ~16x the memory of the input: the band is stored densely and
+    eliminated in place, ``O(n bl bu)`` time with no fill-in bookkeeping.
+  - *sparse*: otherwise, a sparse elimination in an approximate-minimum-degree order
+    (faer's AMD) with dynamic fill-in, switching to the dense engine once the remaining
+    matrix is more than ~8% full.
 * ``method="lu"``: faer's sparse LU with partial pivoting on ``D - Q`` (``D`` = the same
   subtraction-free diagonal). Use it for large, well-conditioned chains (no probabilities
   far below ``1e-8``) when it is faster; it subtracts and loses about ``log10(1/eps)``

@@ -16,19 +16,22 @@
 //! non-negative numbers, so each result carries a small relative error (a few units of
 //! roundoff times the number of steps), independent of how small the rare transitions are.
 //!
-//! Two engines share this scheme:
+//! Three engines share this scheme:
 //! * sparse: states eliminated one by one in an approximate-minimum-degree order (faer's
 //!   AMD on the pattern of `Q + Q^T`) with dynamic fill-in; when the remaining matrix
 //!   becomes dense enough it switches to
-//! * dense: a blocked right-looking elimination whose trailing updates are matrix products
-//!   of non-negative blocks (faer's GEMM): still subtraction-free.
+//! * dense: a recursive elimination whose updates are non-negative triangular solves and
+//!   matrix products (faer's GEMM), see [`dense_eliminate`]: still subtraction-free;
+//! * banded ([`super::band`]): chosen instead of the sparse engine when the pattern fits a
+//!   narrow band in natural or reverse Cuthill–McKee order.
 
 use faer::linalg::matmul::matmul;
+use faer::reborrow::{Reborrow, ReborrowMut};
 use faer::{Accum, MatMut, MatRef, Par};
 
 use crate::error::{Error, Result};
 
-/// Block size of the dense elimination.
+/// Below this many states the sparse engine starts dense (natural order).
 const NB: usize = 64;
 
 /// Switch the sparse engine to dense when the remaining `r` states hold more than
@@ -48,99 +51,206 @@ fn par() -> Par {
     }
 }
 
-/// Dense blocked GTH elimination of the first `npiv` states of `a`.
+/// Dense GTH elimination of the first `npiv` states of `a` (recursive, GEMM-rich).
 ///
 /// `a` is `r x (r + 1)` column-major (leading dimension `r`): entries `a[i, j]`, `i != j`,
 /// `j < r` are the off-diagonal `Q_ij`; column `r` is the exit mass `e_i`; the diagonal is
 /// ignored. On return, for each pivot `p < npiv`: `d[p]` is its pivot, `a[p, j]` (`j > p`)
 /// its row at elimination time, `a[i, p]` (`i > p`) the multiplier `Q_ip / d_p`; the
 /// trailing block holds the censored chain on the remaining states.
+///
+/// The pivot of `p` needs its whole current row. Recursion on column halves keeps that
+/// subtraction-free: while the left half `[c0, h)` is eliminated, the columns right of it
+/// are carried only as one aggregated exit column `x_i = e_i + sum_{j >= h} Q_ij` (a sum of
+/// columns is updated by the same rule as each column, `x_i += l_ip x_p`); the right
+/// columns are then brought up to date by a unit-lower triangular solve with the
+/// non-negative multipliers (`U12 += L11' U12`, by recursion and GEMM) and a non-negative
+/// GEMM update (`A22 += L21 U12`). Every operation adds non-negative numbers.
 pub fn dense_eliminate(a: &mut [f64], r: usize, npiv: usize, d: &mut Vec<f64>) -> Result<()> {
     debug_assert_eq!(a.len(), r * (r + 1));
+    debug_assert!(npiv <= r);
     d.clear();
+    d.resize(npiv, 0.0);
+    if npiv == 0 {
+        return Ok(());
+    }
     let ld = r;
-    let mut k0 = 0;
-    while k0 < npiv {
-        let k1 = (k0 + NB).min(npiv);
-        for p in k0..k1 {
-            // pivot: off-diagonal row sum over remaining states, plus exit
-            let mut s = a[r * ld + p];
-            for j in p + 1..r {
-                s += a[j * ld + p];
+    // aggregate of the columns that are not pivoted (and the exit column)
+    let mut x = vec![0.0; r];
+    for j in npiv..=r {
+        let col = &a[j * ld..j * ld + r];
+        for (i, (xi, &v)) in x.iter_mut().zip(col).enumerate() {
+            if i != j {
+                *xi += v;
+            }
+        }
+    }
+    let base = a.as_mut_ptr();
+    // SAFETY: every view below lies inside the r x (r + 1) buffer `a` (ld = r) or inside
+    // `x`, and the views used together (L, U, and the updated block) are disjoint.
+    unsafe {
+        rec(base, ld, r, 0, npiv, &mut x, d)?;
+        // bring the non-pivoted columns npiv..=r up to date
+        let k = npiv;
+        let nc = r + 1 - npiv;
+        trsm(mat(base, ld, 0, 0, k, k), mat_mut(base, ld, 0, npiv, k, nc));
+        if k < r {
+            matmul(
+                mat_mut(base, ld, npiv, npiv, r - npiv, nc),
+                Accum::Add,
+                mat(base, ld, npiv, 0, r - npiv, k),
+                mat(base, ld, 0, npiv, k, nc),
+                1.0,
+                par(),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Columns per leaf of the recursion (unblocked elimination of a narrow panel).
+const LEAF: usize = 32;
+
+unsafe fn mat<'a>(
+    p: *mut f64,
+    ld: usize,
+    i: usize,
+    j: usize,
+    nr: usize,
+    nc: usize,
+) -> MatRef<'a, f64> {
+    MatRef::from_raw_parts(p.add(j * ld + i) as *const f64, nr, nc, 1, ld as isize)
+}
+
+unsafe fn mat_mut<'a>(
+    p: *mut f64,
+    ld: usize,
+    i: usize,
+    j: usize,
+    nr: usize,
+    nc: usize,
+) -> MatMut<'a, f64> {
+    MatMut::from_raw_parts_mut(p.add(j * ld + i), nr, nc, 1, ld as isize)
+}
+
+/// `b += L' b` solved downwards: `b_i += sum_{p < i} l[i, p] b_p` for the unit lower
+/// triangle of `l` (its strictly lower part holds non-negative multipliers).
+fn trsm(l: MatRef<'_, f64>, mut b: MatMut<'_, f64>) {
+    let k = l.nrows();
+    if k <= LEAF {
+        for j in 0..b.ncols() {
+            for p in 0..k {
+                let u = b[(p, j)];
+                if u != 0.0 {
+                    for i in p + 1..k {
+                        b[(i, j)] += l[(i, p)] * u;
+                    }
+                }
+            }
+        }
+        return;
+    }
+    let h = k / 2;
+    let (mut top, mut bot) = b.rb_mut().split_at_row_mut(h);
+    trsm(l.submatrix(0, 0, h, h), top.rb_mut());
+    matmul(
+        bot.rb_mut(),
+        Accum::Add,
+        l.submatrix(h, 0, k - h, h),
+        top.rb(),
+        1.0,
+        par(),
+    );
+    trsm(l.submatrix(h, h, k - h, k - h), bot);
+}
+
+/// Eliminate columns `c0..c1` (rows `c0..r`), all earlier pivots already applied; `x` is
+/// the aggregated exit of each row towards the columns `>= c1` (including the exit).
+unsafe fn rec(
+    a: *mut f64,
+    ld: usize,
+    r: usize,
+    c0: usize,
+    c1: usize,
+    x: &mut [f64],
+    d: &mut [f64],
+) -> Result<()> {
+    if c1 - c0 <= LEAF {
+        for p in c0..c1 {
+            let mut s = x[p];
+            for j in p + 1..c1 {
+                s += *a.add(j * ld + p);
             }
             if !(s > 0.0) || !s.is_finite() {
                 return Err(Error::Numerical(format!(
                     "zero pivot in state reduction (a state with no path out of the reduced set); pivot = {s:e}"
                 )));
             }
-            d.push(s);
+            d[p] = s;
             let inv = 1.0 / s;
-            {
-                let col = &mut a[p * ld..(p + 1) * ld];
-                for x in &mut col[p + 1..r] {
-                    *x *= inv;
-                }
+            let lcol = std::slice::from_raw_parts_mut(a.add(p * ld + p + 1), r - p - 1);
+            for v in lcol.iter_mut() {
+                *v *= inv;
             }
-            // eager column-panel update: columns p+1..k1, rows p+1..r
-            for j in p + 1..k1 {
-                let u = a[j * ld + p];
+            let lcol: &[f64] = lcol;
+            for j in p + 1..c1 {
+                let u = *a.add(j * ld + p);
                 if u != 0.0 {
-                    let (lo, hi) = a.split_at_mut(j * ld);
-                    let lcol = &lo[p * ld + p + 1..p * ld + r];
-                    let dst = &mut hi[p + 1..r];
-                    for (x, &l) in dst.iter_mut().zip(lcol) {
-                        *x += l * u;
+                    let dst = std::slice::from_raw_parts_mut(a.add(j * ld + p + 1), r - p - 1);
+                    for (v, &l) in dst.iter_mut().zip(lcol) {
+                        *v += l * u;
                     }
                 }
             }
-            // eager row-panel update: rows p+1..k1, columns k1..=r
-            if p + 1 < k1 {
-                for j in k1..=r {
-                    let u = a[j * ld + p];
-                    if u != 0.0 {
-                        for i in p + 1..k1 {
-                            let l = a[p * ld + i];
-                            a[j * ld + i] += l * u;
-                        }
-                    }
+            let xp = x[p];
+            if xp != 0.0 {
+                for (v, &l) in x[p + 1..r].iter_mut().zip(lcol) {
+                    *v += l * xp;
                 }
             }
         }
-        // trailing update: A[k1.., k1..=r] += L[k1.., k0..k1] * U[k0..k1, k1..=r]
-        if k1 < r {
-            let base = a.as_mut_ptr();
-            // SAFETY: the three views cover disjoint regions of `a` (rows k1.. x columns k1..,
-            // rows k0..k1 x columns k1.., rows k1.. x columns k0..k1), all inside r x (r + 1).
-            let (a22, l21, u12) = unsafe {
-                (
-                    MatMut::<f64>::from_raw_parts_mut(
-                        base.add(k1 * ld + k1),
-                        r - k1,
-                        r + 1 - k1,
-                        1isize,
-                        ld as isize,
-                    ),
-                    MatRef::<f64>::from_raw_parts(
-                        base.add(k0 * ld + k1) as *const f64,
-                        r - k1,
-                        k1 - k0,
-                        1isize,
-                        ld as isize,
-                    ),
-                    MatRef::<f64>::from_raw_parts(
-                        base.add(k1 * ld + k0) as *const f64,
-                        k1 - k0,
-                        r + 1 - k1,
-                        1isize,
-                        ld as isize,
-                    ),
-                )
-            };
-            matmul(a22, Accum::Add, l21, u12, 1.0, par());
-        }
-        k0 = k1;
+        return Ok(());
     }
-    Ok(())
+    let h = c0 + ((c1 - c0) / 2).next_multiple_of(8).min(c1 - c0 - 1);
+    // left half: the columns h..c1 join the aggregated exit
+    let mut xl = x.to_vec();
+    for j in h..c1 {
+        let col = std::slice::from_raw_parts(a.add(j * ld), r);
+        for i in c0..r {
+            if i != j {
+                xl[i] += col[i];
+            }
+        }
+    }
+    rec(a, ld, r, c0, h, &mut xl, d)?;
+    drop(xl);
+    // right half: apply the pivots c0..h to the columns h..c1 and to x
+    let k = h - c0;
+    let l11 = mat(a, ld, c0, c0, k, k);
+    trsm(l11, mat_mut(a, ld, c0, h, k, c1 - h));
+    let xp = x.as_mut_ptr();
+    trsm(
+        l11,
+        MatMut::from_raw_parts_mut(xp.add(c0), k, 1, 1, k as isize),
+    );
+    let l21 = mat(a, ld, h, c0, r - h, k);
+    matmul(
+        mat_mut(a, ld, h, h, r - h, c1 - h),
+        Accum::Add,
+        l21,
+        mat(a, ld, c0, h, k, c1 - h),
+        1.0,
+        par(),
+    );
+    matmul(
+        MatMut::from_raw_parts_mut(xp.add(h), r - h, 1, 1, (r - h) as isize),
+        Accum::Add,
+        l21,
+        MatRef::from_raw_parts(xp.add(c0) as *const f64, k, 1, 1, k as isize),
+        1.0,
+        par(),
+    );
+    rec(a, ld, r, h, c1, x, d)
 }
 
 /// Forward substitution of the right-hand sides through the multipliers of
@@ -176,13 +286,59 @@ pub fn dense_backward(a: &[f64], r: usize, d: &[f64], rhs: &mut [f64], c: usize)
 /// The reduced problem on a set `S` of `m` states (local numbering `0..m`).
 pub struct Reduced {
     pub m: usize,
-    /// Off-diagonal entries inside `S`, per row, deduplicated (`(local col, value)`).
-    pub rows: Vec<Vec<(usize, f64)>>,
+    /// Off-diagonal entries inside `S` as CSR (`ptr`, `idx`, `val`), deduplicated, no
+    /// diagonal; explicit zeros allowed.
+    pub ptr: Vec<usize>,
+    pub idx: Vec<usize>,
+    pub val: Vec<f64>,
     /// Mass leaving `S`.
     pub exit: Vec<f64>,
     /// Right-hand sides, `m x c` row-major.
     pub rhs: Vec<f64>,
     pub c: usize,
+}
+
+impl Reduced {
+    /// Build from per-row lists (deduplicated, no diagonal).
+    pub fn from_rows(
+        rows: Vec<Vec<(usize, f64)>>,
+        exit: Vec<f64>,
+        rhs: Vec<f64>,
+        c: usize,
+    ) -> Reduced {
+        let m = rows.len();
+        let mut ptr = Vec::with_capacity(m + 1);
+        let mut idx = Vec::new();
+        let mut val = Vec::new();
+        ptr.push(0);
+        for row in rows {
+            for (j, v) in row {
+                idx.push(j);
+                val.push(v);
+            }
+            ptr.push(idx.len());
+        }
+        Reduced {
+            m,
+            ptr,
+            idx,
+            val,
+            exit,
+            rhs,
+            c,
+        }
+    }
+
+    /// Column indices and values of row `i`.
+    #[inline]
+    pub fn row(&self, i: usize) -> (&[usize], &[f64]) {
+        let (a, b) = (self.ptr[i], self.ptr[i + 1]);
+        (&self.idx[a..b], &self.val[a..b])
+    }
+
+    pub fn nnz(&self) -> usize {
+        self.idx.len()
+    }
 }
 
 struct Step {
@@ -210,17 +366,9 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
     use faer::sparse::linalg::amd;
     use faer::sparse::SymbolicSparseColMatRef;
     let m = red.m;
-    let mut ptr: Vec<usize> = Vec::with_capacity(m + 1);
-    let mut idx: Vec<usize> = Vec::new();
-    ptr.push(0);
-    for row in &red.rows {
-        for &(j, _) in row {
-            idx.push(j);
-        }
-        ptr.push(idx.len());
-    }
+    let (ptr, idx) = (&red.ptr, &red.idx);
     // the rows of Q read as columns are the pattern of Q^T; AMD symmetrises it anyway
-    let sym = SymbolicSparseColMatRef::new_unsorted_checked(m, m, &ptr, None, &idx);
+    let sym = SymbolicSparseColMatRef::new_unsorted_checked(m, m, ptr, None, idx);
     let mut perm = vec![0usize; m];
     let mut perm_inv = vec![0usize; m];
     let req = amd::order_maybe_unsorted_scratch::<usize>(m, idx.len());
@@ -252,12 +400,19 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     let mut steps: Vec<Step> = Vec::new();
     let mut elim = vec![false; m];
     let mut pos = vec![usize::MAX; m];
-    let mut nnz: usize = red.rows.iter().map(|r| r.len()).sum();
+    let mut nnz: usize = red.nnz();
     let mut stored: usize = 0;
-    let mut cols: Vec<Vec<usize>> = vec![Vec::new(); m];
+    let mut rows: Vec<Vec<(usize, f64)>> = Vec::new();
     let mut step = 0;
     if !dense {
-        for (i, row) in red.rows.iter().enumerate() {
+        let mut cols: Vec<Vec<usize>> = vec![Vec::new(); m];
+        rows = (0..m)
+            .map(|i| {
+                let (ix, vs) = red.row(i);
+                ix.iter().copied().zip(vs.iter().copied()).collect()
+            })
+            .collect();
+        for (i, row) in rows.iter().enumerate() {
             for &(j, _) in row {
                 cols[j].push(i);
             }
@@ -272,7 +427,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
                 break;
             }
             let k = order[step];
-            let rowk = std::mem::take(&mut red.rows[k]);
+            let rowk = std::mem::take(&mut rows[k]);
             let mut s = red.exit[k];
             for &(_, v) in &rowk {
                 s += v;
@@ -289,7 +444,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
                 if elim[i] || i == k {
                     continue;
                 }
-                let ri = &mut red.rows[i];
+                let ri = &mut rows[i];
                 for (t, &(j, _)) in ri.iter().enumerate() {
                     pos[j] = t;
                 }
@@ -364,23 +519,32 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     let size = r
         .checked_mul(r + 1)
         .ok_or_else(|| Error::too_large("P", "dense block too large"))?;
-    let mut a = Vec::new();
-    a.try_reserve_exact(size).map_err(|_| {
+    let a = super::mem::filled(size, 0.0).map_err(|_| {
         Error::too_large(
             "P",
             format!("the dense elimination block needs {r} x {r} doubles; not enough memory"),
         )
     })?;
-    a.resize(size, 0.0);
+    let mut a = a;
     for (t, &s) in states.iter().enumerate() {
-        for &(j, v) in &red.rows[s] {
+        let mut put = |j: usize, v: f64| {
             let lj = loc[j];
             if lj != usize::MAX && lj != t {
                 a[lj * r + t] += v;
             }
+        };
+        if dense {
+            let (ix, vs) = red.row(s);
+            for (&j, &v) in ix.iter().zip(vs) {
+                put(j, v);
+            }
+        } else {
+            for &(j, v) in &rows[s] {
+                put(j, v);
+            }
+            rows[s] = Vec::new();
         }
         a[r * r + t] = red.exit[s];
-        red.rows[s] = Vec::new();
     }
     let npiv = if keep_last { r.saturating_sub(1) } else { r };
     let mut d = Vec::with_capacity(r);
@@ -395,6 +559,11 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
 /// subtraction-free. `dense` selects the dense engine from the start.
 pub fn solve(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
     let c = red.c;
+    if !dense {
+        if let Some(plan) = super::band::plan(&red) {
+            return super::band::solve(&red, &plan);
+        }
+    }
     let f = factor(&mut red, false, dense, FILL_MAX)?;
     let DenseTail { states, a, d, npiv } = &f.tail;
     let r = states.len();
@@ -429,7 +598,17 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
     if m == 1 {
         return Ok(vec![1.0]);
     }
-    let f = factor(&mut red, true, dense, FILL_MAX)?;
+    let band = if dense { None } else { super::band::plan(&red) };
+    let pi = match band {
+        Some(plan) => super::band::stationary_weights(&red, &plan)?,
+        None => stationary_weights(&mut red, dense)?,
+    };
+    normalise(pi)
+}
+
+fn stationary_weights(red: &mut Reduced, dense: bool) -> Result<Vec<f64>> {
+    let m = red.m;
+    let f = factor(red, true, dense, FILL_MAX)?;
     let DenseTail {
         states, a, npiv, ..
     } = &f.tail;
@@ -455,6 +634,10 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
         }
         pi[st.k] = s;
     }
+    Ok(pi)
+}
+
+fn normalise(mut pi: Vec<f64>) -> Result<Vec<f64>> {
     let total: f64 = pi.iter().sum();
     if !(total > 0.0) || !total.is_finite() {
         return Err(Error::Numerical(
@@ -484,7 +667,7 @@ mod tests {
             }
         }
         let exit = vec![0.1; m];
-        Reduced { m, rows, exit, rhs: vec![1.0; m], c: 1 }
+        Reduced::from_rows(rows, exit, vec![1.0; m], 1)
     }
 
     #[test]
@@ -494,5 +677,81 @@ mod tests {
         assert!(matches!(r, Err(Error::TooLarge { .. })));
         let red = expander(3000);
         assert!(solve(red, false).is_ok());
+    }
+
+    /// Unblocked right-looking GTH, the reference for the recursive elimination.
+    fn naive(a: &mut [f64], r: usize, npiv: usize) -> Vec<f64> {
+        let mut d = Vec::new();
+        for p in 0..npiv {
+            let mut s = a[r * r + p];
+            for j in p + 1..r {
+                s += a[j * r + p];
+            }
+            d.push(s);
+            for i in p + 1..r {
+                a[p * r + i] /= s;
+            }
+            for j in p + 1..=r {
+                let u = a[j * r + p];
+                for i in p + 1..r {
+                    if i != j {
+                        a[j * r + i] += a[p * r + i] * u;
+                    }
+                }
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn recursive_dense_matches_unblocked() {
+        let mut seed = 7u64;
+        let mut rnd = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        for (r, npiv) in [
+            (1, 1),
+            (2, 1),
+            (3, 3),
+            (33, 33),
+            (100, 99),
+            (257, 200),
+            (300, 300),
+        ] {
+            let mut a = vec![0.0; r * (r + 1)];
+            for j in 0..r {
+                for i in 0..r {
+                    if i != j && rnd() < 0.3 {
+                        // some rare transitions
+                        a[j * r + i] = if rnd() < 0.2 { 1e-15 * rnd() } else { rnd() };
+                    }
+                }
+            }
+            for i in 0..r {
+                a[r * r + i] = if i % 5 == 0 { 0.01 } else { 1e-3 * rnd() };
+            }
+            let mut b = a.clone();
+            let dn = naive(&mut b, r, npiv);
+            let mut d = Vec::new();
+            dense_eliminate(&mut a, r, npiv, &mut d).unwrap();
+            for p in 0..npiv {
+                assert!((d[p] - dn[p]).abs() <= 1e-13 * dn[p], "r {r} pivot {p}");
+            }
+            for j in 0..=r {
+                for i in 0..r {
+                    if i == j {
+                        continue;
+                    }
+                    let (x, y) = (a[j * r + i], b[j * r + i]);
+                    assert!(
+                        (x - y).abs() <= 1e-12 * y.abs(),
+                        "r {r} ({i}, {j}): {x:e} vs {y:e}"
+                    );
+                }
+            }
+        }
     }
 }

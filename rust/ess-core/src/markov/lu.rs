@@ -16,13 +16,14 @@ pub fn solve(red: Reduced) -> Result<Vec<f64>> {
     if m == 0 {
         return Ok(Vec::new());
     }
-    let nnz: usize = red.rows.iter().map(|r| r.len()).sum::<usize>() + m;
+    let nnz: usize = red.nnz() + m;
     let mut trip = Vec::new();
     trip.try_reserve_exact(nnz)
         .map_err(|_| Error::too_large("P", "not enough memory for the LU path"))?;
-    for (i, row) in red.rows.iter().enumerate() {
+    for i in 0..m {
+        let (ix, vs) = red.row(i);
         let mut d = red.exit[i];
-        for &(j, v) in row {
+        for (&j, &v) in ix.iter().zip(vs) {
             d += v;
             trip.push(Triplet::new(i, j, -v));
         }

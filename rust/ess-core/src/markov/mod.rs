@@ -12,10 +12,12 @@
 // `!(x > 0.0)` is deliberate throughout: it is also true for NaN.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod band;
 pub mod ccmc;
 pub mod chain;
 pub mod gth;
 pub mod lu;
+pub mod mem;
 pub mod mfpt;
 
 use rayon::prelude::*;
@@ -29,7 +31,9 @@ use crate::error::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Method {
     /// GTH state reduction (subtraction-free, entrywise accurate). Dense engine for dense
-    /// input with more than 10% non-zeros, sparse engine (AMD order, dense switch) otherwise.
+    /// input with more than 10% non-zeros; otherwise the banded engine when the pattern fits
+    /// a narrow band (natural or reverse Cuthill–McKee order), else the sparse engine (AMD
+    /// order, dense switch).
     Gth,
     /// faer sparse LU on `D - Q` (faster on large well-conditioned chains, not
     /// subtraction-free).
@@ -102,16 +106,22 @@ fn build_reduced(
     let n = chain.n();
     let nc = class.map(|c| c.1).unwrap_or(0);
     let c = nc + usize::from(ones);
-    let mut rows: Vec<Vec<(usize, f64)>> = vec![Vec::new(); m];
+    let mut ptr: Vec<usize> = Vec::with_capacity(m + 1);
+    let cap = chain.nnz().min(n.saturating_mul(64));
+    let mut idx: Vec<usize> = mem::with_capacity(cap).unwrap_or_default();
+    let mut val: Vec<f64> = mem::with_capacity(cap).unwrap_or_default();
     let mut exit = vec![0.0; m];
     let mut rhs = vec![0.0; m * c];
+    // mark[lj]: position of column lj in `idx` if it is in the current row (>= start)
     let mut mark = vec![usize::MAX; m];
+    ptr.push(0);
     for i in 0..n {
         let li = loc[i];
         if li == usize::MAX {
             continue;
         }
-        let row = &mut rows[li];
+        debug_assert_eq!(li + 1, ptr.len(), "loc must number S in increasing order");
+        let start = idx.len();
         if ones {
             rhs[li * c] = 1.0;
         }
@@ -121,13 +131,13 @@ fn build_reduced(
             }
             let lj = loc[j];
             if lj != usize::MAX {
-                if mark[lj] == li {
-                    if let Some(e) = row.iter_mut().find(|e| e.0 == lj) {
-                        e.1 += v;
-                    }
+                let p = mark[lj];
+                if p != usize::MAX && p >= start {
+                    val[p] += v;
                 } else {
-                    mark[lj] = li;
-                    row.push((lj, v));
+                    mark[lj] = idx.len();
+                    idx.push(lj);
+                    val.push(v);
                 }
             } else {
                 exit[li] += v;
@@ -139,10 +149,13 @@ fn build_reduced(
                 }
             }
         });
+        ptr.push(idx.len());
     }
     Reduced {
         m,
-        rows,
+        ptr,
+        idx,
+        val,
         exit,
         rhs,
         c,
