@@ -8,6 +8,7 @@
 pub mod error;
 pub mod ess;
 pub mod markov;
+pub mod mem;
 pub mod graph;
 
 pub use error::{Error, Result};

@@ -71,35 +71,6 @@ impl Csr {
     }
 }
 
-/// Ask the kernel to back a large buffer by transparent huge pages (Linux, where THP is
-/// in `madvise` mode): first touches of hundreds of MB of fresh memory otherwise cost one
-/// page fault per 4 KiB, a sizeable share of graph construction. A hint: failures are
-/// ignored, and nothing happens below 4 MiB or on other systems.
-pub(crate) fn advise_huge_pages<T>(v: &mut Vec<T>) {
-    #[cfg(target_os = "linux")]
-    {
-        let bytes = v.capacity() * std::mem::size_of::<T>();
-        if bytes < 4 << 20 {
-            return;
-        }
-        const HUGE: usize = 2 << 20;
-        let start = v.as_mut_ptr() as usize;
-        let lo = start.div_ceil(HUGE) * HUGE;
-        let hi = (start + bytes) / HUGE * HUGE;
-        if hi > lo {
-            // SAFETY: [lo, hi) lies inside the Vec's allocation; MADV_HUGEPAGE changes no
-            // contents, only how untouched pages will be backed.
-            unsafe {
-                libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = v;
-    }
-}
-
 /// Raw pointer shared by the scatter chunks (they write disjoint slots).
 #[derive(Clone, Copy)]
 struct SyncPtr(*mut u32);
@@ -339,7 +310,7 @@ pub(crate) fn csr_bucketed<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize, tran
     let mut bufs: Vec<Vec<[u32; 2]>> = (0..sides)
         .map(|_| {
             let mut b = Vec::with_capacity(m);
-            advise_huge_pages(&mut b);
+            crate::mem::advise_vec(&mut b);
             b
         })
         .collect();
@@ -375,10 +346,10 @@ pub(crate) fn csr_bucketed<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize, tran
     let mut out: Vec<(Vec<usize>, Vec<u32>)> = (0..sides)
         .map(|_| {
             let mut ip: Vec<usize> = Vec::with_capacity(n_nodes + 1);
-            advise_huge_pages(&mut ip);
+            crate::mem::advise_vec(&mut ip);
             ip.push(0); // entries 1..=n_nodes are written by the buckets of pass 2
             let mut ix = Vec::with_capacity(m);
-            advise_huge_pages(&mut ix);
+            crate::mem::advise_vec(&mut ix);
             (ip, ix)
         })
         .collect();

@@ -111,7 +111,7 @@ fn symmetric_pattern(red: &Reduced) -> Result<(Vec<usize>, Vec<usize>)> {
         cnt[i + 1] += cnt[i];
     }
     let mut fill = cnt.clone();
-    let mut adj = super::mem::filled(cnt[m], 0usize)?;
+    let mut adj = crate::mem::filled(cnt[m], 0usize)?;
     for i in 0..m {
         let (ix, _) = red.row(i);
         for &j in ix {
@@ -260,7 +260,7 @@ fn build(red: &Reduced, plan: &Plan, pos: Option<&[usize]>) -> Result<Band> {
     let size = m
         .checked_mul(w)
         .ok_or_else(|| Error::too_large("P", "band too large"))?;
-    let mut a = super::mem::filled(size, 0.0)
+    let mut a = crate::mem::filled(size, 0.0)
         .map_err(|_| Error::too_large("P", "not enough memory for the band elimination"))?;
     let mut exit = vec![0.0; m];
     let mut rhs = vec![0.0; m * c];

@@ -116,7 +116,7 @@ impl<'a> ChainRef<'a> {
         let mut indptr = Vec::with_capacity(n + 1);
         indptr.push(0usize);
         let mut indices: Vec<usize> =
-            super::mem::with_capacity(self.nnz().min(n.saturating_mul(64))).unwrap_or_default();
+            crate::mem::with_capacity(self.nnz().min(n.saturating_mul(64))).unwrap_or_default();
         let mut mark = vec![usize::MAX; n];
         for i in 0..n {
             self.for_row(i, |j, _| {

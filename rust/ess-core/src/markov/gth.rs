@@ -519,7 +519,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     let size = r
         .checked_mul(r + 1)
         .ok_or_else(|| Error::too_large("P", "dense block too large"))?;
-    let a = super::mem::filled(size, 0.0).map_err(|_| {
+    let a = crate::mem::filled(size, 0.0).map_err(|_| {
         Error::too_large(
             "P",
             format!("the dense elimination block needs {r} x {r} doubles; not enough memory"),

@@ -17,7 +17,6 @@ pub mod ccmc;
 pub mod chain;
 pub mod gth;
 pub mod lu;
-pub mod mem;
 pub mod mfpt;
 
 use rayon::prelude::*;
@@ -108,8 +107,8 @@ fn build_reduced(
     let c = nc + usize::from(ones);
     let mut ptr: Vec<usize> = Vec::with_capacity(m + 1);
     let cap = chain.nnz().min(n.saturating_mul(64));
-    let mut idx: Vec<usize> = mem::with_capacity(cap).unwrap_or_default();
-    let mut val: Vec<f64> = mem::with_capacity(cap).unwrap_or_default();
+    let mut idx: Vec<usize> = crate::mem::with_capacity(cap).unwrap_or_default();
+    let mut val: Vec<f64> = crate::mem::with_capacity(cap).unwrap_or_default();
     let mut exit = vec![0.0; m];
     let mut rhs = vec![0.0; m * c];
     // mark[lj]: position of column lj in `idx` if it is in the current row (>= start)
