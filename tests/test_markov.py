@@ -581,3 +581,73 @@ def test_banded_ring_rcm_matches_dense_engine():
     for A in ([0], np.arange(150, 200)):
         assert rel(mk.hitting_times(Ps, A), mk.hitting_times(P, A)) <= 1e-12
     assert rel(mk.committor(Ps, [0], [100]), mk.committor(P, [0], [100])) <= 1e-12
+
+
+# ----------------------------------------------------------------- cyclic-band streaming GTH
+# Sparse chains whose transitions satisfy |i - j| <= b or |i - j| >= n - b (b <= 24) take a
+# streaming elimination straight from the CSR input (stationary distribution only); it
+# hands over to the general route when some pivot is zero (not a single closed class).
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(4, 140),
+    st.integers(1, 9),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([None, 1e-8, 1e-15]),
+)
+def test_hypothesis_cyclic_band_stationary(n, half, ring, seed, rare):
+    rng = np.random.default_rng(seed)
+    P = banded_chain(n, half, ring, rng, rare)
+    # reference: the dense-input GTH engine (mpmath-tested above); numpy's solve is an
+    # independent but looser check (it loses digits on the small entries of long paths)
+    ref = mk.stationary_distribution(P)
+    if rare is None:
+        npy = stationary_dense(P)
+        assert np.max(np.abs(ref - npy)) <= 1e-10 * np.max(npy)  # normwise: numpy is not entrywise accurate
+    Ps = sp.csr_array(P)
+    assert rel(mk.stationary_distribution(Ps), ref) < 1e-12
+    # int64 indices and unsorted, duplicated entries give the same answer
+    coo = Ps.tocoo()
+    order = rng.permutation(coo.nnz)
+    r, c, v = coo.row[order], coo.col[order], coo.data[order]
+    dup = sp.csr_array((np.concatenate([v / 2, v / 2]), (np.concatenate([r, r]), np.concatenate([c, c]))), shape=P.shape)
+    dup.indptr = dup.indptr.astype(np.int64)
+    dup.indices = dup.indices.astype(np.int64)
+    assert rel(mk.stationary_distribution(dup), ref) < 1e-12
+
+
+def test_cyclic_band_reducible_chains_take_the_general_route():
+    rng = np.random.default_rng(3)
+    n = 60
+    # birth-death chain absorbed at 0: one closed class {0}, all else transient
+    P = banded_chain(n, 1, False, rng)
+    P[0] = 0.0
+    P[0, 0] = 1.0
+    pi = mk.stationary_distribution(sp.csr_array(P))
+    assert pi[0] == 1.0 and np.all(pi[1:] == 0.0)
+    # closed class in the middle, the last states transient
+    P = banded_chain(n, 2, False, rng)
+    P[:50, 50:] = 0.0
+    P[:50] /= P[:50].sum(axis=1, keepdims=True)
+    P[50:, :] = 0.0
+    for i in range(50, n):
+        P[i, i - 1] = 1.0
+    pi = mk.stationary_distribution(sp.csr_array(P))
+    ref = stationary_dense(P[:50, :50])
+    assert rel(pi[:50], ref) < 1e-10 and np.all(pi[50:] == 0.0)
+    # two closed classes: a clear error, not a number
+    P = banded_chain(n, 2, False, rng)
+    P[:30, 30:] = 0.0
+    P[30:, :30] = 0.0
+    P /= P.sum(axis=1, keepdims=True)
+    with pytest.raises(ValueError, match="closed classes"):
+        mk.stationary_distribution(sp.csr_array(P))
+
+
+def test_cyclic_band_metastable_ring_vs_mpmath_large_eps_range():
+    # rare edges down to 1e-15 along a ring of 4 x 8 states: entrywise accurate
+    for eps in EPS:
+        P = metastable_ring(4, 8, eps, seed=11)
+        assert rel(mk.stationary_distribution(sp.csr_array(P)), stationary_mpmath(P)) <= 1e-12

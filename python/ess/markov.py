@@ -43,6 +43,14 @@ Algorithms (which path runs when)
     birth-death and other nearest-neighbour chains, thin grids), when ``bl * bu <= 1600``
     and the band needs at most ~16x the memory of the input: the band is stored densely and
     eliminated in place, ``O(n bl bu)`` time with no fill-in bookkeeping.
+  - *cyclic band* (stationary distribution only): sparse input whose positive
+    off-diagonal entries all have ``|i - j| <= b`` or ``|i - j| >= n - b`` with
+    ``b <= 24`` (rings and other periodic nearest-neighbour chains, plain banded chains)
+    and ``n >= 4 b + 4``. The natural order with the last ``b`` states as a border; rows
+    stream from the CSR input through a window of ``b + 1`` rows, ``O(n b^2)`` time, no
+    reordering and no copy of the matrix. Runs before the closed-class analysis: when every
+    pivot is positive there is exactly one closed class and the result is final; a zero
+    pivot hands the chain to the general route below.
   - *sparse*: otherwise, a sparse elimination in an approximate-minimum-degree order
     (faer's AMD) with dynamic fill-in, switching to the dense engine once the remaining
     matrix is more than ~8% full.

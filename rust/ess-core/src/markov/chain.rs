@@ -1,6 +1,8 @@
 //! Transition matrices as the core sees them: borrowed dense (row-major) or CSR arrays,
 //! validated once, then read row by row. Nothing is copied at the boundary.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 
 /// Absolute tolerance on row sums: `|sum_j P[i, j] - 1| <= ROW_SUM_TOL` for every row.
@@ -145,6 +147,7 @@ fn csr_row<I: Index>(c: &CsrRef<'_, I>, i: usize, mut f: impl FnMut(usize, f64))
     }
 }
 
+#[inline(always)]
 fn check_entry(arg: &str, i: usize, j: usize, v: f64, flat: usize) -> Result<()> {
     if !v.is_finite() {
         return Err(Error::NonFinite {
@@ -207,12 +210,14 @@ fn validate_csr<I: Index>(arg: &str, c: &CsrRef<'_, I>) -> Result<()> {
             "indptr must start at 0 and end at len(data) (not a valid CSR matrix)",
         ));
     }
-    for i in 0..n {
+    // Rows are checked in parallel; the error reported is that of the first bad row.
+    let len = c.data.len() as i64;
+    let check_row = |i: usize| -> Result<()> {
         let (a, b) = (c.indptr[i].to_i64(), c.indptr[i + 1].to_i64());
-        if b < a {
+        if b < a || a < 0 || b > len {
             return Err(Error::invalid(
                 arg,
-                format!("indptr is decreasing at row {i} (not a valid CSR matrix)"),
+                format!("indptr is decreasing or out of range at row {i} (not a valid CSR matrix)"),
             ));
         }
         let mut s = 0.0;
@@ -227,9 +232,12 @@ fn validate_csr<I: Index>(arg: &str, c: &CsrRef<'_, I>) -> Result<()> {
             check_entry(arg, i, j as usize, c.data[k], k)?;
             s += c.data[k];
         }
-        check_row_sum(arg, i, s, n)?;
+        check_row_sum(arg, i, s, n)
+    };
+    match (0..n).into_par_iter().with_min_len(1024).map(check_row).find_first(|r| r.is_err()) {
+        Some(e) => e,
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Directed graph in CSR form (no weights).

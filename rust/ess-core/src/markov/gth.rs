@@ -637,7 +637,7 @@ fn stationary_weights(red: &mut Reduced, dense: bool) -> Result<Vec<f64>> {
     Ok(pi)
 }
 
-fn normalise(mut pi: Vec<f64>) -> Result<Vec<f64>> {
+pub(crate) fn normalise(mut pi: Vec<f64>) -> Result<Vec<f64>> {
     let total: f64 = pi.iter().sum();
     if !(total > 0.0) || !total.is_finite() {
         return Err(Error::Numerical(

@@ -14,6 +14,7 @@
 
 pub mod band;
 pub mod ccmc;
+pub mod cyclic;
 pub mod chain;
 pub mod gth;
 pub mod lu;
@@ -401,6 +402,16 @@ pub fn stationary_distribution(chain: &ChainRef<'_>) -> Result<Vec<f64>> {
 
 fn stationary_validated(chain: &ChainRef<'_>) -> Result<Vec<f64>> {
     let n = chain.n();
+    // Narrow cyclic band (rings, banded chains): streaming GTH straight from the CSR; it
+    // declines (None) unless every pivot is positive, i.e. unless there is one closed class.
+    let fast = match chain {
+        ChainRef::Csr32(c) => cyclic::bandwidth(c, cyclic::CYCLIC_MAX_B).map(|b| cyclic::stationary(c, b)),
+        ChainRef::Csr64(c) => cyclic::bandwidth(c, cyclic::CYCLIC_MAX_B).map(|b| cyclic::stationary(c, b)),
+        ChainRef::Dense { .. } => None,
+    };
+    if let Some(pi) = fast.transpose()?.flatten() {
+        return gth::normalise(pi);
+    }
     let g = chain.graph();
     let (lab, k) = g.scc()?;
     let closed = closed_flags(&g, &lab, k);
