@@ -651,3 +651,11 @@ def test_cyclic_band_metastable_ring_vs_mpmath_large_eps_range():
     for eps in EPS:
         P = metastable_ring(4, 8, eps, seed=11)
         assert rel(mk.stationary_distribution(sp.csr_array(P)), stationary_mpmath(P)) <= 1e-12
+
+
+def test_corrupt_csr_indptr_is_an_error_not_a_panic():
+    P = sp.csr_array(np.array([[0.5, 0.5], [0.5, 0.5]]))
+    P.indptr = np.array([0, 100, 4], dtype=P.indptr.dtype)  # row 0 runs past the data
+    for f in (mk.stationary_distribution, lambda M: mk.hitting_times(M, [0])):
+        with pytest.raises(ess.InvalidArgumentError, match="indptr"):
+            f(P)
