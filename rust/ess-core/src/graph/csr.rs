@@ -97,6 +97,17 @@ fn check_ids<I: NodeId>(arg: &str, ids: &[I], offset: usize, n_nodes: usize) -> 
     Ok(())
 }
 
+/// Equal edge-array lengths, and node ids that fit `u32`.
+fn check_sizes(n_src: usize, n_dst: usize, n_nodes: usize) -> Result<()> {
+    if n_src != n_dst {
+        return Err(Error::shape("dst", format!("src and dst must have the same length, got {n_src} and {n_dst}")));
+    }
+    if n_nodes >= u32::MAX as usize {
+        return Err(Error::too_large("n_nodes", format!("{n_nodes} nodes exceed the limit of 2^32 - 2")));
+    }
+    Ok(())
+}
+
 /// Build the CSR of the directed graph with edges `src[i] -> dst[i]` over nodes
 /// `0..n_nodes`. Duplicate edges and self-loops are kept as given.
 ///
@@ -104,15 +115,7 @@ fn check_ids<I: NodeId>(arg: &str, ids: &[I], offset: usize, n_nodes: usize) -> 
 /// first offending position when an id is negative or `>= n_nodes`, `TooLarge` when
 /// `n_nodes` does not fit the `u32` ids.
 pub fn csr_from_edges<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize) -> Result<Csr> {
-    if src.len() != dst.len() {
-        return Err(Error::shape(
-            "dst",
-            format!("src and dst must have the same length, got {} and {}", src.len(), dst.len()),
-        ));
-    }
-    if n_nodes >= u32::MAX as usize {
-        return Err(Error::too_large("n_nodes", format!("{n_nodes} nodes exceed the limit of 2^32 - 2")));
-    }
+    check_sizes(src.len(), dst.len(), n_nodes)?;
     let m = src.len();
     // Chunking: enough to keep every thread busy, few enough that the per-chunk
     // histograms (n_nodes words each) stay small next to the edge list.
@@ -236,15 +239,7 @@ pub fn csr_and_transpose<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize, transp
 }
 
 pub(crate) fn csr_bucketed<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize, transpose: bool) -> Result<(Csr, Option<Csr>)> {
-    if src.len() != dst.len() {
-        return Err(Error::shape(
-            "dst",
-            format!("src and dst must have the same length, got {} and {}", src.len(), dst.len()),
-        ));
-    }
-    if n_nodes >= u32::MAX as usize {
-        return Err(Error::too_large("n_nodes", format!("{n_nodes} nodes exceed the limit of 2^32 - 2")));
-    }
+    check_sizes(src.len(), dst.len(), n_nodes)?;
     let m = src.len();
     if n_nodes == 0 {
         if m > 0 {
