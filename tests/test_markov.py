@@ -605,7 +605,8 @@ def test_hypothesis_cyclic_band_stationary(n, half, ring, seed, rare):
     ref = mk.stationary_distribution(P)
     if rare is None:
         npy = stationary_dense(P)
-        assert np.max(np.abs(ref - npy)) <= 1e-10 * np.max(npy)  # normwise: numpy is not entrywise accurate
+        # normwise and loose: numpy solve loses digits on long birth-death paths (ill-conditioned I - P)
+        assert np.max(np.abs(ref - npy)) <= 1e-7 * np.max(npy)
     Ps = sp.csr_array(P)
     assert rel(mk.stationary_distribution(Ps), ref) < 1e-12
     # int64 indices and unsorted, duplicated entries give the same answer
