@@ -606,7 +606,7 @@ def test_hypothesis_cyclic_band_stationary(n, half, ring, seed, rare):
     if rare is None:
         npy = stationary_dense(P)
         # normwise and loose: numpy solve loses digits on long birth-death paths (ill-conditioned I - P)
-        assert np.max(np.abs(ref - npy)) <= 1e-7 * np.max(npy)
+        assert np.max(np.abs(ref - npy)) <= 1e-5 * np.max(npy)  # (worst seen: 6e-8 over 900 paths)
     Ps = sp.csr_array(P)
     assert rel(mk.stationary_distribution(Ps), ref) < 1e-12
     # int64 indices and unsorted, duplicated entries give the same answer
