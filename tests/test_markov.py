@@ -513,16 +513,20 @@ def banded_chain(n, half, ring, rng, rare=None):
 def test_hypothesis_banded_vs_dense(n, half, ring, seed, rare):
     rng = np.random.default_rng(seed)
     P = banded_chain(n, half, ring, rng, rare)
-    if rare is None:  # well conditioned: numpy references
-        ref_pi = stationary_dense(P)
-    else:  # the dense-input GTH engine (mpmath-tested) as the reference
-        ref_pi = mk.stationary_distribution(P)
+    # Reference: the dense-input GTH engine (mpmath-tested above). numpy is an independent
+    # cross-check, normwise and loose: its solves lose digits on long birth-death paths
+    # (entrywise errors up to ~1e-8 seen at n = 40).
+    ref_pi = mk.stationary_distribution(P)
     Ps = sp.csr_array(P)
-    assert rel(mk.stationary_distribution(Ps), ref_pi) < (1e-9 if rare is None else 1e-12)
+    assert rel(mk.stationary_distribution(Ps), ref_pi) < 1e-12
     k = int(rng.integers(1, n + 1))
     t = rng.choice(n, size=k, replace=False)
-    ref_h = hit_dense(P, t) if rare is None else mk.hitting_times(P, t)
-    assert rel(mk.hitting_times(Ps, t), ref_h) < (1e-9 if rare is None else 1e-12)
+    ref_h = mk.hitting_times(P, t)
+    assert rel(mk.hitting_times(Ps, t), ref_h) < 1e-12
+    if rare is None:
+        npi, nh = stationary_dense(P), hit_dense(P, t)
+        assert np.max(np.abs(ref_pi - npi)) <= 1e-6 * np.max(npi)
+        assert np.max(np.abs(ref_h - nh)) <= 1e-6 * np.max(nh)
     if n >= 3:
         A, B = t[:1], np.setdiff1d(np.arange(n), t)[:1]
         if B.size:
