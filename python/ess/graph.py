@@ -15,7 +15,8 @@ orders, the exact numbers depend on the algorithm (the partition never does).
 
 **Algorithms** (``algorithm=``): ``"pearce"`` is Pearce's space-efficient variant of Tarjan's
 depth-first search, iterative (no recursion, so a path of 10^7 nodes is fine) and linear
-time, on the compressed adjacency (CSR). ``"fwbw"`` first peels off the component of a
+time, on the compressed adjacency (CSR), after one round of trimming (nodes without
+successors or without predecessors are components of their own and skip the search). ``"fwbw"`` first peels off the component of a
 high-degree pivot with a forward and a backward breadth-first search run in parallel
 (Fleischer-Hendrickson-Pinar forward-backward; direction-optimising searches), after
 trimming nodes without successors or predecessors, then runs Pearce's search on the rest

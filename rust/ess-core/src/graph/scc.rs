@@ -226,7 +226,7 @@ pub enum SccAlgorithm {
     /// [`SccAlgorithm::Pearce`] otherwise. (On sparser graphs a breadth-first search costs
     /// about as much per node as the depth-first search, so the split does not pay.)
     Auto,
-    /// Pearce's depth-first search alone (CSR only).
+    /// Pearce's depth-first search (CSR only), after one round of trimming.
     Pearce,
     /// Forward-backward split around one pivot, then Pearce on the rest (CSR and transpose).
     ForwardBackward,
@@ -316,7 +316,7 @@ pub fn scc_from_edges<I: NodeId>(
     } else {
         csr_from_edges(src, dst, n_nodes)?
     };
-    let (nc, labels) = scc_csr(&g);
+    let (nc, labels) = scc_pearce_trimmed(&g);
     Ok((g, nc, labels))
 }
 
@@ -337,7 +337,7 @@ pub fn scc_fwbw(g: &Csr, gt: &Csr) -> (usize, Vec<u32>) {
         return scc_csr(g);
     }
     let mut p = Pearce::new(n);
-    let sources = trim(g, gt, &mut p);
+    let sources = trim(g, |v| gt.indptr[v + 1] != gt.indptr[v], &mut p);
     // Pivot: the untrimmed node with the largest (out-degree + 1) * (in-degree + 1), the
     // likeliest member of a giant component.
     let rindex = &p.rindex;
@@ -396,7 +396,7 @@ const SOURCE: u32 = u32::MAX - 2;
 /// once, before anything else; sources are marked [`SOURCE`] and returned, to be numbered
 /// after everything else. No edge leaves a sink or enters a source, so the numbering
 /// stays sinks first whatever the order within each group.
-fn trim(g: &Csr, gt: &Csr, p: &mut Pearce) -> Vec<u32> {
+fn trim(g: &Csr, has_pred: impl Fn(usize) -> bool + Sync, p: &mut Pearce) -> Vec<u32> {
     let n = g.n_nodes;
     let sinks: Vec<u32> = (0..n as u32).into_par_iter().filter(|&v| g.indptr[v as usize + 1] == g.indptr[v as usize]).collect();
     for &v in &sinks {
@@ -405,12 +405,57 @@ fn trim(g: &Csr, gt: &Csr, p: &mut Pearce) -> Vec<u32> {
     }
     let sources: Vec<u32> = (0..n as u32)
         .into_par_iter()
-        .filter(|&v| gt.indptr[v as usize + 1] == gt.indptr[v as usize] && g.indptr[v as usize + 1] != g.indptr[v as usize])
+        .filter(|&v| !has_pred(v as usize) && g.indptr[v as usize + 1] != g.indptr[v as usize])
         .collect();
     for &v in &sources {
         p.rindex[v as usize] = SOURCE;
     }
     sources
+}
+
+/// Pearce's algorithm after one round of trimming (see [`trim`]); the predecessor test
+/// comes from a bitmap of the nodes that occur as edge targets (per-thread bitmaps that
+/// stay in cache, OR-ed together). Valid CSR assumed.
+fn scc_pearce_trimmed(g: &Csr) -> (usize, Vec<u32>) {
+    let n = g.n_nodes;
+    if n == 0 {
+        return (0, Vec::new());
+    }
+    if n >= FWBW_MAX_NODES {
+        return scc_csr(g);
+    }
+    let words = n.div_ceil(64);
+    let has_pred_bits = g
+        .indices
+        .par_chunks(1 << 16)
+        .fold(
+            || vec![0u64; words],
+            |mut bits, chunk| {
+                for &w in chunk {
+                    bits[(w >> 6) as usize] |= 1 << (w & 63);
+                }
+                bits
+            },
+        )
+        .reduce(
+            || vec![0u64; words],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x |= y);
+                a
+            },
+        );
+    let mut p = Pearce::new(n);
+    let sources = trim(g, |v| has_pred_bits[v >> 6] >> (v & 63) & 1 == 1, &mut p);
+    for start in 0..n {
+        if p.rindex[start] == 0 {
+            p.visit(&g.indptr, &g.indices, start);
+        }
+    }
+    for &v in &sources {
+        let c = p.next_component();
+        p.rindex[v as usize] = c;
+    }
+    p.finish(None)
 }
 
 /// Nodes reachable from `s` (itself included) in `g`, as a bitmap of `u64` words; `gr`
