@@ -39,6 +39,34 @@ B = 2
 VOCAB = 64
 
 
+def cache_of(out: Any) -> Any:
+    """The cache a forward returned (``cache`` in transformers >= 5.2x, earlier names before)."""
+    for name in ("cache", "past_key_values", "cache_params"):
+        c = getattr(out, name, None)
+        if c is not None:
+            return c
+    raise AssertionError("the model returned no cache")
+
+
+def continue_from(model: Any, x: torch.Tensor, split: int, keyword: str) -> torch.Tensor:
+    """Run ``x[:, split:]`` continuing from a cache of ``x[:, :split]`` passed under ``keyword``;
+    check it really is a continuation (last logits equal the full forward's) and return them."""
+    with torch.no_grad():
+        full = model(input_ids=x).logits[:, -1]
+        cache = cache_of(model(input_ids=x[:, :split], use_cache=True))
+        out = model(input_ids=x[:, split:], use_cache=True, **{keyword: cache})  # the last call: what is captured
+    assert float((out.logits[:, -1] - full).abs().max()) < 1e-2, "not a real continuation"  # float32 scans differ ~1e-4
+    return out.logits
+
+
+def cache_keywords(model: Any) -> List[str]:
+    """The keywords the installed transformers accepts a cache under (current and deprecated)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return [k for k in ("cache", "past_key_values", "cache_params") if k in params] or ["cache"]
+
+
 def rel_err(a: Any, b: Any) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -149,15 +177,25 @@ def test_gpt2_cross_attention_not_matched_and_subclass() -> None:
     assert find_extractor(Mine(model.config, layer_idx=0), "m") is None
 
 
-def test_gpt2_cached_continuation_refused() -> None:
+@pytest.mark.parametrize("split", [5, L - 1])
+def test_gpt2_cached_continuation_refused(split: int) -> None:
     model = gpt2("sdpa", torch.float32)
     x = ids()
-    with torch.no_grad():
-        past = model(input_ids=x[:, :5], use_cache=True).past_key_values
+    for keyword in cache_keywords(model):
+        with extracting(model) as exts:
+            continue_from(model, x, split, keyword)
+        for i in range(2):
+            with pytest.raises(InvalidArgumentError, match=f"transformer.h.{i}.attn.*cached keys"):
+                exts[f"transformer.h.{i}.attn"].operators(0)
+
+
+def test_gpt2_prefill_with_cache_is_analysed() -> None:
+    """use_cache=True on a prefill hands every layer an empty cache: not a continuation."""
+    model = gpt2("eager", torch.float32)
     with extracting(model) as exts, torch.no_grad():
-        model(input_ids=x[:, 5:], past_key_values=past, use_cache=True)
-    with pytest.raises(InvalidArgumentError, match="transformer.h.0.attn.*cached keys"):
-        exts["transformer.h.0.attn"].operators(0)
+        model(input_ids=ids(), use_cache=True)
+    for i in range(2):
+        assert exts[f"transformer.h.{i}.attn"].operators(0).operators.shape[-1] == L
 
 
 # --------------------------------------------------------------------------- Llama
@@ -208,6 +246,22 @@ def test_llama_reconstruction(impl: str, dtype: torch.dtype, padded: bool) -> No
             # Llama's eager path takes its softmax in float32 whatever the model dtype
             assert rel_err(rec[rows], ref[rows]) <= (1e-5 if impl == "eager" else tol(dtype))
     assert compared >= B
+
+
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
+@pytest.mark.parametrize("split", [4, L - 1])
+def test_llama_cached_continuation_refused(impl: str, split: int) -> None:
+    model = llama(impl, torch.float32)
+    x = ids()
+    for keyword in cache_keywords(model):
+        with extracting(model) as exts:
+            continue_from(model, x, split, keyword)
+        for i in range(2):
+            with pytest.raises(InvalidArgumentError, match=f"model.layers.{i}.self_attn.*cached keys"):
+                exts[f"model.layers.{i}.self_attn"].operators(0)
+    with extracting(model) as exts, torch.no_grad():
+        model(input_ids=x, use_cache=True)
+    assert exts["model.layers.1.self_attn"].operators(0).operators.shape[-1] == L
 
 
 def test_llama_rope_matters() -> None:
@@ -293,15 +347,19 @@ def test_mamba_reconstruction(dtype: torch.dtype) -> None:
             assert ess.effective_state_size(s.operators[:4]).max() <= N
 
 
-def test_mamba_cached_continuation_and_fused_path_refused() -> None:
+@pytest.mark.parametrize("split", [6, L - 1])
+def test_mamba_cached_continuation_and_fused_path_refused(split: int) -> None:
     model = mamba(torch.float32)
     x = ids()
-    with torch.no_grad():
-        cache = model(input_ids=x[:, :6], use_cache=True).cache_params
-    with extracting(model) as exts, torch.no_grad():
-        model(input_ids=x[:, 6:7], cache_params=cache, use_cache=True)
-    with pytest.raises(InvalidArgumentError, match="backbone.layers.0.mixer.*cached state"):
-        exts["backbone.layers.0.mixer"].operators(0)
+    for keyword in cache_keywords(model):
+        with extracting(model) as exts:
+            continue_from(model, x, split, keyword)
+        for i in range(len(model.backbone.layers)):
+            with pytest.raises(InvalidArgumentError, match=f"backbone.layers.{i}.mixer.*cached state"):
+                exts[f"backbone.layers.{i}.mixer"].operators(0)
+    with extracting(model) as exts, torch.no_grad():  # a prefill with use_cache=True is analysed
+        model(input_ids=x, use_cache=True)
+    assert exts["backbone.layers.0.mixer"].operators(0).operators.shape[-1] == L
     # the fused training kernel calls no submodule: the mixer ran, its projections did not
     mixer = model.backbone.layers[0].mixer
     ext = MambaMixerExtractor(mixer, "mx")
@@ -381,15 +439,19 @@ def test_mamba2_reconstruction(dtype: torch.dtype, n_groups: int) -> None:
             assert rel_err(ext.inputs(b).numpy(), x) <= tol(dtype)
 
 
-def test_mamba2_cached_continuation_refused() -> None:
+@pytest.mark.parametrize("split", [6, L - 1])
+def test_mamba2_cached_continuation_refused(split: int) -> None:
     model = mamba2(torch.float32)
     x = ids()
-    with torch.no_grad():
-        cache = model(input_ids=x[:, :6], use_cache=True).cache_params
+    for keyword in cache_keywords(model):
+        with extracting(model) as exts:
+            continue_from(model, x, split, keyword)
+        for i in range(len(model.backbone.layers)):
+            with pytest.raises(InvalidArgumentError, match=f"backbone.layers.{i}.mixer.*cached state"):
+                exts[f"backbone.layers.{i}.mixer"].operators(0)
     with extracting(model) as exts, torch.no_grad():
-        model(input_ids=x[:, 6:7], cache_params=cache, use_cache=True)
-    with pytest.raises(InvalidArgumentError, match="cached state"):
-        exts["backbone.layers.1.mixer"].operators(0)
+        model(input_ids=x, use_cache=True)
+    assert exts["backbone.layers.1.mixer"].operators(0).operators.shape[-1] == L
 
 
 def test_hooks_removed_when_forward_raises() -> None:

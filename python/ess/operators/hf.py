@@ -28,7 +28,11 @@
   maps the head's channels of ``x`` to the scan output before the gated RMS norm.
 
 Operators assume the layer starts from an empty cache (a prefill); continuing from cached
-keys or states is refused. Matching is by exact class (``type(m).__module__`` and name), so
+keys or states is refused. The check does not depend on the keyword the cache arrives under
+(``cache``, ``past_key_values``, ``cache_params`` across transformers versions): every argument
+that behaves like a cache is asked what it holds for this layer (cached key length; previous
+recurrent state, non-zero conv/SSM states), a cache that cannot be read is refused, and after an
+attention call a cache holding more keys than there were queries is refused too. Matching is by exact class (``type(m).__module__`` and name), so
 importing this module does not import ``transformers`` and a subclass with another forward is
 not matched.
 """
@@ -75,30 +79,94 @@ def _is_mamba2_mixer(m: Any) -> bool:
     return _is_class(m, "transformers.models.mamba2.modeling_mamba2", "Mamba2Mixer")
 
 
-def _cache_len(cache: Any, layer_idx: Any) -> int:
-    """Tokens already in a key/value cache for this layer (0 when unknown or empty)."""
-    if cache is None:
-        return 0
-    try:
-        return int(cache.get_seq_length(layer_idx))
-    except Exception:  # noqa: BLE001 - a cache type without the method: treat as empty
-        return 0
+_CACHE_METHODS = ("get_seq_length", "has_previous_state", "get_recurrent_state", "get_conv_state")
 
 
-def _has_recurrent_state(cache: Any, layer_idx: Any) -> bool:
-    if cache is None:
+def _cache_like(v: Any) -> bool:
+    """A key/value or recurrent-state cache, recognised by what it can do (any class, any keyword)."""
+    if v is None or isinstance(v, (torch.Tensor, torch.nn.Module, str, bytes, int, float, bool)):
         return False
-    for getter in ("get_recurrent_state", "get_conv_state"):
-        fn = getattr(cache, getter, None)
-        if fn is None:
-            continue
-        try:
-            st = fn(layer_idx, state_idx=0)
-        except Exception:  # noqa: BLE001 - not initialised / other cache layout
-            continue
-        if st is not None and isinstance(st, torch.Tensor) and bool(st.ne(0).any()):
-            return True
+    return any(callable(getattr(v, n, None)) for n in _CACHE_METHODS) or (
+        hasattr(v, "conv_states") and hasattr(v, "ssm_states")
+    )
+
+
+def _caches_in(b: Dict[str, Any]) -> List[Any]:
+    """Every cache-like object among a call's bound arguments, including those in ``**kwargs``,
+    whatever keyword it came under (``cache``, ``past_key_values``, ``cache_params``, ...)."""
+    vals: List[Any] = []
+    for v in b.values():
+        vals.extend(v.values() if isinstance(v, dict) else (v,))
+    return [v for v in vals if _cache_like(v)]
+
+
+def _nonzero(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return x.numel() > 0 and bool(x.detach().ne(0).any())
+    if isinstance(x, (list, tuple)):
+        return any(_nonzero(y) for y in x)
     return False
+
+
+def _cache_state(cache: Any, layer_idx: Any, recurrent: bool) -> Optional[bool]:
+    """Whether ``cache`` already holds something for layer ``layer_idx`` before the layer runs:
+    ``True`` (a continuation), ``False`` (empty: a prefill), ``None`` (could not be read).
+
+    Attention layers are asked for their cached key length; recurrent layers whether they have a
+    previous state and whether their stored states are non-zero. Any probe that answers decides;
+    a single "in use" wins over "empty".
+    """
+    answers: List[bool] = []
+    idx = layer_idx if isinstance(layer_idx, int) else None
+    if idx is not None:
+        try:
+            answers.append(int(cache.get_seq_length(idx)) > 0)
+        except Exception:  # noqa: BLE001 - not an attention layer of this cache / no such method
+            pass
+        if recurrent:
+            for probe in ("has_previous_state",):
+                fn = getattr(cache, probe, None)
+                if callable(fn):
+                    try:
+                        answers.append(bool(fn(idx)))
+                    except Exception:  # noqa: BLE001
+                        pass
+            for getter in ("get_recurrent_state", "get_conv_state"):
+                fn = getattr(cache, getter, None)
+                if callable(fn):
+                    try:
+                        answers.append(_nonzero(fn(idx)))
+                    except Exception:  # noqa: BLE001
+                        try:
+                            answers.append(_nonzero(fn(idx, state_idx=0)))
+                        except Exception:  # noqa: BLE001
+                            pass
+            for attr in ("ssm_states", "conv_states"):  # older MambaCache layout
+                st = getattr(cache, attr, None)
+                if st is not None:
+                    try:
+                        answers.append(_nonzero(st[idx]))
+                    except Exception:  # noqa: BLE001
+                        pass
+    if not answers:
+        return None
+    return any(answers)
+
+
+def _continuation_problem(mod: Any, b: Dict[str, Any], recurrent: bool) -> Optional[str]:
+    """Why this call of ``mod`` is not a prefill from an empty cache, or ``None`` when it is."""
+    layer_idx = getattr(mod, "layer_idx", None)
+    for cache in _caches_in(b):
+        state = _cache_state(cache, layer_idx, recurrent)
+        if state is None:
+            return (
+                f"it was given a cache ({type(cache).__name__}) whose contents for this layer could not be read, "
+                "so it may continue from cached keys or states; analyse a full prefill with use_cache=False"
+            )
+        if state:
+            what = "a cached state" if recurrent else "cached keys"
+            return f"it continued from {what} ({type(cache).__name__} not empty); analyse a full prefill"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,6 +184,7 @@ class _HFAttention(_Captures):
         self._mask: Any = None
         self._extra: Dict[str, Any] = {}
         self._problem: Optional[str] = None
+        self._seen: Tuple[List[Any], Optional[int]] = ([], None)  # caches and query length of the call in flight
 
     def _pre(self, mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         b = _bind(mod, args, kwargs)
@@ -125,10 +194,29 @@ class _HFAttention(_Captures):
         self._problem = None
         if b.get("encoder_hidden_states") is not None:
             self._problem = "it was called as cross-attention (encoder_hidden_states given)"
-        past = b.get("past_key_values")
-        if _cache_len(past, getattr(mod, "layer_idx", None)) > 0:
-            self._problem = "it continued from cached keys (past_key_values not empty); analyse a full prefill"
+        self._problem = self._problem or _continuation_problem(mod, b, recurrent=False)
+        hs = b.get("hidden_states")
+        self._seen = (_caches_in(b), int(hs.shape[-2]) if isinstance(hs, torch.Tensor) and hs.dim() >= 2 else None)
         self._extra = {"training": bool(mod.training), **self._pre_extra(b)}
+
+    def _post(self, mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
+        """After the call: a cache now holding more keys for this layer than there were queries
+        means the layer attended to keys from an earlier call (whatever the cache said before)."""
+        caches, n_queries = self._seen
+        self._seen = ([], None)
+        layer_idx = getattr(mod, "layer_idx", None)
+        if self._problem is not None or n_queries is None or not isinstance(layer_idx, int):
+            return
+        for cache in caches:
+            try:
+                n_keys = int(cache.get_seq_length(layer_idx))
+            except Exception:  # noqa: BLE001 - not readable: the pre-call check decided
+                continue
+            if n_keys > n_queries:
+                self._problem = (
+                    f"it attended to {n_keys} keys for {n_queries} queries (cached keys from an earlier call); "
+                    "analyse a full prefill"
+                )
 
     def _pre_extra(self, b: Dict[str, Any]) -> Dict[str, Any]:
         return {}
@@ -228,6 +316,7 @@ class GPT2AttentionExtractor(_HFAttention):
         self._dropout = float(self.module.attn_dropout.p)
         return [
             self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            self.module.register_forward_hook(self._guard(self._post), with_kwargs=True),
             self.module.c_attn.register_forward_hook(self._guard(on_c_attn)),
         ]
 
@@ -256,6 +345,7 @@ class LlamaAttentionExtractor(_HFAttention):
         self._dropout = float(getattr(self.module, "attention_dropout", 0.0))
         return [
             self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            self.module.register_forward_hook(self._guard(self._post), with_kwargs=True),
             self.module.q_proj.register_forward_hook(self._guard(on_q)),
             self.module.k_proj.register_forward_hook(self._guard(on_k)),
         ]
@@ -314,8 +404,7 @@ class _MixerBase(_Captures):
         hs = b["hidden_states"]
         self._calls = (int(hs.shape[0]), int(hs.shape[1]))
         self._problem = None
-        if _has_recurrent_state(b.get("cache_params"), getattr(mod, "layer_idx", None)):
-            self._problem = "it continued from a cached state (cache_params not empty); analyse a full prefill"
+        self._problem = _continuation_problem(mod, b, recurrent=True)
         m = b.get("attention_mask")
         self._mask = m.detach() if isinstance(m, torch.Tensor) else None
         self._reset_captures()
