@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.requires('torch', 'pandas')
 torch = pytest.importorskip("torch")
 pd = pytest.importorskip("pandas")
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.requires('torch', 'pandas', 'matplotlib')
 torch = pytest.importorskip("torch")
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
@@ -55,6 +56,7 @@ def test_demo_still_works(capsys):
     assert "softmax attention" in capsys.readouterr().out
 
 
+@pytest.mark.requires("transformers")
 def test_analyze_hf_directory(tmp_path, capsys):
     tr = pytest.importorskip("transformers")
     torch.manual_seed(0)

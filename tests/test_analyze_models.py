@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+pytestmark = pytest.mark.requires('torch', 'pandas')
 torch = pytest.importorskip("torch")
 pytest.importorskip("pandas")
 
@@ -11,6 +12,7 @@ import ess  # noqa: E402
 from torch import nn  # noqa: E402
 
 
+@pytest.mark.requires("transformers")
 def test_gpt2_sdpa():
     tr = pytest.importorskip("transformers")
     torch.manual_seed(0)
@@ -25,6 +27,7 @@ def test_gpt2_sdpa():
     assert m.config._attn_implementation == "sdpa"  # the model is left as it was
 
 
+@pytest.mark.requires("transformers")
 def test_mamba_within_state_size():
     tr = pytest.importorskip("transformers")
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterator, List
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.requires('torch', 'transformers')
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402

@@ -9,6 +9,7 @@ from typing import Any, Iterator, List
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.requires('torch')
 torch = pytest.importorskip("torch")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402

@@ -11,6 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.requires('torch', 'pandas', 'matplotlib')
 torch = pytest.importorskip("torch")
 pd = pytest.importorskip("pandas")
 matplotlib = pytest.importorskip("matplotlib")
