@@ -370,6 +370,34 @@ impl Carried {
         Ok(Carried { buf, k0: k, off: 0, k, err, exp2: e })
     }
 
+    /// Fresh factor by the library's blocked Householder QR: faster than [`Carried::fresh`] on
+    /// large blocks, but its rounding can reach several `eps * sigma_max`, so its singular values
+    /// only decide counts far from the threshold (see [`fresh_sigma`]).
+    fn fresh_householder(a: &[f64], l: usize, t: usize) -> Result<Self> {
+        let k = l - t;
+        let mut bmax = 0.0f64;
+        for j in 0..k {
+            for i in 0..t {
+                bmax = bmax.max(a[(t + j) * l + i].abs());
+            }
+        }
+        let e = pow2_exponent(bmax);
+        let kmat = Mat::<f64>::from_fn(t, k, |i, j| mul_pow2(a[(t + j) * l + i], e));
+        let qr = kmat.qr();
+        let r = qr.thin_R();
+        let mut buf = vec![0.0; k * k];
+        let mut fro2 = 0.0;
+        for i in 0..k {
+            for j in i..k {
+                let v = r[(i, j)];
+                buf[i * k + j] = v;
+                fro2 += v * v;
+            }
+        }
+        let err = 4.0 * f64::EPSILON * (t as f64).sqrt() * fro2.sqrt();
+        Ok(Carried { buf, k0: k, off: 0, k, err, exp2: e })
+    }
+
     /// Advance from split `t` to `t + 1`.
     fn advance(&mut self, a: &[f64], l: usize, t: usize) {
         let k = self.k;
@@ -615,6 +643,28 @@ fn gram_route(lam: &[f64], t: usize, k: usize, tol: &Tolerance, want_tol: bool, 
     Some(r)
 }
 
+/// Singular values of `H_t` (of `2^exp2 * H_t`) from a fresh triangular factor, returned with
+/// the factor. The fast Householder factor answers unless a tolerance count is wanted and one of
+/// its singular values lies within `8 * max(t, k) * eps * sigma_max` of the threshold (the
+/// range its rounding was seen to reach, with margin); then the Givens factor, whose rounding
+/// is a small multiple of `eps * sigma_max` like LAPACK's, decides.
+fn fresh_sigma(a: &[f64], l: usize, t: usize, tol: &Tolerance, want_tol: bool) -> Result<(Carried, Vec<f64>)> {
+    let k = l - t;
+    let c = Carried::fresh_householder(a, l, t)?;
+    if let Ok(sigma) = singular_values(c.as_mat().as_ref()) {
+        let smax = sigma.first().copied().unwrap_or(0.0);
+        let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
+        let band = 8.0 * (t.max(k) as f64) * f64::EPSILON * smax + c.err;
+        // Entropy-ESS alone moves by O(eps) relative under that rounding: no count to protect.
+        if !want_tol || (smax > 0.0 && sigma.iter().all(|&s| (s - tau).abs() > band)) {
+            return Ok((c, sigma));
+        }
+    }
+    let c = Carried::fresh(a, l, t)?;
+    let sigma = singular_values(c.as_mat().as_ref())?;
+    Ok((c, sigma))
+}
+
 /// Sweep `t` upward over the requested `targets` (`(t, output slot)`, increasing `t`, each
 /// with `L - t <= t`), returning the result of each slot.
 ///
@@ -674,30 +724,32 @@ fn sweep(
             Some(c) => {
                 // A block that shrank far below the factor's scale is recomputed from scratch
                 // (its own rescaling keeps subnormal entries exact).
-                if c.k0 != k && !(1e-150..=1e150).contains(&c.max_abs()) {
-                    *c = Carried::fresh(a, l, t)?;
-                }
-                let mut sigma = match singular_values(c.as_mat().as_ref()) {
-                    Ok(s) => s,
-                    Err(_) if c.k0 != k => {
-                        *c = Carried::fresh(a, l, t)?;
-                        singular_values(c.as_mat().as_ref())?
-                    }
-                    Err(e) => return Err(e),
+                let sigma = if c.k0 != k && !(1e-150..=1e150).contains(&c.max_abs()) {
+                    None
+                } else {
+                    singular_values(c.as_mat().as_ref()).ok()
                 };
-                let smax = sigma.first().copied().unwrap_or(0.0);
-                let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
-                // A count the carried factor's rounding could change: recompute from scratch.
-                let ambiguous = want_tol && sigma.iter().any(|&s| (s - tau).abs() <= c.err);
-                if c.k0 != k && ambiguous {
-                    *c = Carried::fresh(a, l, t)?;
-                    sigma = singular_values(c.as_mat().as_ref())?;
+                let sigma = match sigma {
+                    Some(sigma) => {
+                        let smax = sigma.first().copied().unwrap_or(0.0);
+                        let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
+                        // A count the carried factor's rounding could change: recompute from scratch.
+                        let ambiguous = want_tol && sigma.iter().any(|&s| (s - tau).abs() <= c.err);
+                        (!ambiguous || c.k0 == k).then_some(sigma)
+                    }
+                    None => None,
+                };
+                match sigma {
+                    Some(sigma) => (sigma, c.exp2),
+                    None => {
+                        let (fresh, sigma) = fresh_sigma(a, l, t, tol, want_tol)?;
+                        *c = fresh;
+                        (sigma, c.exp2)
+                    }
                 }
-                (sigma, c.exp2)
             }
             None => {
-                let c = Carried::fresh(a, l, t)?;
-                let sigma = singular_values(c.as_mat().as_ref())?;
+                let (c, sigma) = fresh_sigma(a, l, t, tol, want_tol)?;
                 let exp2 = c.exp2;
                 if misses >= 2 {
                     carried = Some(c);
