@@ -48,7 +48,7 @@ FAMILIES: Dict[str, Dict[str, Any]] = {
                    num_attention_heads=4, num_key_value_heads=4, intermediate_size=48, mamba_d_state=8,
                    n_mamba_heads=4, mamba_ngroups=1, chunk_size=8, max_position_embeddings=64, use_mamba_kernels=False,
                    bos_token_id=0, eos_token_id=0, pad_token_id=0),
-    "falcon_h1": dict(_COMMON, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8, mamba_d_conv=4,
+    "falcon_h1": dict(_COMMON, mamba_d_ssm=64, mamba_n_heads=4, mamba_d_head=16, mamba_n_groups=1, mamba_d_state=8, mamba_d_conv=4,
                       mamba_expand=2, mamba_chunk_size=8, head_dim=8),
     "nemotron_h": dict(vocab_size=VOCAB, hidden_size=32, layers_block_type=["mamba", "attention"], num_attention_heads=4,
                        num_key_value_heads=2, head_dim=8, intermediate_size=48, ssm_state_size=8, mamba_num_heads=4,

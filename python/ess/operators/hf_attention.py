@@ -676,6 +676,13 @@ class FalconAttentionExtractor(_FusedQKVAttention):
         else:
             keep, bias = self._mask(sample, L, q.device)
         alibi = self._args.get("alibi")
+        if not self._sdpa() and isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+            raise InvalidArgumentError(
+                f"{self.name}: cannot analyse this attention: FalconAttention's eager branch (taken for "
+                "output_attentions=True) adds the boolean mask an sdpa-configured model builds to its logits as "
+                "numbers (0/1), so the layer attends to later positions; analyse without output_attentions, or load "
+                "the model with attn_implementation='eager'"
+            )
         if alibi is None or self._sdpa():  # sdpa: the model folded alibi / sqrt(d) into the mask
             return qk / math.sqrt(d), keep, bias
         a = alibi.reshape(-1, H, 1, alibi.shape[-1])[sample if alibi.shape[0] > H else 0].to(q.device, torch.float64)
