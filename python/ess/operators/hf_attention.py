@@ -92,7 +92,7 @@ def _probabilities(
     e = torch.exp(s - m)
     p = e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
     p = p[..., : scores.shape[-1]]
-    p = torch.nan_to_num(p, nan=0.0).masked_fill(~keep, 0.0)
+    p = p.masked_fill(~keep, 0.0)
     return p, empty
 
 
@@ -124,6 +124,11 @@ def _keep_from_mask(
 def _verify(name: str, ops: torch.Tensor, v: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, dtype: torch.dtype) -> float:
     """Refuse unless ``ops`` (H, L, S) applied to ``v`` (H, S, dv) gives ``out`` (H, L, dv) on the query
     rows ``rows`` (H, L bool) to the tolerance of ``dtype``; returns the largest relative error."""
+    if not (bool(torch.isfinite(ops).all()) and bool(torch.isfinite(out[rows]).all())):
+        raise InvalidArgumentError(
+            f"{name}: refused: the layer's attention inputs or outputs contain NaN or infinity (e.g. a float64 "
+            "model whose eager padding mask overflowed); nothing can be checked"
+        )
     rec = torch.einsum("hls,hsd->hld", ops, v)
     worst = 0.0
     for h in range(ops.shape[0]):
@@ -132,7 +137,10 @@ def _verify(name: str, ops: torch.Tensor, v: torch.Tensor, out: torch.Tensor, ro
             continue
         ref = out[h][r]
         den = max(float(torch.linalg.vector_norm(ref)), float(torch.linalg.vector_norm(v[h])) * 1e-6, 1e-300)
-        worst = max(worst, float(torch.linalg.vector_norm(rec[h][r] - ref)) / den)
+        e = float(torch.linalg.vector_norm(rec[h][r] - ref)) / den
+        worst = e if not math.isfinite(e) else max(worst, e)
+        if not math.isfinite(worst):
+            break
     tol = VERIFY_RTOL.get(dtype, 5e-2)
     if not worst <= tol:
         raise InvalidArgumentError(
