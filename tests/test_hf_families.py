@@ -344,7 +344,17 @@ def test_no_false_alarms() -> None:
 
 
 def test_nothing_analysed_raises() -> None:
-    """A hybrid restricted to its mixers only would give an empty report: analyze raises instead."""
-    model = build("lfm2", "eager")
-    with pytest.raises(InvalidArgumentError, match="model.layers.0.conv"):
-        ess.analyze(model, inputs()[0][:1], layers=["model.layers.0.conv"], progress=False)
+    """Supported layers that the forward never calls give no operator: analyze raises instead of
+    returning an empty report."""
+
+    class Unused(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(64, 8)
+            self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x: Any) -> Any:
+            return self.emb(x)
+
+    with pytest.raises(InvalidArgumentError, match="no layer was analysed.*mha"):
+        ess.analyze(Unused(), torch.zeros(1, 6, dtype=torch.long), progress=False)
