@@ -232,6 +232,23 @@ def test_sdpa_equals_eager(family: str, dtype: Any) -> None:
             assert err <= 1e-6  # float64: eager takes its softmax in float32, which moves later layers' inputs
 
 
+@pytest.mark.parametrize("family", ["gemma2", "gpt_oss", "qwen3_next"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_checked(family: str, dtype: Any) -> None:
+    """Half-precision models pass the run-time check (tolerance by output dtype) and their operators agree
+    with the float32 model's to the precision of the half-precision queries and keys."""
+    ids, mask = inputs(3)
+    ops = {}
+    for dt in (torch.float32, dtype):
+        model = build(family, "eager", dtype=dt)
+        with attached(model) as exts, torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+        ops[dt] = {n: e.operators(0) for n, e in exts.items()}
+    for n, s in ops[dtype].items():
+        assert "checked" in s.note
+        assert np.abs(s.operators - ops[torch.float32][n].operators).max() < 0.05
+
+
 @pytest.mark.parametrize("variant", [dict(alibi=True), dict(new_decoder_architecture=True, num_kv_heads=2),
                                      dict(multi_query=False)])
 def test_falcon_variants(variant: Dict[str, Any]) -> None:

@@ -285,7 +285,7 @@ def _eager_default(module: Any) -> Callable:
     fwd = _forward_function(type(module))
     g = getattr(fwd, "__globals__", {})
     names = [n for n in getattr(getattr(fwd, "__code__", None), "co_names", ()) if n.endswith("eager_attention_forward")]
-    fns = [g[n] for n in names if callable(g.get(n))]
+    fns = list({id(g[n]): g[n] for n in names if callable(g.get(n))}.values())
     if len(fns) != 1:
         raise InvalidArgumentError(
             f"{type(module).__name__}: cannot tell which eager attention function its forward uses "
@@ -465,7 +465,8 @@ class InterfaceAttentionExtractor(_AttentionCapture):
             if S != L:
                 raise InvalidArgumentError(
                     f"{name}: cannot analyse this attention: it attended to {S} keys for {L} queries (cached keys "
-                    "from an earlier call, or cross-attention); analyse a full prefill"
+                    "from an earlier call, a pre-allocated static cache, or cross-attention); analyse a full prefill "
+                    "with use_cache=False"
                 )
             k = _kv_per_query_head(kb.to(torch.float64), H, name)
             v = _kv_per_query_head(vb.to(torch.float64), H, name)
