@@ -358,6 +358,10 @@ def test_no_false_alarms() -> None:
         names = [t.rsplit(".", 1)[-1] for _, t in skipped]
         assert not any(n.endswith(("Conv1D", "Norm", "MLP", "Mlp", "Model", "ForCausalLM", "SparseMoeBlock"))
                        for n in names), names
+    from ess.analyze import mixing_like
+
+    assert not mixing_like(torch.nn.Conv2d(3, 8, 4)) and not mixing_like(torch.nn.Conv1d(8, 8, 1))
+    assert mixing_like(torch.nn.Conv1d(8, 8, 4, groups=8, padding=3)) and mixing_like(torch.nn.GRU(4, 4))
 
 
 def test_nothing_analysed_raises() -> None:

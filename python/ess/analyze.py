@@ -27,7 +27,7 @@ _MIXING_NAME = re.compile(
 # parts of a model that never mix the sequence, whatever family prefix their class name carries
 _NOT_MIXING = re.compile(
     r"(norm|normgated|mlp|feedforward|ffn|embedding|embeddings|experts|router|moe|model|forcausallm|lmhead|head|"
-    r"pretrainedmodel|cache|dropout|activation|act)$",
+    r"pretrainedmodel|cache|dropout|activation|act|conv2d|conv3d)$",
     re.I,
 )
 
@@ -70,7 +70,8 @@ def mixing_like(module: Any) -> bool:
 
     Its class name (without the family prefix of a transformers class) must name a mixer (attention,
     Mamba, SSM, convolution, recurrence, ...) and not a part that never mixes (a norm, an MLP, an
-    embedding, the model itself); pointwise "convolutions" (GPT-2's ``Conv1D``) are not mixers.
+    embedding, the model itself, a 2-D/3-D image convolution); pointwise "convolutions" (GPT-2's
+    ``Conv1D``, kernel size 1) are not mixers.
     """
     name = _family_prefix_stripped(module)
     if _NOT_MIXING.search(name):
