@@ -26,6 +26,13 @@ Operator of query head ``h`` (key/value head ``h // num_key_value_groups``), in 
                    sliding window when the implementation applies it itself (flash: 2-D or no mask))
     T_h = exp(s) / (sum_kept exp(s) + exp(sink_h))   (the sink term only with ``s_aux``)
 
+Operator ``h`` maps head ``h``'s value sequence (after ``v_proj``, before the output projection) to the
+head's attention output; it is shared by the head's ``head_dim`` value channels (``shared``). Limits: a
+model-local attention interface (an ``AttentionInterface()`` instance of its own overriding the key) or
+a code path that bypasses the interface is never seen and the layer is refused; flex-attention block
+masks are refused; flash kernels (2-D or no mask, ``sliding_window``, ``softcap``, ``s_aux`` passed
+through) are modelled as above but were not run here (no GPU).
+
 Every operator is **checked at run time**: applied to the captured values it must reproduce the
 attention output the function returned (query rows that see no key are left out), to a tolerance set
 by the dtype of that output; a layer that fails is refused, naming it, and so is a layer whose
