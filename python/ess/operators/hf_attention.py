@@ -315,7 +315,7 @@ class _Registry:
         mapping = AttentionInterface._global_mapping
         if self.count.get(key, 0) == 0:
             had = key in mapping
-            prev = mapping.get(key)
+            prev: Any = mapping.get(key)
             self.saved[key] = (had, prev)
             AttentionInterface.register(key, _capturing(key, prev))
         self.count[key] = self.count.get(key, 0) + 1
@@ -503,8 +503,9 @@ class InterfaceAttentionExtractor(_AttentionCapture):
                     keep = torch.ones(1, L, S, dtype=torch.bool, device=dev)
                 bias = None
             else:
-                keep, bias = _keep_from_mask(name, mask, sample, L, S, dev)
-                assert keep is not None
+                mkeep, bias = _keep_from_mask(name, mask, sample, L, S, dev)
+                assert mkeep is not None
+                keep = mkeep
             keep = keep.expand(H, L, S)
             if bias is not None:
                 scores = scores + bias
