@@ -379,3 +379,16 @@ def test_nothing_analysed_raises() -> None:
 
     with pytest.raises(InvalidArgumentError, match="no layer was analysed.*mha"):
         ess.analyze(Unused(), torch.zeros(1, 6, dtype=torch.long), progress=False)
+
+
+def test_analyze_padded_batch() -> None:
+    """End to end on a left-padded batch (dict inputs, sdpa, a sliding layer shorter than the sequence):
+    both sequences analysed, the padded one's operators read no padding."""
+    pytest.importorskip("pandas")
+    model = build("gemma3_text", "sdpa")
+    ids, mask = inputs()
+    r = ess.analyze(model, {"input_ids": ids, "attention_mask": mask}, progress=False)
+    assert r.meta["n_samples"] == B and list(r.summary.layer) == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    assert (r.table.ess_tolerance <= r.table.bound).all() and not r.skipped
+    t = r.table[(r.table["sample"] == 1) & (r.table.position <= PAD)]
+    assert (t.ess_tolerance == 0).all()  # nothing before the first real token reaches later outputs
