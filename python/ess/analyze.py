@@ -26,7 +26,7 @@ _MIXING_NAME = re.compile(
 )
 # parts of a model that never mix the sequence, whatever family prefix their class name carries
 _NOT_MIXING = re.compile(
-    r"(norm|normgated|mlp|feedforward|ffn|embedding|embeddings|experts|router|moe|model|forcausallm|lmhead|head|"
+    r"(norm|normgated|mlp|feedforward|ffn|embedding|embeddings|experts|router|moe|model|forcausallm|lmhead|"
     r"pretrainedmodel|cache|dropout|activation|act|conv2d|conv3d)$",
     re.I,
 )
