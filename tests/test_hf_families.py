@@ -392,3 +392,19 @@ def test_analyze_padded_batch() -> None:
     assert (r.table.ess_tolerance <= r.table.bound).all() and not r.skipped
     t = r.table[(r.table["sample"] == 1) & (r.table.position <= PAD)]
     assert (t.ess_tolerance == 0).all()  # nothing before the first real token reaches later outputs
+
+
+def test_model_named_like_a_mixer_is_searched() -> None:
+    """The model itself is never taken for one mixer: its supported layers are analysed."""
+
+    class MyConvNet(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 4)
+            self.conv = torch.nn.Conv1d(4, 4, 3, groups=4, padding=2)
+
+        def forward(self, x: Any) -> Any:
+            return self.conv(self.emb(x).transpose(1, 2))[..., : x.shape[1]]
+
+    found, skipped = discover(MyConvNet())
+    assert [n for n, _ in found] == ["conv"] and not skipped

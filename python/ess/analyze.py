@@ -213,6 +213,8 @@ def discover(model: Any) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
         return prefix == "" or name == prefix or name.startswith(prefix + ".")
 
     def is_container(name: str) -> bool:
+        if name == "" and any(n != "" for n in exts):
+            return True  # the model itself, around supported layers, is never one mixer
         for n, m in mods:
             if n == name or not inside(n, name) or n == "":
                 continue
