@@ -104,16 +104,17 @@ def attached(model: Any) -> Iterator[Dict[str, Any]]:
             h.remove()
 
 
-def inputs(seed: int = 0) -> Tuple[Any, Any]:
+def inputs(seed: int = 0, padded: bool = True) -> Tuple[Any, Any]:
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, 64, (B, L), generator=g)
     mask = torch.ones(B, L, dtype=torch.long)
-    mask[1, :PAD] = 0
+    if padded:
+        mask[1, :PAD] = 0
     return ids, mask
 
 
-def eager_run(model: Any, seed: int = 0) -> Tuple[Dict[str, Any], List[Any], Any]:
-    ids, mask = inputs(seed)
+def eager_run(model: Any, seed: int = 0, padded: bool = True) -> Tuple[Dict[str, Any], List[Any], Any]:
+    ids, mask = inputs(seed, padded)
     with attached(model) as exts, torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
     assert no_hooks(model) and interface_untouched()
@@ -122,7 +123,7 @@ def eager_run(model: Any, seed: int = 0) -> Tuple[Dict[str, Any], List[Any], Any
     return exts, probs, out
 
 
-def compare(exts: Dict[str, Any], probs: List[Any]) -> Tuple[float, Dict[str, np.ndarray]]:
+def compare(exts: Dict[str, Any], probs: List[Any], padded: bool = True) -> Tuple[float, Dict[str, np.ndarray]]:
     """Max |operator - eager probabilities| over heads, layers and the real (unpadded) query rows."""
     worst, ops = 0.0, {}
     for (name, ex), ref in zip(exts.items(), probs):
@@ -132,9 +133,9 @@ def compare(exts: Dict[str, Any], probs: List[Any]) -> Tuple[float, Dict[str, np
             H = ref.shape[1]
             assert T.shape == (H, L, L) and s.kind == "softmax_attention" and s.labels[0] == "head 0"
             assert np.all(np.triu(T, 1) == 0)
-            rows = slice(PAD, None) if b == 1 else slice(None)
+            rows = slice(PAD, None) if (b == 1 and padded) else slice(None)
             worst = max(worst, float(np.abs(T[:, rows] - ref[b, :, rows].double().numpy()).max()))
-            if b == 1:
+            if b == 1 and padded:
                 assert np.all(T[:, PAD:, :PAD] == 0)  # padded keys are never read
             ops[f"{name}/{b}"] = T
     return worst, ops
@@ -247,6 +248,58 @@ def test_low_precision_checked(family: str, dtype: Any) -> None:
     for n, s in ops[dtype].items():
         assert "checked" in s.note
         assert np.abs(s.operators - ops[torch.float32][n].operators).max() < 0.05
+
+
+def _flash_stand_in(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
+                    dropout: float = 0.0, sliding_window: Any = None, softcap: Any = None, s_aux: Any = None,
+                    **kwargs: Any) -> Tuple[Any, None]:
+    """What a flash-attention kernel computes, in torch (no flash kernels on CPU): a 2-D padding mask or
+    none, causal, a window of ``sliding_window`` keys, soft-capping, sinks."""
+    Bq, H, Lq, d = query.shape
+    k = key.repeat_interleave(H // key.shape[1], 1)
+    v = value.repeat_interleave(H // value.shape[1], 1)
+    s = query @ k.transpose(-1, -2) * (d**-0.5 if scaling is None else scaling)
+    if softcap is not None:
+        s = torch.tanh(s / softcap) * softcap
+    qi, ki = torch.arange(Lq)[:, None], torch.arange(Lq)[None, :]
+    keep = (ki <= qi) & ((ki > qi - sliding_window) if sliding_window is not None else True)
+    keep = keep[None, None]
+    if attention_mask is not None:
+        assert attention_mask.dim() == 2  # the flash mask interface hands a 2-D padding mask
+        keep = keep & attention_mask.bool()[:, None, None, :]
+    s = s.masked_fill(~keep, float("-inf"))
+    if s_aux is not None:
+        s = torch.cat([s, s_aux.reshape(1, -1, 1, 1).expand(Bq, H, Lq, 1)], -1)
+    p = torch.softmax(s, -1).nan_to_num(0.0)[..., :Lq]
+    return (p @ v).transpose(1, 2).contiguous(), None
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gpt_oss"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_flash_style_path(family: str, padded: bool, monkeypatch: Any) -> None:
+    """The flash path (2-D padding mask or none; window, soft-cap and sinks passed as arguments) with a torch
+    stand-in for the kernel under the real "flash_attention_2" key and its real mask function: operators
+    equal the eager probabilities of the same weights."""
+    from transformers.modeling_utils import AttentionInterface
+
+    ref = build(family, "eager")
+    with torch.no_grad():
+        for layer in ref.model.layers:
+            if hasattr(layer.self_attn, "sinks"):
+                layer.self_attn.sinks.copy_(torch.linspace(-1.0, 2.0, layer.self_attn.sinks.numel()))
+    _, probs, _ = eager_run(ref, padded=padded)
+    model = build(family, "eager")
+    model.load_state_dict(ref.state_dict())
+    monkeypatch.setitem(AttentionInterface._global_mapping, "flash_attention_2", _flash_stand_in)
+    model.config._attn_implementation = "flash_attention_2"
+    ids, mask = inputs(padded=padded)
+    with attached(model) as exts, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    masks = [e._cap["mask"] for e in exts.values()]
+    assert all(m is None for m in masks) if not padded else all(m.dim() == 2 for m in masks)
+    assert any(e._cap["sliding_window"] == WINDOW for e in exts.values())
+    worst, _ = compare(exts, probs, padded)
+    assert worst <= 1e-6
 
 
 @pytest.mark.parametrize("variant", [dict(alibi=True), dict(new_decoder_architecture=True, num_kv_heads=2),
