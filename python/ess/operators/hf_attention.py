@@ -30,8 +30,9 @@ Operator ``h`` maps head ``h``'s value sequence (after ``v_proj``, before the ou
 head's attention output; it is shared by the head's ``head_dim`` value channels (``shared``). Limits: a
 model-local attention interface (an ``AttentionInterface()`` instance of its own overriding the key) or
 a code path that bypasses the interface is never seen and the layer is refused; flex-attention block
-masks are refused; flash kernels (2-D or no mask, ``sliding_window``, ``softcap``, ``s_aux`` passed
-through) are modelled as above but were not run here (no GPU).
+masks are refused; the flash path (2-D or no mask, ``sliding_window``, ``softcap``, ``s_aux`` passed as
+arguments) is modelled as above and tested with a torch stand-in for the kernel, not with the flash
+kernels themselves (no GPU in the tests).
 
 Every operator is **checked at run time**: applied to the captured values it must reproduce the
 attention output the function returned (query rows that see no key are left out), to a tolerance set
