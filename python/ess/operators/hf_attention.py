@@ -36,7 +36,8 @@ kernels themselves (no GPU in the tests).
 
 Every operator is **checked at run time**: applied to the captured values it must reproduce the
 attention output the function returned (query rows that see no key are left out), to a tolerance set
-by the dtype of that output; a layer that fails is refused, naming it, and so is a layer whose
+by the dtype of that output (both are kept as ``PROBES`` random projections of the value channels, so
+the capture holds queries and keys in full but values and outputs at a fraction of their size); a layer that fails is refused, naming it, and so is a layer whose
 operator is not causal, that read cached keys (more keys than queries), that was called as
 cross-attention, more than once in one forward (a module shared between depths), or never.
 
@@ -67,6 +68,11 @@ __all__ = [
     "uses_attention_interface",
     "VERIFY_RTOL",
 ]
+
+#: Random projections of the value channels kept for the run-time check (of the values and of the
+#: attention output; the operator acts on every channel alike, so an operator that is wrong on the values
+#: is wrong on almost every projection of them).
+PROBES = 8
 
 #: Largest accepted relative error (per head, Frobenius norm over the compared rows) between the operator
 #: applied to the captured values and the attention output of the layer, by the dtype of that output. Many
@@ -413,11 +419,21 @@ class InterfaceAttentionExtractor(_AttentionCapture):
                 for n, a in zip(("scaling", "dropout"), args):
                     kw.setdefault(n, a)
             sinks = kw.get("s_aux")
+            if not (o.dim() == 4 and v.dim() == 4 and o.shape[-1] == v.shape[-1]):
+                raise ShapeError(f"the attention function returned an output of shape {tuple(o.shape)}")
+            # the check needs only what the operator does to the values: random projections of the value
+            # channels (PROBES of them) of the values and of the output, not the full tensors
+            dv = int(v.shape[-1])
+            f = torch.float64 if v.dtype == torch.float64 else torch.float32
+            g = torch.Generator(device="cpu").manual_seed(dv)
+            R = torch.randn(dv, min(dv, PROBES), generator=g, dtype=f).to(v.device)
             self._cap = {
                 "q": q.detach(),
                 "k": k.detach(),
-                "v": v.detach(),
-                "out": o.detach(),
+                "v": torch.matmul(v.detach().to(f), R),  # (B, Hkv, S, probes)
+                "out": torch.matmul(o.detach().to(f), R),  # (B, L, H, probes)
+                "out_dtype": o.dtype,
+                "dv": dv,
                 "mask": mask.detach() if isinstance(mask, torch.Tensor) else mask,
                 "scaling": kw.get("scaling"),
                 "softcap": kw.get("softcap"),
@@ -517,10 +533,10 @@ class InterfaceAttentionExtractor(_AttentionCapture):
                     f"{name}: cannot analyse this attention: it is not causal (a position attends to a later one); "
                     "ESS needs a causal operator"
                 )
-            out = cap["out"][sample].to(torch.float64)  # (L, H, dv) as the interface returns it
+            out = cap["out"][sample].to(torch.float64)  # (L, H, probes) as the interface returns it
             if out.dim() != 3 or out.shape[0] != L or out.shape[1] != H:
                 raise ShapeError(f"{name}: the attention function returned an output of shape {tuple(cap['out'].shape)}")
-            err = _verify(name, p, v, out.transpose(0, 1), ~empty, cap["out"].dtype)
+            err = _verify(name, p, v, out.transpose(0, 1), ~empty, cap["out_dtype"])
         notes = [f"{type(self.module).__name__} via the attention interface ({cap['fn']})"]
         if cap["softcap"] is not None:
             notes.append(f"logit soft-capping {float(cap['softcap']):g}")
@@ -528,7 +544,7 @@ class InterfaceAttentionExtractor(_AttentionCapture):
             notes.append("attention sinks (rows sum to less than 1)")
         if self._training and cap["dropout"] > 0:
             notes.append("attention dropout (training mode) not applied")
-        return _operator_set(name, p, int(v.shape[-1]), bool(empty.any()), err, notes)
+        return _operator_set(name, p, int(cap["dv"]), bool(empty.any()), err, notes)
 
     @staticmethod
     def _window(keep: torch.Tensor, window: Any) -> torch.Tensor:
