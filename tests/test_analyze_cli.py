@@ -68,3 +68,33 @@ def test_analyze_hf_directory(tmp_path, capsys):
     assert [l["layer"] for l in js["layers"]] == ["transformer.h.0.attn"] and js["meta"]["length"] == 10
     with pytest.raises(SystemExit, match="cannot read"):
         main(["analyze", "--hf", str(tmp_path / "gpt2"), "--text", str(tmp_path / "none.txt")])
+
+
+@pytest.mark.parametrize("family", ["qwen3_next", "bloom"])
+def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family):
+    """Any causal LM saved with save_pretrained, with its tokenizer: --text is tokenised, the report
+    shows the decoded tokens, a hybrid's recurrent mixer is named as skipped by its own class."""
+    tr = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    from hf_families import build
+
+    vocab = {f"w{i}": i for i in range(63)}
+    vocab["[UNK]"] = 63
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    path = tmp_path / family
+    build(family, "eager").save_pretrained(path)
+    tr.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", eos_token="w0").save_pretrained(path)
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(f"w{i % 60 + 1}" for i in range(30)))
+    out = tmp_path / "rep"
+    assert main(["analyze", "--hf", str(path), "--text", str(text), "--length", "12", "--out", str(out), "--no-progress"]) == 0
+    js = json.loads((out / "summary.json").read_text())
+    assert js["meta"]["length"] == 12 and js["tokens"][:3] == ["w1", "w2", "w3"]
+    assert all(l["kind"] == "softmax_attention" for l in js["layers"])
+    if family == "qwen3_next":
+        assert [s["type"].rsplit(".", 1)[-1] for s in js["skipped"]] == ["Qwen3NextGatedDeltaNet"]
+        assert "skipped model.layers.0.linear_attn" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="cannot load a causal language model"):
+        main(["analyze", "--hf", str(tmp_path / "empty")])

@@ -19,12 +19,66 @@ __all__ = ["analyze", "DEFAULT_MEMORY_BUDGET", "mixing_like"]
 #: ``K``/``M``/``G`` suffix).
 DEFAULT_MEMORY_BUDGET = 4 * 1024**3
 
-_MIXING_NAME = re.compile(r"attn|attention|mamba|mixer|ssm|s4|s6|conv|rnn|gru|lstm|hyena|rwkv|retention|recurren|scan|mlstm|slstm|griffin|lru", re.I)
+_MIXING_NAME = re.compile(
+    r"attn|attention|mamba|mixer|ssm|s4|s6|conv|rnn|gru|lstm|hyena|rwkv|retention|recurren|scan|mlstm|slstm|griffin|lru"
+    r"|delta|linearattention|retnet|xlstm",
+    re.I,
+)
+# parts of a model that never mix the sequence, whatever family prefix their class name carries
+_NOT_MIXING = re.compile(
+    r"(norm|normgated|mlp|feedforward|ffn|embedding|embeddings|experts|router|moe|model|forcausallm|lmhead|"
+    r"pretrainedmodel|cache|dropout|activation|act|conv2d|conv3d)$",
+    re.I,
+)
+
+
+def _family_prefix_stripped(module: Any) -> str:
+    """The class name without its model-family prefix (``GptOssModel`` -> ``Model``,
+    ``RecurrentGemmaRMSNorm`` -> ``RMSNorm``), for classes of ``transformers.models.<family>``."""
+    name = type(module).__name__
+    parts = type(module).__module__.split(".")
+    if len(parts) >= 3 and parts[0] == "transformers" and parts[1] == "models":
+        fam = parts[2].replace("_", "").lower()
+        i, j = 0, 0
+        while i < len(name) and j < len(fam):
+            if name[i] == "_":
+                i += 1
+                continue
+            if name[i].lower() != fam[j]:
+                break
+            i += 1
+            j += 1
+        if j == len(fam) and i < len(name):
+            return name[i:]
+    return name
+
+
+def _pointwise(module: Any) -> bool:
+    """A layer that acts on each position alone although its class name says "conv": a 2-D weight
+    (GPT-2's ``Conv1D`` is a linear layer) or a kernel of size 1."""
+    w = getattr(module, "weight", None)
+    if getattr(w, "ndim", None) == 2:
+        return True
+    ks = getattr(module, "kernel_size", None)
+    if isinstance(ks, tuple) and ks and all(int(k) == 1 for k in ks):
+        return True
+    return False
 
 
 def mixing_like(module: Any) -> bool:
-    """Heuristic: does this module's type name suggest it mixes the sequence? (used to list skipped modules)."""
-    return bool(_MIXING_NAME.search(type(module).__name__))
+    """Heuristic: does this module look like it mixes the sequence? (used to list skipped modules).
+
+    Its class name (without the family prefix of a transformers class) must name a mixer (attention,
+    Mamba, SSM, convolution, recurrence, ...) and not a part that never mixes (a norm, an MLP, an
+    embedding, the model itself, a 2-D/3-D image convolution); pointwise "convolutions" (GPT-2's
+    ``Conv1D``, kernel size 1) are not mixers.
+    """
+    name = _family_prefix_stripped(module)
+    if _NOT_MIXING.search(name):
+        return False
+    if not _MIXING_NAME.search(name):
+        return False
+    return not _pointwise(module)
 
 
 def _budget(memory_budget: Optional[Union[int, float, str]]) -> int:
@@ -136,30 +190,54 @@ def _positions(positions: Any, L: int) -> Optional[np.ndarray]:
 
 
 def discover(model: Any) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
-    """Extractors of the supported layers of ``model`` (outermost match wins; its submodules are
-    not searched), and ``(name, type)`` of modules that look sequence-mixing but are not supported."""
+    """Extractors of the supported layers of ``model``, and ``(name, type)`` of the mixer-like modules
+    that are not supported.
+
+    Modules are visited from the outside in. A module with an extractor is analysed and its
+    submodules are not searched. A mixer-like module (:func:`mixing_like`) without one is either a
+    container (a decoder layer around a mixer: it holds a mixer-like or supported module with
+    submodules of its own, searched further) or a mixer: then it is listed as skipped under its own
+    name and class, and its parts (the short ``conv1d`` inside a Mamba mixer) are not analysed on
+    their own as if they were the layer.
+    """
     from .operators import find_extractor
 
-    found: List[Tuple[str, Any]] = []
-    covered: List[str] = []
-    candidates: List[Tuple[str, Any]] = []
-    for name, mod in model.named_modules():
-        if any(name == c or name.startswith(c + ".") for c in covered):
-            continue
+    mods = list(model.named_modules())
+    exts: Dict[str, Any] = {}
+    for name, mod in mods:
         ex = find_extractor(mod, name)
         if ex is not None:
-            found.append((name, ex))
-            covered.append(name)
-        elif mixing_like(mod):
-            candidates.append((name, mod))
+            exts[name] = ex
+
+    def inside(name: str, prefix: str) -> bool:
+        return prefix == "" or name == prefix or name.startswith(prefix + ".")
+
+    def is_container(name: str) -> bool:
+        if name == "" and any(n != "" for n in exts):
+            return True  # the model itself, around supported layers, is never one mixer
+        for n, m in mods:
+            if n == name or not inside(n, name) or n == "":
+                continue
+            if n in exts and exts[n].kind != "conv":
+                return True  # a supported mixer (attention, recurrence) inside
+            if next(iter(m.children()), None) is None:
+                continue  # a leaf (a short conv, a gate): a part of a mixer, not a mixer of its own
+            if n in exts or mixing_like(m):
+                return True
+        return False
+
+    found: List[Tuple[str, Any]] = []
     skipped: List[Tuple[str, str]] = []
-    for name, mod in candidates:
-        prefix = name + "." if name else ""
-        if any(f == name or f.startswith(prefix) for f, _ in found):
-            continue  # a container of supported layers
-        if any(s == name or name.startswith(s + ".") for s, _ in skipped):
-            continue  # inside an already listed skipped module
-        skipped.append((name or "<model>", f"{type(mod).__module__}.{type(mod).__qualname__}"))
+    closed: List[str] = []  # subtrees not searched further
+    for name, mod in mods:
+        if any(inside(name, c) and name != c for c in closed):
+            continue
+        if name in exts:
+            found.append((name, exts[name]))
+            closed.append(name)
+        elif mixing_like(mod) and not is_container(name):
+            skipped.append((name or "<model>", f"{type(mod).__module__}.{type(mod).__qualname__}"))
+            closed.append(name)
     return found, skipped
 
 
@@ -347,6 +425,11 @@ def analyze(
         for _, ex in found:
             ex.clear()
     t_ess = time.perf_counter() - t1
+    if not layer_meta:
+        raise InvalidArgumentError(
+            f"model: no layer was analysed: the supported layers {[n for n, _ in found]} were not called in the "
+            f"forward pass; not analysed: {skipped}"
+        )
 
     tok_np = None
     if tok is not None:

@@ -83,6 +83,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from .errors import EssError
 
     tokens_text = None
+    hf_tokenizer = None
     markers: Optional[list] = None
     inputs = None
     title = ""
@@ -100,12 +101,16 @@ def _analyze(args: argparse.Namespace) -> int:
         except ImportError:
             print("ess analyze --hf needs transformers: pip install transformers", file=sys.stderr)
             return 2
-        model = AutoModelForCausalLM.from_pretrained(args.hf, local_files_only=True)
+        try:  # any causal LM saved with save_pretrained (config.json + weights), never a download
+            model = AutoModelForCausalLM.from_pretrained(args.hf, local_files_only=True)
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"ess analyze: cannot load a causal language model from {args.hf!r}: {e}") from None
         tok = None
         try:
             tok = AutoTokenizer.from_pretrained(args.hf, local_files_only=True)
         except Exception:  # a model directory without tokenizer files
             tok = None
+        hf_tokenizer = tok
         eos = getattr(model.config, "eos_token_id", None)
         markers = [eos] if isinstance(eos, int) else (list(eos) if eos else None)
         if args.text:
@@ -140,6 +145,11 @@ def _analyze(args: argparse.Namespace) -> int:
         g = torch.Generator().manual_seed(0)
         inputs = torch.randint(0, V, (1, args.length), generator=g)
         title += f", random tokens (L = {args.length})"
+    if hf_tokenizer is not None and tokens_text is None:
+        try:  # the decoded tokens of the first sequence, shown in the report
+            tokens_text = [str(t) for t in hf_tokenizer.convert_ids_to_tokens([int(i) for i in inputs[0]])]
+        except Exception:  # noqa: BLE001 - ids outside the tokenizer's vocabulary: no token labels
+            tokens_text = None
     if args.device:
         model = model.to(args.device)
     L = int(inputs.shape[-1]) if hasattr(inputs, "shape") else args.length

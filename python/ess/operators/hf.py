@@ -1,16 +1,7 @@
 """Extractors for Hugging Face ``transformers`` (5.x) layers.
 
-* ``GPT2Attention`` (self-attention) and ``LlamaAttention``: one softmax operator per query head,
-  ``T_h = softmax(q_h k_h^T * scaling + mask)`` (RoPE applied to ``q``, ``k`` for Llama; with
-  grouped-query attention head ``h`` reads key head ``h // n_rep``). Whatever the configured
-  attention implementation (eager, sdpa, flash), the queries and keys are captured from the
-  projection modules the forward calls (``c_attn``; ``q_proj``/``k_proj`` plus the
-  ``position_embeddings`` the decoder layer passes), never from ``output_attentions`` (sdpa
-  returns no weights). The mask is the one the model handed to this layer (``None`` = causal
-  only; a boolean mask keeps ``True``; a float mask is additive, entries at the dtype's most
-  negative value are masked; a 2-D padding mask keeps ``1``), always intersected with the
-  causal mask. Operator ``h`` maps head ``h``'s value sequence to its output before the output
-  projection; ``shared`` is ``head_dim``.
+* Attention layers (any family): :mod:`ess.operators.hf_attention`, which also uses the cache
+  guards below.
 * ``MambaMixer`` (Mamba-1, selective SSM): one operator per inner channel ``d``,
   ``T_d[t, s] = sum_n C_t[n] exp(A[d, n] (c_t - c_s)) Delta_s[d] B_s[n] + D[d] [t == s]`` with
   ``c = cumsum(Delta[:, d])``. The input ``u`` of ``x_proj`` (the convolved, activated sequence)
@@ -32,27 +23,24 @@ keys or states is refused. The check does not depend on the keyword the cache ar
 (``cache``, ``past_key_values``, ``cache_params`` across transformers versions): every argument
 that behaves like a cache is asked what it holds for this layer (cached key length; previous
 recurrent state, non-zero conv/SSM states), a cache that cannot be read is refused, and after an
-attention call a cache holding more keys than there were queries is refused too. Matching is by exact class (``type(m).__module__`` and name), so
-importing this module does not import ``transformers`` and a subclass with another forward is
-not matched.
+attention call a cache holding more keys than there were queries is refused too. The Mamba
+mixers are matched by exact class (``type(m).__module__`` and name), so importing this module does
+not import ``transformers`` and a subclass with another forward is not matched.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidArgumentError, ShapeError
+from ..errors import InvalidArgumentError
 from .base import OperatorSet, register
-from .torch_nn import _additive_to_keep, _bind, _Captures, _causal_keep, _masked_softmax
+from .torch_nn import _bind, _Captures, _causal_keep
 
 __all__ = [
-    "GPT2AttentionExtractor",
-    "LlamaAttentionExtractor",
     "MambaMixerExtractor",
     "Mamba2MixerExtractor",
 ]
@@ -61,14 +49,6 @@ __all__ = [
 def _is_class(m: Any, module: str, name: str) -> bool:
     t = type(m)
     return t.__name__ == name and t.__module__ == module
-
-
-def _is_gpt2_self_attention(m: Any) -> bool:
-    return _is_class(m, "transformers.models.gpt2.modeling_gpt2", "GPT2Attention") and not m.is_cross_attention
-
-
-def _is_llama_attention(m: Any) -> bool:
-    return _is_class(m, "transformers.models.llama.modeling_llama", "LlamaAttention")
 
 
 def _is_mamba_mixer(m: Any) -> bool:
@@ -167,219 +147,6 @@ def _continuation_problem(mod: Any, b: Dict[str, Any], recurrent: bool) -> Optio
             what = "a cached state" if recurrent else "cached keys"
             return f"it continued from {what} ({type(cache).__name__} not empty); analyse a full prefill"
     return None
-
-
-# ----------------------------------------------------------------------------------------------
-# attention
-# ----------------------------------------------------------------------------------------------
-
-
-class _HFAttention(_Captures):
-    kind = "softmax_attention"
-
-    def __init__(self, module: Any, name: str) -> None:
-        super().__init__(module, name)
-        self._q: Optional[torch.Tensor] = None  # (B, L, H*d) as the projection returned it
-        self._k: Optional[torch.Tensor] = None  # (B, L, Hkv*d)
-        self._mask: Any = None
-        self._extra: Dict[str, Any] = {}
-        self._problem: Optional[str] = None
-        self._seen: Tuple[List[Any], Optional[int]] = ([], None)  # caches and query length of the call in flight
-
-    def _pre(self, mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        b = _bind(mod, args, kwargs)
-        self._mask = b.get("attention_mask")
-        if isinstance(self._mask, torch.Tensor):
-            self._mask = self._mask.detach()
-        self._problem = None
-        if b.get("encoder_hidden_states") is not None:
-            self._problem = "it was called as cross-attention (encoder_hidden_states given)"
-        self._problem = self._problem or _continuation_problem(mod, b, recurrent=False)
-        hs = b.get("hidden_states")
-        self._seen = (_caches_in(b), int(hs.shape[-2]) if isinstance(hs, torch.Tensor) and hs.dim() >= 2 else None)
-        self._extra = {"training": bool(mod.training), **self._pre_extra(b)}
-
-    def _post(self, mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
-        """After the call: a cache now holding more keys for this layer than there were queries
-        means the layer attended to keys from an earlier call (whatever the cache said before)."""
-        caches, n_queries = self._seen
-        self._seen = ([], None)
-        layer_idx = getattr(mod, "layer_idx", None)
-        if self._problem is not None or n_queries is None or not isinstance(layer_idx, int):
-            return
-        for cache in caches:
-            try:
-                n_keys = int(cache.get_seq_length(layer_idx))
-            except Exception:  # noqa: BLE001 - not readable: the pre-call check decided
-                continue
-            if n_keys > n_queries:
-                self._problem = (
-                    f"it attended to {n_keys} keys for {n_queries} queries (cached keys from an earlier call); "
-                    "analyse a full prefill"
-                )
-
-    def _pre_extra(self, b: Dict[str, Any]) -> Dict[str, Any]:
-        return {}
-
-    def _count(self) -> int:
-        return 0 if self._q is None else int(self._q.shape[0])
-
-    def clear(self) -> None:
-        self._capture_error = None
-        self._q = self._k = self._mask = None
-        self._extra = {}
-        self._problem = None
-
-    def _heads(self) -> int:
-        raise NotImplementedError
-
-    def _qk(self, sample: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """float64 queries (H, L, d) and keys (H, L, d), one key head per query head."""
-        raise NotImplementedError
-
-    def estimate_bytes(self, sample: int = 0) -> int:
-        if self._q is None:
-            return 0
-        L = int(self._q.shape[1])
-        return 3 * 8 * self._heads() * L * L
-
-    def _keep_and_bias(self, sample: int, H: int, L: int, dev: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        mask = self._mask
-        keep = _causal_keep(L, dev).unsqueeze(0)
-        if mask is None:
-            return keep, None
-        if not isinstance(mask, torch.Tensor):
-            raise InvalidArgumentError(
-                f"{self.name}: unsupported attention mask type {type(mask).__name__} (e.g. a flex-attention "
-                "BlockMask); use attn_implementation='eager' or 'sdpa'"
-            )
-        mask = mask.to(dev)
-        if mask.dim() == 2:  # (B, S) padding mask (flash-attention style): 1 = token
-            if mask.shape[-1] != L:
-                raise ShapeError(f"{self.name}: attention mask covers {mask.shape[-1]} keys for {L} queries")
-            row = mask[sample if mask.shape[0] > 1 else 0].bool()
-            return keep & row.reshape(1, 1, L), None
-        if mask.dim() != 4:
-            raise ShapeError(f"{self.name}: unexpected attention mask of shape {tuple(mask.shape)}")
-        if mask.shape[-1] != L or mask.shape[-2] != L:
-            raise ShapeError(
-                f"{self.name}: attention mask of shape {tuple(mask.shape)} does not match {L} queries and keys "
-                "(cached keys?); analyse a full prefill"
-            )
-        m = mask[sample if mask.shape[0] > 1 else 0]  # (1 or H, L, L)
-        if m.dtype == torch.bool:
-            return keep & m, None
-        kp, bias = _additive_to_keep(m)
-        return keep & kp, bias
-
-    def operators(self, sample: int = 0) -> OperatorSet:
-        self._check_sample(sample)
-        if self._problem is not None:
-            raise InvalidArgumentError(f"{self.name}: cannot analyse this attention: {self._problem}")
-        if self._k is None or self._k.shape[:2] != self._q.shape[:2]:  # type: ignore[union-attr]
-            raise InvalidArgumentError(f"{self.name}: queries and keys were not both captured in one forward pass")
-        with torch.no_grad():
-            q, k = self._qk(sample)
-            H, L, d = q.shape
-            scores = torch.einsum("hld,hsd->hls", q, k) * float(self.module.scaling)
-            keep, bias = self._keep_and_bias(sample, H, L, q.device)
-            if bias is not None:
-                scores = scores + bias
-            p, empty = _masked_softmax(scores, keep.expand(H, L, L))
-            ops = np.ascontiguousarray(p.cpu().numpy(), dtype=np.float64)
-        notes = []
-        if empty:
-            notes.append("fully masked query rows (padding) set to zero")
-        if self._extra.get("training") and float(getattr(self, "_dropout", 0.0)) > 0:
-            notes.append("attention dropout (training mode) not applied")
-        return OperatorSet(
-            layer=self.name,
-            kind=self.kind,
-            operators=ops,
-            labels=[f"head {h}" for h in range(H)],
-            tss=[float(L)] * H,
-            shared=[d] * H,
-            note="; ".join(notes),
-        )
-
-
-class GPT2AttentionExtractor(_HFAttention):
-    """GPT-2 self-attention (``transformers.models.gpt2.modeling_gpt2.GPT2Attention``)."""
-
-    def attach(self) -> List[Any]:
-        E = self.module.embed_dim
-
-        def on_c_attn(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
-            self._q = out[..., :E].detach()
-            self._k = out[..., E : 2 * E].detach()
-
-        self._dropout = float(self.module.attn_dropout.p)
-        return [
-            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
-            self.module.register_forward_hook(self._guard(self._post), with_kwargs=True),
-            self.module.c_attn.register_forward_hook(self._guard(on_c_attn)),
-        ]
-
-    def _heads(self) -> int:
-        return int(self.module.num_heads)
-
-    def _qk(self, sample: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        assert self._q is not None and self._k is not None
-        H, d = self.module.num_heads, self.module.head_dim
-        q = self._q[sample].to(torch.float64)
-        k = self._k[sample].to(torch.float64)
-        L = q.shape[0]
-        return q.reshape(L, H, d).transpose(0, 1), k.reshape(L, H, d).transpose(0, 1)
-
-
-class LlamaAttentionExtractor(_HFAttention):
-    """Llama attention (``transformers.models.llama.modeling_llama.LlamaAttention``): RoPE, GQA."""
-
-    def attach(self) -> List[Any]:
-        def on_q(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
-            self._q = out.detach()
-
-        def on_k(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
-            self._k = out.detach()
-
-        self._dropout = float(getattr(self.module, "attention_dropout", 0.0))
-        return [
-            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
-            self.module.register_forward_hook(self._guard(self._post), with_kwargs=True),
-            self.module.q_proj.register_forward_hook(self._guard(on_q)),
-            self.module.k_proj.register_forward_hook(self._guard(on_k)),
-        ]
-
-    def _pre_extra(self, b: Dict[str, Any]) -> Dict[str, Any]:
-        pe = b.get("position_embeddings")
-        if pe is None:
-            return {"cos": None, "sin": None}
-        cos, sin = pe
-        return {"cos": cos.detach(), "sin": sin.detach()}
-
-    def _heads(self) -> int:
-        return int(self.module.config.num_attention_heads)
-
-    def _qk(self, sample: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        assert self._q is not None and self._k is not None
-        d = int(self.module.head_dim)
-        cos, sin = self._extra.get("cos"), self._extra.get("sin")
-        if cos is None or sin is None:
-            raise InvalidArgumentError(f"{self.name}: no position_embeddings were passed to the attention layer")
-        q = self._q[sample].to(torch.float64)
-        k = self._k[sample].to(torch.float64)
-        L = q.shape[0]
-        q = q.reshape(1, L, -1, d).transpose(1, 2)  # (1, H, L, d)
-        k = k.reshape(1, L, -1, d).transpose(1, 2)  # (1, Hkv, L, d)
-        i = sample if cos.shape[0] > 1 else 0  # position embeddings broadcast over the batch or not
-        cb, sb = cos[i : i + 1], sin[i : i + 1]
-        rope = sys.modules[type(self.module).__module__].apply_rotary_pos_emb
-        q, k = rope(q, k, cb.to(q.device, torch.float64), sb.to(q.device, torch.float64))
-        H, Hkv = q.shape[1], k.shape[1]
-        if H % Hkv:
-            raise ShapeError(f"{self.name}: {H} query heads are not a multiple of {Hkv} key heads")
-        k = k.repeat_interleave(H // Hkv, dim=1)
-        return q[0], k[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -619,7 +386,5 @@ class Mamba2MixerExtractor(_MixerBase):
         )
 
 
-register(_is_gpt2_self_attention, GPT2AttentionExtractor)
-register(_is_llama_attention, LlamaAttentionExtractor)
 register(_is_mamba_mixer, MambaMixerExtractor)
 register(_is_mamba2_mixer, Mamba2MixerExtractor)
