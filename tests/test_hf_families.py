@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.requires("torch", "transformers")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 

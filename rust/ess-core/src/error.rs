@@ -33,6 +33,9 @@ pub enum Error {
     /// A numerical routine failed to converge or met a breakdown it cannot recover from.
     #[error("numerical failure: {0}")]
     Numerical(String),
+    /// The caller asked running kernels to stop (see [`crate::interrupt`]).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {

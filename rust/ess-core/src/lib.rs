@@ -10,5 +10,6 @@ pub mod ess;
 pub mod markov;
 pub mod mem;
 pub mod graph;
+pub mod interrupt;
 
 pub use error::{Error, Result};

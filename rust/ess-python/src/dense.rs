@@ -52,11 +52,11 @@ pub fn dense_ess_curves<'py>(
     let curves: EssCurves = match &arr {
         FloatArray::F64(a) => {
             let data = contiguous(a);
-            py.detach(|| dense_ess(&data, batch, l, &opts)).py_err()?
+            crate::interrupt::detach(py, || dense_ess(&data, batch, l, &opts))?
         }
         FloatArray::F32(a) => {
             let data = contiguous(a);
-            py.detach(|| dense_ess(&data, batch, l, &opts)).py_err()?
+            crate::interrupt::detach(py, || dense_ess(&data, batch, l, &opts))?
         }
     };
     curves_to_py(py, curves, batch_shape)

@@ -27,6 +27,7 @@ pub fn to_py(e: Error) -> PyErr {
             Error::NotStochastic { .. } => "NotStochasticError",
             Error::TooLarge { .. } => "TooLargeError",
             Error::Numerical(_) => "NumericalError",
+            Error::Interrupted => return pyo3::exceptions::PyKeyboardInterrupt::new_err("interrupted"),
         };
         raise(py, class, msg)
     })

@@ -89,7 +89,7 @@ fn build_condensation(
     let s = ids(src, "src")?;
     let d = ids(dst, "dst")?;
     let p = pair(&s, &d);
-    py.detach(|| {
+    crate::interrupt::detach(py, || {
         let (g, nc, labels) = match &p {
             IdPair::I32(a, b) => scc_from_edges(a, b, n, alg),
             IdPair::I64(a, b) => scc_from_edges(a, b, n, alg),
@@ -105,7 +105,6 @@ fn build_condensation(
             })
         }
     })
-    .py_err()
 }
 
 /// `(n_components, labels)` of the graph `src[i] -> dst[i]` over `n_nodes` nodes.
@@ -161,7 +160,7 @@ impl GraphCondensation {
         };
         let a = conv(&a, "a")?;
         let b = conv(&b, "b")?;
-        let r = py.detach(|| self.inner.reaches_many(&a, &b)).py_err()?;
+        let r = crate::interrupt::detach(py, || self.inner.reaches_many(&a, &b))?;
         Ok(r.into_pyarray(py))
     }
 }
@@ -269,12 +268,12 @@ impl TokenGraphs {
         let o = ids(offsets, "offsets")?;
         let t = widen(&t);
         let o = widen(&o);
-        let (flat, off, det) = py.detach(|| self.inner.retrieve_many(&t, &o)).py_err()?;
+        let (flat, off, det) = crate::interrupt::detach(py, || self.inner.retrieve_many(&t, &o))?;
         Ok((u32s(py, &flat), usizes(py, &off), det.into_pyarray(py)))
     }
     /// One-hot graph-SVM as triplets `(rows, cols, values)`.
     fn svm_one_hot<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
-        let (r, c, v) = py.detach(|| graph_svm_one_hot(&self.inner)).py_err()?;
+        let (r, c, v) = crate::interrupt::detach(py, || graph_svm_one_hot(&self.inner))?;
         Ok((u32s(py, &r), u32s(py, &c), v.into_pyarray(py)))
     }
     /// Graph-SVM `W` (d x d) for embeddings `E` (vocab_size x d, float64).
@@ -292,7 +291,7 @@ impl TokenGraphs {
             FloatArray::F64(a) => contiguous(a).into_owned(),
             FloatArray::F32(a) => contiguous(a).iter().map(|&x| x as f64).collect(),
         };
-        let w = py.detach(|| graph_svm_embedded(&self.inner, &data, d)).py_err()?;
+        let w = crate::interrupt::detach(py, || graph_svm_embedded(&self.inner, &data, d))?;
         Ok(w.into_pyarray(py).reshape([d, d])?)
     }
     /// Reachability between components of graph `k`: `a[i] -> b[i]`.
@@ -332,12 +331,10 @@ pub fn graph_token_priority(
     let l = ids(labels, "labels")?;
     let o = widen(&o);
     let p = pair(&t, &l);
-    let inner = py
-        .detach(|| match &p {
+    let inner = crate::interrupt::detach(py, || match &p {
             IdPair::I32(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
             IdPair::I64(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
-        })
-        .py_err()?;
+        })?;
     Ok(TokenGraphs { inner })
 }
 

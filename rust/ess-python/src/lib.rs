@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 mod arrays;
 mod dense;
 mod errors;
+mod interrupt;
 mod structured;
 mod markov;
 mod graph;

@@ -180,9 +180,7 @@ fn markov_hitting_times<'py>(
     let method = Method::parse("method", method).py_err()?;
     let h = hold(p)?;
     let s = slices(&h)?;
-    let out = py
-        .detach(|| markov::hitting_times(&s.chain(), &target, method))
-        .py_err()?;
+    let out = crate::interrupt::detach(py, || markov::hitting_times(&s.chain(), &target, method))?;
     Ok(to_1d(py, out))
 }
 
@@ -199,9 +197,7 @@ fn markov_absorption<'py>(
     let h = hold(p)?;
     let s = slices(&h)?;
     let n = s.n;
-    let out = py
-        .detach(|| markov::absorption_probabilities(&s.chain(), &labels, nsets, method))
-        .py_err()?;
+    let out = crate::interrupt::detach(py, || markov::absorption_probabilities(&s.chain(), &labels, nsets, method))?;
     to_2d(py, out, n, nsets)
 }
 
@@ -218,15 +214,13 @@ fn markov_committor<'py>(
     let method = Method::parse("method", method).py_err()?;
     let h = hold(p)?;
     let s = slices(&h)?;
-    let out = py
-        .detach(|| {
+    let out = crate::interrupt::detach(py, || {
             if backward {
                 markov::committor_backward(&s.chain(), &a, &b, method)
             } else {
                 markov::committor_forward(&s.chain(), &a, &b, method)
             }
-        })
-        .py_err()?;
+        })?;
     Ok(to_1d(py, out))
 }
 
@@ -237,9 +231,7 @@ fn markov_stationary<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let h = hold(p)?;
     let s = slices(&h)?;
-    let out = py
-        .detach(|| markov::stationary_distribution(&s.chain()))
-        .py_err()?;
+    let out = crate::interrupt::detach(py, || markov::stationary_distribution(&s.chain()))?;
     Ok(to_1d(py, out))
 }
 
@@ -248,9 +240,7 @@ fn markov_mfpt<'py>(py: Python<'py>, p: &Bound<'py, PyAny>) -> PyResult<Bound<'p
     let h = hold(p)?;
     let s = slices(&h)?;
     let n = s.n;
-    let out = py
-        .detach(|| markov::mean_first_passage_times(&s.chain()))
-        .py_err()?;
+    let out = crate::interrupt::detach(py, || markov::mean_first_passage_times(&s.chain()))?;
     to_2d(py, out, n, n)
 }
 
@@ -258,7 +248,7 @@ fn markov_mfpt<'py>(py: Python<'py>, p: &Bound<'py, PyAny>) -> PyResult<Bound<'p
 fn markov_kemeny(py: Python<'_>, p: &Bound<'_, PyAny>) -> PyResult<f64> {
     let h = hold(p)?;
     let s = slices(&h)?;
-    py.detach(|| markov::kemeny_constant(&s.chain())).py_err()
+    crate::interrupt::detach(py, || markov::kemeny_constant(&s.chain()))
 }
 
 #[pyfunction]
@@ -270,9 +260,7 @@ fn markov_classes<'py>(
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, usize)> {
     let h = hold(p)?;
     let s = slices(&h)?;
-    let (lab, closed, k) = py
-        .detach(|| markov::classes(&s.chain(), threshold))
-        .py_err()?;
+    let (lab, closed, k) = crate::interrupt::detach(py, || markov::classes(&s.chain(), threshold))?;
     let lab: Vec<i64> = lab.into_iter().map(|x| x as i64).collect();
     Ok((
         lab.into_pyarray(py).into_any(),
@@ -303,8 +291,7 @@ fn markov_ccmc_simulate<'py>(
     }
     let data = contiguous(&a);
     let v = sh[0];
-    let sim = py
-        .detach(|| {
+    let sim = crate::interrupt::detach(py, || {
             markov::ccmc::simulate(
                 &data,
                 v,
@@ -314,8 +301,7 @@ fn markov_ccmc_simulate<'py>(
                 n_steps,
                 seed,
             )
-        })
-        .py_err()?;
+        })?;
     let tok = sim
         .tokens
         .into_pyarray(py)

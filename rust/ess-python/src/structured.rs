@@ -98,7 +98,7 @@ pub fn ssm_ess_curves<'py>(
             };
             let (bv, cv) = (contiguous(bb), contiguous(cc));
             let f = SsmFactors { batch, l, n, kind, a: &av, b: &bv, c: &cv };
-            py.detach(|| ssm_ess(&f, &opts)).py_err()?
+            crate::interrupt::detach(py, || ssm_ess(&f, &opts))?
         }
         (None | Some(FloatArray::F32(_)), FloatArray::F32(bb), FloatArray::F32(cc)) => {
             let av = match &aarr {
@@ -107,7 +107,7 @@ pub fn ssm_ess_curves<'py>(
             };
             let (bv, cv) = (contiguous(bb), contiguous(cc));
             let f = SsmFactors { batch, l, n, kind, a: &av, b: &bv, c: &cv };
-            py.detach(|| ssm_ess(&f, &opts)).py_err()?
+            crate::interrupt::detach(py, || ssm_ess(&f, &opts))?
         }
         _ => return Err(dtype_error("A, B, C", "must all have the same dtype (float32 or float64)")),
     };

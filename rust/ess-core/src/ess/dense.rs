@@ -689,6 +689,7 @@ fn sweep(
     let mut misses = 0usize;
     let mut t = t_first;
     for (n, &(target, slot)) in targets.iter().enumerate() {
+        crate::interrupt::check()?;
         while t < target {
             gram.advance(a, l, t);
             if let Some(c) = carried.as_mut() {

@@ -484,6 +484,7 @@ fn one_channel<F: Scalar>(
     let mut so = Factor::zeros(n);
     let mut stored: Vec<Option<Factor>> = vec![None; l];
     for t in (t_min..l).rev() {
+        crate::interrupt::check()?;
         so.append(&chan.c[t * n..(t + 1) * n]);
         chan.apply(&mut so, t, true);
         if slot[t] != usize::MAX {
@@ -508,6 +509,7 @@ fn one_channel<F: Scalar>(
     };
     let mut w = Mat::<f64>::zeros(n, n);
     for t in 1..=t_max {
+        crate::interrupt::check()?;
         if t > 1 {
             chan.apply(&mut sr, t - 1, false);
             sr.append(&chan.b[(t - 1) * n..t * n]);

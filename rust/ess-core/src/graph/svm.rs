@@ -145,7 +145,11 @@ pub fn svm_column_one_hot(g: &TokenGraph) -> Result<(Vec<u32>, Vec<f64>)> {
 /// One-hot graph-SVM `W` (`K x K`, column `k` for last token `k`) as triplets
 /// `(rows = tokens, cols = last tokens, values)`, zero entries omitted. Parallel over columns.
 pub fn graph_svm_one_hot(t: &TokenPriorityGraphs) -> Result<(Vec<u32>, Vec<u32>, Vec<f64>)> {
-    let cols: Vec<(Vec<u32>, Vec<f64>)> = t.graphs.par_iter().map(svm_column_one_hot).collect::<Result<_>>()?;
+    let cols: Vec<(Vec<u32>, Vec<f64>)> = t
+        .graphs
+        .par_iter()
+        .map(|g| crate::interrupt::check().and_then(|_| svm_column_one_hot(g)))
+        .collect::<Result<_>>()?;
     let mut r = Vec::new();
     let mut c = Vec::new();
     let mut v = Vec::new();

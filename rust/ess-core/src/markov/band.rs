@@ -294,6 +294,9 @@ fn eliminate(b: &mut Band, npiv: usize) -> Result<Vec<f64>> {
     let (m, bl, bu, w, c) = (b.m, b.bl, b.bu, b.w, b.c);
     let mut d = Vec::with_capacity(npiv);
     for k in 0..npiv {
+        if k % 1024 == 0 {
+            crate::interrupt::check()?;
+        }
         let (head, tail) = b.a.split_at_mut((k + 1) * w);
         let rowk = &head[k * w..];
         let upper = &rowk[bl + 1..];

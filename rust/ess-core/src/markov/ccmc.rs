@@ -157,6 +157,9 @@ pub fn simulate(
             let mut k = last0;
             let mut w = vec![0.0; ns];
             for step in 0..n_steps {
+                if step % 1024 == 0 {
+                    crate::interrupt::check()?;
+                }
                 let row = &p[support[k] * v..(support[k] + 1) * v];
                 let mut z = 0.0;
                 for s in 0..ns {

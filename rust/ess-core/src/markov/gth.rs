@@ -176,6 +176,7 @@ unsafe fn rec(
     d: &mut [f64],
 ) -> Result<()> {
     if c1 - c0 <= LEAF {
+        crate::interrupt::check()?;
         for p in c0..c1 {
             let mut s = x[p];
             for j in p + 1..c1 {
@@ -419,6 +420,9 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
         }
         let last = if keep_last { m.saturating_sub(1) } else { m };
         while step < last {
+            if step % 256 == 0 {
+                crate::interrupt::check()?;
+            }
             let rem = m - step;
             if rem <= DENSE_MAX
                 && (nnz as f64) > DENSE_FRACTION * (rem as f64) * (rem as f64)

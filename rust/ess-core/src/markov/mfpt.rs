@@ -118,6 +118,7 @@ fn half(
     const NB: usize = 64;
     let mut p1 = ne;
     while p1 > 0 {
+        crate::interrupt::check()?;
         let p0 = p1.saturating_sub(NB);
         if p1 < ne {
             let base = x.as_mut_ptr();
