@@ -6,6 +6,53 @@
 
 use crate::error::{Error, Result};
 
+/// Memory the system reports as available (Linux `/proc/meminfo` `MemAvailable`), if known.
+pub fn available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1u64 << 30) as f64
+}
+
+/// The one memory gate: refuse, before anything is allocated, a request of `bytes` (`None`:
+/// the size overflowed) that cannot fit in the memory available now. `arg` names the
+/// argument whose size asks for it, `what` says what the memory is for.
+///
+/// On Linux an allocation larger than the free memory usually "succeeds" and the process is
+/// killed when the pages are touched, so a failed `try_reserve` alone cannot catch it.
+pub fn gate(arg: &str, bytes: Option<u64>, what: &str) -> Result<()> {
+    let Some(b) = bytes else {
+        return Err(Error::too_large(arg, format!("{what}: the size overflows the address space")));
+    };
+    match available() {
+        Some(a) if b > a => Err(Error::too_large(
+            arg,
+            format!("{what} needs {:.2} GiB but {:.2} GiB of memory is available", gib(b), gib(a)),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes of `n` values of type `T` (`None` on overflow).
+pub fn bytes_of<T>(n: usize) -> Option<u64> {
+    (n as u64).checked_mul(std::mem::size_of::<T>() as u64)
+}
+
+/// `n` copies of `x` after passing the gate (see [`gate`]), `TooLarge` naming `arg` otherwise.
+pub fn try_filled<T: Clone>(arg: &str, n: usize, x: T, what: &str) -> Result<Vec<T>> {
+    gate(arg, bytes_of::<T>(n), what)?;
+    let mut v: Vec<T> = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::too_large(arg, format!("{what}: not enough memory for {n} entries")))?;
+    advise_vec(&mut v);
+    v.resize(n, x);
+    Ok(v)
+}
+
 pub const HUGE_MIN_BYTES: usize = 4 << 20;
 
 /// Whether huge-page advice is on: yes unless the environment variable

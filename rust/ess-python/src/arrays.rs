@@ -44,6 +44,22 @@ pub fn float_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<FloatArr
     }
 }
 
+/// Contiguous data of an array, borrowed when C-contiguous, else copied after the memory
+/// gate (`TooLargeError` naming `arg` when the copy cannot fit, e.g. a broadcast view).
+pub fn contiguous_checked<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T>, arg: &str) -> PyResult<Cow<'a, [T]>> {
+    if !(a.is_c_contiguous() && a.as_slice().is_ok()) {
+        let n: usize = a.shape().iter().product();
+        ess_core::mem::gate(arg, ess_core::mem::bytes_of::<T>(n), "a C-ordered copy of this non-contiguous array")
+            .map_err(crate::errors::to_py)?;
+    }
+    Ok(contiguous(a))
+}
+
+/// Widen integer ids to `i64` after the memory gate.
+pub fn widened_checked(n: usize, arg: &str) -> PyResult<()> {
+    ess_core::mem::gate(arg, ess_core::mem::bytes_of::<i64>(n), "an int64 copy of these ids").map_err(crate::errors::to_py)
+}
+
 /// Contiguous data of an array, borrowed when C-contiguous, else copied.
 pub fn contiguous<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T>) -> Cow<'a, [T]> {
     // `as_slice` also succeeds for Fortran-ordered arrays: require C order explicitly.

@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 
 use ess_core::ess::{dense_ess, DenseOptions, EssCurves, Method};
 
-use crate::arrays::{contiguous, curves_to_py, float_array, FloatArray};
+use crate::arrays::{contiguous_checked, curves_to_py, float_array, FloatArray};
 use crate::errors::{shape_error, IntoPy};
 
 /// Dense ESS curves of `T` (`(..., L, L)`); returns `(tolerance or None, entropy or None)`,
@@ -51,11 +51,11 @@ pub fn dense_ess_curves<'py>(
     let opts = DenseOptions { method, atol, rtol, positions };
     let curves: EssCurves = match &arr {
         FloatArray::F64(a) => {
-            let data = contiguous(a);
+            let data = contiguous_checked(a, "T")?;
             crate::interrupt::detach(py, || dense_ess(&data, batch, l, &opts))?
         }
         FloatArray::F32(a) => {
-            let data = contiguous(a);
+            let data = contiguous_checked(a, "T")?;
             crate::interrupt::detach(py, || dense_ess(&data, batch, l, &opts))?
         }
     };

@@ -15,7 +15,7 @@ use ess_core::graph::{
 };
 use ess_core::Error;
 
-use crate::arrays::{contiguous, float_array, FloatArray};
+use crate::arrays::{contiguous_checked, float_array, widened_checked, FloatArray};
 use crate::errors::{dtype_error, shape_error, IntoPy};
 
 /// A 1-D integer id array (int32 or int64), borrowed when contiguous.
@@ -48,18 +48,21 @@ enum IdPair<'a> {
     I64(Cow<'a, [i64]>, Cow<'a, [i64]>),
 }
 
-fn widen<'a>(a: &'a Ids<'_>) -> Cow<'a, [i64]> {
+fn widen<'a>(a: &'a Ids<'_>, arg: &str) -> PyResult<Cow<'a, [i64]>> {
     match a {
-        Ids::I64(x) => contiguous(x),
-        Ids::I32(x) => Cow::Owned(contiguous(x).iter().map(|&v| v as i64).collect()),
+        Ids::I64(x) => contiguous_checked(x, arg),
+        Ids::I32(x) => {
+            widened_checked(x.len(), arg)?;
+            Ok(Cow::Owned(contiguous_checked(x, arg)?.iter().map(|&v| v as i64).collect()))
+        }
     }
 }
 
-fn pair<'a>(a: &'a Ids<'_>, b: &'a Ids<'_>) -> IdPair<'a> {
-    match (a, b) {
-        (Ids::I32(x), Ids::I32(y)) => IdPair::I32(contiguous(x), contiguous(y)),
-        _ => IdPair::I64(widen(a), widen(b)),
-    }
+fn pair<'a>(a: &'a Ids<'_>, b: &'a Ids<'_>, arg_a: &str, arg_b: &str) -> PyResult<IdPair<'a>> {
+    Ok(match (a, b) {
+        (Ids::I32(x), Ids::I32(y)) => IdPair::I32(contiguous_checked(x, arg_a)?, contiguous_checked(y, arg_b)?),
+        _ => IdPair::I64(widen(a, arg_a)?, widen(b, arg_b)?),
+    })
 }
 
 fn n_nodes_arg(n: i64, arg: &str) -> PyResult<usize> {
@@ -88,7 +91,7 @@ fn build_condensation(
     let alg = SccAlgorithm::parse("algorithm", algorithm).py_err()?;
     let s = ids(src, "src")?;
     let d = ids(dst, "dst")?;
-    let p = pair(&s, &d);
+    let p = pair(&s, &d, "src", "dst")?;
     crate::interrupt::detach(py, || {
         let (g, nc, labels) = match &p {
             IdPair::I32(a, b) => scc_from_edges(a, b, n, alg),
@@ -266,8 +269,8 @@ impl TokenGraphs {
     ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<bool>>)> {
         let t = ids(tokens, "windows")?;
         let o = ids(offsets, "offsets")?;
-        let t = widen(&t);
-        let o = widen(&o);
+        let t = widen(&t, "windows")?;
+        let o = widen(&o, "offsets")?;
         let (flat, off, det) = crate::interrupt::detach(py, || self.inner.retrieve_many(&t, &o))?;
         Ok((u32s(py, &flat), usizes(py, &off), det.into_pyarray(py)))
     }
@@ -288,8 +291,8 @@ impl TokenGraphs {
         }
         let d = shape[1];
         let data: Vec<f64> = match &arr {
-            FloatArray::F64(a) => contiguous(a).into_owned(),
-            FloatArray::F32(a) => contiguous(a).iter().map(|&x| x as f64).collect(),
+            FloatArray::F64(a) => contiguous_checked(a, "E")?.into_owned(),
+            FloatArray::F32(a) => contiguous_checked(a, "E")?.iter().map(|&x| x as f64).collect(),
         };
         let w = crate::interrupt::detach(py, || graph_svm_embedded(&self.inner, &data, d))?;
         Ok(w.into_pyarray(py).reshape([d, d])?)
@@ -329,8 +332,8 @@ pub fn graph_token_priority(
     let t = ids(tokens, "windows")?;
     let o = ids(offsets, "offsets")?;
     let l = ids(labels, "labels")?;
-    let o = widen(&o);
-    let p = pair(&t, &l);
+    let o = widen(&o, "offsets")?;
+    let p = pair(&t, &l, "windows", "labels")?;
     let inner = crate::interrupt::detach(py, || match &p {
             IdPair::I32(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
             IdPair::I64(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),

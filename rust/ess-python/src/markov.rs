@@ -15,7 +15,7 @@ use pyo3::types::PyTuple;
 
 use ess_core::markov::{self, ChainRef, CsrRef, Method};
 
-use crate::arrays::contiguous;
+use crate::arrays::contiguous_checked;
 use crate::errors::{dtype_error, shape_error, IntoPy};
 
 enum Idx<'py> {
@@ -106,18 +106,18 @@ fn slices<'a>(h: &'a Held<'_>) -> PyResult<Slices<'a>> {
     match h {
         Held::Dense(n, a) => Ok(Slices {
             n: *n,
-            dense: Some(contiguous(a)),
+            dense: Some(contiguous_checked(a, "P")?),
             ip32: None,
             ip64: None,
             data: None,
         }),
         Held::Csr(n, ip, ix, d) => {
-            let data = Some(contiguous(d));
+            let data = Some(contiguous_checked(d, "P.data")?);
             match (ip, ix) {
                 (Idx::I32(a), Idx::I32(b)) => Ok(Slices {
                     n: *n,
                     dense: None,
-                    ip32: Some((contiguous(a), contiguous(b))),
+                    ip32: Some((contiguous_checked(a, "P.indptr")?, contiguous_checked(b, "P.indices")?)),
                     ip64: None,
                     data,
                 }),
@@ -125,7 +125,7 @@ fn slices<'a>(h: &'a Held<'_>) -> PyResult<Slices<'a>> {
                     n: *n,
                     dense: None,
                     ip32: None,
-                    ip64: Some((contiguous(a), contiguous(b))),
+                    ip64: Some((contiguous_checked(a, "P.indptr")?, contiguous_checked(b, "P.indices")?)),
                     data,
                 }),
                 _ => Err(dtype_error(
@@ -289,7 +289,7 @@ fn markov_ccmc_simulate<'py>(
             format!("must be a square 2-D matrix (V, V), got shape {sh:?}"),
         ));
     }
-    let data = contiguous(&a);
+    let data = contiguous_checked(&a, "P")?;
     let v = sh[0];
     let sim = crate::interrupt::detach(py, || {
             markov::ccmc::simulate(

@@ -109,6 +109,19 @@ pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOpti
     }
     check_finite("T", data)?;
     let tol = Tolerance::new(opts.atol, opts.rtol, F::EPS)?;
+    if batch == 0 {
+        // Nothing to compute: no per-position storage either (L may be huge).
+        if let Some(p) = &opts.positions {
+            validate_positions(p, l)?;
+        }
+        let np = opts.positions.as_ref().map_or(l, |p| p.len());
+        return Ok(EssCurves {
+            batch,
+            n_positions: np,
+            tolerance: opts.method.wants_tolerance().then(Vec::new),
+            entropy: opts.method.wants_entropy().then(Vec::new),
+        });
+    }
     let positions: Vec<usize> = match &opts.positions {
         Some(p) => {
             validate_positions(p, l)?;
@@ -158,10 +171,7 @@ pub fn working_bytes(l: usize) -> Option<u64> {
 
 /// Memory the system reports as available (Linux `/proc/meminfo`), if known.
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
+    crate::mem::available()
 }
 
 /// Refuse, with a clear error, work whose buffers would not fit in memory (rather than

@@ -135,6 +135,9 @@ impl TokenPriorityGraphs {
             ));
         }
         // Group realisable samples by last token (counting sort).
+        // per-token counts and graph index, plus one token map per worker thread
+        let per_token = 8 + 4 + 4 * rayon::current_num_threads() as u64;
+        crate::mem::gate("vocab_size", (vocab_size as u64).checked_mul(per_token), &format!("vocab_size = {vocab_size}"))?;
         let mut count = vec![0usize; vocab_size + 1];
         for i in 0..n {
             if realisable[i] {

@@ -261,6 +261,12 @@ fn absorption_validated(
             format!("labels must have length n = {n}, got {}", labels.len()),
         ));
     }
+    // the n x nsets result and the per-set bookkeeping
+    crate::mem::gate(
+        "sets",
+        (n as u64).checked_add(1).and_then(|r| r.checked_mul(nsets as u64)).and_then(|c| c.checked_mul(8)),
+        &format!("absorption probabilities into {nsets} target sets of {n} states"),
+    )?;
     let mut class = vec![0usize; n];
     let mut count = vec![0usize; nsets];
     for (i, &l) in labels.iter().enumerate() {
