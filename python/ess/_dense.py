@@ -7,8 +7,8 @@ from typing import NamedTuple, Optional, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
-from .errors import DTypeError, ShapeError
+from . import _args, _core
+from .errors import DTypeError, OutOfRangeError, ShapeError
 
 __all__ = ["effective_state_size", "EssCurves"]
 
@@ -23,11 +23,13 @@ class EssCurves(NamedTuple):
 def _positions_list(positions: Optional[npt.ArrayLike]) -> Optional[list[int]]:
     if positions is None:
         return None
-    p = np.asarray(positions)
-    if p.dtype.kind not in "iu":
+    p = _args.array(positions, "positions", kinds="iuf")
+    if p.dtype.kind not in "iu" and not (p.size == 0 and p.dtype.kind == "f"):
         raise DTypeError(f"positions: must be integers, got dtype {p.dtype}")
     if p.ndim != 1:
         raise ShapeError(f"positions: must be one-dimensional, got shape {p.shape}")
+    if p.dtype == np.uint64 and p.size and int(p.max()) > np.iinfo(np.int64).max:
+        raise OutOfRangeError(f"positions: {int(p.max())} is beyond any sequence length")
     return [int(x) for x in p]
 
 
@@ -76,8 +78,10 @@ def effective_state_size(
     sequence is bounded by ``L - t`` (boundary effect). Computation is in float64 for both
     input dtypes; the GIL is released. See the README for the algorithm and its cost.
     """
-    if not isinstance(T, np.ndarray):
-        T = np.asarray(T)
+    T = _args.array(T, "T", kinds="fiub")
+    method = _args.choice(method, "method", ("tolerance", "entropy", "both"))
+    atol = _args.real(atol, "atol", lo=0.0, allow_none=True)
+    rtol = _args.real(rtol, "rtol", lo=0.0, allow_none=True)
     tol, ent = _core.dense_ess_curves(T, method, atol, rtol, _positions_list(positions))
     if method == "both":
         assert tol is not None and ent is not None

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _args, _core
 from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 
 
 def _real(a: object, arg: str) -> npt.NDArray[np.float64]:
-    x = np.asarray(a)
+    x = _args.array(a, arg, kinds="fiubcSUO")
     if x.dtype.kind not in "fiu":
         raise DTypeError(f"{arg}: dtype {x.dtype} is not supported; pass a real array")
     x = np.ascontiguousarray(x, dtype=np.float64)
@@ -44,7 +44,7 @@ def _real(a: object, arg: str) -> npt.NDArray[np.float64]:
 
 
 def _tokens(a: object, arg: str, V: int, ndim: int) -> npt.NDArray[np.int64]:
-    x = np.asarray(a)
+    x = _args.array(a, arg, kinds="iufbcSUO")
     if x.size and x.dtype.kind not in "iu":
         raise DTypeError(f"{arg}: tokens must be integers, got dtype {x.dtype}")
     x = x.astype(np.int64)
@@ -71,7 +71,16 @@ def base_chain(W: npt.ArrayLike, embeddings: Optional[npt.ArrayLike] = None) -> 
         E = _real(embeddings, "embeddings")
         if E.ndim != 2 or E.shape[1] != Wm.shape[0]:
             raise ShapeError(f"embeddings: must be (V, {Wm.shape[0]}), got shape {E.shape}")
-        S = (E @ Wm @ E.T).T
+        with np.errstate(over="ignore", invalid="ignore"):
+            S = (E @ Wm @ E.T).T
+        if not np.all(np.isfinite(S)):
+            from .errors import NonFiniteError
+
+            k, j = np.argwhere(~np.isfinite(S))[0]
+            raise NonFiniteError(
+                f"embeddings: the score e_{j}^T W e_{k} overflows float64 (scores must stay below 1.8e308); "
+                "rescale W or the embeddings"
+            )
     S = S - S.max(axis=1, keepdims=True)
     P = np.exp(S)
     return P / P.sum(axis=1, keepdims=True)
@@ -96,6 +105,11 @@ def ccmc_transition(
     if Pm.ndim != 2 or Pm.shape[0] != Pm.shape[1]:
         raise ShapeError(f"P: must be square (V, V), got shape {Pm.shape}")
     V = Pm.shape[0]
+    if Pm.size and Pm.min() < 0:
+        from .errors import NotStochasticError
+
+        i, j = np.unravel_index(int(np.argmin(Pm)), Pm.shape)
+        raise NotStochasticError(f"P: entry ({i}, {j}) = {Pm[i, j]!r} is negative; a base chain has non-negative entries")
     x = _tokens(prompt, "prompt", V, 1)
     if x.size == 0:
         raise ShapeError("prompt: the prompt is empty")
@@ -149,15 +163,14 @@ def simulate_ccmc(
     ``position_weights``, if given, has ``len(prompt) + n_steps`` positive entries.
     """
     Pm = _real(P, "P")
-    x = np.asarray(prompt)
+    x = _args.array(prompt, "prompt", kinds="iufbcSUO")
     if x.size and x.dtype.kind not in "iu":
         raise DTypeError(f"prompt: tokens must be integers, got dtype {x.dtype}")
     if x.ndim != 1:
         raise ShapeError(f"prompt: must be 1-D, got shape {x.shape}")
-    if int(n_steps) < 0 or int(n_traj) < 0:
-        raise InvalidArgumentError("n_steps and n_traj must be >= 0")
-    if not (0 <= int(seed) < 2**64):
-        raise InvalidArgumentError("seed: must be in [0, 2**64)")
+    n_steps = _args.integer(n_steps, "n_steps", lo=0, hi=2**62)
+    n_traj = _args.integer(n_traj, "n_traj", lo=0, hi=2**62)
+    seed = _args.integer(seed, "seed", lo=0, hi=2**64 - 1)
     w = None
     if position_weights is not None:
         w = _real(position_weights, "position_weights").ravel().tolist()
@@ -202,7 +215,7 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
     never seen with ``k``, whose entries are then undetermined), and the component labels
     matter for generalisations (e.g. prompts whose last position is masked out).
     """
-    V = int(vocab_size)
+    V = _args.integer(vocab_size, "vocab_size", lo=1)
     X = _prompts(prompts, V)
     comps = np.full((V, V), -1, dtype=np.int64)
     ncomp = np.zeros(V, dtype=np.int64)
@@ -260,7 +273,7 @@ def fit_attention_mle(
     is centred to mean zero (the gauge). A next token absent from its prompt has probability
     zero under the model and raises :class:`InvalidArgumentError`.
     """
-    V = int(vocab_size)
+    V = _args.integer(vocab_size, "vocab_size", lo=1)
     X = _prompts(prompts, V)
     y = _tokens(next_tokens, "next_tokens", V, 1)
     if y.shape[0] != X.shape[0]:

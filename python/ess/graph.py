@@ -43,7 +43,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _args, _core
 from .errors import DTypeError, InvalidArgumentError, NumericalError, ShapeError, TooLargeError
 
 __all__ = [
@@ -61,7 +61,7 @@ _IdArray = npt.NDArray[np.integer]
 
 def _id_array(x: Any, arg: str) -> np.ndarray:
     """1-D int32/int64 array (other integer dtypes are widened to int64)."""
-    a = np.asarray(x)
+    a = _args.array(x, arg, kinds="iufbcSUO")
     if a.dtype.kind not in "iu":
         if a.size == 0 and a.dtype.kind == "f":
             a = a.astype(np.int64)
@@ -88,6 +88,8 @@ def _n_nodes(n: Any, arg: str = "n_nodes") -> int:
         raise DTypeError(f"{arg}: must be an integer, got {type(n).__name__}")
     if n < 0:
         raise InvalidArgumentError(f"{arg}: must be non-negative, got {n}")
+    if n > np.iinfo(np.int64).max:
+        raise _out_of_range(f"{arg}: {int(n)} does not fit in 64 bits")
     return int(n)
 
 
@@ -338,7 +340,7 @@ class TokenPriorityGraphs:
 
     def graph(self, k: int) -> Optional[TokenGraph]:
         """The graph of last token ``k`` (None when no window ends in ``k``)."""
-        k = int(k)
+        k = _args.integer(k, "k")
         if k not in self._cache:
             parts = self._inner.graph(k)
             if parts is None:

@@ -68,7 +68,7 @@ from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _args, _core
 from .errors import DTypeError, InvalidArgumentError, ShapeError
 
 __all__ = [
@@ -106,7 +106,7 @@ def _is_sparse(P: Any) -> bool:
 
 
 def _as_float64(a: Any, arg: str) -> npt.NDArray[np.float64]:
-    a = np.asarray(a)
+    a = _args.array(a, arg, kinds="fiubc")
     if a.dtype.kind not in "fiub":
         raise DTypeError(f"{arg}: dtype {a.dtype} is not supported; pass a real (float64) matrix")
     return np.ascontiguousarray(a, dtype=np.float64)
@@ -131,7 +131,7 @@ def _chain(P: ChainLike) -> Any:
 
 
 def _ids(x: Any, arg: str) -> List[int]:
-    a = np.asarray(x)
+    a = _args.array(x, arg, kinds="iufbSUO")
     if a.ndim == 0:
         a = a.reshape(1)
     if a.size and a.dtype.kind not in "iu":
@@ -142,9 +142,7 @@ def _ids(x: Any, arg: str) -> List[int]:
 
 
 def _method(method: str) -> str:
-    if method not in ("auto", "gth", "lu"):
-        raise InvalidArgumentError(f"method: unknown method {method!r}; expected 'auto', 'gth' or 'lu'")
-    return method
+    return _args.choice(method, "method", ("auto", "gth", "lu"))
 
 
 def hitting_times(P: ChainLike, target: Any, *, method: str = "auto") -> npt.NDArray[np.float64]:

@@ -1,0 +1,70 @@
+"""Bad arguments at the public boundary: a class of ess.errors naming the argument, never a
+bare numpy/pyo3 exception, never a silent truncation or a dropped mask (issue: nothing a user
+passes may go unnoticed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ess
+from ess.errors import DTypeError, EssError, InvalidArgumentError, NonFiniteError, NotStochasticError, OutOfRangeError, ShapeError
+
+T = np.tril(np.ones((6, 6)))
+P = np.full((3, 3), 1.0 / 3.0)
+
+
+@pytest.mark.parametrize(
+    "call, cls, arg",
+    [
+        (lambda: ess.effective_state_size(T, method=None), InvalidArgumentError, "method"),
+        (lambda: ess.effective_state_size(T, atol="0.1"), DTypeError, "atol"),
+        (lambda: ess.effective_state_size(T, rtol=float("nan")), InvalidArgumentError, "rtol"),
+        (lambda: ess.effective_state_size(T, positions=[2**70]), OutOfRangeError, "positions"),
+        (lambda: ess.effective_state_size(T, positions=[1.5]), DTypeError, "positions"),
+        (lambda: ess.effective_state_size([[1.0, 2.0], [3.0]]), ShapeError, "T"),
+        (lambda: ess.effective_state_size(np.ma.masked_array(T, mask=T == 0)), InvalidArgumentError, "T"),
+        (lambda: ess.markov.hitting_times(P, [0], method=None), InvalidArgumentError, "method"),
+        (lambda: ess.markov.hitting_times(P, [2**70]), OutOfRangeError, "target"),
+        (lambda: ess.markov.stationary_distribution(np.ma.masked_array(P)), InvalidArgumentError, "P"),
+        (lambda: ess.ccmc.simulate_ccmc(P, [0], n_steps=3, seed=1.5), DTypeError, "seed"),
+        (lambda: ess.ccmc.simulate_ccmc(P, [0], n_steps=2.0), DTypeError, "n_steps"),
+        (lambda: ess.ccmc.simulate_ccmc(P, [0], n_steps=3, n_traj=-1), OutOfRangeError, "n_traj"),
+        (lambda: ess.ccmc.simulate_ccmc(P, [0], n_steps=3, seed=2**64), OutOfRangeError, "seed"),
+        (lambda: ess.ccmc.ccmc_transition(np.array([[1.5, -0.5], [0.5, 0.5]]), [0, 1]), NotStochasticError, "P"),
+        (lambda: ess.ccmc.base_chain(np.eye(2) * 1e300, np.eye(2) * 1e10), NonFiniteError, "embeddings"),
+        (lambda: ess.ccmc.identifiability([[0, 1]], 2.5), DTypeError, "vocab_size"),
+        (lambda: ess.graph.strongly_connected_components([0], [1], 2**70), OutOfRangeError, "n_nodes"),
+        (lambda: ess.graph.strongly_connected_components([0], [1], 1.5), DTypeError, "n_nodes"),
+        (lambda: ess.graph.strongly_connected_components([[0, 1], [1]], [1, 0], 2), ShapeError, "src"),
+        (lambda: ess.graph.strongly_connected_components([2**70], [0], 2), OutOfRangeError, "src"),
+    ],
+)
+def test_bad_argument_is_a_typed_error_naming_it(call, cls, arg) -> None:
+    with pytest.raises(cls) as info:
+        call()
+    assert isinstance(info.value, EssError)
+    assert str(info.value).startswith(arg), str(info.value)
+
+
+@pytest.mark.requires("torch")
+def test_torch_tensors_of_any_kind() -> None:
+    torch = pytest.importorskip("torch")
+    ref = ess.effective_state_size(T)
+    t = torch.tensor(T, requires_grad=True)
+    np.testing.assert_array_equal(ess.effective_state_size(t), ref)
+    np.testing.assert_array_equal(ess.effective_state_size(torch.tensor(T, dtype=torch.bfloat16)), ref)
+    np.testing.assert_array_equal(ess.effective_state_size(torch.tensor(T, dtype=torch.float16)), ref)
+    with pytest.raises(InvalidArgumentError, match="T: sparse"):
+        ess.effective_state_size(torch.tensor(T).to_sparse())
+    with pytest.raises(DTypeError, match="T: complex"):
+        ess.effective_state_size(torch.tensor(T, dtype=torch.complex64))
+    pi = ess.markov.stationary_distribution(torch.tensor(P, requires_grad=True))
+    np.testing.assert_allclose(pi, np.full(3, 1 / 3))
+
+
+def test_token_graph_index_is_not_truncated() -> None:
+    g = ess.graph.TokenPriorityGraphs(np.array([[0, 1], [1, 0]]), np.array([1, 0]), vocab_size=2)
+    with pytest.raises(DTypeError, match="k: must be an integer"):
+        g.graph(1.5)
+    assert g.graph(np.int64(1)) is not None
