@@ -8,3 +8,7 @@ def build():
 
     torch.manual_seed(0)
     return HybridLM(HybridConfig(d_model=16, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+
+
+def boom():
+    raise RuntimeError("factory failed")

@@ -39,16 +39,16 @@ def test_analyze_model_factory_and_tokens(tmp_path, capsys):
 
 
 def test_analyze_errors(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="module:factory"):
-        main(["analyze", "--model", "nofactory"])
-    with pytest.raises(SystemExit, match="cannot load"):
-        main(["analyze", "--model", "no_such_module_xyz:f"])
-    with pytest.raises(SystemExit, match="integers"):
-        main(["analyze", "--model", "tests.cli_factory:build", "--tokens", "a,b"])
-    with pytest.raises(SystemExit, match="--model or --hf"):
-        main(["analyze", "--tokens", "1,2"])
+    assert main(["analyze", "--model", "nofactory"]) == 2
+    assert "module:factory" in capsys.readouterr().err
+    assert main(["analyze", "--model", "no_such_module_xyz:f"]) == 2
+    assert "cannot load" in capsys.readouterr().err
+    assert main(["analyze", "--model", "tests.cli_factory:build", "--tokens", "a,b"]) == 2
+    assert "integers" in capsys.readouterr().err
+    assert main(["analyze", "--tokens", "1,2"]) == 2
+    assert "--model or --hf" in capsys.readouterr().err
     code = main(["analyze", "--model", "tests.cli_factory:build", "--tokens", "1,2,3", "--positions", "5,6", "--out", str(tmp_path)])
-    assert code == 1 and "OutOfRangeError" in capsys.readouterr().err
+    assert code == 2 and "OutOfRangeError" in capsys.readouterr().err
 
 
 def test_demo_still_works(capsys):
@@ -66,8 +66,8 @@ def test_analyze_hf_directory(tmp_path, capsys):
     assert main(["analyze", "--hf", str(tmp_path / "gpt2"), "--length", "10", "--out", str(out), "--no-progress"]) == 0
     js = json.loads((out / "summary.json").read_text())
     assert [l["layer"] for l in js["layers"]] == ["transformer.h.0.attn"] and js["meta"]["length"] == 10
-    with pytest.raises(SystemExit, match="cannot read"):
-        main(["analyze", "--hf", str(tmp_path / "gpt2"), "--text", str(tmp_path / "none.txt")])
+    assert main(["analyze", "--hf", str(tmp_path / "gpt2"), "--text", str(tmp_path / "none.txt")]) == 2
+    assert "cannot read" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["qwen3_next", "bloom"])
@@ -96,5 +96,39 @@ def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family
         assert [s["type"].rsplit(".", 1)[-1] for s in js["skipped"]] == ["Qwen3NextGatedDeltaNet"]
         assert "skipped model.layers.0.linear_attn" in capsys.readouterr().out
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="cannot load a causal language model"):
-        main(["analyze", "--hf", str(tmp_path / "empty")])
+    assert main(["analyze", "--hf", str(tmp_path / "empty")]) == 2
+    assert "cannot load a causal language model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "-L", "0"], "--length/-L: must be in [1, 65536]"),
+        (["demo", "-L", "x"], "expected an integer"),
+        (["analyze", "--samples", "0"], "--samples: must be in [1, 8]"),
+        (["analyze", "--positions", "a:b"], "--positions: expected 'start:stop:step'"),
+        (["analyze", "--device", "bogus"], "--device: not a torch device"),
+    ],
+)
+def test_bad_options_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_failures_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    """Every failure of a subcommand is one line on stderr and exit code 2, never a traceback."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "bad.txt").write_bytes(bytes([0xFF, 0xFE, 0xFA]) + b" bad")
+    cases = [
+        (["analyze", "--out", str(tmp_path / "afile")], "exists and is not a directory"),
+        (["analyze", "--out", "/proc/ess-nope/x"], "cannot create the report directory"),
+        (["analyze", "--model", "tests.cli_factory:boom"], "RuntimeError: factory failed"),
+        (["analyze", "--model", "tests.cli_factory:build", "--tokens", "1,2,999999", "--out", str(tmp_path / "r")],
+         "outside the model's vocabulary"),
+        (["analyze", "--hf", str(tmp_path / "missing")], "no such directory"),
+    ]
+    for argv, message in cases:
+        assert main(argv + ["--no-progress"]) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1, (argv, err)

@@ -8,6 +8,7 @@ arguments it analyses the built-in hybrid model on shipped MQAR inputs.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -59,9 +60,69 @@ def _parse_positions(text: Optional[str], L: int):
     if text is None:
         return None
     if ":" in text:
-        parts = [int(p) if p else None for p in text.split(":")]
-        return np.arange(L)[slice(*parts)]
+        return np.arange(L)[_positions_slice(text)]
     return np.array(_parse_tokens(text), dtype=np.int64)
+
+
+def _positions_slice(text: str) -> slice:
+    parts = text.split(":")
+    try:
+        if len(parts) > 3:
+            raise ValueError
+        return slice(*[int(p) if p.strip() else None for p in parts])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'start:stop:step' with integers (parts may be empty) or a list of integers, got {text!r}"
+        ) from None
+
+
+def _positions_arg(text: str) -> str:
+    """argparse type of --positions: checked at parse time, resolved once L is known."""
+    if ":" in text:
+        _positions_slice(text)
+    else:
+        try:
+            [int(t) for t in text.replace(",", " ").split()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, got {text!r}") from None
+    return text
+
+
+def _int_in(lo: int, hi: Optional[int] = None):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f"must be in [{lo}, {'inf' if hi is None else hi}], got {v}")
+        return v
+
+    return parse
+
+
+def _device_arg(text: str) -> str:
+    try:
+        import torch
+
+        torch.device(text)
+    except ImportError:
+        return text
+    except (RuntimeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(f"not a torch device: {text!r} ({str(e).splitlines()[0][:120]})") from None
+    return text
+
+
+def _check_out(path: str) -> None:
+    """Fail before the analysis, not after it: the report directory must be creatable."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SystemExit(f"ess analyze: --out {path!r} exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"ess analyze: cannot create the report directory --out {path!r}: {e.strerror or e}") from None
+    if not os.access(path, os.W_OK):
+        raise SystemExit(f"ess analyze: the report directory --out {path!r} is not writable")
 
 
 def _vocab_size(model) -> Optional[int]:
@@ -82,6 +143,7 @@ def _analyze(args: argparse.Namespace) -> int:
     from . import analyze
     from .errors import EssError
 
+    _check_out(args.out)
     tokens_text = None
     hf_tokenizer = None
     markers: Optional[list] = None
@@ -95,6 +157,8 @@ def _analyze(args: argparse.Namespace) -> int:
             raise SystemExit(f"ess analyze: cannot read --text {args.text!r}: {e.strerror}") from None
     if args.model and args.hf:
         raise SystemExit("ess analyze: give --model or --hf, not both")
+    if args.hf and not os.path.isdir(args.hf):
+        raise SystemExit(f"ess analyze: --hf {args.hf!r}: no such directory (a local directory written by save_pretrained)")
     if args.hf:
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -150,6 +214,11 @@ def _analyze(args: argparse.Namespace) -> int:
             tokens_text = [str(t) for t in hf_tokenizer.convert_ids_to_tokens([int(i) for i in inputs[0]])]
         except Exception:  # noqa: BLE001 - ids outside the tokenizer's vocabulary: no token labels
             tokens_text = None
+    V = _vocab_size(model)
+    if V is not None and isinstance(inputs, torch.Tensor) and inputs.numel():
+        lo, hi = int(inputs.min()), int(inputs.max())
+        if lo < 0 or hi >= V:
+            raise SystemExit(f"ess analyze: token id {hi if hi >= V else lo} is outside the model's vocabulary [0, {V})")
     if args.device:
         model = model.to(args.device)
     L = int(inputs.shape[-1]) if hasattr(inputs, "shape") else args.length
@@ -167,7 +236,7 @@ def _analyze(args: argparse.Namespace) -> int:
         )
     except EssError as e:
         print(f"ess analyze: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        return 2
     out = report.save(args.out)
     _print_summary(report, title)
     print(f"report written to {out}/ (report.html, ess.csv, summary.json, ...)")
@@ -218,7 +287,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ess", description="Effective state size of sequence models.")
     sub = parser.add_subparsers(dest="command")
     p_demo = sub.add_parser("demo", help="ESS of built-in example operators (softmax attention, SSM, convolution)")
-    p_demo.add_argument("--length", "-L", type=int, default=256, help="sequence length (default 256)")
+    p_demo.add_argument("--length", "-L", type=_int_in(1, 1 << 16), default=256, help="sequence length (default 256)")
     p_demo.set_defaults(func=_demo)
     p_an = sub.add_parser(
         "analyze",
@@ -230,12 +299,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_an.add_argument("--hf", metavar="PATH", help="local Hugging Face model directory (no downloads)")
     p_an.add_argument("--text", metavar="FILE", help="text file to tokenise (with --hf)")
     p_an.add_argument("--tokens", help="token ids, comma or space separated")
-    p_an.add_argument("--length", "-L", type=int, default=128, help="truncate --text / length of random tokens (default 128)")
-    p_an.add_argument("--samples", type=int, default=2, help="built-in model: number of shipped sequences (1-8, default 2)")
+    p_an.add_argument("--length", "-L", type=_int_in(1), default=128, help="truncate --text / length of random tokens (default 128)")
+    p_an.add_argument("--samples", type=_int_in(1, 8), default=2, help="built-in model: number of shipped sequences (1-8, default 2)")
     p_an.add_argument("--layers", nargs="+", help="module names or fnmatch patterns to analyse (default all supported)")
-    p_an.add_argument("--positions", help="split points: 'start:stop:step' or a list of integers")
+    p_an.add_argument("--positions", type=_positions_arg, help="split points: 'start:stop:step' or a list of integers")
     p_an.add_argument("--method", choices=["both", "tolerance", "entropy"], default="both")
-    p_an.add_argument("--device", help="move the model to this torch device (e.g. cuda)")
+    p_an.add_argument("--device", type=_device_arg, help="move the model to this torch device (e.g. cuda)")
     p_an.add_argument("--memory-budget", help="bytes per layer and sequence (e.g. 2G; default 4G)")
     p_an.add_argument("--out", "-o", default="ess-report", help="report directory (default ./ess-report)")
     p_an.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -243,7 +312,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         args = parser.parse_args(["demo", *(argv or [])])
-    return int(args.func(args))
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a subcommand; every failure is one line on stderr and exit code 2 (130 on Ctrl-C).
+    ``ESS_DEBUG=1`` re-raises with the full traceback."""
+    cmd = f"ess {args.command or 'demo'}"
+    debug = os.environ.get("ESS_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.func(args))
+    except SystemExit as e:
+        if isinstance(e.code, str):  # a message raised by the subcommand
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print(f"{cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's one handler: a message, not a traceback
+        if debug:
+            raise
+        kind = type(e).__name__
+        where = ""
+        if isinstance(e, (OSError, UnicodeError)) and getattr(e, "filename", None):
+            where = f" ({e.filename})"
+        print(f"{cmd}: {kind}{where}: {e} (ESS_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
