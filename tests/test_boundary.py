@@ -68,3 +68,23 @@ def test_token_graph_index_is_not_truncated() -> None:
     with pytest.raises(DTypeError, match="k: must be an integer"):
         g.graph(1.5)
     assert g.graph(np.int64(1)) is not None
+
+
+def test_decreasing_csr_indptr_is_named_as_such() -> None:
+    sp = pytest.importorskip("scipy.sparse")
+    P = sp.csr_array((np.array([1.0, 0.5, 0.5, 1.0]), np.array([0, 0, 1, 2]), np.array([0, 1, 3, 4])), shape=(3, 3))
+    P.indptr[:] = np.array([0, 3, 1, 4])
+    with pytest.raises(InvalidArgumentError, match="indptr is decreasing .* at row 1"):
+        ess.markov.stationary_distribution(P)
+
+
+@pytest.mark.requires("torch")
+def test_memory_budget_from_the_environment_is_named(monkeypatch) -> None:
+    pytest.importorskip("torch")
+    from ess.analyze import _budget
+
+    monkeypatch.setenv("ESS_MEMORY_BUDGET", "lots")
+    with pytest.raises(InvalidArgumentError, match="ESS_MEMORY_BUDGET .*cannot parse 'lots'"):
+        _budget(None)
+    monkeypatch.setenv("ESS_MEMORY_BUDGET", "2G")
+    assert _budget(None) == 2 * 1024**3

@@ -82,7 +82,11 @@ def mixing_like(module: Any) -> bool:
 
 
 def _budget(memory_budget: Optional[Union[int, float, str]]) -> int:
-    val: Any = memory_budget if memory_budget is not None else os.environ.get("ESS_MEMORY_BUDGET")
+    name = "memory_budget"
+    val: Any = memory_budget
+    if val is None:
+        val = os.environ.get("ESS_MEMORY_BUDGET")
+        name = "ESS_MEMORY_BUDGET (environment variable)"
     if val is None:
         return DEFAULT_MEMORY_BUDGET
     if isinstance(val, str):
@@ -91,10 +95,10 @@ def _budget(memory_budget: Optional[Union[int, float, str]]) -> int:
         try:
             val = float(s[:-1] if mult != 1 else s) * mult
         except ValueError:
-            raise InvalidArgumentError(f"memory_budget: cannot parse {memory_budget!r} (bytes, or a number with K/M/G suffix)") from None
+            raise InvalidArgumentError(f"{name}: cannot parse {val!r} (bytes, or a number with K/M/G suffix)") from None
     val = float(val)
     if not np.isfinite(val) or val <= 0:
-        raise InvalidArgumentError(f"memory_budget: must be a positive number of bytes, got {memory_budget!r}")
+        raise InvalidArgumentError(f"{name}: must be a positive number of bytes, got {val!r}")
     return int(val)
 
 

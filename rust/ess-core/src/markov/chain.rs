@@ -210,16 +210,27 @@ fn validate_csr<I: Index>(arg: &str, c: &CsrRef<'_, I>) -> Result<()> {
             "indptr must start at 0 and end at len(data) (not a valid CSR matrix)",
         ));
     }
-    // Rows are checked in parallel; the error reported is that of the first bad row.
+    // The structure first (a decreasing indptr makes every later row meaningless, so it must
+    // not be reported as a bad row sum), then the entries; rows are checked in parallel and
+    // the error reported is that of the first bad row.
     let len = c.data.len() as i64;
+    let bad_ptr = (0..n).into_par_iter().with_min_len(4096).find_first(|&i| {
+        let (a, b) = (c.indptr[i].to_i64(), c.indptr[i + 1].to_i64());
+        b < a || a < 0 || b > len
+    });
+    if let Some(i) = bad_ptr {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "indptr is decreasing or out of range at row {i} (indptr[{i}] = {}, indptr[{}] = {}; not a valid CSR matrix)",
+                c.indptr[i].to_i64(),
+                i + 1,
+                c.indptr[i + 1].to_i64()
+            ),
+        ));
+    }
     let check_row = |i: usize| -> Result<()> {
         let (a, b) = (c.indptr[i].to_i64(), c.indptr[i + 1].to_i64());
-        if b < a || a < 0 || b > len {
-            return Err(Error::invalid(
-                arg,
-                format!("indptr is decreasing or out of range at row {i} (not a valid CSR matrix)"),
-            ));
-        }
         let mut s = 0.0;
         for k in a as usize..b as usize {
             let j = c.indices[k].to_i64();
