@@ -49,5 +49,16 @@ pub fn solve(red: Reduced) -> Result<Vec<f64>> {
             bad / c.max(1)
         )));
     }
+    // (D - Q) is a non-singular M-matrix and every right-hand side here is non-negative, so
+    // the exact solution is non-negative: a negative value means the subtractions destroyed
+    // every digit (rare transitions), and the answer must not be returned as if it were one.
+    if let Some(bad) = x.iter().position(|&v| v < 0.0) {
+        return Err(Error::Numerical(format!(
+            "sparse LU lost all accuracy (a negative value {:.3e} at state {}: the chain has transitions too rare \
+             for a subtracting solver); use method='gth'",
+            x[bad],
+            bad / c.max(1)
+        )));
+    }
     Ok(x)
 }

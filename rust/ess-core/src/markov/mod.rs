@@ -163,13 +163,35 @@ fn build_reduced(
 }
 
 fn run(chain: &ChainRef<'_>, red: Reduced, method: Method) -> Result<Vec<f64>> {
-    match method {
-        Method::Lu => lu::solve(red),
+    let x = match method {
+        Method::Lu => lu::solve(red)?,
         Method::Gth => {
             let dense = use_dense(chain, red.m);
-            gth::solve(red, dense)
+            gth::solve(red, dense)?
         }
+    };
+    // Every unknown of a reduced system is finite in exact arithmetic; inf or NaN means the
+    // answer itself lies beyond the float64 range (times of order 1 / p for transition
+    // probabilities p near the underflow threshold), which must not be returned as a number.
+    if x.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Numerical(
+            "the result exceeds the float64 range (about 1.8e308): transition probabilities this small \
+             make expected times overflow; rescale the chain or merge its rare states"
+                .into(),
+        ));
     }
+    Ok(x)
+}
+
+/// Refuse a NaN in a result (an overflowed intermediate), naming what was computed.
+fn no_nan(what: &str, x: Vec<f64>) -> Result<Vec<f64>> {
+    if x.iter().any(|v| v.is_nan()) {
+        return Err(Error::Numerical(format!(
+            "{what} exceed the float64 range (about 1.8e308) somewhere: transition probabilities this small make \
+             expected times overflow; rescale the chain or merge its rare states"
+        )));
+    }
+    Ok(x)
 }
 
 /// Expected hitting times of `target` from every state (`0` on the target, `inf` where the
@@ -475,7 +497,7 @@ pub fn mean_first_passage_times(chain: &ChainRef<'_>) -> Result<Vec<f64>> {
             });
         }
         let b = vec![1.0; n];
-        return mfpt::all_pairs(&a, &b, n);
+        return no_nan("mean first-passage times", mfpt::all_pairs(&a, &b, n)?);
     }
     let rev = g.reverse();
     let cols: Vec<Result<Vec<f64>>> = (0..n)
@@ -512,6 +534,13 @@ pub fn kemeny_constant(chain: &ChainRef<'_>) -> Result<f64> {
     let mut k = 0.0;
     for j in 0..n {
         k += pi[j] * m[j];
+    }
+    if !k.is_finite() {
+        return Err(Error::Numerical(
+            "the Kemeny constant exceeds the float64 range (about 1.8e308): transition probabilities this small \
+             make expected times overflow"
+                .into(),
+        ));
     }
     Ok(k)
 }
