@@ -279,7 +279,7 @@ def grid(template: Mapping[str, Any], **axes: Iterable[Any]) -> List[Job]:
 
     In every string of ``template`` (a :class:`Job` as a dict), ``"{axis}"`` is replaced by the
     axis value (an exact ``"{axis}"`` keeps the value's type); each axis value is also added to the
-    job's ``labels``. When ``name`` mentions no axis, ``-axis=value`` is appended for each.
+    job's ``labels``. When ``name`` mentions no axis, ``-<axis>_<value>`` is appended for each.
 
     >>> [j.name for j in grid({"name": "m-{seed}", "model": "builtin", "inputs": {"mqar": {"seed": "{seed}"}}}, seed=[0, 1])]
     ['m-0', 'm-1']
@@ -304,7 +304,7 @@ def grid(template: Mapping[str, Any], **axes: Iterable[Any]) -> List[Job]:
         values = dict(zip(names, combo))
         d = _substitute(copy.deepcopy(t), values)
         if names and not (set(names) & mentioned):
-            d["name"] = str(d["name"]) + "".join(f"-{a}={v}" for a, v in values.items())
+            d["name"] = str(d["name"]) + "".join(re.sub(r"[^A-Za-z0-9._+-]", "_", f"-{a}_{v}") for a, v in values.items())
         d["labels"] = {**dict(d.get("labels") or {}), **values}
         jobs.append(Job.from_dict(d))
     return jobs
@@ -349,6 +349,9 @@ def _build_model(job: Job) -> Any:
             from transformers import AutoModelForCausalLM
         except ImportError as e:  # pragma: no cover
             raise ImportError("a Hugging Face directory as model needs transformers (pip install 'ess[hf]')") from e
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per job in a worker's log helps nobody
         model = AutoModelForCausalLM.from_pretrained(job.model, local_files_only=True, **job.model_kwargs)
     else:
         out = _resolve(job.model, f"jobs[{job.name!r}].model")(**job.model_kwargs)
@@ -848,6 +851,8 @@ def run(
         raise InvalidArgumentError(f"threads: expected a positive integer or None, got {threads!r}")
     if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
         raise InvalidArgumentError(f"max_workers: expected a positive integer or None, got {max_workers!r}")
+    if not (executor is None or isinstance(executor, str) and executor in ("serial", "processes", "ray") or hasattr(executor, "submit")):
+        raise InvalidArgumentError(f"executor: expected None, 'serial', 'processes', 'ray' or a concurrent.futures.Executor, got {executor!r}")
     root = Path(results).absolute()
     _init_dir(root)
     records = _scan(root)
