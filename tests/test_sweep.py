@@ -150,6 +150,11 @@ def test_dask_identical(serial, jobs, tmp_path, dask_client):
     out = sweep.run(jobs, tmp_path / "res", executor=dask_client.get_executor(), threads=1, progress=False)
     _check_outcome(out)
     _same_tables(serial[0], tmp_path / "res")
+    # a rerun on the same client really runs the failed job again (no result cached by Dask)
+    before = json.loads((tmp_path / "res" / "jobs" / "boom.json").read_text())["finished"]
+    again = sweep.run(jobs, tmp_path / "res", executor=dask_client.get_executor(), progress=False)
+    assert again.failed == ["boom"] and len(again.skipped) == 3
+    assert json.loads((tmp_path / "res" / "jobs" / "boom.json").read_text())["finished"] > before
 
 
 def test_ray_identical(serial, jobs, tmp_path):

@@ -450,17 +450,22 @@ def _analyze_job(job: Job) -> Any:
     return analyze(model, inputs, progress=False, **opts)
 
 
-def _execute(spec: Dict[str, Any], results: str, threads: Optional[int]) -> Dict[str, Any]:
+def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: str = "") -> Dict[str, Any]:
     """The task: build, analyse, write. Returns a small status dict; a job's exception is recorded
-    (status ``failed``), only infrastructure failures (a dead worker, a full disk) propagate."""
+    (status ``failed``), only infrastructure failures (a dead worker, a full disk) propagate.
+    ``token`` is unique per submission, so that engines which cache results by their arguments
+    (Dask's pure tasks) always run the job again."""
     started = time.time()
     t0 = time.perf_counter()
     job = Job.from_dict(spec)
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
     old_threads = None
+    set_env = False
     try:
         if threads:
-            os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+            if "RAYON_NUM_THREADS" not in os.environ:  # only effective in a fresh worker process
+                os.environ["RAYON_NUM_THREADS"] = str(threads)
+                set_env = True
             import torch
 
             old_threads = torch.get_num_threads()
@@ -475,6 +480,8 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int]) -> Dict
         _write_done(Path(results), job, report, {**info, "seconds": sec})
         return {"name": job.name, "status": "done", "seconds": sec, "error": None}
     finally:
+        if set_env:
+            os.environ.pop("RAYON_NUM_THREADS", None)
         if old_threads is not None:
             import torch
 
@@ -906,11 +913,12 @@ def run(
         else:
             futs: Dict[Any, str] = {}
             for j in todo:
+                token = os.urandom(8).hex()
                 sub = getattr(ex, "submit_with", None)
                 if sub is not None:
-                    f = sub(_resources(j), _execute, j.to_dict(), str(root), threads)
+                    f = sub(_resources(j), _execute, j.to_dict(), str(root), threads, token)
                 else:
-                    f = ex.submit(_execute, j.to_dict(), str(root), threads)
+                    f = ex.submit(_execute, j.to_dict(), str(root), threads, token)
                 futs[f] = j.name
             for f in cf.as_completed(futs):
                 try:
