@@ -7,7 +7,6 @@ import concurrent.futures as cf
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,8 +23,6 @@ import ess  # noqa: E402
 from ess import sweep  # noqa: E402
 from ess.sweep import Job, SweepResultsError  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
-PYPATH = os.pathsep.join([str(HERE.parent / "python"), str(HERE)])
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +156,7 @@ def test_dask_identical(serial, jobs, tmp_path, dask_client):
 
 def test_ray_identical(serial, jobs, tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
-    ex = sweep.RayExecutor(init={"num_cpus": 2, "runtime_env": {"env_vars": {"PYTHONPATH": PYPATH}}})
+    ex = sweep.RayExecutor(init={"num_cpus": 2})  # sys.path (tests/ for sweep_factory) travels as PYTHONPATH
     try:
         out = sweep.run(jobs, tmp_path / "res", executor=ex, threads=1, progress=False)
     finally:

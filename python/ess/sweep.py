@@ -52,6 +52,7 @@ import json
 import os
 import re
 import socket
+import sys
 import string
 import time
 import traceback
@@ -456,7 +457,7 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: 
     ``token`` is unique per submission, so that engines which cache results by their arguments
     (Dask's pure tasks) always run the job again."""
     started = time.time()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     job = Job.from_dict(spec)
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
     old_threads = None
@@ -473,12 +474,12 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: 
         try:
             report = _analyze_job(job)
         except Exception as e:  # the job's own failure: recorded, never raised
-            sec = time.perf_counter() - t0
-            _write_failed(Path(results), job, e, traceback.format_exc(), {**info, "seconds": sec})
-            return {"name": job.name, "status": "failed", "seconds": sec, "error": f"{type(e).__name__}: {e}"}
+            sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+            _write_failed(Path(results), job, e, traceback.format_exc(), {**info, "seconds": sec, "cpu_seconds": cpu})
+            return {"name": job.name, "status": "failed", "seconds": sec, "cpu_seconds": cpu, "error": f"{type(e).__name__}: {e}"}
         sec = time.perf_counter() - t0
-        _write_done(Path(results), job, report, {**info, "seconds": sec})
-        return {"name": job.name, "status": "done", "seconds": sec, "error": None}
+        _write_done(Path(results), job, report, {**info, "seconds": sec, "cpu_seconds": time.process_time() - c0})
+        return {"name": job.name, "status": "done", "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "error": None}
     finally:
         if set_env:
             os.environ.pop("RAYON_NUM_THREADS", None)
@@ -649,23 +650,20 @@ def _scan(root: Path) -> Dict[str, Dict[str, Any]]:
         return bool(_TMP.match(name)) or name.startswith(".nfs")
 
     records: Dict[str, Dict[str, Any]] = {}
-    data_files: Dict[str, set] = {}
     for entry in sorted(root.iterdir()):
         n = entry.name
         if n == MARKER or ignorable(n) or (n == "report" and entry.is_dir()):
             continue
         if n in ("table", "summary") and entry.is_dir():
-            for part in sorted(entry.iterdir()):
-                pm = re.fullmatch(r"job=(.+)", part.name)
-                if ignorable(part.name):
+            for pdir in sorted(entry.iterdir()):
+                pm = re.fullmatch(r"job=(.+)", pdir.name)
+                if ignorable(pdir.name):
                     continue
-                if not (part.is_dir() and pm and _NAME.match(pm.group(1))):
-                    foreign.append(str(part.relative_to(root)))
+                if not (pdir.is_dir() and pm and _NAME.match(pm.group(1))):
+                    foreign.append(str(pdir.relative_to(root)))
                     continue
-                for f in sorted(part.iterdir()):
-                    if f.name == "part-0.parquet" and f.is_file():
-                        data_files.setdefault(pm.group(1), set()).add(n)
-                    elif not ignorable(f.name):
+                for f in sorted(pdir.iterdir()):
+                    if not ((f.name == "part-0.parquet" and f.is_file()) or ignorable(f.name)):
                         foreign.append(str(f.relative_to(root)))
         elif n == "jobs" and entry.is_dir():
             for f in sorted(entry.iterdir()):
@@ -723,7 +721,9 @@ class RayExecutor(cf.Executor):
         on ``cuda``, else 0).
     max_retries : how often Ray reruns a task whose worker died (default 3).
     init : keyword arguments of ``ray.init`` when Ray is not initialised yet (e.g. ``address=``,
-        ``num_cpus=``); an executor that started Ray shuts it down in :meth:`shutdown`.
+        ``num_cpus=``); an executor that started Ray shuts it down in :meth:`shutdown`. A local Ray
+        started without ``runtime_env`` gets ``PYTHONPATH`` = this process's own (non-installed)
+        ``sys.path`` entries, so that ``"module:function"`` factories import in its workers as here.
     options : further ``.options(...)`` of every task (``resources=``, ``runtime_env=``, ...).
     """
 
@@ -736,7 +736,16 @@ class RayExecutor(cf.Executor):
         self._ray = ray
         self._owns = False
         if not ray.is_initialized():
-            ray.init(**{"include_dashboard": False, "log_to_driver": False, **(init or {})})
+            kw = {"include_dashboard": False, "log_to_driver": False, **(init or {})}
+            if "runtime_env" not in kw and "address" not in kw:
+                # a local Ray: let its workers import what this process imports from its own
+                # source directories (a factory in the current directory, a checkout on sys.path)
+                own = [os.path.abspath(p or os.getcwd()) for p in sys.path
+                       if not p.startswith((sys.base_prefix, sys.prefix)) and "-packages" not in p]
+                own += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+                if own:
+                    kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(own))}}
+            ray.init(**kw)
             self._owns = True
         self._opts = {"num_cpus": num_cpus, "max_retries": max_retries, **options}
         self._gpus = num_gpus
@@ -782,8 +791,9 @@ class SweepOutcome:
     """What one :func:`run` did. ``finished``: ran and written; ``skipped``: already done with the
     same spec; ``failed``: the job raised (its record holds the error; retried on the next run);
     ``lost``: its task died before writing anything (a killed worker, a broken pool): missing,
-    redone by the next run. ``errors`` maps failed and lost jobs to their error; ``seconds`` maps
-    finished jobs to their time in the task."""
+    redone by the next run. ``errors`` maps failed and lost jobs to their error; ``seconds`` and
+    ``cpu_seconds`` map finished jobs to their wall and CPU time in the task (build, analyse, write;
+    a fresh worker's first job includes importing torch)."""
 
     results: Path
     finished: List[str] = field(default_factory=list)
@@ -792,6 +802,7 @@ class SweepOutcome:
     lost: List[str] = field(default_factory=list)
     errors: Dict[str, str] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
+    cpu_seconds: Dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
     @property
@@ -899,6 +910,7 @@ def run(
         elif status["status"] == "done":  # type: ignore[index]
             out.finished.append(name)
             out.seconds[name] = float(status["seconds"])  # type: ignore[index]
+            out.cpu_seconds[name] = float(status.get("cpu_seconds", float("nan")))  # type: ignore[union-attr]
         else:
             out.failed.append(name)
             out.errors[name] = str(status["error"])  # type: ignore[index]
