@@ -214,6 +214,7 @@ def test_killed_worker_process_pool(tmp_path, pool):
     th.join(5)
     assert log and log[0] is not None, "the hanging job never started"
     pid, done_at_kill = log[0]
+    print(f"\nprocess pool: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}")
     assert "victim" in out.lost and "BrokenProcessPool" in out.errors["victim"]
     assert len(out.finished) >= done_at_kill >= 2 and not out.failed
     assert sorted(out.finished + out.lost) == sorted(j.name for j in js)
@@ -222,6 +223,7 @@ def test_killed_worker_process_pool(tmp_path, pool):
     again = sweep.run(js, root, progress=False)
     assert sorted(again.skipped) == sorted(out.finished) and sorted(again.finished) == sorted(out.lost)
     assert again.complete
+    print(f"rerun (serial):\n{again.table().to_string()}")
     _assert_done_intact(root, [j.name for j in js])
 
 
@@ -237,6 +239,7 @@ def test_killed_worker_dask(tmp_path, dask_client):
     out = sweep.run(js, root, executor=dask_client.get_executor(), threads=1, progress=False)
     th.join(5)
     assert log and log[0] is not None, "the hanging job never started"
+    print(f"\ndask: SIGKILL to worker pid {log[0][0]} running 'victim' when {log[0][1]} records were written\n{out.table().to_string()}")
     assert out.complete and sorted(out.finished) == sorted(j.name for j in js), out.table()
     rec = json.loads((root / "jobs" / "victim.json").read_text())
     assert rec["pid"] != log[0][0]  # finished by another (or the restarted) worker process
@@ -428,3 +431,17 @@ options = { positions = [7] }
     bad.write_text("jobs = [")
     assert main(["sweep", str(bad)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_cli_sweep_on_dask(tmp_path, capsys, dask_client):
+    """``ess sweep --executor dask --scheduler ADDRESS`` joins a running cluster."""
+    from ess.cli import main
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('[[grid]]\nname = "t{seed}"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 8 } }\n'
+                   'vary = { seed = [0, 1, 2] }\n')
+    code = main(["sweep", str(cfg), "--executor", "dask", "--scheduler", dask_client.scheduler.address,
+                 "--threads", "1", "--no-progress", "--no-report", "-o", str(tmp_path / "r")])
+    assert code == 0
+    assert "ess sweep (dask)" in capsys.readouterr().out
+    assert sorted(sweep.load(tmp_path / "r").table["job"].unique()) == ["t0", "t1", "t2"]

@@ -95,7 +95,8 @@ def curves(results: "SweepResults", *, measure: Optional[str] = None, sample: Op
     t = results.table if sample is None else results.table[results.table["sample"] == sample]
     if not len(t):
         raise InvalidArgumentError(f"sample: {sample} is in no job's table")
-    names = list(dict.fromkeys(t["layer"]))[:max_panels]
+    all_names = list(dict.fromkeys(t["layer"]))
+    names = all_names[:max_panels]
     ncol = min(3, len(names))
     nrow = (len(names) + ncol - 1) // ncol
     if fig is None:
@@ -125,6 +126,8 @@ def curves(results: "SweepResults", *, measure: Optional[str] = None, sample: Op
         for h, l in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(l, h)
     fig.legend(list(seen.values()), list(seen.keys()), fontsize=6, loc="upper right")
+    if len(all_names) > len(names):
+        fig.text(0.01, 0.005, f"first {len(names)} of {len(all_names)} layers (max_panels={max_panels})", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
     return fig
 
