@@ -7,6 +7,7 @@ import concurrent.futures as cf
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -246,6 +247,47 @@ def test_killed_worker_dask(tmp_path, dask_client):
     _assert_done_intact(root, [j.name for j in js])
 
 
+def test_killed_serial_sweep_cli(tmp_path, capsys):
+    """``ess sweep`` running serially is SIGKILLed in the middle of a job (the driver is the
+    worker): the jobs it finished are kept, and the same command completes the sweep."""
+    import subprocess
+
+    from ess.cli import main
+
+    hang = tmp_path / "hang"
+    hang.mkdir()
+    (hang / "hang").touch()
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[[jobs]]\nname = "t0"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 8 } }\n'
+        '[[jobs]]\nname = "t1"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 9 } }\n'
+        f'[[jobs]]\nname = "victim"\nmodel = "sweep_factory:tiny_or_hang"\nmodel_kwargs = {{ hang_dir = "{hang}" }}\n'
+        'inputs = { random = { length = 8 } }\n'
+        '[[jobs]]\nname = "after"\nmodel = "sweep_factory:tiny"\ninputs = [1, 2, 3, 4]\n'
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ess.__file__).parent.parent), str(Path(__file__).parent)]))
+    proc = subprocess.Popen([sys.executable, "-m", "ess.cli", "sweep", str(cfg), "--no-progress", "--no-report", "-o", str(tmp_path / "r")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (hang / "pid").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert (hang / "pid").exists(), "the sweep never reached the hanging job"
+        assert int((hang / "pid").read_text()) == proc.pid
+        (hang / "hang").unlink()
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # jobs run in file order: t0 and t1 were finished when the process died in "victim"
+    res = sweep.load(tmp_path / "r")
+    assert sorted(res.table["job"].unique()) == ["t0", "t1"] and sorted(res.records) == ["t0", "t1"]
+    assert main(["sweep", str(cfg), "--no-progress", "--no-report", "-o", str(tmp_path / "r")]) == 0
+    assert "2 finished, 2 skipped (done before), 0 failed, 0 lost" in capsys.readouterr().out
+    assert sorted(sweep.load(tmp_path / "r").table["job"].unique()) == ["after", "t0", "t1", "victim"]
+
+
 # ------------------------------------------------------------------------ the results directory
 @pytest.fixture()
 def small(tmp_path):
@@ -335,6 +377,8 @@ def test_job_validation(tmp_path):
         Job("a", "no-such-dir")
     with pytest.raises(ess.InvalidArgumentError, match="shadow"):
         Job("a", "builtin", labels={"layer": 1})
+    with pytest.raises(ess.InvalidArgumentError, match="shadow"):
+        Job("a", "builtin", labels={"fill": 1})  # a summary column
     with pytest.raises(ess.InvalidArgumentError, match="duplicate"):
         sweep.run([Job("a", "builtin"), Job("a", "builtin")], tmp_path / "dup", progress=False)
     with pytest.raises(ess.InvalidArgumentError, match="executor"):

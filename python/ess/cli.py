@@ -277,7 +277,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def _print_sweep(out, kind: str) -> None:
     t = out.table()
     counts = f"{len(out.finished)} finished, {len(out.skipped)} skipped (done before), {len(out.failed)} failed, {len(out.lost)} lost"
-    title = f"ess sweep ({kind}) into {out.results}: {counts}, {out.wall_seconds:.1f} s"
+    title = f"ess sweep ({kind})"
     try:
         from rich.console import Console
         from rich.table import Table
@@ -297,6 +297,7 @@ def _print_sweep(out, kind: str) -> None:
     except ImportError:  # pragma: no cover - rich is part of the analyze extra
         print(title)
         print(t.to_string(index=False))
+    print(f"{counts} in {out.wall_seconds:.1f} s; results in {out.results}")
     if out.lost:
         print("lost jobs died with their worker; run the same command again to redo them (finished jobs are kept)")
     if out.failed:

@@ -84,6 +84,8 @@ _TMP = re.compile(r"^\..+\.[0-9a-f]{8,}\.tmp$")
 _OPTIONS = ("layers", "positions", "method", "atol", "rtol", "memory_budget", "saturation", "collapse", "markers")
 _INPUT_KINDS = ("tokens", "mqar", "random", "npy", "builtin", "factory")
 _TABLE_COLUMNS = ("job", "sample", "layer", "kind", "operator", "index", "position", "token", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")
+_SUMMARY_COLUMNS = ("module_type", "n_operators", "channels", "avg_ess_tolerance", "avg_ess_entropy", "max_ess_tolerance", "total_ess",
+                    "total_tss", "utilisation", "attainable", "fill", "saturated", "collapsed", "note")
 
 
 class SweepResultsError(InvalidArgumentError):
@@ -236,8 +238,8 @@ class Job:
         for k, v in labels.items():
             if isinstance(v, (dict, list)):
                 raise DTypeError(f"{w}.labels.{k}: labels must be scalars (str, number, bool), got {type(v).__name__}")
-            if k in _TABLE_COLUMNS or not k or k.startswith("_"):
-                raise InvalidArgumentError(f"{w}.labels: {k!r} would shadow a table column; rename it")
+            if k in _TABLE_COLUMNS or k in _SUMMARY_COLUMNS or not k or k.startswith("_"):
+                raise InvalidArgumentError(f"{w}.labels: {k!r} would shadow a table or summary column; rename it")
         object.__setattr__(self, "labels", labels)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -253,6 +255,15 @@ class Job:
         if "name" not in d or "model" not in d:
             raise InvalidArgumentError(f"jobs: every job needs 'name' and 'model', got {sorted(d)}")
         return cls(**dict(d))
+
+    @classmethod
+    def _trusted(cls, d: Mapping[str, Any]) -> "Job":
+        """A job from a spec the driver already validated (in the task: no second check of paths,
+        which may not exist on the driver's terms there; a missing one fails the job, recorded)."""
+        obj = object.__new__(cls)
+        for k, v in d.items():
+            object.__setattr__(obj, k, v)
+        return obj
 
     @property
     def fingerprint(self) -> str:
@@ -458,7 +469,7 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: 
     (Dask's pure tasks) always run the job again."""
     started = time.time()
     t0, c0 = time.perf_counter(), time.process_time()
-    job = Job.from_dict(spec)
+    job = Job._trusted(spec)
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
     old_threads = None
     set_env = False
@@ -478,8 +489,9 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: 
             _write_failed(Path(results), job, e, traceback.format_exc(), {**info, "seconds": sec, "cpu_seconds": cpu})
             return {"name": job.name, "status": "failed", "seconds": sec, "cpu_seconds": cpu, "error": f"{type(e).__name__}: {e}"}
         sec = time.perf_counter() - t0
-        _write_done(Path(results), job, report, {**info, "seconds": sec, "cpu_seconds": time.process_time() - c0})
-        return {"name": job.name, "status": "done", "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0, "error": None}
+        wsec = _write_done(Path(results), job, report, {**info, "seconds": sec, "cpu_seconds": time.process_time() - c0})
+        return {"name": job.name, "status": "done", "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                "write_seconds": wsec, "error": None}
     finally:
         if set_env:
             os.environ.pop("RAYON_NUM_THREADS", None)
@@ -539,9 +551,12 @@ def _data_paths(root: Path, name: str) -> Dict[str, Path]:
     return {part: root / part / f"job={name}" / "part-0.parquet" for part in ("table", "summary")}
 
 
-def _write_done(root: Path, job: Job, report: Any, info: Dict[str, Any]) -> None:
+def _write_done(root: Path, job: Job, report: Any, info: Dict[str, Any]) -> float:
+    """Write the job's two Parquet files, then its record (the commit point). Returns the seconds
+    spent writing."""
     from .report import _jsonable as report_json
 
+    t0 = time.perf_counter()
     paths = _data_paths(root, job.name)
     sha = {
         "table": _write_parquet(paths["table"], _with_labels(report.table, job.labels)),
@@ -564,9 +579,11 @@ def _write_done(root: Path, job: Job, report: Any, info: Dict[str, Any]) -> None
         "traceback": None,
         "ess_version": _ess_version(),
         **info,
+        "write_seconds": time.perf_counter() - t0,  # the Parquet files; the record itself follows
         "finished": time.time(),
     }
     _write_json(root / "jobs" / f"{job.name}.json", record)  # the commit point
+    return time.perf_counter() - t0
 
 
 def _write_failed(root: Path, job: Job, exc: BaseException, tb: str, info: Dict[str, Any]) -> None:
@@ -793,7 +810,8 @@ class SweepOutcome:
     ``lost``: its task died before writing anything (a killed worker, a broken pool): missing,
     redone by the next run. ``errors`` maps failed and lost jobs to their error; ``seconds`` and
     ``cpu_seconds`` map finished jobs to their wall and CPU time in the task (build, analyse, write;
-    a fresh worker's first job includes importing torch)."""
+    a fresh worker's first job includes importing torch), ``write_seconds`` to the part of it spent
+    writing the results."""
 
     results: Path
     finished: List[str] = field(default_factory=list)
@@ -803,6 +821,7 @@ class SweepOutcome:
     errors: Dict[str, str] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
     cpu_seconds: Dict[str, float] = field(default_factory=dict)
+    write_seconds: Dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
 
     @property
@@ -911,6 +930,7 @@ def run(
             out.finished.append(name)
             out.seconds[name] = float(status["seconds"])  # type: ignore[index]
             out.cpu_seconds[name] = float(status.get("cpu_seconds", float("nan")))  # type: ignore[union-attr]
+            out.write_seconds[name] = float(status.get("write_seconds", float("nan")))  # type: ignore[union-attr]
         else:
             out.failed.append(name)
             out.errors[name] = str(status["error"])  # type: ignore[index]
