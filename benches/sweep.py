@@ -38,10 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pandas as pd
-import torch
-
-import ess
+# heavy imports live inside the functions: spawned workers re-import this script (as
+# __mp_main__), and a real driver (the ess command) does not make them import torch up front
 from ess import sweep
 
 GPT2_CONFIGS = [  # (n_layer, n_embd, n_head)
@@ -53,6 +51,7 @@ GPT2_CONFIGS = [  # (n_layer, n_embd, n_head)
 
 
 def make_jobs(tmp: Path):
+    import torch
     import transformers as tr
 
     tr.utils.logging.disable_progress_bar()
@@ -72,6 +71,10 @@ def make_jobs(tmp: Path):
 def plain_loop(jobs):
     """The same analyses without the sweep (model built, analysed, table kept in memory):
     (wall seconds, CPU seconds)."""
+    import torch
+
+    import ess
+
     torch.set_num_threads(1)
     t0, c0 = time.perf_counter(), time.process_time()
     for j in jobs:
@@ -88,6 +91,11 @@ def main() -> None:
     args = ap.parse_args()
     W = args.workers
     os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    import pandas as pd
+    import torch
+
+    import ess
+
     tmp = Path(tempfile.mkdtemp(prefix="ess-sweep-bench-"))
     try:
         jobs = make_jobs(tmp)

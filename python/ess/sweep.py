@@ -983,6 +983,9 @@ class SweepResults:
     summary : the per-layer summaries of all done jobs: ``job``, labels, :attr:`ess.Report.summary`.
     jobs : one row per recorded job: ``job, status, model, device, seconds, host, error`` + labels.
     records : job name -> its full record (spec, meta, skipped modules, caveats, traceback).
+    incomplete : jobs with Parquet files but no done record: a task died between writing them
+        and its record (or a failed job's files were left); never loaded, redone by the next run.
+        A direct reader of ``table/`` (``pandas.read_parquet``) would see their files.
     """
 
     root: Path
@@ -990,6 +993,7 @@ class SweepResults:
     summary: Any
     jobs: Any
     records: Dict[str, Dict[str, Any]]
+    incomplete: List[str] = field(default_factory=list)
 
     @property
     def failed(self) -> Any:
@@ -1057,7 +1061,10 @@ def load(results: Union[str, "os.PathLike[str]"]) -> SweepResults:
 
     table, summary = ordered(table), ordered(summary)
     jobs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["job", "status", "model", "device", "seconds", "host", "error"])
-    return SweepResults(root, table, summary, jobs, records)
+    done = {n for n, r in records.items() if r["status"] == "done"}
+    incomplete = sorted({d.name[4:] for part in ("table", "summary") if (root / part).is_dir()
+                         for d in (root / part).iterdir() if d.name.startswith("job=") and (d / "part-0.parquet").exists()} - done)
+    return SweepResults(root, table, summary, jobs, records, incomplete)
 
 
 # -------------------------------------------------------------------------------------- config
