@@ -125,7 +125,8 @@ def curves(results: "SweepResults", *, measure: Optional[str] = None, sample: Op
     for ax in axes.flat:
         for h, l in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(l, h)
-    fig.legend(list(seen.values()), list(seen.keys()), fontsize=6, loc="upper right")
+    order = [k for k in seen if k != "min(t, L-t)"] + ["min(t, L-t)"]  # jobs first, the bound last
+    fig.legend([seen[k] for k in order], order, fontsize=6, loc="upper right")
     if len(all_names) > len(names):
         fig.text(0.01, 0.005, f"first {len(names)} of {len(all_names)} layers (max_panels={max_panels})", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
