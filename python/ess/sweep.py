@@ -866,7 +866,8 @@ def run(
         :class:`concurrent.futures.Executor` (e.g. ``dask.distributed.Client.get_executor()``, a
         :class:`RayExecutor`); an executor passed in is left running.
     max_workers : processes of ``executor="processes"`` (default: the CPU count).
-    retry_failed : rerun jobs recorded as failed (default); ``False`` keeps their records.
+    retry_failed : rerun jobs recorded as failed (default); ``False`` keeps their records (a failed
+        job whose spec has changed since is always rerun).
     threads : torch / rayon threads per task (``torch.set_num_threads`` for the task,
         ``RAYON_NUM_THREADS`` when not set yet); default: leave as is. Use 1 with one worker per core.
     progress : a tqdm progress bar over jobs.
@@ -902,7 +903,7 @@ def run(
             changed.append(j.name)
         elif rec is not None and rec["status"] == "done":
             out.skipped.append(j.name)
-        elif rec is not None and rec["status"] == "failed" and not retry_failed:
+        elif rec is not None and rec["status"] == "failed" and not retry_failed and rec["fingerprint"] == j.fingerprint:
             out.failed.append(j.name)
             out.errors[j.name] = str(rec.get("error"))
         else:
