@@ -43,6 +43,8 @@ __all__ = [
     "markov",
     "graph",
     "automaton",
+    "sweep",
+    "compare",
     "EssError",
     "ShapeError",
     "NonFiniteError",
@@ -55,9 +57,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # lazy: ess.automaton imports torch only when used
-    if name == "automaton":
+def __getattr__(name: str):  # lazy submodules: ess.automaton imports torch on import
+    if name in ("automaton", "sweep", "compare"):
         import importlib
 
-        return importlib.import_module(".automaton", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,6 +2,7 @@
 
 ``ess analyze`` (the main job) analyses a model and writes a report directory; with no
 arguments it analyses the built-in hybrid model on shipped MQAR inputs.
+``ess sweep CONFIG`` runs the jobs of a TOML file (:mod:`ess.sweep`), resumably.
 ``ess demo`` prints ESS summaries of the built-in example operators.
 """
 
@@ -283,6 +284,105 @@ def _print_summary(report, title: str) -> None:
             print(f"note: {c}")
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    try:
+        import pandas  # noqa: F401
+        import pyarrow  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError:
+        print("ess sweep needs PyTorch, pandas and pyarrow: pip install 'ess[analyze]' pyarrow", file=sys.stderr)
+        return 2
+    from pathlib import Path
+
+    from . import sweep
+    from .errors import EssError
+
+    try:
+        cfg = sweep.load_config(args.config)
+    except EssError as e:
+        print(f"ess sweep: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    results = args.results or cfg["results"] or str(Path(args.config).absolute().with_name(Path(args.config).stem + "-results"))
+    kind = args.executor or cfg["executor"] or "serial"
+    workers = args.workers or cfg["workers"]
+    threads = args.threads or cfg["threads"]
+    scheduler = args.scheduler or cfg["scheduler"]
+    retry = cfg["retry_failed"] if args.retry_failed is None else args.retry_failed
+    if kind not in ("serial", "processes", "dask", "ray"):
+        print(f"ess sweep: executor: expected serial, processes, dask or ray, got {kind!r}", file=sys.stderr)
+        return 2
+    cleanup = []
+    executor: object = None if kind == "serial" else kind
+    try:
+        if kind == "dask":
+            try:
+                from dask.distributed import Client, LocalCluster
+            except ImportError:
+                print("ess sweep --executor dask needs dask.distributed: pip install 'dask[distributed]'", file=sys.stderr)
+                return 2
+            if scheduler:
+                client = Client(scheduler)
+            else:
+                cluster = LocalCluster(n_workers=workers or None, threads_per_worker=1, processes=True, dashboard_address=None)
+                cleanup.append(cluster.close)
+                client = Client(cluster)
+            cleanup.insert(0, client.close)
+            executor = client.get_executor()
+        elif kind == "ray":
+            init = {"address": scheduler} if scheduler else ({"num_cpus": workers} if workers else {})
+            executor = sweep.RayExecutor(init=init)
+            cleanup.append(executor.shutdown)
+        out = sweep.run(cfg["jobs"], results, executor=executor, max_workers=workers, retry_failed=retry,
+                        threads=threads, progress=not args.no_progress)
+    except EssError as e:
+        print(f"ess sweep: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        for fn in cleanup:
+            fn()
+    _print_sweep(out, kind)
+    if not args.no_report:
+        try:
+            res = sweep.load(out.results)
+            if len(res.table):
+                rep = res.save_report(out.results / "report")
+                print(f"combined report written to {rep}/ (report.html, table.parquet, ...)")
+        except EssError as e:
+            print(f"ess sweep: report: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+    return 0 if out.complete else 1
+
+
+def _print_sweep(out, kind: str) -> None:
+    t = out.table()
+    counts = f"{len(out.finished)} finished, {len(out.skipped)} skipped (done before), {len(out.failed)} failed, {len(out.lost)} lost"
+    title = f"ess sweep ({kind})"
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        tab = Table(title=title)
+        for h in ("job", "status", "seconds", "error"):
+            tab.add_column(h, justify="right" if h == "seconds" else "left")
+        style = {"finished": "green", "skipped (done)": "dim", "failed": "red", "lost (rerun)": "yellow"}
+        for _, r in t.iterrows():
+            sec = "" if r["seconds"] is None or r["seconds"] != r["seconds"] else f"{r['seconds']:.2f}"
+            err = "" if r["error"] is None or r["error"] != r["error"] else str(r["error"])
+            tab.add_row(str(r["job"]), f"[{style[r['status']]}]{r['status']}[/]", sec, err[:200])
+        con = Console()
+        if not con.is_terminal:
+            con = Console(width=160)
+        con.print(tab)
+    except ImportError:  # pragma: no cover - rich is part of the analyze extra
+        print(title)
+        print(t.to_string(index=False))
+    print(f"{counts} in {out.wall_seconds:.1f} s; results in {out.results}")
+    if out.lost:
+        print("lost jobs died with their worker; run the same command again to redo them (finished jobs are kept)")
+    if out.failed:
+        print(f"failed jobs: errors and tracebacks in {out.results}/jobs/<job>.json; the next run retries them")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ess", description="Effective state size of sequence models.")
     sub = parser.add_subparsers(dest="command")
@@ -309,6 +409,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_an.add_argument("--out", "-o", default="ess-report", help="report directory (default ./ess-report)")
     p_an.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_an.set_defaults(func=_analyze)
+    p_sw = sub.add_parser(
+        "sweep",
+        help="run the analyze jobs of a TOML file into a results directory (resumable; serial, processes, Dask or Ray)",
+        description="Runs every job of CONFIG not yet done (see ess.sweep.load_config for the file format), shows a "
+        "progress bar over jobs and a closing table, and writes a combined report to RESULTS/report. A rerun skips done "
+        "jobs and redoes missing or failed ones. Exit status: 0 all jobs done, 1 some failed or lost, 2 bad config or results.",
+    )
+    p_sw.add_argument("config", help="TOML file of [[jobs]] and [[grid]] tables")
+    p_sw.add_argument("--results", "-o", help="results directory (default: the file's 'results', else CONFIG-results beside it)")
+    p_sw.add_argument("--executor", "-e", choices=["serial", "processes", "dask", "ray"], help="where jobs run (default: the file's, else serial)")
+    p_sw.add_argument("--workers", "-j", type=int, help="local worker processes (processes, local Dask cluster, local Ray)")
+    p_sw.add_argument("--scheduler", help="address of a running Dask scheduler or Ray cluster (instead of a local one)")
+    p_sw.add_argument("--threads", type=int, help="torch/rayon threads per job (e.g. 1 with one worker per core)")
+    p_sw.add_argument("--no-retry-failed", dest="retry_failed", action="store_false", default=None, help="keep failed jobs' records instead of retrying them")
+    p_sw.add_argument("--no-report", action="store_true", help="do not write RESULTS/report")
+    p_sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_sw.set_defaults(func=_sweep)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         args = parser.parse_args(["demo", *(argv or [])])

@@ -1,0 +1,192 @@
+"""Comparison figures and the combined report of a sweep (:class:`ess.sweep.SweepResults`).
+
+Every figure function takes the loaded results (:func:`ess.sweep.load`), draws into a given
+:class:`matplotlib.figure.Figure` (a new one, made without pyplot, when ``fig`` is ``None``) and
+returns it. Jobs are told apart by colour, in the order of ``results.jobs``; layers are matched by
+their qualified module name (jobs of different architectures simply have different layers).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional, Union
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .sweep import SweepResults
+
+__all__ = ["layers", "curves", "save_report"]
+
+
+def _measure(results: "SweepResults", measure: Optional[str]) -> str:
+    t = results.table
+    if measure is None:
+        measure = "tolerance" if len(t) and t["ess_tolerance"].notna().any() else "entropy"
+    if measure not in ("tolerance", "entropy"):
+        raise InvalidArgumentError(f"measure: expected 'tolerance' or 'entropy', got {measure!r}")
+    return measure
+
+
+def _done_jobs(results: "SweepResults") -> List[str]:
+    jobs = [j for j in results.jobs["job"] if j in set(results.table["job"])] if len(results.table) else []
+    if not jobs:
+        raise InvalidArgumentError(f"results: no finished job in {str(results.root)!r} to compare")
+    return jobs
+
+
+def _colors(n: int) -> List[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "viridis"]
+    return [cmap(i if n <= 20 else i / max(1, n - 1)) for i in range(n)]
+
+
+def _figure(w: float, h: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h))
+
+
+def layers(results: "SweepResults", *, measure: Optional[str] = None, fig: Any = None) -> Any:
+    """Average ESS per layer (over operators, positions and samples), one bar per job side by side
+    in each layer's group (a job without that layer has no bar)."""
+    m = _measure(results, measure)
+    jobs = _done_jobs(results)
+    s = results.summary
+    names = list(dict.fromkeys(s["layer"]))
+    kinds = s.groupby("layer")["kind"].first()
+    n, k = len(names), len(jobs)
+    if fig is None:
+        fig = _figure(min(18.0, 2.5 + n * (0.5 + 0.18 * k)), 4.2)
+    ax = fig.subplots()
+    width = 0.8 / k
+    x = np.arange(n)
+    for i, (job, c) in enumerate(zip(jobs, _colors(k))):
+        d = s[s["job"] == job].set_index("layer")
+        vals = np.array([float(d.loc[l, f"avg_ess_{m}"]) if l in d.index else np.nan for l in names])
+        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width=width, color=c, label=job)
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{l}\n({kinds[l]})" for l in names], fontsize=7)
+    top = np.nanmax(s[f"avg_ess_{m}"].to_numpy()) if len(s) else 1.0
+    ax.set_ylim(0, 1.15 * max(float(top), 1e-9))
+    ax.set_ylabel(f"average {m}-ESS")
+    ax.set_title(f"average {m}-ESS per layer, {k} job(s)", fontsize=10)
+    ax.legend(fontsize=6, ncol=max(1, (k + 1) // 12 + 1), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+def curves(results: "SweepResults", *, measure: Optional[str] = None, sample: Optional[int] = None,
+           max_panels: int = 12, fig: Any = None) -> Any:
+    """ESS against position, one panel per layer (at most ``max_panels``), one line per job: the
+    mean over the layer's operators (and over samples, unless ``sample`` is given); the boundary
+    bound ``min(t, L - t)`` dashed (of the longest job)."""
+    m = _measure(results, measure)
+    col = f"ess_{m}"
+    jobs = _done_jobs(results)
+    t = results.table if sample is None else results.table[results.table["sample"] == sample]
+    if not len(t):
+        raise InvalidArgumentError(f"sample: {sample} is in no job's table")
+    all_names = list(dict.fromkeys(t["layer"]))
+    names = all_names[:max_panels]
+    ncol = min(3, len(names))
+    nrow = (len(names) + ncol - 1) // ncol
+    if fig is None:
+        fig = _figure(4.6 * ncol + 1.8, 2.8 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    mean = t.groupby(["layer", "job", "position"], sort=False, observed=True)[col].mean()
+    bound = t.groupby(["layer", "position"], sort=False, observed=True)["bound"].max()
+    colors = dict(zip(jobs, _colors(len(jobs))))
+    for p, layer in enumerate(names):
+        ax = axes[p // ncol][p % ncol]
+        ml = mean.loc[layer]
+        for job in jobs:
+            if job in ml.index.get_level_values(0):
+                c = ml.loc[job].sort_index()
+                ax.plot(c.index.to_numpy(), c.to_numpy(), lw=1.2, color=colors[job], label=job)
+        b = bound.loc[layer].sort_index()
+        ax.plot(b.index.to_numpy(), b.to_numpy(), ls="--", lw=0.8, color="0.5", label="min(t, L-t)")
+        kind = t.loc[t["layer"] == layer, "kind"].iloc[0]
+        ax.set_title(f"{layer} ({kind})", fontsize=8)
+        ax.set_xlabel("position t", fontsize=7)
+        ax.set_ylabel(col.replace("_", " "), fontsize=7)
+        ax.set_ylim(bottom=0)
+    for p in range(len(names), nrow * ncol):
+        axes[p // ncol][p % ncol].set_visible(False)
+    seen: dict = {}
+    for ax in axes.flat:
+        for h, l in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(l, h)
+    order = [k for k in seen if k != "min(t, L-t)"] + ["min(t, L-t)"]  # jobs first, the bound last
+    fig.legend([seen[k] for k in order], order, fontsize=6, loc="upper right")
+    if len(all_names) > len(names):
+        fig.text(0.01, 0.005, f"first {len(names)} of {len(all_names)} layers (max_panels={max_panels})", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
+    return fig
+
+
+def _png(fig: Any, dpi: int = 90) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return buf.getvalue()
+
+
+def save_report(results: "SweepResults", directory: Union[str, "os.PathLike[str]"]) -> Path:
+    """Write ``report.html`` (job table with errors, per-layer average ESS job by job, the two
+    comparison figures embedded), ``layers.png``, ``curves.png``, ``table.parquet``,
+    ``summary.parquet`` and ``jobs.csv`` into ``directory`` (each file written atomically).
+    Returns the directory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .sweep import _atomic_write
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    m = _measure(results, None)
+    figs = {}
+    if len(results.table):
+        figs = {"layers": _png(layers(results)), "curves": _png(curves(results))}
+    for name, png in figs.items():
+        _atomic_write(d / f"{name}.png", png)
+    for name, df in (("table", results.table), ("summary", results.summary)):
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), buf)
+        _atomic_write(d / f"{name}.parquet", buf.getvalue().to_pybytes())
+    _atomic_write(d / "jobs.csv", results.jobs.to_csv(index=False).encode("utf-8"))
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>ess sweep</title>"
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;font-size:12px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%;display:block;margin:1em 0}"
+        ".failed{color:#a00}</style></head><body>",
+        f"<h2>ess sweep</h2><p>results <code>{html.escape(str(results.root))}</code>: {len(results.jobs)} job(s) recorded, "
+        f"{int((results.jobs['status'] == 'done').sum()) if len(results.jobs) else 0} done, {len(results.failed)} failed; "
+        f"comparisons on the {m}-ESS.</p>",
+        "<h3>Jobs</h3>" + results.jobs.to_html(index=False, escape=True, na_rep="", float_format="{:.3g}".format),
+    ]
+    if len(results.summary):
+        piv = results.summary.pivot_table(index="layer", columns="job", values=f"avg_ess_{m}", sort=False)
+        parts.append(f"<h3>Average {m}-ESS per layer and job</h3>" + piv.to_html(escape=True, float_format="{:.3g}".format, na_rep=""))
+    if figs:
+        parts.append("<h3>Figures</h3>")
+        for name, png in figs.items():
+            b64 = base64.b64encode(png).decode("ascii")
+            parts.append(f"<figure><img alt='{name}' id='fig-{name}' src='data:image/png;base64,{b64}'><figcaption>{name}</figcaption></figure>")
+    fails = [(n, r) for n, r in sorted(results.records.items()) if r["status"] == "failed"]
+    if fails:
+        parts.append("<h3>Failed jobs</h3>")
+        for n, r in fails:
+            parts.append(f"<p class='failed'><b>{html.escape(n)}</b>: {html.escape(str(r.get('error')))}</p>"
+                         f"<details><summary>traceback</summary><pre>{html.escape(str(r.get('traceback')))}</pre></details>")
+    parts.append("</body></html>")
+    _atomic_write(d / "report.html", "\n".join(parts).encode("utf-8"))
+    _atomic_write(d / "summary.json", (json.dumps({"jobs": json.loads(results.jobs.to_json(orient="records"))}, indent=1) + "\n").encode("utf-8"))
+    return d
