@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.requires("torch", "pandas", "pyarrow", "matplotlib")
 torch = pytest.importorskip("torch")
 pd = pytest.importorskip("pandas")
 pytest.importorskip("pyarrow")
