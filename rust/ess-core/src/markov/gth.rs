@@ -93,16 +93,13 @@ pub fn dense_eliminate(a: &mut [f64], r: usize, npiv: usize, d: &mut Vec<f64>) -
         // bring the non-pivoted columns npiv..=r up to date
         let k = npiv;
         let nc = r + 1 - npiv;
-        trsm(mat(base, ld, 0, 0, k, k), mat_mut(base, ld, 0, npiv, k, nc));
+        trsm_panels(mat(base, ld, 0, 0, k, k), mat_mut(base, ld, 0, npiv, k, nc))?;
         if k < r {
-            matmul(
+            matmul_panels(
                 mat_mut(base, ld, npiv, npiv, r - npiv, nc),
-                Accum::Add,
                 mat(base, ld, npiv, 0, r - npiv, k),
                 mat(base, ld, 0, npiv, k, nc),
-                1.0,
-                par(),
-            );
+            )?;
         }
     }
     Ok(())
@@ -131,6 +128,44 @@ unsafe fn mat_mut<'a>(
     nc: usize,
 ) -> MatMut<'a, f64> {
     MatMut::from_raw_parts_mut(p.add(j * ld + i), nr, nc, 1, ld as isize)
+}
+
+/// Floating-point operations per interruptible panel (a few tens of milliseconds on one core).
+const PANEL_FLOPS: usize = 50_000_000;
+
+/// Columns per panel for an update touching `m x k` per column.
+fn panel_cols(m: usize, k: usize) -> usize {
+    (PANEL_FLOPS / (2 * m.max(1) * k.max(1))).max(16)
+}
+
+/// `dst += lhs * rhs` in column panels, with an interrupt check before each panel, so that
+/// Ctrl-C reaches a large elimination within a fraction of a second.
+pub(crate) fn matmul_panels(mut dst: MatMut<'_, f64>, lhs: MatRef<'_, f64>, rhs: MatRef<'_, f64>) -> Result<()> {
+    let nc = dst.ncols();
+    let w = panel_cols(dst.nrows(), lhs.ncols());
+    let mut j = 0;
+    while j < nc {
+        crate::interrupt::check()?;
+        let step = w.min(nc - j);
+        matmul(dst.rb_mut().subcols_mut(j, step), Accum::Add, lhs, rhs.subcols(j, step), 1.0, par());
+        j += step;
+    }
+    Ok(())
+}
+
+/// [`trsm`] in column panels with an interrupt check before each.
+fn trsm_panels(l: MatRef<'_, f64>, mut b: MatMut<'_, f64>) -> Result<()> {
+    let nc = b.ncols();
+    let k = l.nrows();
+    let w = panel_cols(k, k / 2);
+    let mut j = 0;
+    while j < nc {
+        crate::interrupt::check()?;
+        let step = w.min(nc - j);
+        trsm(l, b.rb_mut().subcols_mut(j, step));
+        j += step;
+    }
+    Ok(())
 }
 
 /// `b += L' b` solved downwards: `b_i += sum_{p < i} l[i, p] b_p` for the unit lower
@@ -228,21 +263,14 @@ unsafe fn rec(
     // right half: apply the pivots c0..h to the columns h..c1 and to x
     let k = h - c0;
     let l11 = mat(a, ld, c0, c0, k, k);
-    trsm(l11, mat_mut(a, ld, c0, h, k, c1 - h));
+    trsm_panels(l11, mat_mut(a, ld, c0, h, k, c1 - h))?;
     let xp = x.as_mut_ptr();
     trsm(
         l11,
         MatMut::from_raw_parts_mut(xp.add(c0), k, 1, 1, k as isize),
     );
     let l21 = mat(a, ld, h, c0, r - h, k);
-    matmul(
-        mat_mut(a, ld, h, h, r - h, c1 - h),
-        Accum::Add,
-        l21,
-        mat(a, ld, c0, h, k, c1 - h),
-        1.0,
-        par(),
-    );
+    matmul_panels(mat_mut(a, ld, h, h, r - h, c1 - h), l21, mat(a, ld, c0, h, k, c1 - h))?;
     matmul(
         MatMut::from_raw_parts_mut(xp.add(h), r - h, 1, 1, (r - h) as isize),
         Accum::Add,

@@ -112,7 +112,7 @@ fn half(
         let u12 = unsafe {
             MatRef::<f64>::from_raw_parts(w.as_ptr().add(ne * r), ne, nk, 1isize, r as isize)
         };
-        matmul(top, Accum::Add, u12, bottom, 1.0, par);
+        super::gth::matmul_panels(top, u12, bottom)?;
     }
     // blocked backward substitution inside the eliminated block
     const NB: usize = 64;
