@@ -142,7 +142,7 @@ def curves_of(table: Any, group: str, groups: Sequence[Any], measure: str, *, ma
         if clipped:  # the curves would be a flat line under a bound many times higher: zoom on them
             ax.set_ylim(0, 1.3 * hi)
         ax.set_xlabel("position t", fontsize=7)
-        ax.set_ylabel(col.replace("_", " "), fontsize=7)
+        ax.set_ylabel(f"{measure}-ESS", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25, lw=0.5)
         if not clipped:

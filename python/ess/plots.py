@@ -152,8 +152,8 @@ def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str
     leg = fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncl, fontsize=7, frameon=False,
                      bbox_to_anchor=(0.5, 1.0 - 0.28 / H))
     rows = (len(handles) + ncl - 1) // max(1, ncl)
-    fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.36 + 0.15 * rows) / H))
     leg.set_in_layout(False)
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.36 + 0.15 * rows) / H))
     return fig
 
 
