@@ -146,7 +146,7 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
     return fig
 
 
-_CONFIG = {"displaylogo": False, "responsive": True, "toImageButtonOptions": {"format": "svg", "scale": 1}}
+_CONFIG: Dict[str, Any] = {"displaylogo": False, "responsive": True}
 
 
 def layer_divs(report: "Report", *, sample: int = 0) -> Dict[str, str]:
@@ -155,7 +155,7 @@ def layer_divs(report: "Report", *, sample: int = 0) -> Dict[str, str]:
     layers = list(dict.fromkeys(report.table.loc[report.table["sample"] == sample, "layer"]))
     for i, layer in enumerate(layers):
         fig = layer_figure(report, layer, sample=sample)
-        cfg = dict(_CONFIG, toImageButtonOptions=dict(_CONFIG["toImageButtonOptions"], filename=f"ess-{layer}"))
+        cfg = dict(_CONFIG, toImageButtonOptions={"format": "svg", "scale": 1, "filename": f"ess-{layer}"})
         out[layer] = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"ifig-{i}", config=cfg,
                                  default_width="100%", default_height="560px")
     return out
