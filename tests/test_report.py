@@ -228,6 +228,13 @@ def test_gpt2_two_samples(tmp_path, gpt2_report):
     assert list(figs) == ["curves", "heatmap", "utilisation", "samples", "layers"]
     hm = [ax.images[0].get_array().shape for ax in figs["heatmap"].axes if ax.images]
     assert hm == [(4, 20), (4, 20)]
+    # random weights: near-uniform attention, entropy-ESS far below the tolerance-ESS (on the bound): the entropy
+    # curves get their own axis on the right instead of lying flat at zero
+    twins = [ax for ax in figs["curves"].axes if ax.get_ylabel() == "entropy-ESS (right axis)"]
+    assert len(twins) == 2
+    for ax in twins:
+        assert {matplotlib.colors.to_hex(line.get_color()) for line in ax.lines} == {"#ff7f0e"}
+        assert ax.get_ylim()[1] < 0.5 * r.table["bound"].max()
     d = r.save(tmp_path / "gpt2")
     html = (d / "report.html").read_text()
     assert html.count("<figure class='interactive'") == 2 and "transformer.h.1.attn" in html

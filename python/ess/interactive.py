@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+import numpy as np
+
 if TYPE_CHECKING:  # pragma: no cover
     from .report import Report
 
@@ -19,6 +21,8 @@ __all__ = ["available", "plotly_js", "layer_figure", "layer_divs"]
 
 #: individual head/channel traces drawn per measure (the band and the heatmap cover the rest)
 MAX_TRACES = 16
+#: heatmaps up to this many cells name the token of each cell on hover
+MAX_TOKEN_CELLS = 20000
 
 _COLORS = {"tolerance": "#1f77b4", "entropy": "#ff7f0e"}
 
@@ -48,7 +52,7 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from .plots import measures
+    from .plots import TWIN_AXIS_RATIO, measures
 
     ms = measures(report, None)
     t = report.table
@@ -65,36 +69,45 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
         toks = [str(int(v)) for v in tk.to_numpy()]
     else:
         toks = [""] * len(pos)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.07)
+    pivs = {m: d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos) for m in ms}
+    twin = False  # as in the static figure: a much smaller entropy-ESS gets its own axis on the right
+    if len(ms) == 2:
+        hi_t, hi_e = float(np.nanmax(pivs["tolerance"].to_numpy())), float(np.nanmax(pivs["entropy"].to_numpy()))
+        twin = hi_t > 0 and hi_e < TWIN_AXIS_RATIO * hi_t
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.07,
+                        specs=[[{"secondary_y": twin}], [{}]])
     groups: List[Optional[str]] = []  # the measure each trace belongs to (None: always shown)
     heat: List[Optional[str]] = []  # the measure of each heatmap trace
     hover = "t = %{x}<br>token %{customdata}<br>%{fullData.name}: %{y:.3f}<extra></extra>"
-    for m in ms:
-        piv = d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos)
+    for m, piv in pivs.items():
         c = _COLORS[m]
+        sec = {"secondary_y": True} if twin and m == "entropy" else {}
         if piv.shape[1] > 1:
             fig.add_trace(go.Scatter(x=pos, y=piv.min(axis=1).to_numpy(), mode="lines", line=dict(width=0), hoverinfo="skip",
-                                     showlegend=False, legendgroup=f"band-{m}"), row=1, col=1)
+                                     showlegend=False, legendgroup=f"band-{m}"), row=1, col=1, **sec)
             fig.add_trace(go.Scatter(x=pos, y=piv.max(axis=1).to_numpy(), mode="lines", line=dict(width=0), fill="tonexty",
                                      fillcolor=_rgba(c, 0.18), name=f"{m}: range over {unit}s", legendgroup=f"band-{m}", legendrank=2,
-                                     hoverinfo="skip"), row=1, col=1)
+                                     hoverinfo="skip"), row=1, col=1, **sec)
             groups += [m, m]
             heat += [None, None]
         fig.add_trace(go.Scatter(x=pos, y=piv.mean(axis=1).to_numpy(), mode="lines", line=dict(color=c, width=2.5),
-                                 name=f"{m}-ESS, mean", customdata=toks, hovertemplate=hover, legendrank=1), row=1, col=1)
+                                 name=f"{m}-ESS, mean", customdata=toks, hovertemplate=hover, legendrank=1), row=1, col=1, **sec)
         groups.append(m)
         heat.append(None)
         cols = list(piv.columns)
         for j in cols[:MAX_TRACES]:
             fig.add_trace(go.Scatter(x=pos, y=piv[j].to_numpy(), mode="lines", line=dict(color=c, width=0.8), opacity=0.55,
                                      name=f"{m}: {unit} {j}", customdata=toks, hovertemplate=hover, legendrank=100 + int(j),
-                                     visible=True if len(cols) <= 8 else "legendonly"), row=1, col=1)
+                                     visible=True if len(cols) <= 8 else "legendonly"), row=1, col=1, **sec)
             groups.append(m)
             heat.append(None)
         hm = d.pivot_table(index="index", columns="position", values=f"ess_{m}").reindex(columns=pos)
-        text = [[f"{unit} {i}, t = {p}, token {tk}" for p, tk in zip(pos, toks)] for i in hm.index]
-        fig.add_trace(go.Heatmap(z=hm.to_numpy(), x=pos, y=[f"{unit} {i}" for i in hm.index], colorscale="Viridis", zmin=0,
-                                 text=text, hovertemplate="%{text}<br>" + m + "-ESS %{z:.3f}<extra></extra>",
+        if hm.size <= MAX_TOKEN_CELLS:  # hover names the token; on big layers only the position (the page stays small)
+            hkw: Dict[str, Any] = {"text": [[f"token {tk}" for tk in toks]] * len(hm.index),
+                                   "hovertemplate": "%{y}, t = %{x}, %{text}<br>" + m + "-ESS %{z:.3f}<extra></extra>"}
+        else:
+            hkw = {"hovertemplate": "%{y}, t = %{x}<br>" + m + "-ESS %{z:.3f}<extra></extra>"}
+        fig.add_trace(go.Heatmap(z=hm.to_numpy(), x=pos, y=[f"{unit} {i}" for i in hm.index], colorscale="Viridis", zmin=0, **hkw,
                                  colorbar=dict(title=dict(text=f"{m[:3]}-ESS", side="right"), len=0.42, y=0.2, thickness=12),
                                  showscale=True, name=f"{m} heatmap", showlegend=False), row=2, col=1)
         groups.append(m)
@@ -140,7 +153,12 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
         updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, xanchor="right", y=1.1, yanchor="bottom",
                           showactive=True, font=dict(size=11))] if buttons else [],
     )
-    fig.update_yaxes(title_text="ESS (dims)", rangemode="tozero", row=1, col=1)
+    if twin:
+        fig.update_yaxes(title_text="tolerance-ESS, bound, TSS", rangemode="tozero", row=1, col=1, secondary_y=False)
+        fig.update_yaxes(title_text="entropy-ESS (right)", rangemode="tozero", showgrid=False, row=1, col=1, secondary_y=True,
+                         title_font=dict(color=_COLORS["entropy"]), tickfont=dict(color=_COLORS["entropy"]))
+    else:
+        fig.update_yaxes(title_text="ESS (dims)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text=unit + "s", autorange="reversed", row=2, col=1)
     fig.update_xaxes(title_text="split position t", row=2, col=1)
     return fig

@@ -31,6 +31,8 @@ __all__ = ["curves", "heatmap", "utilisation", "samples", "sample_layers", "new_
 
 #: colours of the two measures (matplotlib's tab10 blue and orange)
 MEASURE_COLORS = {"tolerance": "#1f77b4", "entropy": "#ff7f0e"}
+#: in :func:`curves`, the entropy-ESS gets its own (right) axis when its maximum is below this share of the tolerance-ESS's
+TWIN_AXIS_RATIO = 0.25
 MEASURE_LABELS = {"tolerance": "tolerance-ESS (numerical rank)", "entropy": "entropy-ESS (effective rank)"}
 
 
@@ -93,7 +95,8 @@ def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str
     """ESS against position, one panel per layer. For each measure drawn (``measure``: ``"tolerance"``,
     ``"entropy"``, ``"both"``; default both when computed): the mean over the layer's heads/channels
     (thick) and the band between their minimum and maximum (shaded, ``band=False`` to drop it), plus
-    up to ``max_lines`` individual operators (thin). Also the layer's TSS (dotted; noted in the title
+    up to ``max_lines`` individual operators (thin); when the entropy-ESS stays below a quarter of the
+    tolerance-ESS it is drawn against its own axis on the right. Also the layer's TSS (dotted; noted in the title
     when above the plotted range), the boundary bound ``min(t, L - t)`` (dashed) and the marker tokens
     (delimiter / EOS, grey vertical lines). ``sample=None`` averages over samples."""
     ms = measures(report, measure)
@@ -107,21 +110,34 @@ def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str
     axes = fig.subplots(nrow, ncol, squeeze=False)
     marks = _marker_positions(report, sample)
     handles: dict = {}
+    twins: List[str] = []
     for k, layer in enumerate(layers):
         ax = axes[k // ncol][k % ncol]
         d = df[df["layer"] == layer]
         bound_s = d.groupby("position")["bound"].first()
         pos = bound_s.index.to_numpy()
         top = float(bound_s.max()) if len(bound_s) else 1.0
-        for m in ms:
-            piv = d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos)
+        pivs = {m: d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos) for m in ms}
+        # the entropy-ESS can be far below the tolerance-ESS (which often sits on the bound): then it gets its own
+        # axis on the right, or it would be a flat line at zero
+        twin = None
+        if len(ms) == 2:
+            hi_t, hi_e = float(np.nanmax(pivs["tolerance"].to_numpy())), float(np.nanmax(pivs["entropy"].to_numpy()))
+            if hi_t > 0 and hi_e < TWIN_AXIS_RATIO * hi_t:
+                twin = ax.twinx()
+                twin.set_ylim(0, 1.15 * max(hi_e, 1e-9))
+                twin.set_ylabel("entropy-ESS (right axis)", fontsize=8, color=MEASURE_COLORS["entropy"])
+                twin.tick_params(axis="y", labelsize=7, colors=MEASURE_COLORS["entropy"])
+                twins.append(layer)
+        for m, piv in pivs.items():
             c = MEASURE_COLORS[m]
+            a = twin if (twin is not None and m == "entropy") else ax
             if band and piv.shape[1] > 1:
-                h = ax.fill_between(pos, piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy(), color=c, alpha=0.18, lw=0)
+                h = a.fill_between(pos, piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy(), color=c, alpha=0.18, lw=0)
                 handles.setdefault(f"{m}: range over heads/channels", h)
             for j in list(piv.columns)[: max(0, int(max_lines))]:
-                ax.plot(pos, piv[j].to_numpy(), lw=0.5, alpha=0.45, color=c)
-            (h,) = ax.plot(pos, piv.mean(axis=1).to_numpy(), lw=1.8, color=c)
+                a.plot(pos, piv[j].to_numpy(), lw=0.5, alpha=0.45, color=c)
+            (h,) = a.plot(pos, piv.mean(axis=1).to_numpy(), lw=1.8, color=c)
             handles.setdefault(f"{m}: mean over heads/channels", h)
         (h,) = ax.plot(pos, bound_s.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4)  # on top: curves often sit on it
         handles.setdefault("boundary bound min(t, L - t)", h)
@@ -138,7 +154,7 @@ def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str
             handles.setdefault("marker token (delimiter / EOS)", h)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("split position t", fontsize=8)
-        ax.set_ylabel("ESS (state dimensions)", fontsize=8)
+        ax.set_ylabel("ESS (state dimensions)" if twin is None else "tolerance-ESS, bound, TSS", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlim(pos.min(), pos.max())
         ax.set_ylim(0, 1.08 * max(top, tss if tss <= 1.25 * top else 0, 1.0))
@@ -147,7 +163,8 @@ def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str
         axes[k // ncol][k % ncol].set_visible(False)
     what = "sample %d" % sample if sample is not None else "mean over samples"
     H = fig.get_figheight()
-    fig.suptitle(f"ESS per split position ({what})", fontsize=10, y=1.0 - 0.06 / H, va="top")
+    fig.suptitle(f"ESS per split position ({what})" + (": entropy-ESS on the right axis where it is much smaller" if twins else ""),
+                 fontsize=10, y=1.0 - 0.06 / H, va="top")
     ncl = min(3, len(handles))
     leg = fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncl, fontsize=7, frameon=False,
                      bbox_to_anchor=(0.5, 1.0 - 0.28 / H))

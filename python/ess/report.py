@@ -492,7 +492,8 @@ def _captions(r: "Report") -> Dict[str, str]:
     cm = "entropy" if both else ms[0] if ms else r.primary
     return {
         "curves": ("ESS at each split position t, one panel per layer (sample 0): "
-                   + ("tolerance-ESS (blue) and entropy-ESS (orange); " if both else f"{ms[0]}-ESS; " if ms else "")
+                   + ("tolerance-ESS (blue) and entropy-ESS (orange; on its own axis, right, in panels where it stays below "
+                      "a quarter of the tolerance-ESS); " if both else f"{ms[0]}-ESS; " if ms else "")
                    + "thick line the mean over the layer's heads/channels, shaded the range they span; dashed the boundary bound "
                    "min(t, L - t), dotted red the layer's TSS, dotted grey the marker tokens (delimiter / EOS). A curve on the "
                    "dashed line is limited by the sequence, on the red line by the state."),
