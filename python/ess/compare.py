@@ -112,7 +112,7 @@ def curves_of(table: Any, group: str, groups: Sequence[Any], measure: str, *, ma
     """Curves of any groups overlaid (jobs of a sweep, samples of one report): ``table`` is a tidy
     ESS table with a ``group`` column; per layer (at most ``max_panels``) one line per group, the
     mean over the layer's operators (and whatever else the group pools), the bound dashed (a panel
-    whose curves stay under 40% of the bound is zoomed on the curves, "bound clipped" in its title); one
+    whose curves stay under 40% of the bound is zoomed on the curves, marked "bound clipped"); one
     legend for the figure, on the right outside the panels; ``ncols`` panels per row."""
     col = f"ess_{measure}"
     t = table
@@ -138,9 +138,10 @@ def curves_of(table: Any, group: str, groups: Sequence[Any], measure: str, *, ma
         kind = t.loc[t["layer"] == layer, "kind"].iloc[0]
         hi = float(np.nanmax(ml.to_numpy())) if len(ml) else 0.0
         clipped = len(b) and 0 < hi < 0.4 * float(b.max())
-        ax.set_title(f"{layer} ({kind})" + (", bound clipped" if clipped else ""), fontsize=8)
+        ax.set_title(f"{layer} ({kind})", fontsize=8)
         if clipped:  # the curves would be a flat line under a bound many times higher: zoom on them
             ax.set_ylim(0, 1.3 * hi)
+            ax.set_title("bound clipped", loc="right", fontsize=6, color="0.4")
         ax.set_xlabel("position t", fontsize=7)
         ax.set_ylabel(f"{measure}-ESS", fontsize=7)
         ax.tick_params(labelsize=7)
