@@ -282,9 +282,9 @@ class Report:
                            "than 1% between them (Figures 4 and 5).")
             elif spread.notna().any():
                 lay = spread.idxmax()
-                out.append(f"<b>Across the {self.n_samples} samples</b> the average {cmp_}-ESS of a layer varies by at most "
-                           f"{_pct(spread.max())} of its mean (most: <b>{html.escape(str(lay))}</b>, "
-                           f"{_num(per.loc[lay].min())} to {_num(per.loc[lay].max())} dims); see Figures 4 and 5.")
+                out.append(f"<b>Across the {self.n_samples} samples</b> the average {cmp_}-ESS differs most in "
+                           f"<b>{html.escape(str(lay))}</b>: {_num(per.loc[lay].min())} to {_num(per.loc[lay].max())} dims, "
+                           f"{_pct(spread.max())} of its mean (Figures 4 and 5).")
         if self.skipped:
             out.append(f"<b>{len(self.skipped)} module(s) not analysed</b> (no extractor): listed below.")
         return out
