@@ -50,9 +50,9 @@ def _colors(n: int) -> List[Any]:
 
 
 def _figure(w: float, h: float) -> Any:
-    from matplotlib.figure import Figure
+    from .plots import new_figure
 
-    return Figure(figsize=(w, h))
+    return new_figure(w, h)
 
 
 def layers(results: "SweepResults", *, measure: Optional[str] = None, fig: Any = None) -> Any:

@@ -16,6 +16,7 @@ quality (fonts embedded as TrueType in PDF, text kept as text in SVG).
 
 from __future__ import annotations
 
+import contextvars
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
@@ -36,8 +37,13 @@ TWIN_AXIS_RATIO = 0.25
 MEASURE_LABELS = {"tolerance": "tolerance-ESS (numerical rank)", "entropy": "entropy-ESS (effective rank)"}
 
 
+#: set by :meth:`ess.Report.plot` under an interactive matplotlib backend, so that its figures are pyplot's
+#: (shown by ``plt.show()`` and in notebooks); figures are made without pyplot otherwise
+_PYPLOT: "contextvars.ContextVar[bool]" = contextvars.ContextVar("ess_plots_pyplot", default=False)
+
+
 def new_figure(width: float, height: float, pyplot: bool = False) -> Any:
-    if pyplot:
+    if pyplot or _PYPLOT.get():
         import matplotlib.pyplot as plt
 
         return plt.figure(figsize=(width, height))

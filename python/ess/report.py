@@ -165,7 +165,8 @@ class Report:
     def n_samples(self) -> int:
         return int(self.table["sample"].nunique()) if len(self.table) else 0
 
-    def plot(self, kind: str = "curves", *, path: Union[None, str, "os.PathLike[str]"] = None, dpi: int = 300, **kwargs: Any) -> Any:
+    def plot(self, kind: str = "curves", *, path: Union[None, str, "os.PathLike[str]"] = None, dpi: int = 300,
+             _pyplot: bool = True, **kwargs: Any) -> Any:
         """Draw a figure and return it (a :class:`matplotlib.figure.Figure`, made without pyplot):
 
         * ``"curves"``: ESS against position per layer, tolerance and/or entropy (``measure=``
@@ -181,7 +182,8 @@ class Report:
         ``"all"``, ``path`` is a directory that receives ``<kind>.pdf`` for every figure. Other keyword
         arguments go to the functions of :mod:`ess.plots` (``sample``, ``measure``, ``band``,
         ``max_lines``, ``ncols``, ``max_panels``, ``fig``); an unknown one raises
-        :class:`~ess.errors.InvalidArgumentError`."""
+        :class:`~ess.errors.InvalidArgumentError`. Under an interactive matplotlib backend (a GUI, a
+        notebook) with pyplot imported, the figure is pyplot's, so ``plt.show()`` shows it."""
         from . import plots
 
         fns = {"curves": plots.curves, "heatmap": plots.heatmap, "utilisation": plots.utilisation,
@@ -191,7 +193,7 @@ class Report:
             figs = {}
             for k in kinds:
                 kw = {a: v for a, v in kwargs.items() if a in _KWARGS[k]}
-                figs[k] = self.plot(k, **kw)
+                figs[k] = self.plot(k, _pyplot=_pyplot, **kw)
                 if path is not None:
                     Path(path).mkdir(parents=True, exist_ok=True)
                     plots.save_figure(figs[k], Path(path) / f"{k}.pdf", dpi=dpi)
@@ -203,15 +205,19 @@ class Report:
         unknown = sorted(set(kwargs) - _KWARGS[kind])
         if unknown:
             raise InvalidArgumentError(f"{unknown[0]}: not an option of Report.plot({kind!r}) (options: {sorted(_KWARGS[kind])})")
-        fig = fns[kind](self, **kwargs)
+        token = plots._PYPLOT.set(_pyplot and _pyplot_backend())
+        try:
+            fig = fns[kind](self, **kwargs)
+        finally:
+            plots._PYPLOT.reset(token)
         if path is not None:
             plots.save_figure(fig, path, dpi=dpi)
         return fig
 
     def figures(self) -> Dict[str, Any]:
         """The figures of the HTML page (matplotlib), by name: ``curves``, ``heatmap``,
-        ``utilisation``, and with two samples or more ``samples`` and ``layers``."""
-        return self.plot("all")
+        ``utilisation``, and with two samples or more ``samples`` and ``layers`` (never pyplot's)."""
+        return self.plot("all", _pyplot=False)
 
     def figures_png(self, dpi: int = 110) -> Dict[str, bytes]:
         """The figures of :meth:`figures` as PNG bytes (headless)."""
@@ -397,7 +403,7 @@ class Report:
     def _repr_html_(self) -> str:
         try:
             buf = io.BytesIO()
-            self.plot("curves").savefig(buf, format="png", dpi=70)
+            self.plot("curves", _pyplot=False).savefig(buf, format="png", dpi=70)
             figs: Optional[Dict[str, bytes]] = {"curves": buf.getvalue()}
         except Exception:  # a notebook view must not fail on a plotting problem
             figs = None
@@ -554,6 +560,17 @@ figure.interactive{border:1px solid #e4e4e4;border-radius:4px;padding:.5em}
 .caveat{background:#fff8e0;padding:.5em 1em;border-left:4px solid #e0b000}
 code{font-size:12px}.tokens{word-wrap:break-word}
 """
+
+
+def _pyplot_backend() -> bool:
+    """Whether pyplot is in use with a backend that shows figures (a GUI or a notebook's inline backend)."""
+    import sys
+
+    if "matplotlib.pyplot" not in sys.modules:
+        return False
+    import matplotlib
+
+    return matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "pgf", "template")
 
 
 def _jsonable(x: Any) -> Any:
