@@ -16,7 +16,7 @@ from ess.cli import main  # noqa: E402
 
 def test_analyze_builtin_default(tmp_path, capsys):
     out = tmp_path / "rep"
-    assert main(["analyze", "--out", str(out), "--no-progress", "--samples", "1"]) == 0
+    assert main(["analyze", "--out", str(out), "--no-progress", "--samples", "1", "--figures", "png,svg,pdf"]) == 0
     text = capsys.readouterr().out
     assert "built-in hybrid model" in text and "softmax_attention" in text and "report written" in text
     js = json.loads((out / "summary.json").read_text())
@@ -24,6 +24,9 @@ def test_analyze_builtin_default(tmp_path, capsys):
     assert js["markers"]["0"] == [17]
     assert js["tokens"][:2] == ["BOS", js["tokens"][1]] and "SEP" in js["tokens"]
     assert (out / "report.html").exists() and (out / "ess.csv").exists()
+    for f in ("curves", "heatmap", "utilisation"):  # one sample: no sample comparison
+        assert (out / f"{f}.png").exists() and (out / f"{f}.pdf").read_bytes().startswith(b"%PDF") and (out / f"{f}.svg").exists()
+    assert not (out / "samples.png").exists()
 
 
 def test_analyze_model_factory_and_tokens(tmp_path, capsys):
@@ -108,6 +111,7 @@ def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family
         (["analyze", "--samples", "0"], "--samples: must be in [1, 8]"),
         (["analyze", "--positions", "a:b"], "--positions: expected 'start:stop:step'"),
         (["analyze", "--device", "bogus"], "--device: not a torch device"),
+        (["analyze", "--figures", "png,gif"], "--figures: expected a comma-separated list of png, svg, pdf, eps"),
     ],
 )
 def test_bad_options_are_usage_errors(argv, message, capsys):

@@ -238,10 +238,18 @@ def _analyze(args: argparse.Namespace) -> int:
     except EssError as e:
         print(f"ess analyze: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    out = report.save(args.out)
+    out = report.save(args.out, figure_formats=args.figures)
     _print_summary(report, title)
     print(f"report written to {out}/ (report.html, ess.csv, summary.json, ...)")
     return 0
+
+
+def _figure_formats_arg(text: str) -> tuple:
+    fmts = tuple(f.strip().lower().lstrip(".") for f in text.split(",") if f.strip())
+    bad = [f for f in fmts if f not in ("png", "svg", "pdf", "eps")]
+    if not fmts or bad:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of png, svg, pdf, eps; got {text!r}")
+    return fmts
 
 
 def _print_summary(report, title: str) -> None:
@@ -408,6 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_an.add_argument("--memory-budget", help="bytes per layer and sequence (e.g. 2G; default 4G)")
     p_an.add_argument("--out", "-o", default="ess-report", help="report directory (default ./ess-report)")
     p_an.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_an.add_argument("--figures", type=_figure_formats_arg, default=("png",), metavar="FORMATS",
+                      help="formats of the figure files besides report.html, comma separated: png, svg, pdf, eps (default png)")
     p_an.set_defaults(func=_analyze)
     p_sw = sub.add_parser(
         "sweep",

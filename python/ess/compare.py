@@ -14,7 +14,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -23,7 +23,7 @@ from .errors import InvalidArgumentError
 if TYPE_CHECKING:  # pragma: no cover
     from .sweep import SweepResults
 
-__all__ = ["layers", "curves", "save_report"]
+__all__ = ["layers", "curves", "layers_of", "curves_of", "save_report"]
 
 
 def _measure(results: "SweepResults", measure: Optional[str]) -> str:
@@ -50,9 +50,9 @@ def _colors(n: int) -> List[Any]:
 
 
 def _figure(w: float, h: float) -> Any:
-    from matplotlib.figure import Figure
+    from .plots import new_figure
 
-    return Figure(figsize=(w, h))
+    return new_figure(w, h)
 
 
 def layers(results: "SweepResults", *, measure: Optional[str] = None, fig: Any = None) -> Any:
@@ -60,25 +60,35 @@ def layers(results: "SweepResults", *, measure: Optional[str] = None, fig: Any =
     in each layer's group (a job without that layer has no bar)."""
     m = _measure(results, measure)
     jobs = _done_jobs(results)
-    s = results.summary
+    return layers_of(results.summary, "job", jobs, m, fig=fig, title=f"average {m}-ESS per layer, {len(jobs)} job(s)")
+
+
+def layers_of(summary: Any, group: str, groups: Sequence[Any], measure: str, *, fig: Any = None,
+              title: Optional[str] = None) -> Any:
+    """Layer-by-layer comparison of any groups (jobs of a sweep, samples of one report): ``summary``
+    has columns ``layer``, ``kind``, ``group`` and ``avg_ess_<measure>``; one bar per group in each
+    layer's cluster, in the order of ``groups``, legend outside the axes on the right."""
+    m = measure
+    s = summary
     names = list(dict.fromkeys(s["layer"]))
     kinds = s.groupby("layer")["kind"].first()
-    n, k = len(names), len(jobs)
+    n, k = len(names), len(groups)
     if fig is None:
-        fig = _figure(min(18.0, 2.5 + n * (0.5 + 0.18 * k)), 4.2)
+        fig = _figure(min(18.0, 3.0 + n * (0.6 + 0.18 * k)), 4.2)
     ax = fig.subplots()
-    width = 0.8 / k
+    width = 0.8 / max(1, k)
     x = np.arange(n)
-    for i, (job, c) in enumerate(zip(jobs, _colors(k))):
-        d = s[s["job"] == job].set_index("layer")
+    for i, (g, c) in enumerate(zip(groups, _colors(k))):
+        d = s[s[group] == g].set_index("layer")
         vals = np.array([float(d.loc[l, f"avg_ess_{m}"]) if l in d.index else np.nan for l in names])
-        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width=width, color=c, label=job)
+        ax.bar(x - 0.4 + (i + 0.5) * width, vals, width=width, color=c, label=str(g))
     ax.set_xticks(x)
     ax.set_xticklabels([f"{l}\n({kinds[l]})" for l in names], fontsize=7)
     top = np.nanmax(s[f"avg_ess_{m}"].to_numpy()) if len(s) else 1.0
     ax.set_ylim(0, 1.15 * max(float(top), 1e-9))
-    ax.set_ylabel(f"average {m}-ESS")
-    ax.set_title(f"average {m}-ESS per layer, {k} job(s)", fontsize=10)
+    ax.set_ylabel(f"average {m}-ESS (state dimensions)", fontsize=8)
+    ax.grid(axis="y", alpha=0.25, lw=0.5)
+    ax.set_title(title or f"average {m}-ESS per layer", fontsize=10)
     ax.legend(fontsize=6, ncol=max(1, (k + 1) // 12 + 1), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
@@ -90,47 +100,78 @@ def curves(results: "SweepResults", *, measure: Optional[str] = None, sample: Op
     mean over the layer's operators (and over samples, unless ``sample`` is given); the boundary
     bound ``min(t, L - t)`` dashed (of the longest job)."""
     m = _measure(results, measure)
-    col = f"ess_{m}"
     jobs = _done_jobs(results)
     t = results.table if sample is None else results.table[results.table["sample"] == sample]
     if not len(t):
         raise InvalidArgumentError(f"sample: {sample} is in no job's table")
+    return curves_of(t, "job", jobs, m, max_panels=max_panels, fig=fig)
+
+
+def curves_of(table: Any, group: str, groups: Sequence[Any], measure: str, *, max_panels: int = 12, fig: Any = None,
+              title: Optional[str] = None, ncols: int = 3) -> Any:
+    """Curves of any groups overlaid (jobs of a sweep, samples of one report): ``table`` is a tidy
+    ESS table with a ``group`` column; per layer (at most ``max_panels``) one line per group, the
+    mean over the layer's operators (and whatever else the group pools), the bound dashed (a panel
+    whose curves stay under 40% of the bound is zoomed on the curves, marked "bound clipped"); one
+    legend for the figure, on the right outside the panels; ``ncols`` panels per row."""
+    col = f"ess_{measure}"
+    t = table
     all_names = list(dict.fromkeys(t["layer"]))
     names = all_names[:max_panels]
-    ncol = min(3, len(names))
+    ncol = max(1, min(int(ncols), len(names)))
     nrow = (len(names) + ncol - 1) // ncol
     if fig is None:
-        fig = _figure(4.6 * ncol + 1.8, 2.8 * nrow)
+        fig = _figure(4.6 * ncol + 1.8, 2.8 * nrow + (0.4 if title else 0.0))
     axes = fig.subplots(nrow, ncol, squeeze=False)
-    mean = t.groupby(["layer", "job", "position"], sort=False, observed=True)[col].mean()
+    mean = t.groupby(["layer", group, "position"], sort=False, observed=True)[col].mean()
     bound = t.groupby(["layer", "position"], sort=False, observed=True)["bound"].max()
-    colors = dict(zip(jobs, _colors(len(jobs))))
+    colors = dict(zip(groups, _colors(len(groups))))
     for p, layer in enumerate(names):
         ax = axes[p // ncol][p % ncol]
         ml = mean.loc[layer]
-        for job in jobs:
-            if job in ml.index.get_level_values(0):
-                c = ml.loc[job].sort_index()
-                ax.plot(c.index.to_numpy(), c.to_numpy(), lw=1.2, color=colors[job], label=job)
+        for g in groups:
+            if g in ml.index.get_level_values(0):
+                c = ml.loc[g].sort_index()
+                ax.plot(c.index.to_numpy(), c.to_numpy(), lw=1.2, color=colors[g], label=str(g))
         b = bound.loc[layer].sort_index()
         ax.plot(b.index.to_numpy(), b.to_numpy(), ls="--", lw=0.8, color="0.5", label="min(t, L-t)")
         kind = t.loc[t["layer"] == layer, "kind"].iloc[0]
+        hi = float(np.nanmax(ml.to_numpy())) if len(ml) else 0.0
+        clipped = len(b) and 0 < hi < 0.4 * float(b.max())
         ax.set_title(f"{layer} ({kind})", fontsize=8)
+        if clipped:  # the curves would be a flat line under a bound many times higher: zoom on them
+            ax.set_ylim(0, 1.3 * hi)
+            ax.set_title("bound clipped", loc="right", fontsize=6, color="0.4")
         ax.set_xlabel("position t", fontsize=7)
-        ax.set_ylabel(col.replace("_", " "), fontsize=7)
-        ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"{measure}-ESS", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.25, lw=0.5)
+        if not clipped:
+            ax.set_ylim(bottom=0)
     for p in range(len(names), nrow * ncol):
         axes[p // ncol][p % ncol].set_visible(False)
     seen: dict = {}
     for ax in axes.flat:
         for h, l in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(l, h)
-    order = [k for k in seen if k != "min(t, L-t)"] + ["min(t, L-t)"]  # jobs first, the bound last
+    order = [k for k in seen if k != "min(t, L-t)"] + ["min(t, L-t)"]  # groups first, the bound last
     fig.legend([seen[k] for k in order], order, fontsize=6, loc="upper right")
     if len(all_names) > len(names):
         fig.text(0.01, 0.005, f"first {len(names)} of {len(all_names)} layers (max_panels={max_panels})", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
+    top = 1.0
+    if title:
+        fig.suptitle(title, fontsize=10)
+        top = 1.0 - 0.4 / fig.get_figheight()
+    fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), top))
     return fig
+
+
+_CAPTIONS = {
+    "layers": "Average {m}-ESS of each layer (over its heads/channels, positions and samples), one bar per job: "
+              "which layers hold more state in which job.",
+    "curves": "Mean {m}-ESS over each layer's heads/channels against the split position t, jobs overlaid; dashed: the "
+              "boundary bound min(t, L - t).",
+}
 
 
 def _png(fig: Any, dpi: int = 90) -> bytes:
@@ -179,7 +220,9 @@ def save_report(results: "SweepResults", directory: Union[str, "os.PathLike[str]
         parts.append("<h3>Figures</h3>")
         for name, png in figs.items():
             b64 = base64.b64encode(png).decode("ascii")
-            parts.append(f"<figure><img alt='{name}' id='fig-{name}' src='data:image/png;base64,{b64}'><figcaption>{name}</figcaption></figure>")
+            cap = _CAPTIONS[name].format(m=m)
+            parts.append(f"<figure><img alt='{html.escape(cap)}' id='fig-{name}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption>{html.escape(cap)}</figcaption></figure>")
     fails = [(n, r) for n, r in sorted(results.records.items()) if r["status"] == "failed"]
     if fails:
         parts.append("<h3>Failed jobs</h3>")

@@ -1,23 +1,49 @@
-"""Figures of an :class:`ess.Report` (matplotlib; imported lazily).
+"""Static figures of an :class:`ess.Report` (matplotlib; imported lazily).
 
 Every function draws into a given :class:`matplotlib.figure.Figure` (a new one when ``fig`` is
-``None``, created without pyplot so that saving works headless) and returns it.
+``None``, created without pyplot so that saving works headless) and returns it. Legends sit outside
+the axes, so they never cover data. :func:`save_figure` writes a figure as SVG, PDF or PNG at print
+quality (fonts embedded as TrueType in PDF, text kept as text in SVG).
+
+* :func:`curves`: per layer, ESS against position (tolerance and/or entropy), the mean over the
+  layer's heads/channels with the band they span, the TSS line, the boundary bound ``min(t, L - t)``
+  and the marker (delimiter / EOS) positions;
+* :func:`heatmap`: per layer, heads/channels x positions, each layer on its own axis and colour scale;
+* :func:`utilisation`: utilisation and fill per layer, with the saturation / collapse thresholds;
+* :func:`samples` and :func:`sample_layers`: several samples of one report compared (curves
+  overlaid, per-layer average ESS side by side), drawn by :mod:`ess.compare` like jobs of a sweep.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+import contextvars
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
 
 import numpy as np
+
+from .errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .report import Report
 
-__all__ = ["curves", "heatmap", "utilisation", "new_figure"]
+__all__ = ["curves", "heatmap", "utilisation", "samples", "sample_layers", "new_figure", "save_figure", "measures"]
+
+#: colours of the two measures (matplotlib's tab10 blue and orange)
+MEASURE_COLORS = {"tolerance": "#1f77b4", "entropy": "#ff7f0e"}
+#: in :func:`curves`, the entropy-ESS gets its own (right) axis when its maximum is below this share of the tolerance-ESS's
+TWIN_AXIS_RATIO = 0.25
+MEASURE_LABELS = {"tolerance": "tolerance-ESS (numerical rank)", "entropy": "entropy-ESS (effective rank)"}
+
+
+#: set by :meth:`ess.Report.plot` under an interactive matplotlib backend, so that its figures are pyplot's
+#: (shown by ``plt.show()`` and in notebooks); figures are made without pyplot otherwise
+_PYPLOT: "contextvars.ContextVar[bool]" = contextvars.ContextVar("ess_plots_pyplot", default=False)
 
 
 def new_figure(width: float, height: float, pyplot: bool = False) -> Any:
-    if pyplot:
+    if pyplot or _PYPLOT.get():
         import matplotlib.pyplot as plt
 
         return plt.figure(figsize=(width, height))
@@ -26,103 +52,273 @@ def new_figure(width: float, height: float, pyplot: bool = False) -> Any:
     return Figure(figsize=(width, height))
 
 
-def _measure_col(report: "Report", measure: Optional[str]) -> str:
-    m = measure or report.primary
-    if m not in ("tolerance", "entropy"):
-        raise ValueError(f"measure: expected 'tolerance' or 'entropy', got {m!r}")
-    col = f"ess_{m}"
-    if report.table[col].isna().all():
-        raise ValueError(f"measure {m!r} was not computed (method={report.meta.get('method')!r})")
-    return col
+def measures(report: "Report", measure: Optional[str]) -> List[str]:
+    """The measures to draw: ``"tolerance"``, ``"entropy"``, ``"both"`` or ``None`` (both when both
+    were computed, else the one that was). Raises :class:`~ess.errors.InvalidArgumentError`."""
+    t = report.table
+    have = [m for m in ("tolerance", "entropy") if f"ess_{m}" in t and t[f"ess_{m}"].notna().any()]
+    if measure is None:
+        return have
+    if measure == "both":
+        want = ["tolerance", "entropy"]
+    elif measure in ("tolerance", "entropy"):
+        want = [measure]
+    else:
+        raise InvalidArgumentError(f"measure: expected 'tolerance', 'entropy' or 'both', got {measure!r}")
+    missing = [m for m in want if m not in have]
+    if missing:
+        raise InvalidArgumentError(f"measure: {missing[0]!r} was not computed (method={report.meta.get('method')!r})")
+    return want
 
 
-def curves(report: "Report", *, sample: int = 0, measure: Optional[str] = None, max_lines: int = 16, fig: Any = None) -> Any:
-    """ESS against position, one panel per layer: every operator (thin, at most ``max_lines``), their
-    mean (thick), the layer's TSS and the boundary bound ``min(t, L - t)`` (dashed), and vertical
-    lines at the marker tokens (delimiter / EOS)."""
-    col = _measure_col(report, measure)
-    df = report.table[report.table["sample"] == sample]
-    if df.empty:
-        raise ValueError(f"sample {sample} not in the report (samples: {sorted(report.table['sample'].unique())})")
-    layers = list(dict.fromkeys(df["layer"]))
+def _sample_table(report: "Report", sample: Optional[int]) -> Any:
+    t = report.table
+    if sample is None:
+        return t
+    d = t[t["sample"] == sample]
+    if d.empty:
+        raise InvalidArgumentError(f"sample: {sample} not in the report (samples: {sorted(int(s) for s in t['sample'].unique())})")
+    return d
+
+
+def _layers(df: Any) -> List[str]:
+    return list(dict.fromkeys(df["layer"]))
+
+
+def _kind(df: Any, layer: str) -> str:
+    return str(df.loc[df["layer"] == layer, "kind"].iloc[0])
+
+
+def _marker_positions(report: "Report", sample: Optional[int]) -> List[int]:
+    if sample is None:
+        ps = sorted({int(p) for v in report.markers.values() for p in v})
+        return ps
+    return [int(p) for p in report.markers.get(sample, [])]
+
+
+def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str] = None, band: bool = True,
+           max_lines: int = 0, ncols: int = 2, fig: Any = None) -> Any:
+    """ESS against position, one panel per layer. For each measure drawn (``measure``: ``"tolerance"``,
+    ``"entropy"``, ``"both"``; default both when computed): the mean over the layer's heads/channels
+    (thick) and the band between their minimum and maximum (shaded, ``band=False`` to drop it), plus
+    up to ``max_lines`` individual operators (thin); when the entropy-ESS stays below a quarter of the
+    tolerance-ESS it is drawn against its own axis on the right. Also the layer's TSS (dotted; noted in the title
+    when above the plotted range), the boundary bound ``min(t, L - t)`` (dashed) and the marker tokens
+    (delimiter / EOS, grey vertical lines). ``sample=None`` averages over samples."""
+    ms = measures(report, measure)
+    df = _sample_table(report, sample)
+    layers = _layers(df)
     n = len(layers)
-    ncol = min(2, n)
+    ncol = max(1, min(int(ncols), n))
     nrow = (n + ncol - 1) // ncol
     if fig is None:
-        fig = new_figure(6.0 * ncol, 2.8 * nrow)
+        fig = new_figure(5.2 * ncol, 2.7 * nrow + 0.7)
     axes = fig.subplots(nrow, ncol, squeeze=False)
-    marks = report.markers.get(sample, [])
+    marks = _marker_positions(report, sample)
+    handles: dict = {}
+    twins: List[str] = []
     for k, layer in enumerate(layers):
         ax = axes[k // ncol][k % ncol]
         d = df[df["layer"] == layer]
-        piv = d.pivot_table(index="position", columns="index", values=col)
-        pos = piv.index.to_numpy()
-        for j in list(piv.columns)[:max_lines]:
-            ax.plot(pos, piv[j].to_numpy(), lw=0.6, alpha=0.35, color="tab:blue")
-        ax.plot(pos, piv.mean(axis=1).to_numpy(), lw=2.0, color="tab:blue", label="mean over operators")
-        bound = d.groupby("position")["bound"].first().reindex(pos).to_numpy()
-        ax.plot(pos, bound, ls="--", lw=1.0, color="0.4", label="min(t, L-t)")
+        bound_s = d.groupby("position")["bound"].first()
+        pos = bound_s.index.to_numpy()
+        top = float(bound_s.max()) if len(bound_s) else 1.0
+        pivs = {m: d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos) for m in ms}
+        # the entropy-ESS can be far below the tolerance-ESS (which often sits on the bound): then it gets its own
+        # axis on the right, or it would be a flat line at zero
+        twin = None
+        if len(ms) == 2:
+            hi_t, hi_e = float(np.nanmax(pivs["tolerance"].to_numpy())), float(np.nanmax(pivs["entropy"].to_numpy()))
+            if hi_t > 0 and hi_e < TWIN_AXIS_RATIO * hi_t:
+                twin = ax.twinx()
+                twin.set_ylim(0, 1.15 * max(hi_e, 1e-9))
+                twin.set_ylabel("entropy-ESS (right axis)", fontsize=8, color=MEASURE_COLORS["entropy"])
+                twin.tick_params(axis="y", labelsize=7, colors=MEASURE_COLORS["entropy"])
+                twins.append(layer)
+        for m, piv in pivs.items():
+            c = MEASURE_COLORS[m]
+            a = twin if (twin is not None and m == "entropy") else ax
+            if band and piv.shape[1] > 1:
+                h = a.fill_between(pos, piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy(), color=c, alpha=0.18, lw=0)
+                handles.setdefault(f"{m}: range over heads/channels", h)
+            for j in list(piv.columns)[: max(0, int(max_lines))]:
+                a.plot(pos, piv[j].to_numpy(), lw=0.5, alpha=0.45, color=c)
+            (h,) = a.plot(pos, piv.mean(axis=1).to_numpy(), lw=1.8, color=c)
+            handles.setdefault(f"{m}: mean over heads/channels", h)
+        (h,) = ax.plot(pos, bound_s.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4)  # on top: curves often sit on it
+        handles.setdefault("boundary bound min(t, L - t)", h)
         tss = float(d["tss"].mean())
-        if tss < float(np.max(bound)) * 1.5 + 1:
-            ax.axhline(tss, ls=":", lw=1.2, color="tab:red", label=f"TSS = {tss:g}")
+        title = f"{layer} ({_kind(d, layer)})"
+        if tss <= 1.25 * top:
+            h = ax.axhline(tss, ls=":", lw=1.3, color="tab:red")
+            handles.setdefault("TSS (theoretical state size)", h)
+            title += f", TSS = {tss:g}"
+        else:
+            title += f", TSS = {tss:g} (above the range)"
         for p in marks:
-            ax.axvline(p, color="tab:green", lw=0.8, alpha=0.7)
-        kind = d["kind"].iloc[0]
-        ax.set_title(f"{layer} ({kind})", fontsize=9)
-        ax.set_xlabel("position t")
-        ax.set_ylabel(col.replace("_", " "))
-        ax.set_ylim(bottom=0)
-        if k == 0:
-            ax.legend(fontsize=7, loc="upper right")
+            h = ax.axvline(p, color="0.55", lw=0.8, ls=(0, (1, 2)))
+            handles.setdefault("marker token (delimiter / EOS)", h)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("split position t", fontsize=8)
+        ax.set_ylabel("ESS (state dimensions)" if twin is None else "tolerance-ESS, bound, TSS", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.set_xlim(pos.min(), pos.max())
+        ax.set_ylim(0, 1.08 * max(top, tss if tss <= 1.25 * top else 0, 1.0))
+        ax.grid(alpha=0.25, lw=0.5)
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
-    if marks:
-        fig.text(0.01, 0.005, "green lines: marker tokens (delimiter / EOS)", fontsize=7)
-    fig.tight_layout()
+    what = "sample %d" % sample if sample is not None else "mean over samples"
+    H = fig.get_figheight()
+    fig.suptitle(f"ESS per split position ({what})" + (": entropy-ESS on the right axis where it is much smaller" if twins else ""),
+                 fontsize=10, y=1.0 - 0.06 / H, va="top")
+    ncl = min(3, len(handles))
+    leg = fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncl, fontsize=7, frameon=False,
+                     bbox_to_anchor=(0.5, 1.0 - 0.28 / H))
+    rows = (len(handles) + ncl - 1) // max(1, ncl)
+    leg.set_in_layout(False)
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.36 + 0.15 * rows) / H))
     return fig
 
 
-def heatmap(report: "Report", *, sample: Optional[int] = None, measure: Optional[str] = None, fig: Any = None) -> Any:
-    """Average ESS (over positions, and samples unless ``sample`` is given) per layer (rows) and
-    head/channel (columns); layers with fewer operators are padded blank."""
-    col = _measure_col(report, measure)
-    df = report.table if sample is None else report.table[report.table["sample"] == sample]
-    layers = list(dict.fromkeys(df["layer"]))
-    avg = df.groupby(["layer", "index"])[col].mean()
-    width = int(df["index"].max()) + 1
-    M = np.full((len(layers), width), np.nan)
-    for i, layer in enumerate(layers):
-        s = avg.loc[layer]
-        M[i, s.index.to_numpy()] = s.to_numpy()
+def heatmap(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str] = None, fig: Any = None) -> Any:
+    """ESS of every head/channel (rows) at every split position (columns), one panel per layer, each
+    with its own number of rows and its own colour scale (0 to the layer's largest value), and the
+    marker positions as ticks above the panel. ``measure``: ``"tolerance"`` or ``"entropy"`` (default:
+    entropy when computed, the more informative of the two near the bounds); ``sample=None`` averages
+    over samples."""
+    ms = measures(report, measure)
+    if len(ms) > 1:
+        if measure == "both":
+            raise InvalidArgumentError("measure: heatmap draws one measure, 'tolerance' or 'entropy', not 'both'")
+        ms = ["entropy"]
+    col = f"ess_{ms[0]}"
+    df = _sample_table(report, sample)
+    layers = _layers(df)
+    n_ops = [int(df.loc[df["layer"] == l, "index"].nunique()) for l in layers]
+    heights = [0.55 + min(o, 64) / 32.0 for o in n_ops]  # inches: 4 heads ~0.7, 64 channels 2.55
+    gap = 0.55
     if fig is None:
-        fig = new_figure(min(14.0, 3.0 + 0.12 * width), 1.2 + 0.45 * len(layers))
-    ax = fig.subplots()
-    im = ax.imshow(np.ma.masked_invalid(M), aspect="auto", interpolation="nearest", cmap="viridis")
-    ax.set_yticks(range(len(layers)))
-    ax.set_yticklabels([f"{l} ({df[df['layer'] == l]['kind'].iloc[0]})" for l in layers], fontsize=8)
-    ax.set_xlabel("head / channel index")
-    ax.set_title(f"average {col.replace('_', ' ')} per operator", fontsize=10)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
+        fig = new_figure(9.0, 0.9 + sum(heights) + gap * len(layers))
+    gs = fig.add_gridspec(len(layers), 2, height_ratios=heights, width_ratios=[40, 1],
+                          hspace=gap / (sum(heights) / len(heights)), wspace=0.03)
+    marks = _marker_positions(report, sample)
+    for i, layer in enumerate(layers):
+        d = df[df["layer"] == layer]
+        piv = d.pivot_table(index="index", columns="position", values=col)
+        M = piv.to_numpy()
+        pos = piv.columns.to_numpy()
+        ax = fig.add_subplot(gs[i, 0])
+        vmax = float(np.nanmax(M)) if np.isfinite(M).any() else 1.0
+        im = ax.imshow(M, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=max(vmax, 1e-12),
+                       extent=(pos.min() - 0.5, pos.max() + 0.5, M.shape[0] - 0.5, -0.5))
+        nop = M.shape[0]
+        unit = "head" if "attention" in _kind(d, layer) else "channel"
+        ax.set_ylabel(f"{unit} ({nop})", fontsize=7)
+        if nop <= 8:
+            ax.set_yticks(range(nop))
+        ax.tick_params(labelsize=6)
+        ax.set_title(f"{layer} ({_kind(d, layer)})", fontsize=8, loc="left")
+        for p in marks:
+            ax.plot([p], [-0.5], marker="v", color="red", ms=4, clip_on=False)
+        if i == len(layers) - 1:
+            ax.set_xlabel("split position t" + ("   (red triangles: marker tokens)" if marks else ""), fontsize=7)
+        cax = fig.add_subplot(gs[i, 1])
+        cb = fig.colorbar(im, cax=cax)
+        cb.ax.tick_params(labelsize=6)
+        cb.set_label(f"{ms[0][:3]}-ESS", fontsize=6)
+    what = "sample %d" % sample if sample is not None else "mean over samples"
+    H = fig.get_figheight()
+    fig.suptitle(f"{ms[0]}-ESS per head/channel and position ({what})", fontsize=10, y=1.0 - 0.06 / H, va="top")
+    fig.subplots_adjust(left=0.09, right=0.92, top=1.0 - 0.6 / H, bottom=0.5 / H)
     return fig
 
 
 def utilisation(report: "Report", *, fig: Any = None) -> Any:
-    """Per layer: utilisation (average ESS / TSS) and fill (average ESS / attainable ESS), with the
-    saturation and collapse thresholds."""
+    """Per layer: utilisation (average ESS / TSS) and fill (average ESS / attainable, the mean of
+    ``min(TSS, t, L - t)``) of the measure the flags use, and the fill of the entropy-ESS when the
+    flags use the tolerance-ESS; the saturation and collapse thresholds as lines. Bars are labelled
+    with their percentage; the legend sits above the axes."""
     s = report.summary
     if fig is None:
-        fig = new_figure(max(5.0, 1.0 + 0.9 * len(s)), 3.4)
+        fig = new_figure(max(7.5, 1.5 + 1.3 * len(s)), 3.8)
     ax = fig.subplots()
     x = np.arange(len(s))
-    ax.bar(x - 0.2, s["utilisation"].to_numpy(), width=0.4, label="utilisation = ESS / TSS")
-    ax.bar(x + 0.2, s["fill"].to_numpy(), width=0.4, label="fill = ESS / attainable")
-    ax.axhline(report.meta.get("saturation", 0.9), color="tab:red", ls=":", lw=1, label="saturation threshold")
-    ax.axhline(report.meta.get("collapse", 0.1), color="tab:purple", ls=":", lw=1, label="collapse threshold")
+    series = [("utilisation", s["utilisation"].to_numpy(float), f"utilisation = {report.primary}-ESS / TSS", "#1f77b4"),
+              ("fill", s["fill"].to_numpy(float), f"fill = {report.primary}-ESS / attainable", "#ff7f0e")]
+    if report.primary == "tolerance" and "avg_ess_entropy" in s and s["avg_ess_entropy"].notna().any():
+        att = s["attainable"].to_numpy(float)
+        ent = np.divide(s["avg_ess_entropy"].to_numpy(float), att, out=np.full(len(s), np.nan), where=att > 0)
+        series.append(("entropy fill", ent, "entropy-ESS / attainable", "#2ca02c"))
+    w = 0.8 / len(series)
+    for i, (_, v, label, c) in enumerate(series):
+        bars = ax.bar(x - 0.4 + (i + 0.5) * w, v, width=w, label=label, color=c)
+        ax.bar_label(bars, labels=[f"{100 * b:.0f}%" if np.isfinite(b) else "" for b in v], fontsize=6, padding=1)
+    ax.axhline(report.meta.get("saturation", 0.9), color="tab:red", ls=":", lw=1, label=f"saturation threshold ({report.meta.get('saturation', 0.9):g})")
+    ax.axhline(report.meta.get("collapse", 0.1), color="tab:purple", ls=":", lw=1, label=f"collapse threshold ({report.meta.get('collapse', 0.1):g})")
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{a}\n({b})" for a, b in zip(s["layer"], s["kind"])], fontsize=7, rotation=0)
-    ax.set_ylim(0, 1.05 * max(1.0, float(np.nanmax(s[["utilisation", "fill"]].to_numpy())) if len(s) else 1.0))
-    ax.set_ylabel("fraction")
-    ax.legend(fontsize=7)
+    ax.set_xticklabels([f"{a}\n({b})" for a, b in zip(s["layer"], s["kind"])], fontsize=7)
+    vals = np.concatenate([v for _, v, _, _ in series]) if len(s) else np.array([1.0])
+    ax.set_ylim(0, 1.12 * max(1.0, float(np.nanmax(vals)) if np.isfinite(vals).any() else 1.0))
+    ax.set_ylabel("fraction", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax.grid(axis="y", alpha=0.25, lw=0.5)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=3, frameon=False, borderaxespad=0)
     fig.tight_layout()
     return fig
+
+
+def _per_sample(report: "Report", ms: Sequence[str]) -> Any:
+    """The report's table and per-(sample, layer) averages, with a ``job``-like ``group`` column of
+    sample labels, in the form :mod:`ess.compare` draws."""
+    t = report.table.assign(group="sample " + report.table["sample"].astype(str))
+    agg = {f"avg_ess_{m}": (f"ess_{m}", "mean") for m in ms}
+    s = t.groupby(["group", "layer"], sort=False).agg(kind=("kind", "first"), **agg).reset_index()
+    groups = ["sample %d" % k for k in sorted(int(v) for v in report.table["sample"].unique())]
+    return t, s, groups
+
+
+def samples(report: "Report", *, measure: Optional[str] = None, fig: Any = None, **kwargs: Any) -> Any:
+    """The samples of the report compared: per layer, the mean ESS over heads/channels against
+    position, one line per sample (:func:`ess.compare.curves_of`)."""
+    from . import compare
+
+    ms = measures(report, measure)
+    m = "entropy" if len(ms) > 1 and measure is None else ms[0]
+    if measure == "both":
+        raise InvalidArgumentError("measure: the sample comparison draws one measure, 'tolerance' or 'entropy'")
+    t, _, groups = _per_sample(report, [m])
+    kwargs.setdefault("ncols", 2)
+    return compare.curves_of(t, "group", groups, m, fig=fig, title=f"{m}-ESS per layer, samples overlaid", **kwargs)
+
+
+def sample_layers(report: "Report", *, measure: Optional[str] = None, fig: Any = None) -> Any:
+    """The samples of the report compared layer by layer: average ESS (over heads/channels and
+    positions) per layer, one bar per sample (:func:`ess.compare.layers_of`)."""
+    from . import compare
+
+    ms = measures(report, measure)
+    if measure == "both":
+        raise InvalidArgumentError("measure: the layer comparison draws one measure, 'tolerance' or 'entropy'")
+    m = "entropy" if len(ms) > 1 and measure is None else ms[0]
+    _, s, groups = _per_sample(report, [m])
+    return compare.layers_of(s, "group", groups, m, fig=fig, title=f"average {m}-ESS per layer, by sample")
+
+
+_FORMATS = {".svg": "svg", ".pdf": "pdf", ".png": "png", ".eps": "eps"}
+
+
+def save_figure(fig: Any, path: Union[str, "os.PathLike[str]"], *, dpi: int = 300) -> Path:
+    """Write ``fig`` to ``path``, the format taken from the suffix (``.svg``, ``.pdf``, ``.eps``,
+    ``.png``), at print quality: vector formats keep text as text (SVG) or embed TrueType fonts
+    (PDF/EPS, as journals ask), PNG at ``dpi`` (300 by default); tight bounding box."""
+    import matplotlib
+
+    p = Path(path)
+    fmt = _FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise InvalidArgumentError(f"path: {str(path)!r} has no figure suffix; expected one of {sorted(_FORMATS)}")
+    if not p.parent.is_dir():
+        raise InvalidArgumentError(f"path: the directory {str(p.parent)!r} does not exist")
+    with matplotlib.rc_context({"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}):
+        fig.savefig(p, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.05)
+    return p

@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .errors import InvalidArgumentError
+
 __all__ = ["Report", "BOUNDARY_CAVEAT"]
 
 BOUNDARY_CAVEAT = (
@@ -156,91 +158,284 @@ class Report:
             "tokens": self.tokens,
         }
 
-    def plot(self, kind: str = "curves", **kwargs: Any) -> Any:
-        """Draw a figure: ``"curves"`` (ESS vs position per layer, marker lines), ``"heatmap"``
-        (layer x head/channel) or ``"utilisation"`` (bars); ``"all"`` returns a dict of the three.
-        Keyword arguments go to the functions of :mod:`ess.plots` (``sample``, ``measure``, ``fig``)."""
+    #: figure kinds of :meth:`plot` (those after "utilisation" need two samples or more)
+    FIGURES = ("curves", "heatmap", "utilisation", "samples", "layers")
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.table["sample"].nunique()) if len(self.table) else 0
+
+    def plot(self, kind: str = "curves", *, path: Union[None, str, "os.PathLike[str]"] = None, dpi: int = 300,
+             _pyplot: bool = True, **kwargs: Any) -> Any:
+        """Draw a figure and return it (a :class:`matplotlib.figure.Figure`, made without pyplot):
+
+        * ``"curves"``: ESS against position per layer, tolerance and/or entropy (``measure=``
+          ``"tolerance"``, ``"entropy"``, ``"both"``), band over heads/channels, TSS, bound, markers;
+        * ``"heatmap"``: heads/channels x positions per layer (``measure=`` one of the two);
+        * ``"utilisation"``: utilisation and fill per layer;
+        * ``"samples"``: the samples' curves overlaid per layer; ``"layers"``: average ESS per layer,
+          sample by sample (both need two samples or more);
+        * ``"all"``: a dict of every figure that applies.
+
+        ``path``: also write the figure there, the format from the suffix (``.svg``, ``.pdf``,
+        ``.eps``, ``.png`` at ``dpi``), at print quality (:func:`ess.plots.save_figure`); with
+        ``"all"``, ``path`` is a directory that receives ``<kind>.pdf`` for every figure. Other keyword
+        arguments go to the functions of :mod:`ess.plots` (``sample``, ``measure``, ``band``,
+        ``max_lines``, ``ncols``, ``max_panels``, ``fig``); an unknown one raises
+        :class:`~ess.errors.InvalidArgumentError`. Under an interactive matplotlib backend (a GUI, a
+        notebook) with pyplot imported, the figure is pyplot's, so ``plt.show()`` shows it."""
         from . import plots
 
-        fns = {"curves": plots.curves, "heatmap": plots.heatmap, "utilisation": plots.utilisation}
+        fns = {"curves": plots.curves, "heatmap": plots.heatmap, "utilisation": plots.utilisation,
+               "samples": plots.samples, "layers": plots.sample_layers}
         if kind == "all":
-            return {k: self.plot(k, **kwargs) for k in fns}
+            kinds = [k for k in self.FIGURES if k not in ("samples", "layers") or self.n_samples > 1]
+            figs = {}
+            for k in kinds:
+                kw = {a: v for a, v in kwargs.items() if a in _KWARGS[k]}
+                figs[k] = self.plot(k, _pyplot=_pyplot, **kw)
+                if path is not None:
+                    Path(path).mkdir(parents=True, exist_ok=True)
+                    plots.save_figure(figs[k], Path(path) / f"{k}.pdf", dpi=dpi)
+            return figs
         if kind not in fns:
-            raise ValueError(f"kind: expected one of {sorted(fns) + ['all']}, got {kind!r}")
-        if "fig" not in kwargs:
-            try:
-                import matplotlib
+            raise InvalidArgumentError(f"kind: expected one of {list(fns) + ['all']}, got {kind!r}")
+        if kind in ("samples", "layers") and self.n_samples < 2:
+            raise InvalidArgumentError(f"kind: {kind!r} compares samples and the report has {self.n_samples}")
+        unknown = sorted(set(kwargs) - _KWARGS[kind])
+        if unknown:
+            raise InvalidArgumentError(f"{unknown[0]}: not an option of Report.plot({kind!r}) (options: {sorted(_KWARGS[kind])})")
+        token = plots._PYPLOT.set(_pyplot and _pyplot_backend())
+        try:
+            fig = fns[kind](self, **kwargs)
+        finally:
+            plots._PYPLOT.reset(token)
+        if path is not None:
+            plots.save_figure(fig, path, dpi=dpi)
+        return fig
 
-                pyplot = matplotlib.get_backend().lower() != "agg"
-            except ImportError as e:  # pragma: no cover
-                raise ImportError("Report.plot needs matplotlib (pip install 'ess[analyze]')") from e
-            if kind == "curves":
-                kwargs["fig"] = None if not pyplot else _pyfig(6.0 * min(2, max(1, len(self.summary))), 2.8 * ((len(self.summary) + 1) // 2))
-            elif pyplot:
-                kwargs["fig"] = _pyfig(8, 4)
-        if kind == "utilisation":
-            kwargs.pop("sample", None)
-            kwargs.pop("measure", None)
-        return fns[kind](self, **kwargs)
+    def figures(self) -> Dict[str, Any]:
+        """The figures of the HTML page (matplotlib), by name: ``curves``, ``heatmap``,
+        ``utilisation``, and with two samples or more ``samples`` and ``layers`` (never pyplot's)."""
+        return self.plot("all", _pyplot=False)
 
-    def figures_png(self, dpi: int = 90) -> Dict[str, bytes]:
-        """The three figures as PNG bytes (headless)."""
-        from . import plots
-
+    def figures_png(self, dpi: int = 110) -> Dict[str, bytes]:
+        """The figures of :meth:`figures` as PNG bytes (headless)."""
         out: Dict[str, bytes] = {}
-        for name, fn in (("curves", plots.curves), ("heatmap", plots.heatmap), ("utilisation", plots.utilisation)):
-            fig = fn(self)
+        for name, fig in self.figures().items():
             buf = io.BytesIO()
             fig.savefig(buf, format="png", dpi=dpi)
             out[name] = buf.getvalue()
         return out
 
-    def _html(self, figures: Optional[Dict[str, bytes]] = None, full: bool = True) -> str:
-        fmt = {c: "{:.3g}".format for c in ("tss", "avg_ess_tolerance", "avg_ess_entropy", "max_ess_tolerance", "total_ess", "total_tss", "utilisation", "attainable", "fill")}
+    # ------------------------------------------------------------------ HTML
+    def findings(self) -> List[str]:
+        """The page's summary, as sentences (HTML-escaped, with ``<b>`` emphasis): what saturates,
+        what collapses, which layers use their state least, what the entropy-ESS adds, how much the
+        samples differ."""
+        s = self.summary
+        if not len(s):
+            return ["No layer was analysed."]
+        p = self.primary
+        sat_thr, col_thr = float(self.meta.get("saturation", 0.9)), float(self.meta.get("collapse", 0.1))
+        name = lambda r: f"<b>{html.escape(str(r['layer']))}</b> ({html.escape(str(r['kind']))})"  # noqa: E731
+        out = []
+        sat = s[s["saturated"]]
+        if len(sat):
+            out.append(f"<b>Saturated</b> ({p}-ESS at least {sat_thr:.0%} of what the sequence lets a layer show): "
+                       + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in sat.iterrows())
+                       + ". These layers use all the state that is attainable at this length; the ESS is bounded by "
+                       "min(TSS, t, L - t), not by the inputs.")
+        else:
+            out.append(f"<b>No layer saturates</b> (fill below {sat_thr:.0%} of attainable in every layer).")
+        col = s[s["collapsed"]]
+        if len(col):
+            out.append(f"<b>Collapsed</b> (fill at most {col_thr:.0%}): " + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in col.iterrows())
+                       + ": these layers carry almost no information from past to future positions on these inputs.")
+        else:
+            out.append(f"<b>No layer collapses</b> (fill above {col_thr:.0%} everywhere).")
+        u = s.dropna(subset=["utilisation"]).sort_values("utilisation")
+        if len(u) and float(u["utilisation"].max() - u["utilisation"].min()) < 0.02:
+            out.append(f"<b>Every layer uses about {_pct(u['utilisation'].mean())} of its TSS</b> (average {p}-ESS / TSS).")
+        elif len(u):
+            low = u.head(min(2, len(u)))
+            out.append("<b>Least state used</b> (average ESS relative to the layer's TSS): "
+                       + "; ".join(f"{name(r)}: {_num(r['avg_ess_' + p])} of {_num(r['tss'])} dims ({_pct(r['utilisation'])})" for _, r in low.iterrows())
+                       + (f". Most: {name(u.iloc[-1])} ({_pct(u.iloc[-1]['utilisation'])})." if len(u) > 2 else "."))
+        if p == "tolerance" and s["avg_ess_entropy"].notna().any():
+            att = s["attainable"].to_numpy(float)
+            ent = np.divide(s["avg_ess_entropy"].to_numpy(float), att, out=np.full(len(s), np.nan), where=att > 0)
+            order = np.argsort(ent)
+            parts = ", ".join(f"{name(s.iloc[i])} {_pct(ent[i])}" for i in order if np.isfinite(ent[i]))
+            if (s["fill"] >= 0.95).all():
+                out.append("<b>The tolerance-ESS sits on its bound</b> min(TSS, t, L - t) in every layer, so it does not tell the "
+                           "layers apart here; the <b>entropy-ESS</b> (effective rank, how evenly the singular values spread) does. "
+                           f"Entropy-ESS as a share of attainable, lowest first: {parts}.")
+            else:
+                out.append(f"<b>Entropy-ESS</b> (effective rank) as a share of attainable, lowest first: {parts}.")
+        tot = s.dropna(subset=["total_ess"])
+        if len(tot) > 1:
+            r = tot.loc[tot["total_ess"].idxmax()]
+            out.append(f"<b>Largest total state</b> (summed over channels): {name(r)}, {_num(r['total_ess'])} of "
+                       f"{_num(r['total_tss'])} dims.")
+        if self.n_samples > 1:
+            cmp_ = "entropy" if self.table["ess_entropy"].notna().any() and self.table["ess_tolerance"].notna().any() else p
+            col_ = f"ess_{cmp_}"
+            per = self.table.groupby(["layer", "sample"], sort=False)[col_].mean().unstack()
+            spread = (per.max(axis=1) - per.min(axis=1)) / per.mean(axis=1).where(per.mean(axis=1) > 0)
+            if spread.notna().any() and float(spread.max()) < 0.01:
+                out.append(f"<b>The {self.n_samples} samples agree</b>: the average {cmp_}-ESS of every layer differs by less "
+                           "than 1% between them (Figures 4 and 5).")
+            elif spread.notna().any():
+                lay = spread.idxmax()
+                out.append(f"<b>Across the {self.n_samples} samples</b> the average {cmp_}-ESS differs most in "
+                           f"<b>{html.escape(str(lay))}</b>: {_num(per.loc[lay].min())} to {_num(per.loc[lay].max())} dims, "
+                           f"{_pct(spread.max())} of its mean (Figures 4 and 5).")
+        if self.skipped:
+            out.append(f"<b>{len(self.skipped)} module(s) not analysed</b> (no extractor): listed below.")
+        return out
+
+    def _table_html(self) -> str:
+        s = self.summary
+        cols = [c for c in _COLUMNS if c[0] in s.columns]
+        groups: List[Tuple[str, int]] = []
+        for c in cols:
+            if groups and groups[-1][0] == c[1]:
+                groups[-1] = (c[1], groups[-1][1] + 1)
+            else:
+                groups.append((c[1], 1))
+        h = ["<table class='layers'><thead><tr>"]
+        h += [f"<th colspan='{n}' class='grp'>{html.escape(g)}</th>" for g, n in groups] + ["<th rowspan='2' class='grp' title='"
+              + html.escape(_FLAG_TIP.format(sat=self.meta.get("saturation", 0.9), col=self.meta.get("collapse", 0.1), p=self.primary))
+              + "'>flag</th></tr><tr>"]
+        for key, _, head, unit, tip, _ in cols:
+            u = f"<br><span class='unit'>{html.escape(unit)}</span>" if unit else ""
+            h.append(f"<th title='{html.escape(tip)}'>{html.escape(head)}{u}</th>")
+        h.append("</tr></thead><tbody>")
+        for _, r in s.iterrows():
+            h.append("<tr>")
+            for key, _, _, _, _, kind in cols:
+                v = r[key]
+                if kind == "text":
+                    cell = html.escape(str(v))
+                    if key == "layer" and "module_type" in r:
+                        cell = f"<code>{cell}</code><br><span class='unit'>{html.escape(str(r['module_type']))}</span>"
+                    h.append(f"<td class='txt'>{cell}</td>")
+                elif kind == "int":
+                    h.append(f"<td>{int(v):,}</td>")
+                elif kind == "pct":
+                    f = float(v)
+                    w = max(0.0, min(100.0, 100 * f)) if np.isfinite(f) else 0.0
+                    h.append(f"<td class='bar' style='--w:{w:.1f}%'>{_pct(f)}</td>")
+                else:
+                    h.append(f"<td>{_num(v)}</td>")
+            flag = "<span class='flag sat'>saturated</span>" if r.get("saturated") else (
+                "<span class='flag col'>collapsed</span>" if r.get("collapsed") else "<span class='flag none'>&ndash;</span>")
+            h.append(f"<td class='txt'>{flag}</td></tr>")
+            if str(r.get("note", "") or ""):
+                h.append(f"<tr class='note'><td colspan='{len(cols) + 1}'>note: {html.escape(str(r['note']))}</td></tr>")
+        h.append("</tbody></table>")
+        return "".join(h)
+
+    def _html(self, figures: Optional[Dict[str, bytes]] = None, full: bool = True, interactive: bool = True) -> str:
+        m = self.meta
         parts = []
         if full:
-            parts.append("<!DOCTYPE html><html><head><meta charset='utf-8'><title>ess report</title>"
-                         "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;font-size:12px}"
-                         "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%;display:block;margin:1em 0}"
-                         ".caveat{background:#fff8e0;padding:.5em 1em;border-left:4px solid #e0b000}code{font-size:12px}</style></head><body>")
-        m = self.meta
-        parts.append(f"<h2>ess report</h2><p>model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
-                     f"L = {m.get('length')}, {m.get('n_samples')} sample(s), method {html.escape(str(m.get('method')))}, "
-                     f"flags on the {self.primary}-ESS (saturation &ge; {m.get('saturation')}, collapse &le; {m.get('collapse')} of attainable).</p>")
-        parts.append("<h3>Layers</h3>" + self.summary.to_html(index=False, formatters=fmt, escape=True, classes="summary"))
-        if self.skipped:
-            parts.append("<h3>Skipped (no extractor)</h3><ul>" + "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(t)}</li>" for n, t in self.skipped) + "</ul>")
-        parts.append("<h3>Caveats</h3>" + "".join(f"<p class='caveat'>{html.escape(c)}</p>" for c in self.caveats))
-        if self.tokens is not None:
-            parts.append("<h3>Tokens (sample 0)</h3><p><code>" + html.escape(" ".join(map(str, self.tokens))) + "</code></p>")
-        elif self.token_ids is not None:
-            parts.append("<h3>Token ids (sample 0)</h3><p><code>" + html.escape(" ".join(map(str, self.token_ids[0].tolist()))) + "</code></p>")
-        if figures:
-            parts.append("<h3>Figures</h3>")
-            for name, png in figures.items():
-                b64 = base64.b64encode(png).decode("ascii")
-                parts.append(f"<figure><img alt='{name}' id='fig-{name}' src='data:image/png;base64,{b64}'><figcaption>{name}</figcaption></figure>")
+            parts.append("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+                         f"<title>ess report: {html.escape(str(m.get('model')))}</title><style>{_CSS}</style>")
+        divs: Dict[str, str] = {}
+        if full and interactive:
+            from . import interactive as ia
+
+            if ia.available():
+                divs = ia.layer_divs(self)
+                parts.append(f"<script>{ia.plotly_js()}</script>")
         if full:
-            parts.append("</body></html>")
+            parts.append("</head><body><main>")
+        parts.append("<h1>Effective state size report</h1>")
+        parts.append(f"<p class='meta'>Model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
+                     f"sequence length L = {m.get('length')}, {m.get('n_samples')} sample(s); method {html.escape(str(m.get('method')))}; "
+                     f"flags on the {self.primary}-ESS (saturated: fill &ge; {m.get('saturation')}, collapsed: fill &le; {m.get('collapse')}).</p>")
+        if full:
+            toc = [("summary", "Summary"), ("layers", "Layers"), ("figures", "Figures")]
+            if divs:
+                toc.append(("explore", "Interactive, per layer"))
+            toc.append(("notes", "Caveats and inputs"))
+            parts.append("<nav>" + " &middot; ".join(f"<a href='#{a}'>{t}</a>" for a, t in toc) + "</nav>")
+        parts.append("<section id='summary'><h2>Summary</h2><ul class='findings'>" + "".join(f"<li>{f}</li>" for f in self.findings()) + "</ul></section>")
+        parts.append("<section id='layers'><h2>Layers</h2><p class='hint'>Hover a column header for its definition. ESS and TSS in "
+                     "state dimensions; averages over heads/channels, positions and samples. Bars: share of 100%.</p>"
+                     + self._table_html() + "</section>")
+        if figures:
+            parts.append("<section id='figures'><h2>Figures</h2><p class='hint'>Static figures (matplotlib). Each exports at print "
+                         "quality with <code>report.plot(kind, path='fig.pdf')</code> (or <code>.svg</code>).</p>")
+            for i, (name, png) in enumerate(figures.items(), 1):
+                b64 = base64.b64encode(png).decode("ascii")
+                cap = _captions(self).get(name, name)
+                parts.append(f"<figure id='fig-{name}'><img alt='{html.escape(_ALT.get(name, name))}' src='data:image/png;base64,{b64}'>"
+                             f"<figcaption><b>Figure {i}.</b> {cap} <span class='export'>Export: <code>report.plot('{name}', path='{name}.pdf')</code></span>"
+                             "</figcaption></figure>")
+            parts.append("</section>")
+        if divs:
+            parts.append("<section id='explore'><h2>Interactive, per layer</h2><p class='hint'>Hover for values (position, token, ESS); "
+                         "click a legend entry to hide or show it (individual heads/channels are listed there; with many channels only "
+                         "the first ones, hidden at first); drag to zoom, double-click to reset; the buttons switch between the two "
+                         "measures; the camera icon downloads SVG. The static figures above show the same data.</p>"
+                         "<noscript><p class='caveat'>JavaScript is off: the interactive figures are not shown; the static figures "
+                         "above hold the same data.</p></noscript>")
+            for layer, div in divs.items():
+                parts.append(f"<figure class='interactive' data-layer='{html.escape(layer)}'>{div}<figcaption>{html.escape(layer)}: ESS "
+                             "curves (top) and heads/channels x positions (bottom) on the same position axis.</figcaption></figure>")
+            parts.append("</section>")
+        parts.append("<section id='notes'>")
+        if self.skipped:
+            parts.append("<h2>Skipped (no extractor)</h2><ul>" + "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(t)}</li>" for n, t in self.skipped) + "</ul>")
+        parts.append("<h2>Caveats</h2>" + "".join(f"<p class='caveat'>{html.escape(c)}</p>" for c in self.caveats))
+        if self.tokens is not None:
+            parts.append("<h3>Tokens (sample 0)</h3><p class='tokens'><code>" + html.escape(" ".join(map(str, self.tokens))) + "</code></p>")
+        elif self.token_ids is not None:
+            parts.append("<h3>Token ids (sample 0)</h3><p class='tokens'><code>" + html.escape(" ".join(map(str, self.token_ids[0].tolist()))) + "</code></p>")
+        parts.append("</section>")
+        if full:
+            parts.append("</main></body></html>")
         return "\n".join(parts)
 
     def _repr_html_(self) -> str:
         try:
-            figs: Optional[Dict[str, bytes]] = {"curves": self.figures_png(dpi=70)["curves"]}
+            buf = io.BytesIO()
+            self.plot("curves", _pyplot=False).savefig(buf, format="png", dpi=70)
+            figs: Optional[Dict[str, bytes]] = {"curves": buf.getvalue()}
         except Exception:  # a notebook view must not fail on a plotting problem
             figs = None
         return self._html(figs, full=False)
 
-    def save(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
-        """Write ``report.html`` (self-contained, figures embedded), ``ess.csv`` (and ``ess.parquet``
-        when pyarrow is installed), ``summary.csv``, ``summary.json`` and the figures as PNG into
-        ``directory`` (created if needed). Returns the directory."""
+    def save(self, directory: Union[str, "os.PathLike[str]"], *, figure_formats: Sequence[str] = ("png",),
+             interactive: bool = True) -> Path:
+        """Write ``report.html`` (self-contained: figures and, when plotly is installed and
+        ``interactive``, plotly.js embedded), ``ess.csv`` (and ``ess.parquet`` when pyarrow is
+        installed), ``summary.csv``, ``summary.json`` and the figures, one file per figure and format
+        of ``figure_formats`` (``"png"``, ``"svg"``, ``"pdf"``, ``"eps"``), into ``directory``
+        (created if needed). Returns the directory."""
+        from . import plots
+
+        fmts = [str(f).lower().lstrip(".") for f in figure_formats]
+        bad = [f for f in fmts if f".{f}" not in plots._FORMATS]
+        if bad:
+            raise InvalidArgumentError(f"figure_formats: {bad[0]!r} is not one of {sorted(k[1:] for k in plots._FORMATS)}")
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        figs = self.figures_png()
-        for name, png in figs.items():
-            (d / f"{name}.png").write_bytes(png)
-        (d / "report.html").write_text(self._html(figs), encoding="utf-8")
+        figs = self.figures()
+        pngs: Dict[str, bytes] = {}
+        for name, fig in figs.items():
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=110)
+            pngs[name] = buf.getvalue()
+            for f in fmts:
+                if f == "png":
+                    (d / f"{name}.png").write_bytes(pngs[name])
+                else:
+                    plots.save_figure(fig, d / f"{name}.{f}")
+        (d / "report.html").write_text(self._html(pngs, interactive=interactive), encoding="utf-8")
         self.table.to_csv(d / "ess.csv", index=False)
         try:
             import pyarrow  # noqa: F401
@@ -253,10 +448,129 @@ class Report:
         return d
 
 
-def _pyfig(w: float, h: float) -> Any:
-    import matplotlib.pyplot as plt
+_KWARGS = {
+    "curves": {"sample", "measure", "band", "max_lines", "ncols", "fig"},
+    "heatmap": {"sample", "measure", "fig"},
+    "utilisation": {"fig"},
+    "samples": {"measure", "fig", "max_panels"},
+    "layers": {"measure", "fig"},
+}
 
-    return plt.figure(figsize=(w, h))
+# (column, group, header, unit, tooltip, format)
+_COLUMNS = [
+    ("layer", "Layer", "layer", "", "Qualified module name (and the module's class below it).", "text"),
+    ("kind", "Layer", "kind", "", "Operator family the layer was analysed as (attention, convolution, SSM, ...).", "text"),
+    ("n_operators", "Size", "operators", "", "Distinct operators analysed: attention heads, or the channels of a convolution / SSM.", "int"),
+    ("channels", "Size", "channels", "", "Value channels the operators act on (an operator shared by c channels, as a head by its "
+     "head dimension, counts c times).", "int"),
+    ("tss", "Size", "TSS", "dims", "Theoretical state size of one operator: the state dimension its recurrence holds (conv: kernel "
+     "width - 1; SSM: state size; attention: grows with the sequence). No ESS can exceed it.", "num"),
+    ("avg_ess_tolerance", "Average ESS per operator", "tolerance", "dims", "Mean over operators, positions and samples of the "
+     "tolerance-ESS: the numerical rank of the past-to-future block H_t (singular values above the threshold).", "num"),
+    ("avg_ess_entropy", "Average ESS per operator", "entropy", "dims", "Mean of the entropy-ESS: the effective rank exp(entropy of "
+     "the normalised singular values) of H_t; lower than the tolerance-ESS when a few directions dominate.", "num"),
+    ("max_ess_tolerance", "Average ESS per operator", "max tolerance", "dims", "Largest tolerance-ESS of any operator at any position.", "num"),
+    ("total_ess", "Whole layer", "total ESS", "dims", "Sum over value channels of the per-channel average ESS (flag measure): the "
+     "state the whole layer uses.", "num"),
+    ("total_tss", "Whole layer", "total TSS", "dims", "Sum over value channels of the TSS: the state the whole layer has.", "num"),
+    ("attainable", "Use of the state", "attainable", "dims", "Mean over positions of min(TSS, t, L - t): the largest average ESS any "
+     "operator of this layer could show at this length (boundary effect).", "num"),
+    ("utilisation", "Use of the state", "utilisation", "%", "Average ESS (flag measure) / TSS.", "pct"),
+    ("fill", "Use of the state", "fill", "%", "Average ESS (flag measure) / attainable: 100% means the layer shows all the state "
+     "the sequence lets it show.", "pct"),
+]
+
+_FLAG_TIP = ("saturated: fill >= {sat} on the {p}-ESS (the layer uses all attainable state); collapsed: fill <= {col} "
+             "(almost no state carried); -: neither.")
+
+_ALT = {
+    "curves": "ESS against split position, one panel per layer",
+    "heatmap": "ESS per head or channel and position, one panel per layer",
+    "utilisation": "utilisation and fill per layer, bars",
+    "samples": "ESS curves of each sample overlaid, one panel per layer",
+    "layers": "average ESS per layer, one bar per sample",
+}
+
+
+def _captions(r: "Report") -> Dict[str, str]:
+    ms = [m for m in ("tolerance", "entropy") if r.table[f"ess_{m}"].notna().any()]
+    both = len(ms) == 2
+    cm = "entropy" if both else ms[0] if ms else r.primary
+    return {
+        "curves": ("ESS at each split position t, one panel per layer (sample 0): "
+                   + ("tolerance-ESS (blue) and entropy-ESS (orange; on its own axis, right, in panels where it stays below "
+                      "a quarter of the tolerance-ESS); " if both else f"{ms[0]}-ESS; " if ms else "")
+                   + "thick line the mean over the layer's heads/channels, shaded the range they span; dashed the boundary bound "
+                   "min(t, L - t), dotted red the layer's TSS, dotted grey the marker tokens (delimiter / EOS). A curve on the "
+                   "dashed line is limited by the sequence, on the red line by the state."),
+        "heatmap": (f"{cm}-ESS of every head/channel (rows) at every split position (columns), sample 0, one panel per layer "
+                    "with its own rows and colour scale; red triangles mark the marker tokens. Uniform rows: the heads/channels "
+                    "behave alike; a dark row: a head/channel that keeps little state."),
+        "utilisation": (f"Per layer: utilisation ({r.primary}-ESS / TSS), fill ({r.primary}-ESS / attainable)"
+                        + (" and the entropy-ESS / attainable" if r.primary == "tolerance" and both else "")
+                        + ", with the saturation and collapse thresholds of the flags."),
+        "samples": (f"Samples compared: per layer, the mean {cm}-ESS over heads/channels at each position, one line per sample; "
+                    "dashed the boundary bound. Where the lines separate, the layer's memory use depends on the input."),
+        "layers": f"Samples compared layer by layer: average {cm}-ESS (over heads/channels and positions), one bar per sample.",
+    }
+
+
+def _num(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return html.escape(str(v))
+    if not np.isfinite(f):
+        return "&ndash;"
+    if abs(f) >= 100:
+        return f"{f:,.0f}"
+    if abs(f) >= 10:
+        return f"{f:.1f}"
+    return f"{f:.2f}"
+
+
+def _pct(v: Any) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "&ndash;"
+    return f"{100 * f:.0f}%" if np.isfinite(f) else "&ndash;"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fff;line-height:1.45}
+main{max-width:1180px;margin:0 auto;padding:1.5em 2em}
+h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+h3{font-size:1.05em}
+.meta{color:#444}nav{margin:.6em 0 1em;font-size:.95em}nav a{color:#0b5cad}
+.findings li{margin:.35em 0}.hint{color:#555;font-size:.9em}
+table.layers{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums;width:100%}
+table.layers th{background:#f3f5f8;border:1px solid #d8dde3;padding:4px 6px;font-weight:600;cursor:help;text-align:center}
+table.layers th.grp{background:#e6eaf0}
+table.layers td{border:1px solid #e2e5e9;padding:3px 6px;text-align:right;white-space:nowrap}
+table.layers td.txt{text-align:left}table.layers tr.note td{text-align:left;color:#666;font-size:11px;white-space:normal}
+table.layers td.bar{background:linear-gradient(90deg,#cfe0f3 var(--w),transparent var(--w))}
+.unit{color:#777;font-weight:400;font-size:11px}
+.flag{display:inline-block;padding:0 .5em;border-radius:3px;font-size:11px;font-weight:600}
+.flag.sat{background:#fde2c8;color:#8a4a00}.flag.col{background:#e5dcf3;color:#4b2a80}.flag.none{color:#999}
+figure{margin:1.4em 0;padding:0}figure img{max-width:100%;height:auto;display:block;margin:0 auto}
+figcaption{font-size:.9em;color:#333;margin-top:.4em;max-width:1000px}
+.export{color:#777;font-size:.9em}
+figure.interactive{border:1px solid #e4e4e4;border-radius:4px;padding:.5em}
+.caveat{background:#fff8e0;padding:.5em 1em;border-left:4px solid #e0b000}
+code{font-size:12px}.tokens{word-wrap:break-word}
+"""
+
+
+def _pyplot_backend() -> bool:
+    """Whether pyplot is in use with a backend that shows figures (a GUI or a notebook's inline backend)."""
+    import sys
+
+    if "matplotlib.pyplot" not in sys.modules:
+        return False
+    import matplotlib
+
+    return matplotlib.get_backend().lower() not in ("agg", "pdf", "svg", "ps", "cairo", "pgf", "template")
 
 
 def _jsonable(x: Any) -> Any:

@@ -1,0 +1,180 @@
+"""Interactive figures of an :class:`ess.Report` for the HTML page (plotly; optional, imported lazily).
+
+One figure per layer: on top the ESS curves (mean over heads/channels, the band they span, each
+head / channel as its own legend entry that can be toggled, the TSS and the boundary bound), below
+the heads/channels x positions heatmap on the same position axis; hovering shows position, token and
+value; buttons switch between the tolerance-ESS, the entropy-ESS and both; plotly's camera button
+downloads the figure as SVG. The page embeds plotly.js once (:func:`plotly_js`), so nothing is
+fetched at view time. Without plotly the report keeps its static figures only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .report import Report
+
+__all__ = ["available", "plotly_js", "layer_figure", "layer_divs"]
+
+#: individual head/channel traces drawn per measure (the band and the heatmap cover the rest)
+MAX_TRACES = 16
+#: heatmaps up to this many cells name the token of each cell on hover
+MAX_TOKEN_CELLS = 20000
+
+_COLORS = {"tolerance": "#1f77b4", "entropy": "#ff7f0e"}
+
+
+def available() -> bool:
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def plotly_js() -> str:
+    """plotly.js itself (minified), to inline once in a page."""
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
+def _rgba(hex_color: str, a: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{a})"
+
+
+def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
+    """The interactive figure of one layer (a :class:`plotly.graph_objects.Figure`)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from .plots import TWIN_AXIS_RATIO, measures
+
+    ms = measures(report, None)
+    t = report.table
+    d = t[(t["layer"] == layer) & (t["sample"] == sample)]
+    kind = str(d["kind"].iloc[0])
+    unit = "head" if "attention" in kind else "channel"
+    bound = d.groupby("position")["bound"].first()
+    pos = bound.index.to_numpy()
+    toks: List[str] = []
+    if sample == 0 and report.tokens is not None:
+        toks = [str(report.tokens[p]) if p < len(report.tokens) else "" for p in pos]
+    elif "token" in d:
+        tk = d.groupby("position")["token"].first().reindex(pos)
+        toks = [str(int(v)) for v in tk.to_numpy()]
+    else:
+        toks = [""] * len(pos)
+    pivs = {m: d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos) for m in ms}
+    twin = False  # as in the static figure: a much smaller entropy-ESS gets its own axis on the right
+    if len(ms) == 2:
+        hi_t, hi_e = float(np.nanmax(pivs["tolerance"].to_numpy())), float(np.nanmax(pivs["entropy"].to_numpy()))
+        twin = hi_t > 0 and hi_e < TWIN_AXIS_RATIO * hi_t
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.07,
+                        specs=[[{"secondary_y": twin}], [{}]])
+    groups: List[Optional[str]] = []  # the measure each trace belongs to (None: always shown)
+    heat: List[Optional[str]] = []  # the measure of each heatmap trace
+    hover = "t = %{x}<br>token %{customdata}<br>%{fullData.name}: %{y:.3f}<extra></extra>"
+    for m, piv in pivs.items():
+        c = _COLORS[m]
+        sec = {"secondary_y": True} if twin and m == "entropy" else {}
+        if piv.shape[1] > 1:
+            fig.add_trace(go.Scatter(x=pos, y=piv.min(axis=1).to_numpy(), mode="lines", line=dict(width=0), hoverinfo="skip",
+                                     showlegend=False, legendgroup=f"band-{m}"), row=1, col=1, **sec)
+            fig.add_trace(go.Scatter(x=pos, y=piv.max(axis=1).to_numpy(), mode="lines", line=dict(width=0), fill="tonexty",
+                                     fillcolor=_rgba(c, 0.18), name=f"{m}: range over {unit}s", legendgroup=f"band-{m}", legendrank=2,
+                                     hoverinfo="skip"), row=1, col=1, **sec)
+            groups += [m, m]
+            heat += [None, None]
+        fig.add_trace(go.Scatter(x=pos, y=piv.mean(axis=1).to_numpy(), mode="lines", line=dict(color=c, width=2.5),
+                                 name=f"{m}-ESS, mean", customdata=toks, hovertemplate=hover, legendrank=1), row=1, col=1, **sec)
+        groups.append(m)
+        heat.append(None)
+        cols = list(piv.columns)
+        for j in cols[:MAX_TRACES]:
+            fig.add_trace(go.Scatter(x=pos, y=piv[j].to_numpy(), mode="lines", line=dict(color=c, width=0.8), opacity=0.55,
+                                     name=f"{m}: {unit} {j}", customdata=toks, hovertemplate=hover, legendrank=100 + int(j),
+                                     visible=True if len(cols) <= 8 else "legendonly"), row=1, col=1, **sec)
+            groups.append(m)
+            heat.append(None)
+        hm = d.pivot_table(index="index", columns="position", values=f"ess_{m}").reindex(columns=pos)
+        if hm.size <= MAX_TOKEN_CELLS:  # hover names the token; on big layers only the position (the page stays small)
+            hkw: Dict[str, Any] = {"text": [[f"token {tk}" for tk in toks]] * len(hm.index),
+                                   "hovertemplate": "%{y}, t = %{x}, %{text}<br>" + m + "-ESS %{z:.3f}<extra></extra>"}
+        else:
+            hkw = {"hovertemplate": "%{y}, t = %{x}<br>" + m + "-ESS %{z:.3f}<extra></extra>"}
+        fig.add_trace(go.Heatmap(z=hm.to_numpy(), x=pos, y=[f"{unit} {i}" for i in hm.index], colorscale="Viridis", zmin=0, **hkw,
+                                 colorbar=dict(title=dict(text=f"{m[:3]}-ESS", side="right"), len=0.42, y=0.2, thickness=12),
+                                 showscale=True, name=f"{m} heatmap", showlegend=False), row=2, col=1)
+        groups.append(m)
+        heat.append(m)
+    fig.add_trace(go.Scatter(x=pos, y=bound.to_numpy(), mode="lines", line=dict(color="#555", dash="dash", width=1.2),
+                             name="bound min(t, L - t)", legendrank=3, hovertemplate="t = %{x}: bound %{y}<extra></extra>"), row=1, col=1)
+    groups.append(None)
+    heat.append(None)
+    tss = float(d["tss"].mean())
+    top = float(bound.max()) if len(bound) else 1.0
+    if tss <= 1.25 * top:
+        fig.add_trace(go.Scatter(x=[pos.min(), pos.max()], y=[tss, tss], mode="lines", line=dict(color="#d62728", dash="dot", width=1.5),
+                                 name=f"TSS = {tss:g}", legendrank=4, hovertemplate=f"TSS = {tss:g}<extra></extra>"), row=1, col=1)
+        groups.append(None)
+        heat.append(None)
+    for p in report.markers.get(sample, []):
+        fig.add_vline(x=p, line=dict(color="#888", width=1, dash="dot"))
+    default = "entropy" if "entropy" in ms else ms[0]
+
+    def vis(sel: List[str]) -> List[Any]:
+        out: List[Any] = []
+        for g, h in zip(groups, heat):
+            if h is not None:
+                out.append(h == (default if len(sel) > 1 else sel[0]))
+            else:
+                out.append(g is None or g in sel)
+        return out
+
+    init = vis(ms)
+    for tr, v in zip(fig.data, init):
+        if tr.visible != "legendonly" or not v:
+            tr.visible = v
+    buttons = []
+    if len(ms) > 1:
+        for label, sel in (("both", ms), ("tolerance", ["tolerance"]), ("entropy", ["entropy"])):
+            buttons.append(dict(label=label, method="restyle", args=[{"visible": vis(sel)}]))
+    title = f"{layer} ({kind}), sample {sample}" + ("" if tss <= 1.25 * top else f", TSS = {tss:g} (above the range)")
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=14), x=0.0, xanchor="left"),
+        height=560, margin=dict(l=60, r=30, t=70, b=50), template="plotly_white",
+        legend=dict(font=dict(size=10), x=1.1, xanchor="left", y=1.0, yanchor="top"),
+        hovermode="closest",
+        updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, xanchor="right", y=1.1, yanchor="bottom",
+                          showactive=True, font=dict(size=11))] if buttons else [],
+    )
+    if twin:
+        fig.update_yaxes(title_text="tolerance-ESS, bound, TSS", rangemode="tozero", row=1, col=1, secondary_y=False)
+        fig.update_yaxes(title_text="entropy-ESS (right)", rangemode="tozero", showgrid=False, row=1, col=1, secondary_y=True,
+                         title_font=dict(color=_COLORS["entropy"]), tickfont=dict(color=_COLORS["entropy"]))
+    else:
+        fig.update_yaxes(title_text="ESS (dims)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text=unit + "s", autorange="reversed", row=2, col=1)
+    fig.update_xaxes(title_text="split position t", row=2, col=1)
+    return fig
+
+
+_CONFIG: Dict[str, Any] = {"displaylogo": False, "responsive": True}
+
+
+def layer_divs(report: "Report", *, sample: int = 0) -> Dict[str, str]:
+    """layer -> an HTML ``<div>`` with its interactive figure (plotly.js not included)."""
+    out: Dict[str, str] = {}
+    layers = list(dict.fromkeys(report.table.loc[report.table["sample"] == sample, "layer"]))
+    for i, layer in enumerate(layers):
+        fig = layer_figure(report, layer, sample=sample)
+        cfg = dict(_CONFIG, toImageButtonOptions={"format": "svg", "scale": 1, "filename": f"ess-{layer}"})
+        out[layer] = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"ifig-{i}", config=cfg,
+                                 default_width="100%", default_height="560px")
+    return out
+
