@@ -480,15 +480,28 @@ fn one_channel<F: Scalar>(
     let Some(t_min) = (1..l).find(|&t| slot[t] != usize::MAX) else {
         return Ok(out);
     };
-    // Backward: S_O(t) = tri(A_t^T [c_t, S_O(t+1)]), S_O(L) = 0. Stored at requested t.
+    // Backward: S_O(t) = tri(A_t^T [c_t, S_O(t+1)]), S_O(L) = 0. Stored at requested t, in one
+    // flat buffer (no allocation per split).
+    let n_slots = (t_min..l).filter(|&t| slot[t] != usize::MAX).count();
+    let nn = n * n;
+    let mut st_s = vec![0.0f64; checked_size("B", &[n_slots, nn])?];
+    let mut st_e = vec![0i64; n_slots * n];
+    let mut st_tri = vec![true; n_slots];
+    let mut st_idx = vec![usize::MAX; l];
     let mut so = Factor::zeros(n);
-    let mut stored: Vec<Option<Factor>> = vec![None; l];
-    for t in (t_min..l).rev() {
-        crate::interrupt::check()?;
-        so.append(&chan.c[t * n..(t + 1) * n]);
-        chan.apply(&mut so, t, true);
-        if slot[t] != usize::MAX {
-            stored[t] = Some(so.clone());
+    {
+        let mut k = 0usize;
+        for t in (t_min..l).rev() {
+            crate::interrupt::check()?;
+            so.append(&chan.c[t * n..(t + 1) * n]);
+            chan.apply(&mut so, t, true);
+            if slot[t] != usize::MAX {
+                st_s[k * nn..(k + 1) * nn].copy_from_slice(&so.s);
+                st_e[k * n..(k + 1) * n].copy_from_slice(&so.e);
+                st_tri[k] = so.tri;
+                st_idx[t] = k;
+                k += 1;
+            }
         }
     }
     drop(so);
@@ -496,18 +509,8 @@ fn one_channel<F: Scalar>(
     let mut sr = Factor::zeros(n);
     sr.append(&chan.b[0..n]);
     let t_max = (1..l).rev().find(|&t| slot[t] != usize::MAX).unwrap_or(t_min);
-    let mut mem = {
-        let scratch = faer::linalg::svd::svd_scratch::<f64>(
-            n,
-            n,
-            faer::linalg::svd::ComputeSvdVectors::No,
-            faer::linalg::svd::ComputeSvdVectors::No,
-            Par::Seq,
-            Default::default(),
-        );
-        MemBuffer::new(scratch)
-    };
-    let mut w = Mat::<f64>::zeros(n, n);
+    let mut svd = SmallSvd::new(n);
+    let mut g: Vec<Option<i64>> = vec![None; n];
     for t in 1..=t_max {
         crate::interrupt::check()?;
         if t > 1 {
@@ -517,38 +520,47 @@ fn one_channel<F: Scalar>(
         if slot[t] == usize::MAX {
             continue;
         }
-        let so = stored[t].take().expect("stored backward factor");
+        let k = st_idx[t];
+        let so_s = &st_s[k * nn..(k + 1) * nn];
+        let so_e = &st_e[k * n..(k + 1) * n];
+        let so_tri = st_tri[k];
         // Combined row exponents over rows that are nonzero in both factors.
-        let nz = |fac: &Factor, k: usize| fac.row_cols(k).any(|j| fac.at(k, j) != 0.0);
-        let g: Vec<Option<i64>> =
-            (0..n).map(|k| (nz(&sr, k) && nz(&so, k)).then(|| sr.e[k] + so.e[k])).collect();
-        let gmax = g.iter().flatten().copied().max();
+        let so_cols = |r: usize| if so_tri { 0..r + 1 } else { 0..n };
+        let mut gmax: Option<i64> = None;
+        for r in 0..n {
+            let nz_r = sr.row_cols(r).any(|j| sr.s[j * n + r] != 0.0);
+            let nz_o = so_cols(r).any(|j| so_s[j * n + r] != 0.0);
+            g[r] = (nz_r && nz_o).then(|| sr.e[r] + so_e[r]);
+            if let Some(x) = g[r] {
+                gmax = Some(gmax.map_or(x, |m: i64| m.max(x)));
+            }
+        }
         let (sigma, gmax) = match gmax {
             None => (Vec::new(), 0),
             Some(gmax) => {
-                // W = S_O^T diag(2^(g - gmax)) S_R.
-                for j in 0..n {
-                    for i in 0..n {
-                        w[(i, j)] = 0.0;
-                    }
-                }
-                for k in 0..n {
-                    let Some(gk) = g[k] else { continue };
-                    let sc = ldexp(1.0, gk - gmax);
+                // W = S_O^T diag(2^(g - gmax)) S_R, column-major in svd.a (W[i, j] = a[j * n + i]).
+                let w = &mut svd.a;
+                w.iter_mut().for_each(|x| *x = 0.0);
+                for r in 0..n {
+                    let Some(gr) = g[r] else { continue };
+                    let sc = ldexp(1.0, gr - gmax);
                     if sc == 0.0 {
                         continue;
                     }
-                    for j in sr.row_cols(k) {
-                        let srk = sr.at(k, j) * sc;
-                        if srk == 0.0 {
+                    // so row r restricted to its columns: o[i] = S_O[r, i] (i in so_cols(r)).
+                    let ocols = so_cols(r);
+                    for j in sr.row_cols(r) {
+                        let srj = sr.s[j * n + r] * sc;
+                        if srj == 0.0 {
                             continue;
                         }
-                        for i in so.row_cols(k) {
-                            w[(i, j)] += so.at(k, i) * srk;
+                        let col = &mut w[j * n..(j + 1) * n];
+                        for i in ocols.clone() {
+                            col[i] += so_s[i * n + r] * srj;
                         }
                     }
                 }
-                let mut sv = singular_values(w.as_ref(), &mut mem)?;
+                let mut sv = svd.values()?;
                 // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
                 // (what the N x N product shows there is rounding).
                 sv.truncate(t.min(l - t));
@@ -568,6 +580,264 @@ fn one_channel<F: Scalar>(
     }
     Ok(out)
 }
+
+/// Singular values of a small square matrix held in `a` (column-major, `n x n`): a
+/// Householder bidiagonalisation and implicit-shift QR on the bidiagonal (Golub-Reinsch, values
+/// only), without allocation per call. Absolute accuracy about `eps * ||a||`, as the dense
+/// kernel's SVD. Falls back to faer's SVD if the iteration does not converge or produces a
+/// non-finite value (never observed; a safety net).
+struct SmallSvd {
+    n: usize,
+    a: Vec<f64>,
+    w: Vec<f64>,
+    rv1: Vec<f64>,
+    backup: Vec<f64>,
+    mem: Option<MemBuffer>,
+}
+
+#[inline]
+fn pythag(a: f64, b: f64) -> f64 {
+    let (x, y) = (a.abs(), b.abs());
+    if x > y {
+        let r = y / x;
+        x * (1.0 + r * r).sqrt()
+    } else if y == 0.0 {
+        0.0
+    } else {
+        let r = x / y;
+        y * (1.0 + r * r).sqrt()
+    }
+}
+
+impl SmallSvd {
+    fn new(n: usize) -> Self {
+        SmallSvd { n, a: vec![0.0; n * n], w: vec![0.0; n], rv1: vec![0.0; n], backup: vec![0.0; n * n], mem: None }
+    }
+
+    /// Singular values of `self.a` (destroyed), sorted decreasingly.
+    fn values(&mut self) -> Result<Vec<f64>> {
+        let n = self.n;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.backup.copy_from_slice(&self.a);
+        let ok = n <= SMALL_SVD_MAX && self.golub_reinsch();
+        let mut v: Vec<f64> = if ok {
+            self.w.iter().map(|x| x.abs()).collect()
+        } else {
+            let m = MatRef::from_column_major_slice(&self.backup, n, n);
+            let mem = self.mem.get_or_insert_with(|| {
+                MemBuffer::new(faer::linalg::svd::svd_scratch::<f64>(
+                    n,
+                    n,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    Par::Seq,
+                    Default::default(),
+                ))
+            });
+            singular_values(m, mem)?
+        };
+        v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+        Ok(v)
+    }
+
+    /// Golub-Reinsch on `a` (square, column-major), singular values (signed) into `w`.
+    /// Returns false when the QR iteration did not converge or a value is not finite.
+    fn golub_reinsch(&mut self) -> bool {
+        let n = self.n;
+        let a = &mut self.a;
+        let w = &mut self.w;
+        let rv1 = &mut self.rv1;
+        // A[i][j] = a[j * n + i]
+        let (mut g, mut scale, mut anorm) = (0.0f64, 0.0f64, 0.0f64);
+        for i in 0..n {
+            let l = i + 1;
+            rv1[i] = scale * g;
+            g = 0.0;
+            scale = 0.0;
+            let mut s;
+            // Left Householder on column i, rows i..n (contiguous).
+            {
+                let ci = i * n;
+                for k in i..n {
+                    scale += a[ci + k].abs();
+                }
+                if scale != 0.0 {
+                    s = 0.0;
+                    let inv = 1.0 / scale;
+                    for k in i..n {
+                        a[ci + k] *= inv;
+                        s += a[ci + k] * a[ci + k];
+                    }
+                    let f = a[ci + i];
+                    g = -s.sqrt().copysign(f);
+                    let h = f * g - s;
+                    a[ci + i] = f - g;
+                    for j in l..n {
+                        let cj = j * n;
+                        let mut sj = 0.0;
+                        for k in i..n {
+                            sj += a[ci + k] * a[cj + k];
+                        }
+                        let fj = sj / h;
+                        for k in i..n {
+                            a[cj + k] += fj * a[ci + k];
+                        }
+                    }
+                    for k in i..n {
+                        a[ci + k] *= scale;
+                    }
+                }
+            }
+            w[i] = scale * g;
+            g = 0.0;
+            scale = 0.0;
+            // Right Householder on row i, columns l..n.
+            if i + 1 != n {
+                for k in l..n {
+                    scale += a[k * n + i].abs();
+                }
+                if scale != 0.0 {
+                    s = 0.0;
+                    let inv = 1.0 / scale;
+                    for k in l..n {
+                        a[k * n + i] *= inv;
+                        s += a[k * n + i] * a[k * n + i];
+                    }
+                    let f = a[l * n + i];
+                    g = -s.sqrt().copysign(f);
+                    let h = f * g - s;
+                    a[l * n + i] = f - g;
+                    for k in l..n {
+                        rv1[k] = a[k * n + i] / h;
+                    }
+                    // rows j = l..n: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..], done column-wise.
+                    let mut dots = [0.0f64; SMALL_SVD_MAX];
+                    for k in l..n {
+                        let aik = a[k * n + i];
+                        let ck = k * n;
+                        for j in l..n {
+                            dots[j] += a[ck + j] * aik;
+                        }
+                    }
+                    for k in l..n {
+                        let r = rv1[k];
+                        let ck = k * n;
+                        for j in l..n {
+                            a[ck + j] += dots[j] * r;
+                        }
+                    }
+                    for k in l..n {
+                        a[k * n + i] *= scale;
+                    }
+                }
+            }
+            anorm = anorm.max(w[i].abs() + rv1[i].abs());
+        }
+        if !anorm.is_finite() {
+            return false;
+        }
+        if anorm == 0.0 {
+            return true;
+        }
+        // Diagonalisation of the bidiagonal (w: diagonal, rv1[1..]: superdiagonal).
+        for k in (0..n).rev() {
+            let mut its = 0;
+            loop {
+                let mut flag = true;
+                let mut l = k;
+                loop {
+                    if l == 0 || rv1[l].abs() + anorm == anorm {
+                        flag = false;
+                        break;
+                    }
+                    if w[l - 1].abs() + anorm == anorm {
+                        break;
+                    }
+                    l -= 1;
+                }
+                if flag {
+                    // Cancel rv1[l] (w[l-1] is negligible).
+                    let (mut c, mut s) = (0.0f64, 1.0f64);
+                    for i in l..=k {
+                        let f = s * rv1[i];
+                        rv1[i] *= c;
+                        if f.abs() + anorm == anorm {
+                            break;
+                        }
+                        let gg = w[i];
+                        let h = pythag(f, gg);
+                        w[i] = h;
+                        let hi = 1.0 / h;
+                        c = gg * hi;
+                        s = -f * hi;
+                    }
+                }
+                let z = w[k];
+                if l == k {
+                    if z < 0.0 {
+                        w[k] = -z;
+                    }
+                    break;
+                }
+                its += 1;
+                if its > 75 {
+                    return false;
+                }
+                let mut x = w[l];
+                let nm = k - 1;
+                let mut y = w[nm];
+                let mut gg = rv1[nm];
+                let mut h = rv1[k];
+                if x == 0.0 || h == 0.0 || y == 0.0 {
+                    return false;
+                }
+                let mut f = ((y - z) * (y + z) + (gg - h) * (gg + h)) / (2.0 * h * y);
+                gg = pythag(f, 1.0);
+                f = ((x - z) * (x + z) + h * ((y / (f + gg.copysign(f))) - h)) / x;
+                let (mut c, mut s) = (1.0f64, 1.0f64);
+                for j in l..=nm {
+                    let i = j + 1;
+                    gg = rv1[i];
+                    y = w[i];
+                    h = s * gg;
+                    gg *= c;
+                    let mut zz = pythag(f, h);
+                    rv1[j] = zz;
+                    if zz == 0.0 {
+                        return false;
+                    }
+                    c = f / zz;
+                    s = h / zz;
+                    f = x * c + gg * s;
+                    gg = gg * c - x * s;
+                    h = y * s;
+                    y *= c;
+                    zz = pythag(f, h);
+                    w[j] = zz;
+                    if zz != 0.0 {
+                        zz = 1.0 / zz;
+                        c = f * zz;
+                        s = h * zz;
+                    }
+                    f = c * gg + s * y;
+                    x = c * y - s * gg;
+                }
+                rv1[l] = 0.0;
+                rv1[k] = f;
+                w[k] = x;
+                if !(f.is_finite() && x.is_finite()) {
+                    return false;
+                }
+            }
+        }
+        w.iter().all(|x| x.is_finite())
+    }
+}
+
+/// Largest state size handled by [`SmallSvd`]'s own Golub-Reinsch (faer above).
+const SMALL_SVD_MAX: usize = 64;
 
 /// Values-only SVD of a small square matrix, sequential (the caller is already parallel),
 /// sorted decreasingly.
@@ -698,6 +968,62 @@ mod tests {
         assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::NonFinite { .. })));
         let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Scalar, a: &[1.0], b: &[0.0; 3], c: &[0.0; 3] };
         assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
+    }
+
+    #[test]
+    fn small_svd_agrees_with_faer() {
+        let mut seed = 11u64;
+        for n in [1usize, 2, 3, 5, 8, 16, 17, 33] {
+            for case in 0..6 {
+                let mut a: Vec<f64> = (0..n * n).map(|_| lcg(&mut seed)).collect();
+                if case == 1 && n > 2 {
+                    // rank deficient: last column = first column, a zero row
+                    for i in 0..n {
+                        a[(n - 1) * n + i] = a[i];
+                    }
+                    for j in 0..n {
+                        a[j * n + 1] = 0.0;
+                    }
+                }
+                if case == 2 {
+                    // graded columns over 1e-12..1
+                    for j in 0..n {
+                        let sc = 10f64.powf(-12.0 * j as f64 / n.max(2) as f64);
+                        for i in 0..n {
+                            a[j * n + i] *= sc;
+                        }
+                    }
+                }
+                if case == 3 {
+                    // lower triangular
+                    for j in 0..n {
+                        for i in 0..j {
+                            a[j * n + i] = 0.0;
+                        }
+                    }
+                }
+                if case == 4 {
+                    a.iter_mut().for_each(|x| *x = 0.0);
+                }
+                let mut s = SmallSvd::new(n);
+                s.a.copy_from_slice(&a);
+                let got = s.values().unwrap();
+                let m = MatRef::from_column_major_slice(&a, n, n);
+                let mut mem = MemBuffer::new(faer::linalg::svd::svd_scratch::<f64>(
+                    n,
+                    n,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    Par::Seq,
+                    Default::default(),
+                ));
+                let want = singular_values(m, &mut mem).unwrap();
+                let s1 = want[0].max(1e-300);
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} case={case}: {got:?} vs {want:?}");
+                }
+            }
+        }
     }
 
     #[test]
