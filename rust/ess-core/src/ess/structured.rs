@@ -149,8 +149,10 @@ pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Re
         for b in 0..f.batch {
             rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
         }
-        rows.into_par_iter().try_for_each(|(ch, tr, er)| {
-            let res = one_channel(f, ch, &positions, &tol, want_tol, want_ent)?;
+        // Channels are independent small problems: one workspace per worker thread, reused across the
+        // channels it takes (no allocation or page faults per channel or split).
+        rows.into_par_iter().with_min_len(4).try_for_each_init(Workspace::default, |ws, (ch, tr, er)| {
+            let res = one_channel(f, ch, &positions, &tol, want_tol, want_ent, ws)?;
             if let Some(tr) = tr {
                 for (o, r) in tr.iter_mut().zip(&res) {
                     *o = r.0;
@@ -393,7 +395,7 @@ impl Factor {
             if y == 0.0 {
                 continue;
             }
-            let r = x.hypot(y);
+            let r = fast_hypot(x, y);
             let (c, s) = (x / r, y / r);
             self.s[j * n + j] = r;
             w[j] = 0.0;
@@ -459,6 +461,16 @@ impl Channel {
     }
 }
 
+/// Buffers of one worker, reused across channels.
+#[derive(Default)]
+struct Workspace {
+    st_s: Vec<f64>,
+    st_e: Vec<i64>,
+    st_tri: Vec<bool>,
+    st_idx: Vec<usize>,
+    svd: Option<SmallSvd>,
+}
+
 fn one_channel<F: Scalar>(
     f: &SsmFactors<'_, F>,
     ch: usize,
@@ -466,6 +478,7 @@ fn one_channel<F: Scalar>(
     tol: &Tolerance,
     want_tol: bool,
     want_ent: bool,
+    ws: &mut Workspace,
 ) -> Result<Vec<(f64, f64)>> {
     let (l, n) = (f.l, f.n);
     let chan = Channel::new(f, ch);
@@ -484,10 +497,13 @@ fn one_channel<F: Scalar>(
     // flat buffer (no allocation per split).
     let n_slots = (t_min..l).filter(|&t| slot[t] != usize::MAX).count();
     let nn = n * n;
-    let mut st_s = vec![0.0f64; checked_size("B", &[n_slots, nn])?];
-    let mut st_e = vec![0i64; n_slots * n];
-    let mut st_tri = vec![true; n_slots];
-    let mut st_idx = vec![usize::MAX; l];
+    let need = checked_size("B", &[n_slots, nn])?;
+    let Workspace { st_s, st_e, st_tri, st_idx, svd } = ws;
+    st_s.resize(need, 0.0);
+    st_e.resize(n_slots * n, 0);
+    st_tri.resize(n_slots, true);
+    st_idx.clear();
+    st_idx.resize(l, usize::MAX);
     let mut so = Factor::zeros(n);
     {
         let mut k = 0usize;
@@ -509,7 +525,10 @@ fn one_channel<F: Scalar>(
     let mut sr = Factor::zeros(n);
     sr.append(&chan.b[0..n]);
     let t_max = (1..l).rev().find(|&t| slot[t] != usize::MAX).unwrap_or(t_min);
-    let mut svd = SmallSvd::new(n);
+    if svd.as_ref().map_or(true, |s| s.n != n) {
+        *svd = Some(SmallSvd::new(n));
+    }
+    let svd = svd.as_mut().expect("workspace SVD");
     let mut g: Vec<Option<i64>> = vec![None; n];
     for t in 1..=t_max {
         crate::interrupt::check()?;
@@ -593,6 +612,17 @@ struct SmallSvd {
     rv1: Vec<f64>,
     backup: Vec<f64>,
     mem: Option<MemBuffer>,
+}
+
+/// `sqrt(a^2 + b^2)` without over/underflow: the plain formula when it is safe, else [`pythag`].
+#[inline(always)]
+fn fast_hypot(a: f64, b: f64) -> f64 {
+    let s = a * a + b * b;
+    if s > 1e-290 && s < 1e290 {
+        s.sqrt()
+    } else {
+        pythag(a, b)
+    }
 }
 
 #[inline]
@@ -767,7 +797,7 @@ impl SmallSvd {
                             break;
                         }
                         let gg = w[i];
-                        let h = pythag(f, gg);
+                        let h = fast_hypot(f, gg);
                         w[i] = h;
                         let hi = 1.0 / h;
                         c = gg * hi;
@@ -803,18 +833,19 @@ impl SmallSvd {
                     y = w[i];
                     h = s * gg;
                     gg *= c;
-                    let mut zz = pythag(f, h);
+                    let mut zz = fast_hypot(f, h);
                     rv1[j] = zz;
                     if zz == 0.0 {
                         return false;
                     }
-                    c = f / zz;
-                    s = h / zz;
+                    let iz = 1.0 / zz;
+                    c = f * iz;
+                    s = h * iz;
                     f = x * c + gg * s;
                     gg = gg * c - x * s;
                     h = y * s;
                     y *= c;
-                    zz = pythag(f, h);
+                    zz = fast_hypot(f, h);
                     w[j] = zz;
                     if zz != 0.0 {
                         zz = 1.0 / zz;
