@@ -224,11 +224,16 @@ RECON_RTOL: Dict[torch.dtype, float] = {
 }
 
 
-def rel_error(rec: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||rec - ref|| / ||ref||`` in float64 (0 when both vanish)."""
+def rel_error(rec: torch.Tensor, ref: torch.Tensor, direct: Optional[torch.Tensor] = None) -> float:
+    """``||rec - ref|| / ||ref - direct||`` in float64 (0 when both vanish): the error relative to the part of
+    the output that goes through the state (``direct``: the skip term ``D u``, which would otherwise hide an
+    error of the recurrence), but never relative to less than 1% of ``||ref||``."""
     rec = rec.detach().to(torch.float64).cpu()
     ref = ref.detach().to(torch.float64).cpu()
     den = float(torch.linalg.vector_norm(ref))
+    if direct is not None:  # never below 1% of the output: rounding of the output scales with all of it
+        base = ref - direct.detach().to(torch.float64).cpu()
+        den = max(float(torch.linalg.vector_norm(base)), 0.01 * den)
     num = float(torch.linalg.vector_norm(rec - ref))
     if not (np.isfinite(num) and np.isfinite(den)):
         return float("inf")
@@ -237,10 +242,12 @@ def rel_error(rec: torch.Tensor, ref: torch.Tensor) -> float:
     return num / den
 
 
-def verify(name: str, rec: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> float:
+def verify(name: str, rec: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str,
+           direct: Optional[torch.Tensor] = None) -> float:
     """Refuse the layer ``name`` unless ``rec`` reproduces ``ref`` (the captured output of ``what``) to the
-    tolerance of ``dtype``; returns the relative error."""
-    err = rel_error(rec, ref)
+    tolerance of ``dtype``, relative to the part of ``ref`` beyond ``direct`` (see :func:`rel_error`); returns
+    the relative error."""
+    err = rel_error(rec, ref, direct)
     tol = RECON_RTOL.get(dtype, 5e-2)
     if not err <= tol:
         raise InvalidArgumentError(
@@ -402,8 +409,10 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
             rec = fac.apply(u.T[:, :, None])[:, :, 0].T  # (L, Dn)
             err = None
             if self._y is not None and self._gate is not None:
-                rec = rec * F.silu(self._gate[sample].to(f64).cpu())
-                err = verify(self.name, rec, self._y[sample], self._y.dtype, "scan output (input of out_proj)")
+                sg = F.silu(self._gate[sample].to(f64).cpu())
+                rec = rec * sg
+                err = verify(self.name, rec, self._y[sample], self._y.dtype, "scan output (input of out_proj)",
+                             direct=D[None, :] * u * sg)
             else:
                 raise InvalidArgumentError(f"{self.name}: refused: the gate or the input of out_proj was not captured; nothing to check against")
         return OperatorSet(
@@ -532,12 +541,15 @@ class Mamba2MixerExtractor(_StructuredMixin, _MixerBase):
             fb = dt.T[:, :, None] * Bh
             fac = Factors("scalar", fa.numpy(), fb.contiguous().numpy(), Ch.contiguous().numpy(), D[:, None].expand(H, L).numpy())
             rec = fac.apply(x.permute(1, 0, 2)).permute(1, 0, 2).reshape(L, H * P)
+            direct = (D[None, :, None] * x).reshape(L, H * P)
             if self._normin is not None:
-                err = verify(self.name, rec, self._normin[sample], self._normin.dtype, "scan output (input of the gated norm)")
+                err = verify(self.name, rec, self._normin[sample], self._normin.dtype, "scan output (input of the gated norm)",
+                             direct=direct)
             elif self._y is not None:
                 proj = self._projection(sample).cpu()
-                gate = proj[:, -(inter + conv_dim + H) : -(conv_dim + H)]
-                err = verify(self.name, rec * F.silu(gate), self._y[sample], self._y.dtype, "gated scan output (input of out_proj)")
+                sg = F.silu(gate := proj[:, -(inter + conv_dim + H) : -(conv_dim + H)])
+                err = verify(self.name, rec * sg, self._y[sample], self._y.dtype, "gated scan output (input of out_proj)",
+                             direct=direct * sg)
             else:
                 raise InvalidArgumentError(f"{self.name}: refused: the scan output was not captured; nothing to check against")
         return OperatorSet(
