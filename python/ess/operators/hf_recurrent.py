@@ -34,7 +34,7 @@ from .base import Factors, OperatorSet, register
 from .hf import _continuation_problem, _StructuredMixin, verify
 from .torch_nn import _bind, _Captures
 
-__all__ = ["GatedShortConvExtractor", "RGLRUExtractor", "GatedDeltaRuleExtractor",
+__all__ = ["GatedShortConvExtractor", "RGLRUExtractor", "GatedDeltaRuleExtractor", "RWKVTimeMixExtractor", "is_rwkv_time_mix",
            "is_gated_short_conv", "is_rglru", "is_gated_delta_net"]
 
 
@@ -401,6 +401,109 @@ class GatedDeltaRuleExtractor(_RecurrentBase):
         )
 
 
+# ----------------------------------------------------------------------------------------------
+# RWKV(-4) time mixing
+# ----------------------------------------------------------------------------------------------
+
+
+def is_rwkv_time_mix(m: Any) -> bool:
+    return (
+        isinstance(m, torch.nn.Module)
+        and all(isinstance(getattr(m, n, None), torch.Tensor) for n in ("time_decay", "time_first", "time_mix_value"))
+        and all(isinstance(getattr(m, n, None), torch.nn.Linear) for n in ("key", "value", "receptance", "output"))
+    )
+
+
+class RWKVTimeMixExtractor(_RecurrentBase):
+    """RWKV's WKV time mixing, one operator per channel with a state of size 1: at the given keys,
+    ``wkv_t = (sum_{s<t} e^{(t-1-s) w + k_s} v_s + e^{u + k_t} v_t) / den_t`` is linear in the values ``v``:
+    ``A = e^w`` (``w = -exp(time_decay)``), ``b_s = e^{k_s}``, ``c_t = e^{-w} / den_t`` (the denominator at the
+    given input, a row scaling), ``e^{u + k_t} / den_t`` on the diagonal. Operator on the value projection,
+    output the WKV before the receptance gate; checked against the input of ``output`` (``sigmoid(r) * wkv``)."""
+
+    kind = "rwkv_time_mix"
+
+    def _reset(self) -> None:
+        self._k: Optional[torch.Tensor] = None
+        self._v: Optional[torch.Tensor] = None
+        self._r: Optional[torch.Tensor] = None
+        self._y: Optional[torch.Tensor] = None
+
+    def attach(self) -> List[Any]:
+        self._reset()
+
+        def pre(mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+            b = _bind(mod, args, kwargs)
+            hs = b["hidden"]
+            self._reset()
+            self._calls = (int(hs.shape[0]), int(hs.shape[1]))
+            self._problem = None
+            st = b.get("state")
+            if st is not None:
+                lid = getattr(mod, "layer_id", None)
+                try:
+                    busy = any(bool(st[i][:, :, lid].ne(0).any()) for i in (1, 2, 3))
+                except Exception:  # noqa: BLE001
+                    busy = True
+                if busy:
+                    self._problem = "it continued from a cached state (the RWKV state is not empty); analyse a full prefill"
+
+        def grab(attr: str) -> Callable:
+            def hook(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+                setattr(self, attr, out.detach())
+
+            return hook
+
+        def on_out(mod: Any, args: Tuple[Any, ...]) -> None:
+            self._y = args[0].detach()
+
+        m = self.module
+        return [
+            m.register_forward_pre_hook(self._guard(pre), with_kwargs=True),
+            m.key.register_forward_hook(self._guard(grab("_k"))),
+            m.value.register_forward_hook(self._guard(grab("_v"))),
+            m.receptance.register_forward_hook(self._guard(grab("_r"))),
+            m.output.register_forward_pre_hook(self._guard(on_out)),
+        ]
+
+    def _dims(self) -> Tuple[int, int, int]:
+        L = 0 if self._calls is None else self._calls[1]
+        return int(self.module.key.out_features), L, 1
+
+    def factors(self, sample: int = 0) -> OperatorSet:
+        self._check(sample)
+        if any(x is None for x in (self._k, self._v, self._r, self._y)):
+            raise InvalidArgumentError(f"{self.name}: refused: key/value/receptance/output were not called as modules")
+        m = self.module
+        f64 = torch.float64
+        k = self._k[sample].to(f64).cpu()  # type: ignore[index]
+        v = self._v[sample].to(f64).cpu()  # type: ignore[index]
+        L, Cn = k.shape
+        w = -torch.exp(m.time_decay.detach().to(f64).cpu())  # (Cn,) log decay per step
+        u = m.time_first.detach().to(f64).cpu()
+        K = k.max(0).values  # per-channel shift (exact: it cancels in the ratio)
+        ek = torch.exp(k - K)
+        # den_t e^{-K} = sum_{s<t} e^{(t-1-s) w + k_s - K} + e^{u + k_t - K}
+        den = torch.empty(L, Cn, dtype=f64)
+        acc = torch.zeros(Cn, dtype=f64)
+        for t in range(L):
+            den[t] = acc + torch.exp(u + k[t] - K)
+            acc = acc * torch.exp(w) + ek[t]
+        a = torch.exp(w)[:, None].expand(Cn, L).contiguous()
+        fac = Factors("scalar", a.numpy(), ek.T[:, :, None].contiguous().numpy(),
+                      (torch.exp(-w)[None, :] / den).T[:, :, None].contiguous().numpy(), None)
+        # the diagonal: T[t, t] = c_t b_t + D_t must be e^{u + k_t - K} / den_t
+        fac.D = ((torch.exp(u + k - K) - torch.exp(-w) * ek) / den).T.contiguous().numpy()
+        rec = fac.apply(v.T[:, :, None])[:, :, 0].T * torch.sigmoid(self._r[sample].to(f64).cpu())  # type: ignore[index]
+        err = verify(self.name, rec, self._y[sample], self._y.dtype, "receptance-gated WKV (input of output)")  # type: ignore[index]
+        return OperatorSet(
+            layer=self.name, kind=self.kind, operators=None, labels=[f"channel {c}" for c in range(Cn)],
+            tss=[1.0] * Cn, shared=None, factors=fac, check_error=err,
+            note=f"RWKV WKV time mixing (state 1 per channel, denominators at the given input); operator on the values, output before the receptance gate; checked (rel. err {err:.1e})",
+        )
+
+
 register(is_gated_short_conv, GatedShortConvExtractor)
+register(is_rwkv_time_mix, RWKVTimeMixExtractor)
 register(is_rglru, RGLRUExtractor)
 register(is_gated_delta_net, GatedDeltaRuleExtractor)
