@@ -34,7 +34,7 @@ from .base import Factors, OperatorSet, register
 from .hf import _continuation_problem, _StructuredMixin, verify
 from .torch_nn import _bind, _Captures
 
-__all__ = ["GatedShortConvExtractor", "RGLRUExtractor", "GatedDeltaRuleExtractor", "RWKVTimeMixExtractor", "is_rwkv_time_mix",
+__all__ = ["GatedShortConvExtractor", "RGLRUExtractor", "GatedDeltaRuleExtractor", "RWKVTimeMixExtractor", "is_rwkv_time_mix", "MLSTMExtractor", "is_mlstm_layer",
            "is_gated_short_conv", "is_rglru", "is_gated_delta_net"]
 
 
@@ -503,7 +503,98 @@ class RWKVTimeMixExtractor(_RecurrentBase):
         )
 
 
+# ----------------------------------------------------------------------------------------------
+# xLSTM mLSTM
+# ----------------------------------------------------------------------------------------------
+
+
+def is_mlstm_layer(m: Any) -> bool:
+    return (
+        isinstance(m, torch.nn.Module)
+        and isinstance(getattr(m, "mlstm_backend", None), torch.nn.Module)
+        and isinstance(getattr(m, "out_proj", None), torch.nn.Module)
+    )
+
+
+class MLSTMExtractor(_RecurrentBase):
+    """xLSTM's mLSTM, one operator per head (shared by its value channels): with ``f_t = sigmoid(f~_t)``, the
+    stabiliser ``m_t = max(log f_t + m_{t-1}, i~_t)`` (``m_{-1} = 0``), ``C_t = sum_s e^{F_t - F_s + i~_s - m_t}
+    k_s v_s^T`` and the normaliser ``den_t = max(|q_t . n_t|, e^{-m_t}) + eps`` at the given input (a row
+    scaling), ``h_t = C_t^T q_t / den_t`` (``q`` scaled by ``1/sqrt(d_qk)``): scalar transitions ``f_t``,
+    ``b_s = e^{i~_s} k_s``, ``c_t = e^{-m_t} q_t / den_t``. The arguments and the output of the layer's
+    ``mlstm_backend`` are captured; operator on the values, output the backend's ``h`` (before the multi-head
+    norm and the output gate)."""
+
+    kind = "mlstm"
+    eps = 1e-6
+
+    def _reset(self) -> None:
+        self._cap: Optional[Dict[str, Any]] = None
+        self._h: Optional[torch.Tensor] = None
+
+    def attach(self) -> List[Any]:
+        self._reset()
+
+        def pre(mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+            b = _bind(mod, args, kwargs)
+            q = b["query"]
+            self._reset()
+            self._calls = (int(q.shape[0]), int(q.shape[2]))
+            self._problem = None
+            if any(isinstance(b.get(n), torch.Tensor) and bool(b[n].ne(0).any()) for n in ("c_initial", "n_initial")):
+                self._problem = "it continued from a cached state (c_initial/n_initial not empty); analyse a full prefill"
+            self._cap = {n: b[n].detach() for n in ("query", "key", "value", "igate", "fgate")}
+            mi = b.get("m_initial")
+            self._cap["m0"] = None if mi is None else mi.detach()
+
+        def post(mod: Any, args: Tuple[Any, ...], out: Any) -> None:
+            self._h = (out[0] if isinstance(out, tuple) else out).detach()
+
+        be = self.module.mlstm_backend
+        return [be.register_forward_pre_hook(self._guard(pre), with_kwargs=True), be.register_forward_hook(self._guard(post))]
+
+    def _dims(self) -> Tuple[int, int, int]:
+        L = 0 if self._calls is None else self._calls[1]
+        H = 0 if self._cap is None else int(self._cap["query"].shape[1])
+        N = 0 if self._cap is None else int(self._cap["query"].shape[3])
+        return H, L, N
+
+    def factors(self, sample: int = 0) -> OperatorSet:
+        self._check(sample)
+        if self._cap is None or self._h is None:
+            raise InvalidArgumentError(f"{self.name}: refused: the mLSTM backend was not called as a module")
+        f64 = torch.float64
+        q, k, v = (self._cap[n][sample].to(f64).cpu() for n in ("query", "key", "value"))  # (H, L, d)
+        ig, fg = (self._cap[n][sample].to(f64).cpu() for n in ("igate", "fgate"))  # (H, L)
+        H, L, dk = q.shape
+        qs = q * dk**-0.5
+        logf = F.logsigmoid(fg)
+        m0 = self._cap["m0"]
+        m = torch.zeros(H, dtype=f64) if m0 is None else m0[sample].to(f64).cpu().reshape(H)
+        n = torch.zeros(H, dk, dtype=f64)
+        ms = torch.empty(H, L, dtype=f64)
+        den = torch.empty(H, L, dtype=f64)
+        for t in range(L):
+            m_new = torch.maximum(logf[:, t] + m, ig[:, t])
+            n = torch.exp(logf[:, t] + m - m_new)[:, None] * n + torch.exp(ig[:, t] - m_new)[:, None] * k[:, t]
+            m = m_new
+            ms[:, t] = m
+            den[:, t] = torch.maximum((qs[:, t] * n).sum(-1).abs(), torch.exp(-m)) + self.eps
+        a = torch.exp(logf)
+        fac = Factors("scalar", a.contiguous().numpy(), (torch.exp(ig)[:, :, None] * k).contiguous().numpy(),
+                      (torch.exp(-ms)[:, :, None] * qs / den[:, :, None]).contiguous().numpy(), None)
+        rec = fac.apply(v)  # (H, L, dv)
+        err = verify(self.name, rec, self._h[sample], self._h.dtype, "mLSTM backend output")
+        dv = int(v.shape[-1])
+        return OperatorSet(
+            layer=self.name, kind=self.kind, operators=None, labels=[f"head {h}" for h in range(H)],
+            tss=[float(dk)] * H, shared=[dv] * H, factors=fac, check_error=err,
+            note=f"xLSTM mLSTM (scalar forget gate, state d_qk per value channel, normaliser at the given input); operator on v, output before the multi-head norm; checked (rel. err {err:.1e})",
+        )
+
+
 register(is_gated_short_conv, GatedShortConvExtractor)
+register(is_mlstm_layer, MLSTMExtractor)
 register(is_rwkv_time_mix, RWKVTimeMixExtractor)
 register(is_rglru, RGLRUExtractor)
 register(is_gated_delta_net, GatedDeltaRuleExtractor)
