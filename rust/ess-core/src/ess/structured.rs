@@ -963,7 +963,29 @@ impl BatchSvd {
         Ok(out)
     }
 
+    /// [`Self::body`], compiled for AVX2 + FMA when the processor has them (runtime dispatch; the
+    /// package is built for the baseline instruction set).
     fn bidiagonalise_and_chase(&mut self) -> [bool; LANES] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::sync::OnceLock;
+            static HAS: OnceLock<bool> = OnceLock::new();
+            if *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+                // SAFETY: the features were detected at run time.
+                return unsafe { self.body_avx2() };
+            }
+        }
+        self.body()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn body_avx2(&mut self) -> [bool; LANES] {
+        self.body()
+    }
+
+    #[inline(always)]
+    fn body(&mut self) -> [bool; LANES] {
         const K: usize = LANES;
         let n = self.n;
         let a = &mut self.a;
