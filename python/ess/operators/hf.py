@@ -2,30 +2,33 @@
 
 * Attention layers (any family): :mod:`ess.operators.hf_attention`, which also uses the cache
   guards below.
-* ``MambaMixer`` (Mamba-1, selective SSM): one operator per inner channel ``d``,
-  ``T_d[t, s] = sum_n C_t[n] exp(A[d, n] (c_t - c_s)) Delta_s[d] B_s[n] + D[d] [t == s]`` with
-  ``c = cumsum(Delta[:, d])``. The input ``u`` of ``x_proj`` (the convolved, activated sequence)
-  and its output (``dt`` rank part, ``B``, ``C``) are captured; ``Delta = softplus(dt_proj(dt))`` and
-  ``A = -exp(A_log)`` are rebuilt from the weights. The operator maps ``u[:, d]`` to the scan output
-  before the gate ``act(z)`` (a diagonal output scaling, left out as in the selective-SSM
-  definition). ``x_proj`` is called as a module by the slow (torch) path and by the CUDA-kernel
-  path alike; the fused training kernel (``mamba_inner_fn``, training mode with the kernels
-  installed) calls no submodule and is refused with a clear error.
-* ``Mamba2Mixer`` (Mamba-2, SSD): one operator per head, scalar decay,
-  ``T_h[t, s] = (C_t . B_s) exp(A_h (c_t - c_s)) Delta_s[h] + D_h [t == s]`` with the head's group of
-  ``B``, ``C``; shared by the head's ``head_dim`` channels. The output of ``in_proj`` is captured and
-  the causal convolution of its ``xBC`` part is recomputed from ``conv1d``'s weights (the torch and
-  CUDA paths both call ``in_proj`` as a module, neither calls ``conv1d`` as one). The operator
-  maps the head's channels of ``x`` to the scan output before the gated RMS norm.
+* Mamba-1 mixers (``MambaMixer``, ``FalconMambaMixer``, ``JambaMambaMixer`` and any module built like them:
+  :func:`is_selective_ssm`): one operator per inner channel ``d``, handed over as state-space factors
+  ``A_t = diag(exp(Delta_t[d] A[d]))``, ``b_t = Delta_t[d] B_t``, ``c_t = C_t`` (``D[d]`` on the diagonal). The
+  input ``u`` of ``x_proj`` and its output (``dt`` rank part, ``B``, ``C``; or the outputs of the ``dt``/``b``/``c``
+  norms where the mixer has them) are captured; ``Delta = softplus(dt_proj(dt))`` and ``A = -exp(A_log)`` are
+  rebuilt from the weights. The operator maps ``u[:, d]`` to the scan output before the gate ``act(z)``. The fused
+  training kernel (``mamba_inner_fn``) calls no submodule and is refused with a clear error.
+* Mamba-2 mixers (``Mamba2Mixer``, ``BambaMixer``, ``FalconH1Mixer``, ``GraniteMoeHybridMambaLayer``,
+  ``Zamba2MambaMixer``, ``NemotronHMamba2Mixer`` and any module built like them: :func:`is_ssd_mixer`): one
+  operator per head, scalar decay, shared by the head's ``head_dim`` channels. The output of ``in_proj`` (times
+  ``mup_vector`` where the mixer has one) is captured and the causal convolution of its ``xBC`` part recomputed
+  from ``conv1d``'s weights. The operator maps the head's channels of ``x`` to the scan output before the gated
+  norm.
+
+Every extraction is checked at run time (:func:`verify`): the factors applied to the captured input must
+reproduce the captured output of that stage (:data:`RECON_RTOL` by dtype) or the layer is refused by name.
+:meth:`operators` materialises the factors for the dense route (``analyze(..., materialize=True)``).
 
 Operators assume the layer starts from an empty cache (a prefill); continuing from cached
 keys or states is refused. The check does not depend on the keyword the cache arrives under
 (``cache``, ``past_key_values``, ``cache_params`` across transformers versions): every argument
 that behaves like a cache is asked what it holds for this layer (cached key length; previous
 recurrent state, non-zero conv/SSM states), a cache that cannot be read is refused, and after an
-attention call a cache holding more keys than there were queries is refused too. The Mamba
-mixers are matched by exact class (``type(m).__module__`` and name), so importing this module does
-not import ``transformers`` and a subclass with another forward is not matched.
+attention call a cache holding more keys than there were queries is refused too (a recurrent layer
+answers through its own states when the cache can tell them). The mixers are matched by what they
+have (parameters, submodules, layout attributes), so importing this module does not import
+``transformers``; a subclass or copy whose forward computes something else fails the run-time check.
 """
 
 from __future__ import annotations
