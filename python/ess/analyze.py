@@ -245,6 +245,13 @@ def discover(model: Any) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
 STRUCTURED_CHUNK = 512
 
 
+def _code(table: Dict[str, int], key: str) -> int:
+    """The category code of ``key`` (added on first sight)."""
+    if key not in table:
+        table[key] = len(table)
+    return table[key]
+
+
 def _structured_curves(fac: Any, method: str, atol: Optional[float], rtol: Optional[float],
                        pos_arr: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
     """Tolerance and entropy curves ``(n_ops, n_positions)`` of a :class:`~ess.operators.base.Factors`
@@ -416,7 +423,8 @@ def analyze(
             m.training = flag
     t_forward = time.perf_counter() - t0
 
-    rows: Dict[str, List[Any]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
+    cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
+    cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
     layer_meta: List[Dict[str, Any]] = []
     L_seen: Optional[int] = None
     pos_arr: Optional[np.ndarray] = None
@@ -478,21 +486,23 @@ def analyze(
                     else:
                         tol, ent = np.full_like(res, np.nan), res  # type: ignore[arg-type]
                     del T, res
-                shared = ops.shared or [1] * nops
+                shared = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
                 bound = np.minimum(P, L - P)
-                for i in range(nops):
-                    m = len(P)
-                    rows["sample"] += [s] * m
-                    rows["layer"] += [name] * m
-                    rows["kind"] += [ops.kind] * m
-                    rows["operator"] += [ops.labels[i]] * m
-                    rows["index"] += [i] * m
-                    rows["position"] += P.tolist()
-                    rows["ess_tolerance"] += np.asarray(tol[i], dtype=float).tolist()
-                    rows["ess_entropy"] += np.asarray(ent[i], dtype=float).tolist()
-                    rows["tss"] += [float(ops.tss[i])] * m
-                    rows["bound"] += bound.tolist()
-                    rows["shared"] += [int(shared[i])] * m
+                m = len(P)
+                # columnar: one numpy chunk per layer and sequence (a Python object per cell would need
+                # ~100 bytes per row: gigabytes for a large model at long L)
+                cols["sample"].append(np.full(nops * m, s, dtype=np.int64))
+                cols["layer"].append(np.full(nops * m, _code(cats["layer"], name), dtype=np.int32))
+                cols["kind"].append(np.full(nops * m, _code(cats["kind"], ops.kind), dtype=np.int32))
+                cols["operator"].append(np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels],
+                                                           dtype=np.int32), m))
+                cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), m))
+                cols["position"].append(np.tile(P.astype(np.int64), nops))
+                cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
+                cols["ess_entropy"].append(np.asarray(ent, dtype=float).reshape(-1))
+                cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), m))
+                cols["bound"].append(np.tile(bound.astype(np.int64), nops))
+                cols["shared"].append(np.repeat(shared, m))
                 note = ops.note
                 route = "structured" if use_struct else ("jacobian" if ex.kind == "jacobian" else "dense")
                 del ops
@@ -513,6 +523,17 @@ def analyze(
             f"forward pass; not analysed: {skipped}"
         )
 
+    rows: Dict[str, Any] = {}
+    for k, parts in cols.items():
+        if k in cats:
+            import pandas as pd
+
+            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            rows[k] = pd.Categorical.from_codes(codes, categories=list(cats[k]))
+        else:
+            rows[k] = np.concatenate(parts) if parts else np.zeros(0)
+    del cols
+
     tok_np = None
     if tok is not None:
         tok_np = tok.detach().to("cpu").numpy()
@@ -527,7 +548,7 @@ def analyze(
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "device": str(device),
         "length": L_seen,
-        "n_samples": int(max(rows["sample"]) + 1) if rows["sample"] else 0,
+        "n_samples": int(rows["sample"].max() + 1) if len(rows["sample"]) else 0,
         "method": method,
         "atol": atol,
         "rtol": rtol,
