@@ -26,7 +26,11 @@
 //! to a triangular factor; a Householder QR after a dense transition). Diagonal and scalar
 //! transitions keep the factor triangular, so a step costs `O(N^2)`; a dense `A_t` costs
 //! `O(N^3)`. Each split then needs the `N x N` product `S_O^T S_R` and its singular values
-//! (`O(N^3)`). Nothing is squared, so small singular values keep the accuracy of an SVD of
+//! (`O(N^3)`). For `N <= 64` these small problems are batched, eight splits of a channel at a
+//! time, through an allocation-free Golub-Reinsch whose bidiagonalisation runs in lockstep over
+//! the eight matrices (AVX2/FMA by runtime dispatch) and whose QR chases are interleaved step by
+//! step; larger `N` (and any lane that does not converge) go to faer's SVD. Every worker thread
+//! keeps its buffers across the channels it takes. Nothing is squared, so small singular values keep the accuracy of an SVD of
 //! `S_O^T S_R`, i.e. about `eps * ||S_O|| ||S_R||` absolute.
 //!
 //! # Scaling
