@@ -489,8 +489,8 @@ def analyze(
                 shared = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
                 bound = np.minimum(P, L - P)
                 m = len(P)
-                # columnar: one numpy chunk per layer and sequence (a Python object per cell would need
-                # ~100 bytes per row: gigabytes for a large model at long L)
+                # columnar: one numpy chunk per layer and sequence (a Python object per cell needs ~100 bytes
+                # per row: gigabytes for a large model at long L; names are codes until the end)
                 cols["sample"].append(np.full(nops * m, s, dtype=np.int64))
                 cols["layer"].append(np.full(nops * m, _code(cats["layer"], name), dtype=np.int32))
                 cols["kind"].append(np.full(nops * m, _code(cats["kind"], ops.kind), dtype=np.int32))
@@ -525,11 +525,11 @@ def analyze(
 
     rows: Dict[str, Any] = {}
     for k, parts in cols.items():
-        if k in cats:
-            import pandas as pd
-
+        if k in cats:  # plain strings (object column) for every consumer of the table; one object per name
             codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-            rows[k] = pd.Categorical.from_codes(codes, categories=list(cats[k]))
+            names = np.empty(len(cats[k]), dtype=object)
+            names[:] = list(cats[k])
+            rows[k] = names[codes]
         else:
             rows[k] = np.concatenate(parts) if parts else np.zeros(0)
     del cols

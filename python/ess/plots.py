@@ -88,7 +88,7 @@ def heatmap(report: "Report", *, sample: Optional[int] = None, measure: Optional
     col = _measure_col(report, measure)
     df = report.table if sample is None else report.table[report.table["sample"] == sample]
     layers = list(dict.fromkeys(df["layer"]))
-    avg = df.groupby(["layer", "index"], observed=True)[col].mean()
+    avg = df.groupby(["layer", "index"])[col].mean()
     width = int(df["index"].max()) + 1
     M = np.full((len(layers), width), np.nan)
     for i, layer in enumerate(layers):
