@@ -7,8 +7,15 @@
    head). The naive ESS loop is timed on a sample of heads and extrapolated to all 144; its curves
    are checked against ess on those heads.
 2. The built-in hybrid model on its shipped MQAR inputs, end to end.
+3. A Mamba-130m-shaped random model (24 layers, d_model 768, expand 2: 1536 channels, d_state 16,
+   transformers ``MambaForCausalLM`` from a config) at ``--mamba-length`` (default 2048), end to end through
+   the structured route, against the dense route (``materialize=True``: the operators formed and sent to the
+   dense kernel). The dense route is timed on layer 0 at L = 128 and 256 on a sample of channels (same
+   operators as ``analyze`` forms), fitted with a least-squares power law ``time = a * L^p`` per operator and
+   extrapolated to all channels and layers at the target length; the curves of the sampled channels are
+   compared with the structured ones at L = 256 (tolerance counts equal, entropy relative difference).
 
-    python benches/analyze.py [--length 512] [--sample-heads 2] [--threads N]
+    python benches/analyze.py [--length 512] [--sample-heads 2] [--threads N] [--mamba-only] [--mamba-length 2048]
 
 Runs the baselines in the same process on the same data.
 """
@@ -43,14 +50,92 @@ def naive_head(A: np.ndarray) -> tuple:
     return tol, ent
 
 
+def mamba_bench(L: int, sample_channels: int = 32, n_layers: int = 24) -> None:
+    """Section 3 of the module docs. ``n_layers < 24``: ``analyze`` runs on the first ``n_layers`` layers of the
+    24-layer model (``layers=``, the forward pass is the whole model's) and the per-layer time is extrapolated
+    to 24 layers (stated in the output)."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from ess.analyze import discover
+
+    cfg = MambaConfig(vocab_size=1024, hidden_size=768, state_size=16, num_hidden_layers=24, expand=2, conv_kernel=4,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(0)
+    model = MambaForCausalLM(cfg).eval()
+    tok = torch.randint(0, cfg.vocab_size, (1, L), generator=torch.Generator().manual_seed(1))
+    print(f"\nMamba-130m shape (24 layers, d_model 768, 1536 channels, d_state 16), random weights, L = {L}")
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    sel = None if n_layers >= 24 else [f"backbone.layers.{i}.mixer" for i in range(n_layers)]
+    rep = ess.analyze(model, tok, progress=False, layers=sel)
+    t_s = time.perf_counter() - t0
+    cpu_s = time.process_time() - c0
+    n_ops = len(rep.table[["layer", "index"]].drop_duplicates())
+    per_layer = rep.meta["seconds_ess"] / n_layers
+    print(f"  ess.analyze, structured route, end to end on {n_layers} of 24 layers: {t_s:8.1f} s wall ({cpu_s:.1f} s cpu; "
+          f"forward of the whole model {rep.meta['seconds_forward']:.1f} s, factors + checks + ESS "
+          f"{rep.meta['seconds_ess']:.1f} s = {per_layer:.1f} s per layer), {n_ops} operators; max reconstruction error "
+          f"in the notes: {max(float(n.split('rel. err ')[1].rstrip(')')) for n in rep.summary.note):.1e}")
+    if n_layers < 24:
+        t_s = rep.meta["seconds_forward"] + 24 * per_layer
+        print(f"  whole model (24 layers), extrapolated linearly from the {n_layers} measured layers: {t_s:.0f} s")
+    # dense route on layer 0, a sample of channels, at two lengths
+    times = []
+    lengths = [128, 256]
+    agree = 0
+    ent_diff = 0.0
+    for Ld in lengths:
+        found, _ = discover(model)
+        ex = dict(found)["backbone.layers.0.mixer"]
+        handles = ex.attach()
+        try:
+            with torch.no_grad():
+                model(tok[:, :Ld])
+        finally:
+            for h in handles:
+                h.remove()
+        fs = ex.factors(0)
+        T = fs.factors.materialize()[:sample_channels]
+        t0 = time.perf_counter()
+        res = ess.effective_state_size(T, method="both")
+        times.append((time.perf_counter() - t0) / sample_channels)
+        if Ld == lengths[-1]:
+            from ess.structured import ssm_ess
+
+            f = fs.factors
+            st = ssm_ess(f.A[:sample_channels], f.B[:sample_channels], f.C[:sample_channels], transition=f.transition,
+                         method="both")
+            agree = int(sum(np.array_equal(st.tolerance[i], res.tolerance[i]) for i in range(sample_channels)))
+            ent_diff = float(np.max(np.abs(st.entropy - res.entropy) / np.maximum(res.entropy, 1e-300)))
+        ex.clear()
+    p, loga = np.polyfit(np.log(lengths), np.log(times), 1)
+    a = float(np.exp(loga))
+    per_op = a * L**p
+    dense_total = per_op * 1536 * 24
+    print(f"  dense route (materialize=True), dense kernel on layer 0, {sample_channels} channels: "
+          + ", ".join(f"L = {Ld}: {t * 1e3:.1f} ms per operator" for Ld, t in zip(lengths, times)))
+    print(f"  dense fit: time(L) = {a:.3e} * L^{p:.2f} s per operator (least squares on L = {lengths}); at L = {L}: "
+          f"{per_op:.1f} s per operator x 1536 channels x 24 layers = {dense_total:.0f} s = {dense_total / 3600:.1f} h "
+          f"(extrapolated; operator formation not counted)")
+    print(f"  ratio dense / structured: {dense_total / t_s:.0f} x")
+    print(f"  check at L = {lengths[-1]}, {sample_channels} channels of layer 0: tolerance-ESS curves identical for "
+          f"{agree}/{sample_channels}, max relative entropy difference {ent_diff:.1e}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--length", type=int, default=512)
     ap.add_argument("--sample-heads", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--mamba-only", action="store_true", help="run only the Mamba-130m-shaped section")
+    ap.add_argument("--mamba-length", type=int, default=2048)
+    ap.add_argument("--mamba-layers", type=int, default=24, help="layers analysed (the rest extrapolated)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mamba_only:
+        mamba_bench(args.mamba_length, n_layers=args.mamba_layers)
+        return
     from transformers import GPT2Config, GPT2LMHeadModel
 
     L = args.length
@@ -117,6 +202,7 @@ def main() -> None:
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
         print(r2.summary[cols].to_string(index=False))
+    mamba_bench(args.mamba_length, n_layers=args.mamba_layers)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_analyze_hf_directory(tmp_path, capsys):
 @pytest.mark.parametrize("family", ["qwen3_next", "bloom"])
 def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family):
     """Any causal LM saved with save_pretrained, with its tokenizer: --text is tokenised, the report
-    shows the decoded tokens, a hybrid's recurrent mixer is named as skipped by its own class."""
+    shows the decoded tokens, a hybrid's recurrent mixer is analysed through the structured route."""
     tr = pytest.importorskip("transformers")
     tokenizers = pytest.importorskip("tokenizers")
     from hf_families import build
@@ -94,10 +94,11 @@ def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family
     assert main(["analyze", "--hf", str(path), "--text", str(text), "--length", "12", "--out", str(out), "--no-progress"]) == 0
     js = json.loads((out / "summary.json").read_text())
     assert js["meta"]["length"] == 12 and js["tokens"][:3] == ["w1", "w2", "w3"]
-    assert all(l["kind"] == "softmax_attention" for l in js["layers"])
+    kinds = {l["kind"] for l in js["layers"]}
+    assert kinds == ({"softmax_attention", "gated_delta_rule"} if family == "qwen3_next" else {"softmax_attention"})
+    assert not js["skipped"]
     if family == "qwen3_next":
-        assert [s["type"].rsplit(".", 1)[-1] for s in js["skipped"]] == ["Qwen3NextGatedDeltaNet"]
-        assert "skipped model.layers.0.linear_attn" in capsys.readouterr().out
+        assert any(l["layer"] == "model.layers.0.linear_attn" and l["route"] == "structured" for l in js["layers"])
     (tmp_path / "empty").mkdir()
     assert main(["analyze", "--hf", str(tmp_path / "empty")]) == 2
     assert "cannot load a causal language model" in capsys.readouterr().err

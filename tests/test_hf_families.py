@@ -2,8 +2,8 @@
 transformers (tests/hf_families.py), analysed exactly as ``ess.analyze`` attaches its extractors; every
 head's operator equals the probabilities of the model's own eager attention (``output_attentions=True``)
 to 1e-6 in float32, with left padding and sliding windows shorter than the sequence; gemma2's soft-cap and
-gpt-oss's sinks are made to act. Hybrids: their attention layers are analysed, their recurrent mixers are
-listed as skipped by their own class."""
+gpt-oss's sinks are made to act. Hybrids: their attention layers are checked here, their recurrent mixers are
+found by the structured extractors of issue 12 (tests/test_recurrent_families.py) and nothing is skipped."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ transformers.logging.set_verbosity_error()
 B, L, PAD = 2, 10, 3  # sequence 1 is left-padded by PAD tokens
 assert L > WINDOW
 
-#: family -> (attention class, extractor, recurrent mixer classes listed as skipped)
+#: family -> (attention class, extractor, classes of the recurrent / convolutional mixers analysed besides it)
 EXPECTED: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
     "llama": ("LlamaAttention", InterfaceAttentionExtractor, ()),
     "gpt2": ("GPT2Attention", InterfaceAttentionExtractor, ()),
@@ -65,7 +65,7 @@ EXPECTED: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
     "granitemoehybrid": ("GraniteMoeHybridAttention", InterfaceAttentionExtractor, ("GraniteMoeHybridMambaLayer",)),
     "lfm2": ("Lfm2Attention", InterfaceAttentionExtractor, ("Lfm2ShortConv",)),
     "qwen3_next": ("Qwen3NextAttention", InterfaceAttentionExtractor, ("Qwen3NextGatedDeltaNet",)),
-    "recurrent_gemma": ("RecurrentGemmaAttention", InterfaceAttentionExtractor, ("RecurrentGemmaRecurrentBlock",)),
+    "recurrent_gemma": ("RecurrentGemmaAttention", InterfaceAttentionExtractor, ("Conv1d", "RecurrentGemmaRglru")),
 }
 assert set(EXPECTED) == set(FAMILIES)
 
@@ -99,7 +99,7 @@ def attached(model: Any) -> Iterator[Dict[str, Any]]:
     try:
         for _, ex in found:
             handles += ex.attach()
-        yield dict(found)
+        yield {n: e for n, e in found if e.kind == "softmax_attention"}  # the recurrent ones run alongside
     finally:
         for h in handles:
             h.remove()
@@ -151,9 +151,11 @@ def test_family_matches_eager(family: str) -> None:
     model = build(family, "eager")
     cls, ext_type, mixers = EXPECTED[family]
     found, skipped = discover(model)
-    assert found and {type(e.module).__name__ for _, e in found} == {cls}
-    assert all(type(e) is ext_type for _, e in found)
-    assert sorted({t.rsplit(".", 1)[-1] for _, t in skipped}) == sorted(mixers)  # named by their own class
+    att = [(n, e) for n, e in found if e.kind == "softmax_attention"]
+    assert att and {type(e.module).__name__ for _, e in att} == {cls}
+    assert all(type(e) is ext_type for _, e in att)
+    assert sorted({type(e.module).__name__ for _, e in found if e.kind != "softmax_attention"}) == sorted(mixers)
+    assert not skipped
     exts, probs, _ = eager_run(model)
     worst, ops = compare(exts, probs)
     assert worst <= 1e-6, f"{family}: operator differs from the eager probabilities by {worst:.2e}"
@@ -388,18 +390,17 @@ def test_cached_continuation_refused_generic() -> None:
 
 @pytest.mark.parametrize("family", ["jamba", "recurrent_gemma"])
 def test_hybrid_report(family: str, tmp_path: Any) -> None:
-    """analyze on a hybrid: attention layers analysed, every recurrent mixer named by its own class in the
-    report (never an inner conv1d or the decoder layer), and the report saves."""
+    """analyze on a hybrid: attention layers and recurrent mixers analysed (each by its own class, never the
+    decoder layer), nothing skipped, and the report saves."""
     pytest.importorskip("pandas")
     pytest.importorskip("matplotlib")
     model = build(family, "sdpa")
     r = ess.analyze(model, inputs()[0][:1], progress=False)
     cls, _, mixers = EXPECTED[family]
-    assert set(r.summary.module_type) == {cls}
-    assert sorted(t.rsplit(".", 1)[-1] for _, t in r.skipped) == sorted(mixers) * len(r.skipped)
-    assert not any("conv" in n.rsplit(".", 1)[-1] or "DecoderLayer" in t for n, t in r.skipped)
-    assert any("not analysed" in c for c in r.caveats)
-    assert "checked" in r.summary.note.iloc[0]
+    assert set(r.summary.module_type) == {cls, *mixers}
+    assert not r.skipped and not any("not analysed" in c for c in r.caveats)
+    assert all("checked" in n for n in r.summary.note if "convolution, " not in n)
+    assert set(r.summary.route) == {"dense", "structured"}
     out = r.save(tmp_path / "rep")
     assert (out / "summary.json").exists() and (out / "report.html").exists()
 

@@ -245,6 +245,68 @@ def discover(model: Any) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
     return found, skipped
 
 
+#: operators per call of the structured kernel (bounds the float64 copies of the factors)
+STRUCTURED_CHUNK = 512
+
+
+def _code(table: Dict[str, int], key: str) -> int:
+    """The category code of ``key`` (added on first sight)."""
+    if key not in table:
+        table[key] = len(table)
+    return table[key]
+
+
+def _structured_curves(fac: Any, method: str, atol: Optional[float], rtol: Optional[float],
+                       pos_arr: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Tolerance and entropy curves ``(n_ops, n_positions)`` of a :class:`~ess.operators.base.Factors`
+    by the structured kernel, in chunks of operators."""
+    from .structured import ssm_ess
+
+    n = fac.shape[0]
+    tols, ents = [], []
+    for c0 in range(0, n, STRUCTURED_CHUNK):
+        c1 = min(n, c0 + STRUCTURED_CHUNK)
+        A = None if fac.A is None else fac.A[c0:c1]
+        res = ssm_ess(A, fac.B[c0:c1], fac.C[c0:c1], transition=fac.transition, method=method, atol=atol,
+                      rtol=rtol, positions=pos_arr)
+        if method == "both":
+            tols.append(res.tolerance)  # type: ignore[union-attr]
+            ents.append(res.entropy)  # type: ignore[union-attr]
+        elif method == "tolerance":
+            tols.append(res)
+            ents.append(np.full_like(res, np.nan))
+        else:
+            ents.append(res)
+            tols.append(np.full_like(res, np.nan))
+    return np.concatenate(tols), np.concatenate(ents)
+
+
+def _add_jacobian(model: Any, found: List[Tuple[str, Any]], skipped: List[Tuple[str, str]],
+                  jacobian: Union[str, Sequence[str]]) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
+    """Put the modules named by ``jacobian`` on the Jacobian route (replacing any extractor of theirs or of
+    modules inside them; a skipped entry of the same name is dropped)."""
+    from .operators.jacobian import JacobianExtractor
+
+    pats = [jacobian] if isinstance(jacobian, str) else list(jacobian)
+    if not pats:
+        raise InvalidArgumentError("jacobian: empty selection")
+    mods = dict(model.named_modules())
+    chosen = [n for n in mods if n and any(n == p or fnmatch.fnmatchcase(n, p) for p in pats)]
+    unmatched = [p for p in pats if not any(n == p or fnmatch.fnmatchcase(n, p) for n in chosen)]
+    if unmatched:
+        raise InvalidArgumentError(f"jacobian: {unmatched} match no module of the model")
+
+    def under(n: str, c: str) -> bool:
+        return n == c or n.startswith(c + ".") or c.startswith(n + ".")
+
+    found = [(n, e) for n, e in found if not any(under(n, c) for c in chosen)]
+    skipped = [(n, t) for n, t in skipped if not any(under(n, c) for c in chosen)]
+    found += [(c, JacobianExtractor(mods[c], c)) for c in chosen]
+    order = {n: i for i, n in enumerate(mods)}
+    found.sort(key=lambda x: order.get(x[0], 0))
+    return found, skipped
+
+
 def analyze(
     model: Any,
     inputs: Any,
@@ -260,6 +322,8 @@ def analyze(
     memory_budget: Optional[Union[int, float, str]] = None,
     saturation: float = 0.9,
     collapse: float = 0.1,
+    materialize: bool = False,
+    jacobian: Optional[Union[str, Sequence[str]]] = None,
 ) -> "Report":
     """Effective state size of every supported sequence-mixing layer of ``model`` on ``inputs``.
 
@@ -290,6 +354,15 @@ def analyze(
         anything is allocated.
     saturation, collapse : thresholds of the per-layer flags, as fractions of the attainable ESS
         (mean over positions of ``min(TSS, t, L - t)``).
+    materialize : layers with a structured extractor (state-space, SSD, gated linear attention,
+        convolutions) hand over factors and run through the structured kernel
+        (:func:`ess.structured.ssm_ess`, ``O(L N^3)`` per operator, no ``L x L`` matrix). ``True`` forms the
+        dense operators instead and runs the dense kernel (same results, much slower).
+    jacobian : qualified names or ``fnmatch`` patterns of further modules (any token-mixing layer,
+        e.g. a custom research mixer) to analyse through their input-output Jacobian at the given input
+        in float64 (a local linearisation; :class:`ess.operators.jacobian.JacobianExtractor`). Their
+        input and output must be ``(batch, length, features)`` tensors (the first positional argument
+        and the first output).
 
     Returns
     -------
@@ -317,6 +390,8 @@ def analyze(
         _positions(positions, L_in)
 
     found, skipped = discover(model)
+    if jacobian is not None:
+        found, skipped = _add_jacobian(model, found, skipped, jacobian)
     if not found:
         seen = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for _, m in model.named_modules()})
         raise InvalidArgumentError(
@@ -352,7 +427,8 @@ def analyze(
             m.training = flag
     t_forward = time.perf_counter() - t0
 
-    rows: Dict[str, List[Any]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
+    cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
+    cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
     layer_meta: List[Dict[str, Any]] = []
     L_seen: Optional[int] = None
     pos_arr: Optional[np.ndarray] = None
@@ -375,51 +451,67 @@ def analyze(
                 continue
             note = ""
             for s in range(n):
-                need = int(ex.estimate_bytes(s))
+                use_struct = bool(getattr(ex, "structured", False)) and not materialize
+                need = int(ex.estimate_factor_bytes(s) if use_struct else ex.estimate_bytes(s))
                 if need > budget:
                     raise TooLargeError(
-                        f"layer {name!r}: its operators need about {_fmt_bytes(need)} for one sequence, over the memory "
-                        f"budget of {_fmt_bytes(budget)}. Use a shorter input (memory grows as L^2 per head/channel), "
+                        f"layer {name!r}: its {'factors' if use_struct else 'operators'} need about {_fmt_bytes(need)} "
+                        f"for one sequence, over the memory budget of {_fmt_bytes(budget)}. Use a shorter input "
+                        f"({'memory grows as L per channel' if use_struct else 'memory grows as L^2 per head/channel'}), "
                         f"select fewer layers with layers=..., pass positions=... to cut the compute, or raise "
                         f"memory_budget= (or $ESS_MEMORY_BUDGET)."
                     )
-                ops = ex.operators(s)
-                T = np.asarray(ops.operators)
-                if T.ndim != 3 or T.shape[1] != T.shape[2]:
-                    raise ShapeError(f"extractor for {name!r} returned operators of shape {T.shape}, expected (n, L, L)")
-                L = int(T.shape[1])
+                if use_struct:
+                    ops = ex.factors(s)
+                    if ops.factors is None:
+                        raise ShapeError(f"extractor for {name!r} returned no factors")
+                    nops, L, _ = ops.factors.shape
+                else:
+                    ops = ex.operators(s)
+                    T = np.asarray(ops.operators)
+                    if T.ndim != 3 or T.shape[1] != T.shape[2]:
+                        raise ShapeError(f"extractor for {name!r} returned operators of shape {T.shape}, expected (n, L, L)")
+                    nops, L = int(T.shape[0]), int(T.shape[1])
                 if L_seen is None:
                     L_seen = L
                     pos_arr = _positions(positions, L)
                 elif L != L_seen:
                     raise ShapeError(f"layer {name!r} has sequence length {L}, other layers {L_seen}")
                 P = np.arange(L) if pos_arr is None else pos_arr
-                res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr)
-                if method == "both":
-                    tol, ent = res.tolerance, res.entropy  # type: ignore[union-attr]
-                elif method == "tolerance":
-                    tol, ent = res, np.full_like(res, np.nan)  # type: ignore[arg-type]
+                if use_struct:
+                    assert ops.factors is not None
+                    tol, ent = _structured_curves(ops.factors, method, atol, rtol, pos_arr)
                 else:
-                    tol, ent = np.full_like(res, np.nan), res  # type: ignore[arg-type]
-                nops = T.shape[0]
-                shared = ops.shared or [1] * nops
+                    res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr)
+                    if method == "both":
+                        tol, ent = res.tolerance, res.entropy  # type: ignore[union-attr]
+                    elif method == "tolerance":
+                        tol, ent = res, np.full_like(res, np.nan)  # type: ignore[arg-type]
+                    else:
+                        tol, ent = np.full_like(res, np.nan), res  # type: ignore[arg-type]
+                    del T, res
+                shared = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
                 bound = np.minimum(P, L - P)
-                for i in range(nops):
-                    m = len(P)
-                    rows["sample"] += [s] * m
-                    rows["layer"] += [name] * m
-                    rows["kind"] += [ops.kind] * m
-                    rows["operator"] += [ops.labels[i]] * m
-                    rows["index"] += [i] * m
-                    rows["position"] += P.tolist()
-                    rows["ess_tolerance"] += np.asarray(tol[i], dtype=float).tolist()
-                    rows["ess_entropy"] += np.asarray(ent[i], dtype=float).tolist()
-                    rows["tss"] += [float(ops.tss[i])] * m
-                    rows["bound"] += bound.tolist()
-                    rows["shared"] += [int(shared[i])] * m
+                m = len(P)
+                # columnar: one numpy chunk per layer and sequence (a Python object per cell needs ~100 bytes
+                # per row: gigabytes for a large model at long L; names are codes until the end)
+                cols["sample"].append(np.full(nops * m, s, dtype=np.int64))
+                cols["layer"].append(np.full(nops * m, _code(cats["layer"], name), dtype=np.int32))
+                cols["kind"].append(np.full(nops * m, _code(cats["kind"], ops.kind), dtype=np.int32))
+                cols["operator"].append(np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels],
+                                                           dtype=np.int32), m))
+                cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), m))
+                cols["position"].append(np.tile(P.astype(np.int64), nops))
+                cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
+                cols["ess_entropy"].append(np.asarray(ent, dtype=float).reshape(-1))
+                cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), m))
+                cols["bound"].append(np.tile(bound.astype(np.int64), nops))
+                cols["shared"].append(np.repeat(shared, m))
                 note = ops.note
-                del T, ops, res
-            layer_meta.append({"layer": name, "kind": ex.kind, "module_type": type(ex.module).__name__, "note": note})
+                route = "structured" if use_struct else ("jacobian" if ex.kind == "jacobian" else "dense")
+                del ops
+            layer_meta.append({"layer": name, "kind": ex.kind, "module_type": type(ex.module).__name__, "note": note,
+                               "route": route})
             ex.clear()
             if bar is not None:
                 bar.update(1)
@@ -435,6 +527,17 @@ def analyze(
             f"forward pass; not analysed: {skipped}"
         )
 
+    rows: Dict[str, Any] = {}
+    for k, parts in cols.items():
+        if k in cats:  # plain strings (object column) for every consumer of the table; one object per name
+            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            names = np.empty(len(cats[k]), dtype=object)
+            names[:] = list(cats[k])
+            rows[k] = names[codes]
+        else:
+            rows[k] = np.concatenate(parts) if parts else np.zeros(0)
+    del cols
+
     tok_np = None
     if tok is not None:
         tok_np = tok.detach().to("cpu").numpy()
@@ -449,7 +552,7 @@ def analyze(
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "device": str(device),
         "length": L_seen,
-        "n_samples": int(max(rows["sample"]) + 1) if rows["sample"] else 0,
+        "n_samples": int(rows["sample"].max() + 1) if len(rows["sample"]) else 0,
         "method": method,
         "atol": atol,
         "rtol": rtol,

@@ -124,6 +124,7 @@ class Report:
                     "saturated": bool(fill >= sat),
                     "collapsed": bool(fill <= col_thr),
                     "note": lm.get("note", ""),
+                    "route": lm.get("route", "dense"),
                 }
             )
         summary = pd.DataFrame(recs)

@@ -19,7 +19,96 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["OperatorSet", "Extractor", "register", "find_extractor", "registered"]
+__all__ = ["OperatorSet", "Factors", "Extractor", "register", "find_extractor", "registered"]
+
+
+@dataclass
+class Factors:
+    """A state-space realisation of the operators of one layer, handed to the structured kernel
+    (:func:`ess.structured.ssm_ess`) instead of dense ``L x L`` operators.
+
+    Operator ``i``: ``T_i[t, s] = C[i, t]^T A[i, t] A[i, t-1] ... A[i, s+1] B[i, s]`` for ``s < t`` and
+    ``T_i[t, t] = C[i, t]^T B[i, t] + D[i, t]`` (the diagonal enters no Hankel block; it is kept only
+    for :meth:`materialize` and :meth:`apply`).
+
+    Attributes
+    ----------
+    transition : ``"identity"``, ``"scalar"`` (``A`` is ``(n_ops, L)``), ``"diagonal"`` (``(n_ops, L, N)``)
+        or ``"dense"`` (``(n_ops, L, N, N)``, row ``i`` column ``j`` of ``A_t`` at ``[..., t, i, j]``).
+    A : transitions (``None`` for identity), float64.
+    B, C : ``(n_ops, L, N)`` float64.
+    D : optional ``(n_ops, L)`` direct term on the diagonal.
+    """
+
+    transition: str
+    A: Optional[npt.NDArray[np.float64]]
+    B: npt.NDArray[np.float64]
+    C: npt.NDArray[np.float64]
+    D: Optional[npt.NDArray[np.float64]] = None
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """``(n_ops, L, N)``."""
+        n, L, N = self.B.shape
+        return int(n), int(L), int(N)
+
+    def nbytes(self) -> int:
+        return int(sum(x.nbytes for x in (self.A, self.B, self.C, self.D) if x is not None))
+
+    def _steps(self, torch: Any) -> Tuple[Any, Any, Any, Any]:
+        f = torch.float64
+        A = None if self.A is None else torch.from_numpy(np.ascontiguousarray(self.A, dtype=np.float64)).to(f)
+        B = torch.from_numpy(np.ascontiguousarray(self.B, dtype=np.float64))
+        C = torch.from_numpy(np.ascontiguousarray(self.C, dtype=np.float64))
+        D = None if self.D is None else torch.from_numpy(np.ascontiguousarray(self.D, dtype=np.float64))
+        return A, B, C, D
+
+    def _advance(self, A: Any, h: Any, t: int) -> Any:
+        """``A_t h`` for states ``h`` (n_ops, N, m)."""
+        if self.transition == "identity":
+            return h
+        if self.transition == "scalar":
+            return h * A[:, t, None, None]
+        if self.transition == "diagonal":
+            return h * A[:, t, :, None]
+        return A[:, t] @ h
+
+    def apply(self, u: Any) -> Any:
+        """``y = T u`` for inputs ``u`` (torch or numpy, ``(n_ops, L, m)``: ``m`` channels sharing each
+        operator), by the recurrence in float64 (``O(n_ops L N m)``); returns a float64 torch tensor."""
+        import torch
+
+        A, B, C, D = self._steps(torch)
+        u = torch.as_tensor(u).to(torch.float64)
+        n, L, N = self.shape
+        m = u.shape[-1]
+        h = torch.zeros(n, N, m, dtype=torch.float64)
+        y = torch.empty(n, L, m, dtype=torch.float64)
+        for t in range(L):
+            if t > 0:
+                h = self._advance(A, h, t)
+            h = h + B[:, t, :, None] * u[:, t, None, :]
+            y[:, t] = (C[:, t, :, None] * h).sum(1)
+        if D is not None:
+            y += D[:, :, None] * u
+        return y
+
+    def materialize(self) -> npt.NDArray[np.float64]:
+        """The dense operators ``(n_ops, L, L)`` (float64, lower triangular)."""
+        import torch
+
+        A, B, C, D = self._steps(torch)
+        n, L, N = self.shape
+        out = torch.zeros(n, L, L, dtype=torch.float64)
+        M = torch.zeros(n, N, L, dtype=torch.float64)  # the state of every source position
+        for t in range(L):
+            if t > 0:
+                M[:, :, :t] = self._advance(A, M[:, :, :t], t)
+            M[:, :, t] = B[:, t]
+            out[:, t, : t + 1] = torch.bmm(C[:, t, None, :], M[:, :, : t + 1])[:, 0]
+        if D is not None:
+            out.diagonal(dim1=1, dim2=2).add_(D)
+        return out.numpy()
 
 
 @dataclass
@@ -40,15 +129,28 @@ class OperatorSet:
     shared : how many channels share each operator (all value channels of one attention
         head share one operator: it is computed once), or ``None`` for one each.
     note : caveats, e.g. ``"local linearisation (Jacobian at the given input)"``.
+    factors : a state-space realisation (:class:`Factors`) given instead of (or besides) ``operators``;
+        ``analyze`` then runs the structured kernel and never forms the operators (unless asked to).
     """
 
     layer: str
     kind: str
-    operators: npt.NDArray[np.float64]
+    operators: Optional[npt.NDArray[np.float64]]
     labels: List[str]
     tss: List[float]
     shared: Optional[List[int]] = None
     note: str = ""
+    factors: Optional[Factors] = None
+    #: relative error of the run-time reconstruction check (``None``: not checked)
+    check_error: Optional[float] = None
+
+    def dense(self) -> npt.NDArray[np.float64]:
+        """The dense operators: :attr:`operators`, or the factors materialised."""
+        if self.operators is not None:
+            return self.operators
+        if self.factors is None:
+            raise ValueError(f"{self.layer}: neither operators nor factors")
+        return self.factors.materialize()
 
 
 class Extractor(abc.ABC):
@@ -82,6 +184,18 @@ class Extractor(abc.ABC):
 
     def clear(self) -> None:
         """Drop the captures."""
+
+    #: whether :meth:`factors` is implemented (the layer goes to the structured kernel)
+    structured: bool = False
+
+    def factors(self, sample: int = 0) -> OperatorSet:
+        """The operators of batch element ``sample`` as a state-space realisation (``OperatorSet``
+        with :attr:`OperatorSet.factors` set and ``operators`` ``None``), checked at run time."""
+        raise NotImplementedError(f"{type(self).__name__} has no structured form")
+
+    def estimate_factor_bytes(self, sample: int = 0) -> int:
+        """Bytes :meth:`factors` will allocate."""
+        return 0
 
 
 Predicate = Callable[[Any], bool]

@@ -2,30 +2,33 @@
 
 * Attention layers (any family): :mod:`ess.operators.hf_attention`, which also uses the cache
   guards below.
-* ``MambaMixer`` (Mamba-1, selective SSM): one operator per inner channel ``d``,
-  ``T_d[t, s] = sum_n C_t[n] exp(A[d, n] (c_t - c_s)) Delta_s[d] B_s[n] + D[d] [t == s]`` with
-  ``c = cumsum(Delta[:, d])``. The input ``u`` of ``x_proj`` (the convolved, activated sequence)
-  and its output (``dt`` rank part, ``B``, ``C``) are captured; ``Delta = softplus(dt_proj(dt))`` and
-  ``A = -exp(A_log)`` are rebuilt from the weights. The operator maps ``u[:, d]`` to the scan output
-  before the gate ``act(z)`` (a diagonal output scaling, left out as in the selective-SSM
-  definition). ``x_proj`` is called as a module by the slow (torch) path and by the CUDA-kernel
-  path alike; the fused training kernel (``mamba_inner_fn``, training mode with the kernels
-  installed) calls no submodule and is refused with a clear error.
-* ``Mamba2Mixer`` (Mamba-2, SSD): one operator per head, scalar decay,
-  ``T_h[t, s] = (C_t . B_s) exp(A_h (c_t - c_s)) Delta_s[h] + D_h [t == s]`` with the head's group of
-  ``B``, ``C``; shared by the head's ``head_dim`` channels. The output of ``in_proj`` is captured and
-  the causal convolution of its ``xBC`` part is recomputed from ``conv1d``'s weights (the torch and
-  CUDA paths both call ``in_proj`` as a module, neither calls ``conv1d`` as one). The operator
-  maps the head's channels of ``x`` to the scan output before the gated RMS norm.
+* Mamba-1 mixers (``MambaMixer``, ``FalconMambaMixer``, ``JambaMambaMixer`` and any module built like them:
+  :func:`is_selective_ssm`): one operator per inner channel ``d``, handed over as state-space factors
+  ``A_t = diag(exp(Delta_t[d] A[d]))``, ``b_t = Delta_t[d] B_t``, ``c_t = C_t`` (``D[d]`` on the diagonal). The
+  input ``u`` of ``x_proj`` and its output (``dt`` rank part, ``B``, ``C``; or the outputs of the ``dt``/``b``/``c``
+  norms where the mixer has them) are captured; ``Delta = softplus(dt_proj(dt))`` and ``A = -exp(A_log)`` are
+  rebuilt from the weights. The operator maps ``u[:, d]`` to the scan output before the gate ``act(z)``. The fused
+  training kernel (``mamba_inner_fn``) calls no submodule and is refused with a clear error.
+* Mamba-2 mixers (``Mamba2Mixer``, ``BambaMixer``, ``FalconH1Mixer``, ``GraniteMoeHybridMambaLayer``,
+  ``Zamba2MambaMixer``, ``NemotronHMamba2Mixer`` and any module built like them: :func:`is_ssd_mixer`): one
+  operator per head, scalar decay, shared by the head's ``head_dim`` channels. The output of ``in_proj`` (times
+  ``mup_vector`` where the mixer has one) is captured and the causal convolution of its ``xBC`` part recomputed
+  from ``conv1d``'s weights. The operator maps the head's channels of ``x`` to the scan output before the gated
+  norm.
+
+Every extraction is checked at run time (:func:`verify`): the factors applied to the captured input must
+reproduce the captured output of that stage (:data:`RECON_RTOL` by dtype) or the layer is refused by name.
+:meth:`operators` materialises the factors for the dense route (``analyze(..., materialize=True)``).
 
 Operators assume the layer starts from an empty cache (a prefill); continuing from cached
 keys or states is refused. The check does not depend on the keyword the cache arrives under
 (``cache``, ``past_key_values``, ``cache_params`` across transformers versions): every argument
 that behaves like a cache is asked what it holds for this layer (cached key length; previous
 recurrent state, non-zero conv/SSM states), a cache that cannot be read is refused, and after an
-attention call a cache holding more keys than there were queries is refused too. The Mamba
-mixers are matched by exact class (``type(m).__module__`` and name), so importing this module does
-not import ``transformers`` and a subclass with another forward is not matched.
+attention call a cache holding more keys than there were queries is refused too (a recurrent layer
+answers through its own states when the cache can tell them). The mixers are matched by what they
+have (parameters, submodules, layout attributes), so importing this module does not import
+``transformers``; a subclass or copy whose forward computes something else fails the run-time check.
 """
 
 from __future__ import annotations
@@ -37,12 +40,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
-from .base import OperatorSet, register
+from .base import Factors, OperatorSet, register
 from .torch_nn import _bind, _Captures, _causal_keep
 
 __all__ = [
     "MambaMixerExtractor",
     "Mamba2MixerExtractor",
+    "is_selective_ssm",
+    "is_ssd_mixer",
+    "RECON_RTOL",
+    "verify",
 ]
 
 
@@ -97,10 +104,11 @@ def _cache_state(cache: Any, layer_idx: Any, recurrent: bool) -> Optional[bool]:
     a single "in use" wins over "empty".
     """
     answers: List[bool] = []
+    seq: List[bool] = []
     idx = layer_idx if isinstance(layer_idx, int) else None
     if idx is not None:
         try:
-            answers.append(int(cache.get_seq_length(idx)) > 0)
+            seq.append(int(cache.get_seq_length(idx)) > 0)
         except Exception:  # noqa: BLE001 - not an attention layer of this cache / no such method
             pass
         if recurrent:
@@ -128,6 +136,10 @@ def _cache_state(cache: Any, layer_idx: Any, recurrent: bool) -> Optional[bool]:
                         answers.append(_nonzero(st[idx]))
                     except Exception:  # noqa: BLE001
                         pass
+    # A recurrent layer answers through its own states when the cache can tell them; the key length of the
+    # same layer index may belong to an attention block that ran first (Zamba2's hybrid layers).
+    if not (recurrent and answers):
+        answers += seq
     if not answers:
         return None
     return any(answers)
@@ -203,136 +215,295 @@ class _MixerBase(_Captures):
         self._reset_captures()
 
 
-def _scan_operators(
-    Cm: torch.Tensor, Bm: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, D: torch.Tensor, out: np.ndarray
-) -> None:
-    """Fill ``out[c, t, s] = sum_n C[t,n] exp(A[c,n] (cum[t,c]-cum[s,c])) dt[s,c] B[s,n]`` (``s <= t``) plus
-    ``D[c]`` on the diagonal, ``cum = cumsum(dt)``: the selective scan run on all impulses at once.
+#: Largest accepted relative error (Frobenius norm over the sequence) of the run-time check of a
+#: recurrent layer (factors applied to the captured input against the captured output of that stage),
+#: by the dtype of the layer's output. The libraries run their scans in float32 whatever the model dtype,
+#: hence float64's bound.
+RECON_RTOL: Dict[torch.dtype, float] = {
+    torch.float64: 1e-5,
+    torch.float32: 1e-4,
+    torch.float16: 2e-2,
+    torch.bfloat16: 5e-2,
+}
 
-    ``Cm``, ``Bm``: (L, N); ``dt``: (L, c); ``A``: (c, N); ``D``: (c,), float64 on one device. The
-    state of every source position is carried forward (``M[:, :, s]``, decayed by
-    ``exp(A dt_t)`` at each step, so never above its start: no overflow), and row ``t`` is ``C_t``
-    read out of it: ``L^2 N`` multiply-adds per channel and no exponential of a difference.
+
+def rel_error(rec: torch.Tensor, ref: torch.Tensor, direct: Optional[torch.Tensor] = None) -> float:
+    """``||rec - ref|| / ||ref - direct||`` in float64 (0 when both vanish): the error relative to the part of
+    the output that goes through the state (``direct``: the skip term ``D u``, which would otherwise hide an
+    error of the recurrence), but never relative to less than 1% of ``||ref||``."""
+    rec = rec.detach().to(torch.float64).cpu()
+    ref = ref.detach().to(torch.float64).cpu()
+    den = float(torch.linalg.vector_norm(ref))
+    if direct is not None:  # never below 1% of the output: rounding of the output scales with all of it
+        base = ref - direct.detach().to(torch.float64).cpu()
+        den = max(float(torch.linalg.vector_norm(base)), 0.01 * den)
+    num = float(torch.linalg.vector_norm(rec - ref))
+    if not (np.isfinite(num) and np.isfinite(den)):
+        return float("inf")
+    if den == 0.0:
+        return 0.0 if num == 0.0 else float("inf")
+    return num / den
+
+
+def verify(name: str, rec: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str,
+           direct: Optional[torch.Tensor] = None) -> float:
+    """Refuse the layer ``name`` unless ``rec`` reproduces ``ref`` (the captured output of ``what``) to the
+    tolerance of ``dtype``, relative to the part of ``ref`` beyond ``direct`` (see :func:`rel_error`); returns
+    the relative error."""
+    err = rel_error(rec, ref, direct)
+    tol = RECON_RTOL.get(dtype, 5e-2)
+    if not err <= tol:
+        raise InvalidArgumentError(
+            f"{name}: refused: the extracted operators do not reproduce the layer's {what} (relative error "
+            f"{err:.2e} > {tol:.0e} for {dtype}); this layer computes something the extractor does not model "
+            "(a changed implementation or a custom subclass). Pass it to ess.analyze(..., jacobian=[name]) for a "
+            "local linearisation instead"
+        )
+    return err
+
+
+class _StructuredMixin:
+    """An extractor that hands over :class:`~ess.operators.base.Factors`; :meth:`operators` materialises
+    them (``materialize=True`` in ``analyze``)."""
+
+    structured = True
+
+    def operators(self, sample: int = 0) -> OperatorSet:
+        ops = self.factors(sample)  # type: ignore[attr-defined]
+        ops.operators = ops.dense()
+        return ops
+
+    def estimate_bytes(self, sample: int = 0) -> int:
+        n_ops, L, N = self._dims()  # type: ignore[attr-defined]
+        return 8 * n_ops * L * L * 2 + self.estimate_factor_bytes(sample)  # type: ignore[attr-defined]
+
+    def estimate_factor_bytes(self, sample: int = 0) -> int:
+        n_ops, L, N = self._dims()  # type: ignore[attr-defined]
+        return 8 * n_ops * L * (3 * N + 1) + 8 * n_ops * L * N  # factors + the recurrence of the check
+
+
+def _has(m: Any, *names: str) -> bool:
+    return all(hasattr(m, n) for n in names)
+
+
+def _module(m: Any, name: str) -> bool:
+    return isinstance(getattr(m, name, None), torch.nn.Module)
+
+
+def _param(m: Any, name: str, ndim: int) -> bool:
+    p = getattr(m, name, None)
+    return isinstance(p, torch.Tensor) and p.dim() == ndim
+
+
+def is_selective_ssm(m: Any) -> bool:
+    """A Mamba-1 style mixer (MambaMixer, FalconMambaMixer, JambaMambaMixer, renamed copies): by what it
+    has: ``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``out_proj``, a 2-D ``A_log`` and a ``D``."""
+    return (
+        isinstance(m, torch.nn.Module)
+        and all(_module(m, n) for n in ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj"))
+        and _param(m, "A_log", 2)
+        and _param(m, "D", 1)
+        and _has(m, "time_step_rank", "ssm_state_size", "intermediate_size")
+    )
+
+
+def is_ssd_mixer(m: Any) -> bool:
+    """A Mamba-2 style mixer (Mamba2Mixer, BambaMixer, FalconH1Mixer, GraniteMoeHybridMambaLayer,
+    Zamba2MambaMixer, NemotronHMamba2Mixer, renamed copies): ``in_proj``, ``conv1d``, ``out_proj``, a 1-D
+    ``A_log`` (one decay per head), ``D``, ``dt_bias`` and the head layout attributes."""
+    return (
+        isinstance(m, torch.nn.Module)
+        and all(_module(m, n) for n in ("in_proj", "conv1d", "out_proj"))
+        and _param(m, "A_log", 1)
+        and _param(m, "D", 1)
+        and isinstance(getattr(m, "dt_bias", None), torch.Tensor)
+        and _has(m, "num_heads", "head_dim", "n_groups", "ssm_state_size", "intermediate_size", "conv_dim")
+    )
+
+
+class MambaMixerExtractor(_StructuredMixin, _MixerBase):
+    """Mamba-1 selective SSM (``MambaMixer`` and the mixers built like it: ``FalconMambaMixer`` and
+    ``JambaMambaMixer`` with RMS norms on ``B``, ``C`` and the time step): one operator per channel,
+    ``A_t = diag(exp(Delta_t[d] A[d]))``, ``b_t = Delta_t[d] B_t``, ``c_t = C_t``, ``D[d]`` on the diagonal.
+
+    Captured: the input and output of ``x_proj`` (the convolved, activated, masked sequence ``u`` and the
+    time-step/B/C projections), the outputs of the ``dt``/``b``/``c`` norms when the mixer has them, the gate
+    (``in_proj``'s second half) and the input of ``out_proj``. Run-time check: the factors applied to ``u``,
+    times ``silu(gate)``, must reproduce the input of ``out_proj``.
     """
-    L, N = Cm.shape
-    c = dt.shape[1]
-    on_cpu = dt.device.type == "cpu"
-    res = torch.from_numpy(out) if on_cpu else torch.zeros(c, L, L, dtype=torch.float64, device=dt.device)
-    res.zero_()
-    M = torch.zeros(c, N, L, dtype=torch.float64, device=dt.device)
-    a = torch.exp(A[None] * dt[:, :, None])  # (L, c, N) one-step decays
-    for t in range(L):
-        Mt = M[:, :, : t + 1]
-        Mt[:, :, :t] *= a[t][:, :, None]
-        Mt[:, :, t] = Bm[t][None, :] * dt[t][:, None]
-        res[:, t, : t + 1] = torch.bmm(Cm[t].expand(c, 1, N), Mt)[:, 0]
-    res.diagonal(dim1=1, dim2=2).add_(D[:, None])
-    if not on_cpu:
-        out[...] = res.cpu().numpy()
 
-
-class MambaMixerExtractor(_MixerBase):
-    """Mamba-1 (``transformers.models.mamba.modeling_mamba.MambaMixer``): one operator per channel."""
+    _NORMS = ("dt_layernorm", "b_layernorm", "c_layernorm")
 
     def _reset_captures(self) -> None:
         self._u: Optional[torch.Tensor] = None  # (B, L, D_inner)
         self._xo: Optional[torch.Tensor] = None  # (B, L, R + 2N)
+        self._norm_out: Dict[str, torch.Tensor] = {}
+        self._gate: Optional[torch.Tensor] = None
+        self._y: Optional[torch.Tensor] = None
 
     def _captured(self) -> bool:
         return self._u is not None
 
     def attach(self) -> List[Any]:
         self._reset_captures()
+        m = self.module
+        Dn = int(m.intermediate_size)
 
         def on_x_proj(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
             self._u = args[0].detach()
             self._xo = out.detach()
 
-        return [
-            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
-            self.module.x_proj.register_forward_hook(self._guard(on_x_proj)),
+        def on_in_proj(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
+            self._gate = out[..., Dn : 2 * Dn].detach()
+
+        def on_out_proj(mod: Any, args: Tuple[Any, ...]) -> None:
+            self._y = args[0].detach()
+
+        hs = [
+            m.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            m.x_proj.register_forward_hook(self._guard(on_x_proj)),
+            m.in_proj.register_forward_hook(self._guard(on_in_proj)),
+            m.out_proj.register_forward_pre_hook(self._guard(on_out_proj)),
         ]
+        for nm in self._NORMS:
+            sub = getattr(m, nm, None)
+            if isinstance(sub, torch.nn.Module):
 
-    def estimate_bytes(self, sample: int = 0) -> int:
-        if self._calls is None:
-            return 0
-        L = self._calls[1]
-        Dn = int(self.module.intermediate_size)
-        c = min(Dn, self.chunk_channels)
-        N = int(self.module.ssm_state_size)
-        return 8 * Dn * L * L + 8 * c * L * (L + 2 * N)
+                def on_norm(mod: Any, args: Tuple[Any, ...], out: torch.Tensor, nm: str = nm) -> None:
+                    self._norm_out[nm] = out.detach()
 
-    def operators(self, sample: int = 0) -> OperatorSet:
+                hs.append(sub.register_forward_hook(self._guard(on_norm)))
+        return hs
+
+    def _dims(self) -> Tuple[int, int, int]:
+        m = self.module
+        L = 0 if self._calls is None else self._calls[1]
+        return int(m.intermediate_size), L, int(m.ssm_state_size)
+
+    def factors(self, sample: int = 0) -> OperatorSet:
         self._check(sample)
         assert self._u is not None and self._xo is not None
         m = self.module
         f64 = torch.float64
         R, N, Dn = int(m.time_step_rank), int(m.ssm_state_size), int(m.intermediate_size)
+        missing = [nm for nm in self._NORMS if isinstance(getattr(m, nm, None), torch.nn.Module) and nm not in self._norm_out]
+        if missing:
+            raise InvalidArgumentError(f"{self.name}: refused: the mixer has {missing} but did not call them")
         with torch.no_grad():
-            xo = self._xo[sample].to(f64)
+            xo = self._xo[sample].to(f64).cpu()
             L = xo.shape[0]
             ts, Bm, Cm = torch.split(xo, [R, N, N], dim=-1)
-            w = m.dt_proj.weight.detach().to(f64)
+            if "dt_layernorm" in self._norm_out:
+                ts = self._norm_out["dt_layernorm"][sample].to(f64).cpu()
+                Bm = self._norm_out["b_layernorm"][sample].to(f64).cpu()
+                Cm = self._norm_out["c_layernorm"][sample].to(f64).cpu()
+            w = m.dt_proj.weight.detach().to(f64).cpu()
             dt = ts @ w.T
             if m.dt_proj.bias is not None:
-                dt = dt + m.dt_proj.bias.detach().to(f64)
+                dt = dt + m.dt_proj.bias.detach().to(f64).cpu()
             dt = F.softplus(dt)  # (L, Dn)
-            A = -torch.exp(m.A_log.detach().to(f64))  # (Dn, N)
-            D = m.D.detach().to(f64)
-            ops = np.empty((Dn, L, L), dtype=np.float64)
-            for c0 in range(0, Dn, self.chunk_channels):
-                c1 = min(Dn, c0 + self.chunk_channels)
-                _scan_operators(Cm, Bm, dt[:, c0:c1], A[c0:c1], D[c0:c1], ops[c0:c1])
+            A = -torch.exp(m.A_log.detach().to(f64).cpu())  # (Dn, N)
+            D = m.D.detach().to(f64).cpu()
+            fa = torch.exp(dt.T[:, :, None] * A[:, None, :])  # (Dn, L, N)
+            fb = dt.T[:, :, None] * Bm[None]
+            fc = Cm[None].expand(Dn, L, N)
+            fac = Factors("diagonal", fa.numpy(), fb.numpy(), fc.numpy(), D[:, None].expand(Dn, L).numpy())
+            u = self._u[sample].to(f64).cpu()  # (L, Dn)
+            rec = fac.apply(u.T[:, :, None])[:, :, 0].T  # (L, Dn)
+            err = None
+            if self._y is not None and self._gate is not None:
+                sg = F.silu(self._gate[sample].to(f64).cpu())
+                rec = rec * sg
+                err = verify(self.name, rec, self._y[sample], self._y.dtype, "scan output (input of out_proj)",
+                             direct=D[None, :] * u * sg)
+            else:
+                raise InvalidArgumentError(f"{self.name}: refused: the gate or the input of out_proj was not captured; nothing to check against")
         return OperatorSet(
             layer=self.name,
             kind=self.kind,
-            operators=ops,
+            operators=None,
             labels=[f"channel {d}" for d in range(Dn)],
             tss=[float(N)] * Dn,
             shared=None,
-            note="Mamba selective SSM; operator on the x_proj input, output before the act(z) gate",
+            note=f"Mamba selective SSM; operator on the x_proj input, output before the act(z) gate; checked (rel. err {err:.1e})",
+            factors=fac,
+            check_error=err,
         )
 
 
-class Mamba2MixerExtractor(_MixerBase):
-    """Mamba-2 (``transformers.models.mamba2.modeling_mamba2.Mamba2Mixer``): one operator per head."""
+class Mamba2MixerExtractor(_StructuredMixin, _MixerBase):
+    """Mamba-2 / SSD (``Mamba2Mixer`` and the mixers built like it: ``BambaMixer``, ``FalconH1Mixer`` with
+    its multipliers, ``GraniteMoeHybridMambaLayer``, ``Zamba2MambaMixer``, ``NemotronHMamba2Mixer``): one
+    operator per head, scalar decay ``a_t = exp(Delta_t[h] A_h)``, ``b_t = Delta_t[h] B_t``, ``c_t = C_t``
+    (the head's group), shared by the head's ``head_dim`` channels.
+
+    Captured: the output of ``in_proj`` (times ``mup_vector`` when the mixer has one), from which the causal
+    convolution of ``xBC`` is recomputed from ``conv1d``'s weights (neither the torch nor the CUDA path
+    calls ``conv1d`` as a module), and the scan output (the input of the gated ``norm``, or of ``out_proj``
+    divided out of the ``silu(gate)`` when there is no norm). Run-time check: the factors applied to the
+    convolved ``x`` reproduce it.
+    """
 
     def _reset_captures(self) -> None:
         self._proj: Optional[torch.Tensor] = None  # (B, L, P) in_proj output
+        self._normin: Optional[torch.Tensor] = None
+        self._y: Optional[torch.Tensor] = None
 
     def _captured(self) -> bool:
         return self._proj is not None
 
     def attach(self) -> List[Any]:
         self._reset_captures()
+        m = self.module
 
         def on_in_proj(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
             self._proj = out.detach()
 
-        return [
-            self.module.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
-            self.module.in_proj.register_forward_hook(self._guard(on_in_proj)),
-        ]
+        def on_norm(mod: Any, args: Tuple[Any, ...]) -> None:
+            self._normin = args[0].detach()
 
-    def estimate_bytes(self, sample: int = 0) -> int:
-        if self._calls is None:
-            return 0
-        L = self._calls[1]
-        H = int(self.module.num_heads)
-        return 4 * 8 * H * L * L
+        def on_out_proj(mod: Any, args: Tuple[Any, ...]) -> None:
+            self._y = args[0].detach()
+
+        hs = [
+            m.register_forward_pre_hook(self._guard(self._pre), with_kwargs=True),
+            m.in_proj.register_forward_hook(self._guard(on_in_proj)),
+            m.out_proj.register_forward_pre_hook(self._guard(on_out_proj)),
+        ]
+        norm = getattr(m, "norm", None)
+        if isinstance(norm, torch.nn.Module) and not isinstance(norm, torch.nn.Identity):
+            hs.append(norm.register_forward_pre_hook(self._guard(on_norm)))
+        return hs
+
+    def _dims(self) -> Tuple[int, int, int]:
+        m = self.module
+        L = 0 if self._calls is None else self._calls[1]
+        return int(m.num_heads), L, int(m.ssm_state_size)
+
+    def estimate_factor_bytes(self, sample: int = 0) -> int:
+        H, L, N = self._dims()
+        P = int(self.module.head_dim)
+        return 8 * H * L * (2 * N + 2) + 8 * H * L * (N * P + 2 * P) + 8 * L * int(self.module.conv_dim) * 2
 
     def inputs(self, sample: int = 0) -> torch.Tensor:
         """The post-convolution ``x`` (float64, ``(L, num_heads, head_dim)``) the operators act on."""
         return self._xbc(sample)[0]
 
+    def _projection(self, sample: int) -> torch.Tensor:
+        assert self._proj is not None
+        proj = self._proj[sample].to(torch.float64)
+        mup = getattr(self.module, "mup_vector", None)
+        if isinstance(mup, torch.Tensor):
+            proj = proj * mup.detach().to(proj.device, torch.float64).reshape(-1)
+        return proj
+
     def _xbc(self, sample: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         self._check(sample)
-        assert self._proj is not None
         m = self.module
         f64 = torch.float64
         H, P, G, N = int(m.num_heads), int(m.head_dim), int(m.n_groups), int(m.ssm_state_size)
         inter, conv_dim = int(m.intermediate_size), int(m.conv_dim)
-        proj = self._proj[sample].to(f64)  # (L, P_total)
+        proj = self._projection(sample)  # (L, P_total)
         L = proj.shape[0]
         xbc = proj[:, -(conv_dim + H) : -H]
         dt_raw = proj[:, -H:]
@@ -340,51 +511,62 @@ class Mamba2MixerExtractor(_MixerBase):
         k = conv.weight.shape[-1]
         y = F.conv1d(
             xbc.T.unsqueeze(0),
-            conv.weight.detach().to(f64),
-            None if conv.bias is None else conv.bias.detach().to(f64),
+            conv.weight.detach().to(proj.device, f64),
+            None if conv.bias is None else conv.bias.detach().to(proj.device, f64),
             padding=k - 1,
             groups=conv_dim,
         )[0, :, :L].T
-        y = m.act(y)
+        act = getattr(m, "act", None)
+        y = act(y) if act is not None else F.silu(y)
         if self._mask is not None:
             y = y * self._mask[sample if self._mask.shape[0] > 1 else 0].to(y.device, f64)[:, None]
         x, Bm, Cm = torch.split(y, [inter, G * N, G * N], dim=-1)
-        dt = F.softplus(dt_raw + m.dt_bias.detach().to(f64))
-        lo, hi = m.time_step_limit
-        dt = torch.clamp(dt, min=float(lo), max=float(hi))
-        return x.reshape(L, H, P), Bm.reshape(L, G, N), Cm.reshape(L, G, N), dt
+        dt = F.softplus(dt_raw + m.dt_bias.detach().to(y.device, f64))
+        lim = getattr(m, "time_step_limit", None)
+        if lim is not None:
+            lo, hi = lim
+            dt = torch.clamp(dt, min=float(lo), max=float(hi))
+        return x.reshape(L, H, P).cpu(), Bm.reshape(L, G, N).cpu(), Cm.reshape(L, G, N).cpu(), dt.cpu()
 
-    def operators(self, sample: int = 0) -> OperatorSet:
+    def factors(self, sample: int = 0) -> OperatorSet:
         m = self.module
         H, P, G, N = int(m.num_heads), int(m.head_dim), int(m.n_groups), int(m.ssm_state_size)
+        inter, conv_dim = int(m.intermediate_size), int(m.conv_dim)
         with torch.no_grad():
-            _, Bm, Cm, dt = self._xbc(sample)
+            x, Bm, Cm, dt = self._xbc(sample)
             L = dt.shape[0]
             rep = H // G
-            Bh = Bm.repeat_interleave(rep, dim=1).permute(0, 2, 1)  # (L, N, H)
-            Ch = Cm.repeat_interleave(rep, dim=1).permute(0, 2, 1)
-            A = -torch.exp(m.A_log.detach().to(torch.float64))  # (H,)
-            D = m.D.detach().to(torch.float64)
-            ops = np.empty((H, L, L), dtype=np.float64)
-            # scalar decay: contract over N first, then one decay per head
-            cb = torch.einsum("tnh,snh->hts", Ch, Bh)
-            cum = torch.cumsum(dt, dim=0)
-            tri = _causal_keep(L, dt.device)
-            diff = (cum.T[:, :, None] - cum.T[:, None, :]).masked_fill_(~tri, 0.0)
-            T = cb * torch.exp(A[:, None, None] * diff) * dt.T[:, None, :]
-            T.masked_fill_(~tri, 0.0)
-            T += torch.diag_embed(D[:, None].expand(H, L))
-            ops[...] = T.cpu().numpy()
+            Bh = Bm.repeat_interleave(rep, dim=1).permute(1, 0, 2)  # (H, L, N)
+            Ch = Cm.repeat_interleave(rep, dim=1).permute(1, 0, 2)
+            A = -torch.exp(m.A_log.detach().to(torch.float64).cpu())  # (H,)
+            D = m.D.detach().to(torch.float64).cpu()
+            fa = torch.exp(dt.T * A[:, None])  # (H, L)
+            fb = dt.T[:, :, None] * Bh
+            fac = Factors("scalar", fa.numpy(), fb.contiguous().numpy(), Ch.contiguous().numpy(), D[:, None].expand(H, L).numpy())
+            rec = fac.apply(x.permute(1, 0, 2)).permute(1, 0, 2).reshape(L, H * P)
+            direct = (D[None, :, None] * x).reshape(L, H * P)
+            if self._normin is not None:
+                err = verify(self.name, rec, self._normin[sample], self._normin.dtype, "scan output (input of the gated norm)",
+                             direct=direct)
+            elif self._y is not None:
+                proj = self._projection(sample).cpu()
+                sg = F.silu(gate := proj[:, -(inter + conv_dim + H) : -(conv_dim + H)])
+                err = verify(self.name, rec * sg, self._y[sample], self._y.dtype, "gated scan output (input of out_proj)",
+                             direct=direct * sg)
+            else:
+                raise InvalidArgumentError(f"{self.name}: refused: the scan output was not captured; nothing to check against")
         return OperatorSet(
             layer=self.name,
             kind=self.kind,
-            operators=ops,
+            operators=None,
             labels=[f"head {h}" for h in range(H)],
             tss=[float(N)] * H,
             shared=[P] * H,
-            note="Mamba-2 (SSD, scalar decay per head); operator on the convolved x, output before the gated norm",
+            note=f"Mamba-2 (SSD, scalar decay per head); operator on the convolved x, output before the gated norm; checked (rel. err {err:.1e})",
+            factors=fac,
+            check_error=err,
         )
 
 
-register(_is_mamba_mixer, MambaMixerExtractor)
-register(_is_mamba2_mixer, Mamba2MixerExtractor)
+register(is_selective_ssm, MambaMixerExtractor)
+register(is_ssd_mixer, Mamba2MixerExtractor)

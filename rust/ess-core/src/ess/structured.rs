@@ -26,7 +26,11 @@
 //! to a triangular factor; a Householder QR after a dense transition). Diagonal and scalar
 //! transitions keep the factor triangular, so a step costs `O(N^2)`; a dense `A_t` costs
 //! `O(N^3)`. Each split then needs the `N x N` product `S_O^T S_R` and its singular values
-//! (`O(N^3)`). Nothing is squared, so small singular values keep the accuracy of an SVD of
+//! (`O(N^3)`). For `N <= 64` these small problems are batched, eight splits of a channel at a
+//! time, through an allocation-free Golub-Reinsch whose bidiagonalisation runs in lockstep over
+//! the eight matrices (AVX2/FMA by runtime dispatch) and whose QR chases are interleaved step by
+//! step; larger `N` (and any lane that does not converge) go to faer's SVD. Every worker thread
+//! keeps its buffers across the channels it takes. Nothing is squared, so small singular values keep the accuracy of an SVD of
 //! `S_O^T S_R`, i.e. about `eps * ||S_O|| ||S_R||` absolute.
 //!
 //! # Scaling
@@ -149,8 +153,10 @@ pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Re
         for b in 0..f.batch {
             rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
         }
-        rows.into_par_iter().try_for_each(|(ch, tr, er)| {
-            let res = one_channel(f, ch, &positions, &tol, want_tol, want_ent)?;
+        // Channels are independent small problems: one workspace per worker thread, reused across the
+        // channels it takes (no allocation or page faults per channel or split).
+        rows.into_par_iter().with_min_len(4).try_for_each_init(Workspace::default, |ws, (ch, tr, er)| {
+            let res = one_channel(f, ch, &positions, &tol, want_tol, want_ent, ws)?;
             if let Some(tr) = tr {
                 for (o, r) in tr.iter_mut().zip(&res) {
                     *o = r.0;
@@ -393,7 +399,7 @@ impl Factor {
             if y == 0.0 {
                 continue;
             }
-            let r = x.hypot(y);
+            let r = fast_hypot(x, y);
             let (c, s) = (x / r, y / r);
             self.s[j * n + j] = r;
             w[j] = 0.0;
@@ -424,22 +430,27 @@ struct Channel {
 }
 
 impl Channel {
-    fn new<F: Scalar>(f: &SsmFactors<'_, F>, ch: usize) -> Self {
+    /// The factors of channel `ch` in f64, in buffers recycled from `old` (no allocation, hence no
+    /// page faults, per channel).
+    fn new<F: Scalar>(f: &SsmFactors<'_, F>, ch: usize, old: Option<Channel>) -> Self {
         let (l, n) = (f.l, f.n);
-        let conv = |x: &[F]| x.iter().map(|&v| v.into()).collect::<Vec<f64>>();
-        let a = match f.kind {
-            Transition::Identity => Vec::new(),
-            Transition::Scalar => conv(&f.a[ch * l..(ch + 1) * l]),
-            Transition::Diagonal => conv(&f.a[ch * l * n..(ch + 1) * l * n]),
-            Transition::Dense => conv(&f.a[ch * l * n * n..(ch + 1) * l * n * n]),
+        let (mut a, mut b, mut c) = match old {
+            Some(o) => (o.a, o.b, o.c),
+            None => (Vec::new(), Vec::new(), Vec::new()),
         };
-        Channel {
-            kind: f.kind,
-            n,
-            a,
-            b: conv(&f.b[ch * l * n..(ch + 1) * l * n]),
-            c: conv(&f.c[ch * l * n..(ch + 1) * l * n]),
+        let conv = |dst: &mut Vec<f64>, x: &[F]| {
+            dst.clear();
+            dst.extend(x.iter().map(|&v| -> f64 { v.into() }));
+        };
+        match f.kind {
+            Transition::Identity => a.clear(),
+            Transition::Scalar => conv(&mut a, &f.a[ch * l..(ch + 1) * l]),
+            Transition::Diagonal => conv(&mut a, &f.a[ch * l * n..(ch + 1) * l * n]),
+            Transition::Dense => conv(&mut a, &f.a[ch * l * n * n..(ch + 1) * l * n * n]),
         }
+        conv(&mut b, &f.b[ch * l * n..(ch + 1) * l * n]);
+        conv(&mut c, &f.c[ch * l * n..(ch + 1) * l * n]);
+        Channel { kind: f.kind, n, a, b, c }
     }
     fn step(&self, t: usize) -> Step<'_> {
         let n = self.n;
@@ -459,6 +470,18 @@ impl Channel {
     }
 }
 
+/// Buffers of one worker, reused across channels.
+#[derive(Default)]
+struct Workspace {
+    st_s: Vec<f64>,
+    st_e: Vec<i64>,
+    st_tri: Vec<bool>,
+    st_idx: Vec<usize>,
+    lanes_a: Vec<f64>,
+    svd: Option<BatchSvd>,
+    chan: Option<Channel>,
+}
+
 fn one_channel<F: Scalar>(
     f: &SsmFactors<'_, F>,
     ch: usize,
@@ -466,9 +489,10 @@ fn one_channel<F: Scalar>(
     tol: &Tolerance,
     want_tol: bool,
     want_ent: bool,
+    ws: &mut Workspace,
 ) -> Result<Vec<(f64, f64)>> {
     let (l, n) = (f.l, f.n);
-    let chan = Channel::new(f, ch);
+    let chan = Channel::new(f, ch, ws.chan.take());
     let mut out = vec![(0.0, 0.0); positions.len()];
     // Requested splits with 1 <= t <= L-1 (t = 0 is 0 by convention).
     let mut slot = vec![usize::MAX; l];
@@ -480,15 +504,31 @@ fn one_channel<F: Scalar>(
     let Some(t_min) = (1..l).find(|&t| slot[t] != usize::MAX) else {
         return Ok(out);
     };
-    // Backward: S_O(t) = tri(A_t^T [c_t, S_O(t+1)]), S_O(L) = 0. Stored at requested t.
+    // Backward: S_O(t) = tri(A_t^T [c_t, S_O(t+1)]), S_O(L) = 0. Stored at requested t, in one
+    // flat buffer (no allocation per split).
+    let n_slots = (t_min..l).filter(|&t| slot[t] != usize::MAX).count();
+    let nn = n * n;
+    let need = checked_size("B", &[n_slots, nn])?;
+    let Workspace { st_s, st_e, st_tri, st_idx, lanes_a, svd, chan: chan_slot } = ws;
+    st_s.resize(need, 0.0);
+    st_e.resize(n_slots * n, 0);
+    st_tri.resize(n_slots, true);
+    st_idx.clear();
+    st_idx.resize(l, usize::MAX);
     let mut so = Factor::zeros(n);
-    let mut stored: Vec<Option<Factor>> = vec![None; l];
-    for t in (t_min..l).rev() {
-        crate::interrupt::check()?;
-        so.append(&chan.c[t * n..(t + 1) * n]);
-        chan.apply(&mut so, t, true);
-        if slot[t] != usize::MAX {
-            stored[t] = Some(so.clone());
+    {
+        let mut k = 0usize;
+        for t in (t_min..l).rev() {
+            crate::interrupt::check()?;
+            so.append(&chan.c[t * n..(t + 1) * n]);
+            chan.apply(&mut so, t, true);
+            if slot[t] != usize::MAX {
+                st_s[k * nn..(k + 1) * nn].copy_from_slice(&so.s);
+                st_e[k * n..(k + 1) * n].copy_from_slice(&so.e);
+                st_tri[k] = so.tri;
+                st_idx[t] = k;
+                k += 1;
+            }
         }
     }
     drop(so);
@@ -496,18 +536,39 @@ fn one_channel<F: Scalar>(
     let mut sr = Factor::zeros(n);
     sr.append(&chan.b[0..n]);
     let t_max = (1..l).rev().find(|&t| slot[t] != usize::MAX).unwrap_or(t_min);
-    let mut mem = {
-        let scratch = faer::linalg::svd::svd_scratch::<f64>(
-            n,
-            n,
-            faer::linalg::svd::ComputeSvdVectors::No,
-            faer::linalg::svd::ComputeSvdVectors::No,
-            Par::Seq,
-            Default::default(),
-        );
-        MemBuffer::new(scratch)
+    if svd.as_ref().map_or(true, |s| s.n != n) {
+        *svd = Some(BatchSvd::new(n));
+    }
+    let svd = svd.as_mut().expect("workspace SVD");
+    let mut g: Vec<Option<i64>> = vec![None; n];
+    lanes_a.clear();
+    lanes_a.resize(LANES * nn, 0.0);
+    let mut pending: Vec<(usize, i64)> = Vec::with_capacity(LANES);
+    // Singular values of the pending lanes -> curves.
+    let flush = |pending: &mut Vec<(usize, i64)>, lanes_a: &mut Vec<f64>, svd: &mut BatchSvd, out: &mut Vec<(f64, f64)>| -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let sv = svd.values(lanes_a, pending.len())?;
+        for (lane, &(t, gmax)) in pending.iter().enumerate() {
+            let mut sigma = sv[lane].clone();
+            // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
+            // (what the N x N product shows there is rounding).
+            sigma.truncate(t.min(l - t));
+            let smax = sigma.first().copied().unwrap_or(0.0);
+            let tol_s = match tol.atol {
+                Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
+                None => *tol,
+            };
+            let tau = tol_s.threshold(smax, l - t, t);
+            out[slot[t]] = (
+                if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+                if want_ent { entropy_ess(&sigma) } else { 0.0 },
+            );
+        }
+        pending.clear();
+        Ok(())
     };
-    let mut w = Mat::<f64>::zeros(n, n);
     for t in 1..=t_max {
         crate::interrupt::check()?;
         if t > 1 {
@@ -517,57 +578,726 @@ fn one_channel<F: Scalar>(
         if slot[t] == usize::MAX {
             continue;
         }
-        let so = stored[t].take().expect("stored backward factor");
+        let k = st_idx[t];
+        let so_s = &st_s[k * nn..(k + 1) * nn];
+        let so_e = &st_e[k * n..(k + 1) * n];
+        let so_tri = st_tri[k];
         // Combined row exponents over rows that are nonzero in both factors.
-        let nz = |fac: &Factor, k: usize| fac.row_cols(k).any(|j| fac.at(k, j) != 0.0);
-        let g: Vec<Option<i64>> =
-            (0..n).map(|k| (nz(&sr, k) && nz(&so, k)).then(|| sr.e[k] + so.e[k])).collect();
-        let gmax = g.iter().flatten().copied().max();
-        let (sigma, gmax) = match gmax {
-            None => (Vec::new(), 0),
+        let so_cols = |r: usize| if so_tri { 0..r + 1 } else { 0..n };
+        let mut gmax: Option<i64> = None;
+        for r in 0..n {
+            let nz_r = sr.row_cols(r).any(|j| sr.s[j * n + r] != 0.0);
+            let nz_o = so_cols(r).any(|j| so_s[j * n + r] != 0.0);
+            g[r] = (nz_r && nz_o).then(|| sr.e[r] + so_e[r]);
+            if let Some(x) = g[r] {
+                gmax = Some(gmax.map_or(x, |m: i64| m.max(x)));
+            }
+        }
+        match gmax {
+            None => {
+                // a zero block: no singular value
+                let sigma: [f64; 0] = [];
+                let tau = tol.threshold(0.0, l - t, t);
+                out[slot[t]] = (
+                    if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+                    if want_ent { entropy_ess(&sigma) } else { 0.0 },
+                );
+            }
             Some(gmax) => {
-                // W = S_O^T diag(2^(g - gmax)) S_R.
-                for j in 0..n {
-                    for i in 0..n {
-                        w[(i, j)] = 0.0;
-                    }
-                }
-                for k in 0..n {
-                    let Some(gk) = g[k] else { continue };
-                    let sc = ldexp(1.0, gk - gmax);
+                // W = S_O^T diag(2^(g - gmax)) S_R into the next lane of the batch.
+                let lane = pending.len();
+                let w = &mut lanes_a[lane * nn..(lane + 1) * nn];
+                w.iter_mut().for_each(|x| *x = 0.0);
+                for r in 0..n {
+                    let Some(gr) = g[r] else { continue };
+                    let sc = ldexp(1.0, gr - gmax);
                     if sc == 0.0 {
                         continue;
                     }
-                    for j in sr.row_cols(k) {
-                        let srk = sr.at(k, j) * sc;
-                        if srk == 0.0 {
+                    let ocols = so_cols(r);
+                    for j in sr.row_cols(r) {
+                        let srj = sr.s[j * n + r] * sc;
+                        if srj == 0.0 {
                             continue;
                         }
-                        for i in so.row_cols(k) {
-                            w[(i, j)] += so.at(k, i) * srk;
+                        let col = &mut w[j * n..(j + 1) * n];
+                        for i in ocols.clone() {
+                            col[i] += so_s[i * n + r] * srj;
                         }
                     }
                 }
-                let mut sv = singular_values(w.as_ref(), &mut mem)?;
-                // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
-                // (what the N x N product shows there is rounding).
-                sv.truncate(t.min(l - t));
-                (sv, gmax)
+                pending.push((t, gmax));
+                if pending.len() == LANES {
+                    flush(&mut pending, lanes_a, svd, &mut out)?;
+                }
             }
-        };
-        let smax = sigma.first().copied().unwrap_or(0.0);
-        let tol_s = match tol.atol {
-            Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
-            None => *tol,
-        };
-        let tau = tol_s.threshold(smax, l - t, t);
-        out[slot[t]] = (
-            if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
-            if want_ent { entropy_ess(&sigma) } else { 0.0 },
-        );
+        }
     }
+    flush(&mut pending, lanes_a, svd, &mut out)?;
+    *chan_slot = Some(chan);
     Ok(out)
 }
+
+/// Singular values of a small square matrix held in `a` (column-major, `n x n`): a
+/// Householder bidiagonalisation and implicit-shift QR on the bidiagonal (Golub-Reinsch, values
+/// only), without allocation per call. Absolute accuracy about `eps * ||a||`, as the dense
+/// kernel's SVD. Falls back to faer's SVD if the iteration does not converge or produces a
+/// non-finite value (never observed; a safety net).
+struct SmallSvd {
+    n: usize,
+    a: Vec<f64>,
+    w: Vec<f64>,
+    rv1: Vec<f64>,
+    backup: Vec<f64>,
+    mem: Option<MemBuffer>,
+}
+
+/// `sqrt(a^2 + b^2)` without over/underflow: the plain formula when it is safe, else [`pythag`].
+#[inline(always)]
+fn fast_hypot(a: f64, b: f64) -> f64 {
+    let s = a * a + b * b;
+    if s > 1e-290 && s < 1e290 {
+        s.sqrt()
+    } else {
+        pythag(a, b)
+    }
+}
+
+#[inline]
+fn pythag(a: f64, b: f64) -> f64 {
+    let (x, y) = (a.abs(), b.abs());
+    if x > y {
+        let r = y / x;
+        x * (1.0 + r * r).sqrt()
+    } else if y == 0.0 {
+        0.0
+    } else {
+        let r = x / y;
+        y * (1.0 + r * r).sqrt()
+    }
+}
+
+impl SmallSvd {
+    fn new(n: usize) -> Self {
+        SmallSvd { n, a: vec![0.0; n * n], w: vec![0.0; n], rv1: vec![0.0; n], backup: vec![0.0; n * n], mem: None }
+    }
+
+    /// Singular values of `self.a` (destroyed), sorted decreasingly.
+    fn values(&mut self) -> Result<Vec<f64>> {
+        let n = self.n;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        self.backup.copy_from_slice(&self.a);
+        let ok = n <= SMALL_SVD_MAX && self.golub_reinsch();
+        let mut v: Vec<f64> = if ok {
+            self.w.iter().map(|x| x.abs()).collect()
+        } else {
+            let m = MatRef::from_column_major_slice(&self.backup, n, n);
+            let mem = self.mem.get_or_insert_with(|| {
+                MemBuffer::new(faer::linalg::svd::svd_scratch::<f64>(
+                    n,
+                    n,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    Par::Seq,
+                    Default::default(),
+                ))
+            });
+            singular_values(m, mem)?
+        };
+        v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+        Ok(v)
+    }
+
+    /// Golub-Reinsch on `a` (square, column-major), singular values (signed) into `w`.
+    /// Returns false when the QR iteration did not converge or a value is not finite.
+    fn golub_reinsch(&mut self) -> bool {
+        let n = self.n;
+        let a = &mut self.a;
+        let w = &mut self.w;
+        let rv1 = &mut self.rv1;
+        // A[i][j] = a[j * n + i]
+        let (mut g, mut scale, mut anorm) = (0.0f64, 0.0f64, 0.0f64);
+        for i in 0..n {
+            let l = i + 1;
+            rv1[i] = scale * g;
+            g = 0.0;
+            scale = 0.0;
+            let mut s;
+            // Left Householder on column i, rows i..n (contiguous).
+            {
+                let ci = i * n;
+                for k in i..n {
+                    scale += a[ci + k].abs();
+                }
+                if scale != 0.0 {
+                    s = 0.0;
+                    let inv = 1.0 / scale;
+                    for k in i..n {
+                        a[ci + k] *= inv;
+                        s += a[ci + k] * a[ci + k];
+                    }
+                    let f = a[ci + i];
+                    g = -s.sqrt().copysign(f);
+                    let h = f * g - s;
+                    a[ci + i] = f - g;
+                    for j in l..n {
+                        let cj = j * n;
+                        let mut sj = 0.0;
+                        for k in i..n {
+                            sj += a[ci + k] * a[cj + k];
+                        }
+                        let fj = sj / h;
+                        for k in i..n {
+                            a[cj + k] += fj * a[ci + k];
+                        }
+                    }
+                    for k in i..n {
+                        a[ci + k] *= scale;
+                    }
+                }
+            }
+            w[i] = scale * g;
+            g = 0.0;
+            scale = 0.0;
+            // Right Householder on row i, columns l..n.
+            if i + 1 != n {
+                for k in l..n {
+                    scale += a[k * n + i].abs();
+                }
+                if scale != 0.0 {
+                    s = 0.0;
+                    let inv = 1.0 / scale;
+                    for k in l..n {
+                        a[k * n + i] *= inv;
+                        s += a[k * n + i] * a[k * n + i];
+                    }
+                    let f = a[l * n + i];
+                    g = -s.sqrt().copysign(f);
+                    let h = f * g - s;
+                    a[l * n + i] = f - g;
+                    for k in l..n {
+                        rv1[k] = a[k * n + i] / h;
+                    }
+                    // rows j = l..n: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..], done column-wise.
+                    let mut dots = [0.0f64; SMALL_SVD_MAX];
+                    for k in l..n {
+                        let aik = a[k * n + i];
+                        let ck = k * n;
+                        for j in l..n {
+                            dots[j] += a[ck + j] * aik;
+                        }
+                    }
+                    for k in l..n {
+                        let r = rv1[k];
+                        let ck = k * n;
+                        for j in l..n {
+                            a[ck + j] += dots[j] * r;
+                        }
+                    }
+                    for k in l..n {
+                        a[k * n + i] *= scale;
+                    }
+                }
+            }
+            anorm = anorm.max(w[i].abs() + rv1[i].abs());
+        }
+        if !anorm.is_finite() {
+            return false;
+        }
+        if anorm == 0.0 {
+            return true;
+        }
+        // Diagonalisation of the bidiagonal (w: diagonal, rv1[1..]: superdiagonal).
+        for k in (0..n).rev() {
+            let mut its = 0;
+            loop {
+                let mut flag = true;
+                let mut l = k;
+                loop {
+                    if l == 0 || rv1[l].abs() + anorm == anorm {
+                        flag = false;
+                        break;
+                    }
+                    if w[l - 1].abs() + anorm == anorm {
+                        break;
+                    }
+                    l -= 1;
+                }
+                if flag {
+                    // Cancel rv1[l] (w[l-1] is negligible).
+                    let (mut c, mut s) = (0.0f64, 1.0f64);
+                    for i in l..=k {
+                        let f = s * rv1[i];
+                        rv1[i] *= c;
+                        if f.abs() + anorm == anorm {
+                            break;
+                        }
+                        let gg = w[i];
+                        let h = fast_hypot(f, gg);
+                        w[i] = h;
+                        let hi = 1.0 / h;
+                        c = gg * hi;
+                        s = -f * hi;
+                    }
+                }
+                let z = w[k];
+                if l == k {
+                    if z < 0.0 {
+                        w[k] = -z;
+                    }
+                    break;
+                }
+                its += 1;
+                if its > 75 {
+                    return false;
+                }
+                let mut x = w[l];
+                let nm = k - 1;
+                let mut y = w[nm];
+                let mut gg = rv1[nm];
+                let mut h = rv1[k];
+                if x == 0.0 || h == 0.0 || y == 0.0 {
+                    return false;
+                }
+                let mut f = ((y - z) * (y + z) + (gg - h) * (gg + h)) / (2.0 * h * y);
+                gg = pythag(f, 1.0);
+                f = ((x - z) * (x + z) + h * ((y / (f + gg.copysign(f))) - h)) / x;
+                let (mut c, mut s) = (1.0f64, 1.0f64);
+                for j in l..=nm {
+                    let i = j + 1;
+                    gg = rv1[i];
+                    y = w[i];
+                    h = s * gg;
+                    gg *= c;
+                    let mut zz = fast_hypot(f, h);
+                    rv1[j] = zz;
+                    if zz == 0.0 {
+                        return false;
+                    }
+                    let iz = 1.0 / zz;
+                    c = f * iz;
+                    s = h * iz;
+                    f = x * c + gg * s;
+                    gg = gg * c - x * s;
+                    h = y * s;
+                    y *= c;
+                    zz = fast_hypot(f, h);
+                    w[j] = zz;
+                    if zz != 0.0 {
+                        zz = 1.0 / zz;
+                        c = f * zz;
+                        s = h * zz;
+                    }
+                    f = c * gg + s * y;
+                    x = c * y - s * gg;
+                }
+                rv1[l] = 0.0;
+                rv1[k] = f;
+                w[k] = x;
+                if !(f.is_finite() && x.is_finite()) {
+                    return false;
+                }
+            }
+        }
+        w.iter().all(|x| x.is_finite())
+    }
+}
+
+
+/// Splits whose singular values are computed together (interleaved, see [`BatchSvd`]).
+const LANES: usize = 8;
+
+/// Singular values of up to [`LANES`] small square matrices at once: the same Golub-Reinsch as
+/// [`SmallSvd`], with the matrices interleaved lane-minor (`a[(j * n + i) * LANES + lane]`), so that
+/// the bidiagonalisation runs in lockstep over the lanes (vectorised) and the QR chases of the
+/// lanes, each a chain of dependent square roots and divisions, overlap in the processor. A lane
+/// that does not converge falls back to [`SmallSvd`] (and faer).
+struct BatchSvd {
+    n: usize,
+    a: Vec<f64>,
+    w: Vec<f64>,
+    rv1: Vec<f64>,
+    single: SmallSvd,
+}
+
+impl BatchSvd {
+    fn new(n: usize) -> Self {
+        BatchSvd {
+            n,
+            a: vec![0.0; n * n * LANES],
+            w: vec![0.0; n * LANES],
+            rv1: vec![0.0; n * LANES],
+            single: SmallSvd::new(n),
+        }
+    }
+
+    /// Singular values (decreasing) of the `m <= LANES` column-major matrices in `src` (lane `q` at
+    /// `src[q * n * n..]`).
+    fn values(&mut self, src: &[f64], m: usize) -> Result<Vec<Vec<f64>>> {
+        let n = self.n;
+        let nn = n * n;
+        if n > SMALL_SVD_MAX {
+            let mut out = Vec::with_capacity(m);
+            for q in 0..m {
+                self.single.a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
+                out.push(self.single.values()?);
+            }
+            return Ok(out);
+        }
+        const K: usize = LANES;
+        for q in 0..K {
+            for e in 0..nn {
+                self.a[e * K + q] = if q < m { src[q * nn + e] } else { 0.0 };
+            }
+        }
+        let ok = self.bidiagonalise_and_chase();
+        let mut out = Vec::with_capacity(m);
+        for q in 0..m {
+            if ok[q] {
+                let mut v: Vec<f64> = (0..n).map(|i| self.w[i * K + q].abs()).collect();
+                v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+                out.push(v);
+            } else {
+                self.single.a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
+                out.push(self.single.values()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::body`], compiled for AVX2 + FMA when the processor has them (runtime dispatch; the
+    /// package is built for the baseline instruction set).
+    fn bidiagonalise_and_chase(&mut self) -> [bool; LANES] {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::sync::OnceLock;
+            static HAS: OnceLock<bool> = OnceLock::new();
+            if *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+                // SAFETY: the features were detected at run time.
+                return unsafe { self.body_avx2() };
+            }
+        }
+        self.body()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn body_avx2(&mut self) -> [bool; LANES] {
+        self.body()
+    }
+
+    #[inline(always)]
+    fn body(&mut self) -> [bool; LANES] {
+        const K: usize = LANES;
+        let n = self.n;
+        let a = &mut self.a;
+        let w = &mut self.w;
+        let rv1 = &mut self.rv1;
+        let ix = |i: usize, j: usize| (j * n + i) * K; // A[i][j], lane 0
+        let mut g = [0.0f64; K];
+        let mut scale = [0.0f64; K];
+        let mut anorm = [0.0f64; K];
+        for i in 0..n {
+            let l = i + 1;
+            for q in 0..K {
+                rv1[i * K + q] = scale[q] * g[q];
+            }
+            // Left Householder on column i.
+            let mut sc = [0.0f64; K];
+            for k in i..n {
+                let b = ix(k, i);
+                for q in 0..K {
+                    sc[q] += a[b + q].abs();
+                }
+            }
+            let mut inv = [0.0f64; K];
+            for q in 0..K {
+                inv[q] = if sc[q] != 0.0 { 1.0 / sc[q] } else { 0.0 };
+            }
+            let mut ss = [0.0f64; K];
+            for k in i..n {
+                let b = ix(k, i);
+                for q in 0..K {
+                    let v = a[b + q] * inv[q];
+                    a[b + q] = v;
+                    ss[q] += v * v;
+                }
+            }
+            let mut hinv = [0.0f64; K];
+            let mut gl = [0.0f64; K];
+            {
+                let b = ix(i, i);
+                for q in 0..K {
+                    let f = a[b + q];
+                    let gg = -ss[q].sqrt().copysign(f);
+                    let h = f * gg - ss[q];
+                    hinv[q] = if h != 0.0 { 1.0 / h } else { 0.0 };
+                    a[b + q] = f - gg;
+                    gl[q] = gg;
+                }
+            }
+            for j in l..n {
+                let mut sj = [0.0f64; K];
+                for k in i..n {
+                    let (bi, bj) = (ix(k, i), ix(k, j));
+                    for q in 0..K {
+                        sj[q] += a[bi + q] * a[bj + q];
+                    }
+                }
+                for q in 0..K {
+                    sj[q] *= hinv[q];
+                }
+                for k in i..n {
+                    let (bi, bj) = (ix(k, i), ix(k, j));
+                    for q in 0..K {
+                        a[bj + q] += sj[q] * a[bi + q];
+                    }
+                }
+            }
+            for k in i..n {
+                let b = ix(k, i);
+                for q in 0..K {
+                    a[b + q] *= sc[q];
+                }
+            }
+            for q in 0..K {
+                w[i * K + q] = sc[q] * gl[q];
+            }
+            g = [0.0; K];
+            scale = [0.0; K];
+            // Right Householder on row i, columns l..n.
+            if i + 1 != n {
+                let mut sc = [0.0f64; K];
+                for k in l..n {
+                    let b = ix(i, k);
+                    for q in 0..K {
+                        sc[q] += a[b + q].abs();
+                    }
+                }
+                let mut inv = [0.0f64; K];
+                for q in 0..K {
+                    inv[q] = if sc[q] != 0.0 { 1.0 / sc[q] } else { 0.0 };
+                }
+                let mut ss = [0.0f64; K];
+                for k in l..n {
+                    let b = ix(i, k);
+                    for q in 0..K {
+                        let v = a[b + q] * inv[q];
+                        a[b + q] = v;
+                        ss[q] += v * v;
+                    }
+                }
+                let mut hinv = [0.0f64; K];
+                {
+                    let b = ix(i, l);
+                    for q in 0..K {
+                        let f = a[b + q];
+                        let gg = -ss[q].sqrt().copysign(f);
+                        let h = f * gg - ss[q];
+                        hinv[q] = if h != 0.0 { 1.0 / h } else { 0.0 };
+                        a[b + q] = f - gg;
+                        g[q] = gg;
+                    }
+                }
+                for k in l..n {
+                    let b = ix(i, k);
+                    for q in 0..K {
+                        rv1[k * K + q] = a[b + q] * hinv[q];
+                    }
+                }
+                // rows j > i: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..]
+                for j in l..n {
+                    let mut d = [0.0f64; K];
+                    for k in l..n {
+                        let (bj, bi) = (ix(j, k), ix(i, k));
+                        for q in 0..K {
+                            d[q] += a[bj + q] * a[bi + q];
+                        }
+                    }
+                    for k in l..n {
+                        let bj = ix(j, k);
+                        for q in 0..K {
+                            a[bj + q] += d[q] * rv1[k * K + q];
+                        }
+                    }
+                }
+                for k in l..n {
+                    let b = ix(i, k);
+                    for q in 0..K {
+                        a[b + q] *= sc[q];
+                    }
+                }
+                scale = sc;
+            }
+            for q in 0..K {
+                anorm[q] = anorm[q].max(w[i * K + q].abs() + rv1[i * K + q].abs());
+            }
+        }
+        // QR on the bidiagonals; the chases of the lanes are interleaved step by step.
+        let mut ok = [true; K];
+        let mut kk = [0usize; K];
+        let mut its = [0usize; K];
+        let mut done = [false; K];
+        for q in 0..K {
+            if !anorm[q].is_finite() {
+                ok[q] = false;
+                done[q] = true;
+            } else if anorm[q] == 0.0 {
+                done[q] = true;
+                for i in 0..n {
+                    w[i * K + q] = 0.0;
+                }
+            }
+            kk[q] = n - 1;
+        }
+        let wi = |i: usize, q: usize| i * K + q;
+        let mut lo = [0usize; K];
+        let mut cnt = [0usize; K]; // chase steps of this round (0: no sweep)
+        let mut cc = [0.0f64; K];
+        let mut sn = [0.0f64; K];
+        let mut ff = [0.0f64; K];
+        let mut xx = [0.0f64; K];
+        while done.iter().any(|d| !d) {
+            let mut maxcnt = 0usize;
+            for q in 0..K {
+                cnt[q] = 0;
+                if done[q] {
+                    continue;
+                }
+                let an = anorm[q];
+                let k = kk[q];
+                let mut flag = true;
+                let mut l = k;
+                loop {
+                    if l == 0 || rv1[wi(l, q)].abs() + an == an {
+                        flag = false;
+                        break;
+                    }
+                    if w[wi(l - 1, q)].abs() + an == an {
+                        break;
+                    }
+                    l -= 1;
+                }
+                if flag {
+                    let (mut c, mut s) = (0.0f64, 1.0f64);
+                    for i in l..=k {
+                        let f = s * rv1[wi(i, q)];
+                        rv1[wi(i, q)] *= c;
+                        if f.abs() + an == an {
+                            break;
+                        }
+                        let gg = w[wi(i, q)];
+                        let h = fast_hypot(f, gg);
+                        w[wi(i, q)] = h;
+                        let hi = 1.0 / h;
+                        c = gg * hi;
+                        s = -f * hi;
+                    }
+                }
+                let z = w[wi(k, q)];
+                if l == k {
+                    if z < 0.0 {
+                        w[wi(k, q)] = -z;
+                    }
+                    its[q] = 0;
+                    if k == 0 {
+                        done[q] = true;
+                    } else {
+                        kk[q] = k - 1;
+                    }
+                    continue;
+                }
+                its[q] += 1;
+                let x = w[wi(l, q)];
+                let y = w[wi(k - 1, q)];
+                let gq = rv1[wi(k - 1, q)];
+                let h = rv1[wi(k, q)];
+                if its[q] > 75 || x == 0.0 || h == 0.0 || y == 0.0 {
+                    ok[q] = false;
+                    done[q] = true;
+                    continue;
+                }
+                let mut f = ((y - z) * (y + z) + (gq - h) * (gq + h)) / (2.0 * h * y);
+                let g1 = pythag(f, 1.0);
+                f = ((x - z) * (x + z) + h * ((y / (f + g1.copysign(f))) - h)) / x;
+                lo[q] = l;
+                cnt[q] = k - l; // steps j = l..k-1
+                cc[q] = 1.0;
+                sn[q] = 1.0;
+                ff[q] = f;
+                xx[q] = x;
+                maxcnt = maxcnt.max(cnt[q]);
+            }
+            for step in 0..maxcnt {
+                for q in 0..K {
+                    if step >= cnt[q] {
+                        continue;
+                    }
+                    let j = lo[q] + step;
+                    let i = j + 1;
+                    let (mut c, mut s, mut f, mut x) = (cc[q], sn[q], ff[q], xx[q]);
+                    let mut gg = rv1[wi(i, q)];
+                    let mut y = w[wi(i, q)];
+                    let mut h = s * gg;
+                    gg *= c;
+                    let mut z = fast_hypot(f, h);
+                    rv1[wi(j, q)] = z;
+                    if z == 0.0 {
+                        // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
+                        ok[q] = false;
+                        done[q] = true;
+                        cnt[q] = 0;
+                        continue;
+                    }
+                    let iz = 1.0 / z;
+                    c = f * iz;
+                    s = h * iz;
+                    f = x * c + gg * s;
+                    gg = gg * c - x * s;
+                    h = y * s;
+                    y *= c;
+                    z = fast_hypot(f, h);
+                    w[wi(j, q)] = z;
+                    if z != 0.0 {
+                        let iz = 1.0 / z;
+                        c = f * iz;
+                        s = h * iz;
+                    }
+                    f = c * gg + s * y;
+                    x = c * y - s * gg;
+                    cc[q] = c;
+                    sn[q] = s;
+                    ff[q] = f;
+                    xx[q] = x;
+                }
+            }
+            for q in 0..K {
+                if cnt[q] == 0 || done[q] {
+                    continue;
+                }
+                let (l, k) = (lo[q], kk[q]);
+                rv1[wi(l, q)] = 0.0;
+                rv1[wi(k, q)] = ff[q];
+                w[wi(k, q)] = xx[q];
+                if !(ff[q].is_finite() && xx[q].is_finite()) {
+                    ok[q] = false;
+                    done[q] = true;
+                }
+            }
+        }
+        for q in 0..K {
+            if ok[q] && !(0..n).all(|i| w[wi(i, q)].is_finite()) {
+                ok[q] = false;
+            }
+        }
+        ok
+    }
+}
+
+/// Largest state size handled by [`SmallSvd`]'s own Golub-Reinsch (faer above).
+const SMALL_SVD_MAX: usize = 64;
 
 /// Values-only SVD of a small square matrix, sequential (the caller is already parallel),
 /// sorted decreasingly.
@@ -698,6 +1428,127 @@ mod tests {
         assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::NonFinite { .. })));
         let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Scalar, a: &[1.0], b: &[0.0; 3], c: &[0.0; 3] };
         assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
+    }
+
+    #[test]
+    fn small_svd_agrees_with_faer() {
+        let mut seed = 11u64;
+        for n in [1usize, 2, 3, 5, 8, 16, 17, 33] {
+            for case in 0..6 {
+                let mut a: Vec<f64> = (0..n * n).map(|_| lcg(&mut seed)).collect();
+                if case == 1 && n > 2 {
+                    // rank deficient: last column = first column, a zero row
+                    for i in 0..n {
+                        a[(n - 1) * n + i] = a[i];
+                    }
+                    for j in 0..n {
+                        a[j * n + 1] = 0.0;
+                    }
+                }
+                if case == 2 {
+                    // graded columns over 1e-12..1
+                    for j in 0..n {
+                        let sc = 10f64.powf(-12.0 * j as f64 / n.max(2) as f64);
+                        for i in 0..n {
+                            a[j * n + i] *= sc;
+                        }
+                    }
+                }
+                if case == 3 {
+                    // lower triangular
+                    for j in 0..n {
+                        for i in 0..j {
+                            a[j * n + i] = 0.0;
+                        }
+                    }
+                }
+                if case == 4 {
+                    a.iter_mut().for_each(|x| *x = 0.0);
+                }
+                let mut s = SmallSvd::new(n);
+                s.a.copy_from_slice(&a);
+                let got = s.values().unwrap();
+                let m = MatRef::from_column_major_slice(&a, n, n);
+                let mut mem = MemBuffer::new(faer::linalg::svd::svd_scratch::<f64>(
+                    n,
+                    n,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    faer::linalg::svd::ComputeSvdVectors::No,
+                    Par::Seq,
+                    Default::default(),
+                ));
+                let want = singular_values(m, &mut mem).unwrap();
+                let s1 = want[0].max(1e-300);
+                for (x, y) in got.iter().zip(&want) {
+                    assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} case={case}: {got:?} vs {want:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_svd_agrees_with_single() {
+        let mut seed = 17u64;
+        for n in [1usize, 2, 4, 16, 20] {
+            let m = LANES - 1;
+            let mut src: Vec<f64> = (0..LANES * n * n).map(|_| lcg(&mut seed)).collect();
+            // lane 1: zero matrix; lane 2: rank one
+            for e in 0..n * n {
+                src[n * n + e] = 0.0;
+            }
+            if n > 1 {
+                for j in 0..n {
+                    for i in 0..n {
+                        src[2 * n * n + j * n + i] = (i as f64 + 1.0) * (j as f64 - 0.5);
+                    }
+                }
+            }
+            let mut b = BatchSvd::new(n);
+            let got = b.values(&src, m).unwrap();
+            for q in 0..m {
+                let mut s = SmallSvd::new(n);
+                s.a.copy_from_slice(&src[q * n * n..(q + 1) * n * n]);
+                let want = s.values().unwrap();
+                let s1 = want[0].max(1e-300);
+                for (x, y) in got[q].iter().zip(&want) {
+                    assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} lane={q}: {:?} vs {want:?}", got[q]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_small_svd() {
+        let n = 16;
+        let reps = 4000;
+        let mut seed = 3u64;
+        let src: Vec<f64> = (0..LANES * n * n).map(|_| lcg(&mut seed)).collect();
+        let t0 = std::time::Instant::now();
+        let mut acc = 0.0;
+        for _ in 0..reps {
+            let mut s = SmallSvd::new(n);
+            for q in 0..LANES {
+                s.a.copy_from_slice(&src[q * n * n..(q + 1) * n * n]);
+                acc += s.values().unwrap()[0];
+            }
+        }
+        let t1 = t0.elapsed();
+        let mut b = BatchSvd::new(n);
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps {
+            acc += b.values(&src, LANES).unwrap()[0][0];
+        }
+        let t2 = t0.elapsed();
+        let m = MatRef::from_column_major_slice(&src[..n * n], n, n);
+        let mut mem = MemBuffer::new(faer::linalg::svd::svd_scratch::<f64>(n, n, faer::linalg::svd::ComputeSvdVectors::No, faer::linalg::svd::ComputeSvdVectors::No, Par::Seq, Default::default()));
+        let t0 = std::time::Instant::now();
+        for _ in 0..reps * LANES {
+            acc += singular_values(m, &mut mem).unwrap()[0];
+        }
+        let t3 = t0.elapsed();
+        let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / (reps * LANES) as f64;
+        eprintln!("n=16 per matrix: single GR {:.2} us, batched GR {:.2} us, faer {:.2} us ({acc})", per(t1), per(t2), per(t3));
     }
 
     #[test]
