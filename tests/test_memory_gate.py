@@ -33,6 +33,10 @@ CASES = {
         "sets", "import scipy.sparse as sp; n = 100000; "
         "ess.markov.absorption_probabilities(sp.identity(n, format='csr'), [[i] for i in range(n)])",
     ),
+    # the structured kernel keeps N x N factors per split and channel: 1000 splits of N = 4000
+    "ssm_per_split_factors": (
+        "B", "ess.structured.ssm_ess(None, np.ones((1000, 4000)), np.ones((1000, 4000)))",
+    ),
     # ids given as a broadcast view: the copy is refused before it is made
     "scc_broadcast_ids": (
         "src", "ess.graph.strongly_connected_components(np.broadcast_to(np.int64(0), (2**42,)), "

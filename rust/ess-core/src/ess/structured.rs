@@ -140,8 +140,19 @@ pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Re
     };
     let np = positions.len();
     let out_len = checked_size("B", &[f.batch, np])?;
-    // Per channel the backward factors at the requested splits are stored.
-    checked_size("B", &[np, f.n, f.n + 1, 8])?;
+    // Per channel the backward factors at the requested splits are stored: refuse, before
+    // anything is allocated, what the channels in flight (one per worker thread) cannot hold.
+    let per_channel = checked_size("B", &[np, f.n, f.n + 1, 8])?;
+    let in_flight = rayon::current_num_threads().min(f.batch).max(1) as u64;
+    crate::mem::gate(
+        "B",
+        (per_channel as u64).checked_mul(in_flight),
+        &format!(
+            "the backward factors of {in_flight} channel(s) in flight ({np} splits of an N = {} state each; \
+             fewer positions= or RAYON_NUM_THREADS reduce it)",
+            f.n
+        ),
+    )?;
     let want_tol = opts.method.wants_tolerance();
     let want_ent = opts.method.wants_entropy();
     let mut tol_out = vec![0.0; if want_tol { out_len } else { 0 }];
