@@ -208,3 +208,30 @@ def test_cuda_model():
     m = small_model().cuda()
     r = ess.analyze(m, torch.randint(0, 64, (1, 12)), progress=False)
     assert r.meta["device"].startswith("cuda") and len(r.table)
+
+
+class _SharedMixer(nn.Module):
+    """One causal depthwise convolution applied twice (weights shared between two places)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(16, 4)
+        self.conv = nn.Conv1d(4, 4, 3, groups=4, padding=2)
+        self.other = nn.Conv1d(4, 4, 2, groups=4, padding=1)
+
+    def forward(self, x):
+        h = self.emb(x).transpose(1, 2)
+        L = h.shape[-1]
+        h = self.conv(h)[..., :L]
+        h = self.conv(h)[..., :L]
+        return self.other(h)[..., :L]
+
+
+def test_module_called_twice_is_refused_with_the_count():
+    torch.manual_seed(0)
+    m = _SharedMixer()
+    x = torch.randint(0, 16, (1, 9))
+    with pytest.raises(InvalidArgumentError, match=r"'conv' \(2 calls\) ran more than once"):
+        ess.analyze(m, x, progress=False)
+    r = ess.analyze(m, x, layers=["other"], progress=False)  # the other layer is analysed as usual
+    assert set(r.table["layer"]) == {"other"}

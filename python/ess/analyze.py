@@ -406,10 +406,16 @@ def analyze(
 
     modes = {m: m.training for m in model.modules()}
     handles: List[Any] = []
+    calls: Dict[str, int] = {name: 0 for name, _ in found}
     t0 = time.perf_counter()
     try:
-        for _, ex in found:
+        for name, ex in found:
             handles.extend(ex.attach())
+
+            def count(mod: Any, args: Any, name: str = name) -> None:
+                calls[name] += 1
+
+            handles.append(ex.module.register_forward_pre_hook(count))
         model.eval()
         with torch.no_grad():
             if style == "kwargs":
@@ -426,6 +432,16 @@ def analyze(
         for m, flag in modes.items():
             m.training = flag
     t_forward = time.perf_counter() - t0
+    shared = {name: c for name, c in calls.items() if c > 1}
+    if shared:
+        for _, ex in found:
+            ex.clear()
+        desc = ", ".join(f"{name!r} ({c} calls)" for name, c in shared.items())
+        raise InvalidArgumentError(
+            f"model: {desc} ran more than once in one forward pass (a module shared between places in the network); "
+            "its captures would describe only its last call, so no operators are reported for it. Leave it out with "
+            "layers=[...] (the other layers are analysed as usual), or give each use its own module."
+        )
 
     cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
     cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
