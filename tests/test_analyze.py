@@ -235,3 +235,14 @@ def test_module_called_twice_is_refused_with_the_count():
         ess.analyze(m, x, progress=False)
     r = ess.analyze(m, x, layers=["other"], progress=False)  # the other layer is analysed as usual
     assert set(r.table["layer"]) == {"other"}
+
+
+def test_non_finite_weight_names_the_layer():
+    torch.manual_seed(0)
+    m = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=3, mixers=["conv", "softmax_attention"]))
+    with torch.no_grad():
+        next(p for n, p in m.named_parameters() if n.startswith("blocks.1.mixer")).view(-1)[0] = float("nan")
+    from ess.errors import NonFiniteError
+
+    with pytest.raises(NonFiniteError, match="layer 'blocks.1.mixer': operator 0 .* contains NaN or inf"):
+        ess.analyze(m, torch.randint(0, 64, (1, 10)), layers=["blocks.1.mixer"], progress=False)

@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError, TooLargeError
+from .errors import DTypeError, InvalidArgumentError, NonFiniteError, OutOfRangeError, ShapeError, TooLargeError
 
 __all__ = ["analyze", "DEFAULT_MEMORY_BUDGET", "mixing_like"]
 
@@ -496,8 +496,18 @@ def analyze(
                 P = np.arange(L) if pos_arr is None else pos_arr
                 if use_struct:
                     assert ops.factors is not None
-                    tol, ent = _structured_curves(ops.factors, method, atol, rtol, pos_arr)
+                    try:
+                        tol, ent = _structured_curves(ops.factors, method, atol, rtol, pos_arr)
+                    except NonFiniteError as e:
+                        raise NonFiniteError(f"layer {name!r}: its factors contain NaN or inf (a non-finite weight or "
+                                             f"activation in this layer?): {e}") from None
                 else:
+                    if not np.isfinite(T).all():
+                        h = int(np.flatnonzero(~np.isfinite(T).reshape(T.shape[0], -1).all(axis=1))[0])
+                        raise NonFiniteError(
+                            f"layer {name!r}: operator {h} ({ops.labels[h]}) contains NaN or inf on sample {s} "
+                            "(a non-finite weight or activation in this layer or before it?)"
+                        )
                     res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr)
                     if method == "both":
                         tol, ent = res.tolerance, res.entropy  # type: ignore[union-attr]
