@@ -246,3 +246,22 @@ def test_non_finite_weight_names_the_layer():
 
     with pytest.raises(NonFiniteError, match="layer 'blocks.1.mixer': operator 0 .* contains NaN or inf"):
         ess.analyze(m, torch.randint(0, 64, (1, 10)), layers=["blocks.1.mixer"], progress=False)
+
+
+def test_user_hooks_run_once_on_a_float64_rnn():
+    """The RNN Jacobian passes run on a hook-free copy: the user's hooks see the one real forward."""
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.GRU(3, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    net = Net().double()
+    seen = []
+    net.rnn.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape))
+    r = ess.analyze(net, (torch.randn(1, 7, 3, dtype=torch.float64),), progress=False)
+    assert len(seen) == 1 and set(r.table["layer"]) == {"rnn"}

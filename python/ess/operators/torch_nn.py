@@ -507,14 +507,16 @@ class RecurrentJacobianExtractor(_Captures):
         mode = self.jacobian_mode
         if mode not in ("auto", "forward", "reverse"):
             raise InvalidArgumentError(f"jacobian_mode must be 'auto', 'forward' or 'reverse', got {mode!r}")
-        # the Jacobian is taken in float64 (a float64 copy of a lower-precision module): float32
-        # round-off would otherwise show up as spurious singular values above the float64 tolerance
-        if p.dtype != torch.float64:
-            work = copy.deepcopy(m).to(torch.float64)
-            work._forward_pre_hooks.clear()
-            work._forward_hooks.clear()
-        else:
-            work = m
+        # the Jacobian is taken in float64 on a copy of the module (float32 round-off would
+        # otherwise show up as spurious singular values above the float64 tolerance), with no
+        # hooks: the user's own forward hooks must not run again during the Jacobian passes
+        work = copy.deepcopy(m).to(torch.float64)
+        for hooks in ("_forward_pre_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
+                      "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
+                      "_backward_pre_hooks"):
+            d = getattr(work, hooks, None)
+            if d is not None:
+                d.clear()
         u = self._x[sample].to(device=p.device, dtype=torch.float64)
         was_training = m.training
         try:
