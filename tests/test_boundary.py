@@ -88,3 +88,11 @@ def test_memory_budget_from_the_environment_is_named(monkeypatch) -> None:
         _budget(None)
     monkeypatch.setenv("ESS_MEMORY_BUDGET", "2G")
     assert _budget(None) == 2 * 1024**3
+
+
+def test_mamba_decay_overflow_is_named() -> None:
+    L, D, N = 8, 3, 2
+    with pytest.raises(NonFiniteError, match=r"delta, A: exp\(delta \* A\) overflows float64"):
+        ess.structured.mamba_ess(np.full((D, N), 5.0), np.full((L, D), 200.0), np.ones((L, N)), np.ones((L, N)))
+    with pytest.raises(NonFiniteError, match=r"delta, A: exp\(delta \* A\) overflows float64"):
+        ess.structured.mamba2_ess(np.full(D, 5.0), np.full((L, D), 200.0), np.ones((L, N)), np.ones((L, N)))

@@ -40,7 +40,7 @@ channel in flight: ``O(n_positions * N^2)``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -209,6 +209,29 @@ def _check_finite(x: np.ndarray, name: str) -> None:
         raise NonFiniteError(f"{name} contains a non-finite value (NaN or inf) at flat index {idx}")
 
 
+def _decays(at: np.ndarray, dtype: Any) -> np.ndarray:
+    """``exp(delta * A)`` in the working dtype; an overflow is named as what it is (the decays
+    are computed from finite ``A`` and ``delta``, so a non-finite value is never their fault)."""
+    with np.errstate(over="ignore"):
+        out = at.astype(dtype)
+    if not np.all(np.isfinite(out)):
+        idx = np.unravel_index(int(np.argmax(~np.isfinite(out))), out.shape)
+        raise NonFiniteError(
+            f"delta, A: exp(delta * A) overflows {np.dtype(dtype).name} at (channel/head, position"
+            f"{', state' if out.ndim == 3 else ''}) = {tuple(int(v) for v in idx)}; a selective SSM has A < 0 "
+            "(decays in (0, 1]); is A given as A_log or with the wrong sign?"
+        )
+    return out
+
+
+def _scaled_inputs(bt: np.ndarray, dtype: Any) -> np.ndarray:
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = bt.astype(dtype)
+    if not np.all(np.isfinite(out)):
+        raise NonFiniteError(f"delta, B: delta * B overflows {np.dtype(dtype).name}")
+    return out
+
+
 def mamba_ess(
     A: npt.ArrayLike,
     delta: npt.ArrayLike,
@@ -275,12 +298,13 @@ def mamba_ess(
     if N == 0:
         raise ShapeError("A: the state dimension is empty (N = 0)")
     # (D_ch, L, N) factors.
-    at = np.exp(dl.T[:, :, None] * a[:, None, :])
+    with np.errstate(over="ignore"):  # an overflow is reported by _decays, naming delta * A
+        at = np.exp(dl.T[:, :, None] * a[:, None, :])
     bb = b[None, :, :] if b.ndim == 2 else b.transpose(1, 0, 2)
     cc = c[None, :, :] if c.ndim == 2 else c.transpose(1, 0, 2)
     bt = dl.T[:, :, None] * bb
     dt = _common(*(np.asarray(x) for x in (A, delta, B, C)))
-    at, bt, cc = at.astype(dt), bt.astype(dt), np.asarray(cc, dtype=dt)
+    at, bt, cc = _decays(at, dt), _scaled_inputs(bt, dt), np.asarray(cc, dtype=dt)
     return ssm_ess(at, bt, cc, transition="diagonal", method=method, atol=atol, rtol=rtol, positions=positions)
 
 
@@ -338,12 +362,13 @@ def mamba2_ess(
         _check_finite(d, "D")
     for name, x in (("A", a), ("delta", dl), ("B", b), ("C", c)):
         _check_finite(x, name)
-    at = np.exp(dl.T * a[:, None])  # (H, L)
+    with np.errstate(over="ignore"):  # an overflow is reported by _decays, naming delta * A
+        at = np.exp(dl.T * a[:, None])  # (H, L)
     bb = b[None] if b.ndim == 2 else b.transpose(1, 0, 2)
     cc = c[None] if c.ndim == 2 else c.transpose(1, 0, 2)
     bt = dl.T[:, :, None] * bb
     dt = _common(*(np.asarray(x) for x in (A, delta, B, C)))
-    at, bt, cc = at.astype(dt), bt.astype(dt), np.asarray(cc, dtype=dt)
+    at, bt, cc = _decays(at, dt), _scaled_inputs(bt, dt), np.asarray(cc, dtype=dt)
     return ssm_ess(at, bt, cc, transition="scalar", method=method, atol=atol, rtol=rtol, positions=positions)
 
 
