@@ -370,6 +370,9 @@ impl Carried {
         let mut row = vec![0.0; k];
         // Row i of K_t is column i of H_t: (A[t + j, i])_j.
         for i in 0..t {
+            if i % 64 == 0 {
+                crate::interrupt::check()?;
+            }
             for (j, r) in row.iter_mut().enumerate() {
                 *r = mul_pow2(a[(t + j) * l + i], e);
             }
