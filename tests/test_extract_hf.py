@@ -64,6 +64,17 @@ def cache_keywords(model: Any) -> List[str]:
     return [k for k in ("cache", "past_key_values", "cache_params") if k in params] or ["cache"]
 
 
+def assert_continuations_refused(model: Any, x: Any, split: int, layers: List[str], what: str) -> None:
+    """A continuation from a cache of ``x[:, :split]``, under every keyword the installed
+    transformers accepts, is refused by each named layer's extractor (``what``: the reason)."""
+    for keyword in cache_keywords(model):
+        with extracting(model) as exts:
+            continue_from(model, x, split, keyword)
+        for name in layers:
+            with pytest.raises(InvalidArgumentError, match=f"{name}.*{what}"):
+                exts[name].operators(0)
+
+
 def rel_err(a: Any, b: Any) -> float:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
@@ -180,12 +191,7 @@ def test_gpt2_cross_attention_not_matched_and_subclass() -> None:
 def test_gpt2_cached_continuation_refused(split: int) -> None:
     model = gpt2("sdpa", torch.float32)
     x = ids()
-    for keyword in cache_keywords(model):
-        with extracting(model) as exts:
-            continue_from(model, x, split, keyword)
-        for i in range(2):
-            with pytest.raises(InvalidArgumentError, match=f"transformer.h.{i}.attn.*cached keys"):
-                exts[f"transformer.h.{i}.attn"].operators(0)
+    assert_continuations_refused(model, x, split, [f"transformer.h.{i}.attn" for i in range(2)], "cached keys")
 
 
 def test_gpt2_prefill_with_cache_is_analysed() -> None:
@@ -254,12 +260,7 @@ def test_llama_reconstruction(impl: str, dtype: torch.dtype, padded: bool) -> No
 def test_llama_cached_continuation_refused(impl: str, split: int) -> None:
     model = llama(impl, torch.float32)
     x = ids()
-    for keyword in cache_keywords(model):
-        with extracting(model) as exts:
-            continue_from(model, x, split, keyword)
-        for i in range(2):
-            with pytest.raises(InvalidArgumentError, match=f"model.layers.{i}.self_attn.*cached keys"):
-                exts[f"model.layers.{i}.self_attn"].operators(0)
+    assert_continuations_refused(model, x, split, [f"model.layers.{i}.self_attn" for i in range(2)], "cached keys")
     with extracting(model) as exts, torch.no_grad():
         model(input_ids=x, use_cache=True)
     assert exts["model.layers.1.self_attn"].operators(0).operators.shape[-1] == L
@@ -357,12 +358,7 @@ def test_mamba_reconstruction(dtype: torch.dtype) -> None:
 def test_mamba_cached_continuation_and_fused_path_refused(split: int) -> None:
     model = mamba(torch.float32)
     x = ids()
-    for keyword in cache_keywords(model):
-        with extracting(model) as exts:
-            continue_from(model, x, split, keyword)
-        for i in range(len(model.backbone.layers)):
-            with pytest.raises(InvalidArgumentError, match=f"backbone.layers.{i}.mixer.*cached state"):
-                exts[f"backbone.layers.{i}.mixer"].operators(0)
+    assert_continuations_refused(model, x, split, [f"backbone.layers.{i}.mixer" for i in range(len(model.backbone.layers))], "cached state")
     with extracting(model) as exts, torch.no_grad():  # a prefill with use_cache=True is analysed
         model(input_ids=x, use_cache=True)
     assert exts["backbone.layers.0.mixer"].operators(0).operators.shape[-1] == L
@@ -449,12 +445,7 @@ def test_mamba2_reconstruction(dtype: torch.dtype, n_groups: int) -> None:
 def test_mamba2_cached_continuation_refused(split: int) -> None:
     model = mamba2(torch.float32)
     x = ids()
-    for keyword in cache_keywords(model):
-        with extracting(model) as exts:
-            continue_from(model, x, split, keyword)
-        for i in range(len(model.backbone.layers)):
-            with pytest.raises(InvalidArgumentError, match=f"backbone.layers.{i}.mixer.*cached state"):
-                exts[f"backbone.layers.{i}.mixer"].operators(0)
+    assert_continuations_refused(model, x, split, [f"backbone.layers.{i}.mixer" for i in range(len(model.backbone.layers))], "cached state")
     with extracting(model) as exts, torch.no_grad():
         model(input_ids=x, use_cache=True)
     assert exts["backbone.layers.1.mixer"].operators(0).operators.shape[-1] == L

@@ -332,6 +332,18 @@ fn rotate_row_in(buf: &mut [f64], k0: usize, off: usize, k: usize, c: &mut [f64]
     }
 }
 
+/// The power-of-two exponent that brings the largest entry of the block `H_t = A[t:, :t]`
+/// near 1 (exact rescaling, so a block far below the operator's scale keeps full precision).
+fn block_exponent(a: &[f64], l: usize, t: usize) -> i32 {
+    let mut bmax = 0.0f64;
+    for j in 0..l - t {
+        for &v in &a[(t + j) * l..(t + j) * l + t] {
+            bmax = bmax.max(v.abs());
+        }
+    }
+    pow2_exponent(bmax)
+}
+
 /// Carried triangular factor of `K_t = (A[t:, :t])^T` (`t x k`, `k = L - t <= t`).
 struct Carried {
     /// Row-major storage `k0 x k0`; logical `R(i, j)` lives at `buf[i * k0 + off + j]`.
@@ -359,13 +371,7 @@ impl Carried {
     /// are the same as the sweep's own row updates, whose rounding is tracked in `err`.
     fn fresh(a: &[f64], l: usize, t: usize) -> Result<Self> {
         let k = l - t;
-        let mut bmax = 0.0f64;
-        for j in 0..k {
-            for i in 0..t {
-                bmax = bmax.max(a[(t + j) * l + i].abs());
-            }
-        }
-        let e = pow2_exponent(bmax);
+        let e = block_exponent(a, l, t);
         let mut buf = vec![0.0; k * k];
         let mut row = vec![0.0; k];
         // Row i of K_t is column i of H_t: (A[t + j, i])_j.
@@ -388,13 +394,7 @@ impl Carried {
     /// only decide counts far from the threshold (see [`fresh_sigma`]).
     fn fresh_householder(a: &[f64], l: usize, t: usize) -> Result<Self> {
         let k = l - t;
-        let mut bmax = 0.0f64;
-        for j in 0..k {
-            for i in 0..t {
-                bmax = bmax.max(a[(t + j) * l + i].abs());
-            }
-        }
-        let e = pow2_exponent(bmax);
+        let e = block_exponent(a, l, t);
         let kmat = Mat::<f64>::from_fn(t, k, |i, j| mul_pow2(a[(t + j) * l + i], e));
         let qr = kmat.qr();
         let r = qr.thin_R();
