@@ -38,6 +38,10 @@ P = np.full((3, 3), 1.0 / 3.0)
         (lambda: ess.graph.strongly_connected_components([0], [1], 1.5), DTypeError, "n_nodes"),
         (lambda: ess.graph.strongly_connected_components([[0, 1], [1]], [1, 0], 2), ShapeError, "src"),
         (lambda: ess.graph.strongly_connected_components([2**70], [0], 2), OutOfRangeError, "src"),
+        (lambda: ess.structured.ssm_ess(None, np.ones((4, 2)), np.ones((4, 2)), method=None), InvalidArgumentError, "method"),
+        (lambda: ess.structured.ssm_ess(None, np.ones((4, 2)), np.ones((4, 2)), atol="0.1"), DTypeError, "atol"),
+        (lambda: ess.structured.ssm_ess(None, np.ma.masked_array(np.ones((4, 2))), np.ones((4, 2))), InvalidArgumentError, "B"),
+        (lambda: ess.structured.conv_ess(np.ones(3), 8, rtol=-1.0), InvalidArgumentError, "rtol"),
     ],
 )
 def test_bad_argument_is_a_typed_error_naming_it(call, cls, arg) -> None:

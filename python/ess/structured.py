@@ -45,7 +45,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _args, _core
 from ._dense import EssCurves, _positions_list
 from .errors import DTypeError, InvalidArgumentError, NonFiniteError, NumericalError, ShapeError
 
@@ -61,7 +61,7 @@ Result = Union[npt.NDArray[np.float64], EssCurves]
 
 
 def _as_float(x: npt.ArrayLike, name: str) -> np.ndarray:
-    a = np.asarray(x)
+    a = _args.array(x, name, kinds="fiubcSUOmM")  # torch tensors, masked/ragged input: see ess._args
     if a.dtype.kind != "f" or a.dtype not in (np.float32, np.float64):
         raise DTypeError(f"{name}: dtype {a.dtype} is not supported; pass float32 or float64")
     return a
@@ -81,8 +81,12 @@ def _finish(tol: Optional[np.ndarray], ent: Optional[np.ndarray], method: str) -
     return out
 
 
+def _tols(atol: Optional[float], rtol: Optional[float]) -> Tuple[Optional[float], Optional[float]]:
+    return _args.real(atol, "atol", lo=0.0, allow_none=True), _args.real(rtol, "rtol", lo=0.0, allow_none=True)
+
+
 def _check_method(method: str) -> None:
-    if method not in ("tolerance", "entropy", "both"):
+    if not isinstance(method, str) or method not in ("tolerance", "entropy", "both"):
         raise InvalidArgumentError(
             f'method: unknown method {method!r}; expected "tolerance", "entropy" or "both"'
         )
@@ -139,6 +143,7 @@ def ssm_ess(
     ``L = 1`` is valid and gives ``[0.]``, as the dense kernel does.
     """
     _check_method(method)
+    atol, rtol = _tols(atol, rtol)
     b = _as_float(B, "B")
     c = _as_float(C, "C")
     a = None if A is None else _as_float(A, "A")
@@ -275,6 +280,7 @@ def mamba_ess(
     (the channel forgets completely), exactly as a materialised float64 operator would have it.
     """
     _check_method(method)
+    atol, rtol = _tols(atol, rtol)
     a = _as_float(A, "A").astype(np.float64)
     dl = _as_float(delta, "delta").astype(np.float64)
     b = _as_float(B, "B").astype(np.float64)
@@ -339,6 +345,7 @@ def mamba2_ess(
     float64 ``(H, L)`` or :class:`ess.EssCurves`; the theoretical state size is ``N``.
     """
     _check_method(method)
+    atol, rtol = _tols(atol, rtol)
     a = _as_float(A, "A").astype(np.float64)
     dl = _as_float(delta, "delta").astype(np.float64)
     b = _as_float(B, "B").astype(np.float64)
@@ -539,6 +546,7 @@ def conv_ess(
     method, atol, rtol, positions : as in :func:`ssm_ess`.
     """
     _check_method(method)
+    atol, rtol = _tols(atol, rtol)
     ha = _as_float(h, "h").astype(np.float64)
     if ha.ndim < 1:
         raise ShapeError(f"h: needs at least 1 dimension (..., k), got shape {ha.shape}")
