@@ -37,6 +37,11 @@ CASES = {
     "ssm_per_split_factors": (
         "B", "ess.structured.ssm_ess(None, np.ones((1000, 4000)), np.ones((1000, 4000)))",
     ),
+    # Python-side tables that numpy would have refused with a bare MemoryError
+    "identifiability_huge_vocabulary": ("vocab_size", "ess.ccmc.identifiability([[0, 1]], 10**6)"),
+    "mle_huge_vocabulary": ("vocab_size", "ess.ccmc.fit_attention_mle([[0, 1]], [1], 10**6)"),
+    "conv_huge_length": ("L", "ess.structured.conv_ess(np.ones(3), 10**11)"),
+    "example_huge_length": ("L", "ess.examples.softmax_attention(10**6)"),
     # ids given as a broadcast view: the copy is refused before it is made
     "scc_broadcast_ids": (
         "src", "ess.graph.strongly_connected_components(np.broadcast_to(np.int64(0), (2**42,)), "

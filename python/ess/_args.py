@@ -16,7 +16,31 @@ import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError
 
-__all__ = ["array", "integer", "real", "choice"]
+__all__ = ["array", "integer", "real", "choice", "gate"]
+
+
+def _available_bytes() -> Optional[int]:
+    """MemAvailable from /proc/meminfo (Linux), else None (no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def gate(arg: str, nbytes: float, what: str) -> None:
+    """Refuse, before numpy allocates it, a request of ``nbytes`` that cannot fit in the memory
+    available now: :class:`TooLargeError` naming ``arg`` (the Python twin of the core's gate)."""
+    avail = _available_bytes()
+    if avail is not None and nbytes > avail:
+        from .errors import TooLargeError
+
+        raise TooLargeError(
+            f"{arg}: {what} needs {nbytes / 2**30:.2f} GiB but {avail / 2**30:.2f} GiB of memory is available"
+        )
 
 
 def _from_torch(x: Any, arg: str) -> Any:

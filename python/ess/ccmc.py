@@ -216,6 +216,7 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
     matter for generalisations (e.g. prompts whose last position is masked out).
     """
     V = _args.integer(vocab_size, "vocab_size", lo=1)
+    _args.gate("vocab_size", 3.0 * 8 * V * V, f"the V x V component tables (V = {V})")
     X = _prompts(prompts, V)
     comps = np.full((V, V), -1, dtype=np.int64)
     ncomp = np.zeros(V, dtype=np.int64)
@@ -274,6 +275,7 @@ def fit_attention_mle(
     zero under the model and raises :class:`InvalidArgumentError`.
     """
     V = _args.integer(vocab_size, "vocab_size", lo=1)
+    _args.gate("vocab_size", 5.0 * 8 * V * V, f"the V x V weight and component tables (V = {V})")
     X = _prompts(prompts, V)
     y = _tokens(next_tokens, "next_tokens", V, 1)
     if y.shape[0] != X.shape[0]:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from . import _args
+
 __all__ = ["softmax_attention", "selective_ssm_channel", "causal_convolution", "examples"]
 
 
 def softmax_attention(L: int, d: int = 64, *, seed: int = 0) -> npt.NDArray[np.float64]:
     """``T[t, s] = softmax_s(q_t . k_s / sqrt(d))`` over ``s <= t``, random Gaussian ``q``, ``k``."""
+    _args.gate("L", 3.0 * 8 * L * L, f"the {L} x {L} operator")
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((L, d))
     k = rng.standard_normal((L, d))

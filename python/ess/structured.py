@@ -592,6 +592,12 @@ def conv_ess(
             "path: the fast path does not support the gates x1, x2 (its Hankel factorisation has no "
             "time-invariant state); use path='exact' (O(L k^3)) or the dense kernel"
         )
+    if path == "exact":
+        # (L, k) state-space factors per channel, (L, k, k) transitions when gated
+        per = L * (k + 1) * (k if gated else 2)
+        _args.gate("L", 8.0 * per * (1 if gated else nb), f"the state-space factors of {nb} kernel(s) of length {k} over L = {L}")
+    else:
+        _args.gate("L", 8.0 * nb * L * 16, f"the FFT work arrays of {nb} kernel(s) over L = {L}")
     if L == 1 or k == 1:
         # No strictly-lower entries: every block is zero.
         n_pos = L if positions is None else len(_positions_list(positions) or [])
