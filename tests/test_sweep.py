@@ -202,19 +202,26 @@ def _assert_done_intact(root: Path, names):
         assert res.records[n]["status"] == "done"
 
 
-def test_killed_worker_process_pool(tmp_path, pool):
-    """SIGKILL the pool worker running 'victim' once two jobs are recorded: every finished job is
-    kept intact, the dead task (and whatever the broken pool had not run) is 'lost', and a rerun
-    completes the sweep without redoing finished jobs."""
+def _sweep_with_kill(tmp_path, executor):
+    """Run the kill-test jobs on ``executor`` while a thread SIGKILLs the worker running 'victim'
+    once two records are written; returns (outcome, results dir, jobs, kill log)."""
     hang, root = tmp_path / "hang", tmp_path / "res"
     hang.mkdir()
     (hang / "hang").touch()
     js = _kill_jobs(hang)
     log: list = []
     th = _kill_when_ready(hang, root, 2, log)
-    out = sweep.run(js, root, executor=pool, threads=1, progress=False)
+    out = sweep.run(js, root, executor=executor, threads=1, progress=False)
     th.join(5)
     assert log and log[0] is not None, "the hanging job never started"
+    return out, root, js, log
+
+
+def test_killed_worker_process_pool(tmp_path, pool):
+    """SIGKILL the pool worker running 'victim' once two jobs are recorded: every finished job is
+    kept intact, the dead task (and whatever the broken pool had not run) is 'lost', and a rerun
+    completes the sweep without redoing finished jobs."""
+    out, root, js, log = _sweep_with_kill(tmp_path, pool)
     pid, done_at_kill = log[0]
     print(f"\nprocess pool: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}")
     assert "victim" in out.lost and "BrokenProcessPool" in out.errors["victim"]
@@ -232,15 +239,7 @@ def test_killed_worker_process_pool(tmp_path, pool):
 def test_killed_worker_dask(tmp_path, dask_client):
     """SIGKILL the Dask worker process running 'victim': the nanny restarts it, the scheduler reruns
     the task, the sweep completes in one run and no finished job is lost."""
-    hang, root = tmp_path / "hang", tmp_path / "res"
-    hang.mkdir()
-    (hang / "hang").touch()
-    js = _kill_jobs(hang)
-    log: list = []
-    th = _kill_when_ready(hang, root, 2, log)
-    out = sweep.run(js, root, executor=dask_client.get_executor(), threads=1, progress=False)
-    th.join(5)
-    assert log and log[0] is not None, "the hanging job never started"
+    out, root, js, log = _sweep_with_kill(tmp_path, dask_client.get_executor())
     print(f"\ndask: SIGKILL to worker pid {log[0][0]} running 'victim' when {log[0][1]} records were written\n{out.table().to_string()}")
     assert out.complete and sorted(out.finished) == sorted(j.name for j in js), out.table()
     rec = json.loads((root / "jobs" / "victim.json").read_text())

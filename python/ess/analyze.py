@@ -502,13 +502,14 @@ def analyze(
                         raise NonFiniteError(f"layer {name!r}: its factors contain NaN or inf (a non-finite weight or "
                                              f"activation in this layer?): {e}") from None
                 else:
-                    if not np.isfinite(T).all():
+                    try:  # the kernel checks finiteness; only its error path looks for the operator
+                        res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr)
+                    except NonFiniteError:
                         h = int(np.flatnonzero(~np.isfinite(T).reshape(T.shape[0], -1).all(axis=1))[0])
                         raise NonFiniteError(
                             f"layer {name!r}: operator {h} ({ops.labels[h]}) contains NaN or inf on sample {s} "
                             "(a non-finite weight or activation in this layer or before it?)"
-                        )
-                    res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr)
+                        ) from None
                     if method == "both":
                         tol, ent = res.tolerance, res.entropy  # type: ignore[union-attr]
                     elif method == "tolerance":

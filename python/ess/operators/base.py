@@ -191,7 +191,11 @@ class Extractor(abc.ABC):
     def factors(self, sample: int = 0) -> OperatorSet:
         """The operators of batch element ``sample`` as a state-space realisation (``OperatorSet``
         with :attr:`OperatorSet.factors` set and ``operators`` ``None``), checked at run time."""
-        raise NotImplementedError(f"{type(self).__name__} has no structured form")
+        from ..errors import InvalidArgumentError
+
+        raise InvalidArgumentError(
+            f"{self.name}: {type(self).__name__} has no structured form (its ``structured`` is False); use operators()"
+        )
 
     def estimate_factor_bytes(self, sample: int = 0) -> int:
         """Bytes :meth:`factors` will allocate."""

@@ -33,6 +33,7 @@ have (parameters, submodules, layout attributes), so importing this module does 
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -112,13 +113,12 @@ def _cache_state(cache: Any, layer_idx: Any, recurrent: bool) -> Optional[bool]:
         except Exception:  # noqa: BLE001 - not an attention layer of this cache / no such method
             pass
         if recurrent:
-            for probe in ("has_previous_state",):
-                fn = getattr(cache, probe, None)
-                if callable(fn):
-                    try:
-                        answers.append(bool(fn(idx)))
-                    except Exception:  # noqa: BLE001
-                        pass
+            fn = getattr(cache, "has_previous_state", None)
+            if callable(fn):
+                try:
+                    answers.append(bool(fn(idx)))
+                except Exception:  # noqa: BLE001
+                    pass
             for getter in ("get_recurrent_state", "get_conv_state"):
                 fn = getattr(cache, getter, None)
                 if callable(fn):
@@ -166,33 +166,18 @@ def _continuation_problem(mod: Any, b: Dict[str, Any], recurrent: bool) -> Optio
 # ----------------------------------------------------------------------------------------------
 
 
-class _MixerBase(_Captures):
-    kind = "selective_ssm"
-    #: channels materialised per step (on an accelerator the step's result, chunk * L * L doubles, is
-    #: built on the device and copied out)
-    chunk_channels: int = 256
+class _LayerCaptures(_Captures):
+    """Bookkeeping shared by the Hugging Face extractors: the ``(batch, length)`` of the captured
+    call and the reason the layer cannot be analysed (a cached continuation, cross-attention, ...),
+    which :meth:`_check` raises, naming the layer."""
+
+    #: what the refusal calls the module ("layer", "attention")
+    _noun = "layer"
 
     def __init__(self, module: Any, name: str) -> None:
         super().__init__(module, name)
-        self._calls: Optional[Tuple[int, int]] = None  # (batch, length) seen by the mixer
+        self._calls: Optional[Tuple[int, int]] = None  # (batch, length) seen by the module
         self._problem: Optional[str] = None
-        self._mask: Optional[torch.Tensor] = None
-
-    def _pre(self, mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        b = _bind(mod, args, kwargs)
-        hs = b["hidden_states"]
-        self._calls = (int(hs.shape[0]), int(hs.shape[1]))
-        self._problem = None
-        self._problem = _continuation_problem(mod, b, recurrent=True)
-        m = b.get("attention_mask")
-        self._mask = m.detach() if isinstance(m, torch.Tensor) else None
-        self._reset_captures()
-
-    def _reset_captures(self) -> None:
-        raise NotImplementedError
-
-    def _captured(self) -> bool:
-        raise NotImplementedError
 
     def _count(self) -> int:
         return 0 if self._calls is None else self._calls[0]
@@ -200,7 +185,38 @@ class _MixerBase(_Captures):
     def _check(self, sample: int) -> None:
         self._check_sample(sample)
         if self._problem is not None:
-            raise InvalidArgumentError(f"{self.name}: cannot analyse this layer: {self._problem}")
+            raise InvalidArgumentError(f"{self.name}: cannot analyse this {self._noun}: {self._problem}")
+
+
+class _MixerBase(_LayerCaptures):
+    kind = "selective_ssm"
+    #: channels materialised per step (on an accelerator the step's result, chunk * L * L doubles, is
+    #: built on the device and copied out)
+    chunk_channels: int = 256
+
+    def __init__(self, module: Any, name: str) -> None:
+        super().__init__(module, name)
+        self._mask: Optional[torch.Tensor] = None
+
+    def _pre(self, mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        b = _bind(mod, args, kwargs)
+        hs = b["hidden_states"]
+        self._calls = (int(hs.shape[0]), int(hs.shape[1]))
+        self._problem = _continuation_problem(mod, b, recurrent=True)
+        m = b.get("attention_mask")
+        self._mask = m.detach() if isinstance(m, torch.Tensor) else None
+        self._reset_captures()
+
+    @abc.abstractmethod
+    def _reset_captures(self) -> None:
+        """Forget the captures of the previous call (each mixer captures its own stages)."""
+
+    @abc.abstractmethod
+    def _captured(self) -> bool:
+        """Whether the projections this mixer's operators need were captured."""
+
+    def _check(self, sample: int) -> None:
+        super()._check(sample)
         if not self._captured():
             raise InvalidArgumentError(
                 f"{self.name}: the layer ran without calling its projection modules (the fused training "
@@ -250,15 +266,21 @@ def verify(name: str, rec: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, 
     """Refuse the layer ``name`` unless ``rec`` reproduces ``ref`` (the captured output of ``what``) to the
     tolerance of ``dtype``, relative to the part of ``ref`` beyond ``direct`` (see :func:`rel_error`); returns
     the relative error."""
-    err = rel_error(rec, ref, direct)
-    tol = RECON_RTOL.get(dtype, 5e-2)
+    return refuse_unless(
+        name, rel_error(rec, ref, direct), RECON_RTOL, dtype,
+        f"the extracted operators do not reproduce the layer's {what}",
+        "this layer computes something the extractor does not model (a changed implementation or a custom "
+        "subclass). Pass it to ess.analyze(..., jacobian=[name]) for a local linearisation instead",
+    )
+
+
+def refuse_unless(name: str, err: float, tolerances: Dict[torch.dtype, float], dtype: torch.dtype, what: str,
+                  hint: str) -> float:
+    """The run-time check of every extractor: return the relative error ``err`` when it is within the
+    tolerance of ``dtype`` (``tolerances``; 5e-2 for other dtypes), else refuse the layer ``name``."""
+    tol = tolerances.get(dtype, 5e-2)
     if not err <= tol:
-        raise InvalidArgumentError(
-            f"{name}: refused: the extracted operators do not reproduce the layer's {what} (relative error "
-            f"{err:.2e} > {tol:.0e} for {dtype}); this layer computes something the extractor does not model "
-            "(a changed implementation or a custom subclass). Pass it to ess.analyze(..., jacobian=[name]) for a "
-            "local linearisation instead"
-        )
+        raise InvalidArgumentError(f"{name}: refused: {what} (relative error {err:.2e} > {tol:.0e} for {dtype}); {hint}")
     return err
 
 

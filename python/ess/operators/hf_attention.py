@@ -48,6 +48,7 @@ sdpa). A module that does neither is listed by ``analyze`` as skipped.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import math
 import sys
@@ -58,8 +59,7 @@ import torch
 
 from ..errors import InvalidArgumentError, ShapeError
 from .base import OperatorSet, register
-from .hf import _bind, _caches_in, _continuation_problem, _is_class
-from .torch_nn import _Captures
+from .hf import _bind, _caches_in, _continuation_problem, _is_class, _LayerCaptures, refuse_unless
 
 __all__ = [
     "InterfaceAttentionExtractor",
@@ -155,14 +155,11 @@ def _verify(name: str, ops: torch.Tensor, v: torch.Tensor, out: torch.Tensor, ro
         worst = e if not math.isfinite(e) else max(worst, e)
         if not math.isfinite(worst):
             break
-    tol = VERIFY_RTOL.get(dtype, 5e-2)
-    if not worst <= tol:
-        raise InvalidArgumentError(
-            f"{name}: refused: the reconstructed attention operator does not reproduce the layer's attention "
-            f"output (relative error {worst:.2e} > {tol:.0e} for {dtype}); this layer computes its attention in a "
-            "way the extractor does not model"
-        )
-    return worst
+    return refuse_unless(
+        name, worst, VERIFY_RTOL, dtype,
+        "the reconstructed attention operator does not reproduce the layer's attention output",
+        "this layer computes its attention in a way the extractor does not model",
+    )
 
 
 def _kv_per_query_head(x: torch.Tensor, H: int, name: str) -> torch.Tensor:
@@ -190,22 +187,23 @@ def _operator_set(name: str, ops: torch.Tensor, dv: int, empty: bool, err: float
     )
 
 
-class _AttentionCapture(_Captures):
+class _AttentionCapture(_LayerCaptures):
     """Shared bookkeeping of the HF attention extractors: cache guards (a pre-hook reading every
     cache-like argument, a post-hook comparing cached keys with queries), cross-attention refusal."""
 
     kind = "softmax_attention"
+    _noun = "attention"
 
     def __init__(self, module: Any, name: str) -> None:
         super().__init__(module, name)
-        self._problem: Optional[str] = None
         self._seen: Tuple[List[Any], Optional[int]] = ([], None)
         self._training = False
         self._module_calls = 0
         self._reset()
 
+    @abc.abstractmethod
     def _reset(self) -> None:
-        raise NotImplementedError
+        """Forget the captures of the previous call."""
 
     def _pre(self, mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
         b = _bind(mod, args, kwargs)
@@ -248,9 +246,7 @@ class _AttentionCapture(_Captures):
         ]
 
     def _check(self, sample: int) -> None:
-        self._check_sample(sample)
-        if self._problem is not None:
-            raise InvalidArgumentError(f"{self.name}: cannot analyse this attention: {self._problem}")
+        super()._check(sample)
         if self._module_calls > 1:
             raise InvalidArgumentError(
                 f"{self.name}: cannot analyse this attention: the module ran {self._module_calls} times in one forward "
@@ -598,13 +594,13 @@ class _FusedQKVAttention(_AttentionCapture):
         L = int(self._fused.shape[1])
         return 4 * 8 * int(self.module.num_heads) * L * L
 
+    @abc.abstractmethod
     def _qkv(self, sample: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """float64 (H, L, d), (Hkv, L, d), (Hkv, L, d) as the attention reads them."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _scores(self, q: torch.Tensor, k: torch.Tensor, sample: int) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """(scores (H, L, L) before the mask, keep, additive bias or None)."""
-        raise NotImplementedError
 
     def operators(self, sample: int = 0) -> OperatorSet:
         self._check(sample)

@@ -22,6 +22,7 @@ module has (its parameters and submodules), not by its class name:
 
 from __future__ import annotations
 
+import abc
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -31,30 +32,21 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
 from .base import Factors, OperatorSet, register
-from .hf import _continuation_problem, _StructuredMixin, verify
-from .torch_nn import _bind, _Captures
+from .hf import _continuation_problem, _LayerCaptures, _StructuredMixin, verify
+from .torch_nn import _bind
 
 __all__ = ["GatedShortConvExtractor", "RGLRUExtractor", "GatedDeltaRuleExtractor", "RWKVTimeMixExtractor", "is_rwkv_time_mix", "MLSTMExtractor", "is_mlstm_layer",
            "is_gated_short_conv", "is_rglru", "is_gated_delta_net"]
 
 
-class _RecurrentBase(_StructuredMixin, _Captures):
+class _RecurrentBase(_StructuredMixin, _LayerCaptures):
     def __init__(self, module: Any, name: str) -> None:
         super().__init__(module, name)
-        self._calls: Optional[Tuple[int, int]] = None
-        self._problem: Optional[str] = None
         self._reset()
 
+    @abc.abstractmethod
     def _reset(self) -> None:
-        pass
-
-    def _count(self) -> int:
-        return 0 if self._calls is None else self._calls[0]
-
-    def _check(self, sample: int) -> None:
-        self._check_sample(sample)
-        if self._problem is not None:
-            raise InvalidArgumentError(f"{self.name}: cannot analyse this layer: {self._problem}")
+        """Forget the captures of the previous call."""
 
     def clear(self) -> None:
         self._capture_error = None

@@ -743,16 +743,13 @@ fn sweep(
                 } else {
                     singular_values(c.as_mat().as_ref()).ok()
                 };
-                let sigma = match sigma {
-                    Some(sigma) => {
-                        let smax = sigma.first().copied().unwrap_or(0.0);
-                        let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
-                        // A count the carried factor's rounding could change: recompute from scratch.
-                        let ambiguous = want_tol && sigma.iter().any(|&s| (s - tau).abs() <= c.err);
-                        (!ambiguous || c.k0 == k).then_some(sigma)
-                    }
-                    None => None,
-                };
+                let sigma = sigma.filter(|sigma| {
+                    let smax = sigma.first().copied().unwrap_or(0.0);
+                    let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
+                    // A count the carried factor's rounding could change: recompute from scratch.
+                    let ambiguous = want_tol && sigma.iter().any(|&s| (s - tau).abs() <= c.err);
+                    !ambiguous || c.k0 == k
+                });
                 match sigma {
                     Some(sigma) => (sigma, c.exp2),
                     None => {
