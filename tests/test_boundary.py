@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import ess
-from ess.errors import DTypeError, EssError, InvalidArgumentError, NonFiniteError, NotStochasticError, OutOfRangeError, ShapeError
+from ess.errors import (
+    DTypeError, EssError, InvalidArgumentError, NonFiniteError, NotStochasticError, OutOfRangeError, ShapeError, TooLargeError,
+)
 
 T = np.tril(np.ones((6, 6)))
 P = np.full((3, 3), 1.0 / 3.0)
@@ -42,6 +44,27 @@ P = np.full((3, 3), 1.0 / 3.0)
         (lambda: ess.structured.ssm_ess(None, np.ones((4, 2)), np.ones((4, 2)), atol="0.1"), DTypeError, "atol"),
         (lambda: ess.structured.ssm_ess(None, np.ma.masked_array(np.ones((4, 2))), np.ones((4, 2))), InvalidArgumentError, "B"),
         (lambda: ess.structured.conv_ess(np.ones(3), 8, rtol=-1.0), InvalidArgumentError, "rtol"),
+        # found by scripts/hostile_census.py
+        (lambda: ess.markov.hitting_times(np.broadcast_to(P, (4096,) * 3 + P.shape), [0]), TooLargeError, "P"),
+        (lambda: ess.structured.ssm_ess(np.broadcast_to(np.full(4, 0.5), (10**6, 10**5, 4)), np.ones((4, 2)), np.ones((4, 2))),
+         TooLargeError, "A"),
+        (lambda: ess.structured.conv_ess(np.ones(3), 8, accuracy=True), DTypeError, "accuracy"),
+        (lambda: ess.markov.committor(P, [0], [2], backward="yes"), DTypeError, "backward"),
+        (lambda: ess.markov.absorption_probabilities(P, None), DTypeError, "sets"),
+        (lambda: ess.markov.communication_classes(P, threshold="0.1"), DTypeError, "threshold"),
+        (lambda: ess.markov.metastable_decomposition(P, threshold=True), DTypeError, "threshold"),
+        (lambda: ess.markov.metastable_chain(1.5, 4), DTypeError, "n_clusters"),
+        (lambda: ess.markov.metastable_chain(2, 2**62), TooLargeError, "cluster_size"),
+        (lambda: ess.markov.metastable_chain(2, 4, degree="3"), DTypeError, "degree"),
+        (lambda: ess.markov.metastable_chain(2, 4, seed=-1), OutOfRangeError, "seed"),
+        (lambda: ess.markov.metastable_chain(2, 4, eps=[0.1]), DTypeError, "eps"),
+        (lambda: ess.markov.metastable_chain(2, 4, sparse=2), DTypeError, "sparse"),
+        (lambda: ess.ccmc.simulate_ccmc(P, [0], n_steps=3, n_traj=2**62), TooLargeError, "n_traj"),
+        (lambda: ess.ccmc.fit_attention_mle([[0, 1], [1, 2]], [1, 2], 3, max_iter=-1), OutOfRangeError, "max_iter"),
+        (lambda: ess.ccmc.fit_attention_mle([[0, 1], [1, 2]], [1, 2], 3, max_iter=2.0), DTypeError, "max_iter"),
+        (lambda: ess.graph.strongly_connected_components([0], [1], 2, algorithm=None), InvalidArgumentError, "algorithm"),
+        (lambda: ess.graph.TokenPriorityGraphs(np.ma.masked_array([[0, 1], [1, 0]]), [1, 0], vocab_size=2),
+         InvalidArgumentError, "windows"),
     ],
 )
 def test_bad_argument_is_a_typed_error_naming_it(call, cls, arg) -> None:
@@ -65,6 +88,15 @@ def test_torch_tensors_of_any_kind() -> None:
         ess.effective_state_size(torch.tensor(T, dtype=torch.complex64))
     pi = ess.markov.stationary_distribution(torch.tensor(P, requires_grad=True))
     np.testing.assert_allclose(pi, np.full(3, 1 / 3))
+    # the Mamba helpers take tensors as they come out of a model (requires_grad, bfloat16)
+    A, dl, B, C = -np.ones((2, 3)), np.full((8, 2), 0.1), np.ones((8, 3)), np.ones((8, 3))
+    ref_m = ess.structured.mamba_ess(A, dl, B, C)
+    got = ess.structured.mamba_ess(torch.tensor(A, requires_grad=True), torch.tensor(dl), torch.tensor(B), torch.tensor(C))
+    np.testing.assert_array_equal(got, ref_m)
+    got16 = ess.structured.mamba_ess(*(torch.tensor(x).to(torch.bfloat16) for x in (A, dl, B, C)))
+    assert got16.shape == ref_m.shape
+    with pytest.raises(InvalidArgumentError, match="windows: sparse"):
+        ess.graph.TokenPriorityGraphs(torch.tensor([[0, 1], [1, 0]]).to_sparse(), [1, 0], vocab_size=2)
 
 
 def test_token_graph_index_is_not_truncated() -> None:

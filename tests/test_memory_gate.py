@@ -20,9 +20,9 @@ CASES = {
     "dense_empty_batch_huge_L": (
         None, "r = ess.effective_state_size(np.zeros((0, 2**28, 2**28))); assert r.shape == (0, 2**28)",
     ),
-    # CCMC: n_traj * n_steps outputs of 24 bytes each
+    # CCMC: n_traj * n_steps outputs of 24 bytes each (the larger of the two is named)
     "ccmc_many_trajectories": (
-        "n_steps", "ess.ccmc.simulate_ccmc(np.full((4, 4), 0.25), [0, 1], n_steps=2**11, n_traj=2**20)",
+        "n_traj", "ess.ccmc.simulate_ccmc(np.full((4, 4), 0.25), [0, 1], n_steps=2**11, n_traj=2**20)",
     ),
     # token-priority graphs over a vocabulary of 4e9 tokens (per-token tables)
     "tpg_huge_vocabulary": (

@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError
 
-__all__ = ["array", "integer", "real", "choice", "gate"]
+__all__ = ["array", "integer", "real", "boolean", "choice", "gate"]
 
 
 def _available_bytes() -> Optional[int]:
@@ -83,7 +83,16 @@ def array(x: Any, arg: str, *, kinds: str = "fiu") -> np.ndarray:
         want = {"f": "float", "i": "integer", "u": "unsigned integer", "b": "bool"}
         names = " or ".join(want[k] for k in kinds if k in want)
         raise DTypeError(f"{arg}: expected {names} values, got dtype {x.dtype}")
+    # A view (broadcast, strided, other dtype) is copied to a contiguous float64 array by the
+    # callers: refuse a copy that cannot fit before numpy tries it.
+    need = x.size * 8
+    if need > _COPY_CHECK_BYTES and (not x.flags.c_contiguous or x.dtype != np.float64):
+        gate(arg, need, f"a contiguous float64 copy of shape {x.shape}")
     return x
+
+
+# Copies below this size are not checked (reading /proc/meminfo costs more than they do).
+_COPY_CHECK_BYTES = 1 << 26
 
 
 def integer(x: Any, arg: str, *, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
@@ -111,6 +120,13 @@ def real(x: Any, arg: str, *, lo: Optional[float] = None, allow_none: bool = Fal
     if lo is not None and v < lo:
         raise InvalidArgumentError(f"{arg}: must be >= {lo}, got {v}")
     return v
+
+
+def boolean(x: Any, arg: str) -> bool:
+    """A ``bool`` (Python or numpy); ``0``/``1``, strings and ``None`` are refused."""
+    if not isinstance(x, (bool, np.bool_)):
+        raise DTypeError(f"{arg}: must be True or False, got {type(x).__name__} {x!r}")
+    return bool(x)
 
 
 def choice(x: Any, arg: str, options: Sequence[str]) -> str:

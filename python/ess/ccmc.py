@@ -284,8 +284,11 @@ def fit_attention_mle(
     w = np.ones(L) if position_weights is None else _real(position_weights, "position_weights")
     if w.shape != (L,) or np.any(w <= 0):
         raise InvalidArgumentError(f"position_weights: needs {L} positive weights")
-    if not (l2 > 0):
-        raise InvalidArgumentError("l2: must be > 0")
+    l2 = _args.real(l2, "l2")
+    if not l2 > 0:
+        raise InvalidArgumentError(f"l2: must be > 0, got {l2}")
+    max_iter = _args.integer(max_iter, "max_iter", lo=1, hi=10**6)
+    tol = _args.real(tol, "tol", lo=0.0)
     Mc = np.zeros((N, V))
     np.add.at(Mc, (np.repeat(np.arange(N), L), X.ravel()), np.tile(w, N))
     bad = np.flatnonzero(Mc[np.arange(N), y] == 0)

@@ -46,6 +46,8 @@ import numpy.typing as npt
 from . import _args, _core
 from .errors import DTypeError, InvalidArgumentError, NumericalError, ShapeError, TooLargeError
 
+_ALGORITHMS = ("auto", "pearce", "fwbw")
+
 __all__ = [
     "strongly_connected_components",
     "condensation",
@@ -131,7 +133,7 @@ def strongly_connected_components(
     InvalidArgumentError : unknown ``algorithm``.
     """
     s, d, n = _edges(src, dst, n_nodes)
-    return _core.graph_scc(s, d, n, algorithm)
+    return _core.graph_scc(s, d, n, _args.choice(algorithm, "algorithm", _ALGORITHMS))
 
 
 class Condensation:
@@ -185,7 +187,7 @@ def condensation(src: npt.ArrayLike, dst: npt.ArrayLike, n_nodes: int, *, algori
     topological order and reachability queries. Same inputs, ``algorithm`` choices and
     numbering as :func:`strongly_connected_components`."""
     s, d, n = _edges(src, dst, n_nodes)
-    return Condensation(_core.graph_condensation(s, d, n, algorithm))
+    return Condensation(_core.graph_condensation(s, d, n, _args.choice(algorithm, "algorithm", _ALGORITHMS)))
 
 
 # --------------------------------------------------------------------------------------
@@ -213,7 +215,7 @@ def _windows_flat(windows: Any, pad: Optional[int], offsets: Optional[npt.ArrayL
             if pad is not None:
                 return _windows_flat(_pad_rows(rows, pad), pad, None, arg)
             return flat, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    w = np.asarray(windows)
+    w = _args.array(windows, arg, kinds="fiub")
     if w.dtype.kind not in "iu":
         raise DTypeError(f"{arg}: token ids must be integers, got dtype {w.dtype}")
     if w.ndim != 2:

@@ -206,7 +206,7 @@ def committor(
     time-reversed chain ``pi_j P[j, i] / pi_i``; needs an irreducible chain. For reversible
     chains ``q- = 1 - q+``.
     """
-    return _core.markov_committor(_chain(P), _ids(A, "A"), _ids(B, "B"), bool(backward), _method(method))
+    return _core.markov_committor(_chain(P), _ids(A, "A"), _ids(B, "B"), _args.boolean(backward, "backward"), _method(method))
 
 
 def absorption_probabilities(P: ChainLike, sets: Sequence[Any], *, method: str = "auto") -> npt.NDArray[np.float64]:
@@ -218,6 +218,8 @@ def absorption_probabilities(P: ChainLike, sets: Sequence[Any], *, method: str =
     """
     if isinstance(sets, np.ndarray) and sets.ndim == 1:
         sets = [sets]
+    if isinstance(sets, (str, bytes)) or not isinstance(sets, (Sequence, np.ndarray)):
+        raise DTypeError(f"sets: expected a sequence of state-id arrays, got {type(sets).__name__}")
     Pc = _chain(P)
     n = Pc[0] if isinstance(Pc, tuple) else Pc.shape[0]
     if len(sets) == 0:
@@ -244,7 +246,7 @@ def communication_classes(P: ChainLike, *, threshold: float = 0.0) -> Tuple[npt.
     topological order of the condensation: classes reachable from a class have smaller
     labels) and ``closed[c]`` says whether no edge leaves class ``c``.
     """
-    lab, closed, _k = _core.markov_classes(_chain(P), float(threshold))
+    lab, closed, _k = _core.markov_classes(_chain(P), _args.real(threshold, "threshold", lo=0.0))
     return lab, closed
 
 
@@ -301,6 +303,7 @@ def metastable_decomposition(P: ChainLike, *, threshold: Optional[float] = None)
     at least two decades; otherwise no edge is rare (``threshold = 0``).
     """
     Pc = _chain(P)
+    threshold = _args.real(threshold, "threshold", lo=0.0, allow_none=True)
     if threshold is None:
         if isinstance(Pc, tuple):
             n, indptr, indices, data = Pc
@@ -350,14 +353,25 @@ def metastable_chain(
     ``1 / eps``. Returns a dense float64 array, or ``scipy.sparse.csr_array`` when
     ``sparse=True``.
     """
-    K, M = int(n_clusters), int(cluster_size)
-    if K < 1 or M < 2:
-        raise InvalidArgumentError("n_clusters must be >= 1 and cluster_size >= 2")
-    if not (1 <= degree <= M - 1):
-        raise InvalidArgumentError(f"degree must be in [1, cluster_size - 1], got {degree}")
-    eb = eps if eps_back is None else eps_back
-    if not (0 < eps < 1) or not (0 <= eb < 1):
-        raise InvalidArgumentError("eps must be in (0, 1) and eps_back in [0, 1)")
+    K = _args.integer(n_clusters, "n_clusters", lo=1)
+    M = _args.integer(cluster_size, "cluster_size", lo=2)
+    degree = _args.integer(degree, "degree", lo=1, hi=M - 1)
+    eps = _args.real(eps, "eps")
+    eb = eps if eps_back is None else _args.real(eps_back, "eps_back")
+    if not 0 < eps < 1:
+        raise InvalidArgumentError(f"eps: must be in (0, 1), got {eps}")
+    if not 0 <= eb < 1:
+        raise InvalidArgumentError(f"eps_back: must be in [0, 1), got {eb}")
+    seed = None if seed is None else _args.integer(seed, "seed", lo=0, hi=2**64 - 1)
+    sparse = _args.boolean(sparse, "sparse")
+    # built state by state in Python: dense needs (K M)^2 floats, sparse about K M degree entries
+    size_arg = "n_clusters" if K >= M else "cluster_size"
+    _args.gate(size_arg, float(K * M) * (degree + 2) * 24 + (0 if sparse else float(K * M) ** 2 * 8),
+               f"a chain of {K} x {M} states")
+    if K * M > 10**7:
+        from .errors import TooLargeError
+
+        raise TooLargeError(f"{size_arg}: {K} x {M} = {K * M} states is beyond this generator (at most 1e7 states)")
     rng = np.random.default_rng(seed)
     n = K * M
     rows: List[int] = []

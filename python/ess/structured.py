@@ -194,16 +194,18 @@ def ssm_ess(
         ) from None
     dt = _common(a, b, c)
 
-    def prep(x: np.ndarray, t: Tuple[int, ...]) -> np.ndarray:
+    def prep(x: np.ndarray, t: Tuple[int, ...], name: str) -> np.ndarray:
         x = x.astype(dt, copy=False)
         if x.shape[: x.ndim - len(t)] != batch:
             x = np.broadcast_to(x, batch + t)
+        if not x.flags.c_contiguous:
+            _args.gate(name, float(np.prod(batch + t, dtype=float)) * x.itemsize, f"a contiguous copy broadcast to {batch + t}")
         return np.ascontiguousarray(x)
 
-    b = prep(b, (L, N))
-    c = prep(c, (L, N))
+    b = prep(b, (L, N), "B")
+    c = prep(c, (L, N), "C")
     if a is not None:
-        a = prep(a, tail)
+        a = prep(a, tail, "A")
     tol, ent = _core.ssm_ess_curves(a, kind, b, c, method, atol, rtol, _positions_list(positions))
     return _finish(tol, ent, method)
 
@@ -281,10 +283,8 @@ def mamba_ess(
     """
     _check_method(method)
     atol, rtol = _tols(atol, rtol)
-    a = _as_float(A, "A").astype(np.float64)
-    dl = _as_float(delta, "delta").astype(np.float64)
-    b = _as_float(B, "B").astype(np.float64)
-    c = _as_float(C, "C").astype(np.float64)
+    given = [_as_float(x, name) for x, name in ((A, "A"), (delta, "delta"), (B, "B"), (C, "C"))]
+    a, dl, b, c = (x.astype(np.float64) for x in given)
     if a.ndim != 2:
         raise ShapeError(f"A: expected shape (D_ch, N), got {a.shape}")
     Dch, N = a.shape
@@ -309,7 +309,7 @@ def mamba_ess(
     bb = b[None, :, :] if b.ndim == 2 else b.transpose(1, 0, 2)
     cc = c[None, :, :] if c.ndim == 2 else c.transpose(1, 0, 2)
     bt = dl.T[:, :, None] * bb
-    dt = _common(*(np.asarray(x) for x in (A, delta, B, C)))
+    dt = _common(*given)
     at, bt, cc = _decays(at, dt), _scaled_inputs(bt, dt), np.asarray(cc, dtype=dt)
     return ssm_ess(at, bt, cc, transition="diagonal", method=method, atol=atol, rtol=rtol, positions=positions)
 
@@ -346,10 +346,8 @@ def mamba2_ess(
     """
     _check_method(method)
     atol, rtol = _tols(atol, rtol)
-    a = _as_float(A, "A").astype(np.float64)
-    dl = _as_float(delta, "delta").astype(np.float64)
-    b = _as_float(B, "B").astype(np.float64)
-    c = _as_float(C, "C").astype(np.float64)
+    given = [_as_float(x, name) for x, name in ((A, "A"), (delta, "delta"), (B, "B"), (C, "C"))]
+    a, dl, b, c = (x.astype(np.float64) for x in given)
     if a.ndim != 1:
         raise ShapeError(f"A: expected shape (H,), got {a.shape}")
     H = a.shape[0]
@@ -374,7 +372,7 @@ def mamba2_ess(
     bb = b[None] if b.ndim == 2 else b.transpose(1, 0, 2)
     cc = c[None] if c.ndim == 2 else c.transpose(1, 0, 2)
     bt = dl.T[:, :, None] * bb
-    dt = _common(*(np.asarray(x) for x in (A, delta, B, C)))
+    dt = _common(*given)
     at, bt, cc = _decays(at, dt), _scaled_inputs(bt, dt), np.asarray(cc, dtype=dt)
     return ssm_ess(at, bt, cc, transition="scalar", method=method, atol=atol, rtol=rtol, positions=positions)
 
@@ -563,7 +561,8 @@ def conv_ess(
     _check_finite(ha, "h")
     if path not in ("auto", "exact", "fast"):
         raise InvalidArgumentError(f'path: unknown path {path!r}; expected "auto", "exact" or "fast"')
-    if not (isinstance(accuracy, (int, float)) and math.isfinite(accuracy) and accuracy > 0):
+    accuracy = _args.real(accuracy, "accuracy")
+    if not accuracy > 0:
         raise InvalidArgumentError(f"accuracy: must be a finite positive number, got {accuracy!r}")
     lead = ha.shape[:-1]
     gates: list = []

@@ -117,9 +117,11 @@ pub fn simulate(
             ));
         }
     }
-    let size = checked_size("n_steps", &[n_traj, n_steps])?;
+    // name the argument that makes the request large
+    let arg = if n_traj >= n_steps { "n_traj" } else { "n_steps" };
+    let size = checked_size(arg, &[n_traj, n_steps])?;
     // tokens (i64), support sizes and winner shares (f64) per step of every trajectory
-    crate::mem::gate("n_steps", (size as u64).checked_mul(24), &format!("{n_traj} trajectories of {n_steps} steps"))?;
+    crate::mem::gate(arg, (size as u64).checked_mul(24), &format!("{n_traj} trajectories of {n_steps} steps"))?;
     if size > (1usize << 31) {
         return Err(Error::too_large(
             "n_steps",
