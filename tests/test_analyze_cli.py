@@ -111,6 +111,7 @@ def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family
         (["demo", "-L", "x"], "expected an integer"),
         (["analyze", "--samples", "0"], "--samples: must be in [1, 8]"),
         (["analyze", "--positions", "a:b"], "--positions: expected 'start:stop:step'"),
+        (["analyze", "--positions", "::0"], "--positions: the step of '::0' must be a positive integer"),
         (["analyze", "--device", "bogus"], "--device: not a torch device"),
         (["analyze", "--figures", "png,gif"], "--figures: expected a comma-separated list of png, svg, pdf, eps"),
     ],

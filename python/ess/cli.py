@@ -70,11 +70,14 @@ def _positions_slice(text: str) -> slice:
     try:
         if len(parts) > 3:
             raise ValueError
-        return slice(*[int(p) if p.strip() else None for p in parts])
+        sl = slice(*[int(p) if p.strip() else None for p in parts])
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected 'start:stop:step' with integers (parts may be empty) or a list of integers, got {text!r}"
         ) from None
+    if sl.step is not None and sl.step <= 0:
+        raise argparse.ArgumentTypeError(f"the step of {text!r} must be a positive integer (split points increase)")
+    return sl
 
 
 def _positions_arg(text: str) -> str:
