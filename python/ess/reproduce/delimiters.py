@@ -87,7 +87,7 @@ def drop_at(curve: np.ndarray, delims: List[int], w: int = 2) -> float:
 def run(quick: bool = False, seed: int = 0) -> Result:
     kw = dict(n_segments=2, n_pairs=3, n_queries=3, n_keys=6, n_values=12)
     vocab = 2 + kw["n_keys"] + kw["n_values"]
-    steps, d_model = (80, 16) if quick else (800, 32)
+    steps, d_model = (60, 16) if quick else (800, 32)
     heads = {"softmax_attention": 2, "gated_linear_attention": d_model // 8, "linear_attention": d_model // 8}
     data = lambda b, s: generate(b, seed=s, **kw)[:3]  # noqa: E731
     x_ev, y_ev, m_ev, delims = generate(128 if quick else 1000, seed=20_000 + seed, **kw)
