@@ -25,6 +25,7 @@ def _files_written(res, out):
     return data
 
 
+@pytest.mark.requires("matplotlib")
 def test_metastable_quick(tmp_path):
     res = reproduce.run("metastable", quick=True, out=tmp_path)
     _files_written(res, tmp_path)
@@ -37,6 +38,7 @@ def test_metastable_quick(tmp_path):
     assert all(r.agrees for r in res.rows)
 
 
+@pytest.mark.requires("matplotlib")
 def test_winner_quick(tmp_path):
     res = reproduce.run("winner", quick=True, out=tmp_path)
     _files_written(res, tmp_path)
@@ -48,7 +50,7 @@ def test_winner_quick(tmp_path):
     assert np.mean(n["generated_share_ccmc"]) > np.mean(n["generated_share_frozen"]) + 0.1
 
 
-@pytest.mark.requires("torch")
+@pytest.mark.requires("torch", "matplotlib")
 def test_graph_svm_quick(tmp_path):
     res = reproduce.run("graph-svm", quick=True, out=tmp_path)
     _files_written(res, tmp_path)
@@ -58,7 +60,7 @@ def test_graph_svm_quick(tmp_path):
     assert min(res.numbers["retrieval_mass"]) > 0.95
 
 
-@pytest.mark.requires("torch", "pandas")
+@pytest.mark.requires("torch", "pandas", "matplotlib")
 def test_mqar_quick(tmp_path):
     res = reproduce.run("mqar", quick=True, out=tmp_path)
     _files_written(res, tmp_path)
@@ -74,7 +76,7 @@ def test_mqar_quick(tmp_path):
     assert set(res.numbers["spearman"]) >= {"total_tol", "total_ent", "total_tss"}
 
 
-@pytest.mark.requires("torch", "pandas")
+@pytest.mark.requires("torch", "pandas", "matplotlib")
 def test_delimiters_quick(tmp_path):
     res = reproduce.run("delimiters", quick=True, out=tmp_path)
     _files_written(res, tmp_path)
@@ -90,7 +92,7 @@ def test_delimiters_quick(tmp_path):
     # the published ordering is reported, not asserted: tiny quick models only partly learn to forget
 
 
-@pytest.mark.requires("torch", "pandas")
+@pytest.mark.requires("torch", "pandas", "matplotlib")
 def test_regularizer_quick(tmp_path):
     res = reproduce.run("regularizer", quick=True, out=tmp_path)
     _files_written(res, tmp_path)
@@ -99,6 +101,7 @@ def test_regularizer_quick(tmp_path):
     assert bonus > 1.2 * base
 
 
+@pytest.mark.requires("matplotlib")
 def test_cli_reproduce(tmp_path, capsys):
     from ess.cli import main
 
@@ -131,3 +134,18 @@ def test_recommend_state_size():
     ent = ess.analyze(load_builtin(), builtin_inputs(1), method="entropy", progress=False)
     with pytest.raises(InvalidArgumentError):
         ess.recommend_state_size(ent)
+
+
+@pytest.mark.requires("scipy")
+def test_spearman_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from ess.reproduce._mqar import spearman
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x = rng.integers(0, 5, 9).astype(float)
+        y = rng.standard_normal(9)
+        if np.ptp(x) == 0:
+            continue
+        assert abs(spearman(x, y) - scipy_stats.spearmanr(x, y).statistic) < 1e-12
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))

@@ -3,7 +3,8 @@
 ``ess reproduce NAME [--quick] [--out DIR]`` (or :func:`run`) runs one experiment and writes into
 ``DIR`` its figure(s) (PNG), ``NAME.json`` (every number) and ``NAME.md`` (a table putting the
 published value or claim beside ours). ``--quick`` is a seconds-long preset (what the tests run);
-the default preset is the full one (minutes on a CPU). Experiments:
+the default preset is the full one (minutes on a CPU). Needs the ``analyze`` extra (matplotlib for
+the figures; PyTorch and pandas for the trained-model experiments). Experiments:
 
 * ``metastable``: hitting times between clusters of a metastable chain scale as ``1/eps``;
 * ``winner``: winner-takes-all collapse of single-trajectory CCMC generation;

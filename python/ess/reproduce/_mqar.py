@@ -81,9 +81,18 @@ def train(model: Any, data: Callable[[int, int], Tuple[Any, Any, Any]], *, steps
 
 def spearman(x: Any, y: Any) -> float:
     """Spearman rank correlation (average ranks for ties); nan when either side is constant."""
-    from scipy.stats import spearmanr
-
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan")
-    return float(spearmanr(x, y).statistic)
+    rx, ry = _ranks(x), _ranks(y)
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    order = np.argsort(a, kind="mergesort")
+    r = np.empty(len(a))
+    r[order] = np.arange(len(a), dtype=float)
+    for v in np.unique(a):  # average ranks of ties
+        tie = a == v
+        r[tie] = r[tie].mean()
+    return r
