@@ -72,7 +72,7 @@ def _positions(positions: Optional[Union[Sequence[int], torch.Tensor]], L: int) 
         if positions.dtype.is_floating_point or positions.dim() != 1:
             raise DTypeError("positions: must be a 1-D integer sequence")
         positions = positions.tolist()
-    out = []
+    out: list[int] = []
     for i, p in enumerate(positions):
         if isinstance(p, bool) or not isinstance(p, int):
             try:

@@ -56,12 +56,12 @@ def run(quick: bool = False, seed: int = 0) -> Result:
     K, M = (3, 5) if quick else (4, 8)
     exps = np.arange(2, 13, 2 if quick else 1)
     eps_list = 10.0 ** (-exps.astype(float))
-    h = []
+    h_list = []
     for eps in eps_list:
         P = markov.metastable_chain(K, M, degree=3, eps=float(eps), seed=seed)
         hit = markov.hitting_times(P, np.arange((K - 1) * M, K * M))
-        h.append(float(hit[0]))
-    h = np.array(h)
+        h_list.append(float(hit[0]))
+    h = np.array(h_list)
     slope, intercept = np.polyfit(np.log(eps_list), np.log(h), 1)
     heps = h * eps_list
 
