@@ -126,5 +126,11 @@ def run(quick: bool = False, seed: int = 0) -> Result:
     ax[0, 2].set_xscale("log")
     for a in ax[0]:
         a.set_ylabel("MQAR accuracy")
+    from matplotlib.lines import Line2D
+
+    fams = {"softmax_attention": ("C0", "softmax attention"), "linear_attention": ("C1", "linear attention"),
+            "gated_linear_attention": ("C2", "gated linear attention"), "ssm": ("C3", "selective SSM")}
+    present = [fams[k] for k in fams if any(r["mixer"] == k for r in rows)]
+    ax[0, 2].legend([Line2D([], [], marker="o", ls="", color=c) for c, _ in present], [n for _, n in present], fontsize=7)
     res.figures = {"mqar_accuracy_vs_ess": fig}
     return res
