@@ -52,7 +52,7 @@ def run(quick: bool = False, seed: int = 0) -> Result:
 
     cfg = MQARConfig(vocab_size=24, n_keys=8, n_pairs=4, n_queries=4)
     steps, d_model = (60, 16) if quick else (600, 32)
-    lams = [1.0, 0.0, -1.0]
+    lams = [1.0, 0.0, -1.0] if quick else [1.0, 0.2, 0.0, -1.0]
     data = lambda b, s: generate(b, cfg, seed=s)  # noqa: E731
     ev = generate(128 if quick else 1000, cfg, seed=30_000 + seed)
     probe = ev[0][:4]
@@ -63,24 +63,26 @@ def run(quick: bool = False, seed: int = 0) -> Result:
         t = train(model, data, steps=steps, batch=32, lr=1e-2, seed=seed, eval_data=ev, penalty=pen)
         e = layer_ess(model, probe)
         out.append({"lam": lam, "accuracy": t.accuracy, "train_seconds": t.seconds, **e})
-    ent = [o["avg_ent"] for o in out]
+    ent = [o["avg_ent"] for o in out]  # lams decreasing, so ESS should increase along the list
+    ordered = all(a < b for a, b in zip(ent, ent[1:]))
     res = Result(NAME, "Training with ESS: entropy-ESS penalty / bonus on softmax attention (MQAR)",
                  "effective state-size (ESS) paper: ESS-informed regularisers", "quick" if quick else "full")
     for o in out:
         res.rows.append(Row(f"lam = {o['lam']:+g}: entropy-ESS, tolerance-ESS (mean per head), accuracy",
                             "(no number published for this setup)",
                             f"{o['avg_ent']:.2f}, {o['avg_tol']:.2f}, {o['accuracy']:.3f}", None))
-    res.rows.append(Row("entropy-ESS ordered by the sign of lam", "penalty lowers ESS, bonus raises it",
-                        f"{ent[0]:.2f} < {ent[1]:.2f} < {ent[2]:.2f}" if ent[0] < ent[1] < ent[2] else
-                        f"{ent[0]:.2f}, {ent[1]:.2f}, {ent[2]:.2f} (not ordered)", bool(ent[0] < ent[1] < ent[2])))
+    res.rows.append(Row("entropy-ESS ordered by lam (largest penalty first)", "penalty lowers ESS, bonus raises it",
+                        (" < " if ordered else ", ").join(f"{e:.2f}" for e in ent) + ("" if ordered else " (not ordered)"),
+                        bool(ordered)))
     res.notes = [f"MQAR L = {cfg.length}, d_model {d_model}, {steps} steps; penalty on every 2nd split; ESS measured with the "
                  "Rust kernel (ess.analyze, rtol 1e-2 for the tolerance-ESS) on 4 held-out sequences."]
     res.numbers = {"runs": out, "steps": steps, "d_model": d_model}
     fig, ax = new_figure(2)
-    ax[0, 0].bar([f"{o['lam']:+g}" for o in out], ent, color=["C3", "C7", "C2"])
+    colors = ["C3" if o["lam"] > 0 else "C2" if o["lam"] < 0 else "C7" for o in out]
+    ax[0, 0].bar([f"{o['lam']:+g}" for o in out], ent, color=colors)
     ax[0, 0].set_xlabel("lam (penalty > 0, bonus < 0)")
     ax[0, 0].set_ylabel("entropy-ESS per head (held-out)")
-    ax[0, 1].bar([f"{o['lam']:+g}" for o in out], [o["accuracy"] for o in out], color=["C3", "C7", "C2"])
+    ax[0, 1].bar([f"{o['lam']:+g}" for o in out], [o["accuracy"] for o in out], color=colors)
     ax[0, 1].set_xlabel("lam")
     ax[0, 1].set_ylabel("MQAR accuracy")
     res.figures = {"regularizer": fig}
