@@ -52,6 +52,10 @@ def run(quick: bool = False, seed: int = 0) -> Result:
         r.notes.append(f"Our lowest cosine {cos_a.min():.3f} is below the published range: with the quick preset's few steps the "
                        "weights' norm is still small and the finite component still weighs on the direction; the cosine "
                        "rises with training (logarithmic convergence of the direction).")
+    if cos_a.max() > hi:
+        r.notes.append(f"Our highest cosine {cos_a.max():.3f} is above the published range: the published figure comes from "
+                       "a few runs of a given length; the direction keeps converging (slowly) with more steps, so longer "
+                       "training or other random datasets give values closer to 1. The range's lower end is the claim.")
     r.numbers = {"seeds": seeds, "steps": steps, "lr": lr, "cosine": cos_a, "retrieval_mass": mass,
                  "composition_tv": tv, "train_loss": loss, "published_range": PUBLISHED}
     fig, ax = new_figure(1)
