@@ -97,10 +97,12 @@ def run(quick: bool = False, seed: int = 0) -> Result:
     better = [rho["total_tol"], rho["total_ent"]]
     # agreement: some ESS measure ranks with accuracy (rho > 0) and better than TSS does
     ok = None if any(np.isnan(better + [rho["total_tss"]])) else bool(max(better) > max(rho["total_tss"], 0.0))
+    if len(rows) < 5:
+        ok = None  # a rank correlation over fewer models says nothing
     res.rows.append(Row("Spearman(accuracy, total ESS) vs Spearman(accuracy, total TSS)",
                         "ESS correlates with accuracy, TSS does not",
                         f"tol {rho['total_tol']:.2f}, ent {rho['total_ent']:.2f} vs TSS {rho['total_tss']:.2f}", ok,
-                        f"{len(rows)} models"))
+                        f"{len(rows)} models" + (" - too few to judge; run the full preset" if len(rows) < 5 else "")))
     res.rows.append(Row("Spearman(accuracy, ESS/TSS)", "(reported in the paper as utilisation)",
                         f"tol {rho['tol_over_tss']:.2f}, ent {rho['ent_over_tss']:.2f}", None))
     res.notes = [
