@@ -58,8 +58,12 @@ __all__ = [
 
 
 def __getattr__(name: str):  # lazy submodules: ess.automaton imports torch on import
-    if name in ("automaton", "sweep", "compare"):
+    if name in ("automaton", "sweep", "compare", "differentiable", "reproduce"):
         import importlib
 
         return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+from .distill import recommend_state_size  # noqa: E402
+
+__all__ += ["recommend_state_size", "differentiable", "reproduce"]

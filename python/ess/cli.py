@@ -394,6 +394,18 @@ def _print_sweep(out, kind: str) -> None:
         print(f"failed jobs: errors and tracebacks in {out.results}/jobs/<job>.json; the next run retries them")
 
 
+def _reproduce(args: argparse.Namespace) -> int:
+    from . import reproduce
+
+    names = list(reproduce.EXPERIMENTS) if args.name == "all" else [args.name]
+    for name in names:
+        out = args.out if len(names) == 1 else os.path.join(args.out, name)
+        res = reproduce.run(name, quick=args.quick, out=out, seed=args.seed)
+        print(res.table_markdown())
+        print(f"wrote {', '.join(res.files)} to {out}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="ess", description="Effective state size of sequence models.")
     sub = parser.add_subparsers(dest="command")
@@ -439,6 +451,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_sw.add_argument("--no-report", action="store_true", help="do not write RESULTS/report")
     p_sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_sw.set_defaults(func=_sweep)
+    p_re = sub.add_parser(
+        "reproduce",
+        help="rerun a published finding (figure, JSON of numbers, table beside the published value)",
+        description="Experiments: metastable, winner, graph-svm, mqar, delimiters, regularizer (or all). --quick runs a "
+        "seconds-long preset; the default is the full preset (minutes on a CPU).",
+    )
+    p_re.add_argument("name", choices=["metastable", "winner", "graph-svm", "mqar", "delimiters", "regularizer", "all"])
+    p_re.add_argument("--quick", action="store_true", help="the small preset (seconds; what CI runs)")
+    p_re.add_argument("--out", "-o", default="ess-reproduce", help="output directory (default ./ess-reproduce)")
+    p_re.add_argument("--seed", type=_int_in(0), default=0, help="base seed (default 0)")
+    p_re.set_defaults(func=_reproduce)
     args = parser.parse_args(argv)
     if not hasattr(args, "func"):
         args = parser.parse_args(["demo", *(argv or [])])
