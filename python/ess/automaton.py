@@ -14,7 +14,7 @@ This module needs PyTorch (CPU is enough); ``import ess`` does not import it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import numpy.typing as npt

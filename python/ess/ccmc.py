@@ -225,30 +225,31 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
         Xk = X[X[:, -1] == k]
         if Xk.shape[0] == 0:
             continue
-        parent = np.arange(V)
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        seen = np.zeros(V, dtype=bool)
-        for row in Xk:
-            toks = np.unique(row)
-            seen[toks] = True
-            r0 = find(int(toks[0]))
-            for t in toks[1:]:
-                rt = find(int(t))
-                if rt != r0:
-                    parent[rt] = r0
-        roots: dict[int, int] = {}
-        for j in np.flatnonzero(seen):
-            r = find(int(j))
-            comps[j, k] = roots.setdefault(r, len(roots))
-        ncomp[k] = len(roots)
+        # Co-occurrence components: a star from each prompt's first token to its other tokens,
+        # both directions, and the core's strongly connected components of that symmetric graph.
+        L = Xk.shape[1]
+        head = np.repeat(Xk[:, 0], L)
+        tail = Xk.ravel()
+        _, labels = _core.graph_scc(np.concatenate([head, tail]), np.concatenate([tail, head]), V)
+        js = np.unique(tail)
+        # Components numbered in the order of their smallest token.
+        _, first, inv = np.unique(labels[js], return_index=True, return_inverse=True)
+        rank = np.empty(first.size, dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(first.size)
+        comps[js, k] = rank[inv]
+        ncomp[k] = first.size
     ident = (ncomp == 1) & np.all(comps >= 0, axis=0)
     return IdentifiabilityReport(ident, comps, ncomp, nsamp)
+
+
+def _penalised_nll(
+    b: npt.NDArray[np.float64], Z: npt.NDArray[np.float64], Y: npt.NDArray[np.float64], l2: float
+) -> float:
+    """Negative log-likelihood of the one-hot labels ``Y`` under ``softmax(Z + b)`` plus ``l2 |b|^2 / 2``."""
+    z = Z + b
+    zm = z.max(axis=1, keepdims=True)
+    lse = zm[:, 0] + np.log(np.exp(z - zm).sum(axis=1))
+    return float(-(Y * np.where(Y > 0, z, 0)).sum() + lse.sum() + 0.5 * l2 * b @ b)
 
 
 def fit_attention_mle(
@@ -308,13 +309,7 @@ def fit_attention_mle(
         Y[np.arange(idx.size), np.searchsorted(cols, y[idx])] = 1.0
         beta = np.zeros(cols.size)
 
-        def f(b: npt.NDArray[np.float64]) -> float:
-            z = Z + b
-            zm = z.max(axis=1, keepdims=True)
-            lse = zm[:, 0] + np.log(np.exp(z - zm).sum(axis=1))
-            return float(-(Y * np.where(Y > 0, z, 0)).sum() + lse.sum() + 0.5 * l2 * b @ b)
-
-        fb = f(beta)
+        fb = _penalised_nll(beta, Z, Y, l2)
         for _ in range(max_iter):
             z = Z + beta
             z = z - z.max(axis=1, keepdims=True)
@@ -326,7 +321,7 @@ def fit_attention_mle(
             t = 1.0
             while True:
                 nb = beta - t * step
-                fn = f(nb)
+                fn = _penalised_nll(nb, Z, Y, l2)
                 if fn <= fb - 1e-4 * t * (g @ step) or t < 1e-10:
                     break
                 t *= 0.5

@@ -38,7 +38,7 @@ See :class:`TokenPriorityGraphs`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -449,7 +449,7 @@ class TokenPriorityGraphs:
                 raise DTypeError(f"E: must be a float array, got dtype {e.dtype}")
         return self._inner.svm_embedded(np.ascontiguousarray(e, dtype=np.float64))
 
-    def finite_component(
+    def finite_component(  # noqa: C901 -- over the complexity limit; split by job (issue 17)
         self,
         windows: Any,
         labels: npt.ArrayLike,

@@ -309,7 +309,7 @@ class Report:
         h += [f"<th colspan='{n}' class='grp'>{html.escape(g)}</th>" for g, n in groups] + ["<th rowspan='2' class='grp' title='"
               + html.escape(_FLAG_TIP.format(sat=self.meta.get("saturation", 0.9), col=self.meta.get("collapse", 0.1), p=self.primary))
               + "'>flag</th></tr><tr>"]
-        for key, _, head, unit, tip, _ in cols:
+        for _key, _, head, unit, tip, _ in cols:
             u = f"<br><span class='unit'>{html.escape(unit)}</span>" if unit else ""
             h.append(f"<th title='{html.escape(tip)}'>{html.escape(head)}{u}</th>")
         h.append("</tr></thead><tbody>")

@@ -185,7 +185,7 @@ class Job:
     gpus: Optional[float] = None
     labels: Dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # noqa: C901 -- over the complexity limit; split by job (issue 17)
         w = f"jobs[{self.name!r}]" if isinstance(self.name, str) else "jobs"
         if not isinstance(self.name, str) or not _NAME.match(self.name):
             raise InvalidArgumentError(
@@ -381,7 +381,7 @@ def _vocab(model: Any) -> Optional[int]:
     return None
 
 
-def _build_inputs(job: Job, model: Any, own: Any) -> Any:
+def _build_inputs(job: Job, model: Any, own: Any) -> Any:  # noqa: C901 -- over the complexity limit; split by job (issue 17)
     import numpy as np
     import torch
 
@@ -643,7 +643,7 @@ def _init_dir(root: Path) -> None:
         _write_json(marker, {"format": FORMAT, "version": VERSION, "created": time.time(), "ess_version": _ess_version()})
 
 
-def _scan(root: Path) -> Dict[str, Dict[str, Any]]:
+def _scan(root: Path) -> Dict[str, Dict[str, Any]]:  # noqa: C901 -- over the complexity limit; split by job (issue 17)
     """Validate the directory and return ``name -> record``. Raises :class:`SweepResultsError` on
     anything it did not write, a corrupt record, or a done job whose Parquet files are missing or
     altered. Hidden temporary files (``.<name>.<hex>.tmp``) of interrupted writes are ignored."""
@@ -845,7 +845,7 @@ def _resources(job: Job) -> Dict[str, Any]:
     return {"num_gpus": gpus} if gpus else {}
 
 
-def run(
+def run(  # noqa: C901 -- over the complexity limit; split by job (issue 17)
     jobs: Union[Sequence[Union[Job, Mapping[str, Any]]], Job],
     results: Union[str, "os.PathLike[str]"],
     *,

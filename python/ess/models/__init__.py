@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from .mqar import BOS, SEP, MQARConfig, generate
 
@@ -51,8 +51,9 @@ def builtin_inputs(n: int = 2) -> Any:
     return torch.from_numpy(np.ascontiguousarray(arr[:n], dtype=np.int64))
 
 
-def token_names(ids: Any, cfg: MQARConfig = MQARConfig()) -> list:
+def token_names(ids: Any, cfg: Optional[MQARConfig] = None) -> list:
     """Readable names of MQAR token ids: ``BOS``, ``SEP``, ``k<i>`` (keys), ``v<j>`` (values)."""
+    cfg = MQARConfig() if cfg is None else cfg
     out = []
     for t in [int(x) for x in ids]:
         if t == BOS:

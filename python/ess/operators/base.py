@@ -13,7 +13,7 @@ users extend with :func:`register`.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -182,7 +182,7 @@ class Extractor(abc.ABC):
     def estimate_bytes(self, sample: int = 0) -> int:
         """Bytes :meth:`operators` will allocate (checked against the memory budget first)."""
 
-    def clear(self) -> None:
+    def clear(self) -> None:  # noqa: B027 -- an optional hook: extractors that capture nothing keep the no-op
         """Drop the captures."""
 
     #: whether :meth:`factors` is implemented (the layer goes to the structured kernel)

@@ -295,7 +295,7 @@ impl TokenGraphs {
             FloatArray::F32(a) => contiguous_checked(a, "E")?.iter().map(|&x| x as f64).collect(),
         };
         let w = crate::interrupt::detach(py, || graph_svm_embedded(&self.inner, &data, d))?;
-        Ok(w.into_pyarray(py).reshape([d, d])?)
+        w.into_pyarray(py).reshape([d, d])
     }
     /// Reachability between components of graph `k`: `a[i] -> b[i]`.
     fn reaches<'py>(&self, py: Python<'py>, k: i64, a: Vec<i64>, b: Vec<i64>) -> PyResult<Bound<'py, PyArray1<bool>>> {

@@ -239,7 +239,7 @@ pub fn graph_svm_embedded(t: &TokenPriorityGraphs, e: &[f64], d: usize) -> Resul
     }
     let am = CscMatrix::new_from_triplets(m, nv, ri, cj, vv);
     let mut bv = vec![0.0; ne];
-    bv.extend(std::iter::repeat(-1.0).take(ni));
+    bv.extend(std::iter::repeat_n(-1.0, ni));
     let pm = CscMatrix::identity(nv);
     let q = vec![0.0; nv];
     let mut cones = Vec::new();
@@ -285,7 +285,7 @@ mod tests {
             eye[i * 7] = 1.0;
         }
         let wg = graph_svm_embedded(&t, &eye, 6).unwrap();
-        assert!((wg[0 * 6 + 2] - 0.6).abs() < 1e-7);
-        assert!((wg[1 * 6 + 4] - 5.0 / 6.0).abs() < 1e-7);
+        assert!((wg[2] - 0.6).abs() < 1e-7);
+        assert!((wg[6 + 4] - 5.0 / 6.0).abs() < 1e-7);
     }
 }
