@@ -363,7 +363,7 @@ class TokenPriorityGraphs:
                 )
         return self._cache[k]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         for k in self.last_tokens:
             g = self.graph(int(k))
             assert g is not None
@@ -433,7 +433,7 @@ class TokenPriorityGraphs:
             rows, cols, vals = self._inner.svm_one_hot()
             k = self.vocab_size
             if sparse:
-                import scipy.sparse  # type: ignore[import-untyped]
+                import scipy.sparse
 
                 return scipy.sparse.csc_array((vals, (rows, cols)), shape=(k, k))
             if k * k > 100_000_000:

@@ -388,7 +388,7 @@ def metastable_chain(
                 cols.append(c * M - 1)
                 vals.append(eb)
     if sparse:
-        import scipy.sparse as sp  # type: ignore[import-untyped]
+        import scipy.sparse as sp
 
         return sp.csr_array((np.array(vals), (np.array(rows), np.array(cols))), shape=(n, n))
     P = np.zeros((n, n))

@@ -1083,7 +1083,7 @@ def load_config(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
     try:
         import tomllib  # type: ignore[import-not-found]
     except ImportError:  # pragma: no cover - Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
 
     p = Path(path)
     try:

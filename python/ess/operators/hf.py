@@ -297,7 +297,7 @@ class _StructuredMixin:
 
     def estimate_bytes(self, sample: int = 0) -> int:
         n_ops, L, N = self._dims()  # type: ignore[attr-defined]
-        return 8 * n_ops * L * L * 2 + self.estimate_factor_bytes(sample)  # type: ignore[attr-defined]
+        return 8 * n_ops * L * L * 2 + self.estimate_factor_bytes(sample)
 
     def estimate_factor_bytes(self, sample: int = 0) -> int:
         n_ops, L, N = self._dims()  # type: ignore[attr-defined]

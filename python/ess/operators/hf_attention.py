@@ -376,7 +376,7 @@ class InterfaceAttentionExtractor(_AttentionCapture):
 
     def _reset(self) -> None:
         self._cap: Optional[Dict[str, Any]] = None
-        self._calls = 0
+        self._fn_calls = 0
         self._batch = 0
 
     def attach(self) -> List[Any]:
@@ -406,8 +406,8 @@ class InterfaceAttentionExtractor(_AttentionCapture):
 
     def _record(self, fn: Any, q: Any, k: Any, v: Any, mask: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
         try:
-            self._calls += 1
-            if self._calls > 1 or self._module_calls > 1:
+            self._fn_calls += 1
+            if self._fn_calls > 1 or self._module_calls > 1:
                 return
             o = out[0] if isinstance(out, (tuple, list)) else out
             kw = dict(kwargs)
@@ -463,9 +463,9 @@ class InterfaceAttentionExtractor(_AttentionCapture):
         self._check(sample)
         if self._attach_problem:
             raise InvalidArgumentError(f"{self.name}: cannot analyse this attention: {self._attach_problem}")
-        if self._calls > 1:
+        if self._fn_calls > 1:
             raise InvalidArgumentError(
-                f"{self.name}: cannot analyse this attention: the module called its attention function {self._calls} "
+                f"{self.name}: cannot analyse this attention: the module called its attention function {self._fn_calls} "
                 "times in one forward; its calls cannot be told apart"
             )
         cap = self._cap
