@@ -66,7 +66,7 @@ def graph_token_priority(
     labels: npt.NDArray[np.integer],
     vocab_size: int,
     allow_unrealisable: bool,
-) -> TokenGraphs: ...
+) -> TokenPriorityGraphs: ...
 
 @final
 class GraphCondensation:
@@ -83,7 +83,7 @@ class GraphCondensation:
     def reaches(self, a: Sequence[int], b: Sequence[int]) -> npt.NDArray[np.bool_]: ...
 
 @final
-class TokenGraphs:
+class TokenPriorityGraphs:
     @property
     def vocab_size(self) -> int: ...
     @property

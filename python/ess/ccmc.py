@@ -8,6 +8,11 @@ Model (one attention layer, query = last token, tied output embeddings): the bas
 
 Tokens are ``0..V-1``; ``W`` is ``(V, V)`` with one-hot embeddings (``W[j, k]`` scores
 candidate ``j`` for last token ``k``), or ``(d, d)`` with embeddings ``E`` of shape ``(V, d)``.
+
+References
+----------
+M. E. Ildiz, Y. Huang, Y. Li, A. S. Rawat, S. Oymak, "From Self-Attention to Markov Models:
+Unveiling the Dynamics of Generative Transformers", ICML 2024 (the CCMC view of one layer).
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def _counts(prompt: npt.NDArray[np.int64], V: int, w: Optional[npt.NDArray[np.fl
 def ccmc_transition(
     P: npt.ArrayLike, prompt: npt.ArrayLike, *, position_weights: Optional[npt.ArrayLike] = None
 ) -> npt.NDArray[np.float64]:
-    """Prompt-conditioned transition matrix ``P_X`` (``(V, V)``) of SPEC §3.
+    """Prompt-conditioned transition matrix ``P_X`` (``(V, V)``): the base chain reweighted by the prompt's counts.
 
     ``P_X[k, j] = m_j P[k, j] / sum_i m_i P[k, i]``; columns of tokens absent from the prompt
     are 0. ``position_weights`` (length ``len(prompt)``, > 0) gives position-weighted counts.

@@ -27,12 +27,21 @@ has a giant component (the searches keep their visited sets in a cache-resident 
 twice as many edges as nodes (when the transpose fits in memory), else ``"pearce"``. Both adjacencies are built by a parallel, cache-friendly bucketed sort. The
 GIL is released.
 
-Token-priority graphs (SPEC.md section 2)
------------------------------------------
+Token-priority graphs
+---------------------
 From next-token data (windows ``X_i``, labels ``y_i``): one directed graph per last token ``k``
 with the edges ``y_i -> x`` for every token ``x != y_i`` of every window ending in ``k``.
 Component ``A`` outranks ``B`` when ``B`` is reachable from ``A``; tokens of one SCC tie.
 See :class:`TokenPriorityGraphs`.
+
+References
+----------
+* D. J. Pearce, "A space-efficient algorithm for finding strongly connected components",
+  Information Processing Letters 116 (2016) (the ``"pearce"`` algorithm).
+* L. K. Fleischer, B. Hendrickson, A. Pinar, "On identifying strongly connected components in
+  parallel", IPDPS Workshops 2000 (forward-backward, the ``"fwbw"`` algorithm).
+* Y. Li, Y. Huang, M. E. Ildiz, A. S. Rawat, S. Oymak, "Mechanics of Next Token Prediction with
+  Self-Attention", AISTATS 2024 (token-priority graphs and the graph-SVM).
 """
 
 from __future__ import annotations
@@ -292,7 +301,7 @@ class TokenGraph:
 
 
 class TokenPriorityGraphs:
-    """Token-priority graphs of a next-token dataset, one per last token (SPEC.md section 2).
+    """Token-priority graphs of a next-token dataset, one per last token.
 
     Parameters
     ----------
@@ -416,7 +425,7 @@ class TokenPriorityGraphs:
 
     # ---------------------------------------------------------------- graph-SVM
     def graph_svm(self, E: Optional[npt.ArrayLike] = None, *, sparse: bool = False) -> Any:
-        """Max-margin direction ``W_svm`` (SPEC.md section 2).
+        """Max-margin direction ``W_svm`` of one attention layer trained on this data.
 
         ``min ||W||_F`` s.t. ``(E_y - E_x)^T W E_k = 0`` when ``x`` is in the SCC of ``y`` in graph
         ``k``, and ``>= 1`` when ``x`` is below it, over every edge ``y -> x`` of every graph.

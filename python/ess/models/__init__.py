@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .mqar import BOS, SEP, MQARConfig, generate
+from ..errors import OutOfRangeError
 
 __all__ = ["load_builtin", "builtin_inputs", "token_names", "INPUTS", "builtin_info", "WEIGHTS", "INFO", "BOS", "SEP", "MQARConfig", "generate"]
 
@@ -47,7 +48,7 @@ def builtin_inputs(n: int = 2) -> Any:
 
     arr = np.load(INPUTS)
     if not 1 <= n <= arr.shape[0]:
-        raise ValueError(f"n: between 1 and {arr.shape[0]} shipped sequences, got {n}")
+        raise OutOfRangeError(f"n: between 1 and {arr.shape[0]} shipped sequences, got {n}")
     return torch.from_numpy(np.ascontiguousarray(arr[:n], dtype=np.int64))
 
 

@@ -5,8 +5,7 @@
 
 use std::borrow::Cow;
 
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn};
-use numpy::{PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use ess_core::graph::{
@@ -15,32 +14,8 @@ use ess_core::graph::{
 };
 use ess_core::Error;
 
-use crate::arrays::{contiguous_checked, float_array, widened_checked, FloatArray};
-use crate::errors::{dtype_error, shape_error, IntoPy};
-
-/// A 1-D integer id array (int32 or int64), borrowed when contiguous.
-enum Ids<'py> {
-    I32(PyReadonlyArrayDyn<'py, i32>),
-    I64(PyReadonlyArrayDyn<'py, i64>),
-}
-
-fn ids<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Ids<'py>> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray of int32 or int64"))?;
-    if arr.ndim() != 1 {
-        return Err(shape_error(arg, format!("must be one-dimensional, got shape {:?}", arr.shape())));
-    }
-    let dt = arr.dtype();
-    let py = obj.py();
-    if dt.is_equiv_to(&numpy::dtype::<i64>(py)) {
-        Ok(Ids::I64(obj.cast::<PyArrayDyn<i64>>()?.readonly()))
-    } else if dt.is_equiv_to(&numpy::dtype::<i32>(py)) {
-        Ok(Ids::I32(obj.cast::<PyArrayDyn<i32>>()?.readonly()))
-    } else {
-        Err(dtype_error(arg, format!("dtype {dt} is not supported; pass int32 or int64 ids")))
-    }
-}
+use crate::arrays::{contiguous_checked, float_array, id_array as ids, widened_checked, FloatArray, IdArray as Ids};
+use crate::errors::{shape_error, IntoPy};
 
 /// Both arrays as the same integer type (int32 pairs stay int32; mixed pairs become int64).
 enum IdPair<'a> {
@@ -181,8 +156,8 @@ pub fn graph_condensation(
 }
 
 /// Token-priority graphs of a dataset (one per last token).
-#[pyclass(module = "ess._core", frozen)]
-pub struct TokenGraphs {
+#[pyclass(module = "ess._core", name = "TokenPriorityGraphs", frozen)]
+pub struct PyTokenPriorityGraphs {
     inner: TokenPriorityGraphs,
 }
 
@@ -205,7 +180,7 @@ type GraphParts<'py> = (
 );
 
 #[pymethods]
-impl TokenGraphs {
+impl PyTokenPriorityGraphs {
     #[getter]
     fn vocab_size(&self) -> usize {
         self.inner.vocab_size
@@ -327,7 +302,7 @@ pub fn graph_token_priority(
     labels: &Bound<'_, PyAny>,
     vocab_size: i64,
     allow_unrealisable: bool,
-) -> PyResult<TokenGraphs> {
+) -> PyResult<PyTokenPriorityGraphs> {
     let k = n_nodes_arg(vocab_size, "vocab_size")?;
     let t = ids(tokens, "windows")?;
     let o = ids(offsets, "offsets")?;
@@ -338,7 +313,7 @@ pub fn graph_token_priority(
             IdPair::I32(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
             IdPair::I64(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
         })?;
-    Ok(TokenGraphs { inner })
+    Ok(PyTokenPriorityGraphs { inner })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -346,6 +321,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(graph_condensation, m)?)?;
     m.add_function(wrap_pyfunction!(graph_token_priority, m)?)?;
     m.add_class::<GraphCondensation>()?;
-    m.add_class::<TokenGraphs>()?;
+    m.add_class::<PyTokenPriorityGraphs>()?;
     Ok(())
 }

@@ -15,37 +15,8 @@ use pyo3::types::PyTuple;
 
 use ess_core::markov::{self, ChainRef, CsrRef, Method};
 
-use crate::arrays::contiguous_checked;
+use crate::arrays::{contiguous_checked, id_array, IdArray};
 use crate::errors::{dtype_error, shape_error, IntoPy};
-
-enum Idx<'py> {
-    I32(PyReadonlyArrayDyn<'py, i32>),
-    I64(PyReadonlyArrayDyn<'py, i64>),
-}
-
-fn idx_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Idx<'py>> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
-    if arr.ndim() != 1 {
-        return Err(shape_error(
-            arg,
-            format!("must be one-dimensional, got {} dimensions", arr.ndim()),
-        ));
-    }
-    let dt = arr.dtype();
-    let py = obj.py();
-    if dt.is_equiv_to(&numpy::dtype::<i32>(py)) {
-        Ok(Idx::I32(obj.cast::<PyArrayDyn<i32>>()?.readonly()))
-    } else if dt.is_equiv_to(&numpy::dtype::<i64>(py)) {
-        Ok(Idx::I64(obj.cast::<PyArrayDyn<i64>>()?.readonly()))
-    } else {
-        Err(dtype_error(
-            arg,
-            format!("index dtype {dt} is not supported; use int32 or int64"),
-        ))
-    }
-}
 
 fn f64_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
     let arr = obj
@@ -63,7 +34,7 @@ fn f64_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArra
 /// Borrowed views of one chain argument, kept alive for the duration of a call.
 enum Held<'py> {
     Dense(usize, PyReadonlyArrayDyn<'py, f64>),
-    Csr(usize, Idx<'py>, Idx<'py>, PyReadonlyArrayDyn<'py, f64>),
+    Csr(usize, IdArray<'py>, IdArray<'py>, PyReadonlyArrayDyn<'py, f64>),
 }
 
 fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
@@ -75,8 +46,8 @@ fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
             ));
         }
         let n: usize = t.get_item(0)?.extract()?;
-        let indptr = idx_array(&t.get_item(1)?, "P.indptr")?;
-        let indices = idx_array(&t.get_item(2)?, "P.indices")?;
+        let indptr = id_array(&t.get_item(1)?, "P.indptr")?;
+        let indices = id_array(&t.get_item(2)?, "P.indices")?;
         let data = f64_array(&t.get_item(3)?, "P.data")?;
         return Ok(Held::Csr(n, indptr, indices, data));
     }
@@ -114,14 +85,14 @@ fn slices<'a>(h: &'a Held<'_>) -> PyResult<Slices<'a>> {
         Held::Csr(n, ip, ix, d) => {
             let data = Some(contiguous_checked(d, "P.data")?);
             match (ip, ix) {
-                (Idx::I32(a), Idx::I32(b)) => Ok(Slices {
+                (IdArray::I32(a), IdArray::I32(b)) => Ok(Slices {
                     n: *n,
                     dense: None,
                     ip32: Some((contiguous_checked(a, "P.indptr")?, contiguous_checked(b, "P.indices")?)),
                     ip64: None,
                     data,
                 }),
-                (Idx::I64(a), Idx::I64(b)) => Ok(Slices {
+                (IdArray::I64(a), IdArray::I64(b)) => Ok(Slices {
                     n: *n,
                     dense: None,
                     ip32: None,

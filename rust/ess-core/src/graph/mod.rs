@@ -1,6 +1,6 @@
 //! Directed graphs: CSR construction from edge arrays, strongly connected components
 //! (iterative, linear time), condensation DAG and reachability, token-priority graphs of
-//! next-token data and the graph-SVM of one attention layer (SPEC.md section 2).
+//! next-token data and the graph-SVM of one attention layer.
 //!
 //! Reusable entry points for other modules:
 //! * [`csr_from_edges`]: CSR adjacency from `src`/`dst` id arrays (parallel counting sort);

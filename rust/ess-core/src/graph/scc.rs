@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 ///
 /// Reusable from other modules (e.g. Markov-chain transition graphs): build the CSR with
 /// [`super::csr_from_edges`] or pass your own arrays. Errors: invalid CSR (`Shape`,
-/// `InvalidValue`, `OutOfRange`), more than `2^32 - 2` nodes (`TooLarge`).
+/// `InvalidArgument`, `OutOfRange`), more than `2^32 - 2` nodes (`TooLarge`).
 pub fn strongly_connected_components(indptr: &[usize], indices: &[u32]) -> Result<(usize, Vec<u32>)> {
     if indptr.is_empty() {
         return Err(Error::shape("indptr", "must have n_nodes + 1 >= 1 entries"));

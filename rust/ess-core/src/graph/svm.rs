@@ -1,9 +1,10 @@
-//! Graph-SVM: the max-margin direction of one attention layer (SPEC.md section 2).
+//! Graph-SVM: the max-margin direction of one attention layer.
 //!
 //! `min ||W||_F` subject to, for every edge `y -> x` of the graph of last token `k`,
 //! `(E_y - E_x)^T W E_k = 0` when `x` is in the SCC of `y` and `>= 1` otherwise (`x` is
-//! then strictly below `y`). Every (sample, window token) constraint of the SPEC is one
-//! of these edges, so the graphs carry the whole problem.
+//! then strictly below `y`). Every margin constraint of the training data (label `y_i` scored
+//! at least as high as each other token `x` of its window `X_i`) is one of these edges, so
+//! the graphs carry the whole problem.
 //!
 //! * One-hot tokens (`E = I`): column `k` of `W` only meets the constraints of graph `k`,
 //!   and tokens of one SCC share one value, so each column is the small QP
@@ -168,7 +169,7 @@ pub fn graph_svm_one_hot(t: &TokenPriorityGraphs) -> Result<(Vec<u32>, Vec<u32>,
 /// Graph-SVM for general token embeddings `e` (`K x d`, row-major, `K = vocab_size`).
 /// Returns `W` (`d x d`, row-major) with score `s = E_x^T W E_k`.
 ///
-/// Errors: `Shape`/`NonFinite` on `e`; `InvalidValue` when the constraints are infeasible
+/// Errors: `Shape`/`NonFinite` on `e`; `InvalidArgument` when the constraints are infeasible
 /// (the embeddings cannot realise the priorities, e.g. too small a `d`); `Numerical` when
 /// the solver fails otherwise.
 pub fn graph_svm_embedded(t: &TokenPriorityGraphs, e: &[f64], d: usize) -> Result<Vec<f64>> {

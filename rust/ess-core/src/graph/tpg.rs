@@ -1,4 +1,4 @@
-//! Token-priority graphs (SPEC.md section 2).
+//! Token-priority graphs.
 //!
 //! From next-token data (windows `X_i`, labels `y_i`) one directed graph per last token
 //! `k`: every sample whose window ends in `k` adds the edges `y_i -> x` for each token
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn unrealisable() {
         let r = TokenPriorityGraphs::build(&[0i64, 1], &[0, 2], &[2i64], 3, false);
-        assert!(matches!(r, Err(Error::InvalidValue { .. })));
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })));
         let t = TokenPriorityGraphs::build(&[0i64, 1], &[0, 2], &[2i64], 3, true).unwrap();
         assert_eq!(t.unrealisable, vec![0]);
         assert!(t.graphs.is_empty());

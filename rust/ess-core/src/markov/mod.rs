@@ -664,7 +664,7 @@ mod tests {
         assert!((m[2] - 1e12).abs() < 1e-3);
         assert!(matches!(
             hitting_times(&c, &[], Method::Gth),
-            Err(Error::InvalidValue { .. })
+            Err(Error::InvalidArgument { .. })
         ));
         assert!(matches!(
             hitting_times(&c, &[2], Method::Gth),
