@@ -138,6 +138,15 @@ def strongly_connected_components(
     OutOfRangeError : an id is negative or ``>= n_nodes`` (the message names the array and position).
     ShapeError : ``src`` and ``dst`` differ in length or are not 1-D.
     InvalidArgumentError : unknown ``algorithm``.
+
+    Examples
+    --------
+    A 3-cycle ``0 -> 1 -> 2 -> 0`` feeding the path ``2 -> 3 -> 4``: the sink ``4`` is component 0.
+
+    >>> import numpy as np
+    >>> from ess.graph import strongly_connected_components
+    >>> strongly_connected_components(np.array([0, 1, 2, 2, 3]), np.array([1, 2, 0, 3, 4]), 5)
+    (3, array([2, 2, 2, 1, 0], dtype=int32))
     """
     s, d, n = _edges(src, dst, n_nodes)
     return _core.graph_scc(s, d, n, algorithm)
@@ -321,7 +330,22 @@ class TokenPriorityGraphs:
         the samples; ``"exclude"`` builds the graphs without them and lists them in
         :attr:`unrealisable`.
 
+    Notes
+    -----
     Graphs are built in parallel over last tokens in the Rust core (GIL released).
+
+    Examples
+    --------
+    Windows ending in token 0 whose labels chase each other (2 -> 1, 3 -> 2, 1 -> 3) make one
+    cyclic component; the retrieval set of a new window is its tokens in the top component.
+
+    >>> import numpy as np
+    >>> from ess.graph import TokenPriorityGraphs
+    >>> tpg = TokenPriorityGraphs(np.array([[2, 1, 0], [3, 2, 0], [1, 3, 0]]), np.array([2, 3, 1]), vocab_size=4)
+    >>> tpg.graph(0).components
+    [array([0]), array([1, 2, 3])]
+    >>> tpg.retrieval_set([1, 2, 0])
+    Retrieval(tokens=array([1, 2]), determined=True)
     """
 
     def __init__(

@@ -11,8 +11,11 @@ so only the spec (a few hundred bytes of JSON) is ever pickled, never a model or
 ...                    "inputs": {"mqar": {"n": 2, "seed": "{seed}"}}}, seed=range(4))
 >>> out = sweep.run(jobs, "results", executor="processes", max_workers=2)   # doctest: +SKIP
 >>> res = sweep.load("results")                                             # doctest: +SKIP
->>> res.table                     # every finished job's tidy table, column ``job`` first
->>> res.save_report("results/report")   # comparison figures across jobs (ess.compare)
+>>> res.table                           # doctest: +SKIP
+>>> res.save_report("results/report")   # doctest: +SKIP
+
+``res.table`` is every finished job's tidy table (column ``job`` first); ``save_report`` draws
+the comparison figures across jobs (:mod:`ess.compare`).
 
 Executors (the engines schedule; this module only submits one task per job and collects):
 
@@ -293,6 +296,8 @@ def grid(template: Mapping[str, Any], **axes: Iterable[Any]) -> List[Job]:
     axis value (an exact ``"{axis}"`` keeps the value's type); each axis value is also added to the
     job's ``labels``. When ``name`` mentions no axis, ``-<axis>_<value>`` is appended for each.
 
+    Examples
+    --------
     >>> [j.name for j in grid({"name": "m-{seed}", "model": "builtin", "inputs": {"mqar": {"seed": "{seed}"}}}, seed=[0, 1])]
     ['m-0', 'm-1']
     """
