@@ -28,7 +28,7 @@ PAGES = {
 }
 
 # modules whose docstring Examples run as doctests
-DOCTEST_MODULES = ["ess._dense", "ess.graph", "ess.markov", "ess.ccmc", "ess.examples", "ess.errors", "ess.models", "ess.sweep"]
+DOCTEST_MODULES = ["ess._dense", "ess._newton", "ess.graph", "ess.markov", "ess.ccmc", "ess.examples", "ess.errors", "ess.models", "ess.sweep"]
 
 
 def code_of(page: str) -> str:
@@ -71,5 +71,5 @@ def test_doctests(name):
         runner.run(t)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} doctest failures in {name}"
-    if name in ("ess.graph", "ess.markov"):
+    if name in ("ess.graph", "ess.markov", "ess._newton"):
         assert result.attempted > 0, f"{name} has no Examples section"

@@ -17,12 +17,13 @@ Unveiling the Dynamics of Generative Transformers", ICML 2024 (the CCMC view of 
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import functools
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _args, _core
+from . import _args, _core, _newton
 from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError
 
 __all__ = [
@@ -247,14 +248,21 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
     return IdentifiabilityReport(ident, comps, ncomp, nsamp)
 
 
-def _penalised_nll(
+def _mle_objective(
     b: npt.NDArray[np.float64], Z: npt.NDArray[np.float64], Y: npt.NDArray[np.float64], l2: float
-) -> float:
-    """Negative log-likelihood of the one-hot labels ``Y`` under ``softmax(Z + b)`` plus ``l2 |b|^2 / 2``."""
+) -> Tuple[float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Negative log-likelihood of the one-hot labels ``Y`` under ``softmax(Z + b)`` (rows) plus
+    ``l2 |b|^2 / 2``, with its gradient and Hessian in ``b``."""
     z = Z + b
     zm = z.max(axis=1, keepdims=True)
-    lse = zm[:, 0] + np.log(np.exp(z - zm).sum(axis=1))
-    return float(-(Y * np.where(Y > 0, z, 0)).sum() + lse.sum() + 0.5 * l2 * b @ b)
+    e = np.exp(z - zm)
+    se = e.sum(axis=1, keepdims=True)
+    lse = zm[:, 0] + np.log(se[:, 0])
+    f = float(-(Y * np.where(Y > 0, z, 0)).sum() + lse.sum() + 0.5 * l2 * b @ b)
+    p = e / se
+    g = (p - Y).sum(axis=0) + l2 * b
+    H = np.diag(p.sum(axis=0)) - p.T @ p + l2 * np.eye(b.shape[0])
+    return f, g, H
 
 
 def fit_attention_mle(
@@ -312,27 +320,8 @@ def fit_attention_mle(
         Z = logM[np.ix_(idx, cols)]
         Y = np.zeros((idx.size, cols.size))
         Y[np.arange(idx.size), np.searchsorted(cols, y[idx])] = 1.0
-        beta = np.zeros(cols.size)
-
-        fb = _penalised_nll(beta, Z, Y, l2)
-        for _ in range(max_iter):
-            z = Z + beta
-            z = z - z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            g = (p - Y).sum(axis=0) + l2 * beta
-            H = np.diag(p.sum(axis=0)) - p.T @ p + l2 * np.eye(cols.size)
-            step = np.linalg.solve(H, g)
-            t = 1.0
-            while True:
-                nb = beta - t * step
-                fn = _penalised_nll(nb, Z, Y, l2)
-                if fn <= fb - 1e-4 * t * (g @ step) or t < 1e-10:
-                    break
-                t *= 0.5
-            beta, dec, fb = nb, fb - fn, fn
-            if dec <= tol * max(1.0, abs(fb)) or np.max(np.abs(g)) < tol:
-                break
+        objective = functools.partial(_mle_objective, Z=Z, Y=Y, l2=l2)
+        beta, _ = _newton.minimize(objective, np.zeros(cols.size), tol=tol, max_iter=max_iter, name="fit_attention_mle")
         comp = rep.components[cols, k]
         for c in np.unique(comp):
             sel = comp == c

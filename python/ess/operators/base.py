@@ -149,7 +149,9 @@ class OperatorSet:
         if self.operators is not None:
             return self.operators
         if self.factors is None:
-            raise ValueError(f"{self.layer}: neither operators nor factors")
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"{self.layer}: neither operators nor factors")
         return self.factors.materialize()
 
 
