@@ -66,7 +66,7 @@ pub fn check_finite<F: Copy + Into<f64>>(arg: &str, data: &[F]) -> Result<()> {
 
 /// Multiply sizes, failing with `TooLarge` instead of overflowing.
 pub fn checked_size(arg: &str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::too_large(arg, format!("size {dims:?} overflows the address space"))
-    })
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::too_large(arg, format!("size {dims:?} overflows the address space")))
 }

@@ -132,7 +132,10 @@ impl GraphCondensation {
         let nc = self.inner.n_components as i64;
         let conv = |v: &[i64], arg: &str| -> PyResult<Vec<u32>> {
             match v.iter().position(|&x| x < 0 || x >= nc) {
-                Some(i) => Err(Error::out_of_range(arg, format!("entry {i} = {} is not a component in [0, {nc})", v[i]))).py_err(),
+                Some(i) => {
+                    Err(Error::out_of_range(arg, format!("entry {i} = {} is not a component in [0, {nc})", v[i])))
+                        .py_err()
+                }
                 None => Ok(v.iter().map(|&x| x as u32).collect()),
             }
         };
@@ -199,7 +202,8 @@ impl PyTokenPriorityGraphs {
     /// `(n_samples, nodes, indptr, indices, labels, sizes, dag_indptr, dag_indices)`.
     fn graph<'py>(&self, py: Python<'py>, k: i64) -> PyResult<Option<GraphParts<'py>>> {
         if k < 0 || k as usize >= self.inner.vocab_size {
-            return Err(Error::out_of_range("k", format!("{k} is not a token id in [0, {})", self.inner.vocab_size))).py_err();
+            return Err(Error::out_of_range("k", format!("{k} is not a token id in [0, {})", self.inner.vocab_size)))
+                .py_err();
         }
         Ok(self.inner.graph(k as u32).map(|g| {
             (
@@ -250,7 +254,10 @@ impl PyTokenPriorityGraphs {
         Ok((u32s(py, &flat), usizes(py, &off), det.into_pyarray(py)))
     }
     /// One-hot graph-SVM as triplets `(rows, cols, values)`.
-    fn svm_one_hot<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
+    fn svm_one_hot<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
         let (r, c, v) = crate::interrupt::detach(py, || graph_svm_one_hot(&self.inner))?;
         Ok((u32s(py, &r), u32s(py, &c), v.into_pyarray(py)))
     }
@@ -262,7 +269,10 @@ impl PyTokenPriorityGraphs {
             return Err(shape_error("E", format!("must be two-dimensional (vocab_size, d), got shape {shape:?}")));
         }
         if shape[0] != self.inner.vocab_size {
-            return Err(shape_error("E", format!("must have vocab_size = {} rows, got shape {shape:?}", self.inner.vocab_size)));
+            return Err(shape_error(
+                "E",
+                format!("must have vocab_size = {} rows, got shape {shape:?}", self.inner.vocab_size),
+            ));
         }
         let d = shape[1];
         let data: Vec<f64> = match &arr {
@@ -310,9 +320,9 @@ pub fn graph_token_priority(
     let o = widen(&o, "offsets")?;
     let p = pair(&t, &l, "windows", "labels")?;
     let inner = crate::interrupt::detach(py, || match &p {
-            IdPair::I32(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
-            IdPair::I64(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
-        })?;
+        IdPair::I32(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
+        IdPair::I64(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
+    })?;
     Ok(PyTokenPriorityGraphs { inner })
 }
 

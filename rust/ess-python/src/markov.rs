@@ -7,8 +7,7 @@ use std::borrow::Cow;
 
 use numpy::PyArrayDescrMethods;
 use numpy::{
-    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -19,14 +18,9 @@ use crate::arrays::{contiguous_checked, id_array, IdArray};
 use crate::errors::{dtype_error, shape_error, IntoPy};
 
 fn f64_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
+    let arr = obj.cast::<PyUntypedArray>().map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
     if !arr.dtype().is_equiv_to(&numpy::dtype::<f64>(obj.py())) {
-        return Err(dtype_error(
-            arg,
-            format!("dtype {} is not supported; pass float64", arr.dtype()),
-        ));
+        return Err(dtype_error(arg, format!("dtype {} is not supported; pass float64", arr.dtype())));
     }
     Ok(obj.cast::<PyArrayDyn<f64>>()?.readonly())
 }
@@ -40,10 +34,7 @@ enum Held<'py> {
 fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     if let Ok(t) = p.cast::<PyTuple>() {
         if t.len() != 4 {
-            return Err(shape_error(
-                "P",
-                "a CSR chain is the tuple (n, indptr, indices, data)",
-            ));
+            return Err(shape_error("P", "a CSR chain is the tuple (n, indptr, indices, data)"));
         }
         let n: usize = t.get_item(0)?.extract()?;
         let indptr = id_array(&t.get_item(1)?, "P.indptr")?;
@@ -54,10 +45,7 @@ fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     let a = f64_array(p, "P")?;
     let sh = a.shape().to_vec();
     if sh.len() != 2 || sh[0] != sh[1] {
-        return Err(shape_error(
-            "P",
-            format!("must be a square 2-D matrix (n, n), got shape {sh:?}"),
-        ));
+        return Err(shape_error("P", format!("must be a square 2-D matrix (n, n), got shape {sh:?}")));
     }
     Ok(Held::Dense(sh[0], a))
 }
@@ -75,13 +63,9 @@ struct Slices<'a> {
 
 fn slices<'a>(h: &'a Held<'_>) -> PyResult<Slices<'a>> {
     match h {
-        Held::Dense(n, a) => Ok(Slices {
-            n: *n,
-            dense: Some(contiguous_checked(a, "P")?),
-            ip32: None,
-            ip64: None,
-            data: None,
-        }),
+        Held::Dense(n, a) => {
+            Ok(Slices { n: *n, dense: Some(contiguous_checked(a, "P")?), ip32: None, ip64: None, data: None })
+        }
         Held::Csr(n, ip, ix, d) => {
             let data = Some(contiguous_checked(d, "P.data")?);
             match (ip, ix) {
@@ -99,10 +83,7 @@ fn slices<'a>(h: &'a Held<'_>) -> PyResult<Slices<'a>> {
                     ip64: Some((contiguous_checked(a, "P.indptr")?, contiguous_checked(b, "P.indices")?)),
                     data,
                 }),
-                _ => Err(dtype_error(
-                    "P.indices",
-                    "indptr and indices must have the same dtype",
-                )),
+                _ => Err(dtype_error("P.indices", "indptr and indices must have the same dtype")),
             }
         }
     }
@@ -115,20 +96,10 @@ impl<'a> Slices<'a> {
         }
         let data = self.data.as_deref().unwrap_or(&[]);
         if let Some((a, b)) = &self.ip32 {
-            return ChainRef::Csr32(CsrRef {
-                n: self.n,
-                indptr: a,
-                indices: b,
-                data,
-            });
+            return ChainRef::Csr32(CsrRef { n: self.n, indptr: a, indices: b, data });
         }
         let (a, b) = self.ip64.as_ref().expect("csr indices");
-        ChainRef::Csr64(CsrRef {
-            n: self.n,
-            indptr: a,
-            indices: b,
-            data,
-        })
+        ChainRef::Csr64(CsrRef { n: self.n, indptr: a, indices: b, data })
     }
 }
 
@@ -186,20 +157,17 @@ fn markov_committor<'py>(
     let h = hold(p)?;
     let s = slices(&h)?;
     let out = crate::interrupt::detach(py, || {
-            if backward {
-                markov::committor_backward(&s.chain(), &a, &b, method)
-            } else {
-                markov::committor_forward(&s.chain(), &a, &b, method)
-            }
-        })?;
+        if backward {
+            markov::committor_backward(&s.chain(), &a, &b, method)
+        } else {
+            markov::committor_forward(&s.chain(), &a, &b, method)
+        }
+    })?;
     Ok(to_1d(py, out))
 }
 
 #[pyfunction]
-fn markov_stationary<'py>(
-    py: Python<'py>,
-    p: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn markov_stationary<'py>(py: Python<'py>, p: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let h = hold(p)?;
     let s = slices(&h)?;
     let out = crate::interrupt::detach(py, || markov::stationary_distribution(&s.chain()))?;
@@ -233,11 +201,7 @@ fn markov_classes<'py>(
     let s = slices(&h)?;
     let (lab, closed, k) = crate::interrupt::detach(py, || markov::classes(&s.chain(), threshold))?;
     let lab: Vec<i64> = lab.into_iter().map(|x| x as i64).collect();
-    Ok((
-        lab.into_pyarray(py).into_any(),
-        closed.into_pyarray(py).into_any(),
-        k,
-    ))
+    Ok((lab.into_pyarray(py).into_any(), closed.into_pyarray(py).into_any(), k))
 }
 
 #[pyfunction]
@@ -255,34 +219,15 @@ fn markov_ccmc_simulate<'py>(
     let a = f64_array(p, "P")?;
     let sh = a.shape().to_vec();
     if sh.len() != 2 || sh[0] != sh[1] {
-        return Err(shape_error(
-            "P",
-            format!("must be a square 2-D matrix (V, V), got shape {sh:?}"),
-        ));
+        return Err(shape_error("P", format!("must be a square 2-D matrix (V, V), got shape {sh:?}")));
     }
     let data = contiguous_checked(&a, "P")?;
     let v = sh[0];
     let sim = crate::interrupt::detach(py, || {
-            markov::ccmc::simulate(
-                &data,
-                v,
-                &prompt,
-                position_weights.as_deref(),
-                n_traj,
-                n_steps,
-                seed,
-            )
-        })?;
-    let tok = sim
-        .tokens
-        .into_pyarray(py)
-        .reshape([n_traj, n_steps])?
-        .into_any();
-    Ok((
-        tok,
-        to_2d(py, sim.support, n_traj, n_steps)?,
-        to_2d(py, sim.winner_share, n_traj, n_steps)?,
-    ))
+        markov::ccmc::simulate(&data, v, &prompt, position_weights.as_deref(), n_traj, n_steps, seed)
+    })?;
+    let tok = sim.tokens.into_pyarray(py).reshape([n_traj, n_steps])?.into_any();
+    Ok((tok, to_2d(py, sim.support, n_traj, n_steps)?, to_2d(py, sim.winner_share, n_traj, n_steps)?))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -14,6 +14,8 @@ pub mod svm;
 pub mod tpg;
 
 pub use csr::{csr_and_transpose, csr_from_edges, Csr, NodeId};
-pub use scc::{scc_csr, scc_from_edges, scc_fwbw, SccAlgorithm, strongly_connected_components, Condensation, ReachScratch};
+pub use scc::{
+    scc_csr, scc_from_edges, scc_fwbw, strongly_connected_components, Condensation, ReachScratch, SccAlgorithm,
+};
 pub use svm::{graph_svm_embedded, graph_svm_one_hot, svm_column_one_hot};
 pub use tpg::{TokenGraph, TokenPriorityGraphs};

@@ -19,9 +19,7 @@
 //!   Clarabel (interior point; accuracy about 1e-9 relative).
 
 use clarabel::algebra::CscMatrix;
-use clarabel::solver::{
-    DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
-};
+use clarabel::solver::{DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus, SupportedConeT};
 use rayon::prelude::*;
 
 use super::tpg::{TokenGraph, TokenPriorityGraphs};
@@ -175,7 +173,10 @@ pub fn graph_svm_one_hot(t: &TokenPriorityGraphs) -> Result<(Vec<u32>, Vec<u32>,
 pub fn graph_svm_embedded(t: &TokenPriorityGraphs, e: &[f64], d: usize) -> Result<Vec<f64>> {
     let k = t.vocab_size;
     if d == 0 || e.len() != k * d {
-        return Err(Error::shape("E", format!("must be (vocab_size = {k}, d >= 1), got {} entries for d = {d}", e.len())));
+        return Err(Error::shape(
+            "E",
+            format!("must be (vocab_size = {k}, d >= 1), got {} entries for d = {d}", e.len()),
+        ));
     }
     check_finite("E", e)?;
     let nv = checked_size("E", &[d, d])?;
