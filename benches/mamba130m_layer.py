@@ -3,8 +3,8 @@
     PYTHONPATH=python python3 benches/mamba130m_layer.py [L]
 
 1536 channels (d_model 768, expand 2), N = 16, random S4D-real ``A``, softplus deltas around 0.05, shared
-``B, C``; ``ess.structured.mamba_ess(method="both")``; prints wall and process cpu time. Result recorded in
-benches/analyze_mamba_results.txt.
+``B, C``; ``ess.structured.mamba_ess(method="both")``; prints wall and process cpu time. Recorded figures:
+docs/benchmarks.md (outputs kept locally go to benches/results/, which git ignores).
 """
 
 import sys

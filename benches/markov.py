@@ -168,9 +168,6 @@ def sparse_case(name: str, P, kind: str, do_dt_committor: bool, rows: list):
             rows.append((name, "committor {0}->{n/2}", f"deeptime committor: FAILED ({msg[:60]})", float("nan"), None, float("nan")))
         else:
             rows.append((name, "committor {0}->{n/2}", "deeptime committor", t_d, t_d / t_g, maxrel(q_d, q_g)))
-    for r in rows[-10:]:
-        pass
-
 
 def dense_case(n: int, rows: list):
     import deeptime.markov.tools.analysis as dta
@@ -201,7 +198,6 @@ def dense_case(n: int, rows: list):
 
 
 def accuracy_table(eps_list):
-    import mpmath as mp
     import deeptime.markov.tools.analysis as dta
 
     sys.path.insert(0, os.path.join(HERE, "..", "tests"))
@@ -216,7 +212,7 @@ def accuracy_table(eps_list):
         ref = hit_mpmath(P, A)
         S = np.arange(24)
         Ps = sp.csr_array(P)
-        e = lambda h: maxrel(np.asarray(h)[S], ref[S])
+        e = lambda h, S=S, ref=ref: maxrel(np.asarray(h)[S], ref[S])
         naive = np.linalg.solve(np.eye(24) - P[np.ix_(S, S)], np.ones(24))
         cells = [
             e(mk.hitting_times(P, A)),

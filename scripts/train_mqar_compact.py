@@ -8,7 +8,12 @@
 # curriculum 2:1000,4:2000, lr 1e-3): 0.99975 held-out accuracy after 3100 steps, 94 s on one H100.
 # Earlier, smaller-batch runs stalled on the MQAR plateau: a 3000-step H100 run of this
 # script reached 0.209 held-out accuracy, the CPU run 0.2125.)
-import torch,math,sys,time,torch.nn as nn,torch.nn.functional as F
+import torch
+import math
+import sys
+import time
+import torch.nn as nn
+import torch.nn.functional as F
 from torch import arange as ar
 from safetensors.torch import save_file as sf
 Li,LN,M=nn.Linear,nn.LayerNorm,nn.Module;I=M.__init__;P=nn.Parameter

@@ -1,4 +1,4 @@
-"""The trained one-layer attention model against the automaton prediction (SPEC.md section 2)."""
+"""The trained one-layer attention model against the automaton prediction of its token-priority graphs."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ def test_reconstruction_property(name, L, heads, scale, seed):
 
 @pytest.mark.parametrize("kind,tss", [("conv", 3), ("ssm", 4), ("linear_attention", 4), ("gated_linear_attention", 4)])
 def test_structured_ess_within_tss(kind, tss):
-    """Exact-rank bounds of SPEC §1: conv k taps <= k-1, SSM <= N, (gated) linear attention <= d_k."""
+    """Exact-rank bounds of the structured kernels: conv k taps <= k-1, SSM <= N, (gated) linear attention <= d_k."""
     torch.manual_seed(1)
     cfg = HybridConfig(d_model=16, n_heads=4, d_state=4, conv_kernel=4, mixers=[kind])
     m = HybridLM(cfg)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -146,7 +146,7 @@ def test_positions_subset_equals_full_curve(T, data):
     np.testing.assert_allclose(sub.entropy, full.entropy[pos], rtol=1e-12)
 
 
-# --- invariants of SPEC §1 -------------------------------------------------------------
+# --- invariants of the ESS definition (README, Conventions) ----------------------------
 
 @given(st.integers(0, 2**32 - 1), st.integers(2, 40), st.integers(1, 6))
 def test_rank_bounds_of_structured_operators(seed, L, n):

@@ -172,7 +172,7 @@ def test_random_datasets_match_reference(ds, data):
         r = t.retrieval_set(w)
         assert s.tolist() == r.tokens.tolist() and d == r.determined
     # a training window always retrieves its own label (nothing in it outranks the label)
-    for w, y, s in zip(windows, labels, sets):
+    for _w, y, s in zip(windows, labels, sets):
         assert y in s.tolist()
     # graph-SVM columns: feasible and as small as SLSQP's
     W = t.graph_svm()

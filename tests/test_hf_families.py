@@ -18,7 +18,7 @@ pytestmark = pytest.mark.requires("torch", "transformers")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_families import FAMILIES, HYBRIDS, WINDOW, build  # noqa: E402
+from hf_families import FAMILIES, WINDOW, build  # noqa: E402
 
 import ess  # noqa: E402
 from ess.analyze import discover  # noqa: E402
@@ -170,7 +170,7 @@ def test_sliding_window_really_masks() -> None:
     """Mistral with window 4 over 10 tokens: every head of every layer reads at most 4 keys."""
     model = build("mistral", "eager")
     exts, probs, _ = eager_run(model)
-    for name, ex in exts.items():
+    for ex in exts.values():
         T = ex.operators(0).operators
         assert np.all(np.tril(T, -WINDOW) == 0) and np.all(T[:, -1, -WINDOW:] > 0)
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.requires("torch", "transformers")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from hf_families import FAMILIES, build  # noqa: E402
+from hf_families import build  # noqa: E402
 
 import ess  # noqa: E402
 from ess.analyze import discover  # noqa: E402

@@ -42,6 +42,7 @@ __all__ = [
     "structured",
     "markov",
     "graph",
+    "examples",
     "automaton",
     "sweep",
     "compare",

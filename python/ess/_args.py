@@ -10,7 +10,7 @@ mask is never dropped.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, overload
 
 import numpy as np
 
@@ -106,6 +106,14 @@ def integer(x: Any, arg: str, *, lo: Optional[int] = None, hi: Optional[int] = N
         hi_s = "inf" if hi is None else str(hi)
         raise OutOfRangeError(f"{arg}: {v} is outside [{lo_s}, {hi_s}]")
     return v
+
+
+@overload
+def real(x: Any, arg: str, *, lo: Optional[float] = ..., allow_none: Literal[False] = ...) -> float: ...
+
+
+@overload
+def real(x: Any, arg: str, *, lo: Optional[float] = ..., allow_none: bool = ...) -> Optional[float]: ...
 
 
 def real(x: Any, arg: str, *, lo: Optional[float] = None, allow_none: bool = False) -> Optional[float]:

@@ -2,6 +2,8 @@
 
 from typing import Optional, Sequence, Tuple, Union
 
+from typing_extensions import final
+
 import numpy as np
 import numpy.typing as npt
 
@@ -51,7 +53,6 @@ def markov_ccmc_simulate(
     position_weights: Optional[Sequence[float]] = None,
 ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
 # --- graphs: SCC, condensation, token-priority graphs (ess.graph) ----------------------
-from typing_extensions import final
 
 def graph_scc(
     src: npt.NDArray[np.integer], dst: npt.NDArray[np.integer], n_nodes: int, algorithm: str = "auto"
@@ -65,7 +66,7 @@ def graph_token_priority(
     labels: npt.NDArray[np.integer],
     vocab_size: int,
     allow_unrealisable: bool,
-) -> TokenGraphs: ...
+) -> TokenPriorityGraphs: ...
 
 @final
 class GraphCondensation:
@@ -82,7 +83,7 @@ class GraphCondensation:
     def reaches(self, a: Sequence[int], b: Sequence[int]) -> npt.NDArray[np.bool_]: ...
 
 @final
-class TokenGraphs:
+class TokenPriorityGraphs:
     @property
     def vocab_size(self) -> int: ...
     @property

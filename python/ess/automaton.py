@@ -1,4 +1,4 @@
-"""What one trained attention layer retrieves: the automaton view (SPEC.md section 2).
+"""What one trained attention layer retrieves: the automaton view of its token-priority graphs.
 
 The model: one attention layer whose query is the last token. With token embeddings ``E``
 (``K x d``; one-hot when ``E`` is None, ``d = K``) the score of position ``t`` is
@@ -9,12 +9,18 @@ the positions holding ``j``. Trained with cross-entropy by normalised gradient d
 plus a finite part ``W_fin`` that mixes the tokens of one SCC.
 
 This module needs PyTorch (CPU is enough); ``import ess`` does not import it.
+
+References
+----------
+Y. Li, Y. Huang, M. E. Ildiz, A. S. Rawat, S. Oymak, "Mechanics of Next Token Prediction with
+Self-Attention", AISTATS 2024 (token-priority graphs, the graph-SVM
+direction and the automaton view of a trained attention layer).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import numpy.typing as npt

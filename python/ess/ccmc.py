@@ -8,16 +8,22 @@ Model (one attention layer, query = last token, tied output embeddings): the bas
 
 Tokens are ``0..V-1``; ``W`` is ``(V, V)`` with one-hot embeddings (``W[j, k]`` scores
 candidate ``j`` for last token ``k``), or ``(d, d)`` with embeddings ``E`` of shape ``(V, d)``.
+
+References
+----------
+M. E. Ildiz, Y. Huang, Y. Li, A. S. Rawat, S. Oymak, "From Self-Attention to Markov Models:
+Unveiling the Dynamics of Generative Transformers", ICML 2024 (the CCMC view of one layer).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import functools
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _args, _core
+from . import _args, _core, _newton
 from .errors import DTypeError, InvalidArgumentError, OutOfRangeError, ShapeError
 
 __all__ = [
@@ -95,7 +101,7 @@ def _counts(prompt: npt.NDArray[np.int64], V: int, w: Optional[npt.NDArray[np.fl
 def ccmc_transition(
     P: npt.ArrayLike, prompt: npt.ArrayLike, *, position_weights: Optional[npt.ArrayLike] = None
 ) -> npt.NDArray[np.float64]:
-    """Prompt-conditioned transition matrix ``P_X`` (``(V, V)``) of SPEC §3.
+    """Prompt-conditioned transition matrix ``P_X`` (``(V, V)``): the base chain reweighted by the prompt's counts.
 
     ``P_X[k, j] = m_j P[k, j] / sum_i m_i P[k, i]``; columns of tokens absent from the prompt
     are 0. ``position_weights`` (length ``len(prompt)``, > 0) gives position-weighted counts.
@@ -225,30 +231,38 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
         Xk = X[X[:, -1] == k]
         if Xk.shape[0] == 0:
             continue
-        parent = np.arange(V)
-
-        def find(a: int) -> int:
-            while parent[a] != a:
-                parent[a] = parent[parent[a]]
-                a = parent[a]
-            return a
-
-        seen = np.zeros(V, dtype=bool)
-        for row in Xk:
-            toks = np.unique(row)
-            seen[toks] = True
-            r0 = find(int(toks[0]))
-            for t in toks[1:]:
-                rt = find(int(t))
-                if rt != r0:
-                    parent[rt] = r0
-        roots: dict[int, int] = {}
-        for j in np.flatnonzero(seen):
-            r = find(int(j))
-            comps[j, k] = roots.setdefault(r, len(roots))
-        ncomp[k] = len(roots)
+        # Co-occurrence components: a star from each prompt's first token to its other tokens,
+        # both directions, and the core's strongly connected components of that symmetric graph.
+        L = Xk.shape[1]
+        head = np.repeat(Xk[:, 0], L)
+        tail = Xk.ravel()
+        _, labels = _core.graph_scc(np.concatenate([head, tail]), np.concatenate([tail, head]), V)
+        js = np.unique(tail)
+        # Components numbered in the order of their smallest token.
+        _, first, inv = np.unique(labels[js], return_index=True, return_inverse=True)
+        rank = np.empty(first.size, dtype=np.int64)
+        rank[np.argsort(first)] = np.arange(first.size)
+        comps[js, k] = rank[inv]
+        ncomp[k] = first.size
     ident = (ncomp == 1) & np.all(comps >= 0, axis=0)
     return IdentifiabilityReport(ident, comps, ncomp, nsamp)
+
+
+def _mle_objective(
+    b: npt.NDArray[np.float64], Z: npt.NDArray[np.float64], Y: npt.NDArray[np.float64], l2: float
+) -> Tuple[float, npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """Negative log-likelihood of the one-hot labels ``Y`` under ``softmax(Z + b)`` (rows) plus
+    ``l2 |b|^2 / 2``, with its gradient and Hessian in ``b``."""
+    z = Z + b
+    zm = z.max(axis=1, keepdims=True)
+    e = np.exp(z - zm)
+    se = e.sum(axis=1, keepdims=True)
+    lse = zm[:, 0] + np.log(se[:, 0])
+    f = float(-(Y * np.where(Y > 0, z, 0)).sum() + lse.sum() + 0.5 * l2 * b @ b)
+    p = e / se
+    g = (p - Y).sum(axis=0) + l2 * b
+    H = np.diag(p.sum(axis=0)) - p.T @ p + l2 * np.eye(b.shape[0])
+    return f, g, H
 
 
 def fit_attention_mle(
@@ -309,33 +323,8 @@ def fit_attention_mle(
         Z = logM[np.ix_(idx, cols)]
         Y = np.zeros((idx.size, cols.size))
         Y[np.arange(idx.size), np.searchsorted(cols, y[idx])] = 1.0
-        beta = np.zeros(cols.size)
-
-        def f(b: npt.NDArray[np.float64]) -> float:
-            z = Z + b
-            zm = z.max(axis=1, keepdims=True)
-            lse = zm[:, 0] + np.log(np.exp(z - zm).sum(axis=1))
-            return float(-(Y * np.where(Y > 0, z, 0)).sum() + lse.sum() + 0.5 * l2 * b @ b)
-
-        fb = f(beta)
-        for _ in range(max_iter):
-            z = Z + beta
-            z = z - z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            g = (p - Y).sum(axis=0) + l2 * beta
-            H = np.diag(p.sum(axis=0)) - p.T @ p + l2 * np.eye(cols.size)
-            step = np.linalg.solve(H, g)
-            t = 1.0
-            while True:
-                nb = beta - t * step
-                fn = f(nb)
-                if fn <= fb - 1e-4 * t * (g @ step) or t < 1e-10:
-                    break
-                t *= 0.5
-            beta, dec, fb = nb, fb - fn, fn
-            if dec <= tol * max(1.0, abs(fb)) or np.max(np.abs(g)) < tol:
-                break
+        objective = functools.partial(_mle_objective, Z=Z, Y=Y, l2=l2)
+        beta, _ = _newton.minimize(objective, np.zeros(cols.size), tol=tol, max_iter=max_iter, name="fit_attention_mle")
         comp = rep.components[cols, k]
         for c in np.unique(comp):
             sel = comp == c

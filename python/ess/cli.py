@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -138,7 +138,7 @@ def _vocab_size(model) -> Optional[int]:
     return None
 
 
-def _analyze(args: argparse.Namespace) -> int:
+def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complexity limit; split by job (issue 17)
     try:
         import torch
     except ImportError:
@@ -322,7 +322,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if kind not in ("serial", "processes", "dask", "ray"):
         print(f"ess sweep: executor: expected serial, processes, dask or ray, got {kind!r}", file=sys.stderr)
         return 2
-    cleanup = []
+    cleanup: List[Callable[[], Any]] = []
     executor: object = None if kind == "serial" else kind
     try:
         if kind == "dask":
@@ -488,8 +488,9 @@ def _run(args: argparse.Namespace) -> int:
             raise
         kind = type(e).__name__
         where = ""
-        if isinstance(e, (OSError, UnicodeError)) and getattr(e, "filename", None):
-            where = f" ({e.filename})"
+        filename = getattr(e, "filename", None) if isinstance(e, (OSError, UnicodeError)) else None
+        if filename:
+            where = f" ({filename})"
         print(f"{cmd}: {kind}{where}: {e} (ESS_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 2
 

@@ -27,23 +27,32 @@ has a giant component (the searches keep their visited sets in a cache-resident 
 twice as many edges as nodes (when the transpose fits in memory), else ``"pearce"``. Both adjacencies are built by a parallel, cache-friendly bucketed sort. The
 GIL is released.
 
-Token-priority graphs (SPEC.md section 2)
------------------------------------------
+Token-priority graphs
+---------------------
 From next-token data (windows ``X_i``, labels ``y_i``): one directed graph per last token ``k``
 with the edges ``y_i -> x`` for every token ``x != y_i`` of every window ending in ``k``.
 Component ``A`` outranks ``B`` when ``B`` is reachable from ``A``; tokens of one SCC tie.
 See :class:`TokenPriorityGraphs`.
+
+References
+----------
+* D. J. Pearce, "A space-efficient algorithm for finding strongly connected components",
+  Information Processing Letters 116 (2016) (the ``"pearce"`` algorithm).
+* L. K. Fleischer, B. Hendrickson, A. Pinar, "On identifying strongly connected components in
+  parallel", IPDPS Workshops 2000 (forward-backward, the ``"fwbw"`` algorithm).
+* Y. Li, Y. Huang, M. E. Ildiz, A. S. Rawat, S. Oymak, "Mechanics of Next Token Prediction with
+  Self-Attention", AISTATS 2024 (token-priority graphs and the graph-SVM).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _args, _core
+from . import _args, _core, _newton
 from .errors import DTypeError, InvalidArgumentError, NumericalError, ShapeError, TooLargeError
 
 _ALGORITHMS = ("auto", "pearce", "fwbw")
@@ -131,6 +140,15 @@ def strongly_connected_components(
     OutOfRangeError : an id is negative or ``>= n_nodes`` (the message names the array and position).
     ShapeError : ``src`` and ``dst`` differ in length or are not 1-D.
     InvalidArgumentError : unknown ``algorithm``.
+
+    Examples
+    --------
+    A 3-cycle ``0 -> 1 -> 2 -> 0`` feeding the path ``2 -> 3 -> 4``: the sink ``4`` is component 0.
+
+    >>> import numpy as np
+    >>> from ess.graph import strongly_connected_components
+    >>> strongly_connected_components(np.array([0, 1, 2, 2, 3]), np.array([1, 2, 0, 3, 4]), 5)
+    (3, array([2, 2, 2, 1, 0], dtype=int32))
     """
     s, d, n = _edges(src, dst, n_nodes)
     return _core.graph_scc(s, d, n, _args.choice(algorithm, "algorithm", _ALGORITHMS))
@@ -293,8 +311,33 @@ class TokenGraph:
         return None
 
 
+def _tie_loss(
+    th: np.ndarray, Fs: List[np.ndarray], masks: List[np.ndarray]
+) -> Tuple[float, np.ndarray, np.ndarray]:
+    """Cross-entropy of the label positions (``masks``) under ``softmax(F @ th)`` over each
+    sample's retrieved positions (rows of ``F``), summed over samples; with gradient and Hessian."""
+    r = th.shape[0]
+    L = 0.0
+    g = np.zeros(r)
+    H = np.zeros((r, r))
+    for F, m in zip(Fs, masks):
+        s = F @ th
+        p = np.exp(s - s.max())
+        Z = p.sum()
+        q = p * m
+        Zy = q.sum()
+        L += np.log(Z) - np.log(Zy)
+        p /= Z
+        q /= Zy
+        mp = F.T @ p
+        mq = F.T @ q
+        g += mp - mq
+        H += (F.T * p) @ F - np.outer(mp, mp) - ((F.T * q) @ F - np.outer(mq, mq))
+    return L, g, H
+
+
 class TokenPriorityGraphs:
-    """Token-priority graphs of a next-token dataset, one per last token (SPEC.md section 2).
+    """Token-priority graphs of a next-token dataset, one per last token.
 
     Parameters
     ----------
@@ -314,7 +357,22 @@ class TokenPriorityGraphs:
         the samples; ``"exclude"`` builds the graphs without them and lists them in
         :attr:`unrealisable`.
 
+    Notes
+    -----
     Graphs are built in parallel over last tokens in the Rust core (GIL released).
+
+    Examples
+    --------
+    Windows ending in token 0 whose labels chase each other (2 -> 1, 3 -> 2, 1 -> 3) make one
+    cyclic component; the retrieval set of a new window is its tokens in the top component.
+
+    >>> import numpy as np
+    >>> from ess.graph import TokenPriorityGraphs
+    >>> tpg = TokenPriorityGraphs(np.array([[2, 1, 0], [3, 2, 0], [1, 3, 0]]), np.array([2, 3, 1]), vocab_size=4)
+    >>> tpg.graph(0).components
+    [array([0]), array([1, 2, 3])]
+    >>> tpg.retrieval_set([1, 2, 0])
+    Retrieval(tokens=array([1, 2]), determined=True)
     """
 
     def __init__(
@@ -365,7 +423,7 @@ class TokenPriorityGraphs:
                 )
         return self._cache[k]
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         for k in self.last_tokens:
             g = self.graph(int(k))
             assert g is not None
@@ -418,7 +476,7 @@ class TokenPriorityGraphs:
 
     # ---------------------------------------------------------------- graph-SVM
     def graph_svm(self, E: Optional[npt.ArrayLike] = None, *, sparse: bool = False) -> Any:
-        """Max-margin direction ``W_svm`` (SPEC.md section 2).
+        """Max-margin direction ``W_svm`` of one attention layer trained on this data.
 
         ``min ||W||_F`` s.t. ``(E_y - E_x)^T W E_k = 0`` when ``x`` is in the SCC of ``y`` in graph
         ``k``, and ``>= 1`` when ``x`` is below it, over every edge ``y -> x`` of every graph.
@@ -435,7 +493,7 @@ class TokenPriorityGraphs:
             rows, cols, vals = self._inner.svm_one_hot()
             k = self.vocab_size
             if sparse:
-                import scipy.sparse  # type: ignore[import-untyped]
+                import scipy.sparse
 
                 return scipy.sparse.csc_array((vals, (rows, cols)), shape=(k, k))
             if k * k > 100_000_000:
@@ -450,6 +508,48 @@ class TokenPriorityGraphs:
             else:
                 raise DTypeError(f"E: must be a float array, got dtype {e.dtype}")
         return self._inner.svm_embedded(np.ascontiguousarray(e, dtype=np.float64))
+
+    def _fit_embeddings(self, E: Optional[npt.ArrayLike]) -> np.ndarray:
+        """The token embeddings of a fit, ``(vocab_size, d)`` float64 (one-hot when ``E`` is None)."""
+        if E is None:
+            if self.vocab_size > 1024:
+                raise TooLargeError("vocab_size: finite_component with one-hot tokens is limited to 1024 tokens; pass E")
+            return np.eye(self.vocab_size)
+        e = np.asarray(E, dtype=np.float64)
+        if e.ndim != 2 or e.shape[0] != self.vocab_size:
+            raise ShapeError(f"E: must be (vocab_size = {self.vocab_size}, d), got shape {e.shape}")
+        if not np.all(np.isfinite(e)):
+            raise InvalidArgumentError("E: contains non-finite values")
+        return e
+
+    def _tie_features(
+        self, flat: np.ndarray, off: np.ndarray, lab: np.ndarray, e: np.ndarray
+    ) -> Tuple[List[np.ndarray], List[np.ndarray], List[np.ndarray]]:
+        """Per realisable sample with a tie: the features ``E_x (x) E_k`` of its positions holding
+        tokens of the label's SCC, the mask of the label among them; and the tie directions
+        ``(E_y - E_x) (x) E_k`` spanning the fit's subspace."""
+        d = e.shape[1]
+        bad = set(int(i) for i in self.unrealisable)
+        feats: List[np.ndarray] = []
+        masks: List[np.ndarray] = []
+        basis: List[np.ndarray] = []
+        for i in range(off.shape[0] - 1):
+            if i in bad:
+                continue
+            w = flat[off[i] : off[i + 1]]
+            k = int(w[-1])
+            y = int(lab[i])
+            tg = self.graph(k)
+            cy = None if tg is None else tg.component_of(y)
+            if tg is None or cy is None:
+                continue
+            toks = w[np.array([tg.component_of(int(x)) == cy for x in w])]
+            if np.unique(toks).shape[0] < 2:
+                continue
+            feats.append(np.einsum("ta,b->tab", e[toks], e[k]).reshape(toks.shape[0], d * d))
+            masks.append(toks == y)
+            basis.extend(np.outer(e[y] - e[x], e[k]).ravel() for x in np.unique(toks) if x != y)
+        return feats, masks, basis
 
     def finite_component(
         self,
@@ -477,44 +577,9 @@ class TokenPriorityGraphs:
         n = off.shape[0] - 1
         if lab.shape[0] != n:
             raise ShapeError(f"labels: must have one label per window ({n}), got {lab.shape[0]}")
-        if E is None:
-            if self.vocab_size > 1024:
-                raise TooLargeError("vocab_size: finite_component with one-hot tokens is limited to 1024 tokens; pass E")
-            e = np.eye(self.vocab_size)
-        else:
-            e = np.asarray(E, dtype=np.float64)
-            if e.ndim != 2 or e.shape[0] != self.vocab_size:
-                raise ShapeError(f"E: must be (vocab_size = {self.vocab_size}, d), got shape {e.shape}")
-            if not np.all(np.isfinite(e)):
-                raise InvalidArgumentError("E: contains non-finite values")
+        e = self._fit_embeddings(E)
         d = e.shape[1]
-        bad = set(int(i) for i in self.unrealisable)
-        # Per sample: feature rows of the retrieved positions and a mask of the label.
-        feats: List[np.ndarray] = []
-        masks: List[np.ndarray] = []
-        basis: List[np.ndarray] = []
-        for i in range(n):
-            if i in bad:
-                continue
-            w = flat[off[i] : off[i + 1]]
-            k = int(w[-1])
-            y = int(lab[i])
-            tg = self.graph(k)
-            if tg is None:
-                continue
-            cy = tg.component_of(y)
-            if cy is None:
-                continue
-            tie = np.array([tg.component_of(int(x)) == cy for x in w])
-            toks = w[tie]
-            if np.unique(toks).shape[0] < 2:
-                continue
-            F = np.einsum("ta,b->tab", e[toks], e[k]).reshape(toks.shape[0], d * d)
-            feats.append(F)
-            masks.append(toks == y)
-            for x in np.unique(toks):
-                if x != y:
-                    basis.append(np.outer(e[y] - e[x], e[k]).ravel())
+        feats, masks, basis = self._tie_features(flat, off, lab, e)
         if not basis:
             return np.zeros((d, d))
         B = np.array(basis)
@@ -522,45 +587,11 @@ class TokenPriorityGraphs:
         r = int(np.sum(S > S[0] * max(B.shape) * np.finfo(float).eps))
         Q = Vt[:r].T  # orthonormal basis of the tie subspace (d^2 x r)
         Fs = [F @ Q for F in feats]
-        theta = np.zeros(r)
-
-        def loss_grad_hess(th: np.ndarray) -> Tuple[float, np.ndarray, np.ndarray]:
-            L = 0.0
-            g = np.zeros(r)
-            H = np.zeros((r, r))
-            for F, m in zip(Fs, masks):
-                s = F @ th
-                smax = s.max()
-                p = np.exp(s - smax)
-                Z = p.sum()
-                q = p * m
-                Zy = q.sum()
-                L += np.log(Z) - np.log(Zy)
-                p /= Z
-                q /= Zy
-                mp = F.T @ p
-                mq = F.T @ q
-                g += mp - mq
-                H += (F.T * p) @ F - np.outer(mp, mp) - ((F.T * q) @ F - np.outer(mq, mq))
-            return L, g, H
-
-        L, g, H = loss_grad_hess(theta)
-        for _ in range(max_iter):
-            step = -np.linalg.lstsq(H, g, rcond=1e-12)[0]
-            dec = -g @ step
-            if dec <= 2 * tol:
-                break
-            t = 1.0
-            while True:
-                L2, g2, H2 = loss_grad_hess(theta + t * step)
-                if L2 <= L - 0.25 * t * dec or t < 1e-10:
-                    break
-                t *= 0.5
-            theta = theta + t * step
-            L, g, H = L2, g2, H2
-            if np.linalg.norm(theta) > 1e6:
-                raise NumericalError("finite_component: the restricted fit diverges (no finite minimiser)")
-        else:
+        theta, converged = _newton.minimize(
+            lambda th: _tie_loss(th, Fs, masks), np.zeros(r), tol=tol, max_iter=max_iter,
+            name="finite_component: the restricted fit", diverge_norm=1e6,
+        )
+        if not converged:
             raise NumericalError(f"finite_component: Newton did not converge in {max_iter} iterations")
         return (Q @ theta).reshape(d, d)
 

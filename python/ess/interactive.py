@@ -47,6 +47,28 @@ def _rgba(hex_color: str, a: float) -> str:
     return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{a})"
 
 
+def _hover_tokens(report: "Report", d: Any, pos: np.ndarray, sample: int) -> List[str]:
+    """The token shown on hover at each position: decoded (sample 0, when given), else the id."""
+    if sample == 0 and report.tokens is not None:
+        return [str(report.tokens[p]) if p < len(report.tokens) else "" for p in pos]
+    if "token" in d:
+        tk = d.groupby("position")["token"].first().reindex(pos)
+        return [str(int(v)) for v in tk.to_numpy()]
+    return [""] * len(pos)
+
+
+def _style_axes(fig: Any, twin: bool, unit: str) -> None:
+    """Axis titles: one ESS axis, or tolerance left and entropy right (``twin``); heatmap rows reversed."""
+    if twin:
+        fig.update_yaxes(title_text="tolerance-ESS, bound, TSS", rangemode="tozero", row=1, col=1, secondary_y=False)
+        fig.update_yaxes(title_text="entropy-ESS (right)", rangemode="tozero", showgrid=False, row=1, col=1, secondary_y=True,
+                         title_font=dict(color=_COLORS["entropy"]), tickfont=dict(color=_COLORS["entropy"]))
+    else:
+        fig.update_yaxes(title_text="ESS (dims)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text=unit + "s", autorange="reversed", row=2, col=1)
+    fig.update_xaxes(title_text="split position t", row=2, col=1)
+
+
 def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
     """The interactive figure of one layer (a :class:`plotly.graph_objects.Figure`)."""
     import plotly.graph_objects as go
@@ -61,14 +83,7 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
     unit = "head" if "attention" in kind else "channel"
     bound = d.groupby("position")["bound"].first()
     pos = bound.index.to_numpy()
-    toks: List[str] = []
-    if sample == 0 and report.tokens is not None:
-        toks = [str(report.tokens[p]) if p < len(report.tokens) else "" for p in pos]
-    elif "token" in d:
-        tk = d.groupby("position")["token"].first().reindex(pos)
-        toks = [str(int(v)) for v in tk.to_numpy()]
-    else:
-        toks = [""] * len(pos)
+    toks = _hover_tokens(report, d, pos, sample)
     pivs = {m: d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos) for m in ms}
     twin = False  # as in the static figure: a much smaller entropy-ESS gets its own axis on the right
     if len(ms) == 2:
@@ -153,14 +168,7 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
         updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, xanchor="right", y=1.1, yanchor="bottom",
                           showactive=True, font=dict(size=11))] if buttons else [],
     )
-    if twin:
-        fig.update_yaxes(title_text="tolerance-ESS, bound, TSS", rangemode="tozero", row=1, col=1, secondary_y=False)
-        fig.update_yaxes(title_text="entropy-ESS (right)", rangemode="tozero", showgrid=False, row=1, col=1, secondary_y=True,
-                         title_font=dict(color=_COLORS["entropy"]), tickfont=dict(color=_COLORS["entropy"]))
-    else:
-        fig.update_yaxes(title_text="ESS (dims)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text=unit + "s", autorange="reversed", row=2, col=1)
-    fig.update_xaxes(title_text="split position t", row=2, col=1)
+    _style_axes(fig, twin, unit)
     return fig
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
 import os
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -309,7 +311,7 @@ class Report:
         h += [f"<th colspan='{n}' class='grp'>{html.escape(g)}</th>" for g, n in groups] + ["<th rowspan='2' class='grp' title='"
               + html.escape(_FLAG_TIP.format(sat=self.meta.get("saturation", 0.9), col=self.meta.get("collapse", 0.1), p=self.primary))
               + "'>flag</th></tr><tr>"]
-        for key, _, head, unit, tip, _ in cols:
+        for _key, _, head, unit, tip, _ in cols:
             u = f"<br><span class='unit'>{html.escape(unit)}</span>" if unit else ""
             h.append(f"<th title='{html.escape(tip)}'>{html.escape(head)}{u}</th>")
         h.append("</tr></thead><tbody>")
@@ -339,56 +341,79 @@ class Report:
         return "".join(h)
 
     def _html(self, figures: Optional[Dict[str, bytes]] = None, full: bool = True, interactive: bool = True) -> str:
-        m = self.meta
-        parts = []
-        if full:
-            parts.append("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
-                         f"<title>ess report: {html.escape(str(m.get('model')))}</title><style>{_CSS}</style>")
+        """The report as HTML: the whole page (``full``, from ``templates/report.html``) or its body
+        alone (a notebook view); ``figures`` maps a figure kind to its PNG bytes."""
         divs: Dict[str, str] = {}
+        scripts = []
         if full and interactive:
             from . import interactive as ia
 
             if ia.available():
                 divs = ia.layer_divs(self)
-                parts.append(f"<script>{ia.plotly_js()}</script>")
+                scripts.append(f"<script>{ia.plotly_js()}</script>")
+        body = [self._heading_html()]
         if full:
-            parts.append("</head><body><main>")
-        parts.append("<h1>Effective state size report</h1>")
-        parts.append(f"<p class='meta'>Model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
-                     f"sequence length L = {m.get('length')}, {m.get('n_samples')} sample(s); method {html.escape(str(m.get('method')))}; "
-                     f"flags on the {self.primary}-ESS (saturated: fill &ge; {m.get('saturation')}, collapsed: fill &le; {m.get('collapse')}).</p>")
-        if full:
-            toc = [("summary", "Summary"), ("layers", "Layers"), ("figures", "Figures")]
-            if divs:
-                toc.append(("explore", "Interactive, per layer"))
-            toc.append(("notes", "Caveats and inputs"))
-            parts.append("<nav>" + " &middot; ".join(f"<a href='#{a}'>{t}</a>" for a, t in toc) + "</nav>")
-        parts.append("<section id='summary'><h2>Summary</h2><ul class='findings'>" + "".join(f"<li>{f}</li>" for f in self.findings()) + "</ul></section>")
-        parts.append("<section id='layers'><h2>Layers</h2><p class='hint'>Hover a column header for its definition. ESS and TSS in "
-                     "state dimensions; averages over heads/channels, positions and samples. Bars: share of 100%.</p>"
-                     + self._table_html() + "</section>")
+            body.append(self._nav_html(bool(divs)))
+        body.append("<section id='summary'><h2>Summary</h2><ul class='findings'>" + "".join(f"<li>{f}</li>" for f in self.findings()) + "</ul></section>")
+        body.append("<section id='layers'><h2>Layers</h2><p class='hint'>Hover a column header for its definition. ESS and TSS in "
+                    "state dimensions; averages over heads/channels, positions and samples. Bars: share of 100%.</p>"
+                    + self._table_html() + "</section>")
         if figures:
-            parts.append("<section id='figures'><h2>Figures</h2><p class='hint'>Static figures (matplotlib). Each exports at print "
-                         "quality with <code>report.plot(kind, path='fig.pdf')</code> (or <code>.svg</code>).</p>")
-            for i, (name, png) in enumerate(figures.items(), 1):
-                b64 = base64.b64encode(png).decode("ascii")
-                cap = _captions(self).get(name, name)
-                parts.append(f"<figure id='fig-{name}'><img alt='{html.escape(_ALT.get(name, name))}' src='data:image/png;base64,{b64}'>"
-                             f"<figcaption><b>Figure {i}.</b> {cap} <span class='export'>Export: <code>report.plot('{name}', path='{name}.pdf')</code></span>"
-                             "</figcaption></figure>")
-            parts.append("</section>")
+            body.extend(self._figures_html(figures))
         if divs:
-            parts.append("<section id='explore'><h2>Interactive, per layer</h2><p class='hint'>Hover for values (position, token, ESS); "
-                         "click a legend entry to hide or show it (individual heads/channels are listed there; with many channels only "
-                         "the first ones, hidden at first); drag to zoom, double-click to reset; the buttons switch between the two "
-                         "measures; the camera icon downloads SVG. The static figures above show the same data.</p>"
-                         "<noscript><p class='caveat'>JavaScript is off: the interactive figures are not shown; the static figures "
-                         "above hold the same data.</p></noscript>")
-            for layer, div in divs.items():
-                parts.append(f"<figure class='interactive' data-layer='{html.escape(layer)}'>{div}<figcaption>{html.escape(layer)}: ESS "
-                             "curves (top) and heads/channels x positions (bottom) on the same position axis.</figcaption></figure>")
-            parts.append("</section>")
-        parts.append("<section id='notes'>")
+            body.extend(self._interactive_html(divs))
+        body.extend(self._notes_html())
+        if not full:
+            return "\n".join(body)
+        return string.Template(_asset("report.html")).substitute(
+            title=html.escape(str(self.meta.get("model"))), css=_asset("report.css"),
+            head="".join("\n" + x for x in scripts), body="\n".join(body),
+        )
+
+    def _heading_html(self) -> str:
+        m = self.meta
+        return ("<h1>Effective state size report</h1>\n"
+                f"<p class='meta'>Model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
+                f"sequence length L = {m.get('length')}, {m.get('n_samples')} sample(s); method {html.escape(str(m.get('method')))}; "
+                f"flags on the {self.primary}-ESS (saturated: fill &ge; {m.get('saturation')}, collapsed: fill &le; {m.get('collapse')}).</p>")
+
+    @staticmethod
+    def _nav_html(interactive: bool) -> str:
+        toc = [("summary", "Summary"), ("layers", "Layers"), ("figures", "Figures")]
+        if interactive:
+            toc.append(("explore", "Interactive, per layer"))
+        toc.append(("notes", "Caveats and inputs"))
+        return "<nav>" + " &middot; ".join(f"<a href='#{a}'>{t}</a>" for a, t in toc) + "</nav>"
+
+    def _figures_html(self, figures: Dict[str, bytes]) -> List[str]:
+        parts = ["<section id='figures'><h2>Figures</h2><p class='hint'>Static figures (matplotlib). Each exports at print "
+                 "quality with <code>report.plot(kind, path='fig.pdf')</code> (or <code>.svg</code>).</p>"]
+        captions = _captions(self)
+        for i, (name, png) in enumerate(figures.items(), 1):
+            b64 = base64.b64encode(png).decode("ascii")
+            cap = captions.get(name, name)
+            parts.append(f"<figure id='fig-{name}'><img alt='{html.escape(_ALT.get(name, name))}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption><b>Figure {i}.</b> {cap} <span class='export'>Export: <code>report.plot('{name}', path='{name}.pdf')</code></span>"
+                         "</figcaption></figure>")
+        parts.append("</section>")
+        return parts
+
+    @staticmethod
+    def _interactive_html(divs: Dict[str, str]) -> List[str]:
+        parts = ["<section id='explore'><h2>Interactive, per layer</h2><p class='hint'>Hover for values (position, token, ESS); "
+                 "click a legend entry to hide or show it (individual heads/channels are listed there; with many channels only "
+                 "the first ones, hidden at first); drag to zoom, double-click to reset; the buttons switch between the two "
+                 "measures; the camera icon downloads SVG. The static figures above show the same data.</p>"
+                 "<noscript><p class='caveat'>JavaScript is off: the interactive figures are not shown; the static figures "
+                 "above hold the same data.</p></noscript>"]
+        for layer, div in divs.items():
+            parts.append(f"<figure class='interactive' data-layer='{html.escape(layer)}'>{div}<figcaption>{html.escape(layer)}: ESS "
+                         "curves (top) and heads/channels x positions (bottom) on the same position axis.</figcaption></figure>")
+        parts.append("</section>")
+        return parts
+
+    def _notes_html(self) -> List[str]:
+        parts = ["<section id='notes'>"]
         if self.skipped:
             parts.append("<h2>Skipped (no extractor)</h2><ul>" + "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(t)}</li>" for n, t in self.skipped) + "</ul>")
         parts.append("<h2>Caveats</h2>" + "".join(f"<p class='caveat'>{html.escape(c)}</p>" for c in self.caveats))
@@ -397,9 +422,7 @@ class Report:
         elif self.token_ids is not None:
             parts.append("<h3>Token ids (sample 0)</h3><p class='tokens'><code>" + html.escape(" ".join(map(str, self.token_ids[0].tolist()))) + "</code></p>")
         parts.append("</section>")
-        if full:
-            parts.append("</main></body></html>")
-        return "\n".join(parts)
+        return parts
 
     def _repr_html_(self) -> str:
         try:
@@ -538,29 +561,13 @@ def _pct(v: Any) -> str:
     return f"{100 * f:.0f}%" if np.isfinite(f) else "&ndash;"
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#222;background:#fff;line-height:1.45}
-main{max-width:1180px;margin:0 auto;padding:1.5em 2em}
-h1{font-size:1.6em;margin:.2em 0}h2{font-size:1.25em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-h3{font-size:1.05em}
-.meta{color:#444}nav{margin:.6em 0 1em;font-size:.95em}nav a{color:#0b5cad}
-.findings li{margin:.35em 0}.hint{color:#555;font-size:.9em}
-table.layers{border-collapse:collapse;font-size:12.5px;font-variant-numeric:tabular-nums;width:100%}
-table.layers th{background:#f3f5f8;border:1px solid #d8dde3;padding:4px 6px;font-weight:600;cursor:help;text-align:center}
-table.layers th.grp{background:#e6eaf0}
-table.layers td{border:1px solid #e2e5e9;padding:3px 6px;text-align:right;white-space:nowrap}
-table.layers td.txt{text-align:left}table.layers tr.note td{text-align:left;color:#666;font-size:11px;white-space:normal}
-table.layers td.bar{background:linear-gradient(90deg,#cfe0f3 var(--w),transparent var(--w))}
-.unit{color:#777;font-weight:400;font-size:11px}
-.flag{display:inline-block;padding:0 .5em;border-radius:3px;font-size:11px;font-weight:600}
-.flag.sat{background:#fde2c8;color:#8a4a00}.flag.col{background:#e5dcf3;color:#4b2a80}.flag.none{color:#999}
-figure{margin:1.4em 0;padding:0}figure img{max-width:100%;height:auto;display:block;margin:0 auto}
-figcaption{font-size:.9em;color:#333;margin-top:.4em;max-width:1000px}
-.export{color:#777;font-size:.9em}
-figure.interactive{border:1px solid #e4e4e4;border-radius:4px;padding:.5em}
-.caveat{background:#fff8e0;padding:.5em 1em;border-left:4px solid #e0b000}
-code{font-size:12px}.tokens{word-wrap:break-word}
-"""
+
+
+@functools.lru_cache(maxsize=None)
+def _asset(name: str) -> str:
+    """A file shipped in ``ess/templates``: the page skeleton (``report.html``, with ``$name``
+    placeholders for :class:`string.Template`) and its style sheet (``report.css``)."""
+    return (Path(__file__).parent / "templates" / name).read_text(encoding="utf-8")
 
 
 def _pyplot_backend() -> bool:

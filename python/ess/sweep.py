@@ -11,8 +11,11 @@ so only the spec (a few hundred bytes of JSON) is ever pickled, never a model or
 ...                    "inputs": {"mqar": {"n": 2, "seed": "{seed}"}}}, seed=range(4))
 >>> out = sweep.run(jobs, "results", executor="processes", max_workers=2)   # doctest: +SKIP
 >>> res = sweep.load("results")                                             # doctest: +SKIP
->>> res.table                     # every finished job's tidy table, column ``job`` first
->>> res.save_report("results/report")   # comparison figures across jobs (ess.compare)
+>>> res.table                           # doctest: +SKIP
+>>> res.save_report("results/report")   # doctest: +SKIP
+
+``res.table`` is every finished job's tidy table (column ``job`` first); ``save_report`` draws
+the comparison figures across jobs (:mod:`ess.compare`).
 
 Executors (the engines schedule; this module only submits one task per job and collects):
 
@@ -146,6 +149,53 @@ def _jsonable(x: Any, what: str) -> Any:
     raise DTypeError(f"{what}: expected JSON-like values (str, number, bool, list, dict), got {type(x).__name__}")
 
 
+def _model_spec(model: Any, w: str) -> str:
+    """A job's model as its spec string: ``"builtin"``, ``"module:function"`` or an absolute directory."""
+    original = model
+    if callable(model) and not isinstance(model, str):
+        model = _spec_of_callable(model, f"{w}.model")
+    if hasattr(model, "__fspath__"):
+        model = os.fspath(model)
+    if not isinstance(model, str) or not model:
+        raise DTypeError(f"{w}.model: expected 'builtin', 'module:function' or a Hugging Face directory, got {type(original).__name__}")
+    if model != "builtin" and ":" not in model and not os.path.isdir(model):
+        raise InvalidArgumentError(f"{w}.model: {model!r} is neither 'builtin', a 'module:function' factory nor a directory")
+    return os.path.abspath(model) if os.path.isdir(model) else model
+
+
+def _inputs_spec(inputs: Any, w: str) -> Any:
+    """A job's inputs as a JSON-able spec (token ids, a one-key dict, a string; ``.npy`` paths absolute)."""
+    if callable(inputs) and not isinstance(inputs, str):
+        inputs = _spec_of_callable(inputs, f"{w}.inputs")
+    if hasattr(inputs, "__fspath__"):
+        inputs = os.fspath(inputs)
+    inputs = _jsonable(inputs, f"{w}.inputs")
+    if isinstance(inputs, dict):
+        if len(inputs) != 1 and not (set(inputs) == {"factory", "kwargs"}):
+            raise InvalidArgumentError(f"{w}.inputs: a dict must have exactly one of the keys {_INPUT_KINDS}, got {sorted(inputs)}")
+        kind = next(iter(inputs))
+        if kind not in _INPUT_KINDS:
+            raise InvalidArgumentError(f"{w}.inputs: unknown kind {kind!r}; expected one of {_INPUT_KINDS}")
+    elif isinstance(inputs, str) and inputs != "builtin" and ":" not in inputs and not inputs.endswith(".npy"):
+        raise InvalidArgumentError(f"{w}.inputs: a string must be 'builtin', 'module:function' or a .npy path, got {inputs!r}")
+    elif isinstance(inputs, (bool, int, float)):
+        raise DTypeError(f"{w}.inputs: expected token ids, a spec dict or a string, got {inputs!r}")
+    if isinstance(inputs, str) and inputs.endswith(".npy"):
+        inputs = os.path.abspath(inputs)
+    return inputs
+
+
+def _labels_spec(labels: Any, w: str) -> Dict[str, Any]:
+    """A job's labels: scalar values under names that shadow no table or summary column."""
+    out = _jsonable(dict(labels or {}), f"{w}.labels")
+    for k, v in out.items():
+        if isinstance(v, (dict, list)):
+            raise DTypeError(f"{w}.labels.{k}: labels must be scalars (str, number, bool), got {type(v).__name__}")
+        if k in _TABLE_COLUMNS or k in _SUMMARY_COLUMNS or not k or k.startswith("_"):
+            raise InvalidArgumentError(f"{w}.labels: {k!r} would shadow a table or summary column; rename it")
+    return out
+
+
 @dataclass(frozen=True)
 class Job:
     """One :func:`ess.analyze` call of a sweep (a picklable, JSON-able spec; nothing is built here).
@@ -191,37 +241,8 @@ class Job:
             raise InvalidArgumentError(
                 f"{w}.name: must be 1-200 characters of letters, digits and '._+-', starting with a letter or a digit; got {self.name!r}"
             )
-        model = self.model
-        if callable(model) and not isinstance(model, str):
-            model = _spec_of_callable(model, f"{w}.model")
-        if hasattr(model, "__fspath__"):
-            model = os.fspath(model)
-        if not isinstance(model, str) or not model:
-            raise DTypeError(f"{w}.model: expected 'builtin', 'module:function' or a Hugging Face directory, got {type(self.model).__name__}")
-        if model != "builtin" and ":" not in model and not os.path.isdir(model):
-            raise InvalidArgumentError(f"{w}.model: {model!r} is neither 'builtin', a 'module:function' factory nor a directory")
-        if os.path.isdir(model):
-            model = os.path.abspath(model)
-        object.__setattr__(self, "model", model)
-        inputs = self.inputs
-        if callable(inputs) and not isinstance(inputs, str):
-            inputs = _spec_of_callable(inputs, f"{w}.inputs")
-        if hasattr(inputs, "__fspath__"):
-            inputs = os.fspath(inputs)
-        inputs = _jsonable(inputs, f"{w}.inputs")
-        if isinstance(inputs, dict):
-            if len(inputs) != 1 and not (set(inputs) == {"factory", "kwargs"}):
-                raise InvalidArgumentError(f"{w}.inputs: a dict must have exactly one of the keys {_INPUT_KINDS}, got {sorted(inputs)}")
-            kind = next(iter(inputs))
-            if kind not in _INPUT_KINDS:
-                raise InvalidArgumentError(f"{w}.inputs: unknown kind {kind!r}; expected one of {_INPUT_KINDS}")
-        elif isinstance(inputs, str) and inputs != "builtin" and ":" not in inputs and not inputs.endswith(".npy"):
-            raise InvalidArgumentError(f"{w}.inputs: a string must be 'builtin', 'module:function' or a .npy path, got {inputs!r}")
-        elif isinstance(inputs, (bool, int, float)):
-            raise DTypeError(f"{w}.inputs: expected token ids, a spec dict or a string, got {inputs!r}")
-        if isinstance(inputs, str) and inputs.endswith(".npy"):
-            inputs = os.path.abspath(inputs)
-        object.__setattr__(self, "inputs", inputs)
+        object.__setattr__(self, "model", _model_spec(self.model, w))
+        object.__setattr__(self, "inputs", _inputs_spec(self.inputs, w))
         opts = _jsonable(dict(self.options or {}), f"{w}.options")
         bad = sorted(set(opts) - set(_OPTIONS))
         if bad:
@@ -234,13 +255,7 @@ class Job:
             raise DTypeError(f"{w}.seed: expected an integer, got {self.seed!r}")
         if self.gpus is not None and (isinstance(self.gpus, bool) or not isinstance(self.gpus, (int, float)) or self.gpus < 0):
             raise InvalidArgumentError(f"{w}.gpus: expected a non-negative number, got {self.gpus!r}")
-        labels = _jsonable(dict(self.labels or {}), f"{w}.labels")
-        for k, v in labels.items():
-            if isinstance(v, (dict, list)):
-                raise DTypeError(f"{w}.labels.{k}: labels must be scalars (str, number, bool), got {type(v).__name__}")
-            if k in _TABLE_COLUMNS or k in _SUMMARY_COLUMNS or not k or k.startswith("_"):
-                raise InvalidArgumentError(f"{w}.labels: {k!r} would shadow a table or summary column; rename it")
-        object.__setattr__(self, "labels", labels)
+        object.__setattr__(self, "labels", _labels_spec(self.labels, w))
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON spec (what the task receives and the record stores)."""
@@ -293,6 +308,8 @@ def grid(template: Mapping[str, Any], **axes: Iterable[Any]) -> List[Job]:
     axis value (an exact ``"{axis}"`` keeps the value's type); each axis value is also added to the
     job's ``labels``. When ``name`` mentions no axis, ``-<axis>_<value>`` is appended for each.
 
+    Examples
+    --------
     >>> [j.name for j in grid({"name": "m-{seed}", "model": "builtin", "inputs": {"mqar": {"seed": "{seed}"}}}, seed=[0, 1])]
     ['m-0', 'm-1']
     """
@@ -381,6 +398,32 @@ def _vocab(model: Any) -> Optional[int]:
     return None
 
 
+def _inputs_dict(spec: Any) -> Dict[str, Any]:
+    """A validated inputs spec in its one-key dict form (``{"tokens": ...}``, ``{"npy": path}``, ...)."""
+    if isinstance(spec, str):
+        if spec == "builtin":
+            return {"builtin": 2}
+        return {"npy": spec} if spec.endswith(".npy") else {"factory": spec}
+    if isinstance(spec, list):
+        return {"tokens": spec}
+    return spec
+
+
+def _random_inputs(job: Job, model: Any, arg: Any, w: str) -> Any:
+    """``{"random": {length, batch, seed, vocab_size}}``: uniform token ids, seeded."""
+    import torch
+
+    a = dict(arg or {})
+    V = int(a.pop("vocab_size", 0)) or _vocab(model)
+    if not V:
+        raise InvalidArgumentError(f"{w}.random: the model has no config.vocab_size; give random.vocab_size")
+    L, B, seed = int(a.pop("length", 32)), int(a.pop("batch", 1)), int(a.pop("seed", job.seed))
+    if a:
+        raise InvalidArgumentError(f"{w}.random: unknown key(s) {sorted(a)}; allowed: length, batch, seed, vocab_size")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, V, (B, L), generator=g)
+
+
 def _build_inputs(job: Job, model: Any, own: Any) -> Any:
     import numpy as np
     import torch
@@ -389,19 +432,10 @@ def _build_inputs(job: Job, model: Any, own: Any) -> Any:
     if spec is None:
         if own is not None:
             return own
-        if job.model == "builtin":
-            spec = {"builtin": 2}
-        else:
+        if job.model != "builtin":
             raise InvalidArgumentError(f"{w}: required (the model factory returned no inputs)")
-    if isinstance(spec, str):
-        if spec == "builtin":
-            spec = {"builtin": 2}
-        elif spec.endswith(".npy"):
-            spec = {"npy": spec}
-        else:
-            spec = {"factory": spec}
-    if isinstance(spec, list):
-        spec = {"tokens": spec}
+        spec = {"builtin": 2}
+    spec = _inputs_dict(spec)
     kind, arg = next(iter(spec.items()))
     if kind == "tokens":
         arr = np.asarray(arg)
@@ -423,15 +457,7 @@ def _build_inputs(job: Job, model: Any, own: Any) -> Any:
             raise InvalidArgumentError(f"{w}.mqar: {e}") from None
         return generate(n, cfg, seed=seed)[0]
     if kind == "random":
-        a = dict(arg or {})
-        V = int(a.pop("vocab_size", 0)) or _vocab(model)
-        if not V:
-            raise InvalidArgumentError(f"{w}.random: the model has no config.vocab_size; give random.vocab_size")
-        L, B, seed = int(a.pop("length", 32)), int(a.pop("batch", 1)), int(a.pop("seed", job.seed))
-        if a:
-            raise InvalidArgumentError(f"{w}.random: unknown key(s) {sorted(a)}; allowed: length, batch, seed, vocab_size")
-        g = torch.Generator().manual_seed(seed)
-        return torch.randint(0, V, (B, L), generator=g)
+        return _random_inputs(job, model, arg, w)
     if kind == "npy":
         arr = np.load(arg)
         return torch.from_numpy(np.ascontiguousarray(arr)) if arr.dtype.kind != "i" else torch.from_numpy(arr.astype(np.int64))
@@ -643,10 +669,13 @@ def _init_dir(root: Path) -> None:
         _write_json(marker, {"format": FORMAT, "version": VERSION, "created": time.time(), "ess_version": _ess_version()})
 
 
-def _scan(root: Path) -> Dict[str, Dict[str, Any]]:
-    """Validate the directory and return ``name -> record``. Raises :class:`SweepResultsError` on
-    anything it did not write, a corrupt record, or a done job whose Parquet files are missing or
-    altered. Hidden temporary files (``.<name>.<hex>.tmp``) of interrupted writes are ignored."""
+def _ignorable(name: str) -> bool:
+    """Hidden temporary files of interrupted writes and NFS placeholders."""
+    return bool(_TMP.match(name)) or name.startswith(".nfs")
+
+
+def _check_marker(root: Path) -> None:
+    """``root`` is a sweep results directory of this format version (its marker file says so)."""
     if not root.is_dir():
         raise SweepResultsError(f"results: {str(root)!r} is not a directory")
     marker = root / MARKER
@@ -661,58 +690,55 @@ def _scan(root: Path) -> Dict[str, Dict[str, Any]]:
     if m.get("version") != VERSION:
         raise SweepResultsError(f"results: {str(root)!r} has sweep format version {m.get('version')!r}; this ess reads version {VERSION}")
 
-    foreign: List[str] = []
 
-    def ignorable(name: str) -> bool:
-        return bool(_TMP.match(name)) or name.startswith(".nfs")
-
-    records: Dict[str, Dict[str, Any]] = {}
-    for entry in sorted(root.iterdir()):
-        n = entry.name
-        if n == MARKER or ignorable(n) or (n == "report" and entry.is_dir()):
+def _scan_partitions(root: Path, entry: Path, foreign: List[str]) -> None:
+    """Collect into ``foreign`` whatever under ``table/`` or ``summary/`` is not ``job=<name>/part-0.parquet``."""
+    for pdir in sorted(entry.iterdir()):
+        pm = re.fullmatch(r"job=(.+)", pdir.name)
+        if _ignorable(pdir.name):
             continue
-        if n in ("table", "summary") and entry.is_dir():
-            for pdir in sorted(entry.iterdir()):
-                pm = re.fullmatch(r"job=(.+)", pdir.name)
-                if ignorable(pdir.name):
-                    continue
-                if not (pdir.is_dir() and pm and _NAME.match(pm.group(1))):
-                    foreign.append(str(pdir.relative_to(root)))
-                    continue
-                for f in sorted(pdir.iterdir()):
-                    if not ((f.name == "part-0.parquet" and f.is_file()) or ignorable(f.name)):
-                        foreign.append(str(f.relative_to(root)))
-        elif n == "jobs" and entry.is_dir():
-            for f in sorted(entry.iterdir()):
-                if ignorable(f.name):
-                    continue
-                jm = re.fullmatch(r"(.+)\.json", f.name)
-                if not (jm and _NAME.match(jm.group(1)) and f.is_file()):
-                    foreign.append(str(f.relative_to(root)))
-                    continue
-                try:
-                    rec = json.loads(f.read_text(encoding="utf-8"))
-                except (OSError, ValueError, UnicodeDecodeError) as e:
-                    raise SweepResultsError(f"results: job record {str(f)!r} is corrupt ({e}); delete it to redo that job") from None
-                ok = (
-                    isinstance(rec, dict)
-                    and rec.get("format") == FORMAT
-                    and rec.get("name") == jm.group(1)
-                    and rec.get("status") in ("done", "failed")
-                    and isinstance(rec.get("fingerprint"), str)
-                    and isinstance(rec.get("spec"), dict)
-                    and (rec.get("status") != "done" or (isinstance(rec.get("sha256"), dict) and isinstance(rec.get("rows"), dict)))
-                )
-                if not ok:
-                    raise SweepResultsError(f"results: {str(f)!r} is not a valid ess sweep job record; delete it to redo that job")
-                records[jm.group(1)] = rec
-        else:
-            foreign.append(n + ("/" if entry.is_dir() else ""))
-    if foreign:
-        raise SweepResultsError(
-            f"results: {str(root)!r} holds file(s) an ess sweep did not write: {foreign[:10]}{' ...' if len(foreign) > 10 else ''}. "
-            f"Move them out; results are never mixed with foreign data."
-        )
+        if not (pdir.is_dir() and pm and _NAME.match(pm.group(1))):
+            foreign.append(str(pdir.relative_to(root)))
+            continue
+        for f in sorted(pdir.iterdir()):
+            if not ((f.name == "part-0.parquet" and f.is_file()) or _ignorable(f.name)):
+                foreign.append(str(f.relative_to(root)))
+
+
+def _valid_record(rec: Any, name: str) -> bool:
+    return (
+        isinstance(rec, dict)
+        and rec.get("format") == FORMAT
+        and rec.get("name") == name
+        and rec.get("status") in ("done", "failed")
+        and isinstance(rec.get("fingerprint"), str)
+        and isinstance(rec.get("spec"), dict)
+        and (rec.get("status") != "done" or (isinstance(rec.get("sha256"), dict) and isinstance(rec.get("rows"), dict)))
+    )
+
+
+def _read_records(root: Path, entry: Path, foreign: List[str]) -> Dict[str, Dict[str, Any]]:
+    """The job records under ``jobs/`` (``<name>.json``), each validated; anything else goes to ``foreign``."""
+    records: Dict[str, Dict[str, Any]] = {}
+    for f in sorted(entry.iterdir()):
+        if _ignorable(f.name):
+            continue
+        jm = re.fullmatch(r"(.+)\.json", f.name)
+        if not (jm and _NAME.match(jm.group(1)) and f.is_file()):
+            foreign.append(str(f.relative_to(root)))
+            continue
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise SweepResultsError(f"results: job record {str(f)!r} is corrupt ({e}); delete it to redo that job") from None
+        if not _valid_record(rec, jm.group(1)):
+            raise SweepResultsError(f"results: {str(f)!r} is not a valid ess sweep job record; delete it to redo that job")
+        records[jm.group(1)] = rec
+    return records
+
+
+def _check_done_files(root: Path, records: Dict[str, Dict[str, Any]]) -> None:
+    """Every job recorded as done has its Parquet files, with the recorded SHA-256."""
     for name, rec in records.items():
         if rec["status"] != "done":
             continue
@@ -724,6 +750,31 @@ def _scan(root: Path) -> Dict[str, Dict[str, Any]]:
                     f"results: {str(path)!r} is corrupt or was altered (SHA-256 differs from job {name!r}'s record); "
                     f"delete {str(root / 'jobs' / (name + '.json'))!r} to redo that job"
                 )
+
+
+def _scan(root: Path) -> Dict[str, Dict[str, Any]]:
+    """Validate the directory and return ``name -> record``. Raises :class:`SweepResultsError` on
+    anything it did not write, a corrupt record, or a done job whose Parquet files are missing or
+    altered. Hidden temporary files (``.<name>.<hex>.tmp``) of interrupted writes are ignored."""
+    _check_marker(root)
+    foreign: List[str] = []
+    records: Dict[str, Dict[str, Any]] = {}
+    for entry in sorted(root.iterdir()):
+        n = entry.name
+        if n == MARKER or _ignorable(n) or (n == "report" and entry.is_dir()):
+            continue
+        if n in ("table", "summary") and entry.is_dir():
+            _scan_partitions(root, entry, foreign)
+        elif n == "jobs" and entry.is_dir():
+            records.update(_read_records(root, entry, foreign))
+        else:
+            foreign.append(n + ("/" if entry.is_dir() else ""))
+    if foreign:
+        raise SweepResultsError(
+            f"results: {str(root)!r} holds file(s) an ess sweep did not write: {foreign[:10]}{' ...' if len(foreign) > 10 else ''}. "
+            f"Move them out; results are never mixed with foreign data."
+        )
+    _check_done_files(root, records)
     return records
 
 
@@ -885,19 +936,42 @@ def run(
     """
     t_start = time.perf_counter()
     todo_jobs = _as_jobs(jobs)
+    _check_run_options(executor, max_workers, threads)
+    root = Path(results).absolute()
+    _init_dir(root)
+    out = SweepOutcome(results=root)
+    todo = _plan(todo_jobs, _scan(root), retry_failed, out)
+    ex, owned = _make_executor(executor, max_workers)
+    bar = _progress_bar(len(todo_jobs), len(out.skipped) + len(out.failed)) if progress and todo else None
+    try:
+        _dispatch(ex, todo, root, threads, lambda name, status, err: _collect(out, bar, name, status, err))
+    finally:
+        if bar is not None:
+            bar.close()
+        if owned and ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
+    order = {j.name: i for i, j in enumerate(todo_jobs)}
+    for lst in (out.finished, out.failed, out.lost):
+        lst.sort(key=order.__getitem__)
+    out.wall_seconds = time.perf_counter() - t_start
+    return out
+
+
+def _check_run_options(executor: Any, max_workers: Optional[int], threads: Optional[int]) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidArgumentError(f"threads: expected a positive integer or None, got {threads!r}")
     if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
         raise InvalidArgumentError(f"max_workers: expected a positive integer or None, got {max_workers!r}")
     if not (executor is None or isinstance(executor, str) and executor in ("serial", "processes", "ray") or hasattr(executor, "submit")):
         raise InvalidArgumentError(f"executor: expected None, 'serial', 'processes', 'ray' or a concurrent.futures.Executor, got {executor!r}")
-    root = Path(results).absolute()
-    _init_dir(root)
-    records = _scan(root)
-    out = SweepOutcome(results=root)
+
+
+def _plan(jobs: List[Job], records: Dict[str, Dict[str, Any]], retry_failed: bool, out: SweepOutcome) -> List[Job]:
+    """The jobs to run; done ones go to ``out.skipped``, kept failures to ``out.failed``. A done job
+    whose spec changed raises :class:`SweepResultsError`."""
     todo: List[Job] = []
     changed = []
-    for j in todo_jobs:
+    for j in jobs:
         rec = records.get(j.name)
         if rec is not None and rec["fingerprint"] != j.fingerprint and rec["status"] == "done":
             changed.append(j.name)
@@ -910,66 +984,61 @@ def run(
             todo.append(j)
     if changed:
         raise SweepResultsError(
-            f"results: job(s) {changed[:10]} are done in {str(root)!r} with a different spec (model, inputs, options, "
+            f"results: job(s) {changed[:10]} are done in {str(out.results)!r} with a different spec (model, inputs, options, "
             f"labels, ...). Rename those jobs, use another results directory, or delete their records under jobs/ to redo them."
         )
-    ex, owned = _make_executor(executor, max_workers)
-    bar = None
-    if progress and todo:
-        try:
-            from tqdm.auto import tqdm
+    return todo
 
-            bar = tqdm(total=len(todo_jobs), initial=len(out.skipped) + len(out.failed), desc="ess.sweep", unit="job")
-        except ImportError:  # pragma: no cover
-            bar = None
 
-    def collect(name: str, status: Optional[Dict[str, Any]], err: Optional[BaseException]) -> None:
-        if err is not None:
-            out.lost.append(name)
-            out.errors[name] = f"{type(err).__name__}: {err}"
-        elif status["status"] == "done":  # type: ignore[index]
-            out.finished.append(name)
-            out.seconds[name] = float(status["seconds"])  # type: ignore[index]
-            out.cpu_seconds[name] = float(status.get("cpu_seconds", float("nan")))  # type: ignore[union-attr]
-            out.write_seconds[name] = float(status.get("write_seconds", float("nan")))  # type: ignore[union-attr]
-        else:
-            out.failed.append(name)
-            out.errors[name] = str(status["error"])  # type: ignore[index]
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(done=len(out.finished), failed=len(out.failed), lost=len(out.lost), refresh=False)
-
+def _progress_bar(total: int, initial: int) -> Any:
     try:
-        if ex is None:
-            for j in todo:
-                collect(j.name, _execute(j.to_dict(), str(root), threads), None)
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc="ess.sweep", unit="job")
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def _collect(out: SweepOutcome, bar: Any, name: str, status: Optional[Dict[str, Any]], err: Optional[BaseException]) -> None:
+    """Record one task's outcome: lost (``err``: the task died), done or failed (its ``status``)."""
+    if err is not None or status is None:
+        out.lost.append(name)
+        out.errors[name] = f"{type(err).__name__}: {err}"
+    elif status["status"] == "done":
+        out.finished.append(name)
+        out.seconds[name] = float(status["seconds"])
+        out.cpu_seconds[name] = float(status.get("cpu_seconds", float("nan")))
+        out.write_seconds[name] = float(status.get("write_seconds", float("nan")))
+    else:
+        out.failed.append(name)
+        out.errors[name] = str(status["error"])
+    if bar is not None:
+        bar.update(1)
+        bar.set_postfix(done=len(out.finished), failed=len(out.failed), lost=len(out.lost), refresh=False)
+
+
+def _dispatch(ex: Any, todo: List[Job], root: Path, threads: Optional[int], collect: Callable[..., None]) -> None:
+    """Run ``todo`` here (``ex`` None) or as one task per job on ``ex``, calling ``collect`` as each ends."""
+    if ex is None:
+        for j in todo:
+            collect(j.name, _execute(j.to_dict(), str(root), threads), None)
+        return
+    futs: Dict[Any, str] = {}
+    for j in todo:
+        token = os.urandom(8).hex()
+        sub = getattr(ex, "submit_with", None)
+        if sub is not None:
+            f = sub(_resources(j), _execute, j.to_dict(), str(root), threads, token)
         else:
-            futs: Dict[Any, str] = {}
-            for j in todo:
-                token = os.urandom(8).hex()
-                sub = getattr(ex, "submit_with", None)
-                if sub is not None:
-                    f = sub(_resources(j), _execute, j.to_dict(), str(root), threads, token)
-                else:
-                    f = ex.submit(_execute, j.to_dict(), str(root), threads, token)
-                futs[f] = j.name
-            for f in cf.as_completed(futs):
-                try:
-                    st = f.result()
-                except Exception as e:  # the task died (worker killed, pool broken, ...)
-                    collect(futs[f], None, e)
-                else:
-                    collect(futs[f], st, None)
-    finally:
-        if bar is not None:
-            bar.close()
-        if owned and ex is not None:
-            ex.shutdown(wait=True, cancel_futures=True)
-    order = {j.name: i for i, j in enumerate(todo_jobs)}
-    for lst in (out.finished, out.failed, out.lost):
-        lst.sort(key=order.__getitem__)
-    out.wall_seconds = time.perf_counter() - t_start
-    return out
+            f = ex.submit(_execute, j.to_dict(), str(root), threads, token)
+        futs[f] = j.name
+    for f in cf.as_completed(futs):
+        try:
+            st = f.result()
+        except Exception as e:  # the task died (worker killed, pool broken, ...)
+            collect(futs[f], None, e)
+        else:
+            collect(futs[f], st, None)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -1083,7 +1152,7 @@ def load_config(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
     try:
         import tomllib  # type: ignore[import-not-found]
     except ImportError:  # pragma: no cover - Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
 
     p = Path(path)
     try:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from .mqar import BOS, SEP, MQARConfig, generate
+from ..errors import OutOfRangeError
 
 __all__ = ["load_builtin", "builtin_inputs", "token_names", "INPUTS", "builtin_info", "WEIGHTS", "INFO", "BOS", "SEP", "MQARConfig", "generate"]
 
@@ -47,12 +48,13 @@ def builtin_inputs(n: int = 2) -> Any:
 
     arr = np.load(INPUTS)
     if not 1 <= n <= arr.shape[0]:
-        raise ValueError(f"n: between 1 and {arr.shape[0]} shipped sequences, got {n}")
+        raise OutOfRangeError(f"n: between 1 and {arr.shape[0]} shipped sequences, got {n}")
     return torch.from_numpy(np.ascontiguousarray(arr[:n], dtype=np.int64))
 
 
-def token_names(ids: Any, cfg: MQARConfig = MQARConfig()) -> list:
+def token_names(ids: Any, cfg: Optional[MQARConfig] = None) -> list:
     """Readable names of MQAR token ids: ``BOS``, ``SEP``, ``k<i>`` (keys), ``v<j>`` (values)."""
+    cfg = MQARConfig() if cfg is None else cfg
     out = []
     for t in [int(x) for x in ids]:
         if t == BOS:

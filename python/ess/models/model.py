@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .layers import GatedLinearAttention, LinearAttention, SelectiveSSM, ShortConv, SoftmaxAttention
+from ..errors import InvalidArgumentError, ShapeError
 
 __all__ = ["HybridConfig", "HybridLM", "Block"]
 
@@ -36,7 +37,7 @@ class Block(nn.Module):
     def __init__(self, cfg: HybridConfig, kind: str) -> None:
         super().__init__()
         if kind not in MIXERS:
-            raise ValueError(f"unknown mixer {kind!r}; expected one of {MIXERS}")
+            raise InvalidArgumentError(f"kind: unknown mixer {kind!r}; expected one of {MIXERS}")
         self.kind = kind
         self.norm1 = nn.LayerNorm(cfg.d_model)
         if kind == "conv":
@@ -75,10 +76,10 @@ class HybridLM(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         if tokens.dim() != 2:
-            raise ValueError(f"tokens: expected shape (batch, length), got {tuple(tokens.shape)}")
+            raise ShapeError(f"tokens: expected shape (batch, length), got {tuple(tokens.shape)}")
         L = tokens.shape[1]
         if L > self.cfg.max_len:
-            raise ValueError(f"tokens: length {L} exceeds max_len {self.cfg.max_len}")
+            raise ShapeError(f"tokens: length {L} exceeds max_len {self.cfg.max_len}")
         x = self.embed(tokens) + self.pos(torch.arange(L, device=tokens.device))
         for blk in self.blocks:
             x = blk(x)

@@ -15,6 +15,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from ..errors import InvalidArgumentError
+
 __all__ = ["MQARConfig", "generate", "BOS", "SEP"]
 
 BOS, SEP = 0, 1
@@ -40,7 +42,7 @@ def generate(n: int, cfg: MQARConfig = MQARConfig(), *, seed: int = 0) -> Tuple[
     """``(tokens, targets, mask)``: int64 ``(n, L)`` inputs, int64 ``(n, L)`` next-token targets and a
     bool ``(n, L)`` mask of the scored positions (the query keys)."""
     if cfg.n_pairs > cfg.n_keys or cfg.n_values < 1:
-        raise ValueError("MQARConfig: need n_pairs <= n_keys and at least one value token")
+        raise InvalidArgumentError("MQARConfig: need n_pairs <= n_keys and at least one value token")
     rng = np.random.default_rng(seed)
     L = cfg.length
     tokens = np.zeros((n, L), dtype=np.int64)

@@ -13,7 +13,7 @@ users extend with :func:`register`.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -149,7 +149,9 @@ class OperatorSet:
         if self.operators is not None:
             return self.operators
         if self.factors is None:
-            raise ValueError(f"{self.layer}: neither operators nor factors")
+            from ..errors import InvalidArgumentError
+
+            raise InvalidArgumentError(f"{self.layer}: neither operators nor factors")
         return self.factors.materialize()
 
 
@@ -182,7 +184,7 @@ class Extractor(abc.ABC):
     def estimate_bytes(self, sample: int = 0) -> int:
         """Bytes :meth:`operators` will allocate (checked against the memory budget first)."""
 
-    def clear(self) -> None:
+    def clear(self) -> None:  # noqa: B027 -- an optional hook: extractors that capture nothing keep the no-op
         """Drop the captures."""
 
     #: whether :meth:`factors` is implemented (the layer goes to the structured kernel)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
 from .base import Factors, OperatorSet, register
-from .torch_nn import _bind, _Captures, _causal_keep
+from .torch_nn import _bind, _Captures
 
 __all__ = [
     "MambaMixerExtractor",
@@ -297,7 +297,7 @@ class _StructuredMixin:
 
     def estimate_bytes(self, sample: int = 0) -> int:
         n_ops, L, N = self._dims()  # type: ignore[attr-defined]
-        return 8 * n_ops * L * L * 2 + self.estimate_factor_bytes(sample)  # type: ignore[attr-defined]
+        return 8 * n_ops * L * L * 2 + self.estimate_factor_bytes(sample)
 
     def estimate_factor_bytes(self, sample: int = 0) -> int:
         n_ops, L, N = self._dims()  # type: ignore[attr-defined]
@@ -572,7 +572,7 @@ class Mamba2MixerExtractor(_StructuredMixin, _MixerBase):
                              direct=direct)
             elif self._y is not None:
                 proj = self._projection(sample).cpu()
-                sg = F.silu(gate := proj[:, -(inter + conv_dim + H) : -(conv_dim + H)])
+                sg = F.silu(proj[:, -(inter + conv_dim + H) : -(conv_dim + H)])
                 err = verify(self.name, rec * sg, self._y[sample], self._y.dtype, "gated scan output (input of out_proj)",
                              direct=direct * sg)
             else:

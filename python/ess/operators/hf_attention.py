@@ -376,7 +376,7 @@ class InterfaceAttentionExtractor(_AttentionCapture):
 
     def _reset(self) -> None:
         self._cap: Optional[Dict[str, Any]] = None
-        self._calls = 0
+        self._fn_calls = 0
         self._batch = 0
 
     def attach(self) -> List[Any]:
@@ -406,8 +406,8 @@ class InterfaceAttentionExtractor(_AttentionCapture):
 
     def _record(self, fn: Any, q: Any, k: Any, v: Any, mask: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
         try:
-            self._calls += 1
-            if self._calls > 1 or self._module_calls > 1:
+            self._fn_calls += 1
+            if self._fn_calls > 1 or self._module_calls > 1:
                 return
             o = out[0] if isinstance(out, (tuple, list)) else out
             kw = dict(kwargs)
@@ -463,9 +463,9 @@ class InterfaceAttentionExtractor(_AttentionCapture):
         self._check(sample)
         if self._attach_problem:
             raise InvalidArgumentError(f"{self.name}: cannot analyse this attention: {self._attach_problem}")
-        if self._calls > 1:
+        if self._fn_calls > 1:
             raise InvalidArgumentError(
-                f"{self.name}: cannot analyse this attention: the module called its attention function {self._calls} "
+                f"{self.name}: cannot analyse this attention: the module called its attention function {self._fn_calls} "
                 "times in one forward; its calls cannot be told apart"
             )
         cap = self._cap
@@ -500,25 +500,7 @@ class InterfaceAttentionExtractor(_AttentionCapture):
             pb = cap["position_bias"]
             if isinstance(pb, torch.Tensor):
                 scores = scores + pb[sample if pb.shape[0] > 1 else 0].to(dev, torch.float64)[..., :S]
-            mask = cap["mask"]
-            causal = torch.ones(L, S, dtype=torch.bool, device=dev).tril_()
-            if isinstance(mask, torch.Tensor) and mask.dim() == 2:  # flash-style padding mask: 1 = token
-                row = mask[sample if mask.shape[0] > 1 else 0, -S:].to(dev).bool()
-                keep = causal & row[None, :]
-                keep = self._window(keep, cap["sliding_window"])[None]
-                bias = None
-            elif mask is None:
-                is_causal = cap["is_causal"]
-                is_causal = getattr(self.module, "is_causal", True) if is_causal is None else bool(is_causal)
-                if is_causal and L > 1:
-                    keep = self._window(causal, cap["sliding_window"])[None]
-                else:
-                    keep = torch.ones(1, L, S, dtype=torch.bool, device=dev)
-                bias = None
-            else:
-                mkeep, bias = _keep_from_mask(name, mask, sample, L, S, dev)
-                assert mkeep is not None
-                keep = mkeep
+            keep, bias = self._keep_and_bias(cap, sample, L, S, dev)
             keep = keep.expand(H, L, S)
             if bias is not None:
                 scores = scores + bias
@@ -541,6 +523,27 @@ class InterfaceAttentionExtractor(_AttentionCapture):
         if self._training and cap["dropout"] > 0:
             notes.append("attention dropout (training mode) not applied")
         return _operator_set(name, p, int(cap["dv"]), bool(empty.any()), err, notes)
+
+    def _keep_and_bias(
+        self, cap: Dict[str, Any], sample: int, L: int, S: int, dev: Any
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Which keys each query may see (``(1 or H, L, S)`` bool) and an additive score bias, from the
+        captured mask: a flash-style 2-D padding mask, none (causal unless the call said otherwise,
+        with the sliding window), or a 4-D boolean/additive mask."""
+        mask = cap["mask"]
+        causal = torch.ones(L, S, dtype=torch.bool, device=dev).tril_()
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:  # flash-style padding mask: 1 = token
+            row = mask[sample if mask.shape[0] > 1 else 0, -S:].to(dev).bool()
+            return self._window(causal & row[None, :], cap["sliding_window"])[None], None
+        if mask is None:
+            is_causal = cap["is_causal"]
+            is_causal = getattr(self.module, "is_causal", True) if is_causal is None else bool(is_causal)
+            if is_causal and L > 1:
+                return self._window(causal, cap["sliding_window"])[None], None
+            return torch.ones(1, L, S, dtype=torch.bool, device=dev), None
+        keep, bias = _keep_from_mask(self.name, mask, sample, L, S, dev)
+        assert keep is not None
+        return keep, bias
 
     @staticmethod
     def _window(keep: torch.Tensor, window: Any) -> torch.Tensor:

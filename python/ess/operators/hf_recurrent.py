@@ -339,8 +339,8 @@ class GatedDeltaRuleExtractor(_RecurrentBase):
 
     def _record(self, q: Any, k: Any, v: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
         try:
-            g = kwargs.get("g", args[0] if len(args) > 0 else None)
-            beta = kwargs.get("beta", args[1] if len(args) > 1 else None)
+            g: Any = kwargs.get("g", args[0] if len(args) > 0 else None)
+            beta: Any = kwargs.get("beta", args[1] if len(args) > 1 else None)
             init = kwargs.get("initial_state", args[2] if len(args) > 2 else None)
             o = out[0] if isinstance(out, tuple) else out
             self._cap = {
@@ -464,12 +464,12 @@ class RWKVTimeMixExtractor(_RecurrentBase):
 
     def factors(self, sample: int = 0) -> OperatorSet:
         self._check(sample)
-        if any(x is None for x in (self._k, self._v, self._r, self._y)):
+        if self._k is None or self._v is None or self._r is None or self._y is None:
             raise InvalidArgumentError(f"{self.name}: refused: key/value/receptance/output were not called as modules")
         m = self.module
         f64 = torch.float64
-        k = self._k[sample].to(f64).cpu()  # type: ignore[index]
-        v = self._v[sample].to(f64).cpu()  # type: ignore[index]
+        k = self._k[sample].to(f64).cpu()
+        v = self._v[sample].to(f64).cpu()
         L, Cn = k.shape
         w = -torch.exp(m.time_decay.detach().to(f64).cpu())  # (Cn,) log decay per step
         u = m.time_first.detach().to(f64).cpu()
@@ -486,8 +486,8 @@ class RWKVTimeMixExtractor(_RecurrentBase):
                       (torch.exp(-w)[None, :] / den).T[:, :, None].contiguous().numpy(), None)
         # the diagonal: T[t, t] = c_t b_t + D_t must be e^{u + k_t - K} / den_t
         fac.D = ((torch.exp(u + k - K) - torch.exp(-w) * ek) / den).T.contiguous().numpy()
-        rec = fac.apply(v.T[:, :, None])[:, :, 0].T * torch.sigmoid(self._r[sample].to(f64).cpu())  # type: ignore[index]
-        err = verify(self.name, rec, self._y[sample], self._y.dtype, "receptance-gated WKV (input of output)")  # type: ignore[index]
+        rec = fac.apply(v.T[:, :, None])[:, :, 0].T * torch.sigmoid(self._r[sample].to(f64).cpu())
+        err = verify(self.name, rec, self._y[sample], self._y.dtype, "receptance-gated WKV (input of output)")
         return OperatorSet(
             layer=self.name, kind=self.kind, operators=None, labels=[f"channel {c}" for c in range(Cn)],
             tss=[1.0] * Cn, shared=None, factors=fac, check_error=err,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, ShapeError

@@ -9,6 +9,7 @@ compare to the captured output.
 
 from __future__ import annotations
 
+import abc
 import copy
 from typing import Any, List, Optional
 
@@ -71,8 +72,9 @@ class ReferenceExtractor(Extractor):
     def length(self) -> int:
         return 0 if self._x is None else int(self._x.shape[1])
 
+    @abc.abstractmethod
     def n_operators(self) -> int:
-        raise NotImplementedError
+        """Number of operators the layer yields (heads or channel groups)."""
 
     def estimate_bytes(self, sample: int = 0) -> int:
         L = self.length()
@@ -83,11 +85,13 @@ class ReferenceExtractor(Extractor):
         self._m64 = None
 
     # operators(sample) -> OperatorSet; _mixing(sample) -> (T torch (n_ops, L, L), u torch (n_ops, L, c))
+    @abc.abstractmethod
     def _mixing(self, sample: int) -> Any:
-        raise NotImplementedError
+        """``(T, u)``: the operators ``(n_ops, L, L)`` and the mixed inputs ``(n_ops, L, c)`` (torch, float64)."""
 
+    @abc.abstractmethod
     def _finish(self, mixed: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The layer output ``(L, d_model)`` from ``T @ u`` (output projection, gates)."""
 
     @torch.no_grad()
     def reconstruct(self, sample: int = 0) -> torch.Tensor:
@@ -102,8 +106,9 @@ class ReferenceExtractor(Extractor):
         labels, tss, shared, note = self._describe(ops.shape[0], ops.shape[1], u.shape[-1])
         return OperatorSet(self.name, self.kind, np.ascontiguousarray(ops), labels, tss, shared, note)
 
+    @abc.abstractmethod
     def _describe(self, n: int, L: int, c: int) -> Any:
-        raise NotImplementedError
+        """``(labels, tss, shared, note)`` of ``n`` operators of length ``L`` mixing ``c`` channels each."""
 
 
 class _AttentionBase(ReferenceExtractor):

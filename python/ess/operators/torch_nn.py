@@ -21,6 +21,7 @@ All operators are computed in float64 with torch, on the module's device, then r
 
 from __future__ import annotations
 
+import abc
 import copy
 import inspect
 from typing import Any, Dict, List, Optional, Tuple
@@ -98,8 +99,9 @@ class _Captures(Extractor):
 
         return hook
 
+    @abc.abstractmethod
     def _count(self) -> int:
-        raise NotImplementedError
+        """Number of captured batch elements."""
 
     def n_samples(self) -> int:
         n = self._count()

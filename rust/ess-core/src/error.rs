@@ -20,7 +20,7 @@ pub enum Error {
     NonFinite { arg: String, index: usize },
     /// A value outside its domain (negative tolerance, unknown method name, ...).
     #[error("{arg}: {msg}")]
-    InvalidValue { arg: String, msg: String },
+    InvalidArgument { arg: String, msg: String },
     /// An index or id outside its valid range, or an unsorted index list.
     #[error("{arg}: {msg}")]
     OutOfRange { arg: String, msg: String },
@@ -43,7 +43,7 @@ impl Error {
         Error::Shape { arg: arg.to_string(), msg: msg.into() }
     }
     pub fn invalid(arg: &str, msg: impl Into<String>) -> Self {
-        Error::InvalidValue { arg: arg.to_string(), msg: msg.into() }
+        Error::InvalidArgument { arg: arg.to_string(), msg: msg.into() }
     }
     pub fn out_of_range(arg: &str, msg: impl Into<String>) -> Self {
         Error::OutOfRange { arg: arg.to_string(), msg: msg.into() }
@@ -66,7 +66,7 @@ pub fn check_finite<F: Copy + Into<f64>>(arg: &str, data: &[F]) -> Result<()> {
 
 /// Multiply sizes, failing with `TooLarge` instead of overflowing.
 pub fn checked_size(arg: &str, dims: &[usize]) -> Result<usize> {
-    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        Error::too_large(arg, format!("size {dims:?} overflows the address space"))
-    })
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::too_large(arg, format!("size {dims:?} overflows the address space")))
 }

@@ -171,7 +171,7 @@ proptest! {
             prop_assert!(h.iter().all(|&x| x >= 0.0), "negative hitting time {:?}", h);
         }
         if let Ok(pi) = markov::stationary_distribution(&chain) {
-            prop_assert!(pi.iter().all(|&x| x >= 0.0 && x <= 1.0 + 1e-9));
+            prop_assert!(pi.iter().all(|&x| (0.0..=1.0 + 1e-9).contains(&x)));
         }
         let _ = markov::mean_first_passage_times(&chain);
         let _ = markov::kemeny_constant(&chain);

@@ -4,8 +4,8 @@
 
 use std::borrow::Cow;
 
-use numpy::{PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use numpy::{Element, IntoPyArray, PyReadonlyArrayDyn};
+use numpy::{PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use crate::errors::dtype_error;
@@ -44,9 +44,38 @@ pub fn float_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<FloatArr
     }
 }
 
+/// A 1-D integer array of ids or indices, int32 or int64, borrowed (graph edges, CSR indices).
+pub enum IdArray<'py> {
+    I32(PyReadonlyArrayDyn<'py, i32>),
+    I64(PyReadonlyArrayDyn<'py, i64>),
+}
+
+/// Accept a one-dimensional numpy array of int32 or int64: anything else is a `DTypeError`
+/// (another dtype, not an array) or a `ShapeError` (another number of dimensions) naming `arg`.
+pub fn id_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<IdArray<'py>> {
+    let arr = obj
+        .cast::<PyUntypedArray>()
+        .map_err(|_| dtype_error(arg, format!("expected a numpy.ndarray of int32 or int64, got {}", type_name(obj))))?;
+    if arr.ndim() != 1 {
+        return Err(crate::errors::shape_error(arg, format!("must be one-dimensional, got shape {:?}", arr.shape())));
+    }
+    let dt = arr.dtype();
+    let py = obj.py();
+    if dt.is_equiv_to(&numpy::dtype::<i64>(py)) {
+        Ok(IdArray::I64(obj.cast::<PyArrayDyn<i64>>()?.readonly()))
+    } else if dt.is_equiv_to(&numpy::dtype::<i32>(py)) {
+        Ok(IdArray::I32(obj.cast::<PyArrayDyn<i32>>()?.readonly()))
+    } else {
+        Err(dtype_error(arg, format!("dtype {dt} is not supported; pass int32 or int64")))
+    }
+}
+
 /// Contiguous data of an array, borrowed when C-contiguous, else copied after the memory
 /// gate (`TooLargeError` naming `arg` when the copy cannot fit, e.g. a broadcast view).
-pub fn contiguous_checked<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T>, arg: &str) -> PyResult<Cow<'a, [T]>> {
+pub fn contiguous_checked<'a, T: Element + Copy>(
+    a: &'a PyReadonlyArrayDyn<'_, T>,
+    arg: &str,
+) -> PyResult<Cow<'a, [T]>> {
     if !(a.is_c_contiguous() && a.as_slice().is_ok()) {
         let n: usize = a.shape().iter().product();
         ess_core::mem::gate(arg, ess_core::mem::bytes_of::<T>(n), "a C-ordered copy of this non-contiguous array")
@@ -57,7 +86,8 @@ pub fn contiguous_checked<'a, T: Element + Copy>(a: &'a PyReadonlyArrayDyn<'_, T
 
 /// Widen integer ids to `i64` after the memory gate.
 pub fn widened_checked(n: usize, arg: &str) -> PyResult<()> {
-    ess_core::mem::gate(arg, ess_core::mem::bytes_of::<i64>(n), "an int64 copy of these ids").map_err(crate::errors::to_py)
+    ess_core::mem::gate(arg, ess_core::mem::bytes_of::<i64>(n), "an int64 copy of these ids")
+        .map_err(crate::errors::to_py)
 }
 
 /// Contiguous data of an array, borrowed when C-contiguous, else copied.

@@ -22,7 +22,7 @@ pub fn to_py(e: Error) -> PyErr {
         let class = match e {
             Error::Shape { .. } => "ShapeError",
             Error::NonFinite { .. } => "NonFiniteError",
-            Error::InvalidValue { .. } => "InvalidArgumentError",
+            Error::InvalidArgument { .. } => "InvalidArgumentError",
             Error::OutOfRange { .. } => "OutOfRangeError",
             Error::NotStochastic { .. } => "NotStochasticError",
             Error::TooLarge { .. } => "TooLargeError",

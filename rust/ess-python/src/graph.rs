@@ -5,8 +5,7 @@
 
 use std::borrow::Cow;
 
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn};
-use numpy::{PyUntypedArray, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use ess_core::graph::{
@@ -15,32 +14,8 @@ use ess_core::graph::{
 };
 use ess_core::Error;
 
-use crate::arrays::{contiguous_checked, float_array, widened_checked, FloatArray};
-use crate::errors::{dtype_error, shape_error, IntoPy};
-
-/// A 1-D integer id array (int32 or int64), borrowed when contiguous.
-enum Ids<'py> {
-    I32(PyReadonlyArrayDyn<'py, i32>),
-    I64(PyReadonlyArrayDyn<'py, i64>),
-}
-
-fn ids<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Ids<'py>> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray of int32 or int64"))?;
-    if arr.ndim() != 1 {
-        return Err(shape_error(arg, format!("must be one-dimensional, got shape {:?}", arr.shape())));
-    }
-    let dt = arr.dtype();
-    let py = obj.py();
-    if dt.is_equiv_to(&numpy::dtype::<i64>(py)) {
-        Ok(Ids::I64(obj.cast::<PyArrayDyn<i64>>()?.readonly()))
-    } else if dt.is_equiv_to(&numpy::dtype::<i32>(py)) {
-        Ok(Ids::I32(obj.cast::<PyArrayDyn<i32>>()?.readonly()))
-    } else {
-        Err(dtype_error(arg, format!("dtype {dt} is not supported; pass int32 or int64 ids")))
-    }
-}
+use crate::arrays::{contiguous_checked, float_array, id_array as ids, widened_checked, FloatArray, IdArray as Ids};
+use crate::errors::{shape_error, IntoPy};
 
 /// Both arrays as the same integer type (int32 pairs stay int32; mixed pairs become int64).
 enum IdPair<'a> {
@@ -157,7 +132,10 @@ impl GraphCondensation {
         let nc = self.inner.n_components as i64;
         let conv = |v: &[i64], arg: &str| -> PyResult<Vec<u32>> {
             match v.iter().position(|&x| x < 0 || x >= nc) {
-                Some(i) => Err(Error::out_of_range(arg, format!("entry {i} = {} is not a component in [0, {nc})", v[i]))).py_err(),
+                Some(i) => {
+                    Err(Error::out_of_range(arg, format!("entry {i} = {} is not a component in [0, {nc})", v[i])))
+                        .py_err()
+                }
                 None => Ok(v.iter().map(|&x| x as u32).collect()),
             }
         };
@@ -181,8 +159,8 @@ pub fn graph_condensation(
 }
 
 /// Token-priority graphs of a dataset (one per last token).
-#[pyclass(module = "ess._core", frozen)]
-pub struct TokenGraphs {
+#[pyclass(module = "ess._core", name = "TokenPriorityGraphs", frozen)]
+pub struct PyTokenPriorityGraphs {
     inner: TokenPriorityGraphs,
 }
 
@@ -205,7 +183,7 @@ type GraphParts<'py> = (
 );
 
 #[pymethods]
-impl TokenGraphs {
+impl PyTokenPriorityGraphs {
     #[getter]
     fn vocab_size(&self) -> usize {
         self.inner.vocab_size
@@ -224,7 +202,8 @@ impl TokenGraphs {
     /// `(n_samples, nodes, indptr, indices, labels, sizes, dag_indptr, dag_indices)`.
     fn graph<'py>(&self, py: Python<'py>, k: i64) -> PyResult<Option<GraphParts<'py>>> {
         if k < 0 || k as usize >= self.inner.vocab_size {
-            return Err(Error::out_of_range("k", format!("{k} is not a token id in [0, {})", self.inner.vocab_size))).py_err();
+            return Err(Error::out_of_range("k", format!("{k} is not a token id in [0, {})", self.inner.vocab_size)))
+                .py_err();
         }
         Ok(self.inner.graph(k as u32).map(|g| {
             (
@@ -275,7 +254,10 @@ impl TokenGraphs {
         Ok((u32s(py, &flat), usizes(py, &off), det.into_pyarray(py)))
     }
     /// One-hot graph-SVM as triplets `(rows, cols, values)`.
-    fn svm_one_hot<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
+    fn svm_one_hot<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<f64>>)> {
         let (r, c, v) = crate::interrupt::detach(py, || graph_svm_one_hot(&self.inner))?;
         Ok((u32s(py, &r), u32s(py, &c), v.into_pyarray(py)))
     }
@@ -287,7 +269,10 @@ impl TokenGraphs {
             return Err(shape_error("E", format!("must be two-dimensional (vocab_size, d), got shape {shape:?}")));
         }
         if shape[0] != self.inner.vocab_size {
-            return Err(shape_error("E", format!("must have vocab_size = {} rows, got shape {shape:?}", self.inner.vocab_size)));
+            return Err(shape_error(
+                "E",
+                format!("must have vocab_size = {} rows, got shape {shape:?}", self.inner.vocab_size),
+            ));
         }
         let d = shape[1];
         let data: Vec<f64> = match &arr {
@@ -295,7 +280,7 @@ impl TokenGraphs {
             FloatArray::F32(a) => contiguous_checked(a, "E")?.iter().map(|&x| x as f64).collect(),
         };
         let w = crate::interrupt::detach(py, || graph_svm_embedded(&self.inner, &data, d))?;
-        Ok(w.into_pyarray(py).reshape([d, d])?)
+        w.into_pyarray(py).reshape([d, d])
     }
     /// Reachability between components of graph `k`: `a[i] -> b[i]`.
     fn reaches<'py>(&self, py: Python<'py>, k: i64, a: Vec<i64>, b: Vec<i64>) -> PyResult<Bound<'py, PyArray1<bool>>> {
@@ -327,7 +312,7 @@ pub fn graph_token_priority(
     labels: &Bound<'_, PyAny>,
     vocab_size: i64,
     allow_unrealisable: bool,
-) -> PyResult<TokenGraphs> {
+) -> PyResult<PyTokenPriorityGraphs> {
     let k = n_nodes_arg(vocab_size, "vocab_size")?;
     let t = ids(tokens, "windows")?;
     let o = ids(offsets, "offsets")?;
@@ -335,10 +320,10 @@ pub fn graph_token_priority(
     let o = widen(&o, "offsets")?;
     let p = pair(&t, &l, "windows", "labels")?;
     let inner = crate::interrupt::detach(py, || match &p {
-            IdPair::I32(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
-            IdPair::I64(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
-        })?;
-    Ok(TokenGraphs { inner })
+        IdPair::I32(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
+        IdPair::I64(t, l) => TokenPriorityGraphs::build(t, &o, l, k, allow_unrealisable),
+    })?;
+    Ok(PyTokenPriorityGraphs { inner })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -346,6 +331,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(graph_condensation, m)?)?;
     m.add_function(wrap_pyfunction!(graph_token_priority, m)?)?;
     m.add_class::<GraphCondensation>()?;
-    m.add_class::<TokenGraphs>()?;
+    m.add_class::<PyTokenPriorityGraphs>()?;
     Ok(())
 }

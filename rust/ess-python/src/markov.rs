@@ -7,55 +7,20 @@ use std::borrow::Cow;
 
 use numpy::PyArrayDescrMethods;
 use numpy::{
-    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray,
-    PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
 use ess_core::markov::{self, ChainRef, CsrRef, Method};
 
-use crate::arrays::contiguous_checked;
+use crate::arrays::{contiguous_checked, id_array, IdArray};
 use crate::errors::{dtype_error, shape_error, IntoPy};
 
-enum Idx<'py> {
-    I32(PyReadonlyArrayDyn<'py, i32>),
-    I64(PyReadonlyArrayDyn<'py, i64>),
-}
-
-fn idx_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<Idx<'py>> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
-    if arr.ndim() != 1 {
-        return Err(shape_error(
-            arg,
-            format!("must be one-dimensional, got {} dimensions", arr.ndim()),
-        ));
-    }
-    let dt = arr.dtype();
-    let py = obj.py();
-    if dt.is_equiv_to(&numpy::dtype::<i32>(py)) {
-        Ok(Idx::I32(obj.cast::<PyArrayDyn<i32>>()?.readonly()))
-    } else if dt.is_equiv_to(&numpy::dtype::<i64>(py)) {
-        Ok(Idx::I64(obj.cast::<PyArrayDyn<i64>>()?.readonly()))
-    } else {
-        Err(dtype_error(
-            arg,
-            format!("index dtype {dt} is not supported; use int32 or int64"),
-        ))
-    }
-}
-
 fn f64_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
-    let arr = obj
-        .cast::<PyUntypedArray>()
-        .map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
+    let arr = obj.cast::<PyUntypedArray>().map_err(|_| dtype_error(arg, "expected a numpy.ndarray"))?;
     if !arr.dtype().is_equiv_to(&numpy::dtype::<f64>(obj.py())) {
-        return Err(dtype_error(
-            arg,
-            format!("dtype {} is not supported; pass float64", arr.dtype()),
-        ));
+        return Err(dtype_error(arg, format!("dtype {} is not supported; pass float64", arr.dtype())));
     }
     Ok(obj.cast::<PyArrayDyn<f64>>()?.readonly())
 }
@@ -63,30 +28,24 @@ fn f64_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArra
 /// Borrowed views of one chain argument, kept alive for the duration of a call.
 enum Held<'py> {
     Dense(usize, PyReadonlyArrayDyn<'py, f64>),
-    Csr(usize, Idx<'py>, Idx<'py>, PyReadonlyArrayDyn<'py, f64>),
+    Csr(usize, IdArray<'py>, IdArray<'py>, PyReadonlyArrayDyn<'py, f64>),
 }
 
 fn hold<'py>(p: &Bound<'py, PyAny>) -> PyResult<Held<'py>> {
     if let Ok(t) = p.cast::<PyTuple>() {
         if t.len() != 4 {
-            return Err(shape_error(
-                "P",
-                "a CSR chain is the tuple (n, indptr, indices, data)",
-            ));
+            return Err(shape_error("P", "a CSR chain is the tuple (n, indptr, indices, data)"));
         }
         let n: usize = t.get_item(0)?.extract()?;
-        let indptr = idx_array(&t.get_item(1)?, "P.indptr")?;
-        let indices = idx_array(&t.get_item(2)?, "P.indices")?;
+        let indptr = id_array(&t.get_item(1)?, "P.indptr")?;
+        let indices = id_array(&t.get_item(2)?, "P.indices")?;
         let data = f64_array(&t.get_item(3)?, "P.data")?;
         return Ok(Held::Csr(n, indptr, indices, data));
     }
     let a = f64_array(p, "P")?;
     let sh = a.shape().to_vec();
     if sh.len() != 2 || sh[0] != sh[1] {
-        return Err(shape_error(
-            "P",
-            format!("must be a square 2-D matrix (n, n), got shape {sh:?}"),
-        ));
+        return Err(shape_error("P", format!("must be a square 2-D matrix (n, n), got shape {sh:?}")));
     }
     Ok(Held::Dense(sh[0], a))
 }
@@ -104,34 +63,27 @@ struct Slices<'a> {
 
 fn slices<'a>(h: &'a Held<'_>) -> PyResult<Slices<'a>> {
     match h {
-        Held::Dense(n, a) => Ok(Slices {
-            n: *n,
-            dense: Some(contiguous_checked(a, "P")?),
-            ip32: None,
-            ip64: None,
-            data: None,
-        }),
+        Held::Dense(n, a) => {
+            Ok(Slices { n: *n, dense: Some(contiguous_checked(a, "P")?), ip32: None, ip64: None, data: None })
+        }
         Held::Csr(n, ip, ix, d) => {
             let data = Some(contiguous_checked(d, "P.data")?);
             match (ip, ix) {
-                (Idx::I32(a), Idx::I32(b)) => Ok(Slices {
+                (IdArray::I32(a), IdArray::I32(b)) => Ok(Slices {
                     n: *n,
                     dense: None,
                     ip32: Some((contiguous_checked(a, "P.indptr")?, contiguous_checked(b, "P.indices")?)),
                     ip64: None,
                     data,
                 }),
-                (Idx::I64(a), Idx::I64(b)) => Ok(Slices {
+                (IdArray::I64(a), IdArray::I64(b)) => Ok(Slices {
                     n: *n,
                     dense: None,
                     ip32: None,
                     ip64: Some((contiguous_checked(a, "P.indptr")?, contiguous_checked(b, "P.indices")?)),
                     data,
                 }),
-                _ => Err(dtype_error(
-                    "P.indices",
-                    "indptr and indices must have the same dtype",
-                )),
+                _ => Err(dtype_error("P.indices", "indptr and indices must have the same dtype")),
             }
         }
     }
@@ -144,20 +96,10 @@ impl<'a> Slices<'a> {
         }
         let data = self.data.as_deref().unwrap_or(&[]);
         if let Some((a, b)) = &self.ip32 {
-            return ChainRef::Csr32(CsrRef {
-                n: self.n,
-                indptr: a,
-                indices: b,
-                data,
-            });
+            return ChainRef::Csr32(CsrRef { n: self.n, indptr: a, indices: b, data });
         }
         let (a, b) = self.ip64.as_ref().expect("csr indices");
-        ChainRef::Csr64(CsrRef {
-            n: self.n,
-            indptr: a,
-            indices: b,
-            data,
-        })
+        ChainRef::Csr64(CsrRef { n: self.n, indptr: a, indices: b, data })
     }
 }
 
@@ -215,20 +157,17 @@ fn markov_committor<'py>(
     let h = hold(p)?;
     let s = slices(&h)?;
     let out = crate::interrupt::detach(py, || {
-            if backward {
-                markov::committor_backward(&s.chain(), &a, &b, method)
-            } else {
-                markov::committor_forward(&s.chain(), &a, &b, method)
-            }
-        })?;
+        if backward {
+            markov::committor_backward(&s.chain(), &a, &b, method)
+        } else {
+            markov::committor_forward(&s.chain(), &a, &b, method)
+        }
+    })?;
     Ok(to_1d(py, out))
 }
 
 #[pyfunction]
-fn markov_stationary<'py>(
-    py: Python<'py>,
-    p: &Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyArray1<f64>>> {
+fn markov_stationary<'py>(py: Python<'py>, p: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let h = hold(p)?;
     let s = slices(&h)?;
     let out = crate::interrupt::detach(py, || markov::stationary_distribution(&s.chain()))?;
@@ -262,11 +201,7 @@ fn markov_classes<'py>(
     let s = slices(&h)?;
     let (lab, closed, k) = crate::interrupt::detach(py, || markov::classes(&s.chain(), threshold))?;
     let lab: Vec<i64> = lab.into_iter().map(|x| x as i64).collect();
-    Ok((
-        lab.into_pyarray(py).into_any(),
-        closed.into_pyarray(py).into_any(),
-        k,
-    ))
+    Ok((lab.into_pyarray(py).into_any(), closed.into_pyarray(py).into_any(), k))
 }
 
 #[pyfunction]
@@ -284,34 +219,15 @@ fn markov_ccmc_simulate<'py>(
     let a = f64_array(p, "P")?;
     let sh = a.shape().to_vec();
     if sh.len() != 2 || sh[0] != sh[1] {
-        return Err(shape_error(
-            "P",
-            format!("must be a square 2-D matrix (V, V), got shape {sh:?}"),
-        ));
+        return Err(shape_error("P", format!("must be a square 2-D matrix (V, V), got shape {sh:?}")));
     }
     let data = contiguous_checked(&a, "P")?;
     let v = sh[0];
     let sim = crate::interrupt::detach(py, || {
-            markov::ccmc::simulate(
-                &data,
-                v,
-                &prompt,
-                position_weights.as_deref(),
-                n_traj,
-                n_steps,
-                seed,
-            )
-        })?;
-    let tok = sim
-        .tokens
-        .into_pyarray(py)
-        .reshape([n_traj, n_steps])?
-        .into_any();
-    Ok((
-        tok,
-        to_2d(py, sim.support, n_traj, n_steps)?,
-        to_2d(py, sim.winner_share, n_traj, n_steps)?,
-    ))
+        markov::ccmc::simulate(&data, v, &prompt, position_weights.as_deref(), n_traj, n_steps, seed)
+    })?;
+    let tok = sim.tokens.into_pyarray(py).reshape([n_traj, n_steps])?.into_any();
+    Ok((tok, to_2d(py, sim.support, n_traj, n_steps)?, to_2d(py, sim.winner_share, n_traj, n_steps)?))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

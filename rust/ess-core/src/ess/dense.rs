@@ -858,7 +858,7 @@ mod tests {
         assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::OutOfRange { .. })));
         assert!(matches!(dense_ess(&[0.0f64; 3], 1, 2, &DenseOptions::default()), Err(Error::Shape { .. })));
         let opts = DenseOptions { atol: Some(-1.0), ..Default::default() };
-        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::InvalidValue { .. })));
+        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::InvalidArgument { .. })));
     }
 
     #[test]

@@ -85,11 +85,7 @@ fn check_ids<I: NodeId>(arg: &str, ids: &[I], offset: usize, n_nodes: usize) -> 
             _ => {
                 return Err(Error::out_of_range(
                     arg,
-                    format!(
-                        "entry {} = {} is not a node id in [0, n_nodes = {n_nodes})",
-                        i + offset,
-                        x.as_i128()
-                    ),
+                    format!("entry {} = {} is not a node id in [0, n_nodes = {n_nodes})", i + offset, x.as_i128()),
                 ))
             }
         }
@@ -229,7 +225,12 @@ unsafe impl Sync for SyncPtrPair {}
 /// stream has a cached line), then every bucket is counting-sorted on its own (its
 /// histogram and output fit in cache). Both passes and both graphs run in parallel.
 /// Extra memory: 8 bytes per edge and graph while building.
-pub fn csr_and_transpose<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize, transpose: bool) -> Result<(Csr, Option<Csr>)> {
+pub fn csr_and_transpose<I: NodeId>(
+    src: &[I],
+    dst: &[I],
+    n_nodes: usize,
+    transpose: bool,
+) -> Result<(Csr, Option<Csr>)> {
     if src.len() < RADIX_MIN_EDGES {
         let g = csr_from_edges(src, dst, n_nodes)?;
         let gt = if transpose { Some(csr_from_edges(dst, src, n_nodes)?) } else { None };
@@ -238,7 +239,12 @@ pub fn csr_and_transpose<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize, transp
     csr_bucketed(src, dst, n_nodes, transpose)
 }
 
-pub(crate) fn csr_bucketed<I: NodeId>(src: &[I], dst: &[I], n_nodes: usize, transpose: bool) -> Result<(Csr, Option<Csr>)> {
+pub(crate) fn csr_bucketed<I: NodeId>(
+    src: &[I],
+    dst: &[I],
+    n_nodes: usize,
+    transpose: bool,
+) -> Result<(Csr, Option<Csr>)> {
     check_sizes(src.len(), dst.len(), n_nodes)?;
     let m = src.len();
     if n_nodes == 0 {
@@ -415,7 +421,8 @@ mod tests {
 
     #[test]
     fn bucketed_matches_counting_sort() {
-        for &(n, m) in &[(1usize, 5usize), (2, 7), (1000, 200_000), (3000, 300_000), (1 << 12, 100), (70_000, 300_000)] {
+        for &(n, m) in &[(1usize, 5usize), (2, 7), (1000, 200_000), (3000, 300_000), (1 << 12, 100), (70_000, 300_000)]
+        {
             let src: Vec<i64> = (0..m).map(|i| ((i * 7919 + i / 3) % n) as i64).collect();
             let dst: Vec<i64> = (0..m).map(|i| ((i * 104729 + 13) % n) as i64).collect();
             let g = csr_from_edges(&src, &dst, n).unwrap();

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 ///
 /// Reusable from other modules (e.g. Markov-chain transition graphs): build the CSR with
 /// [`super::csr_from_edges`] or pass your own arrays. Errors: invalid CSR (`Shape`,
-/// `InvalidValue`, `OutOfRange`), more than `2^32 - 2` nodes (`TooLarge`).
+/// `InvalidArgument`, `OutOfRange`), more than `2^32 - 2` nodes (`TooLarge`).
 pub fn strongly_connected_components(indptr: &[usize], indices: &[u32]) -> Result<(usize, Vec<u32>)> {
     if indptr.is_empty() {
         return Err(Error::shape("indptr", "must have n_nodes + 1 >= 1 entries"));
@@ -280,7 +280,10 @@ pub fn scc_from_edges<I: NodeId>(
         SccAlgorithm::Pearce => false,
         SccAlgorithm::ForwardBackward => {
             if n_nodes >= FWBW_MAX_NODES {
-                return Err(Error::too_large("n_nodes", format!("'fwbw' handles up to {} nodes; use 'pearce'", FWBW_MAX_NODES - 1)));
+                return Err(Error::too_large(
+                    "n_nodes",
+                    format!("'fwbw' handles up to {} nodes; use 'pearce'", FWBW_MAX_NODES - 1),
+                ));
             }
             if !fits(fwbw_bytes) {
                 return Err(Error::too_large(
@@ -398,7 +401,8 @@ const SOURCE: u32 = u32::MAX - 2;
 /// stays sinks first whatever the order within each group.
 fn trim(g: &Csr, has_pred: impl Fn(usize) -> bool + Sync, p: &mut Pearce) -> Vec<u32> {
     let n = g.n_nodes;
-    let sinks: Vec<u32> = (0..n as u32).into_par_iter().filter(|&v| g.indptr[v as usize + 1] == g.indptr[v as usize]).collect();
+    let sinks: Vec<u32> =
+        (0..n as u32).into_par_iter().filter(|&v| g.indptr[v as usize + 1] == g.indptr[v as usize]).collect();
     for &v in &sinks {
         let c = p.next_component();
         p.rindex[v as usize] = c;
@@ -604,12 +608,7 @@ impl Condensation {
             indices[row_start..].sort_unstable();
             indptr.push(indices.len());
         }
-        Condensation {
-            n_components,
-            labels,
-            sizes,
-            dag: Csr { n_nodes: n_components, indptr, indices },
-        }
+        Condensation { n_components, labels, sizes, dag: Csr { n_nodes: n_components, indptr, indices } }
     }
 
     /// A topological order of the components (sources first): `n_components - 1, ..., 0`.
@@ -668,7 +667,10 @@ impl Condensation {
     /// Batch of reachability queries `a[i] -> b[i]`, in parallel.
     pub fn reaches_many(&self, a: &[u32], b: &[u32]) -> Result<Vec<bool>> {
         if a.len() != b.len() {
-            return Err(Error::shape("b", format!("a and b must have the same length, got {} and {}", a.len(), b.len())));
+            return Err(Error::shape(
+                "b",
+                format!("a and b must have the same length, got {} and {}", a.len(), b.len()),
+            ));
         }
         let nc = self.n_components as u32;
         if let Some(i) = a.iter().position(|&x| x >= nc) {
@@ -778,7 +780,9 @@ mod tests {
         // cycle, and tiny sizes.
         let mut cases: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::new();
         let mut rnd = xorshift(7);
-        for &(n, deg) in &[(1usize, 0usize), (5, 0), (1, 1), (2, 1), (3, 2), (50, 1), (200, 2), (1000, 3), (5000, 1), (20_000, 5)] {
+        for &(n, deg) in
+            &[(1usize, 0usize), (5, 0), (1, 1), (2, 1), (3, 2), (50, 1), (200, 2), (1000, 3), (5000, 1), (20_000, 5)]
+        {
             let m = n * deg;
             let src: Vec<u32> = (0..m).map(|_| (rnd() % n as u64) as u32).collect();
             let dst: Vec<u32> = (0..m).map(|_| (rnd() % n as u64) as u32).collect();

@@ -1,9 +1,10 @@
-//! Graph-SVM: the max-margin direction of one attention layer (SPEC.md section 2).
+//! Graph-SVM: the max-margin direction of one attention layer.
 //!
 //! `min ||W||_F` subject to, for every edge `y -> x` of the graph of last token `k`,
 //! `(E_y - E_x)^T W E_k = 0` when `x` is in the SCC of `y` and `>= 1` otherwise (`x` is
-//! then strictly below `y`). Every (sample, window token) constraint of the SPEC is one
-//! of these edges, so the graphs carry the whole problem.
+//! then strictly below `y`). Every margin constraint of the training data (label `y_i` scored
+//! at least as high as each other token `x` of its window `X_i`) is one of these edges, so
+//! the graphs carry the whole problem.
 //!
 //! * One-hot tokens (`E = I`): column `k` of `W` only meets the constraints of graph `k`,
 //!   and tokens of one SCC share one value, so each column is the small QP
@@ -18,9 +19,7 @@
 //!   Clarabel (interior point; accuracy about 1e-9 relative).
 
 use clarabel::algebra::CscMatrix;
-use clarabel::solver::{
-    DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus, SupportedConeT,
-};
+use clarabel::solver::{DefaultSettingsBuilder, DefaultSolver, IPSolver, SolverStatus, SupportedConeT};
 use rayon::prelude::*;
 
 use super::tpg::{TokenGraph, TokenPriorityGraphs};
@@ -168,13 +167,16 @@ pub fn graph_svm_one_hot(t: &TokenPriorityGraphs) -> Result<(Vec<u32>, Vec<u32>,
 /// Graph-SVM for general token embeddings `e` (`K x d`, row-major, `K = vocab_size`).
 /// Returns `W` (`d x d`, row-major) with score `s = E_x^T W E_k`.
 ///
-/// Errors: `Shape`/`NonFinite` on `e`; `InvalidValue` when the constraints are infeasible
+/// Errors: `Shape`/`NonFinite` on `e`; `InvalidArgument` when the constraints are infeasible
 /// (the embeddings cannot realise the priorities, e.g. too small a `d`); `Numerical` when
 /// the solver fails otherwise.
 pub fn graph_svm_embedded(t: &TokenPriorityGraphs, e: &[f64], d: usize) -> Result<Vec<f64>> {
     let k = t.vocab_size;
     if d == 0 || e.len() != k * d {
-        return Err(Error::shape("E", format!("must be (vocab_size = {k}, d >= 1), got {} entries for d = {d}", e.len())));
+        return Err(Error::shape(
+            "E",
+            format!("must be (vocab_size = {k}, d >= 1), got {} entries for d = {d}", e.len()),
+        ));
     }
     check_finite("E", e)?;
     let nv = checked_size("E", &[d, d])?;
@@ -239,7 +241,7 @@ pub fn graph_svm_embedded(t: &TokenPriorityGraphs, e: &[f64], d: usize) -> Resul
     }
     let am = CscMatrix::new_from_triplets(m, nv, ri, cj, vv);
     let mut bv = vec![0.0; ne];
-    bv.extend(std::iter::repeat(-1.0).take(ni));
+    bv.extend(std::iter::repeat_n(-1.0, ni));
     let pm = CscMatrix::identity(nv);
     let q = vec![0.0; nv];
     let mut cones = Vec::new();
@@ -285,7 +287,7 @@ mod tests {
             eye[i * 7] = 1.0;
         }
         let wg = graph_svm_embedded(&t, &eye, 6).unwrap();
-        assert!((wg[0 * 6 + 2] - 0.6).abs() < 1e-7);
-        assert!((wg[1 * 6 + 4] - 5.0 / 6.0).abs() < 1e-7);
+        assert!((wg[2] - 0.6).abs() < 1e-7);
+        assert!((wg[6 + 4] - 5.0 / 6.0).abs() < 1e-7);
     }
 }

@@ -1,4 +1,4 @@
-//! Token-priority graphs (SPEC.md section 2).
+//! Token-priority graphs.
 //!
 //! From next-token data (windows `X_i`, labels `y_i`) one directed graph per last token
 //! `k`: every sample whose window ends in `k` adds the edges `y_i -> x` for each token
@@ -66,10 +66,7 @@ pub fn check_windows<I: NodeId>(tokens: &[I], offsets: &[i64], vocab_size: usize
         return Err(Error::shape("offsets", "must have n_windows + 1 >= 1 entries"));
     }
     if offsets[0] != 0 || offsets[offsets.len() - 1] != tokens.len() as i64 {
-        return Err(Error::invalid(
-            "offsets",
-            format!("must start at 0 and end at len(tokens) = {}", tokens.len()),
-        ));
+        return Err(Error::invalid("offsets", format!("must start at 0 and end at len(tokens) = {}", tokens.len())));
     }
     let mut off = Vec::with_capacity(offsets.len());
     for (i, w) in offsets.windows(2).enumerate() {
@@ -137,7 +134,11 @@ impl TokenPriorityGraphs {
         // Group realisable samples by last token (counting sort).
         // per-token counts and graph index, plus one token map per worker thread
         let per_token = 8 + 4 + 4 * rayon::current_num_threads() as u64;
-        crate::mem::gate("vocab_size", (vocab_size as u64).checked_mul(per_token), &format!("vocab_size = {vocab_size}"))?;
+        crate::mem::gate(
+            "vocab_size",
+            (vocab_size as u64).checked_mul(per_token),
+            &format!("vocab_size = {vocab_size}"),
+        )?;
         let mut count = vec![0usize; vocab_size + 1];
         for i in 0..n {
             if realisable[i] {
@@ -337,7 +338,7 @@ mod tests {
     #[test]
     fn unrealisable() {
         let r = TokenPriorityGraphs::build(&[0i64, 1], &[0, 2], &[2i64], 3, false);
-        assert!(matches!(r, Err(Error::InvalidValue { .. })));
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })));
         let t = TokenPriorityGraphs::build(&[0i64, 1], &[0, 2], &[2i64], 3, true).unwrap();
         assert_eq!(t.unrealisable, vec![0]);
         assert!(t.graphs.is_empty());

@@ -51,8 +51,7 @@ fn bandwidth(red: &Reduced, pos: Option<&[usize]>) -> (usize, usize) {
 
 fn acceptable(red: &Reduced, bl: usize, bu: usize) -> bool {
     let m = red.m;
-    bl.saturating_mul(bu) <= BAND_MAX_WORK
-        && m.saturating_mul(bl + bu + 1) <= BAND_MAX_FILL * (red.nnz() + m) + 4096
+    bl.saturating_mul(bu) <= BAND_MAX_WORK && m.saturating_mul(bl + bu + 1) <= BAND_MAX_FILL * (red.nnz() + m) + 4096
 }
 
 /// Choose a band order for `red`, or `None` when no cheap band is found.
@@ -63,11 +62,7 @@ pub fn plan(red: &Reduced) -> Option<Plan> {
     }
     let (bl0, bu0) = bandwidth(red, None);
     if bl0.max(bu0) <= 8 {
-        return Some(Plan {
-            order: None,
-            bl: bl0,
-            bu: bu0,
-        });
+        return Some(Plan { order: None, bl: bl0, bu: bu0 });
     }
     let order = rcm(red).ok()?;
     let mut pos = vec![0usize; m];
@@ -78,17 +73,9 @@ pub fn plan(red: &Reduced) -> Option<Plan> {
     let natural = acceptable(red, bl0, bu0);
     let rcm_ok = acceptable(red, bl1, bu1);
     if rcm_ok && (!natural || bl1 * bu1 < bl0 * bu0) {
-        Some(Plan {
-            order: Some(order),
-            bl: bl1,
-            bu: bu1,
-        })
+        Some(Plan { order: Some(order), bl: bl1, bu: bu1 })
     } else if natural {
-        Some(Plan {
-            order: None,
-            bl: bl0,
-            bu: bu0,
-        })
+        Some(Plan { order: None, bl: bl0, bu: bu0 })
     } else {
         None
     }
@@ -202,10 +189,7 @@ pub fn rcm(red: &Reduced) -> Result<Vec<usize>> {
         tag += 1;
         let (mut ecc, mut last) = bfs(&ptr, &adj, r, &done, &mut stamp, tag, &mut queue);
         for _ in 0..8 {
-            let x = *queue[last..]
-                .iter()
-                .min_by_key(|&&v| deg(v))
-                .expect("non-empty level");
+            let x = *queue[last..].iter().min_by_key(|&&v| deg(v)).expect("non-empty level");
             tag += 1;
             let (e, l) = bfs(&ptr, &adj, x, &done, &mut stamp, tag, &mut queue);
             if e <= ecc {
@@ -257,9 +241,7 @@ fn build(red: &Reduced, plan: &Plan, pos: Option<&[usize]>) -> Result<Band> {
     let c = red.c;
     let (bl, bu) = (plan.bl, plan.bu);
     let w = bl + 1 + bu;
-    let size = m
-        .checked_mul(w)
-        .ok_or_else(|| Error::too_large("P", "band too large"))?;
+    let size = m.checked_mul(w).ok_or_else(|| Error::too_large("P", "band too large"))?;
     let mut a = crate::mem::filled(size, 0.0)
         .map_err(|_| Error::too_large("P", "not enough memory for the band elimination"))?;
     let mut exit = vec![0.0; m];
@@ -275,16 +257,7 @@ fn build(red: &Reduced, plan: &Plan, pos: Option<&[usize]>) -> Result<Band> {
         exit[p] = red.exit[s];
         rhs[p * c..(p + 1) * c].copy_from_slice(&red.rhs[s * c..(s + 1) * c]);
     }
-    Ok(Band {
-        m,
-        bl,
-        bu,
-        w,
-        a,
-        exit,
-        rhs,
-        c,
-    })
+    Ok(Band { m, bl, bu, w, a, exit, rhs, c })
 }
 
 /// Eliminate the first `npiv` positions in place; returns the pivots. Row `p` then holds
@@ -417,10 +390,7 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self) -> f64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         }
     }
@@ -436,24 +406,12 @@ mod tests {
                     if j == i || row.iter().any(|e| e.0 == j) {
                         continue;
                     }
-                    let v = if g.next() < 0.2 {
-                        rare * g.next()
-                    } else {
-                        g.next()
-                    };
+                    let v = if g.next() < 0.2 { rare * g.next() } else { g.next() };
                     row.push((j, v));
                 }
             }
         }
-        let ex: Vec<f64> = (0..m)
-            .map(|i| {
-                if every > 0 && i % every == 0 {
-                    exit
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let ex: Vec<f64> = (0..m).map(|i| if every > 0 && i % every == 0 { exit } else { 0.0 }).collect();
         let rhs: Vec<f64> = (0..2 * m).map(|_| g.next()).collect();
         Reduced::from_rows(rows, ex, rhs, 2)
     }
@@ -461,11 +419,7 @@ mod tests {
     fn close(a: &[f64], b: &[f64], rtol: f64) {
         assert_eq!(a.len(), b.len());
         for (k, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= rtol * y.abs(),
-                "entry {k}: {x:e} vs {y:e} (rel {:e})",
-                (x - y).abs() / y.abs()
-            );
+            assert!((x - y).abs() <= rtol * y.abs(), "entry {k}: {x:e} vs {y:e} (rel {:e})", (x - y).abs() / y.abs());
         }
     }
 
@@ -478,8 +432,7 @@ mod tests {
                     let pl = plan(&red).expect("a ring has a narrow band");
                     assert!(m <= 16 || pl.bl.max(pl.bu) <= 4 * half, "m {m} half {half}");
                     let x = solve(&red, &pl).unwrap();
-                    let y =
-                        gth::solve(ring(m, half, rare, 1e-3, 7, seed + m as u64), true).unwrap();
+                    let y = gth::solve(ring(m, half, rare, 1e-3, 7, seed + m as u64), true).unwrap();
                     close(&x, &y, 1e-12);
                     if m > 1 {
                         let mut red = ring(m, half, rare, 0.0, 0, seed + m as u64);
@@ -513,9 +466,7 @@ mod tests {
                 row.push((i + 1, 0.6));
             }
         }
-        let exit: Vec<f64> = (0..m)
-            .map(|i| if i % 10 == 3 { 0.1 } else { 0.0 })
-            .collect();
+        let exit: Vec<f64> = (0..m).map(|i| if i % 10 == 3 { 0.1 } else { 0.0 }).collect();
         let red = Reduced::from_rows(rows.clone(), exit.clone(), vec![1.0; m], 1);
         let pl = plan(&red).unwrap();
         assert!(pl.order.is_none() && pl.bl == 1 && pl.bu == 1);
@@ -528,9 +479,8 @@ mod tests {
     fn wide_pattern_is_refused_and_zero_pivot_is_an_error() {
         // a complete graph: no narrow band
         let m = 200;
-        let rows: Vec<Vec<(usize, f64)>> = (0..m)
-            .map(|i| (0..m).filter(|&j| j != i).map(|j| (j, 1.0)).collect())
-            .collect();
+        let rows: Vec<Vec<(usize, f64)>> =
+            (0..m).map(|i| (0..m).filter(|&j| j != i).map(|j| (j, 1.0)).collect()).collect();
         let red = Reduced::from_rows(rows, vec![0.0; m], vec![], 0);
         assert!(plan(&red).is_none());
         // a state with no way out of the reduced set

@@ -91,10 +91,7 @@ impl<'a> ChainRef<'a> {
         match self {
             ChainRef::Dense { n, p } => {
                 if p.len() != n * n {
-                    return Err(Error::shape(
-                        arg,
-                        format!("expected {n} x {n} = {} entries, got {}", n * n, p.len()),
-                    ));
+                    return Err(Error::shape(arg, format!("expected {n} x {n} = {} entries, got {}", n * n, p.len())));
                 }
                 for i in 0..*n {
                     let row = &p[i * n..(i + 1) * n];
@@ -135,10 +132,7 @@ impl<'a> ChainRef<'a> {
 
 #[inline]
 fn csr_row<I: Index>(c: &CsrRef<'_, I>, i: usize, mut f: impl FnMut(usize, f64)) {
-    let (a, b) = (
-        c.indptr[i].to_i64() as usize,
-        c.indptr[i + 1].to_i64() as usize,
-    );
+    let (a, b) = (c.indptr[i].to_i64() as usize, c.indptr[i + 1].to_i64() as usize);
     for k in a..b {
         let v = c.data[k];
         if v > 0.0 {
@@ -150,16 +144,10 @@ fn csr_row<I: Index>(c: &CsrRef<'_, I>, i: usize, mut f: impl FnMut(usize, f64))
 #[inline(always)]
 fn check_entry(arg: &str, i: usize, j: usize, v: f64, flat: usize) -> Result<()> {
     if !v.is_finite() {
-        return Err(Error::NonFinite {
-            arg: arg.to_string(),
-            index: flat,
-        });
+        return Err(Error::NonFinite { arg: arg.to_string(), index: flat });
     }
     if v < 0.0 {
-        return Err(Error::not_stochastic(
-            arg,
-            format!("negative transition probability P[{i}, {j}] = {v:e}"),
-        ));
+        return Err(Error::not_stochastic(arg, format!("negative transition probability P[{i}, {j}] = {v:e}")));
     }
     Ok(())
 }
@@ -169,14 +157,14 @@ fn check_row_sum(arg: &str, i: usize, s: f64, _n: usize) -> Result<()> {
         if s == 0.0 {
             return Err(Error::not_stochastic(
                 arg,
-                format!("row {i} has no outgoing transitions (sum 0); an absorbing state needs an explicit P[{i}, {i}] = 1"),
+                format!(
+                    "row {i} has no outgoing transitions (sum 0); an absorbing state needs an explicit P[{i}, {i}] = 1"
+                ),
             ));
         }
         return Err(Error::not_stochastic(
             arg,
-            format!(
-                "row {i} sums to {s:.17} (must be 1 within {ROW_SUM_TOL:e}; renormalise the rows)"
-            ),
+            format!("row {i} sums to {s:.17} (must be 1 within {ROW_SUM_TOL:e}; renormalise the rows)"),
         ));
     }
     Ok(())
@@ -185,30 +173,16 @@ fn check_row_sum(arg: &str, i: usize, s: f64, _n: usize) -> Result<()> {
 fn validate_csr<I: Index>(arg: &str, c: &CsrRef<'_, I>) -> Result<()> {
     let n = c.n;
     if c.indptr.len() != n + 1 {
-        return Err(Error::shape(
-            arg,
-            format!(
-                "indptr must have n + 1 = {} entries, got {}",
-                n + 1,
-                c.indptr.len()
-            ),
-        ));
+        return Err(Error::shape(arg, format!("indptr must have n + 1 = {} entries, got {}", n + 1, c.indptr.len())));
     }
     if c.indices.len() != c.data.len() {
         return Err(Error::shape(
             arg,
-            format!(
-                "indices ({}) and data ({}) must have the same length",
-                c.indices.len(),
-                c.data.len()
-            ),
+            format!("indices ({}) and data ({}) must have the same length", c.indices.len(), c.data.len()),
         ));
     }
     if c.indptr[0].to_i64() != 0 || c.indptr[n].to_i64() != c.data.len() as i64 {
-        return Err(Error::invalid(
-            arg,
-            "indptr must start at 0 and end at len(data) (not a valid CSR matrix)",
-        ));
+        return Err(Error::invalid(arg, "indptr must start at 0 and end at len(data) (not a valid CSR matrix)"));
     }
     // The structure first (a decreasing indptr makes every later row meaningless, so it must
     // not be reported as a bad row sum), then the entries; rows are checked in parallel and
@@ -235,10 +209,7 @@ fn validate_csr<I: Index>(arg: &str, c: &CsrRef<'_, I>) -> Result<()> {
         for k in a as usize..b as usize {
             let j = c.indices[k].to_i64();
             if j < 0 || j >= n as i64 {
-                return Err(Error::out_of_range(
-                    arg,
-                    format!("column index {j} in row {i} is outside [0, {n})"),
-                ));
+                return Err(Error::out_of_range(arg, format!("column index {j} in row {i} is outside [0, {n})")));
             }
             check_entry(arg, i, j as usize, c.data[k], k)?;
             s += c.data[k];
@@ -281,11 +252,7 @@ impl Graph {
                 pos[j] += 1;
             }
         }
-        Graph {
-            n,
-            indptr: cnt,
-            indices: idx,
-        }
+        Graph { n, indptr: cnt, indices: idx }
     }
 
     /// States from which some state with `seed[s] == true` is reachable (including seeds),

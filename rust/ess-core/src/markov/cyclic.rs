@@ -161,7 +161,8 @@ impl<I: Index> Window<'_, '_, I> {
                 for t in 0..b {
                     let live = t < nband;
                     rv[t] = if live { row[b + 1 + t] } else { 0.0 };
-                    cv[t] = if live { self.r[slot[t] * rw + b - 1 - t] } else { 0.0 }; // offset k - i = -(t + 1)
+                    cv[t] = if live { self.r[slot[t] * rw + b - 1 - t] } else { 0.0 };
+                    // offset k - i = -(t + 1)
                 }
                 for rb in 0..w {
                     rv[b + rb] = row[2 * b + 1 + rb];

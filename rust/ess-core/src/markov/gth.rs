@@ -108,25 +108,11 @@ pub fn dense_eliminate(a: &mut [f64], r: usize, npiv: usize, d: &mut Vec<f64>) -
 /// Columns per leaf of the recursion (unblocked elimination of a narrow panel).
 const LEAF: usize = 32;
 
-unsafe fn mat<'a>(
-    p: *mut f64,
-    ld: usize,
-    i: usize,
-    j: usize,
-    nr: usize,
-    nc: usize,
-) -> MatRef<'a, f64> {
+unsafe fn mat<'a>(p: *mut f64, ld: usize, i: usize, j: usize, nr: usize, nc: usize) -> MatRef<'a, f64> {
     MatRef::from_raw_parts(p.add(j * ld + i) as *const f64, nr, nc, 1, ld as isize)
 }
 
-unsafe fn mat_mut<'a>(
-    p: *mut f64,
-    ld: usize,
-    i: usize,
-    j: usize,
-    nr: usize,
-    nc: usize,
-) -> MatMut<'a, f64> {
+unsafe fn mat_mut<'a>(p: *mut f64, ld: usize, i: usize, j: usize, nr: usize, nc: usize) -> MatMut<'a, f64> {
     MatMut::from_raw_parts_mut(p.add(j * ld + i), nr, nc, 1, ld as isize)
 }
 
@@ -188,28 +174,13 @@ fn trsm(l: MatRef<'_, f64>, mut b: MatMut<'_, f64>) {
     let h = k / 2;
     let (mut top, mut bot) = b.rb_mut().split_at_row_mut(h);
     trsm(l.submatrix(0, 0, h, h), top.rb_mut());
-    matmul(
-        bot.rb_mut(),
-        Accum::Add,
-        l.submatrix(h, 0, k - h, h),
-        top.rb(),
-        1.0,
-        par(),
-    );
+    matmul(bot.rb_mut(), Accum::Add, l.submatrix(h, 0, k - h, h), top.rb(), 1.0, par());
     trsm(l.submatrix(h, h, k - h, k - h), bot);
 }
 
 /// Eliminate columns `c0..c1` (rows `c0..r`), all earlier pivots already applied; `x` is
 /// the aggregated exit of each row towards the columns `>= c1` (including the exit).
-unsafe fn rec(
-    a: *mut f64,
-    ld: usize,
-    r: usize,
-    c0: usize,
-    c1: usize,
-    x: &mut [f64],
-    d: &mut [f64],
-) -> Result<()> {
+unsafe fn rec(a: *mut f64, ld: usize, r: usize, c0: usize, c1: usize, x: &mut [f64], d: &mut [f64]) -> Result<()> {
     if c1 - c0 <= LEAF {
         crate::interrupt::check()?;
         for p in c0..c1 {
@@ -265,10 +236,7 @@ unsafe fn rec(
     let l11 = mat(a, ld, c0, c0, k, k);
     trsm_panels(l11, mat_mut(a, ld, c0, h, k, c1 - h))?;
     let xp = x.as_mut_ptr();
-    trsm(
-        l11,
-        MatMut::from_raw_parts_mut(xp.add(c0), k, 1, 1, k as isize),
-    );
+    trsm(l11, MatMut::from_raw_parts_mut(xp.add(c0), k, 1, 1, k as isize));
     let l21 = mat(a, ld, h, c0, r - h, k);
     matmul_panels(mat_mut(a, ld, h, h, r - h, c1 - h), l21, mat(a, ld, c0, h, k, c1 - h))?;
     matmul(
@@ -329,12 +297,7 @@ pub struct Reduced {
 
 impl Reduced {
     /// Build from per-row lists (deduplicated, no diagonal).
-    pub fn from_rows(
-        rows: Vec<Vec<(usize, f64)>>,
-        exit: Vec<f64>,
-        rhs: Vec<f64>,
-        c: usize,
-    ) -> Reduced {
+    pub fn from_rows(rows: Vec<Vec<(usize, f64)>>, exit: Vec<f64>, rhs: Vec<f64>, c: usize) -> Reduced {
         let m = rows.len();
         let mut ptr = Vec::with_capacity(m + 1);
         let mut idx = Vec::new();
@@ -347,15 +310,7 @@ impl Reduced {
             }
             ptr.push(idx.len());
         }
-        Reduced {
-            m,
-            ptr,
-            idx,
-            val,
-            exit,
-            rhs,
-            c,
-        }
+        Reduced { m, ptr, idx, val, exit, rhs, c }
     }
 
     /// Column indices and values of row `i`.
@@ -404,14 +359,8 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
     let mut mem = faer::dyn_stack::MemBuffer::try_new(req)
         .map_err(|_| Error::too_large("P", "not enough memory for the fill-reducing ordering"))?;
     let stack = faer::dyn_stack::MemStack::new(&mut mem);
-    amd::order_maybe_unsorted(
-        &mut perm,
-        &mut perm_inv,
-        sym,
-        amd::Control::default(),
-        stack,
-    )
-    .map_err(|e| Error::Numerical(format!("AMD ordering failed: {e:?}")))?;
+    amd::order_maybe_unsorted(&mut perm, &mut perm_inv, sym, amd::Control::default(), stack)
+        .map_err(|e| Error::Numerical(format!("AMD ordering failed: {e:?}")))?;
     Ok(perm)
 }
 
@@ -421,11 +370,7 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
 fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> Result<Factor> {
     let m = red.m;
     let c = red.c;
-    let order: Vec<usize> = if dense || m <= 2 * NB {
-        (0..m).collect()
-    } else {
-        amd_order(red)?
-    };
+    let order: Vec<usize> = if dense || m <= 2 * NB { (0..m).collect() } else { amd_order(red)? };
     let mut steps: Vec<Step> = Vec::new();
     let mut elim = vec![false; m];
     let mut pos = vec![usize::MAX; m];
@@ -452,10 +397,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
                 crate::interrupt::check()?;
             }
             let rem = m - step;
-            if rem <= DENSE_MAX
-                && (nnz as f64) > DENSE_FRACTION * (rem as f64) * (rem as f64)
-                && rem > 32
-            {
+            if rem <= DENSE_MAX && (nnz as f64) > DENSE_FRACTION * (rem as f64) * (rem as f64) && rem > 32 {
                 break;
             }
             let k = order[step];
@@ -532,12 +474,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
                     ),
                 ));
             }
-            steps.push(Step {
-                k,
-                row: rowk,
-                d: s,
-                lcol,
-            });
+            steps.push(Step { k, row: rowk, d: s, lcol });
             step += 1;
         }
     }
@@ -548,14 +485,9 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     for (t, &s) in states.iter().enumerate() {
         loc[s] = t;
     }
-    let size = r
-        .checked_mul(r + 1)
-        .ok_or_else(|| Error::too_large("P", "dense block too large"))?;
+    let size = r.checked_mul(r + 1).ok_or_else(|| Error::too_large("P", "dense block too large"))?;
     let a = crate::mem::filled(size, 0.0).map_err(|_| {
-        Error::too_large(
-            "P",
-            format!("the dense elimination block needs {r} x {r} doubles; not enough memory"),
-        )
+        Error::too_large("P", format!("the dense elimination block needs {r} x {r} doubles; not enough memory"))
     })?;
     let mut a = a;
     for (t, &s) in states.iter().enumerate() {
@@ -581,10 +513,7 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
     let npiv = if keep_last { r.saturating_sub(1) } else { r };
     let mut d = Vec::with_capacity(r);
     dense_eliminate(&mut a, r, npiv, &mut d)?;
-    Ok(Factor {
-        steps,
-        tail: DenseTail { states, a, d, npiv },
-    })
+    Ok(Factor { steps, tail: DenseTail { states, a, d, npiv } })
 }
 
 /// Solve the reduced system: returns `x` (`m x c` row-major), every entry computed
@@ -641,9 +570,7 @@ pub fn stationary(mut red: Reduced, dense: bool) -> Result<Vec<f64>> {
 fn stationary_weights(red: &mut Reduced, dense: bool) -> Result<Vec<f64>> {
     let m = red.m;
     let f = factor(red, true, dense, FILL_MAX)?;
-    let DenseTail {
-        states, a, npiv, ..
-    } = &f.tail;
+    let DenseTail { states, a, npiv, .. } = &f.tail;
     let r = states.len();
     let mut pi = vec![0.0; m];
     let mut tp = vec![0.0; r];
@@ -672,9 +599,7 @@ fn stationary_weights(red: &mut Reduced, dense: bool) -> Result<Vec<f64>> {
 pub(crate) fn normalise(mut pi: Vec<f64>) -> Result<Vec<f64>> {
     let total: f64 = pi.iter().sum();
     if !(total > 0.0) || !total.is_finite() {
-        return Err(Error::Numerical(
-            "stationary distribution underflowed or overflowed".into(),
-        ));
+        return Err(Error::Numerical("stationary distribution underflowed or overflowed".into()));
     }
     // rescale in two steps so that huge dynamic ranges do not overflow the sum
     for v in &mut pi {
@@ -739,20 +664,10 @@ mod tests {
     fn recursive_dense_matches_unblocked() {
         let mut seed = 7u64;
         let mut rnd = move || {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
         };
-        for (r, npiv) in [
-            (1, 1),
-            (2, 1),
-            (3, 3),
-            (33, 33),
-            (100, 99),
-            (257, 200),
-            (300, 300),
-        ] {
+        for (r, npiv) in [(1, 1), (2, 1), (3, 3), (33, 33), (100, 99), (257, 200), (300, 300)] {
             let mut a = vec![0.0; r * (r + 1)];
             for j in 0..r {
                 for i in 0..r {
@@ -778,10 +693,7 @@ mod tests {
                         continue;
                     }
                     let (x, y) = (a[j * r + i], b[j * r + i]);
-                    assert!(
-                        (x - y).abs() <= 1e-12 * y.abs(),
-                        "r {r} ({i}, {j}): {x:e} vs {y:e}"
-                    );
+                    assert!((x - y).abs() <= 1e-12 * y.abs(), "r {r} ({i}, {j}): {x:e} vs {y:e}");
                 }
             }
         }

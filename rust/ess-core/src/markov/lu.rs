@@ -18,8 +18,7 @@ pub fn solve(red: Reduced) -> Result<Vec<f64>> {
     }
     let nnz: usize = red.nnz() + m;
     let mut trip = Vec::new();
-    trip.try_reserve_exact(nnz)
-        .map_err(|_| Error::too_large("P", "not enough memory for the LU path"))?;
+    trip.try_reserve_exact(nnz).map_err(|_| Error::too_large("P", "not enough memory for the LU path"))?;
     for i in 0..m {
         let (ix, vs) = red.row(i);
         let mut d = red.exit[i];
@@ -32,9 +31,7 @@ pub fn solve(red: Reduced) -> Result<Vec<f64>> {
     let a = SparseColMat::<usize, f64>::try_new_from_triplets(m, m, &trip)
         .map_err(|e| Error::Numerical(format!("building the sparse matrix failed: {e:?}")))?;
     drop(trip);
-    let lu = a
-        .sp_lu()
-        .map_err(|e| Error::Numerical(format!("sparse LU failed: {e:?}")))?;
+    let lu = a.sp_lu().map_err(|e| Error::Numerical(format!("sparse LU failed: {e:?}")))?;
     let mut rhs = Mat::<f64>::from_fn(m, c, |i, t| red.rhs[i * c + t]);
     lu.solve_in_place(rhs.as_mut());
     let mut x = vec![0.0; m * c];

@@ -24,10 +24,7 @@ pub fn all_pairs(a: &[f64], b: &[f64], r: usize) -> Result<Vec<f64>> {
     let h = r / 2;
     let first: Vec<usize> = (0..h).collect();
     let second: Vec<usize> = (h..r).collect();
-    let (x, y) = rayon::join(
-        || half(a, b, r, &first, &second),
-        || half(a, b, r, &second, &first),
-    );
+    let (x, y) = rayon::join(|| half(a, b, r, &first, &second), || half(a, b, r, &second, &first));
     let mut out = vec![0.0; r * r];
     for (res, keep) in [(x?, &second), (y?, &first)] {
         let (perm, xm) = res;
@@ -44,13 +41,7 @@ pub fn all_pairs(a: &[f64], b: &[f64], r: usize) -> Result<Vec<f64>> {
 /// Eliminate `elim`, recurse on `keep`, back-substitute. Returns the permutation
 /// `elim ++ keep` and `X` (`r x |keep|`, row-major in that permuted order): hitting times of
 /// each kept target from every state.
-fn half(
-    a: &[f64],
-    b: &[f64],
-    r: usize,
-    elim: &[usize],
-    keep: &[usize],
-) -> Result<(Vec<usize>, Vec<f64>)> {
+fn half(a: &[f64], b: &[f64], r: usize, elim: &[usize], keep: &[usize]) -> Result<(Vec<usize>, Vec<f64>)> {
     let perm: Vec<usize> = elim.iter().chain(keep.iter()).copied().collect();
     let ne = elim.len();
     let nk = keep.len();
@@ -70,11 +61,7 @@ fn half(
     let mut sub = vec![0.0; nk * nk];
     for j in 0..nk {
         for i in 0..nk {
-            sub[j * nk + i] = if i == j {
-                0.0
-            } else {
-                w[(ne + j) * r + ne + i]
-            };
+            sub[j * nk + i] = if i == j { 0.0 } else { w[(ne + j) * r + ne + i] };
         }
     }
     let hk = all_pairs(&sub, &bb[ne..], nk)?; // nk x nk row-major
@@ -88,30 +75,18 @@ fn half(
             x[t * r + p] = bb[p];
         }
     }
-    let par = if rayon::current_num_threads() > 1 {
-        Par::rayon(0)
-    } else {
-        Par::Seq
-    };
+    let par = if rayon::current_num_threads() > 1 { Par::rayon(0) } else { Par::Seq };
     {
         let base = x.as_mut_ptr();
         // SAFETY: rows 0..ne and ne..r of x are disjoint.
         let (top, bottom) = unsafe {
             (
                 MatMut::<f64>::from_raw_parts_mut(base, ne, nk, 1isize, r as isize),
-                MatRef::<f64>::from_raw_parts(
-                    base.add(ne) as *const f64,
-                    nk,
-                    nk,
-                    1isize,
-                    r as isize,
-                ),
+                MatRef::<f64>::from_raw_parts(base.add(ne) as *const f64, nk, nk, 1isize, r as isize),
             )
         };
         // U12 = rows 0..ne, columns ne..r of w
-        let u12 = unsafe {
-            MatRef::<f64>::from_raw_parts(w.as_ptr().add(ne * r), ne, nk, 1isize, r as isize)
-        };
+        let u12 = unsafe { MatRef::<f64>::from_raw_parts(w.as_ptr().add(ne * r), ne, nk, 1isize, r as isize) };
         super::gth::matmul_panels(top, u12, bottom)?;
     }
     // blocked backward substitution inside the eliminated block
@@ -125,30 +100,12 @@ fn half(
             // SAFETY: rows p0..p1 and p1..ne of x are disjoint.
             let (dst, src) = unsafe {
                 (
-                    MatMut::<f64>::from_raw_parts_mut(
-                        base.add(p0),
-                        p1 - p0,
-                        nk,
-                        1isize,
-                        r as isize,
-                    ),
-                    MatRef::<f64>::from_raw_parts(
-                        base.add(p1) as *const f64,
-                        ne - p1,
-                        nk,
-                        1isize,
-                        r as isize,
-                    ),
+                    MatMut::<f64>::from_raw_parts_mut(base.add(p0), p1 - p0, nk, 1isize, r as isize),
+                    MatRef::<f64>::from_raw_parts(base.add(p1) as *const f64, ne - p1, nk, 1isize, r as isize),
                 )
             };
             let u = unsafe {
-                MatRef::<f64>::from_raw_parts(
-                    w.as_ptr().add(p1 * r + p0),
-                    p1 - p0,
-                    ne - p1,
-                    1isize,
-                    r as isize,
-                )
+                MatRef::<f64>::from_raw_parts(w.as_ptr().add(p1 * r + p0), p1 - p0, ne - p1, 1isize, r as isize)
             };
             matmul(dst, Accum::Add, u, src, 1.0, par);
         }

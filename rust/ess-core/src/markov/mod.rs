@@ -14,8 +14,8 @@
 
 pub mod band;
 pub mod ccmc;
-pub mod cyclic;
 pub mod chain;
+pub mod cyclic;
 pub mod gth;
 pub mod lu;
 pub mod mfpt;
@@ -45,10 +45,7 @@ impl Method {
         match s {
             "gth" | "auto" => Ok(Method::Gth),
             "lu" => Ok(Method::Lu),
-            _ => Err(Error::invalid(
-                arg,
-                format!("unknown method {s:?}; expected 'auto', 'gth' or 'lu'"),
-            )),
+            _ => Err(Error::invalid(arg, format!("unknown method {s:?}; expected 'auto', 'gth' or 'lu'"))),
         }
     }
 }
@@ -67,10 +64,7 @@ fn check_ids(arg: &str, n: usize, ids: &[i64]) -> Result<Vec<usize>> {
     ids.iter()
         .map(|&t| {
             if t < 0 || t >= n as i64 {
-                Err(Error::out_of_range(
-                    arg,
-                    format!("state {t} is outside [0, {n})"),
-                ))
+                Err(Error::out_of_range(arg, format!("state {t} is outside [0, {n})")))
             } else {
                 Ok(t as usize)
             }
@@ -151,15 +145,7 @@ fn build_reduced(
         });
         ptr.push(idx.len());
     }
-    Reduced {
-        m,
-        ptr,
-        idx,
-        val,
-        exit,
-        rhs,
-        c,
-    }
+    Reduced { m, ptr, idx, val, exit, rhs, c }
 }
 
 fn run(chain: &ChainRef<'_>, red: Reduced, method: Method) -> Result<Vec<f64>> {
@@ -270,18 +256,10 @@ pub fn absorption_probabilities(
     absorption_validated(chain, labels, nsets, method)
 }
 
-fn absorption_validated(
-    chain: &ChainRef<'_>,
-    labels: &[i64],
-    nsets: usize,
-    method: Method,
-) -> Result<Vec<f64>> {
+fn absorption_validated(chain: &ChainRef<'_>, labels: &[i64], nsets: usize, method: Method) -> Result<Vec<f64>> {
     let n = chain.n();
     if labels.len() != n {
-        return Err(Error::shape(
-            "sets",
-            format!("labels must have length n = {n}, got {}", labels.len()),
-        ));
+        return Err(Error::shape("sets", format!("labels must have length n = {n}, got {}", labels.len())));
     }
     // the n x nsets result and the per-set bookkeeping
     crate::mem::gate(
@@ -294,10 +272,7 @@ fn absorption_validated(
     for (i, &l) in labels.iter().enumerate() {
         if l >= 0 {
             if l as usize >= nsets {
-                return Err(Error::out_of_range(
-                    "sets",
-                    format!("label {l} outside [0, {nsets})"),
-                ));
+                return Err(Error::out_of_range("sets", format!("label {l} outside [0, {nsets})")));
             }
             class[i] = l as usize + 1;
             count[l as usize] += 1;
@@ -325,30 +300,19 @@ fn absorption_validated(
         if class[i] != 0 {
             out[i * nsets + class[i] - 1] = 1.0;
         } else if loc[i] != usize::MAX {
-            out[i * nsets..(i + 1) * nsets]
-                .copy_from_slice(&x[loc[i] * nsets..(loc[i] + 1) * nsets]);
+            out[i * nsets..(i + 1) * nsets].copy_from_slice(&x[loc[i] * nsets..(loc[i] + 1) * nsets]);
         }
     }
     Ok(out)
 }
 
 /// Forward committor `q+[i] = P(hit B before A | X_0 = i)` (0 on `A`, 1 on `B`).
-pub fn committor_forward(
-    chain: &ChainRef<'_>,
-    a: &[i64],
-    b: &[i64],
-    method: Method,
-) -> Result<Vec<f64>> {
+pub fn committor_forward(chain: &ChainRef<'_>, a: &[i64], b: &[i64], method: Method) -> Result<Vec<f64>> {
     chain.validate("P")?;
     committor_validated(chain, a, b, method)
 }
 
-fn committor_validated(
-    chain: &ChainRef<'_>,
-    a: &[i64],
-    b: &[i64],
-    method: Method,
-) -> Result<Vec<f64>> {
+fn committor_validated(chain: &ChainRef<'_>, a: &[i64], b: &[i64], method: Method) -> Result<Vec<f64>> {
     let n = chain.n();
     if a.is_empty() {
         return Err(Error::invalid("A", "the set A is empty"));
@@ -377,16 +341,9 @@ fn committor_validated(
 pub fn classes(chain: &ChainRef<'_>, threshold: f64) -> Result<(Vec<usize>, Vec<bool>, usize)> {
     chain.validate("P")?;
     if !(threshold >= 0.0) || !threshold.is_finite() {
-        return Err(Error::invalid(
-            "threshold",
-            format!("must be finite and >= 0, got {threshold}"),
-        ));
+        return Err(Error::invalid("threshold", format!("must be finite and >= 0, got {threshold}")));
     }
-    let g = if threshold == 0.0 {
-        chain.graph()
-    } else {
-        thresholded_graph(chain, threshold)
-    };
+    let g = if threshold == 0.0 { chain.graph() } else { thresholded_graph(chain, threshold) };
     let (lab, k) = g.scc()?;
     let closed = closed_flags(&g, &lab, k);
     Ok((lab, closed, k))
@@ -520,7 +477,10 @@ pub fn kemeny_constant(chain: &ChainRef<'_>) -> Result<f64> {
     chain.validate("P")?;
     let n = chain.n();
     if n > MFPT_MAX_N {
-        return Err(Error::too_large("P", format!("the Kemeny constant uses dense n x n first-passage times; n = {n} exceeds {MFPT_MAX_N}")));
+        return Err(Error::too_large(
+            "P",
+            format!("the Kemeny constant uses dense n x n first-passage times; n = {n} exceeds {MFPT_MAX_N}"),
+        ));
     }
     // irreducibility first (cheap), so reducible chains fail before the O(n^3) work
     let pi = stationary_validated(chain)?;
@@ -550,10 +510,7 @@ pub fn kemeny_constant(chain: &ChainRef<'_>) -> Result<f64> {
 pub fn reversed(chain: &ChainRef<'_>, pi: &[f64]) -> Result<(Vec<usize>, Vec<usize>, Vec<f64>)> {
     let n = chain.n();
     if let Some(i) = pi.iter().position(|&p| !(p > 0.0)) {
-        return Err(Error::invalid(
-            "P",
-            format!("the time-reversed chain needs an irreducible chain (pi[{i}] = 0)"),
-        ));
+        return Err(Error::invalid("P", format!("the time-reversed chain needs an irreducible chain (pi[{i}] = 0)")));
     }
     let mut cnt = vec![0usize; n + 1];
     for i in 0..n {
@@ -577,23 +534,13 @@ pub fn reversed(chain: &ChainRef<'_>, pi: &[f64]) -> Result<(Vec<usize>, Vec<usi
 
 /// Backward committor `q-[i] = P(last in A rather than B | X_0 = i)` of the stationary
 /// process: the forward committor `B -> A` of the time-reversed chain.
-pub fn committor_backward(
-    chain: &ChainRef<'_>,
-    a: &[i64],
-    b: &[i64],
-    method: Method,
-) -> Result<Vec<f64>> {
+pub fn committor_backward(chain: &ChainRef<'_>, a: &[i64], b: &[i64], method: Method) -> Result<Vec<f64>> {
     chain.validate("P")?;
     let pi = stationary_validated(chain)?;
     let (ip, ix, d) = reversed(chain, &pi)?;
     let ip: Vec<i64> = ip.into_iter().map(|x| x as i64).collect();
     let ix: Vec<i64> = ix.into_iter().map(|x| x as i64).collect();
-    let rc = ChainRef::Csr64(CsrRef {
-        n: chain.n(),
-        indptr: &ip,
-        indices: &ix,
-        data: &d,
-    });
+    let rc = ChainRef::Csr64(CsrRef { n: chain.n(), indptr: &ip, indices: &ix, data: &d });
     committor_validated(&rc, b, a, method)
 }
 
@@ -627,25 +574,12 @@ mod tests {
             }
             ip.push(ix.len() as i64);
         }
-        let csr = ChainRef::Csr64(CsrRef {
-            n,
-            indptr: &ip,
-            indices: &ix,
-            data: &d,
-        });
-        for (c, m) in [
-            (&dense, Method::Gth),
-            (&csr, Method::Gth),
-            (&csr, Method::Lu),
-        ] {
+        let csr = ChainRef::Csr64(CsrRef { n, indptr: &ip, indices: &ix, data: &d });
+        for (c, m) in [(&dense, Method::Gth), (&csr, Method::Gth), (&csr, Method::Lu)] {
             let h = hitting_times(c, &[0], m).unwrap();
             for k in 0..n {
                 let want = (k * (n - k)) as f64;
-                assert!(
-                    (h[k] - want).abs() <= 1e-10 * want.max(1.0),
-                    "k={k} got {} want {want}",
-                    h[k]
-                );
+                assert!((h[k] - want).abs() <= 1e-10 * want.max(1.0), "k={k} got {} want {want}", h[k]);
             }
         }
         let pi = stationary_distribution(&csr).unwrap();
@@ -662,20 +596,11 @@ mod tests {
         assert_eq!(m[0], 0.0);
         assert!((m[1] - 1.0 / 0.3).abs() < 1e-14 / 0.3);
         assert!((m[2] - 1e12).abs() < 1e-3);
-        assert!(matches!(
-            hitting_times(&c, &[], Method::Gth),
-            Err(Error::InvalidValue { .. })
-        ));
-        assert!(matches!(
-            hitting_times(&c, &[2], Method::Gth),
-            Err(Error::OutOfRange { .. })
-        ));
+        assert!(matches!(hitting_times(&c, &[], Method::Gth), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(hitting_times(&c, &[2], Method::Gth), Err(Error::OutOfRange { .. })));
         let bad = [0.5, 0.6, 0.5, 0.5];
         let c = ChainRef::Dense { n: 2, p: &bad };
-        assert!(matches!(
-            hitting_times(&c, &[0], Method::Gth),
-            Err(Error::NotStochastic { .. })
-        ));
+        assert!(matches!(hitting_times(&c, &[0], Method::Gth), Err(Error::NotStochastic { .. })));
     }
 
     #[test]
