@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, ShapeError
-from .base import OperatorSet, register
+from .base import OperatorSet, operator_array, register
 from .hf import _bind, _caches_in, _continuation_problem, _is_class, _LayerCaptures, refuse_unless
 
 __all__ = [
@@ -179,7 +179,7 @@ def _operator_set(name: str, ops: torch.Tensor, dv: int, empty: bool, err: float
     return OperatorSet(
         layer=name,
         kind="softmax_attention",
-        operators=np.ascontiguousarray(ops.cpu().numpy(), dtype=np.float64),
+        operators=operator_array(ops),
         labels=[f"head {h}" for h in range(H)],
         tss=[float(L)] * H,
         shared=[dv] * H,
