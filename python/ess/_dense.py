@@ -108,11 +108,13 @@ def _torch_operand(T: Any) -> Any:
 
         if T.is_sparse or T.layout != torch.strided:
             raise InvalidArgumentError(f"T: sparse torch tensors are not accepted (layout {T.layout}); pass T.to_dense()")
-        if T.is_complex() or not (T.is_floating_point() or T.dtype in (torch.bool, torch.int8, torch.int16, torch.int32,
-                                                                         torch.int64, torch.uint8)):
-            raise DTypeError(f"T: expected float, integer or bool values, got dtype {T.dtype}")
+        if not T.is_floating_point():  # half types are accepted (widened), as on the host route
+            raise DTypeError(f"T: dtype {T.dtype} is not supported; pass a floating-point tensor (e.g. x.double())")
         return T
-    return _args.array(T, "T", kinds="fiub")
+    T = _args.array(T, "T", kinds="fiub")
+    if T.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"T: dtype {T.dtype} is not supported; pass float32 or float64 (e.g. x.astype(numpy.float64))")
+    return T
 
 
 def effective_state_size(

@@ -186,8 +186,6 @@ def torch_dense_ess(
         raise InvalidArgumentError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     cdtype = torch.float64 if precision == "float64" else torch.float32
     if isinstance(T, np.ndarray):
-        if T.dtype.kind == "b":
-            T = T.astype(np.float64)
         T = torch.from_numpy(np.ascontiguousarray(T))
     if not isinstance(T, torch.Tensor):
         raise InvalidArgumentError(f"T: expected a torch tensor or numpy array, got {type(T).__name__}")
