@@ -72,7 +72,9 @@ def test_analyze_subset_and_time_estimate(monkeypatch, capsys):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    import ess.analyze as an
+    import sys
+
+    an = sys.modules["ess.analyze"]
 
     cfg = GPT2Config(vocab_size=64, n_positions=64, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
