@@ -54,7 +54,6 @@ import math
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, ShapeError
