@@ -278,3 +278,16 @@ def test_cuda_route_matches_kernel():
         for i, j in zip(*np.nonzero(dev.tolerance != ref.tolerance)):
             s, tau = ess_reference(T[i], **kw)[2][j]
             assert near_threshold(s, tau)
+
+
+def test_float32_mode_on_subnormal_and_float32_inputs():
+    """Blocks of float32-subnormal magnitude (their power-of-two rescaling must not overflow in float32) and
+    float32 inputs on the Gram route (its rounding bound is the compute precision's)."""
+    rng = np.random.default_rng(4)
+    T = np.tril(rng.standard_normal((2, 12, 2)) @ rng.standard_normal((2, 2, 12)), -1)
+    tiny = (T * 1e-41).astype(np.float32)
+    r = ess.effective_state_size(tiny, method="both", device="cpu", precision="float32", rtol=1e-3)
+    assert np.isfinite(r.entropy).all() and r.tolerance.max() <= 2
+    np.testing.assert_array_equal(r.tolerance, ess.effective_state_size(tiny, rtol=1e-3))
+    f32 = rng.standard_normal((3, 24, 24)).astype(np.float32)
+    assert_same_as_kernel(f32, rtol=1e-3)

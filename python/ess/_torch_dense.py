@@ -141,11 +141,14 @@ def _svd_values(H: Any) -> Any:
 
     bmax = H.abs().amax(dim=(-2, -1))
     e = _pow2_exponent(bmax)
-    s = torch.linalg.svdvals(H * torch.exp2(e)[:, None, None])
-    return s * torch.exp2(-e)[:, None]
+    # 2^e in two factors: 2^e alone can overflow float32 for a block of subnormal magnitude
+    e1 = torch.trunc(e / 2)
+    e2 = e - e1
+    s = torch.linalg.svdvals(H * torch.exp2(e1)[:, None, None] * torch.exp2(e2)[:, None, None])
+    return s * torch.exp2(-e1)[:, None] * torch.exp2(-e2)[:, None]
 
 
-def _gram_counts(H: Any, m: int, n: int, eps: float, atol: Any, rtol: Optional[float]) -> Tuple[Any, Any]:
+def _gram_counts(H: Any, m: int, n: int, eps: float, eps_c: float, atol: Any, rtol: Optional[float]) -> Tuple[Any, Any]:
     """Tolerance counts from the Gram matrix of the smaller side, and the flags of the operators whose
     count the rounding of that route could change (to be recomputed by the SVD)."""
     import torch
@@ -158,7 +161,7 @@ def _gram_counts(H: Any, m: int, n: int, eps: float, atol: Any, rtol: Optional[f
     tau = _thresholds(smax, m, n, eps, atol, rtol)
     tau2 = tau * tau
     fro2 = G.diagonal(dim1=-2, dim2=-1).sum(dim=-1)
-    bound = 4.0 * (m + k) * eps * fro2
+    bound = 4.0 * (m + k) * eps_c * fro2  # rounding of the Gram and of eigvalsh, in the compute precision
     count = (lam > tau2[:, None]).sum(dim=-1)
     unsure = ((lam - tau2[:, None]).abs() <= bound[:, None]).any(dim=-1)
     return count, unsure
@@ -255,13 +258,14 @@ def _chunk_curves(Tc: Any, dev: Any, cdtype: Any, L: int, pos: List[int], method
     tol = torch.zeros((B, len(pos)), dtype=torch.float64, device=dev)
     ent = torch.zeros((B, len(pos)), dtype=torch.float64, device=dev)
     try_gram = method == "tolerance" and (atol is not None or rtol is not None)
+    eps_c = float(torch.finfo(cdtype).eps)
     for j, t in enumerate(pos):
         if t == 0:
             continue
         m, n = L - t, t
         H = A[:, t:, :t]
         if try_gram:
-            count, unsure = _gram_counts(H, m, n, eps, atol_t, rtol)
+            count, unsure = _gram_counts(H, m, n, eps, eps_c, atol_t, rtol)
             if bool(unsure.any()):
                 idx = torch.nonzero(unsure).reshape(-1)
                 s = _svd_values(H[idx])
