@@ -154,18 +154,18 @@ def test_torch_tensor_input_and_dtypes():
 
 def test_float32_mode_accuracy():
     """The float32 mode's documented accuracy: softmax-attention operators (L = 128, random q, k) with
-    rtol = 1e-3: tolerance counts equal at all but a few splits in a thousand, entropy within 1e-4
-    relative of the float64 kernel."""
+    rtol = 1e-3: tolerance counts equal (at most one split in a thousand allowed to differ), entropy
+    within 1e-6 relative of the float64 kernel (measured: 9e-8)."""
     rng = np.random.default_rng(11)
     T = np.stack([sliding_window_attention(rng, 128, 128, d=64) for _ in range(4)])
     host = ess.effective_state_size(T, method="both", rtol=1e-3)
     f32 = ess.effective_state_size(T, method="both", rtol=1e-3, device="cpu", precision="float32")
     mism = float(np.mean(host.tolerance != f32.tolerance))
     rel = float(np.max(np.abs(f32.entropy - host.entropy) / np.maximum(host.entropy, 1e-300)))
-    assert mism <= 5e-3, mism
-    assert rel <= 1e-4, rel
+    assert mism <= 1e-3, mism
+    assert rel <= 1e-6, rel
     alone = ess.effective_state_size(T, method="tolerance", rtol=1e-3, device="cpu", precision="float32")
-    assert float(np.mean(alone != host.tolerance)) <= 5e-3
+    assert float(np.mean(alone != host.tolerance)) <= 1e-3
 
 
 def test_errors_name_the_argument(monkeypatch):
