@@ -205,8 +205,10 @@ def _layer_operators(model, tok, layer: str, device=None) -> tuple:
     return T, dt
 
 
-def gpt2_bench(L: int, n_layers: int, sample_heads: int) -> None:
-    """Section 1 of the module docs."""
+def gpt2_bench(L: int, n_layers: int, sample_heads: int, blas_threads=None) -> None:
+    """Section 1 of the module docs. ``blas_threads``: limit numpy's BLAS/LAPACK threads in the numpy loops
+    (threadpoolctl); on a loaded machine the default threads of small eigensolves oversubscribe the cores
+    and slow the baseline down many times."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(vocab_size=1024, n_positions=max(1024, L), n_embd=768, n_layer=12, n_head=12, bos_token_id=0,
@@ -252,12 +254,23 @@ def gpt2_bench(L: int, n_layers: int, sample_heads: int) -> None:
     A = [a[0].double().numpy() for a in att]  # 12 x (12, L, L)
     sample = [(idx[k % len(idx)], h) for k, h in enumerate([0, 11, 3, 7, 5, 9][:sample_heads])]
     res = {}
+    import contextlib
+
+    if blas_threads:
+        print(f"  numpy loops with BLAS/LAPACK limited to {blas_threads} thread(s) (threadpoolctl)")
     for label, fn in (("Gram + eigvalsh", gram_eigvalsh_head), ("svd(compute_uv=False)", naive_head)):
         t0 = time.perf_counter()
         agree = 0
         max_ent_diff = 0.0
         for (lay, h) in sample:
-            tol, ent = fn(A[lay][h])
+            if blas_threads:
+                from threadpoolctl import threadpool_limits
+
+                limit = threadpool_limits(limits=blas_threads)
+            else:
+                limit = contextlib.nullcontext()
+            with limit:
+                tol, ent = fn(A[lay][h])
             r = rep.table[(rep.table.layer == f"transformer.h.{lay}.attn") & (rep.table["index"] == h)].sort_values("position")
             agree += int(np.array_equal(r.ess_tolerance.to_numpy(), tol))
             max_ent_diff = max(max_ent_diff, float(np.max(np.abs(r.ess_entropy.to_numpy() - ent) / np.maximum(r.ess_entropy.to_numpy(), 1e-300))))
@@ -443,6 +456,7 @@ def main() -> None:
     ap.add_argument("--mamba-length", type=int, default=2048)
     ap.add_argument("--mamba-layers", type=int, default=24, help="layers analysed (the rest extrapolated)")
     ap.add_argument("--gpt2-only", action="store_true", help="run only the GPT-2 section")
+    ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads of the numpy loops (default: numpy's)")
     ap.add_argument("--gpu", action="store_true", help="run only the GPU section (section 4)")
     ap.add_argument("--tiny", action="store_true", help="with --gpu: tiny sizes (a smoke test; CPU torch without a GPU)")
     ap.add_argument("--gpu-all-splits", action="store_true", help="with --gpu: time GPT-2 on all splits, not a subset")
@@ -461,7 +475,7 @@ def main() -> None:
     if args.mamba_only:
         mamba_bench(args.mamba_length, n_layers=args.mamba_layers)
         return
-    gpt2_bench(args.length, args.gpt2_layers, args.sample_heads)
+    gpt2_bench(args.length, args.gpt2_layers, args.sample_heads, args.blas_threads)
     if args.gpt2_only:
         return
 
