@@ -77,9 +77,8 @@ def split_points(L: int, *, stride: Optional[int] = None, num: Optional[int] = N
 
     The tolerance-ESS of a random-init attention head is full rank, ``min(t, L - t)`` at every
     split, which a stride samples exactly; trained heads on real text vary more from split to
-    split (the built-in model above, though at a short L). Keep at least ~100 splits for an
-    average within about 1 %, and check a stride on one sequence against all splits before
-    relying on it.
+    split (the built-in model above, though at a short L). Check a stride on one sequence against
+    all splits before relying on it for a trained model.
 
     Examples
     --------
