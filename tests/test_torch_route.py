@@ -291,3 +291,42 @@ def test_float32_mode_on_subnormal_and_float32_inputs():
     np.testing.assert_array_equal(r.tolerance, ess.effective_state_size(tiny, rtol=1e-3))
     f32 = rng.standard_normal((3, 24, 24)).astype(np.float32)
     assert_same_as_kernel(f32, rtol=1e-3)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("sys").platform == "win32", reason="POSIX signals")
+def test_sigint_stops_the_torch_route_between_splits():
+    """Ctrl-C during the torch route raises KeyboardInterrupt within one split (a batched SVD of 16 blocks of
+    at most 300 x 300 here), and the process computes again afterwards."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from test_interrupt import RUNNER
+
+    setup = """
+        import numpy as np, ess
+        T = np.tril(np.random.default_rng(0).random((16, 600, 600)))
+        call = lambda: ess.effective_state_size(T, method="both", device="cpu")
+    """
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER.format(setup=textwrap.dedent(setup))], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", line
+        time.sleep(1.5)
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGINT)
+        first = proc.stdout.readline().strip()
+        latency = time.perf_counter() - sent
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert first == "interrupted", (first, rest, err)
+    assert latency < 1.0, f"KeyboardInterrupt took {latency:.2f} s"
+    assert "after 1.0" in rest and proc.returncode == 0, (rest, err)
