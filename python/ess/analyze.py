@@ -310,14 +310,15 @@ def _add_jacobian(model: Any, found: List[Tuple[str, Any]], skipped: List[Tuple[
 
 def _ess_device(arg: Any, model_device: Any) -> Any:
     """The device of the torch route for the dense ESS, or ``None`` for the Rust kernel: ``arg`` when
-    given, else the model's device when it is not the CPU."""
+    given, else the model's device when it is a CUDA device (others, e.g. MPS without float64, go to the
+    host)."""
     if isinstance(arg, str) and arg == "host":
         return None
     if arg is not None:
         from ._torch_dense import resolve_device
 
         return resolve_device(arg)
-    return None if model_device.type == "cpu" else model_device
+    return model_device if model_device.type == "cuda" else None
 
 
 #: print the time estimate before the ESS part when it exceeds this many seconds
