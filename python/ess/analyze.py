@@ -407,7 +407,7 @@ def analyze(
         convolutions) hand over factors and run through the structured kernel
         (:func:`ess.structured.ssm_ess`, ``O(L N^3)`` per operator, no ``L x L`` matrix). ``True`` forms the
         dense operators instead and runs the dense kernel (same results, much slower).
-    device : where the dense ESS runs. ``None`` (default): on the model's device when that is a GPU
+    device : where the dense ESS runs. ``None`` (default): on the model's device when that is a CUDA GPU
         (the torch route of :func:`ess.effective_state_size`: the attention operators are formed and
         consumed there, never copied to the host), else the Rust kernel on the host. A device
         (``"cuda"``, ``"cpu"``, ...) selects the torch route on it (``"cpu"`` runs that route on CPU
