@@ -296,8 +296,9 @@ def test_float32_mode_on_subnormal_and_float32_inputs():
 @pytest.mark.slow
 @pytest.mark.skipif(__import__("sys").platform == "win32", reason="POSIX signals")
 def test_sigint_stops_the_torch_route_between_splits():
-    """Ctrl-C during the torch route raises KeyboardInterrupt within one split (a batched SVD of 16 blocks of
-    at most 300 x 300 here), and the process computes again afterwards."""
+    """Ctrl-C during the torch route raises KeyboardInterrupt within one split (a batched SVD of 48 blocks of
+    at most 100 x 100 here, tens of milliseconds; the bound is loose for a loaded machine), and the process
+    computes again afterwards."""
     import os
     import signal
     import subprocess
@@ -309,11 +310,11 @@ def test_sigint_stops_the_torch_route_between_splits():
 
     setup = """
         import numpy as np, ess
-        T = np.tril(np.random.default_rng(0).random((16, 600, 600)))
+        T = np.tril(np.random.default_rng(0).random((48, 200, 200)))
         call = lambda: ess.effective_state_size(T, method="both", device="cpu")
     """
     proc = subprocess.Popen([sys.executable, "-c", RUNNER.format(setup=textwrap.dedent(setup))], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -328,5 +329,5 @@ def test_sigint_stops_the_torch_route_between_splits():
         if proc.poll() is None:
             proc.kill()
     assert first == "interrupted", (first, rest, err)
-    assert latency < 1.0, f"KeyboardInterrupt took {latency:.2f} s"
+    assert latency < 2.0, f"KeyboardInterrupt took {latency:.2f} s"
     assert "after 1.0" in rest and proc.returncode == 0, (rest, err)
