@@ -2,7 +2,7 @@
 
 The numerical kernels live in a Rust core (``ess._core``); this package is the public API.
 
-* :func:`effective_state_size`: ESS curves of dense causal operators.
+* :func:`effective_state_size`: ESS curves of dense causal operators (:func:`split_points`: subsets of splits).
 * :mod:`ess.structured`: ESS straight from state-space / linear-attention / convolution factors.
 * :mod:`ess.markov`: Markov chains (hitting times, committors, GTH) and the CCMC.
 * :mod:`ess.graph`: strongly connected components and token-priority graphs.
@@ -17,7 +17,7 @@ from . import examples
 from . import structured
 from . import markov
 from . import graph
-from ._dense import EssCurves, effective_state_size
+from ._dense import EssCurves, effective_state_size, split_points
 from .analyze import analyze
 from .report import Report
 from .errors import (
@@ -36,6 +36,7 @@ __all__ = [
     "__version__",
     "effective_state_size",
     "EssCurves",
+    "split_points",
     "analyze",
     "Report",
     "errors",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -307,6 +308,46 @@ def _add_jacobian(model: Any, found: List[Tuple[str, Any]], skipped: List[Tuple[
     return found, skipped
 
 
+def _ess_device(arg: Any, model_device: Any) -> Any:
+    """The device of the torch route for the dense ESS, or ``None`` for the Rust kernel: ``arg`` when
+    given, else the model's device when it is a CUDA device (others, e.g. MPS without float64, go to the
+    host)."""
+    if isinstance(arg, str) and arg == "host":
+        return None
+    if arg is not None:
+        from ._torch_dense import resolve_device
+
+        return resolve_device(arg)
+    return model_device if model_device.type == "cuda" else None
+
+
+#: print the time estimate before the ESS part when it exceeds this many seconds
+ESTIMATE_PRINT_SECONDS = 10.0
+
+
+def _dense_ess(T: Any, method: str, atol: Optional[float], rtol: Optional[float], pos_arr: Optional[np.ndarray],
+               ess_device: Any, precision: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Tolerance and entropy curves ``(n_ops, n_positions)`` of dense operators (NaN for a curve not asked for)."""
+    from ._dense import effective_state_size
+
+    res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr, device=ess_device,
+                               precision=precision)
+    if method == "both":
+        return res.tolerance, res.entropy  # type: ignore[union-attr]
+    if method == "tolerance":
+        return res, np.full_like(res, np.nan)  # type: ignore[arg-type,return-value]
+    return np.full_like(res, np.nan), res  # type: ignore[arg-type,return-value]
+
+
+def _calibration_batch(nops: int, on_torch: bool) -> int:
+    """Operators timed on their own for the estimate: those the kernel runs side by side (half the cores
+    on the host, where each operator runs its two half-sweeps in parallel; one on the torch route)."""
+    if on_torch:
+        return 1
+    threads = int(os.environ.get("RAYON_NUM_THREADS", "0") or 0) or (os.cpu_count() or 1)
+    return max(1, min(nops - 1, threads // 2))
+
+
 def analyze(
     model: Any,
     inputs: Any,
@@ -324,6 +365,8 @@ def analyze(
     collapse: float = 0.1,
     materialize: bool = False,
     jacobian: Optional[Union[str, Sequence[str]]] = None,
+    device: Any = None,
+    precision: str = "float64",
 ) -> "Report":
     """Effective state size of every supported sequence-mixing layer of ``model`` on ``inputs``.
 
@@ -342,10 +385,16 @@ def analyze(
         Hugging Face ``input_ids``/``attention_mask``) or a tuple of positional arguments. Moved to
         the model's device.
     layers : qualified module names or ``fnmatch`` patterns (``"blocks.*.mixer"``); default all.
-    positions : split points to compute (strictly increasing, in ``[0, L)``); default all.
+    positions : split points to compute (strictly increasing, in ``[0, L)``); default all. For long
+        contexts, a strided or log-spaced subset from :func:`ess.split_points` cuts the time in
+        proportion (every split costs about the same); see there for the error a strided subset
+        introduces into the per-layer averages (measured on real operators).
     method : ``"both"`` (default), ``"tolerance"`` or ``"entropy"``.
     atol, rtol : threshold of the tolerance-ESS (as in :func:`ess.effective_state_size`).
-    progress : show a tqdm progress bar over layers.
+    progress : show a tqdm progress bar over layers, and, before a long computation (estimated over
+        10 s), a line on stderr with the estimated time of the ESS part. The estimate is calibrated on
+        the first operators of the first dense layer (timed on their own; their curves are kept) and
+        assumes the other layers cost the same; it is also stored as ``meta["seconds_estimate"]``.
     tokens : optional decoded tokens of the (first) sequence, shown in the report.
     markers : token ids that mark segment boundaries (delimiter, EOS); their positions are drawn
         in the plots.
@@ -358,6 +407,14 @@ def analyze(
         convolutions) hand over factors and run through the structured kernel
         (:func:`ess.structured.ssm_ess`, ``O(L N^3)`` per operator, no ``L x L`` matrix). ``True`` forms the
         dense operators instead and runs the dense kernel (same results, much slower).
+    device : where the dense ESS runs. ``None`` (default): on the model's device when that is a CUDA GPU
+        (the torch route of :func:`ess.effective_state_size`: the attention operators are formed and
+        consumed there, never copied to the host), else the Rust kernel on the host. A device
+        (``"cuda"``, ``"cpu"``, ...) selects the torch route on it (``"cpu"`` runs that route on CPU
+        torch, e.g. to check it against the kernel); ``"host"`` selects the Rust kernel whatever the
+        model's device (operators are then copied to the host). The structured route is unaffected.
+    precision : ``"float64"`` (default) or ``"float32"``: arithmetic of the torch route (see
+        :func:`ess.effective_state_size`); the Rust kernel accepts only ``"float64"``.
     jacobian : qualified names or ``fnmatch`` patterns of further modules (any token-mixing layer,
         e.g. a custom research mixer) to analyse through their input-output Jacobian at the given input
         in float64 (a local linearisation; :class:`ess.operators.jacobian.JacobianExtractor`). Their
@@ -370,9 +427,10 @@ def analyze(
     """
     import torch
 
-    from . import effective_state_size
+    from .operators.base import keep_on_device
     from .report import Report
 
+    device_arg = device  # the parameter; ``device`` below is the model's
     if not isinstance(model, torch.nn.Module):
         raise DTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if method not in ("both", "tolerance", "entropy"):
@@ -400,9 +458,12 @@ def analyze(
         )
     found = _select(found, layers)
 
+    if precision not in ("float64", "float32"):
+        raise InvalidArgumentError(f"precision: expected 'float64' or 'float32', got {precision!r}")
     # device of the model (first parameter or buffer); inputs follow it
     device = next((p.device for p in model.parameters()), None) or next((b.device for b in model.buffers()), torch.device("cpu"))
     payload = _to_device(payload, device)
+    ess_device = _ess_device(device_arg, device)
 
     modes = {m: m.training for m in model.modules()}
     handles: List[Any] = []
@@ -449,6 +510,7 @@ def analyze(
     L_seen: Optional[int] = None
     pos_arr: Optional[np.ndarray] = None
     bar = None
+    estimate: Optional[float] = None
     if progress:
         try:
             from tqdm.auto import tqdm
@@ -483,10 +545,14 @@ def analyze(
                         raise ShapeError(f"extractor for {name!r} returned no factors")
                     nops, L, _ = ops.factors.shape
                 else:
-                    ops = ex.operators(s)
-                    T = np.asarray(ops.operators)
+                    if ess_device is not None:
+                        with keep_on_device():  # attention operators stay on the model's device
+                            ops = ex.operators(s)
+                    else:
+                        ops = ex.operators(s)
+                    T = ops.operators if isinstance(ops.operators, torch.Tensor) else np.asarray(ops.operators)
                     if T.ndim != 3 or T.shape[1] != T.shape[2]:
-                        raise ShapeError(f"extractor for {name!r} returned operators of shape {T.shape}, expected (n, L, L)")
+                        raise ShapeError(f"extractor for {name!r} returned operators of shape {tuple(T.shape)}, expected (n, L, L)")
                     nops, L = int(T.shape[0]), int(T.shape[1])
                 if L_seen is None:
                     L_seen = L
@@ -503,20 +569,36 @@ def analyze(
                                              f"activation in this layer?): {e}") from None
                 else:
                     try:  # the kernel checks finiteness; only its error path looks for the operator
-                        res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr)
+                        if estimate is None and nops > 1:
+                            # calibrate the time estimate on the first operators (their curves are kept)
+                            nc = _calibration_batch(nops, ess_device is not None)
+                            tc = time.perf_counter()
+                            tol0, ent0 = _dense_ess(T[:nc], method, atol, rtol, pos_arr, ess_device, precision)
+                            dt = time.perf_counter() - tc
+                            tol1, ent1 = _dense_ess(T[nc:], method, atol, rtol, pos_arr, ess_device, precision)
+                            tol, ent = np.concatenate([tol0, tol1]), np.concatenate([ent0, ent1])
+                            n_dense = sum(1 for _, e in found if not (getattr(e, "structured", False) and not materialize))
+                            estimate = dt / nc * nops * n * max(n_dense, 1)
+                            if progress and estimate > ESTIMATE_PRINT_SECONDS:
+                                msg = (f"ess.analyze: the dense ESS of {max(n_dense, 1)} layer(s) x {nops} operators x "
+                                       f"{n} sequence(s) x {len(P)} splits (L = {L}) will take about {estimate:.0f} s "
+                                       f"(calibrated on {nc} operator(s) in {dt:.2f} s"
+                                       f"{'' if pos_arr is not None else '; positions=ess.split_points(...) computes a subset'})")
+                                if bar is not None:
+                                    bar.write(msg, file=sys.stderr)
+                                else:
+                                    print(msg, file=sys.stderr)
+                        else:
+                            tol, ent = _dense_ess(T, method, atol, rtol, pos_arr, ess_device, precision)
                     except NonFiniteError:
-                        h = int(np.flatnonzero(~np.isfinite(T).reshape(T.shape[0], -1).all(axis=1))[0])
+                        fin = (torch.isfinite(T).reshape(T.shape[0], -1).all(dim=1).cpu().numpy()
+                               if isinstance(T, torch.Tensor) else np.isfinite(T).reshape(T.shape[0], -1).all(axis=1))
+                        h = int(np.flatnonzero(~fin)[0])
                         raise NonFiniteError(
                             f"layer {name!r}: operator {h} ({ops.labels[h]}) contains NaN or inf on sample {s} "
                             "(a non-finite weight or activation in this layer or before it?)"
                         ) from None
-                    if method == "both":
-                        tol, ent = res.tolerance, res.entropy  # type: ignore[union-attr]
-                    elif method == "tolerance":
-                        tol, ent = res, np.full_like(res, np.nan)  # type: ignore[arg-type]
-                    else:
-                        tol, ent = np.full_like(res, np.nan), res  # type: ignore[arg-type]
-                    del T, res
+                    del T
                 shared = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
                 bound = np.minimum(P, L - P)
                 m = len(P)
@@ -589,5 +671,8 @@ def analyze(
         "memory_budget": budget,
         "seconds_forward": round(t_forward, 4),
         "seconds_ess": round(t_ess, 4),
+        "seconds_estimate": None if estimate is None else round(estimate, 4),
+        "ess_device": "host (Rust kernel)" if ess_device is None else str(ess_device),
+        "precision": precision,
     }
     return Report.from_rows(rows, layer_meta=layer_meta, skipped=skipped, tokens=tokens, token_ids=tok_np, markers=marker_pos, meta=meta)

@@ -13,13 +13,52 @@ users extend with :func:`register`.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+import contextlib
+import contextvars
+from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["OperatorSet", "Factors", "Extractor", "register", "find_extractor", "registered"]
+__all__ = ["OperatorSet", "Factors", "Extractor", "register", "find_extractor", "registered", "keep_on_device",
+           "operator_array"]
+
+_ON_DEVICE: "contextvars.ContextVar[bool]" = contextvars.ContextVar("ess_operators_on_device", default=False)
+
+
+@contextlib.contextmanager
+def keep_on_device() -> Any:
+    """Inside this context, extractors that support it (the attention extractors) hand their
+    :attr:`OperatorSet.operators` over as float64 torch tensors on the model's device instead of
+    numpy arrays on the host (``ess.analyze`` uses it for its GPU route).
+
+    Examples
+    --------
+    >>> from ess.operators.base import keep_on_device, operator_array
+    >>> import torch
+    >>> with keep_on_device():
+    ...     type(operator_array(torch.zeros(1, 2, 2))).__name__
+    'Tensor'
+    >>> type(operator_array(torch.zeros(1, 2, 2))).__name__
+    'ndarray'
+    """
+    token = _ON_DEVICE.set(True)
+    try:
+        yield
+    finally:
+        _ON_DEVICE.reset(token)
+
+
+def operator_array(ops: Any) -> Any:
+    """Operators ``(n, L, L)`` (a torch tensor) as :attr:`OperatorSet.operators`: a contiguous float64
+    numpy array on the host, or, inside :func:`keep_on_device`, a contiguous float64 tensor on its
+    own device (no copy to the host)."""
+    import torch
+
+    if _ON_DEVICE.get():
+        return ops.detach().to(torch.float64).contiguous()
+    return np.ascontiguousarray(ops.detach().cpu().numpy(), dtype=np.float64)
 
 
 @dataclass
@@ -120,7 +159,8 @@ class OperatorSet:
     layer : qualified module name in the model (``model.named_modules()``).
     kind : layer family, e.g. ``"softmax_attention"``, ``"linear_attention"``,
         ``"gated_linear_attention"``, ``"selective_ssm"``, ``"conv"``, ``"rnn_jacobian"``.
-    operators : float64 array ``(n_ops, L, L)``; operator ``i`` maps the layer's input
+    operators : float64 array ``(n_ops, L, L)`` (a float64 torch tensor on the model's device inside
+        :func:`keep_on_device`, for extractors that support it); operator ``i`` maps the layer's input
         sequence (per channel/head) to its output sequence, causal (lower triangular).
     labels : one label per operator, e.g. ``"head 3"`` or ``"channel 17"``.
     tss : theoretical state size of each operator (what its structure can hold: ``N``

@@ -54,11 +54,10 @@ import math
 import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError, ShapeError
-from .base import OperatorSet, register
+from .base import OperatorSet, operator_array, register
 from .hf import _bind, _caches_in, _continuation_problem, _is_class, _LayerCaptures, refuse_unless
 
 __all__ = [
@@ -96,6 +95,9 @@ def _probabilities(
     """Row softmax of ``scores`` (H, L, S) over the kept entries, with an optional extra logit per head
     (``sinks``, (H,)) that takes probability mass without reading a position. Returns the
     probabilities and the (H, L) flags of rows that keep no entry (zero rows)."""
+    # in place on one fresh tensor (an (H, L, S) float64 copy costs as much as a softmax pass); masked
+    # entries are -inf, so exp gives exactly 0 there (also in rows that keep nothing: their max is
+    # replaced by 0), and no second masking pass is needed
     s = scores.masked_fill(~keep, float("-inf"))
     empty = ~keep.any(dim=-1)
     if sinks is not None:
@@ -103,11 +105,19 @@ def _probabilities(
         s = torch.cat([s, sk], dim=-1)
     m = s.amax(dim=-1, keepdim=True)
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    e = torch.exp(s - m)
-    p = e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    e = s.sub_(m).exp_()
+    p = e.div_(e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny))
     p = p[..., : scores.shape[-1]]
-    p = p.masked_fill(~keep, 0.0)
     return p, empty
+
+
+def _causal(keep: torch.Tensor, p: torch.Tensor) -> bool:
+    """Whether the probabilities ``p`` (H, L, S) are causal: certain from the (often un-expanded) ``keep``
+    flags when they keep nothing above the diagonal, else checked on ``p`` itself (a mask may keep
+    future positions whose probabilities underflow to 0)."""
+    if not bool(torch.triu(keep, diagonal=1 + p.shape[-1] - p.shape[-2]).any()):
+        return True
+    return not bool(torch.triu(p, diagonal=1).ne(0).any())
 
 
 def _keep_from_mask(
@@ -179,7 +189,7 @@ def _operator_set(name: str, ops: torch.Tensor, dv: int, empty: bool, err: float
     return OperatorSet(
         layer=name,
         kind="softmax_attention",
-        operators=np.ascontiguousarray(ops.cpu().numpy(), dtype=np.float64),
+        operators=operator_array(ops),
         labels=[f"head {h}" for h in range(H)],
         tss=[float(L)] * H,
         shared=[dv] * H,
@@ -501,12 +511,13 @@ class InterfaceAttentionExtractor(_AttentionCapture):
             if isinstance(pb, torch.Tensor):
                 scores = scores + pb[sample if pb.shape[0] > 1 else 0].to(dev, torch.float64)[..., :S]
             keep, bias = self._keep_and_bias(cap, sample, L, S, dev)
+            keep_1 = keep  # (1|H, L, S): the causality check reads this one, not H expanded copies
             keep = keep.expand(H, L, S)
             if bias is not None:
                 scores = scores + bias
             sinks = cap["sinks"]
             p, empty = _probabilities(scores, keep, None if sinks is None else sinks.to(dev, torch.float64).reshape(-1))
-            if bool(torch.triu(p, diagonal=1).ne(0).any()):
+            if not _causal(keep_1, p):
                 raise InvalidArgumentError(
                     f"{name}: cannot analyse this attention: it is not causal (a position attends to a later one); "
                     "ESS needs a causal operator"
@@ -622,7 +633,7 @@ class _FusedQKVAttention(_AttentionCapture):
             if bias is not None:
                 scores = scores + bias
             p, empty = _probabilities(scores, keep.expand(H, L, L), None)
-            if bool(torch.triu(p, diagonal=1).ne(0).any()):
+            if not _causal(keep, p):
                 raise InvalidArgumentError(f"{name}: cannot analyse this attention: it is not causal")
             ctx = self._ctx[sample].to(torch.float64).reshape(L, H, -1).transpose(0, 1)
             err = _verify(name, p, v, ctx, ~empty, self._ctx.dtype)

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, OutOfRangeError, ShapeError
-from .base import Extractor, OperatorSet, register
+from .base import Extractor, OperatorSet, operator_array, register
 
 __all__ = [
     "MultiheadAttentionExtractor",
@@ -258,7 +258,7 @@ class MultiheadAttentionExtractor(_Captures):
                     "nn.Transformer.generate_square_subsequent_mask(L)) with is_causal=True"
                 )
             p, empty_rows = _masked_softmax(scores, keep.expand(H, L, S))
-            ops = p.cpu().numpy()
+            ops = operator_array(p)
         notes = []
         if empty_rows:
             notes.append("fully masked query rows set to zero")
@@ -267,7 +267,7 @@ class MultiheadAttentionExtractor(_Captures):
         return OperatorSet(
             layer=self.name,
             kind=self.kind,
-            operators=np.ascontiguousarray(ops, dtype=np.float64),
+            operators=ops,
             labels=[f"head {h}" for h in range(H)],
             tss=[float(L)] * H,
             shared=[d] * H,
