@@ -299,35 +299,14 @@ def test_sigint_stops_the_torch_route_between_splits():
     """Ctrl-C during the torch route raises KeyboardInterrupt within one split (a batched SVD of 48 blocks of
     at most 100 x 100 here, tens of milliseconds; the bound is loose for a loaded machine), and the process
     computes again afterwards."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import textwrap
-    import time
-
-    from test_interrupt import RUNNER
+    from test_interrupt import interrupt_child
 
     setup = """
         import numpy as np, ess
         T = np.tril(np.random.default_rng(0).random((48, 200, 200)))
         call = lambda: ess.effective_state_size(T, method="both", device="cpu")
     """
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER.format(setup=textwrap.dedent(setup))], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.strip() == "ready", line
-        time.sleep(1.5)
-        sent = time.perf_counter()
-        proc.send_signal(signal.SIGINT)
-        first = proc.stdout.readline().strip()
-        latency = time.perf_counter() - sent
-        rest, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert first == "interrupted", (first, rest, err)
-    assert latency < 2.0, f"KeyboardInterrupt took {latency:.2f} s"
-    assert "after 1.0" in rest and proc.returncode == 0, (rest, err)
+    r = interrupt_child(setup, delay=1.5, env={"OMP_NUM_THREADS": "1"})
+    # the route is Python holding the GIL between torch calls: the parent's view bounds it
+    assert r.seen < 2.0, f"KeyboardInterrupt took {r.seen:.2f} s"
+    assert "after 1.0" in r.rest and r.returncode == 0, (r.rest, r.err)
