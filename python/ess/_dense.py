@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, Literal, NamedTuple, Optional, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -122,6 +122,45 @@ def _torch_operand(T: Any) -> Any:
     if T.dtype not in (np.float32, np.float64):
         raise DTypeError(f"T: dtype {T.dtype} is not supported; pass float32 or float64 (e.g. x.astype(numpy.float64))")
     return T
+
+
+@overload
+def effective_state_size(
+    T: npt.ArrayLike,
+    *,
+    method: Literal["both"],
+    atol: Optional[float] = ...,
+    rtol: Optional[float] = ...,
+    positions: Optional[npt.ArrayLike] = ...,
+    device: Any = ...,
+    precision: str = ...,
+) -> EssCurves: ...
+
+
+@overload
+def effective_state_size(
+    T: npt.ArrayLike,
+    *,
+    method: Literal["tolerance", "entropy"] = ...,
+    atol: Optional[float] = ...,
+    rtol: Optional[float] = ...,
+    positions: Optional[npt.ArrayLike] = ...,
+    device: Any = ...,
+    precision: str = ...,
+) -> npt.NDArray[np.float64]: ...
+
+
+@overload
+def effective_state_size(
+    T: npt.ArrayLike,
+    *,
+    method: str = ...,
+    atol: Optional[float] = ...,
+    rtol: Optional[float] = ...,
+    positions: Optional[npt.ArrayLike] = ...,
+    device: Any = ...,
+    precision: str = ...,
+) -> Union[npt.NDArray[np.float64], EssCurves]: ...
 
 
 def effective_state_size(

@@ -7,11 +7,14 @@ import os
 import re
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .errors import DTypeError, InvalidArgumentError, NonFiniteError, OutOfRangeError, ShapeError, TooLargeError
+
+if TYPE_CHECKING:
+    from .report import Report
 
 __all__ = ["analyze", "DEFAULT_MEMORY_BUDGET", "mixing_like"]
 
@@ -335,8 +338,8 @@ def _dense_ess(T: Any, method: str, atol: Optional[float], rtol: Optional[float]
     if method == "both":
         return res.tolerance, res.entropy  # type: ignore[union-attr]
     if method == "tolerance":
-        return res, np.full_like(res, np.nan)  # type: ignore[arg-type,return-value]
-    return np.full_like(res, np.nan), res  # type: ignore[arg-type,return-value]
+        return res, np.full_like(res, np.nan)  # type: ignore[return-value]
+    return np.full_like(res, np.nan), res  # type: ignore[return-value]
 
 
 def _calibration_batch(nops: int, on_torch: bool) -> int:
@@ -599,23 +602,23 @@ def analyze(
                             "(a non-finite weight or activation in this layer or before it?)"
                         ) from None
                     del T
-                shared = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
+                shared_ = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
                 bound = np.minimum(P, L - P)
-                m = len(P)
+                npos = len(P)
                 # columnar: one numpy chunk per layer and sequence (a Python object per cell needs ~100 bytes
                 # per row: gigabytes for a large model at long L; names are codes until the end)
-                cols["sample"].append(np.full(nops * m, s, dtype=np.int64))
-                cols["layer"].append(np.full(nops * m, _code(cats["layer"], name), dtype=np.int32))
-                cols["kind"].append(np.full(nops * m, _code(cats["kind"], ops.kind), dtype=np.int32))
+                cols["sample"].append(np.full(nops * npos, s, dtype=np.int64))
+                cols["layer"].append(np.full(nops * npos, _code(cats["layer"], name), dtype=np.int32))
+                cols["kind"].append(np.full(nops * npos, _code(cats["kind"], ops.kind), dtype=np.int32))
                 cols["operator"].append(np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels],
-                                                           dtype=np.int32), m))
-                cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), m))
+                                                           dtype=np.int32), npos))
+                cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), npos))
                 cols["position"].append(np.tile(P.astype(np.int64), nops))
                 cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
                 cols["ess_entropy"].append(np.asarray(ent, dtype=float).reshape(-1))
-                cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), m))
+                cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), npos))
                 cols["bound"].append(np.tile(bound.astype(np.int64), nops))
-                cols["shared"].append(np.repeat(shared, m))
+                cols["shared"].append(np.repeat(shared_, npos))
                 note = ops.note
                 route = "structured" if use_struct else ("jacobian" if ex.kind == "jacobian" else "dense")
                 del ops

@@ -130,7 +130,7 @@ class _EntropyESS(torch.autograd.Function):
     """exp(entropy) of p = s / sum(s) along the last axis, with a regularised backward."""
 
     @staticmethod
-    def forward(ctx, s: torch.Tensor, floor: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, s: torch.Tensor, floor: float) -> torch.Tensor:
         smax = s.amax(dim=-1, keepdim=True) if s.shape[-1] else s.new_zeros(s.shape[:-1] + (1,))
         pos = smax > 0
         x = torch.where(pos, s / torch.where(pos, smax, torch.ones_like(smax)), torch.zeros_like(s))
@@ -144,7 +144,7 @@ class _EntropyESS(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor):
         s, out = ctx.saved_tensors
         floor = ctx.floor
         total = s.sum(dim=-1, keepdim=True)

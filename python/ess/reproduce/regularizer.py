@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
 
-import numpy as np
 
 from ._common import Result, Row, new_figure, timed
 from ._mqar import make_model, train

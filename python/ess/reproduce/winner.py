@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import markov
-from ._common import Result, Row, fmt, new_figure, timed
+from ._common import Result, Row, new_figure, timed
 
 NAME = "winner"
 
