@@ -167,6 +167,45 @@ def _gram_counts(H: Any, m: int, n: int, eps: float, eps_c: float, atol: Any, rt
     return count, unsure
 
 
+def _as_tensor(T: Any, eps_input: Optional[float], precision: str) -> Tuple[Any, float]:
+    """``T`` as a detached real torch tensor ``(..., L, L)``, and the machine epsilon of its input
+    dtype (half types count as float32, as on the host route; at least float32's in float32 mode)."""
+    import torch
+
+    if isinstance(T, np.ndarray):
+        T = torch.from_numpy(np.ascontiguousarray(T))
+    if not isinstance(T, torch.Tensor):
+        raise InvalidArgumentError(f"T: expected a torch tensor or numpy array, got {type(T).__name__}")
+    T = T.detach()
+    if T.is_complex():
+        from .errors import DTypeError
+
+        raise DTypeError(f"T: complex tensors are not supported (dtype {T.dtype})")
+    if eps_input is None:
+        if T.dtype == torch.float64 or not T.is_floating_point():
+            eps_input = float(np.finfo(np.float64).eps)
+        else:
+            eps_input = float(np.finfo(np.float32).eps)
+    if precision == "float32":
+        eps_input = max(eps_input, float(np.finfo(np.float32).eps))
+    if T.dim() < 2 or T.shape[-1] != T.shape[-2]:
+        raise ShapeError(f"T: expected (..., L, L), got shape {tuple(T.shape)}")
+    if int(T.shape[-1]) == 0:
+        raise ShapeError("T: the operator is empty (L = 0)")
+    return T, eps_input
+
+
+def _split_list(positions: Optional[Sequence[int]], L: int) -> List[int]:
+    """The split points as a list (all of ``0..L-1`` by default), checked: in range, increasing."""
+    pos = list(range(L)) if positions is None else [int(p) for p in positions]
+    for i, p in enumerate(pos):
+        if not 0 <= p < L:
+            raise OutOfRangeError(f"positions: positions[{i}] = {p} is outside [0, {L}) for sequence length L = {L}")
+        if i and pos[i - 1] >= p:
+            raise OutOfRangeError(f"positions: must be strictly increasing; positions[{i - 1}] = {pos[i - 1]} >= positions[{i}] = {p}")
+    return pos
+
+
 def torch_dense_ess(
     T: Any,
     *,
@@ -188,34 +227,10 @@ def torch_dense_ess(
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision: expected one of {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
     cdtype = torch.float64 if precision == "float64" else torch.float32
-    if isinstance(T, np.ndarray):
-        T = torch.from_numpy(np.ascontiguousarray(T))
-    if not isinstance(T, torch.Tensor):
-        raise InvalidArgumentError(f"T: expected a torch tensor or numpy array, got {type(T).__name__}")
-    T = T.detach()
-    if T.is_complex():
-        from .errors import DTypeError
-
-        raise DTypeError(f"T: complex tensors are not supported (dtype {T.dtype})")
-    if eps_input is None:  # as the host route: half types count as float32 (they are widened to it there)
-        if T.dtype == torch.float64 or not T.is_floating_point():
-            eps_input = float(np.finfo(np.float64).eps)
-        else:
-            eps_input = float(np.finfo(np.float32).eps)
-    if precision == "float32":
-        eps_input = max(eps_input, float(np.finfo(np.float32).eps))
-    if T.dim() < 2 or T.shape[-1] != T.shape[-2]:
-        raise ShapeError(f"T: expected (..., L, L), got shape {tuple(T.shape)}")
+    T, eps_input = _as_tensor(T, eps_input, precision)
     lead = tuple(T.shape[:-2])
     L = int(T.shape[-1])
-    if L == 0:
-        raise ShapeError("T: the operator is empty (L = 0)")
-    pos = list(range(L)) if positions is None else [int(p) for p in positions]
-    for i, p in enumerate(pos):
-        if not 0 <= p < L:
-            raise OutOfRangeError(f"positions: positions[{i}] = {p} is outside [0, {L}) for sequence length L = {L}")
-        if i and pos[i - 1] >= p:
-            raise OutOfRangeError(f"positions: must be strictly increasing; positions[{i - 1}] = {pos[i - 1]} >= positions[{i}] = {p}")
+    pos = _split_list(positions, L)
     batch = int(np.prod(lead)) if lead else 1
     want_tol = method in ("tolerance", "both")
     want_ent = method in ("entropy", "both")
