@@ -44,7 +44,11 @@ def test_every_page_with_code_is_run():
 def test_tutorial_runs(page, tmp_path):
     code = code_of(page)
     assert code.strip(), f"{page} has no python code block"
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "python") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # ess is imported as this process imports it (the installed package, or PYTHONPATH=python with a built
+    # extension): prepending the source tree would shadow an installed package whose tree has no extension.
+    # PYTHONPATH entries are made absolute, since the code runs in a scratch directory.
+    paths = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{page} failed:\n{proc.stdout}\n{proc.stderr}"
 
