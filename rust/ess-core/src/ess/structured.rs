@@ -927,7 +927,8 @@ const LANES: usize = 8;
 /// that does not converge falls back to [`SmallSvd`] (and faer).
 struct BatchSvd {
     n: usize,
-    a: Vec<f64>,
+    /// `a[j * n + i][lane]` = `A[i][j]` of that lane.
+    a: Vec<[f64; LANES]>,
     w: Vec<f64>,
     rv1: Vec<f64>,
     single: SmallSvd,
@@ -937,7 +938,7 @@ impl BatchSvd {
     fn new(n: usize) -> Self {
         BatchSvd {
             n,
-            a: vec![0.0; n * n * LANES],
+            a: vec![[0.0; LANES]; n * n],
             w: vec![0.0; n * LANES],
             rv1: vec![0.0; n * LANES],
             single: SmallSvd::new(n),
@@ -958,9 +959,9 @@ impl BatchSvd {
             return Ok(out);
         }
         const K: usize = LANES;
-        for q in 0..K {
-            for e in 0..nn {
-                self.a[e * K + q] = if q < m { src[q * nn + e] } else { 0.0 };
+        for (e, x) in self.a[..nn].iter_mut().enumerate() {
+            for (q, xq) in x.iter_mut().enumerate().take(K) {
+                *xq = if q < m { src[q * nn + e] } else { 0.0 };
             }
         }
         let ok = self.bidiagonalise_and_chase();
@@ -1002,143 +1003,153 @@ impl BatchSvd {
     #[inline(always)]
     fn body(&mut self) -> [bool; LANES] {
         const K: usize = LANES;
+        type V = [f64; LANES];
         let n = self.n;
-        let a = &mut self.a;
+        let a: &mut [V] = &mut self.a;
         let w = &mut self.w;
         let rv1 = &mut self.rv1;
-        let ix = |i: usize, j: usize| (j * n + i) * K; // A[i][j], lane 0
+        // Element-wise helpers on lane vectors: fixed-size loops that the compiler turns into
+        // SIMD instructions (two AVX2 registers per lane vector).
+        #[inline(always)]
+        fn fma_into(acc: &mut V, x: &V, y: &V) {
+            for q in 0..LANES {
+                acc[q] += x[q] * y[q];
+            }
+        }
+        #[inline(always)]
+        fn axpy(y: &mut V, s: &V, x: &V) {
+            for q in 0..LANES {
+                y[q] += s[q] * x[q];
+            }
+        }
+        #[inline(always)]
+        fn scale_by(x: &mut V, s: &V) {
+            for q in 0..LANES {
+                x[q] *= s[q];
+            }
+        }
+        #[inline(always)]
+        fn abs_into(acc: &mut V, x: &V) {
+            for q in 0..LANES {
+                acc[q] += x[q].abs();
+            }
+        }
+        #[inline(always)]
+        fn recip_or_zero(x: &V) -> V {
+            let mut r = [0.0; LANES];
+            for q in 0..LANES {
+                r[q] = if x[q] != 0.0 { 1.0 / x[q] } else { 0.0 };
+            }
+            r
+        }
         let mut g = [0.0f64; K];
         let mut scale = [0.0f64; K];
         let mut anorm = [0.0f64; K];
+        // dots[j]: per-row dot products of the right Householder step (n <= SMALL_SVD_MAX here).
+        let mut dots = [[0.0f64; K]; SMALL_SVD_MAX];
         for i in 0..n {
             let l = i + 1;
             for q in 0..K {
                 rv1[i * K + q] = scale[q] * g[q];
             }
-            // Left Householder on column i.
+            // Left Householder on column i (rows i..n, contiguous: A[k][i] = a[i * n + k]).
+            let (before, rest) = a.split_at_mut((i + 1) * n);
+            let coli = &mut before[i * n + i..];
             let mut sc = [0.0f64; K];
-            for k in i..n {
-                let b = ix(k, i);
-                for q in 0..K {
-                    sc[q] += a[b + q].abs();
-                }
+            for x in coli.iter() {
+                abs_into(&mut sc, x);
             }
-            let mut inv = [0.0f64; K];
-            for q in 0..K {
-                inv[q] = if sc[q] != 0.0 { 1.0 / sc[q] } else { 0.0 };
-            }
+            let inv = recip_or_zero(&sc);
             let mut ss = [0.0f64; K];
-            for k in i..n {
-                let b = ix(k, i);
-                for q in 0..K {
-                    let v = a[b + q] * inv[q];
-                    a[b + q] = v;
-                    ss[q] += v * v;
-                }
+            for x in coli.iter_mut() {
+                scale_by(x, &inv);
+                fma_into(&mut ss, x, x);
             }
             let mut hinv = [0.0f64; K];
             let mut gl = [0.0f64; K];
             {
-                let b = ix(i, i);
+                let x = &mut coli[0];
                 for q in 0..K {
-                    let f = a[b + q];
+                    let f = x[q];
                     let gg = -ss[q].sqrt().copysign(f);
                     let h = f * gg - ss[q];
                     hinv[q] = if h != 0.0 { 1.0 / h } else { 0.0 };
-                    a[b + q] = f - gg;
+                    x[q] = f - gg;
                     gl[q] = gg;
                 }
             }
             for j in l..n {
+                let colj = &mut rest[(j - l) * n + i..(j - l + 1) * n];
                 let mut sj = [0.0f64; K];
-                for k in i..n {
-                    let (bi, bj) = (ix(k, i), ix(k, j));
-                    for q in 0..K {
-                        sj[q] += a[bi + q] * a[bj + q];
-                    }
+                for (xi, xj) in coli.iter().zip(colj.iter()) {
+                    fma_into(&mut sj, xi, xj);
                 }
-                for q in 0..K {
-                    sj[q] *= hinv[q];
-                }
-                for k in i..n {
-                    let (bi, bj) = (ix(k, i), ix(k, j));
-                    for q in 0..K {
-                        a[bj + q] += sj[q] * a[bi + q];
-                    }
+                scale_by(&mut sj, &hinv);
+                for (xi, xj) in coli.iter().zip(colj.iter_mut()) {
+                    axpy(xj, &sj, xi);
                 }
             }
-            for k in i..n {
-                let b = ix(k, i);
-                for q in 0..K {
-                    a[b + q] *= sc[q];
-                }
+            for x in coli.iter_mut() {
+                scale_by(x, &sc);
             }
             for q in 0..K {
                 w[i * K + q] = sc[q] * gl[q];
             }
             g = [0.0; K];
             scale = [0.0; K];
-            // Right Householder on row i, columns l..n.
+            // Right Householder on row i, columns l..n (A[i][k] = a[k * n + i], stride n).
             if i + 1 != n {
                 let mut sc = [0.0f64; K];
                 for k in l..n {
-                    let b = ix(i, k);
-                    for q in 0..K {
-                        sc[q] += a[b + q].abs();
-                    }
+                    abs_into(&mut sc, &a[k * n + i]);
                 }
-                let mut inv = [0.0f64; K];
-                for q in 0..K {
-                    inv[q] = if sc[q] != 0.0 { 1.0 / sc[q] } else { 0.0 };
-                }
+                let inv = recip_or_zero(&sc);
                 let mut ss = [0.0f64; K];
                 for k in l..n {
-                    let b = ix(i, k);
-                    for q in 0..K {
-                        let v = a[b + q] * inv[q];
-                        a[b + q] = v;
-                        ss[q] += v * v;
-                    }
+                    let x = &mut a[k * n + i];
+                    scale_by(x, &inv);
+                    fma_into(&mut ss, x, x);
                 }
                 let mut hinv = [0.0f64; K];
                 {
-                    let b = ix(i, l);
+                    let x = &mut a[l * n + i];
                     for q in 0..K {
-                        let f = a[b + q];
+                        let f = x[q];
                         let gg = -ss[q].sqrt().copysign(f);
                         let h = f * gg - ss[q];
                         hinv[q] = if h != 0.0 { 1.0 / h } else { 0.0 };
-                        a[b + q] = f - gg;
+                        x[q] = f - gg;
                         g[q] = gg;
                     }
                 }
                 for k in l..n {
-                    let b = ix(i, k);
+                    let x = &a[k * n + i];
                     for q in 0..K {
-                        rv1[k * K + q] = a[b + q] * hinv[q];
+                        rv1[k * K + q] = x[q] * hinv[q];
                     }
                 }
-                // rows j > i: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..]
-                for j in l..n {
-                    let mut d = [0.0f64; K];
-                    for k in l..n {
-                        let (bj, bi) = (ix(j, k), ix(i, k));
-                        for q in 0..K {
-                            d[q] += a[bj + q] * a[bi + q];
-                        }
-                    }
-                    for k in l..n {
-                        let bj = ix(j, k);
-                        for q in 0..K {
-                            a[bj + q] += d[q] * rv1[k * K + q];
-                        }
+                // rows j > i: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..], column by column
+                // (columns are contiguous in j).
+                for d in dots[l..n].iter_mut() {
+                    *d = [0.0; K];
+                }
+                for k in l..n {
+                    let col = &a[k * n..(k + 1) * n];
+                    let aik = col[i];
+                    for (d, x) in dots[l..n].iter_mut().zip(&col[l..n]) {
+                        fma_into(d, x, &aik);
                     }
                 }
                 for k in l..n {
-                    let b = ix(i, k);
-                    for q in 0..K {
-                        a[b + q] *= sc[q];
+                    let mut r = [0.0f64; K];
+                    r.copy_from_slice(&rv1[k * K..(k + 1) * K]);
+                    let col = &mut a[k * n..(k + 1) * n];
+                    for (x, d) in col[l..n].iter_mut().zip(&dots[l..n]) {
+                        axpy(x, d, &r);
                     }
+                }
+                for k in l..n {
+                    scale_by(&mut a[k * n + i], &sc);
                 }
                 scale = sc;
             }
