@@ -129,8 +129,126 @@ fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
 /// module docs for the convention). Returns curves of shape `(batch, n_positions)`.
 pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Result<EssCurves> {
     validate(f)?;
-    let tol = Tolerance::new(opts.atol, opts.rtol, F::EPS)?;
-    let l = f.l;
+    let (l, n) = (f.l, f.n);
+    let fill = |ch: usize, chan: &mut Channel| -> Result<()> {
+        let conv = |dst: &mut Vec<f64>, x: &[F]| {
+            dst.clear();
+            dst.extend(x.iter().map(|&v| -> f64 { v.into() }));
+        };
+        match f.kind {
+            Transition::Identity => chan.a.clear(),
+            Transition::Scalar => conv(&mut chan.a, &f.a[ch * l..(ch + 1) * l]),
+            Transition::Diagonal => conv(&mut chan.a, &f.a[ch * l * n..(ch + 1) * l * n]),
+            Transition::Dense => conv(&mut chan.a, &f.a[ch * l * n * n..(ch + 1) * l * n * n]),
+        }
+        conv(&mut chan.b, &f.b[ch * l * n..(ch + 1) * l * n]);
+        conv(&mut chan.c, &f.c[ch * l * n..(ch + 1) * l * n]);
+        Ok(())
+    };
+    run(f.batch, l, n, f.kind, F::EPS, &fill, opts)
+}
+
+/// A selective SSM (Mamba / S6) layer in its native parameterisation, all float64, row-major.
+/// Channel `d` is the diagonal system `A_t = diag(exp(delta[t, d] A[d, :]))`,
+/// `b_t = delta[t, d] B[t]`, `c_t = C[t]` (as in the Python `ess.structured.mamba_ess`); the
+/// factors are formed per channel on the fly, never as `(D, L, N)` arrays.
+#[derive(Clone, Copy, Debug)]
+pub struct MambaFactors<'a> {
+    /// Channels `D`.
+    pub channels: usize,
+    /// Sequence length `L`.
+    pub l: usize,
+    /// State size `N`.
+    pub n: usize,
+    /// `A`: `D x N`.
+    pub a: &'a [f64],
+    /// Step sizes `delta`: `L x D`.
+    pub delta: &'a [f64],
+    /// `B`: `L x N` (shared by all channels) or `L x D x N`.
+    pub b: &'a [f64],
+    /// `C`: `L x N` or `L x D x N`.
+    pub c: &'a [f64],
+    /// Round the formed factors to float32 and use the float32 `eps`, as a float32
+    /// materialisation of the same factors would.
+    pub single: bool,
+}
+
+/// [`ssm_ess`] of the channels of a Mamba layer given by [`MambaFactors`].
+///
+/// Errors: `Shape` for inconsistent lengths, `NonFinite` for a non-finite input or a factor
+/// (`exp(delta A)`, `delta B`) that overflows the working precision.
+pub fn mamba_ess(m: &MambaFactors<'_>, opts: &StructuredOptions) -> Result<EssCurves> {
+    let (d, l, n) = (m.channels, m.l, m.n);
+    if l == 0 {
+        return Err(Error::shape("delta", "the sequence is empty (L = 0)"));
+    }
+    if n == 0 {
+        return Err(Error::shape("A", "the state dimension is empty (N = 0)"));
+    }
+    let dn = checked_size("A", &[d, n])?;
+    let ld = checked_size("delta", &[l, d])?;
+    let ln = checked_size("B", &[l, n])?;
+    let ldn = checked_size("B", &[l, d, n])?;
+    if m.a.len() != dn {
+        return Err(Error::shape("A", format!("expected D x N = {dn} values, got {}", m.a.len())));
+    }
+    if m.delta.len() != ld {
+        return Err(Error::shape("delta", format!("expected L x D = {ld} values, got {}", m.delta.len())));
+    }
+    for (name, x) in [("B", m.b), ("C", m.c)] {
+        if x.len() != ln && x.len() != ldn {
+            return Err(Error::shape(name, format!("expected L x N = {ln} or L x D x N = {ldn} values, got {}", x.len())));
+        }
+    }
+    check_finite("A", m.a)?;
+    check_finite("delta", m.delta)?;
+    check_finite("B", m.b)?;
+    check_finite("C", m.c)?;
+    // With D = 1 both layouts index alike.
+    let (b_shared, c_shared) = (m.b.len() == ln, m.c.len() == ln);
+    let round = |x: f64| if m.single { x as f32 as f64 } else { x };
+    let fill = |ch: usize, chan: &mut Channel| -> Result<()> {
+        chan.a.clear();
+        chan.b.clear();
+        chan.c.clear();
+        let ach = &m.a[ch * n..(ch + 1) * n];
+        for t in 0..l {
+            let dt = m.delta[t * d + ch];
+            let (bt, ct) = (
+                if b_shared { &m.b[t * n..(t + 1) * n] } else { &m.b[(t * d + ch) * n..(t * d + ch + 1) * n] },
+                if c_shared { &m.c[t * n..(t + 1) * n] } else { &m.c[(t * d + ch) * n..(t * d + ch + 1) * n] },
+            );
+            for k in 0..n {
+                let at = round((dt * ach[k]).exp());
+                let bk = round(dt * bt[k]);
+                if !at.is_finite() {
+                    return Err(Error::NonFinite { arg: "delta, A (exp(delta * A))".into(), index: (ch * l + t) * n + k });
+                }
+                if !bk.is_finite() {
+                    return Err(Error::NonFinite { arg: "delta, B (delta * B)".into(), index: (ch * l + t) * n + k });
+                }
+                chan.a.push(at);
+                chan.b.push(bk);
+                chan.c.push(round(ct[k]));
+            }
+        }
+        Ok(())
+    };
+    let eps = if m.single { f32::EPSILON as f64 } else { f64::EPSILON };
+    run(d, l, n, Transition::Diagonal, eps, &fill, opts)
+}
+
+/// The curves of `batch` channels whose factors `fill` writes into a [`Channel`] (in f64).
+fn run(
+    batch: usize,
+    l: usize,
+    n: usize,
+    kind: Transition,
+    eps: f64,
+    fill: &(dyn Fn(usize, &mut Channel) -> Result<()> + Sync),
+    opts: &StructuredOptions,
+) -> Result<EssCurves> {
+    let tol = Tolerance::new(opts.atol, opts.rtol, eps)?;
     let positions: Vec<usize> = match &opts.positions {
         Some(p) => {
             validate_positions(p, l)?;
@@ -139,35 +257,48 @@ pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Re
         None => (0..l).collect(),
     };
     let np = positions.len();
-    let out_len = checked_size("B", &[f.batch, np])?;
-    // Per channel the backward factors at the requested splits are stored: refuse, before
-    // anything is allocated, what the channels in flight (one per worker thread) cannot hold.
-    let per_channel = checked_size("B", &[np, f.n, f.n + 1, 8])?;
-    let in_flight = rayon::current_num_threads().min(f.batch).max(1) as u64;
-    crate::mem::gate(
-        "B",
-        (per_channel as u64).checked_mul(in_flight),
-        &format!(
-            "the backward factors of {in_flight} channel(s) in flight ({np} splits of an N = {} state each; \
-             fewer positions= or RAYON_NUM_THREADS reduce it)",
-            f.n
-        ),
-    )?;
+    let out_len = checked_size("B", &[batch, np])?;
     let want_tol = opts.method.wants_tolerance();
     let want_ent = opts.method.wants_entropy();
     let mut tol_out = vec![0.0; if want_tol { out_len } else { 0 }];
     let mut ent_out = vec![0.0; if want_ent { out_len } else { 0 }];
-    if np > 0 && f.batch > 0 {
-        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(f.batch);
+    if np > 0 && batch > 0 {
+        // Per worker: the channel's factors (3 x L x N at most for diagonal transitions) and a
+        // bounded window of backward factors (see `plan_window`).
+        let a_len = match kind {
+            Transition::Identity => 0,
+            Transition::Scalar => l,
+            Transition::Diagonal => checked_size("B", &[l, n])?,
+            Transition::Dense => checked_size("A", &[l, n, n])?,
+        };
+        let in_flight = rayon::current_num_threads().min(batch).max(1) as u64;
+        let budget = window_budget(in_flight);
+        let per_worker = checked_size("B", &[l, n, 2])?
+            .checked_add(a_len)
+            .and_then(|x| x.checked_add(plan_window(np, n, budget).1))
+            .and_then(|x| x.checked_mul(8));
+        crate::mem::gate(
+            "B",
+            per_worker.and_then(|x| (x as u64).checked_mul(in_flight)),
+            &format!("the working buffers of {in_flight} channel(s) in flight (L = {l}, N = {n})"),
+        )?;
+        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(batch);
         let mut ti = if want_tol { Some(tol_out.chunks_mut(np)) } else { None };
         let mut ei = if want_ent { Some(ent_out.chunks_mut(np)) } else { None };
-        for b in 0..f.batch {
+        for b in 0..batch {
             rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
         }
         // Channels are independent small problems: one workspace per worker thread, reused across the
         // channels it takes (no allocation or page faults per channel or split).
         rows.into_par_iter().with_min_len(4).try_for_each_init(Workspace::default, |ws, (ch, tr, er)| {
-            let res = one_channel(f, ch, &positions, &tol, want_tol, want_ent, ws)?;
+            crate::interrupt::check()?;
+            let mut chan = ws.chan.take().unwrap_or(Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() });
+            chan.kind = kind;
+            chan.n = n;
+            fill(ch, &mut chan)?;
+            let res = one_channel(&chan, l, &positions, &tol, want_tol, want_ent, budget, ws);
+            ws.chan = Some(chan);
+            let res = res?;
             if let Some(tr) = tr {
                 for (o, r) in tr.iter_mut().zip(&res) {
                     *o = r.0;
@@ -181,13 +312,37 @@ pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Re
             Ok::<(), Error>(())
         })?;
     }
-    Ok(EssCurves {
-        batch: f.batch,
-        n_positions: np,
-        tolerance: want_tol.then_some(tol_out),
-        entropy: want_ent.then_some(ent_out),
-    })
+    Ok(EssCurves { batch, n_positions: np, tolerance: want_tol.then_some(tol_out), entropy: want_ent.then_some(ent_out) })
 }
+
+/// Backward factors kept at once per channel: `(window, f64 values)`. All of them when they fit
+/// in `budget` bytes; otherwise a window of about `sqrt(np)` splits, recomputed block by block
+/// from checkpoints taken in one first backward sweep (about `2 sqrt(np)` factors in all, and
+/// one more backward sweep of work).
+fn plan_window(np: usize, n: usize, budget: usize) -> (usize, usize) {
+    let per = n.saturating_mul(n + 2).max(1);
+    let all = np.saturating_mul(per);
+    if all.saturating_mul(8) <= budget {
+        return (np.max(1), all);
+    }
+    let w = ((np as f64).sqrt().ceil() as usize).max(1);
+    let ncp = np.div_ceil(w) + 1;
+    (w, (w + ncp).saturating_mul(per))
+}
+
+/// Per-channel bytes of stored backward factors above which the sweep switches to checkpoints:
+/// 64 MiB, or less when the system has little memory available for the workers in flight.
+fn window_budget(in_flight: u64) -> usize {
+    let o = WINDOW_BYTES_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed);
+    if o > 0 {
+        return o;
+    }
+    let avail = crate::mem::available().map_or(u64::MAX, |a| a / 4 / in_flight.max(1));
+    (64u64 << 20).min(avail) as usize
+}
+
+/// Test hook: a nonzero value replaces [`window_budget`] (the results do not depend on it).
+static WINDOW_BYTES_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `x * 2^e`, exact whenever the result is a normal number, never overflowing in between.
 #[inline]
@@ -230,6 +385,12 @@ fn exponent(x: f64) -> i64 {
     }
 }
 
+/// `x * 2^-k` for a row scaling: one exact multiplication in the common range, [`ldexp`] beyond.
+#[inline(always)]
+fn scale_pow2(k: i64) -> Option<f64> {
+    (-1000..=1000).contains(&k).then(|| pow2(-k))
+}
+
 /// A lower-triangular `N x N` factor with per-row power-of-two exponents:
 /// true factor `= diag(2^e) S`. Column-major storage (`s[j * n + i] = S[i, j]`).
 #[derive(Clone)]
@@ -237,13 +398,25 @@ struct Factor {
     n: usize,
     s: Vec<f64>,
     e: Vec<i64>,
+    /// `rz[i]`: row `i` of `S` is zero (kept by [`Factor::normalise`], which every update ends with).
+    rz: Vec<bool>,
     /// Whether `S` is currently lower triangular (false after a dense transition).
     tri: bool,
+    /// Scratch of length `n`.
+    buf: Vec<f64>,
 }
 
 impl Factor {
     fn zeros(n: usize) -> Self {
-        Factor { n, s: vec![0.0; n * n], e: vec![0; n], tri: true }
+        Factor { n, s: vec![0.0; n * n], e: vec![0; n], rz: vec![true; n], tri: true, buf: vec![0.0; n] }
+    }
+
+    /// Becomes a copy of `o` (same `n`), without allocation.
+    fn assign(&mut self, o: &Factor) {
+        self.s.copy_from_slice(&o.s);
+        self.e.copy_from_slice(&o.e);
+        self.rz.copy_from_slice(&o.rz);
+        self.tri = o.tri;
     }
 
     #[inline]
@@ -261,51 +434,96 @@ impl Factor {
         }
     }
 
+    /// First row of column `j` that may be nonzero.
+    #[inline]
+    fn col_start(&self, j: usize) -> usize {
+        if self.tri {
+            j
+        } else {
+            0
+        }
+    }
+
+    /// `S[i, :] *= f[i]` for every row, column by column (contiguous).
+    fn scale_rows(&mut self, f: &[f64]) {
+        let n = self.n;
+        for j in 0..n {
+            let r0 = self.col_start(j);
+            for (x, &fi) in self.s[j * n + r0..(j + 1) * n].iter_mut().zip(&f[r0..n]) {
+                *x *= fi;
+            }
+        }
+    }
+
     /// Rescale each row to max-norm in `[1, 2)` (zero rows get exponent 0).
     fn normalise(&mut self) {
         let n = self.n;
-        for i in 0..n {
-            let cols = self.row_cols(i);
-            let mut m = 0.0f64;
-            for j in cols.clone() {
-                m = m.max(self.s[j * n + i].abs());
-            }
-            if m == 0.0 {
-                self.e[i] = 0;
-                continue;
-            }
-            let k = exponent(m);
-            if k != 0 {
-                for j in cols {
-                    self.s[j * n + i] = ldexp(self.s[j * n + i], -k);
-                }
-                self.e[i] += k;
+        let mut m = std::mem::take(&mut self.buf);
+        m.iter_mut().for_each(|x| *x = 0.0);
+        for j in 0..n {
+            let r0 = self.col_start(j);
+            for (mi, x) in m[r0..n].iter_mut().zip(&self.s[j * n + r0..(j + 1) * n]) {
+                *mi = mi.max(x.abs());
             }
         }
+        let mut any = false;
+        for i in 0..n {
+            if m[i] == 0.0 {
+                self.e[i] = 0;
+                self.rz[i] = true;
+                m[i] = 1.0;
+                continue;
+            }
+            self.rz[i] = false;
+            let k = exponent(m[i]);
+            m[i] = 1.0;
+            if k == 0 {
+                continue;
+            }
+            self.e[i] += k;
+            match scale_pow2(k) {
+                Some(f) => {
+                    m[i] = f;
+                    any = true;
+                }
+                None => {
+                    for j in self.row_cols(i) {
+                        self.s[j * n + i] = ldexp(self.s[j * n + i], -k);
+                    }
+                }
+            }
+        }
+        if any {
+            self.scale_rows(&m);
+        }
+        self.buf = m;
     }
 
     /// `S <- diag(a) S` (scalar `a` when `diag` has one entry).
     fn mul_diag(&mut self, a: &[f64]) {
         let n = self.n;
+        let mut f = std::mem::take(&mut self.buf);
+        let mut any = false;
         for i in 0..n {
             let ai = if a.len() == 1 { a[0] } else { a[i] };
-            let cols = self.row_cols(i);
+            f[i] = 1.0;
             if ai == 0.0 {
-                for j in cols {
-                    self.s[j * n + i] = 0.0;
-                }
+                f[i] = 0.0;
                 self.e[i] = 0;
+                any = true;
             } else if ai != 1.0 {
-                // |S| < 2, so the product stays finite (|ai| < 2^1023) until normalised,
-                // except |ai| >= 2^1023, handled by splitting off the exponent.
+                // |S| < 2 and the mantissa of ai is in [1, 2): the product stays finite; the
+                // exponent of ai goes to e (|ai| >= 2^1023 included).
                 let k = exponent(ai);
-                let am = ldexp(ai, -k);
-                for j in cols {
-                    self.s[j * n + i] *= am;
-                }
+                f[i] = ldexp(ai, -k);
                 self.e[i] += k;
+                any = true;
             }
         }
+        if any {
+            self.scale_rows(&f);
+        }
+        self.buf = f;
         self.normalise();
     }
 
@@ -328,6 +546,7 @@ impl Factor {
         if amax == 0.0 {
             self.s.iter_mut().for_each(|x| *x = 0.0);
             self.e.iter_mut().for_each(|x| *x = 0);
+            self.rz.iter_mut().for_each(|x| *x = true);
             self.tri = true;
             return;
         }
@@ -383,44 +602,59 @@ impl Factor {
         debug_assert!(self.tri);
         let n = self.n;
         // Bring each row and v[i] to a common exponent.
-        let mut w = vec![0.0; n];
+        let mut w = std::mem::take(&mut self.buf);
+        let mut first = None;
         for i in 0..n {
+            w[i] = 0.0;
             if v[i] == 0.0 {
                 continue;
             }
+            first = first.or(Some(i));
             let ev = exponent(v[i]);
-            let row_zero = (0..=i).all(|j| self.s[j * n + i] == 0.0);
-            if row_zero {
+            if self.rz[i] {
                 self.e[i] = ev;
             } else if ev > self.e[i] {
                 let d = self.e[i] - ev;
-                for j in 0..=i {
-                    self.s[j * n + i] = ldexp(self.s[j * n + i], d);
+                match scale_pow2(-d) {
+                    Some(f) => {
+                        for j in 0..=i {
+                            self.s[j * n + i] *= f;
+                        }
+                    }
+                    None => {
+                        for j in 0..=i {
+                            self.s[j * n + i] = ldexp(self.s[j * n + i], d);
+                        }
+                    }
                 }
                 self.e[i] = ev;
             }
-            w[i] = ldexp(v[i], -self.e[i]);
+            w[i] = match scale_pow2(self.e[i]) {
+                Some(f) => v[i] * f,
+                None => ldexp(v[i], -self.e[i]),
+            };
         }
-        for j in 0..n {
-            if w[j] == 0.0 && w[j..].iter().all(|&x| x == 0.0) {
-                break;
-            }
-            let x = self.s[j * n + j];
-            let y = w[j];
-            if y == 0.0 {
-                continue;
-            }
-            let r = fast_hypot(x, y);
-            let (c, s) = (x / r, y / r);
-            self.s[j * n + j] = r;
-            w[j] = 0.0;
-            let col = &mut self.s[j * n + j + 1..(j + 1) * n];
-            for (p, q) in col.iter_mut().zip(w[j + 1..].iter_mut()) {
-                let (a, b) = (*p, *q);
-                *p = c * a + s * b;
-                *q = c * b - s * a;
+        // Rotations fill the entries of w below the first nonzero one: sweep from there to the end.
+        if let Some(first) = first {
+            for j in first..n {
+                let y = w[j];
+                if y == 0.0 {
+                    continue;
+                }
+                let x = self.s[j * n + j];
+                let r = fast_hypot(x, y);
+                let (c, s) = (x / r, y / r);
+                self.s[j * n + j] = r;
+                w[j] = 0.0;
+                let col = &mut self.s[j * n + j + 1..(j + 1) * n];
+                for (p, q) in col.iter_mut().zip(w[j + 1..n].iter_mut()) {
+                    let (a, b) = (*p, *q);
+                    *p = c * a + s * b;
+                    *q = c * b - s * a;
+                }
             }
         }
+        self.buf = w;
         self.normalise();
     }
 }
@@ -432,6 +666,7 @@ enum Step<'v> {
     Dense(&'v [f64]),
 }
 
+/// The factors of one channel in f64 (buffers reused across the channels of a worker).
 struct Channel {
     kind: Transition,
     n: usize,
@@ -441,28 +676,6 @@ struct Channel {
 }
 
 impl Channel {
-    /// The factors of channel `ch` in f64, in buffers recycled from `old` (no allocation, hence no
-    /// page faults, per channel).
-    fn new<F: Scalar>(f: &SsmFactors<'_, F>, ch: usize, old: Option<Channel>) -> Self {
-        let (l, n) = (f.l, f.n);
-        let (mut a, mut b, mut c) = match old {
-            Some(o) => (o.a, o.b, o.c),
-            None => (Vec::new(), Vec::new(), Vec::new()),
-        };
-        let conv = |dst: &mut Vec<f64>, x: &[F]| {
-            dst.clear();
-            dst.extend(x.iter().map(|&v| -> f64 { v.into() }));
-        };
-        match f.kind {
-            Transition::Identity => a.clear(),
-            Transition::Scalar => conv(&mut a, &f.a[ch * l..(ch + 1) * l]),
-            Transition::Diagonal => conv(&mut a, &f.a[ch * l * n..(ch + 1) * l * n]),
-            Transition::Dense => conv(&mut a, &f.a[ch * l * n * n..(ch + 1) * l * n * n]),
-        }
-        conv(&mut b, &f.b[ch * l * n..(ch + 1) * l * n]);
-        conv(&mut c, &f.c[ch * l * n..(ch + 1) * l * n]);
-        Channel { kind: f.kind, n, a, b, c }
-    }
     fn step(&self, t: usize) -> Step<'_> {
         let n = self.n;
         match self.kind {
@@ -484,69 +697,108 @@ impl Channel {
 /// Buffers of one worker, reused across channels.
 #[derive(Default)]
 struct Workspace {
+    /// Stored backward factors, transposed (`st_s[k * nn + r * n + i] = S_O[r, i]`), their
+    /// exponents and zero-row flags.
     st_s: Vec<f64>,
     st_e: Vec<i64>,
+    st_rz: Vec<bool>,
     st_tri: Vec<bool>,
-    st_idx: Vec<usize>,
+    /// Checkpoints of the backward sweep (only when the window does not hold every split).
+    cps: Vec<Factor>,
     lanes_a: Vec<f64>,
     svd: Option<BatchSvd>,
     chan: Option<Channel>,
 }
 
-fn one_channel<F: Scalar>(
-    f: &SsmFactors<'_, F>,
-    ch: usize,
+/// Store `so` in slot `k` of the window (transposed, see [`Workspace::st_s`]).
+fn store(st_s: &mut [f64], st_e: &mut [i64], st_rz: &mut [bool], st_tri: &mut [bool], k: usize, so: &Factor) {
+    let n = so.n;
+    let nn = n * n;
+    let dst = &mut st_s[k * nn..(k + 1) * nn];
+    for j in 0..n {
+        for i in 0..n {
+            dst[i * n + j] = so.s[j * n + i];
+        }
+    }
+    st_e[k * n..(k + 1) * n].copy_from_slice(&so.e);
+    st_rz[k * n..(k + 1) * n].copy_from_slice(&so.rz);
+    st_tri[k] = so.tri;
+}
+
+/// Backward sweep `S_O(t) = tri(A_t^T [c_t, S_O(t+1)])` for `t = hi, hi-1, ..., lo`, calling
+/// `on(t, S_O(t))` after each step.
+fn sweep_back(chan: &Channel, so: &mut Factor, hi: usize, lo: usize, mut on: impl FnMut(usize, &Factor)) -> Result<()> {
+    let n = chan.n;
+    for t in (lo..=hi).rev() {
+        if (hi - t) % 64 == 0 {
+            crate::interrupt::check()?;
+        }
+        so.append(&chan.c[t * n..(t + 1) * n]);
+        chan.apply(so, t, true);
+        on(t, so);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_channel(
+    chan: &Channel,
+    l: usize,
     positions: &[usize],
     tol: &Tolerance,
     want_tol: bool,
     want_ent: bool,
+    budget: usize,
     ws: &mut Workspace,
 ) -> Result<Vec<(f64, f64)>> {
-    let (l, n) = (f.l, f.n);
-    let chan = Channel::new(f, ch, ws.chan.take());
+    let n = chan.n;
     let mut out = vec![(0.0, 0.0); positions.len()];
-    // Requested splits with 1 <= t <= L-1 (t = 0 is 0 by convention).
-    let mut slot = vec![usize::MAX; l];
-    for (idx, &p) in positions.iter().enumerate() {
-        if p >= 1 {
-            slot[p] = idx;
-        }
-    }
-    let Some(t_min) = (1..l).find(|&t| slot[t] != usize::MAX) else {
+    // Requested splits with 1 <= t <= L-1 (t = 0 is 0 by convention), increasing; out index of each.
+    let first = positions.partition_point(|&p| p < 1);
+    let ts = &positions[first..];
+    if ts.is_empty() {
         return Ok(out);
-    };
-    // Backward: S_O(t) = tri(A_t^T [c_t, S_O(t+1)]), S_O(L) = 0. Stored at requested t, in one
-    // flat buffer (no allocation per split).
-    let n_slots = (t_min..l).filter(|&t| slot[t] != usize::MAX).count();
-    let nn = n * n;
-    let need = checked_size("B", &[n_slots, nn])?;
-    let Workspace { st_s, st_e, st_tri, st_idx, lanes_a, svd, chan: chan_slot } = ws;
-    st_s.resize(need, 0.0);
-    st_e.resize(n_slots * n, 0);
-    st_tri.resize(n_slots, true);
-    st_idx.clear();
-    st_idx.resize(l, usize::MAX);
-    let mut so = Factor::zeros(n);
-    {
-        let mut k = 0usize;
-        for t in (t_min..l).rev() {
-            crate::interrupt::check()?;
-            so.append(&chan.c[t * n..(t + 1) * n]);
-            chan.apply(&mut so, t, true);
-            if slot[t] != usize::MAX {
-                st_s[k * nn..(k + 1) * nn].copy_from_slice(&so.s);
-                st_e[k * n..(k + 1) * n].copy_from_slice(&so.e);
-                st_tri[k] = so.tri;
-                st_idx[t] = k;
-                k += 1;
-            }
-        }
     }
-    drop(so);
+    let (t_min, t_max) = (ts[0], ts[ts.len() - 1]);
+    let nn = n * n;
+    // The window: `w` consecutive requested splits whose backward factors are held at once.
+    let (w, _) = plan_window(ts.len(), n, budget);
+    let w = w.min(ts.len());
+    let nblocks = ts.len().div_ceil(w);
+    let Workspace { st_s, st_e, st_rz, st_tri, cps, lanes_a, svd, chan: _ } = ws;
+    st_s.resize(checked_size("B", &[w, nn])?, 0.0);
+    st_e.resize(w * n, 0);
+    st_rz.resize(w * n, true);
+    st_tri.resize(w, true);
+    // Backward from S_O(L) = 0. A single block is stored directly; otherwise the factor at the
+    // last split of every block is kept as its checkpoint, and each block is recomputed from it
+    // when the forward sweep reaches it.
+    let mut so = Factor::zeros(n);
+    if nblocks == 1 {
+        let mut k = ts.len();
+        sweep_back(chan, &mut so, l - 1, t_min, |t, f| {
+            if k > 0 && ts[k - 1] == t {
+                k -= 1;
+                store(st_s, st_e, st_rz, st_tri, k, f);
+            }
+        })?;
+    } else {
+        if cps.len() < nblocks || cps.first().is_some_and(|c| c.n != n) {
+            cps.clear();
+            cps.resize_with(nblocks, || Factor::zeros(n));
+        }
+        let mut b = nblocks;
+        sweep_back(chan, &mut so, l - 1, t_min, |t, f| {
+            // block b-1 ends at ts[min(b * w, len) - 1]
+            if b > 0 && ts[(b * w).min(ts.len()) - 1] == t {
+                b -= 1;
+                cps[b].assign(f);
+            }
+        })?;
+    }
     // Forward: S_R(1) = [b_0], S_R(t+1) = tri([A_t S_R(t), b_t]).
     let mut sr = Factor::zeros(n);
     sr.append(&chan.b[0..n]);
-    let t_max = (1..l).rev().find(|&t| slot[t] != usize::MAX).unwrap_or(t_min);
     if svd.as_ref().map_or(true, |s| s.n != n) {
         *svd = Some(BatchSvd::new(n));
     }
@@ -554,14 +806,14 @@ fn one_channel<F: Scalar>(
     let mut g: Vec<Option<i64>> = vec![None; n];
     lanes_a.clear();
     lanes_a.resize(LANES * nn, 0.0);
-    let mut pending: Vec<(usize, i64)> = Vec::with_capacity(LANES);
+    let mut pending: Vec<(usize, usize, i64)> = Vec::with_capacity(LANES);
     // Singular values of the pending lanes -> curves.
-    let flush = |pending: &mut Vec<(usize, i64)>, lanes_a: &mut Vec<f64>, svd: &mut BatchSvd, out: &mut Vec<(f64, f64)>| -> Result<()> {
+    let flush = |pending: &mut Vec<(usize, usize, i64)>, lanes_a: &mut Vec<f64>, svd: &mut BatchSvd, out: &mut Vec<(f64, f64)>| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let sv = svd.values(lanes_a, pending.len())?;
-        for (lane, &(t, gmax)) in pending.iter().enumerate() {
+        for (lane, &(t, o, gmax)) in pending.iter().enumerate() {
             let mut sigma = sv[lane].clone();
             // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
             // (what the N x N product shows there is rounding).
@@ -572,7 +824,7 @@ fn one_channel<F: Scalar>(
                 None => *tol,
             };
             let tau = tol_s.threshold(smax, l - t, t);
-            out[slot[t]] = (
+            out[o] = (
                 if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
                 if want_ent { entropy_ess(&sigma) } else { 0.0 },
             );
@@ -580,26 +832,42 @@ fn one_channel<F: Scalar>(
         pending.clear();
         Ok(())
     };
-    for t in 1..=t_max {
-        crate::interrupt::check()?;
-        if t > 1 {
-            chan.apply(&mut sr, t - 1, false);
-            sr.append(&chan.b[(t - 1) * n..t * n]);
+    let mut t = 1usize;
+    for (idx, &tq) in ts.iter().enumerate() {
+        let k = idx % w;
+        if nblocks > 1 && k == 0 {
+            // Recompute this block's backward factors from its checkpoint.
+            let blk = idx / w;
+            let hi_idx = ((blk + 1) * w).min(ts.len()) - 1;
+            so.assign(&cps[blk]);
+            store(st_s, st_e, st_rz, st_tri, hi_idx - idx, &so);
+            let mut kk = hi_idx - idx;
+            if ts[hi_idx] > tq {
+                sweep_back(chan, &mut so, ts[hi_idx] - 1, tq, |t, f| {
+                    if kk > 0 && ts[idx + kk - 1] == t {
+                        kk -= 1;
+                        store(st_s, st_e, st_rz, st_tri, kk, f);
+                    }
+                })?;
+            }
         }
-        if slot[t] == usize::MAX {
-            continue;
+        while t < tq {
+            if t % 64 == 0 {
+                crate::interrupt::check()?;
+            }
+            chan.apply(&mut sr, t, false);
+            sr.append(&chan.b[t * n..(t + 1) * n]);
+            t += 1;
         }
-        let k = st_idx[t];
-        let so_s = &st_s[k * nn..(k + 1) * nn];
+        let o = first + idx;
+        let so_t = &st_s[k * nn..(k + 1) * nn];
         let so_e = &st_e[k * n..(k + 1) * n];
+        let so_rz = &st_rz[k * n..(k + 1) * n];
         let so_tri = st_tri[k];
         // Combined row exponents over rows that are nonzero in both factors.
-        let so_cols = |r: usize| if so_tri { 0..r + 1 } else { 0..n };
         let mut gmax: Option<i64> = None;
         for r in 0..n {
-            let nz_r = sr.row_cols(r).any(|j| sr.s[j * n + r] != 0.0);
-            let nz_o = so_cols(r).any(|j| so_s[j * n + r] != 0.0);
-            g[r] = (nz_r && nz_o).then(|| sr.e[r] + so_e[r]);
+            g[r] = (!sr.rz[r] && !so_rz[r]).then(|| sr.e[r] + so_e[r]);
             if let Some(x) = g[r] {
                 gmax = Some(gmax.map_or(x, |m: i64| m.max(x)));
             }
@@ -608,44 +876,45 @@ fn one_channel<F: Scalar>(
             None => {
                 // a zero block: no singular value
                 let sigma: [f64; 0] = [];
-                let tau = tol.threshold(0.0, l - t, t);
-                out[slot[t]] = (
+                let tau = tol.threshold(0.0, l - tq, tq);
+                out[o] = (
                     if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
                     if want_ent { entropy_ess(&sigma) } else { 0.0 },
                 );
             }
             Some(gmax) => {
-                // W = S_O^T diag(2^(g - gmax)) S_R into the next lane of the batch.
+                // W = S_O^T diag(2^(g - gmax)) S_R into the next lane of the batch:
+                // W[i, j] = sum_r S_O[r, i] 2^(g_r - gmax) S_R[r, j] (rows of S_O contiguous).
                 let lane = pending.len();
-                let w = &mut lanes_a[lane * nn..(lane + 1) * nn];
-                w.iter_mut().for_each(|x| *x = 0.0);
+                let wl = &mut lanes_a[lane * nn..(lane + 1) * nn];
+                wl.iter_mut().for_each(|x| *x = 0.0);
                 for r in 0..n {
                     let Some(gr) = g[r] else { continue };
                     let sc = ldexp(1.0, gr - gmax);
                     if sc == 0.0 {
                         continue;
                     }
-                    let ocols = so_cols(r);
+                    let ocols = if so_tri { r + 1 } else { n };
+                    let orow = &so_t[r * n..r * n + ocols];
                     for j in sr.row_cols(r) {
                         let srj = sr.s[j * n + r] * sc;
                         if srj == 0.0 {
                             continue;
                         }
-                        let col = &mut w[j * n..(j + 1) * n];
-                        for i in ocols.clone() {
-                            col[i] += so_s[i * n + r] * srj;
+                        for (x, &y) in wl[j * n..j * n + ocols].iter_mut().zip(orow) {
+                            *x += y * srj;
                         }
                     }
                 }
-                pending.push((t, gmax));
+                pending.push((tq, o, gmax));
                 if pending.len() == LANES {
                     flush(&mut pending, lanes_a, svd, &mut out)?;
                 }
             }
         }
     }
+    debug_assert!(t <= t_max);
     flush(&mut pending, lanes_a, svd, &mut out)?;
-    *chan_slot = Some(chan);
     Ok(out)
 }
 
@@ -1571,6 +1840,62 @@ mod tests {
         let t3 = t0.elapsed();
         let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / (reps * LANES) as f64;
         eprintln!("n=16 per matrix: single GR {:.2} us, batched GR {:.2} us, faer {:.2} us ({acc})", per(t1), per(t2), per(t3));
+    }
+
+    /// The checkpointed backward sweep (a window smaller than the requested splits) gives the
+    /// same curves, bit for bit, as storing every split; with and without `positions`.
+    #[test]
+    fn windowed_backward_factors_equal_stored() {
+        let (batch, l, n) = (3usize, 150usize, 5usize);
+        let mut seed = 11u64;
+        let a: Vec<f64> = (0..batch * l * n).map(|_| 0.5 + 0.5 * lcg(&mut seed).abs()).collect();
+        let b: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+        let c: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+        let f = SsmFactors { batch, l, n, kind: Transition::Diagonal, a: &a, b: &b, c: &c };
+        for positions in [None, Some(vec![0usize, 1, 2, 7, 40, 41, 99, 149]), Some((3..l).step_by(3).collect())] {
+            let opts = StructuredOptions { method: super::super::Method::Both, atol: None, rtol: None, positions };
+            let full = ssm_ess(&f, &opts).unwrap();
+            // one split's factor is n * (n + 2) * 8 bytes: a budget of three splits forces checkpoints
+            WINDOW_BYTES_OVERRIDE.store(3 * n * (n + 2) * 8, std::sync::atomic::Ordering::Relaxed);
+            let win = ssm_ess(&f, &opts);
+            WINDOW_BYTES_OVERRIDE.store(0, std::sync::atomic::Ordering::Relaxed);
+            let win = win.unwrap();
+            assert_eq!(full.tolerance, win.tolerance);
+            assert_eq!(full.entropy, win.entropy);
+        }
+        assert_eq!(plan_window(10_000, 16, 1 << 20).0, 100);
+        assert_eq!(plan_window(100, 16, 64 << 20).0, 100);
+    }
+
+    /// `mamba_ess` forms the same factors as `ssm_ess` on materialised `(D, L, N)` arrays.
+    #[test]
+    fn mamba_factors_agree_with_ssm() {
+        let (d, l, n) = (3usize, 40usize, 4usize);
+        let mut seed = 5u64;
+        let a: Vec<f64> = (0..d * n).map(|_| -(0.5 + lcg(&mut seed).abs())).collect();
+        let delta: Vec<f64> = (0..l * d).map(|_| 0.05 + 0.1 * lcg(&mut seed).abs()).collect();
+        let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+        let c: Vec<f64> = (0..l * d * n).map(|_| lcg(&mut seed)).collect();
+        let m = MambaFactors { channels: d, l, n, a: &a, delta: &delta, b: &b, c: &c, single: false };
+        let opts = StructuredOptions { method: super::super::Method::Both, atol: None, rtol: None, positions: None };
+        let got = mamba_ess(&m, &opts).unwrap();
+        let (mut at, mut bt, mut ct) = (vec![], vec![], vec![]);
+        for ch in 0..d {
+            for t in 0..l {
+                for k in 0..n {
+                    let dt = delta[t * d + ch];
+                    at.push((dt * a[ch * n + k]).exp());
+                    bt.push(dt * b[t * n + k]);
+                    ct.push(c[(t * d + ch) * n + k]);
+                }
+            }
+        }
+        let f = SsmFactors { batch: d, l, n, kind: Transition::Diagonal, a: &at, b: &bt, c: &ct };
+        let want = ssm_ess(&f, &opts).unwrap();
+        assert_eq!(got.tolerance, want.tolerance);
+        assert_eq!(got.entropy, want.entropy);
+        let bad = MambaFactors { a: &[1e5; 12], ..m };
+        assert!(matches!(mamba_ess(&bad, &opts), Err(Error::NonFinite { .. })));
     }
 
     #[test]
