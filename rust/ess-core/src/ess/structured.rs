@@ -499,7 +499,8 @@ impl Factor {
         self.buf = m;
     }
 
-    /// `S <- diag(a) S` (scalar `a` when `diag` has one entry).
+    /// `S <- diag(a) S` (scalar `a` when `diag` has one entry). Leaves rows of max-norm in
+    /// `[1, 4)` rather than `[1, 2)`.
     fn mul_diag(&mut self, a: &[f64]) {
         let n = self.n;
         let mut f = std::mem::take(&mut self.buf);
@@ -510,6 +511,7 @@ impl Factor {
             if ai == 0.0 {
                 f[i] = 0.0;
                 self.e[i] = 0;
+                self.rz[i] = true;
                 any = true;
             } else if ai != 1.0 {
                 // |S| < 2 and the mantissa of ai is in [1, 2): the product stays finite; the
@@ -524,7 +526,8 @@ impl Factor {
             self.scale_rows(&f);
         }
         self.buf = f;
-        self.normalise();
+        // Not normalised: rows now have max-norm in [1, 4) (zero rows flagged above), which the
+        // next append (every sweep alternates the two) takes as it is and normalises.
     }
 
     /// `S <- A S` (or `A^T S` when `transpose`), `A` row-major `n x n`; re-triangularised.
@@ -1521,47 +1524,84 @@ impl BatchSvd {
                 xx[q] = x;
                 maxcnt = maxcnt.max(cnt[q]);
             }
+            // The steps of the lanes' chases, all lanes at once (lane-parallel arithmetic, the
+            // square roots and divisions included); a lane past its last step keeps its state.
             for step in 0..maxcnt {
+                let mut act = [false; K];
+                let mut gg = [0.0f64; K];
+                let mut y = [0.0f64; K];
                 for q in 0..K {
-                    if step >= cnt[q] {
+                    act[q] = step < cnt[q];
+                    if act[q] {
+                        let i = lo[q] + step + 1;
+                        gg[q] = rv1[wi(i, q)];
+                        y[q] = w[wi(i, q)];
+                    }
+                }
+                let (mut c, mut s, mut f, mut x) = (cc, sn, ff, xx);
+                let mut h = [0.0f64; K];
+                let mut z1 = [0.0f64; K];
+                let mut z2 = [0.0f64; K];
+                let mut risky = false;
+                for q in 0..K {
+                    h[q] = s[q] * gg[q];
+                    gg[q] *= c[q];
+                    let sq = f[q] * f[q] + h[q] * h[q];
+                    z1[q] = sq.sqrt();
+                    risky |= !(sq > 1e-290 && sq < 1e290);
+                }
+                if risky {
+                    for q in 0..K {
+                        z1[q] = fast_hypot(f[q], h[q]);
+                    }
+                }
+                for q in 0..K {
+                    let iz = 1.0 / z1[q];
+                    c[q] = f[q] * iz;
+                    s[q] = h[q] * iz;
+                    f[q] = x[q] * c[q] + gg[q] * s[q];
+                    gg[q] = gg[q] * c[q] - x[q] * s[q];
+                    h[q] = y[q] * s[q];
+                    y[q] *= c[q];
+                }
+                let mut risky = false;
+                for q in 0..K {
+                    let sq = f[q] * f[q] + h[q] * h[q];
+                    z2[q] = sq.sqrt();
+                    risky |= !(sq > 1e-290 && sq < 1e290);
+                }
+                if risky {
+                    for q in 0..K {
+                        z2[q] = fast_hypot(f[q], h[q]);
+                    }
+                }
+                for q in 0..K {
+                    if z2[q] != 0.0 {
+                        let iz = 1.0 / z2[q];
+                        c[q] = f[q] * iz;
+                        s[q] = h[q] * iz;
+                    }
+                    f[q] = c[q] * gg[q] + s[q] * y[q];
+                    x[q] = c[q] * y[q] - s[q] * gg[q];
+                }
+                for q in 0..K {
+                    if !act[q] {
                         continue;
                     }
-                    let j = lo[q] + step;
-                    let i = j + 1;
-                    let (mut c, mut s, mut f, mut x) = (cc[q], sn[q], ff[q], xx[q]);
-                    let mut gg = rv1[wi(i, q)];
-                    let mut y = w[wi(i, q)];
-                    let mut h = s * gg;
-                    gg *= c;
-                    let mut z = fast_hypot(f, h);
-                    rv1[wi(j, q)] = z;
-                    if z == 0.0 {
+                    if z1[q] == 0.0 {
                         // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
                         ok[q] = false;
                         done[q] = true;
                         cnt[q] = 0;
                         continue;
                     }
-                    let iz = 1.0 / z;
-                    c = f * iz;
-                    s = h * iz;
-                    f = x * c + gg * s;
-                    gg = gg * c - x * s;
-                    h = y * s;
-                    y *= c;
-                    z = fast_hypot(f, h);
-                    w[wi(j, q)] = z;
-                    if z != 0.0 {
-                        let iz = 1.0 / z;
-                        c = f * iz;
-                        s = h * iz;
-                    }
-                    f = c * gg + s * y;
-                    x = c * y - s * gg;
-                    cc[q] = c;
-                    sn[q] = s;
-                    ff[q] = f;
-                    xx[q] = x;
+                    let j = lo[q] + step;
+                    rv1[wi(j, q)] = z1[q];
+                    w[wi(j, q)] = z2[q];
+                    cc[q] = c[q];
+                    sn[q] = s[q];
+                    ff[q] = f[q];
+                    xx[q] = x[q];
                 }
             }
             for q in 0..K {
