@@ -288,8 +288,11 @@ def mamba_ess(
 
     Notes
     -----
-    The factors are formed in float64 and passed on in the inputs' common dtype (float32
-    inputs keep the float32 ``eps`` of the default threshold). ``exp(delta * A)`` is
+    The factors are formed in float64 and rounded to the inputs' common dtype (float32
+    inputs keep the float32 ``eps`` of the default threshold). The kernel forms them channel by
+    channel from ``A``, ``delta``, ``B``, ``C`` read in place, so memory stays ``O(L N)`` per
+    worker thread instead of three ``(D_ch, L, N)`` arrays; only when a factor may overflow the
+    dtype are they formed in numpy (which names the overflowing one). ``exp(delta * A)`` is
     evaluated in float64; a decay below ``1e-308`` per step is 0
     (the channel forgets completely), exactly as a materialised float64 operator would have it.
     """

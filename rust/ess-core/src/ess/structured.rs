@@ -28,10 +28,24 @@
 //! `O(N^3)`. Each split then needs the `N x N` product `S_O^T S_R` and its singular values
 //! (`O(N^3)`). For `N <= 64` these small problems are batched, eight splits of a channel at a
 //! time, through an allocation-free Golub-Reinsch whose bidiagonalisation runs in lockstep over
-//! the eight matrices (AVX2/FMA by runtime dispatch) and whose QR chases are interleaved step by
-//! step; larger `N` (and any lane that does not converge) go to faer's SVD. Every worker thread
-//! keeps its buffers across the channels it takes. Nothing is squared, so small singular values keep the accuracy of an SVD of
-//! `S_O^T S_R`, i.e. about `eps * ||S_O|| ||S_R||` absolute.
+//! the eight matrices (lane vectors `[f64; 8]`, AVX2/FMA by runtime dispatch) and whose QR
+//! chases advance all eight lanes together, one chase step at a time (lane-parallel square roots
+//! and divisions); larger `N` (and any lane that does not converge) go to faer's SVD. Every
+//! worker thread keeps its buffers across the channels it takes. Nothing is squared, so small
+//! singular values keep the accuracy of an SVD of `S_O^T S_R`, i.e. about
+//! `eps * ||S_O|| ||S_R||` absolute.
+//!
+//! # Memory
+//!
+//! The backward factors are needed in the reverse order of their computation. When the factors
+//! of all requested splits of a channel fit in a fixed budget (64 MiB, less when the system has
+//! little memory available) they are stored; otherwise the first backward sweep keeps only a
+//! checkpoint per block of about `sqrt(n_splits)` splits, and each block is recomputed from its
+//! checkpoint when the forward sweep reaches it (one more backward sweep of work, about
+//! `2 sqrt(n_splits)` factors held). The recomputation repeats the same operations, so the
+//! results do not depend on the budget. Per worker the kernel also holds the channel's factors
+//! (`O(L N)` for diagonal transitions); [`mamba_ess`] forms them from the native Mamba
+//! parameters per channel, so no `(D, L, N)` array exists anywhere.
 //!
 //! # Scaling
 //!
