@@ -470,6 +470,51 @@ def test_mamba_float32_and_positions():
     assert np.all(t32 <= N)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_mamba_in_place_route_equals_formed_factors(dtype, per_channel):
+    """mamba_ess reads A, delta, B, C in place and forms the factors per channel in the kernel;
+    the result equals ssm_ess on the (D, L, N) factors formed in numpy (same rounding to dtype)."""
+    rng = np.random.default_rng(21)
+    L, N, Dch = 37, 5, 4
+    A = (-np.exp(rng.uniform(-1, 1.5, (Dch, N)))).astype(dtype)
+    delta = np.log1p(np.exp(rng.standard_normal((L, Dch)) - 1.0)).astype(dtype)
+    shape = (L, Dch, N) if per_channel else (L, N)
+    B = rng.standard_normal(shape).astype(dtype)
+    C = rng.standard_normal(shape).astype(dtype)
+    a64, d64, b64, c64 = (x.astype(np.float64) for x in (A, delta, B, C))
+    at = np.exp(d64.T[:, :, None] * a64[:, None, :]).astype(dtype)
+    bb = b64.transpose(1, 0, 2) if per_channel else b64[None]
+    cc = (c64.transpose(1, 0, 2) if per_channel else np.broadcast_to(c64[None], (Dch, L, N))).astype(dtype)
+    bt = (d64.T[:, :, None] * bb).astype(dtype)
+    want = S.ssm_ess(at, bt, cc, transition="diagonal", method="both")
+    got = S.mamba_ess(A, delta, B, C, method="both")
+    np.testing.assert_array_equal(got.tolerance, want.tolerance)
+    np.testing.assert_allclose(got.entropy, want.entropy, rtol=1e-9)
+    pos = np.array([1, 2, 20, 36])
+    sub = S.mamba_ess(A, delta, B, C, method="tolerance", positions=pos, atol=1e-3)
+    np.testing.assert_array_equal(
+        sub, S.ssm_ess(at, bt, cc, transition="diagonal", positions=pos, atol=1e-3))
+
+
+def test_windowed_backward_factors_match_stored():
+    """Issue 16: the per-split storage is bounded. 2100 splits of an N = 64 state hold 70 MB of
+    backward factors, over the kernel's 64 MiB per-channel budget, so the kernel keeps a window of
+    about sqrt(2100) factors recomputed from checkpoints; the curves equal those of a positions
+    subset small enough to be stored whole."""
+    rng = np.random.default_rng(33)
+    L, N = 2100, 64
+    a = np.exp(-rng.uniform(0.0, 0.05, (1, L, N)))
+    b = rng.standard_normal((1, L, N))
+    c = rng.standard_normal((1, L, N))
+    full = S.ssm_ess(a, b, c, method="both")
+    pos = np.arange(0, L, 2)
+    sub = S.ssm_ess(a, b, c, method="both", positions=pos)
+    np.testing.assert_array_equal(sub.tolerance, full.tolerance[:, pos])
+    np.testing.assert_array_equal(sub.entropy, full.entropy[:, pos])
+    assert np.all(full.tolerance <= N)
+
+
 def test_conv_positions_and_batch():
     rng = np.random.default_rng(10)
     h = rng.standard_normal((2, 3, 4))

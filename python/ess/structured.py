@@ -239,6 +239,20 @@ def _scaled_inputs(bt: np.ndarray, dtype: Any) -> np.ndarray:
     return out
 
 
+def _factors_fit(a: np.ndarray, dl: np.ndarray, b: np.ndarray, c: np.ndarray, dtype: Any) -> bool:
+    """Whether every Mamba factor (``exp(delta A)``, ``delta B``, ``C``) is surely finite in
+    ``dtype``, from bounds in ``O(L D + D N)`` (products of the extremes); when not, the caller
+    forms the factors in numpy, which names the one that overflows."""
+    big = float(np.finfo(dtype).max) * 0.5
+    top = 88.0 if np.dtype(dtype) == np.float32 else 709.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        d_hi, d_lo = dl.max(axis=0), dl.min(axis=0)
+        a_hi, a_lo = a.max(axis=1), a.min(axis=1)
+        expo = np.maximum(np.maximum(d_hi * a_hi, d_hi * a_lo), np.maximum(d_lo * a_hi, d_lo * a_lo))
+        scaled = float(np.abs(dl).max()) * float(np.abs(b).max())
+        return bool(np.all(expo < top)) and scaled < big and float(np.abs(c).max()) < big
+
+
 def mamba_ess(
     A: npt.ArrayLike,
     delta: npt.ArrayLike,
@@ -276,8 +290,11 @@ def mamba_ess(
 
     Notes
     -----
-    The factors are formed in float64 and passed on in the inputs' common dtype (float32
-    inputs keep the float32 ``eps`` of the default threshold). ``exp(delta * A)`` is
+    The factors are formed in float64 and rounded to the inputs' common dtype (float32
+    inputs keep the float32 ``eps`` of the default threshold). The kernel forms them channel by
+    channel from ``A``, ``delta``, ``B``, ``C`` read in place, so memory stays ``O(L N)`` per
+    worker thread instead of three ``(D_ch, L, N)`` arrays; only when a factor may overflow the
+    dtype are they formed in numpy (which names the overflowing one). ``exp(delta * A)`` is
     evaluated in float64; a decay below ``1e-308`` per step is 0
     (the channel forgets completely), exactly as a materialised float64 operator would have it.
     """
@@ -303,13 +320,21 @@ def mamba_ess(
         _check_finite(x, name)
     if N == 0:
         raise ShapeError("A: the state dimension is empty (N = 0)")
-    # (D_ch, L, N) factors.
+    dt = _common(*given)
+    if L > 0 and Dch > 0 and _factors_fit(a, dl, b, c, dt):
+        # The kernel forms the factors of each channel on the fly from the (float64) parameters,
+        # read in place: no (D_ch, L, N) arrays.
+        tol, ent = _core.mamba_ess_curves(
+            np.ascontiguousarray(a), np.ascontiguousarray(dl), np.ascontiguousarray(b), np.ascontiguousarray(c),
+            np.dtype(dt) == np.float32, method, atol, rtol, _positions_list(positions),
+        )
+        return _finish(tol, ent, method)
+    # (D_ch, L, N) factors (the reference route; also where a factor overflows, to name it).
     with np.errstate(over="ignore"):  # an overflow is reported by _decays, naming delta * A
         at = np.exp(dl.T[:, :, None] * a[:, None, :])
     bb = b[None, :, :] if b.ndim == 2 else b.transpose(1, 0, 2)
     cc = c[None, :, :] if c.ndim == 2 else c.transpose(1, 0, 2)
     bt = dl.T[:, :, None] * bb
-    dt = _common(*given)
     at, bt, cc = _decays(at, dt), _scaled_inputs(bt, dt), np.asarray(cc, dtype=dt)
     return ssm_ess(at, bt, cc, transition="diagonal", method=method, atol=atol, rtol=rtol, positions=positions)
 

@@ -28,10 +28,24 @@
 //! `O(N^3)`. Each split then needs the `N x N` product `S_O^T S_R` and its singular values
 //! (`O(N^3)`). For `N <= 64` these small problems are batched, eight splits of a channel at a
 //! time, through an allocation-free Golub-Reinsch whose bidiagonalisation runs in lockstep over
-//! the eight matrices (AVX2/FMA by runtime dispatch) and whose QR chases are interleaved step by
-//! step; larger `N` (and any lane that does not converge) go to faer's SVD. Every worker thread
-//! keeps its buffers across the channels it takes. Nothing is squared, so small singular values keep the accuracy of an SVD of
-//! `S_O^T S_R`, i.e. about `eps * ||S_O|| ||S_R||` absolute.
+//! the eight matrices (lane vectors `[f64; 8]`, AVX2/FMA by runtime dispatch) and whose QR
+//! chases advance all eight lanes together, one chase step at a time (lane-parallel square roots
+//! and divisions); larger `N` (and any lane that does not converge) go to faer's SVD. Every
+//! worker thread keeps its buffers across the channels it takes. Nothing is squared, so small
+//! singular values keep the accuracy of an SVD of `S_O^T S_R`, i.e. about
+//! `eps * ||S_O|| ||S_R||` absolute.
+//!
+//! # Memory
+//!
+//! The backward factors are needed in the reverse order of their computation. When the factors
+//! of all requested splits of a channel fit in a fixed budget (64 MiB, less when the system has
+//! little memory available) they are stored; otherwise the first backward sweep keeps only a
+//! checkpoint per block of about `sqrt(n_splits)` splits, and each block is recomputed from its
+//! checkpoint when the forward sweep reaches it (one more backward sweep of work, about
+//! `2 sqrt(n_splits)` factors held). The recomputation repeats the same operations, so the
+//! results do not depend on the budget. Per worker the kernel also holds the channel's factors
+//! (`O(L N)` for diagonal transitions); [`mamba_ess`] forms them from the native Mamba
+//! parameters per channel, so no `(D, L, N)` array exists anywhere.
 //!
 //! # Scaling
 //!
@@ -100,13 +114,25 @@ fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
     if f.b.len() != bc {
         return Err(Error::shape(
             "B",
-            format!("expected {} x {} x {} = {bc} values, got {}", f.batch, f.l, f.n, f.b.len()),
+            format!(
+                "expected {} x {} x {} = {bc} values, got {}",
+                f.batch,
+                f.l,
+                f.n,
+                f.b.len()
+            ),
         ));
     }
     if f.c.len() != bc {
         return Err(Error::shape(
             "C",
-            format!("expected {} x {} x {} = {bc} values (the shape of B), got {}", f.batch, f.l, f.n, f.c.len()),
+            format!(
+                "expected {} x {} x {} = {bc} values (the shape of B), got {}",
+                f.batch,
+                f.l,
+                f.n,
+                f.c.len()
+            ),
         ));
     }
     let (dims, what): (Vec<usize>, &str) = match f.kind {
@@ -117,7 +143,10 @@ fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
     };
     let na = checked_size("A", &dims)?;
     if f.a.len() != na {
-        return Err(Error::shape("A", format!("expected {what} = {na} values, got {}", f.a.len())));
+        return Err(Error::shape(
+            "A",
+            format!("expected {what} = {na} values, got {}", f.a.len()),
+        ));
     }
     check_finite("A", f.a)?;
     check_finite("B", f.b)?;
@@ -129,8 +158,156 @@ fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
 /// module docs for the convention). Returns curves of shape `(batch, n_positions)`.
 pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Result<EssCurves> {
     validate(f)?;
-    let tol = Tolerance::new(opts.atol, opts.rtol, F::EPS)?;
-    let l = f.l;
+    let (l, n) = (f.l, f.n);
+    let fill = |ch: usize, chan: &mut Channel| -> Result<()> {
+        let conv = |dst: &mut Vec<f64>, x: &[F]| {
+            dst.clear();
+            dst.extend(x.iter().map(|&v| -> f64 { v.into() }));
+        };
+        match f.kind {
+            Transition::Identity => chan.a.clear(),
+            Transition::Scalar => conv(&mut chan.a, &f.a[ch * l..(ch + 1) * l]),
+            Transition::Diagonal => conv(&mut chan.a, &f.a[ch * l * n..(ch + 1) * l * n]),
+            Transition::Dense => conv(&mut chan.a, &f.a[ch * l * n * n..(ch + 1) * l * n * n]),
+        }
+        conv(&mut chan.b, &f.b[ch * l * n..(ch + 1) * l * n]);
+        conv(&mut chan.c, &f.c[ch * l * n..(ch + 1) * l * n]);
+        Ok(())
+    };
+    run(f.batch, l, n, f.kind, F::EPS, &fill, opts)
+}
+
+/// A selective SSM (Mamba / S6) layer in its native parameterisation, all float64, row-major.
+/// Channel `d` is the diagonal system `A_t = diag(exp(delta[t, d] A[d, :]))`,
+/// `b_t = delta[t, d] B[t]`, `c_t = C[t]` (as in the Python `ess.structured.mamba_ess`); the
+/// factors are formed per channel on the fly, never as `(D, L, N)` arrays.
+#[derive(Clone, Copy, Debug)]
+pub struct MambaFactors<'a> {
+    /// Channels `D`.
+    pub channels: usize,
+    /// Sequence length `L`.
+    pub l: usize,
+    /// State size `N`.
+    pub n: usize,
+    /// `A`: `D x N`.
+    pub a: &'a [f64],
+    /// Step sizes `delta`: `L x D`.
+    pub delta: &'a [f64],
+    /// `B`: `L x N` (shared by all channels) or `L x D x N`.
+    pub b: &'a [f64],
+    /// `C`: `L x N` or `L x D x N`.
+    pub c: &'a [f64],
+    /// Round the formed factors to float32 and use the float32 `eps`, as a float32
+    /// materialisation of the same factors would.
+    pub single: bool,
+}
+
+/// [`ssm_ess`] of the channels of a Mamba layer given by [`MambaFactors`].
+///
+/// Errors: `Shape` for inconsistent lengths, `NonFinite` for a non-finite input or a factor
+/// (`exp(delta A)`, `delta B`) that overflows the working precision.
+pub fn mamba_ess(m: &MambaFactors<'_>, opts: &StructuredOptions) -> Result<EssCurves> {
+    let (d, l, n) = (m.channels, m.l, m.n);
+    if l == 0 {
+        return Err(Error::shape("delta", "the sequence is empty (L = 0)"));
+    }
+    if n == 0 {
+        return Err(Error::shape("A", "the state dimension is empty (N = 0)"));
+    }
+    let dn = checked_size("A", &[d, n])?;
+    let ld = checked_size("delta", &[l, d])?;
+    let ln = checked_size("B", &[l, n])?;
+    let ldn = checked_size("B", &[l, d, n])?;
+    if m.a.len() != dn {
+        return Err(Error::shape(
+            "A",
+            format!("expected D x N = {dn} values, got {}", m.a.len()),
+        ));
+    }
+    if m.delta.len() != ld {
+        return Err(Error::shape(
+            "delta",
+            format!("expected L x D = {ld} values, got {}", m.delta.len()),
+        ));
+    }
+    for (name, x) in [("B", m.b), ("C", m.c)] {
+        if x.len() != ln && x.len() != ldn {
+            return Err(Error::shape(
+                name,
+                format!(
+                    "expected L x N = {ln} or L x D x N = {ldn} values, got {}",
+                    x.len()
+                ),
+            ));
+        }
+    }
+    check_finite("A", m.a)?;
+    check_finite("delta", m.delta)?;
+    check_finite("B", m.b)?;
+    check_finite("C", m.c)?;
+    // With D = 1 both layouts index alike.
+    let (b_shared, c_shared) = (m.b.len() == ln, m.c.len() == ln);
+    let round = |x: f64| if m.single { x as f32 as f64 } else { x };
+    let fill = |ch: usize, chan: &mut Channel| -> Result<()> {
+        chan.a.clear();
+        chan.b.clear();
+        chan.c.clear();
+        let ach = &m.a[ch * n..(ch + 1) * n];
+        for t in 0..l {
+            let dt = m.delta[t * d + ch];
+            let (bt, ct) = (
+                if b_shared {
+                    &m.b[t * n..(t + 1) * n]
+                } else {
+                    &m.b[(t * d + ch) * n..(t * d + ch + 1) * n]
+                },
+                if c_shared {
+                    &m.c[t * n..(t + 1) * n]
+                } else {
+                    &m.c[(t * d + ch) * n..(t * d + ch + 1) * n]
+                },
+            );
+            for k in 0..n {
+                let at = round((dt * ach[k]).exp());
+                let bk = round(dt * bt[k]);
+                if !at.is_finite() {
+                    return Err(Error::NonFinite {
+                        arg: "delta, A (exp(delta * A))".into(),
+                        index: (ch * l + t) * n + k,
+                    });
+                }
+                if !bk.is_finite() {
+                    return Err(Error::NonFinite {
+                        arg: "delta, B (delta * B)".into(),
+                        index: (ch * l + t) * n + k,
+                    });
+                }
+                chan.a.push(at);
+                chan.b.push(bk);
+                chan.c.push(round(ct[k]));
+            }
+        }
+        Ok(())
+    };
+    let eps = if m.single {
+        f32::EPSILON as f64
+    } else {
+        f64::EPSILON
+    };
+    run(d, l, n, Transition::Diagonal, eps, &fill, opts)
+}
+
+/// The curves of `batch` channels whose factors `fill` writes into a [`Channel`] (in f64).
+fn run(
+    batch: usize,
+    l: usize,
+    n: usize,
+    kind: Transition,
+    eps: f64,
+    fill: &(dyn Fn(usize, &mut Channel) -> Result<()> + Sync),
+    opts: &StructuredOptions,
+) -> Result<EssCurves> {
+    let tol = Tolerance::new(opts.atol, opts.rtol, eps)?;
     let positions: Vec<usize> = match &opts.positions {
         Some(p) => {
             validate_positions(p, l)?;
@@ -139,55 +316,120 @@ pub fn ssm_ess<F: Scalar>(f: &SsmFactors<'_, F>, opts: &StructuredOptions) -> Re
         None => (0..l).collect(),
     };
     let np = positions.len();
-    let out_len = checked_size("B", &[f.batch, np])?;
-    // Per channel the backward factors at the requested splits are stored: refuse, before
-    // anything is allocated, what the channels in flight (one per worker thread) cannot hold.
-    let per_channel = checked_size("B", &[np, f.n, f.n + 1, 8])?;
-    let in_flight = rayon::current_num_threads().min(f.batch).max(1) as u64;
-    crate::mem::gate(
-        "B",
-        (per_channel as u64).checked_mul(in_flight),
-        &format!(
-            "the backward factors of {in_flight} channel(s) in flight ({np} splits of an N = {} state each; \
-             fewer positions= or RAYON_NUM_THREADS reduce it)",
-            f.n
-        ),
-    )?;
+    let out_len = checked_size("B", &[batch, np])?;
     let want_tol = opts.method.wants_tolerance();
     let want_ent = opts.method.wants_entropy();
     let mut tol_out = vec![0.0; if want_tol { out_len } else { 0 }];
     let mut ent_out = vec![0.0; if want_ent { out_len } else { 0 }];
-    if np > 0 && f.batch > 0 {
-        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(f.batch);
-        let mut ti = if want_tol { Some(tol_out.chunks_mut(np)) } else { None };
-        let mut ei = if want_ent { Some(ent_out.chunks_mut(np)) } else { None };
-        for b in 0..f.batch {
-            rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
+    if np > 0 && batch > 0 {
+        // Per worker: the channel's factors (3 x L x N at most for diagonal transitions) and a
+        // bounded window of backward factors (see `plan_window`).
+        let a_len = match kind {
+            Transition::Identity => 0,
+            Transition::Scalar => l,
+            Transition::Diagonal => checked_size("B", &[l, n])?,
+            Transition::Dense => checked_size("A", &[l, n, n])?,
+        };
+        let in_flight = rayon::current_num_threads().min(batch).max(1) as u64;
+        let budget = window_budget(in_flight);
+        let per_worker = checked_size("B", &[l, n, 2])?
+            .checked_add(a_len)
+            .and_then(|x| x.checked_add(plan_window(np, n, budget).1))
+            .and_then(|x| x.checked_mul(8));
+        crate::mem::gate(
+            "B",
+            per_worker.and_then(|x| (x as u64).checked_mul(in_flight)),
+            &format!("the working buffers of {in_flight} channel(s) in flight (L = {l}, N = {n})"),
+        )?;
+        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> =
+            Vec::with_capacity(batch);
+        let mut ti = if want_tol {
+            Some(tol_out.chunks_mut(np))
+        } else {
+            None
+        };
+        let mut ei = if want_ent {
+            Some(ent_out.chunks_mut(np))
+        } else {
+            None
+        };
+        for b in 0..batch {
+            rows.push((
+                b,
+                ti.as_mut().and_then(|it| it.next()),
+                ei.as_mut().and_then(|it| it.next()),
+            ));
         }
         // Channels are independent small problems: one workspace per worker thread, reused across the
         // channels it takes (no allocation or page faults per channel or split).
-        rows.into_par_iter().with_min_len(4).try_for_each_init(Workspace::default, |ws, (ch, tr, er)| {
-            let res = one_channel(f, ch, &positions, &tol, want_tol, want_ent, ws)?;
-            if let Some(tr) = tr {
-                for (o, r) in tr.iter_mut().zip(&res) {
-                    *o = r.0;
+        rows.into_par_iter().with_min_len(4).try_for_each_init(
+            Workspace::default,
+            |ws, (ch, tr, er)| {
+                crate::interrupt::check()?;
+                let mut chan = ws.chan.take().unwrap_or(Channel {
+                    kind,
+                    n,
+                    a: Vec::new(),
+                    b: Vec::new(),
+                    c: Vec::new(),
+                });
+                chan.kind = kind;
+                chan.n = n;
+                fill(ch, &mut chan)?;
+                let res = one_channel(&chan, l, &positions, &tol, want_tol, want_ent, budget, ws);
+                ws.chan = Some(chan);
+                let res = res?;
+                if let Some(tr) = tr {
+                    for (o, r) in tr.iter_mut().zip(&res) {
+                        *o = r.0;
+                    }
                 }
-            }
-            if let Some(er) = er {
-                for (o, r) in er.iter_mut().zip(&res) {
-                    *o = r.1;
+                if let Some(er) = er {
+                    for (o, r) in er.iter_mut().zip(&res) {
+                        *o = r.1;
+                    }
                 }
-            }
-            Ok::<(), Error>(())
-        })?;
+                Ok::<(), Error>(())
+            },
+        )?;
     }
     Ok(EssCurves {
-        batch: f.batch,
+        batch,
         n_positions: np,
         tolerance: want_tol.then_some(tol_out),
         entropy: want_ent.then_some(ent_out),
     })
 }
+
+/// Backward factors kept at once per channel: `(window, f64 values)`. All of them when they fit
+/// in `budget` bytes; otherwise a window of about `sqrt(np)` splits, recomputed block by block
+/// from checkpoints taken in one first backward sweep (about `2 sqrt(np)` factors in all, and
+/// one more backward sweep of work).
+fn plan_window(np: usize, n: usize, budget: usize) -> (usize, usize) {
+    let per = n.saturating_mul(n + 2).max(1);
+    let all = np.saturating_mul(per);
+    if all.saturating_mul(8) <= budget {
+        return (np.max(1), all);
+    }
+    let w = ((np as f64).sqrt().ceil() as usize).max(1);
+    let ncp = np.div_ceil(w) + 1;
+    (w, (w + ncp).saturating_mul(per))
+}
+
+/// Per-channel bytes of stored backward factors above which the sweep switches to checkpoints:
+/// 64 MiB, or less when the system has little memory available for the workers in flight.
+fn window_budget(in_flight: u64) -> usize {
+    let o = WINDOW_BYTES_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed);
+    if o > 0 {
+        return o;
+    }
+    let avail = crate::mem::available().map_or(u64::MAX, |a| a / 4 / in_flight.max(1));
+    (64u64 << 20).min(avail) as usize
+}
+
+/// Test hook: a nonzero value replaces [`window_budget`] (the results do not depend on it).
+static WINDOW_BYTES_OVERRIDE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// `x * 2^e`, exact whenever the result is a normal number, never overflowing in between.
 #[inline]
@@ -230,6 +472,12 @@ fn exponent(x: f64) -> i64 {
     }
 }
 
+/// `x * 2^-k` for a row scaling: one exact multiplication in the common range, [`ldexp`] beyond.
+#[inline(always)]
+fn scale_pow2(k: i64) -> Option<f64> {
+    (-1000..=1000).contains(&k).then(|| pow2(-k))
+}
+
 /// A lower-triangular `N x N` factor with per-row power-of-two exponents:
 /// true factor `= diag(2^e) S`. Column-major storage (`s[j * n + i] = S[i, j]`).
 #[derive(Clone)]
@@ -237,13 +485,32 @@ struct Factor {
     n: usize,
     s: Vec<f64>,
     e: Vec<i64>,
+    /// `rz[i]`: row `i` of `S` is zero (kept by [`Factor::normalise`], which every update ends with).
+    rz: Vec<bool>,
     /// Whether `S` is currently lower triangular (false after a dense transition).
     tri: bool,
+    /// Scratch of length `n`.
+    buf: Vec<f64>,
 }
 
 impl Factor {
     fn zeros(n: usize) -> Self {
-        Factor { n, s: vec![0.0; n * n], e: vec![0; n], tri: true }
+        Factor {
+            n,
+            s: vec![0.0; n * n],
+            e: vec![0; n],
+            rz: vec![true; n],
+            tri: true,
+            buf: vec![0.0; n],
+        }
+    }
+
+    /// Becomes a copy of `o` (same `n`), without allocation.
+    fn assign(&mut self, o: &Factor) {
+        self.s.copy_from_slice(&o.s);
+        self.e.copy_from_slice(&o.e);
+        self.rz.copy_from_slice(&o.rz);
+        self.tri = o.tri;
     }
 
     #[inline]
@@ -261,52 +528,100 @@ impl Factor {
         }
     }
 
-    /// Rescale each row to max-norm in `[1, 2)` (zero rows get exponent 0).
-    fn normalise(&mut self) {
+    /// First row of column `j` that may be nonzero.
+    #[inline]
+    fn col_start(&self, j: usize) -> usize {
+        if self.tri {
+            j
+        } else {
+            0
+        }
+    }
+
+    /// `S[i, :] *= f[i]` for every row, column by column (contiguous).
+    fn scale_rows(&mut self, f: &[f64]) {
         let n = self.n;
-        for i in 0..n {
-            let cols = self.row_cols(i);
-            let mut m = 0.0f64;
-            for j in cols.clone() {
-                m = m.max(self.s[j * n + i].abs());
-            }
-            if m == 0.0 {
-                self.e[i] = 0;
-                continue;
-            }
-            let k = exponent(m);
-            if k != 0 {
-                for j in cols {
-                    self.s[j * n + i] = ldexp(self.s[j * n + i], -k);
-                }
-                self.e[i] += k;
+        for j in 0..n {
+            let r0 = self.col_start(j);
+            for (x, &fi) in self.s[j * n + r0..(j + 1) * n].iter_mut().zip(&f[r0..n]) {
+                *x *= fi;
             }
         }
     }
 
-    /// `S <- diag(a) S` (scalar `a` when `diag` has one entry).
-    fn mul_diag(&mut self, a: &[f64]) {
+    /// Rescale each row to max-norm in `[1, 2)` (zero rows get exponent 0).
+    fn normalise(&mut self) {
         let n = self.n;
-        for i in 0..n {
-            let ai = if a.len() == 1 { a[0] } else { a[i] };
-            let cols = self.row_cols(i);
-            if ai == 0.0 {
-                for j in cols {
-                    self.s[j * n + i] = 0.0;
-                }
-                self.e[i] = 0;
-            } else if ai != 1.0 {
-                // |S| < 2, so the product stays finite (|ai| < 2^1023) until normalised,
-                // except |ai| >= 2^1023, handled by splitting off the exponent.
-                let k = exponent(ai);
-                let am = ldexp(ai, -k);
-                for j in cols {
-                    self.s[j * n + i] *= am;
-                }
-                self.e[i] += k;
+        let mut m = std::mem::take(&mut self.buf);
+        m.iter_mut().for_each(|x| *x = 0.0);
+        for j in 0..n {
+            let r0 = self.col_start(j);
+            for (mi, x) in m[r0..n].iter_mut().zip(&self.s[j * n + r0..(j + 1) * n]) {
+                *mi = mi.max(x.abs());
             }
         }
-        self.normalise();
+        let mut any = false;
+        for (i, mi) in m.iter_mut().enumerate() {
+            if *mi == 0.0 {
+                self.e[i] = 0;
+                self.rz[i] = true;
+                *mi = 1.0;
+                continue;
+            }
+            self.rz[i] = false;
+            let k = exponent(*mi);
+            *mi = 1.0;
+            if k == 0 {
+                continue;
+            }
+            self.e[i] += k;
+            match scale_pow2(k) {
+                Some(f) => {
+                    *mi = f;
+                    any = true;
+                }
+                None => {
+                    for j in self.row_cols(i) {
+                        self.s[j * n + i] = ldexp(self.s[j * n + i], -k);
+                    }
+                }
+            }
+        }
+        if any {
+            self.scale_rows(&m);
+        }
+        self.buf = m;
+    }
+
+    /// `S <- diag(a) S` (scalar `a` when `diag` has one entry). Leaves rows of max-norm in
+    /// `[1, 4)` rather than `[1, 2)`.
+    fn mul_diag(&mut self, a: &[f64]) {
+        let n = self.n;
+        let mut f = std::mem::take(&mut self.buf);
+        let mut any = false;
+        for i in 0..n {
+            let ai = if a.len() == 1 { a[0] } else { a[i] };
+            f[i] = 1.0;
+            if ai == 0.0 {
+                f[i] = 0.0;
+                self.e[i] = 0;
+                self.rz[i] = true;
+                any = true;
+            } else if ai != 1.0 {
+                // |S| < 2 and the mantissa of ai is in [1, 2): the product stays finite; the
+                // exponent of ai goes to e (|ai| >= 2^1023 included).
+                let k = exponent(ai);
+                f[i] = ldexp(ai, -k);
+                self.e[i] += k;
+                any = true;
+            }
+        }
+        if any {
+            self.scale_rows(&f);
+        }
+        self.buf = f;
+        // Not normalised: rows now have max-norm in [1, 4) (zero rows flagged above), which the
+        // next append (every sweep alternates the two) takes as it is and normalises.
     }
 
     /// `S <- A S` (or `A^T S` when `transpose`), `A` row-major `n x n`; re-triangularised.
@@ -328,6 +643,7 @@ impl Factor {
         if amax == 0.0 {
             self.s.iter_mut().for_each(|x| *x = 0.0);
             self.e.iter_mut().for_each(|x| *x = 0);
+            self.rz.iter_mut().for_each(|x| *x = true);
             self.tri = true;
             return;
         }
@@ -336,7 +652,13 @@ impl Factor {
         // Column scale of A': 2^(e_k - emax) <= 1; the result carries exponent emax + ka.
         let cs: Vec<f64> = self.e.iter().map(|&e| ldexp(1.0, e - emax)).collect();
         let emax = emax + ka;
-        let aij = |i: usize, k: usize| if transpose { a_s[k * n + i] } else { a_s[i * n + k] };
+        let aij = |i: usize, k: usize| {
+            if transpose {
+                a_s[k * n + i]
+            } else {
+                a_s[i * n + k]
+            }
+        };
         // M^T (n x n) = (A' S)^T, built directly: MT[j, i] = sum_k A'[i, k] S[k, j].
         let mt = Mat::<f64>::from_fn(n, n, |j, i| {
             let mut acc = 0.0;
@@ -383,44 +705,59 @@ impl Factor {
         debug_assert!(self.tri);
         let n = self.n;
         // Bring each row and v[i] to a common exponent.
-        let mut w = vec![0.0; n];
+        let mut w = std::mem::take(&mut self.buf);
+        let mut first = None;
         for i in 0..n {
+            w[i] = 0.0;
             if v[i] == 0.0 {
                 continue;
             }
+            first = first.or(Some(i));
             let ev = exponent(v[i]);
-            let row_zero = (0..=i).all(|j| self.s[j * n + i] == 0.0);
-            if row_zero {
+            if self.rz[i] {
                 self.e[i] = ev;
             } else if ev > self.e[i] {
                 let d = self.e[i] - ev;
-                for j in 0..=i {
-                    self.s[j * n + i] = ldexp(self.s[j * n + i], d);
+                match scale_pow2(-d) {
+                    Some(f) => {
+                        for j in 0..=i {
+                            self.s[j * n + i] *= f;
+                        }
+                    }
+                    None => {
+                        for j in 0..=i {
+                            self.s[j * n + i] = ldexp(self.s[j * n + i], d);
+                        }
+                    }
                 }
                 self.e[i] = ev;
             }
-            w[i] = ldexp(v[i], -self.e[i]);
+            w[i] = match scale_pow2(self.e[i]) {
+                Some(f) => v[i] * f,
+                None => ldexp(v[i], -self.e[i]),
+            };
         }
-        for j in 0..n {
-            if w[j] == 0.0 && w[j..].iter().all(|&x| x == 0.0) {
-                break;
-            }
-            let x = self.s[j * n + j];
-            let y = w[j];
-            if y == 0.0 {
-                continue;
-            }
-            let r = fast_hypot(x, y);
-            let (c, s) = (x / r, y / r);
-            self.s[j * n + j] = r;
-            w[j] = 0.0;
-            let col = &mut self.s[j * n + j + 1..(j + 1) * n];
-            for (p, q) in col.iter_mut().zip(w[j + 1..].iter_mut()) {
-                let (a, b) = (*p, *q);
-                *p = c * a + s * b;
-                *q = c * b - s * a;
+        // Rotations fill the entries of w below the first nonzero one: sweep from there to the end.
+        if let Some(first) = first {
+            for j in first..n {
+                let y = w[j];
+                if y == 0.0 {
+                    continue;
+                }
+                let x = self.s[j * n + j];
+                let r = fast_hypot(x, y);
+                let (c, s) = (x / r, y / r);
+                self.s[j * n + j] = r;
+                w[j] = 0.0;
+                let col = &mut self.s[j * n + j + 1..(j + 1) * n];
+                for (p, q) in col.iter_mut().zip(w[j + 1..n].iter_mut()) {
+                    let (a, b) = (*p, *q);
+                    *p = c * a + s * b;
+                    *q = c * b - s * a;
+                }
             }
         }
+        self.buf = w;
         self.normalise();
     }
 }
@@ -432,6 +769,7 @@ enum Step<'v> {
     Dense(&'v [f64]),
 }
 
+/// The factors of one channel in f64 (buffers reused across the channels of a worker).
 struct Channel {
     kind: Transition,
     n: usize,
@@ -441,28 +779,6 @@ struct Channel {
 }
 
 impl Channel {
-    /// The factors of channel `ch` in f64, in buffers recycled from `old` (no allocation, hence no
-    /// page faults, per channel).
-    fn new<F: Scalar>(f: &SsmFactors<'_, F>, ch: usize, old: Option<Channel>) -> Self {
-        let (l, n) = (f.l, f.n);
-        let (mut a, mut b, mut c) = match old {
-            Some(o) => (o.a, o.b, o.c),
-            None => (Vec::new(), Vec::new(), Vec::new()),
-        };
-        let conv = |dst: &mut Vec<f64>, x: &[F]| {
-            dst.clear();
-            dst.extend(x.iter().map(|&v| -> f64 { v.into() }));
-        };
-        match f.kind {
-            Transition::Identity => a.clear(),
-            Transition::Scalar => conv(&mut a, &f.a[ch * l..(ch + 1) * l]),
-            Transition::Diagonal => conv(&mut a, &f.a[ch * l * n..(ch + 1) * l * n]),
-            Transition::Dense => conv(&mut a, &f.a[ch * l * n * n..(ch + 1) * l * n * n]),
-        }
-        conv(&mut b, &f.b[ch * l * n..(ch + 1) * l * n]);
-        conv(&mut c, &f.c[ch * l * n..(ch + 1) * l * n]);
-        Channel { kind: f.kind, n, a, b, c }
-    }
     fn step(&self, t: usize) -> Step<'_> {
         let n = self.n;
         match self.kind {
@@ -484,122 +800,210 @@ impl Channel {
 /// Buffers of one worker, reused across channels.
 #[derive(Default)]
 struct Workspace {
+    /// Stored backward factors, transposed (`st_s[k * nn + r * n + i] = S_O[r, i]`), their
+    /// exponents and zero-row flags.
     st_s: Vec<f64>,
     st_e: Vec<i64>,
+    st_rz: Vec<bool>,
     st_tri: Vec<bool>,
-    st_idx: Vec<usize>,
+    /// Checkpoints of the backward sweep (only when the window does not hold every split).
+    cps: Vec<Factor>,
     lanes_a: Vec<f64>,
     svd: Option<BatchSvd>,
     chan: Option<Channel>,
 }
 
-fn one_channel<F: Scalar>(
-    f: &SsmFactors<'_, F>,
-    ch: usize,
+/// Store `so` in slot `k` of the window (transposed, see [`Workspace::st_s`]).
+fn store(
+    st_s: &mut [f64],
+    st_e: &mut [i64],
+    st_rz: &mut [bool],
+    st_tri: &mut [bool],
+    k: usize,
+    so: &Factor,
+) {
+    let n = so.n;
+    let nn = n * n;
+    let dst = &mut st_s[k * nn..(k + 1) * nn];
+    for j in 0..n {
+        for i in 0..n {
+            dst[i * n + j] = so.s[j * n + i];
+        }
+    }
+    st_e[k * n..(k + 1) * n].copy_from_slice(&so.e);
+    st_rz[k * n..(k + 1) * n].copy_from_slice(&so.rz);
+    st_tri[k] = so.tri;
+}
+
+/// Backward sweep `S_O(t) = tri(A_t^T [c_t, S_O(t+1)])` for `t = hi, hi-1, ..., lo`, calling
+/// `on(t, S_O(t))` after each step.
+fn sweep_back(
+    chan: &Channel,
+    so: &mut Factor,
+    hi: usize,
+    lo: usize,
+    mut on: impl FnMut(usize, &Factor),
+) -> Result<()> {
+    let n = chan.n;
+    for t in (lo..=hi).rev() {
+        if (hi - t).is_multiple_of(64) {
+            crate::interrupt::check()?;
+        }
+        so.append(&chan.c[t * n..(t + 1) * n]);
+        chan.apply(so, t, true);
+        on(t, so);
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn one_channel(
+    chan: &Channel,
+    l: usize,
     positions: &[usize],
     tol: &Tolerance,
     want_tol: bool,
     want_ent: bool,
+    budget: usize,
     ws: &mut Workspace,
 ) -> Result<Vec<(f64, f64)>> {
-    let (l, n) = (f.l, f.n);
-    let chan = Channel::new(f, ch, ws.chan.take());
+    let n = chan.n;
     let mut out = vec![(0.0, 0.0); positions.len()];
-    // Requested splits with 1 <= t <= L-1 (t = 0 is 0 by convention).
-    let mut slot = vec![usize::MAX; l];
-    for (idx, &p) in positions.iter().enumerate() {
-        if p >= 1 {
-            slot[p] = idx;
-        }
-    }
-    let Some(t_min) = (1..l).find(|&t| slot[t] != usize::MAX) else {
+    // Requested splits with 1 <= t <= L-1 (t = 0 is 0 by convention), increasing; out index of each.
+    let first = positions.partition_point(|&p| p < 1);
+    let ts = &positions[first..];
+    if ts.is_empty() {
         return Ok(out);
-    };
-    // Backward: S_O(t) = tri(A_t^T [c_t, S_O(t+1)]), S_O(L) = 0. Stored at requested t, in one
-    // flat buffer (no allocation per split).
-    let n_slots = (t_min..l).filter(|&t| slot[t] != usize::MAX).count();
-    let nn = n * n;
-    let need = checked_size("B", &[n_slots, nn])?;
-    let Workspace { st_s, st_e, st_tri, st_idx, lanes_a, svd, chan: chan_slot } = ws;
-    st_s.resize(need, 0.0);
-    st_e.resize(n_slots * n, 0);
-    st_tri.resize(n_slots, true);
-    st_idx.clear();
-    st_idx.resize(l, usize::MAX);
-    let mut so = Factor::zeros(n);
-    {
-        let mut k = 0usize;
-        for t in (t_min..l).rev() {
-            crate::interrupt::check()?;
-            so.append(&chan.c[t * n..(t + 1) * n]);
-            chan.apply(&mut so, t, true);
-            if slot[t] != usize::MAX {
-                st_s[k * nn..(k + 1) * nn].copy_from_slice(&so.s);
-                st_e[k * n..(k + 1) * n].copy_from_slice(&so.e);
-                st_tri[k] = so.tri;
-                st_idx[t] = k;
-                k += 1;
-            }
-        }
     }
-    drop(so);
+    let (t_min, t_max) = (ts[0], ts[ts.len() - 1]);
+    let nn = n * n;
+    // The window: `w` consecutive requested splits whose backward factors are held at once.
+    let (w, _) = plan_window(ts.len(), n, budget);
+    let w = w.min(ts.len());
+    let nblocks = ts.len().div_ceil(w);
+    let Workspace {
+        st_s,
+        st_e,
+        st_rz,
+        st_tri,
+        cps,
+        lanes_a,
+        svd,
+        chan: _,
+    } = ws;
+    st_s.resize(checked_size("B", &[w, nn])?, 0.0);
+    st_e.resize(w * n, 0);
+    st_rz.resize(w * n, true);
+    st_tri.resize(w, true);
+    // Backward from S_O(L) = 0. A single block is stored directly; otherwise the factor at the
+    // last split of every block is kept as its checkpoint, and each block is recomputed from it
+    // when the forward sweep reaches it.
+    let mut so = Factor::zeros(n);
+    if nblocks == 1 {
+        let mut k = ts.len();
+        sweep_back(chan, &mut so, l - 1, t_min, |t, f| {
+            if k > 0 && ts[k - 1] == t {
+                k -= 1;
+                store(st_s, st_e, st_rz, st_tri, k, f);
+            }
+        })?;
+    } else {
+        if cps.len() < nblocks || cps.first().is_some_and(|c| c.n != n) {
+            cps.clear();
+            cps.resize_with(nblocks, || Factor::zeros(n));
+        }
+        let mut b = nblocks;
+        sweep_back(chan, &mut so, l - 1, t_min, |t, f| {
+            // block b-1 ends at ts[min(b * w, len) - 1]
+            if b > 0 && ts[(b * w).min(ts.len()) - 1] == t {
+                b -= 1;
+                cps[b].assign(f);
+            }
+        })?;
+    }
     // Forward: S_R(1) = [b_0], S_R(t+1) = tri([A_t S_R(t), b_t]).
     let mut sr = Factor::zeros(n);
     sr.append(&chan.b[0..n]);
-    let t_max = (1..l).rev().find(|&t| slot[t] != usize::MAX).unwrap_or(t_min);
-    if svd.as_ref().map_or(true, |s| s.n != n) {
+    if svd.as_ref().is_none_or(|s| s.n != n) {
         *svd = Some(BatchSvd::new(n));
     }
     let svd = svd.as_mut().expect("workspace SVD");
     let mut g: Vec<Option<i64>> = vec![None; n];
     lanes_a.clear();
     lanes_a.resize(LANES * nn, 0.0);
-    let mut pending: Vec<(usize, i64)> = Vec::with_capacity(LANES);
+    let mut pending: Vec<(usize, usize, i64)> = Vec::with_capacity(LANES);
     // Singular values of the pending lanes -> curves.
-    let flush = |pending: &mut Vec<(usize, i64)>, lanes_a: &mut Vec<f64>, svd: &mut BatchSvd, out: &mut Vec<(f64, f64)>| -> Result<()> {
+    let flush = |pending: &mut Vec<(usize, usize, i64)>,
+                 lanes_a: &mut Vec<f64>,
+                 svd: &mut BatchSvd,
+                 out: &mut Vec<(f64, f64)>|
+     -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
         let sv = svd.values(lanes_a, pending.len())?;
-        for (lane, &(t, gmax)) in pending.iter().enumerate() {
+        for (lane, &(t, o, gmax)) in pending.iter().enumerate() {
             let mut sigma = sv[lane].clone();
             // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
             // (what the N x N product shows there is rounding).
             sigma.truncate(t.min(l - t));
             let smax = sigma.first().copied().unwrap_or(0.0);
             let tol_s = match tol.atol {
-                Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
+                Some(a) => Tolerance {
+                    atol: Some(ldexp(a, -gmax)),
+                    ..*tol
+                },
                 None => *tol,
             };
             let tau = tol_s.threshold(smax, l - t, t);
-            out[slot[t]] = (
-                if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+            out[o] = (
+                if want_tol {
+                    tolerance_count(&sigma, tau) as f64
+                } else {
+                    0.0
+                },
                 if want_ent { entropy_ess(&sigma) } else { 0.0 },
             );
         }
         pending.clear();
         Ok(())
     };
-    for t in 1..=t_max {
-        crate::interrupt::check()?;
-        if t > 1 {
-            chan.apply(&mut sr, t - 1, false);
-            sr.append(&chan.b[(t - 1) * n..t * n]);
+    let mut t = 1usize;
+    for (idx, &tq) in ts.iter().enumerate() {
+        let k = idx % w;
+        if nblocks > 1 && k == 0 {
+            // Recompute this block's backward factors from its checkpoint.
+            let blk = idx / w;
+            let hi_idx = ((blk + 1) * w).min(ts.len()) - 1;
+            so.assign(&cps[blk]);
+            store(st_s, st_e, st_rz, st_tri, hi_idx - idx, &so);
+            let mut kk = hi_idx - idx;
+            if ts[hi_idx] > tq {
+                sweep_back(chan, &mut so, ts[hi_idx] - 1, tq, |t, f| {
+                    if kk > 0 && ts[idx + kk - 1] == t {
+                        kk -= 1;
+                        store(st_s, st_e, st_rz, st_tri, kk, f);
+                    }
+                })?;
+            }
         }
-        if slot[t] == usize::MAX {
-            continue;
+        while t < tq {
+            if t.is_multiple_of(64) {
+                crate::interrupt::check()?;
+            }
+            chan.apply(&mut sr, t, false);
+            sr.append(&chan.b[t * n..(t + 1) * n]);
+            t += 1;
         }
-        let k = st_idx[t];
-        let so_s = &st_s[k * nn..(k + 1) * nn];
+        let o = first + idx;
+        let so_t = &st_s[k * nn..(k + 1) * nn];
         let so_e = &st_e[k * n..(k + 1) * n];
+        let so_rz = &st_rz[k * n..(k + 1) * n];
         let so_tri = st_tri[k];
         // Combined row exponents over rows that are nonzero in both factors.
-        let so_cols = |r: usize| if so_tri { 0..r + 1 } else { 0..n };
         let mut gmax: Option<i64> = None;
         for r in 0..n {
-            let nz_r = sr.row_cols(r).any(|j| sr.s[j * n + r] != 0.0);
-            let nz_o = so_cols(r).any(|j| so_s[j * n + r] != 0.0);
-            g[r] = (nz_r && nz_o).then(|| sr.e[r] + so_e[r]);
+            g[r] = (!sr.rz[r] && !so_rz[r]).then(|| sr.e[r] + so_e[r]);
             if let Some(x) = g[r] {
                 gmax = Some(gmax.map_or(x, |m: i64| m.max(x)));
             }
@@ -608,44 +1012,49 @@ fn one_channel<F: Scalar>(
             None => {
                 // a zero block: no singular value
                 let sigma: [f64; 0] = [];
-                let tau = tol.threshold(0.0, l - t, t);
-                out[slot[t]] = (
-                    if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+                let tau = tol.threshold(0.0, l - tq, tq);
+                out[o] = (
+                    if want_tol {
+                        tolerance_count(&sigma, tau) as f64
+                    } else {
+                        0.0
+                    },
                     if want_ent { entropy_ess(&sigma) } else { 0.0 },
                 );
             }
             Some(gmax) => {
-                // W = S_O^T diag(2^(g - gmax)) S_R into the next lane of the batch.
+                // W = S_O^T diag(2^(g - gmax)) S_R into the next lane of the batch:
+                // W[i, j] = sum_r S_O[r, i] 2^(g_r - gmax) S_R[r, j] (rows of S_O contiguous).
                 let lane = pending.len();
-                let w = &mut lanes_a[lane * nn..(lane + 1) * nn];
-                w.iter_mut().for_each(|x| *x = 0.0);
+                let wl = &mut lanes_a[lane * nn..(lane + 1) * nn];
+                wl.iter_mut().for_each(|x| *x = 0.0);
                 for r in 0..n {
                     let Some(gr) = g[r] else { continue };
                     let sc = ldexp(1.0, gr - gmax);
                     if sc == 0.0 {
                         continue;
                     }
-                    let ocols = so_cols(r);
+                    let ocols = if so_tri { r + 1 } else { n };
+                    let orow = &so_t[r * n..r * n + ocols];
                     for j in sr.row_cols(r) {
                         let srj = sr.s[j * n + r] * sc;
                         if srj == 0.0 {
                             continue;
                         }
-                        let col = &mut w[j * n..(j + 1) * n];
-                        for i in ocols.clone() {
-                            col[i] += so_s[i * n + r] * srj;
+                        for (x, &y) in wl[j * n..j * n + ocols].iter_mut().zip(orow) {
+                            *x += y * srj;
                         }
                     }
                 }
-                pending.push((t, gmax));
+                pending.push((tq, o, gmax));
                 if pending.len() == LANES {
                     flush(&mut pending, lanes_a, svd, &mut out)?;
                 }
             }
         }
     }
+    debug_assert!(t <= t_max);
     flush(&mut pending, lanes_a, svd, &mut out)?;
-    *chan_slot = Some(chan);
     Ok(out)
 }
 
@@ -690,7 +1099,14 @@ fn pythag(a: f64, b: f64) -> f64 {
 
 impl SmallSvd {
     fn new(n: usize) -> Self {
-        SmallSvd { n, a: vec![0.0; n * n], w: vec![0.0; n], rv1: vec![0.0; n], backup: vec![0.0; n * n], mem: None }
+        SmallSvd {
+            n,
+            a: vec![0.0; n * n],
+            w: vec![0.0; n],
+            rv1: vec![0.0; n],
+            backup: vec![0.0; n * n],
+            mem: None,
+        }
     }
 
     /// Singular values of `self.a` (destroyed), sorted decreasingly.
@@ -916,7 +1332,6 @@ impl SmallSvd {
     }
 }
 
-
 /// Splits whose singular values are computed together (interleaved, see [`BatchSvd`]).
 const LANES: usize = 8;
 
@@ -927,7 +1342,8 @@ const LANES: usize = 8;
 /// that does not converge falls back to [`SmallSvd`] (and faer).
 struct BatchSvd {
     n: usize,
-    a: Vec<f64>,
+    /// `a[j * n + i][lane]` = `A[i][j]` of that lane.
+    a: Vec<[f64; LANES]>,
     w: Vec<f64>,
     rv1: Vec<f64>,
     single: SmallSvd,
@@ -937,7 +1353,7 @@ impl BatchSvd {
     fn new(n: usize) -> Self {
         BatchSvd {
             n,
-            a: vec![0.0; n * n * LANES],
+            a: vec![[0.0; LANES]; n * n],
             w: vec![0.0; n * LANES],
             rv1: vec![0.0; n * LANES],
             single: SmallSvd::new(n),
@@ -958,9 +1374,9 @@ impl BatchSvd {
             return Ok(out);
         }
         const K: usize = LANES;
-        for q in 0..K {
-            for e in 0..nn {
-                self.a[e * K + q] = if q < m { src[q * nn + e] } else { 0.0 };
+        for (e, x) in self.a[..nn].iter_mut().enumerate() {
+            for (q, xq) in x.iter_mut().enumerate().take(K) {
+                *xq = if q < m { src[q * nn + e] } else { 0.0 };
             }
         }
         let ok = self.bidiagonalise_and_chase();
@@ -985,7 +1401,9 @@ impl BatchSvd {
         {
             use std::sync::OnceLock;
             static HAS: OnceLock<bool> = OnceLock::new();
-            if *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            if *HAS
+                .get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+            {
                 // SAFETY: the features were detected at run time.
                 return unsafe { self.body_avx2() };
             }
@@ -1002,143 +1420,153 @@ impl BatchSvd {
     #[inline(always)]
     fn body(&mut self) -> [bool; LANES] {
         const K: usize = LANES;
+        type V = [f64; LANES];
         let n = self.n;
-        let a = &mut self.a;
+        let a: &mut [V] = &mut self.a;
         let w = &mut self.w;
         let rv1 = &mut self.rv1;
-        let ix = |i: usize, j: usize| (j * n + i) * K; // A[i][j], lane 0
+        // Element-wise helpers on lane vectors: fixed-size loops that the compiler turns into
+        // SIMD instructions (two AVX2 registers per lane vector).
+        #[inline(always)]
+        fn fma_into(acc: &mut V, x: &V, y: &V) {
+            for q in 0..LANES {
+                acc[q] += x[q] * y[q];
+            }
+        }
+        #[inline(always)]
+        fn axpy(y: &mut V, s: &V, x: &V) {
+            for q in 0..LANES {
+                y[q] += s[q] * x[q];
+            }
+        }
+        #[inline(always)]
+        fn scale_by(x: &mut V, s: &V) {
+            for q in 0..LANES {
+                x[q] *= s[q];
+            }
+        }
+        #[inline(always)]
+        fn abs_into(acc: &mut V, x: &V) {
+            for q in 0..LANES {
+                acc[q] += x[q].abs();
+            }
+        }
+        #[inline(always)]
+        fn recip_or_zero(x: &V) -> V {
+            let mut r = [0.0; LANES];
+            for q in 0..LANES {
+                r[q] = if x[q] != 0.0 { 1.0 / x[q] } else { 0.0 };
+            }
+            r
+        }
         let mut g = [0.0f64; K];
         let mut scale = [0.0f64; K];
         let mut anorm = [0.0f64; K];
+        // dots[j]: per-row dot products of the right Householder step (n <= SMALL_SVD_MAX here).
+        let mut dots = [[0.0f64; K]; SMALL_SVD_MAX];
         for i in 0..n {
             let l = i + 1;
             for q in 0..K {
                 rv1[i * K + q] = scale[q] * g[q];
             }
-            // Left Householder on column i.
+            // Left Householder on column i (rows i..n, contiguous: A[k][i] = a[i * n + k]).
+            let (before, rest) = a.split_at_mut((i + 1) * n);
+            let coli = &mut before[i * n + i..];
             let mut sc = [0.0f64; K];
-            for k in i..n {
-                let b = ix(k, i);
-                for q in 0..K {
-                    sc[q] += a[b + q].abs();
-                }
+            for x in coli.iter() {
+                abs_into(&mut sc, x);
             }
-            let mut inv = [0.0f64; K];
-            for q in 0..K {
-                inv[q] = if sc[q] != 0.0 { 1.0 / sc[q] } else { 0.0 };
-            }
+            let inv = recip_or_zero(&sc);
             let mut ss = [0.0f64; K];
-            for k in i..n {
-                let b = ix(k, i);
-                for q in 0..K {
-                    let v = a[b + q] * inv[q];
-                    a[b + q] = v;
-                    ss[q] += v * v;
-                }
+            for x in coli.iter_mut() {
+                scale_by(x, &inv);
+                fma_into(&mut ss, x, x);
             }
             let mut hinv = [0.0f64; K];
             let mut gl = [0.0f64; K];
             {
-                let b = ix(i, i);
+                let x = &mut coli[0];
                 for q in 0..K {
-                    let f = a[b + q];
+                    let f = x[q];
                     let gg = -ss[q].sqrt().copysign(f);
                     let h = f * gg - ss[q];
                     hinv[q] = if h != 0.0 { 1.0 / h } else { 0.0 };
-                    a[b + q] = f - gg;
+                    x[q] = f - gg;
                     gl[q] = gg;
                 }
             }
             for j in l..n {
+                let colj = &mut rest[(j - l) * n + i..(j - l + 1) * n];
                 let mut sj = [0.0f64; K];
-                for k in i..n {
-                    let (bi, bj) = (ix(k, i), ix(k, j));
-                    for q in 0..K {
-                        sj[q] += a[bi + q] * a[bj + q];
-                    }
+                for (xi, xj) in coli.iter().zip(colj.iter()) {
+                    fma_into(&mut sj, xi, xj);
                 }
-                for q in 0..K {
-                    sj[q] *= hinv[q];
-                }
-                for k in i..n {
-                    let (bi, bj) = (ix(k, i), ix(k, j));
-                    for q in 0..K {
-                        a[bj + q] += sj[q] * a[bi + q];
-                    }
+                scale_by(&mut sj, &hinv);
+                for (xi, xj) in coli.iter().zip(colj.iter_mut()) {
+                    axpy(xj, &sj, xi);
                 }
             }
-            for k in i..n {
-                let b = ix(k, i);
-                for q in 0..K {
-                    a[b + q] *= sc[q];
-                }
+            for x in coli.iter_mut() {
+                scale_by(x, &sc);
             }
             for q in 0..K {
                 w[i * K + q] = sc[q] * gl[q];
             }
             g = [0.0; K];
             scale = [0.0; K];
-            // Right Householder on row i, columns l..n.
+            // Right Householder on row i, columns l..n (A[i][k] = a[k * n + i], stride n).
             if i + 1 != n {
                 let mut sc = [0.0f64; K];
                 for k in l..n {
-                    let b = ix(i, k);
-                    for q in 0..K {
-                        sc[q] += a[b + q].abs();
-                    }
+                    abs_into(&mut sc, &a[k * n + i]);
                 }
-                let mut inv = [0.0f64; K];
-                for q in 0..K {
-                    inv[q] = if sc[q] != 0.0 { 1.0 / sc[q] } else { 0.0 };
-                }
+                let inv = recip_or_zero(&sc);
                 let mut ss = [0.0f64; K];
                 for k in l..n {
-                    let b = ix(i, k);
-                    for q in 0..K {
-                        let v = a[b + q] * inv[q];
-                        a[b + q] = v;
-                        ss[q] += v * v;
-                    }
+                    let x = &mut a[k * n + i];
+                    scale_by(x, &inv);
+                    fma_into(&mut ss, x, x);
                 }
                 let mut hinv = [0.0f64; K];
                 {
-                    let b = ix(i, l);
+                    let x = &mut a[l * n + i];
                     for q in 0..K {
-                        let f = a[b + q];
+                        let f = x[q];
                         let gg = -ss[q].sqrt().copysign(f);
                         let h = f * gg - ss[q];
                         hinv[q] = if h != 0.0 { 1.0 / h } else { 0.0 };
-                        a[b + q] = f - gg;
+                        x[q] = f - gg;
                         g[q] = gg;
                     }
                 }
                 for k in l..n {
-                    let b = ix(i, k);
+                    let x = &a[k * n + i];
                     for q in 0..K {
-                        rv1[k * K + q] = a[b + q] * hinv[q];
+                        rv1[k * K + q] = x[q] * hinv[q];
                     }
                 }
-                // rows j > i: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..]
-                for j in l..n {
-                    let mut d = [0.0f64; K];
-                    for k in l..n {
-                        let (bj, bi) = (ix(j, k), ix(i, k));
-                        for q in 0..K {
-                            d[q] += a[bj + q] * a[bi + q];
-                        }
-                    }
-                    for k in l..n {
-                        let bj = ix(j, k);
-                        for q in 0..K {
-                            a[bj + q] += d[q] * rv1[k * K + q];
-                        }
+                // rows j > i: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..], column by column
+                // (columns are contiguous in j).
+                for d in dots[l..n].iter_mut() {
+                    *d = [0.0; K];
+                }
+                for k in l..n {
+                    let col = &a[k * n..(k + 1) * n];
+                    let aik = col[i];
+                    for (d, x) in dots[l..n].iter_mut().zip(&col[l..n]) {
+                        fma_into(d, x, &aik);
                     }
                 }
                 for k in l..n {
-                    let b = ix(i, k);
-                    for q in 0..K {
-                        a[b + q] *= sc[q];
+                    let mut r = [0.0f64; K];
+                    r.copy_from_slice(&rv1[k * K..(k + 1) * K]);
+                    let col = &mut a[k * n..(k + 1) * n];
+                    for (x, d) in col[l..n].iter_mut().zip(&dots[l..n]) {
+                        axpy(x, d, &r);
                     }
+                }
+                for k in l..n {
+                    scale_by(&mut a[k * n + i], &sc);
                 }
                 scale = sc;
             }
@@ -1241,47 +1669,84 @@ impl BatchSvd {
                 xx[q] = x;
                 maxcnt = maxcnt.max(cnt[q]);
             }
+            // The steps of the lanes' chases, all lanes at once (lane-parallel arithmetic, the
+            // square roots and divisions included); a lane past its last step keeps its state.
             for step in 0..maxcnt {
+                let mut act = [false; K];
+                let mut gg = [0.0f64; K];
+                let mut y = [0.0f64; K];
                 for q in 0..K {
-                    if step >= cnt[q] {
+                    act[q] = step < cnt[q];
+                    if act[q] {
+                        let i = lo[q] + step + 1;
+                        gg[q] = rv1[wi(i, q)];
+                        y[q] = w[wi(i, q)];
+                    }
+                }
+                let (mut c, mut s, mut f, mut x) = (cc, sn, ff, xx);
+                let mut h = [0.0f64; K];
+                let mut z1 = [0.0f64; K];
+                let mut z2 = [0.0f64; K];
+                let mut risky = false;
+                for q in 0..K {
+                    h[q] = s[q] * gg[q];
+                    gg[q] *= c[q];
+                    let sq = f[q] * f[q] + h[q] * h[q];
+                    z1[q] = sq.sqrt();
+                    risky |= !(sq > 1e-290 && sq < 1e290);
+                }
+                if risky {
+                    for q in 0..K {
+                        z1[q] = fast_hypot(f[q], h[q]);
+                    }
+                }
+                for q in 0..K {
+                    let iz = 1.0 / z1[q];
+                    c[q] = f[q] * iz;
+                    s[q] = h[q] * iz;
+                    f[q] = x[q] * c[q] + gg[q] * s[q];
+                    gg[q] = gg[q] * c[q] - x[q] * s[q];
+                    h[q] = y[q] * s[q];
+                    y[q] *= c[q];
+                }
+                let mut risky = false;
+                for q in 0..K {
+                    let sq = f[q] * f[q] + h[q] * h[q];
+                    z2[q] = sq.sqrt();
+                    risky |= !(sq > 1e-290 && sq < 1e290);
+                }
+                if risky {
+                    for q in 0..K {
+                        z2[q] = fast_hypot(f[q], h[q]);
+                    }
+                }
+                for q in 0..K {
+                    if z2[q] != 0.0 {
+                        let iz = 1.0 / z2[q];
+                        c[q] = f[q] * iz;
+                        s[q] = h[q] * iz;
+                    }
+                    f[q] = c[q] * gg[q] + s[q] * y[q];
+                    x[q] = c[q] * y[q] - s[q] * gg[q];
+                }
+                for q in 0..K {
+                    if !act[q] {
                         continue;
                     }
-                    let j = lo[q] + step;
-                    let i = j + 1;
-                    let (mut c, mut s, mut f, mut x) = (cc[q], sn[q], ff[q], xx[q]);
-                    let mut gg = rv1[wi(i, q)];
-                    let mut y = w[wi(i, q)];
-                    let mut h = s * gg;
-                    gg *= c;
-                    let mut z = fast_hypot(f, h);
-                    rv1[wi(j, q)] = z;
-                    if z == 0.0 {
+                    if z1[q] == 0.0 {
                         // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
                         ok[q] = false;
                         done[q] = true;
                         cnt[q] = 0;
                         continue;
                     }
-                    let iz = 1.0 / z;
-                    c = f * iz;
-                    s = h * iz;
-                    f = x * c + gg * s;
-                    gg = gg * c - x * s;
-                    h = y * s;
-                    y *= c;
-                    z = fast_hypot(f, h);
-                    w[wi(j, q)] = z;
-                    if z != 0.0 {
-                        let iz = 1.0 / z;
-                        c = f * iz;
-                        s = h * iz;
-                    }
-                    f = c * gg + s * y;
-                    x = c * y - s * gg;
-                    cc[q] = c;
-                    sn[q] = s;
-                    ff[q] = f;
-                    xx[q] = x;
+                    let j = lo[q] + step;
+                    rv1[wi(j, q)] = z1[q];
+                    w[wi(j, q)] = z2[q];
+                    cc[q] = c[q];
+                    sn[q] = s[q];
+                    ff[q] = f[q];
+                    xx[q] = x[q];
                 }
             }
             for q in 0..K {
@@ -1318,8 +1783,16 @@ fn singular_values(m: MatRef<'_, f64>, mem: &mut MemBuffer) -> Result<Vec<f64>> 
         return Ok(Vec::new());
     }
     let mut s = faer::diag::Diag::<f64>::zeros(n);
-    faer::linalg::svd::svd(m, s.as_mut(), None, None, Par::Seq, MemStack::new(mem), Default::default())
-        .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
+    faer::linalg::svd::svd(
+        m,
+        s.as_mut(),
+        None,
+        None,
+        Par::Seq,
+        MemStack::new(mem),
+        Default::default(),
+    )
+    .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
     let mut v: Vec<f64> = s.column_vector().iter().map(|x| x.abs()).collect();
     v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
     Ok(v)
@@ -1330,12 +1803,21 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
     }
 
     /// Materialise T densely (f64) from the factors of channel 0.
-    fn materialise(kind: Transition, l: usize, n: usize, a: &[f64], b: &[f64], c: &[f64]) -> Vec<f64> {
+    fn materialise(
+        kind: Transition,
+        l: usize,
+        n: usize,
+        a: &[f64],
+        b: &[f64],
+        c: &[f64],
+    ) -> Vec<f64> {
         let mut t_op = vec![0.0; l * l];
         for s in 0..l {
             // x = b_s, then x <- A_r x for r = s+1..t.
@@ -1360,7 +1842,12 @@ mod tests {
     #[test]
     fn agrees_with_dense_kernel() {
         let mut seed = 5u64;
-        for kind in [Transition::Identity, Transition::Scalar, Transition::Diagonal, Transition::Dense] {
+        for kind in [
+            Transition::Identity,
+            Transition::Scalar,
+            Transition::Diagonal,
+            Transition::Dense,
+        ] {
             for (l, n) in [(2usize, 1usize), (5, 3), (12, 4), (30, 6)] {
                 let na = match kind {
                     Transition::Identity => 0,
@@ -1371,15 +1858,37 @@ mod tests {
                 let a: Vec<f64> = (0..na).map(|_| 1.6 * lcg(&mut seed)).collect();
                 let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
                 let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
-                let f = SsmFactors { batch: 1, l, n, kind, a: &a, b: &b, c: &c };
-                let opts = StructuredOptions { rtol: Some(1e-9), ..Default::default() };
+                let f = SsmFactors {
+                    batch: 1,
+                    l,
+                    n,
+                    kind,
+                    a: &a,
+                    b: &b,
+                    c: &c,
+                };
+                let opts = StructuredOptions {
+                    rtol: Some(1e-9),
+                    ..Default::default()
+                };
                 let got = ssm_ess(&f, &opts).unwrap();
                 let op = materialise(kind, l, n, &a, &b, &c);
-                let dopts = super::super::DenseOptions { rtol: Some(1e-9), ..Default::default() };
+                let dopts = super::super::DenseOptions {
+                    rtol: Some(1e-9),
+                    ..Default::default()
+                };
                 let want = super::super::dense_ess(&op, 1, l, &dopts).unwrap();
                 assert_eq!(got.tolerance, want.tolerance, "{kind:?} L={l} N={n}");
-                for (x, y) in got.entropy.unwrap().iter().zip(want.entropy.unwrap().iter()) {
-                    assert!((x - y).abs() <= 1e-9 * y.max(1.0), "{kind:?} L={l} N={n}: {x} vs {y}");
+                for (x, y) in got
+                    .entropy
+                    .unwrap()
+                    .iter()
+                    .zip(want.entropy.unwrap().iter())
+                {
+                    assert!(
+                        (x - y).abs() <= 1e-9 * y.max(1.0),
+                        "{kind:?} L={l} N={n}: {x} vs {y}"
+                    );
                 }
             }
         }
@@ -1391,8 +1900,18 @@ mod tests {
         let (l, n) = (2000usize, 2usize);
         let a = vec![4.0; l];
         let b = vec![1.0; l * n];
-        let c: Vec<f64> = (0..l * n).map(|i| if i % 2 == 0 { 1.0 } else { -0.5 }).collect();
-        let f = SsmFactors { batch: 1, l, n, kind: Transition::Scalar, a: &a, b: &b, c: &c };
+        let c: Vec<f64> = (0..l * n)
+            .map(|i| if i % 2 == 0 { 1.0 } else { -0.5 })
+            .collect();
+        let f = SsmFactors {
+            batch: 1,
+            l,
+            n,
+            kind: Transition::Scalar,
+            a: &a,
+            b: &b,
+            c: &c,
+        };
         let got = ssm_ess(&f, &StructuredOptions::default()).unwrap();
         let tc = got.tolerance.unwrap();
         let en = got.entropy.unwrap();
@@ -1409,7 +1928,10 @@ mod tests {
         let d: Vec<f64> = (0..l * n).map(|_| 0.5 + lcg(&mut seed)).collect();
         let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
         let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
-        let opts = StructuredOptions { rtol: Some(1e-10), ..Default::default() };
+        let opts = StructuredOptions {
+            rtol: Some(1e-10),
+            ..Default::default()
+        };
         for e in [-900i64, 900] {
             let ad: Vec<f64> = d.iter().map(|&x| ldexp(x, e)).collect();
             let mut a = vec![0.0; l * n * n];
@@ -1418,27 +1940,84 @@ mod tests {
                     a[t * n * n + i * n + i] = ad[t * n + i];
                 }
             }
-            let fd = SsmFactors { batch: 1, l, n, kind: Transition::Diagonal, a: &ad, b: &b, c: &c };
-            let fm = SsmFactors { batch: 1, l, n, kind: Transition::Dense, a: &a, b: &b, c: &c };
+            let fd = SsmFactors {
+                batch: 1,
+                l,
+                n,
+                kind: Transition::Diagonal,
+                a: &ad,
+                b: &b,
+                c: &c,
+            };
+            let fm = SsmFactors {
+                batch: 1,
+                l,
+                n,
+                kind: Transition::Dense,
+                a: &a,
+                b: &b,
+                c: &c,
+            };
             let want = ssm_ess(&fd, &opts).unwrap();
             let got = ssm_ess(&fm, &opts).unwrap();
             assert_eq!(got.tolerance, want.tolerance);
             assert!(want.tolerance.as_ref().unwrap()[l / 2] >= 1.0);
-            for (x, y) in got.entropy.unwrap().iter().zip(want.entropy.as_ref().unwrap()) {
-                assert!(x.is_finite() && (x - y).abs() <= 1e-10 * y.max(1.0), "{x} vs {y}");
+            for (x, y) in got
+                .entropy
+                .unwrap()
+                .iter()
+                .zip(want.entropy.as_ref().unwrap())
+            {
+                assert!(
+                    x.is_finite() && (x - y).abs() <= 1e-10 * y.max(1.0),
+                    "{x} vs {y}"
+                );
             }
         }
     }
 
     #[test]
     fn bad_input() {
-        let f = SsmFactors::<f64> { batch: 1, l: 3, n: 0, kind: Transition::Identity, a: &[], b: &[], c: &[] };
-        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
+        let f = SsmFactors::<f64> {
+            batch: 1,
+            l: 3,
+            n: 0,
+            kind: Transition::Identity,
+            a: &[],
+            b: &[],
+            c: &[],
+        };
+        assert!(matches!(
+            ssm_ess(&f, &Default::default()),
+            Err(Error::Shape { .. })
+        ));
         let b = [1.0, f64::NAN, 0.0];
-        let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Identity, a: &[], b: &b, c: &[0.0; 3] };
-        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::NonFinite { .. })));
-        let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Scalar, a: &[1.0], b: &[0.0; 3], c: &[0.0; 3] };
-        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
+        let f = SsmFactors {
+            batch: 1,
+            l: 3,
+            n: 1,
+            kind: Transition::Identity,
+            a: &[],
+            b: &b,
+            c: &[0.0; 3],
+        };
+        assert!(matches!(
+            ssm_ess(&f, &Default::default()),
+            Err(Error::NonFinite { .. })
+        ));
+        let f = SsmFactors {
+            batch: 1,
+            l: 3,
+            n: 1,
+            kind: Transition::Scalar,
+            a: &[1.0],
+            b: &[0.0; 3],
+            c: &[0.0; 3],
+        };
+        assert!(matches!(
+            ssm_ess(&f, &Default::default()),
+            Err(Error::Shape { .. })
+        ));
     }
 
     #[test]
@@ -1491,7 +2070,10 @@ mod tests {
                 let want = singular_values(m, &mut mem).unwrap();
                 let s1 = want[0].max(1e-300);
                 for (x, y) in got.iter().zip(&want) {
-                    assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} case={case}: {got:?} vs {want:?}");
+                    assert!(
+                        (x - y).abs() <= 1e-13 * s1 * n as f64,
+                        "n={n} case={case}: {got:?} vs {want:?}"
+                    );
                 }
             }
         }
@@ -1522,7 +2104,11 @@ mod tests {
                 let want = s.values().unwrap();
                 let s1 = want[0].max(1e-300);
                 for (x, y) in got[q].iter().zip(&want) {
-                    assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} lane={q}: {:?} vs {want:?}", got[q]);
+                    assert!(
+                        (x - y).abs() <= 1e-13 * s1 * n as f64,
+                        "n={n} lane={q}: {:?} vs {want:?}",
+                        got[q]
+                    );
                 }
             }
         }
@@ -1552,14 +2138,128 @@ mod tests {
         }
         let t2 = t0.elapsed();
         let m = MatRef::from_column_major_slice(&src[..n * n], n, n);
-        let mut mem = MemBuffer::new(faer::linalg::svd::svd_scratch::<f64>(n, n, faer::linalg::svd::ComputeSvdVectors::No, faer::linalg::svd::ComputeSvdVectors::No, Par::Seq, Default::default()));
+        let mut mem = MemBuffer::new(faer::linalg::svd::svd_scratch::<f64>(
+            n,
+            n,
+            faer::linalg::svd::ComputeSvdVectors::No,
+            faer::linalg::svd::ComputeSvdVectors::No,
+            Par::Seq,
+            Default::default(),
+        ));
         let t0 = std::time::Instant::now();
         for _ in 0..reps * LANES {
             acc += singular_values(m, &mut mem).unwrap()[0];
         }
         let t3 = t0.elapsed();
         let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / (reps * LANES) as f64;
-        eprintln!("n=16 per matrix: single GR {:.2} us, batched GR {:.2} us, faer {:.2} us ({acc})", per(t1), per(t2), per(t3));
+        eprintln!(
+            "n=16 per matrix: single GR {:.2} us, batched GR {:.2} us, faer {:.2} us ({acc})",
+            per(t1),
+            per(t2),
+            per(t3)
+        );
+    }
+
+    /// The checkpointed backward sweep (a window smaller than the requested splits) gives the
+    /// same curves, bit for bit, as storing every split; with and without `positions`.
+    #[test]
+    fn windowed_backward_factors_equal_stored() {
+        let (batch, l, n) = (3usize, 150usize, 5usize);
+        let mut seed = 11u64;
+        let a: Vec<f64> = (0..batch * l * n)
+            .map(|_| 0.5 + 0.5 * lcg(&mut seed).abs())
+            .collect();
+        let b: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+        let c: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+        let f = SsmFactors {
+            batch,
+            l,
+            n,
+            kind: Transition::Diagonal,
+            a: &a,
+            b: &b,
+            c: &c,
+        };
+        for positions in [
+            None,
+            Some(vec![0usize, 1, 2, 7, 40, 41, 99, 149]),
+            Some((3..l).step_by(3).collect()),
+        ] {
+            let opts = StructuredOptions {
+                method: super::super::Method::Both,
+                atol: None,
+                rtol: None,
+                positions,
+            };
+            let full = ssm_ess(&f, &opts).unwrap();
+            // one split's factor is n * (n + 2) * 8 bytes: a budget of three splits forces checkpoints
+            WINDOW_BYTES_OVERRIDE.store(3 * n * (n + 2) * 8, std::sync::atomic::Ordering::Relaxed);
+            let win = ssm_ess(&f, &opts);
+            WINDOW_BYTES_OVERRIDE.store(0, std::sync::atomic::Ordering::Relaxed);
+            let win = win.unwrap();
+            assert_eq!(full.tolerance, win.tolerance);
+            assert_eq!(full.entropy, win.entropy);
+        }
+        assert_eq!(plan_window(10_000, 16, 1 << 20).0, 100);
+        assert_eq!(plan_window(100, 16, 64 << 20).0, 100);
+    }
+
+    /// `mamba_ess` forms the same factors as `ssm_ess` on materialised `(D, L, N)` arrays.
+    #[test]
+    fn mamba_factors_agree_with_ssm() {
+        let (d, l, n) = (3usize, 40usize, 4usize);
+        let mut seed = 5u64;
+        let a: Vec<f64> = (0..d * n).map(|_| -(0.5 + lcg(&mut seed).abs())).collect();
+        let delta: Vec<f64> = (0..l * d)
+            .map(|_| 0.05 + 0.1 * lcg(&mut seed).abs())
+            .collect();
+        let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+        let c: Vec<f64> = (0..l * d * n).map(|_| lcg(&mut seed)).collect();
+        let m = MambaFactors {
+            channels: d,
+            l,
+            n,
+            a: &a,
+            delta: &delta,
+            b: &b,
+            c: &c,
+            single: false,
+        };
+        let opts = StructuredOptions {
+            method: super::super::Method::Both,
+            atol: None,
+            rtol: None,
+            positions: None,
+        };
+        let got = mamba_ess(&m, &opts).unwrap();
+        let (mut at, mut bt, mut ct) = (vec![], vec![], vec![]);
+        for ch in 0..d {
+            for t in 0..l {
+                for k in 0..n {
+                    let dt = delta[t * d + ch];
+                    at.push((dt * a[ch * n + k]).exp());
+                    bt.push(dt * b[t * n + k]);
+                    ct.push(c[(t * d + ch) * n + k]);
+                }
+            }
+        }
+        let f = SsmFactors {
+            batch: d,
+            l,
+            n,
+            kind: Transition::Diagonal,
+            a: &at,
+            b: &bt,
+            c: &ct,
+        };
+        let want = ssm_ess(&f, &opts).unwrap();
+        assert_eq!(got.tolerance, want.tolerance);
+        assert_eq!(got.entropy, want.entropy);
+        let bad = MambaFactors { a: &[1e5; 12], ..m };
+        assert!(matches!(
+            mamba_ess(&bad, &opts),
+            Err(Error::NonFinite { .. })
+        ));
     }
 
     #[test]
