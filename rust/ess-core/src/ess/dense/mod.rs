@@ -1067,6 +1067,77 @@ mod tests {
         ));
     }
 
+    /// Orthogonal `n x n` factor from the QR of a random matrix.
+    fn orthogonal(n: usize, seed: &mut u64) -> Mat<f64> {
+        let m = Mat::<f64>::from_fn(n, n, |_, _| lcg(seed));
+        m.qr().compute_thin_Q()
+    }
+
+    /// Operator of length `2n` whose block at split `n` has singular values `sigma`.
+    fn operator_with_block(sigma: &[f64], fill: f64, seed: &mut u64) -> Vec<f64> {
+        let n = sigma.len();
+        let l = 2 * n;
+        let (u, v) = (orthogonal(n, seed), orthogonal(n, seed));
+        let mut op = vec![0.0; l * l];
+        for i in 1..l {
+            for j in 0..i {
+                op[i * l + j] = fill * lcg(seed);
+            }
+        }
+        for i in 0..n {
+            for j in 0..n {
+                op[(n + i) * l + j] = (0..n).map(|q| u[(i, q)] * sigma[q] * v[(j, q)]).sum();
+            }
+        }
+        op
+    }
+
+    #[test]
+    fn inertia_route_counts_clustered_and_rank_deficient_blocks() {
+        let mut seed = 19u64;
+        for &(n, rtol) in &[(6usize, 1e-3), (17, 1e-2), (40, 1e-4)] {
+            for &(above, gap) in &[(2usize, 1e-2), (3, 1e-5), (0, 1e-6)] {
+                // sigma_1 = 1, `above` values just above rtol, the rest just below (or zero).
+                let mut sigma = vec![rtol * (1.0 - gap); n];
+                sigma[0] = 1.0;
+                for s in sigma.iter_mut().skip(1).take(above) {
+                    *s = rtol * (1.0 + gap);
+                }
+                for e in [-600, 0, 600] {
+                    let scale = 2f64.powi(e);
+                    let mut op = operator_with_block(&sigma, 0.5, &mut seed);
+                    op.iter_mut().for_each(|x| *x *= scale);
+                    let opts = DenseOptions {
+                        method: Method::Tolerance,
+                        rtol: Some(rtol),
+                        ..Default::default()
+                    };
+                    let got = dense_ess(&op, 1, 2 * n, &opts).unwrap().tolerance.unwrap();
+                    assert_eq!(
+                        got[n],
+                        (above + 1) as f64,
+                        "n = {n}, rtol = {rtol}, gap = {gap}, 2^{e}"
+                    );
+                    let unscaled: Vec<f64> = op.iter().map(|x| x / scale).collect();
+                    let tol = Tolerance::new(None, Some(rtol), f64::EPSILON).unwrap();
+                    let (tc, _) = naive(&unscaled, 2 * n, &tol);
+                    assert_eq!(got, tc, "n = {n}, rtol = {rtol}, gap = {gap}, 2^{e}");
+                }
+                // Exactly rank deficient: the values below the threshold set to zero.
+                let mut sigma0 = sigma.clone();
+                sigma0.iter_mut().skip(above + 1).for_each(|s| *s = 0.0);
+                let op = operator_with_block(&sigma0, 1.0, &mut seed);
+                let opts = DenseOptions {
+                    method: Method::Tolerance,
+                    rtol: Some(rtol),
+                    ..Default::default()
+                };
+                let got = dense_ess(&op, 1, 2 * n, &opts).unwrap().tolerance.unwrap();
+                assert_eq!(got[n], (above + 1) as f64, "rank deficient, n = {n}");
+            }
+        }
+    }
+
     #[test]
     fn positions_subset_equals_full_curve() {
         let l = 21;
