@@ -23,11 +23,17 @@ pub fn dense_ess_curves<'py>(
     let arr = float_array(t, "T")?;
     let shape = arr.shape();
     if shape.len() < 2 {
-        return Err(shape_error("T", format!("needs at least 2 dimensions (..., L, L), got shape {shape:?}")));
+        return Err(shape_error(
+            "T",
+            format!("needs at least 2 dimensions (..., L, L), got shape {shape:?}"),
+        ));
     }
     let (l, l2) = (shape[shape.len() - 2], shape[shape.len() - 1]);
     if l != l2 {
-        return Err(shape_error("T", format!("last two dimensions must be square (L, L), got shape {shape:?}")));
+        return Err(shape_error(
+            "T",
+            format!("last two dimensions must be square (L, L), got shape {shape:?}"),
+        ));
     }
     let batch_shape = &shape[..shape.len() - 2];
     let batch: usize = batch_shape.iter().product();
@@ -48,7 +54,12 @@ pub fn dense_ess_curves<'py>(
     if batch > 0 {
         ess_core::ess::dense::check_memory(l, batch).py_err()?;
     }
-    let opts = DenseOptions { method, atol, rtol, positions };
+    let opts = DenseOptions {
+        method,
+        atol,
+        rtol,
+        positions,
+    };
     let curves: EssCurves = match &arr {
         FloatArray::F64(a) => {
             let data = contiguous_checked(a, "T")?;
@@ -62,7 +73,18 @@ pub fn dense_ess_curves<'py>(
     curves_to_py(py, curves, batch_shape)
 }
 
+/// Seconds one `n x n` float64 product takes with the kernel's linear-algebra library on all
+/// threads (benchmarks divide `2 n^3` by it for the attainable flop rate). Not public API.
+#[pyfunction]
+pub fn _dense_matmul_probe_seconds(py: Python<'_>, n: usize) -> PyResult<f64> {
+    if n > 8192 {
+        return Err::<f64, _>(ess_core::Error::out_of_range("n", format!("{n} > 8192"))).py_err();
+    }
+    crate::interrupt::detach(py, || Ok(ess_core::ess::dense::matmul_probe_seconds(n)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dense_ess_curves, m)?)?;
+    m.add_function(wrap_pyfunction!(_dense_matmul_probe_seconds, m)?)?;
     Ok(())
 }

@@ -203,6 +203,26 @@ pub fn working_bytes(l: usize) -> Option<u64> {
     l.checked_mul(l)?.checked_mul(8 * 2 + 8 / 2)
 }
 
+/// Seconds one `n x n` float64 matrix product takes with faer on all rayon threads: a probe of
+/// the machine's attainable floating-point rate (`2 n^3` flops), for benchmarks that report a
+/// fraction of it.
+pub fn matmul_probe_seconds(n: usize) -> f64 {
+    let a = Mat::<f64>::from_fn(n, n, |i, j| ((i * 7 + j * 13) % 17) as f64 - 8.0);
+    let mut c = Mat::<f64>::zeros(n, n);
+    let start = std::time::Instant::now();
+    faer::linalg::matmul::matmul(
+        c.as_mut(),
+        faer::Accum::Replace,
+        a.as_ref(),
+        a.as_ref(),
+        1.0,
+        Par::rayon(0),
+    );
+    let secs = start.elapsed().as_secs_f64();
+    std::hint::black_box(&c);
+    secs
+}
+
 /// Memory the system reports as available (Linux `/proc/meminfo`), if known.
 pub fn available_memory() -> Option<u64> {
     crate::mem::available()
