@@ -58,7 +58,7 @@ fn top_eigenpair(gram: &mut Gram, fro: f64) -> (f64, f64) {
         x = vec![1.0; k];
     }
     let nrm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
-    if !(nrm > 0.0) || !nrm.is_finite() {
+    if nrm.is_nan() || nrm <= 0.0 || !nrm.is_finite() {
         x.iter_mut().for_each(|v| *v = 1.0);
     }
     let nrm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -75,7 +75,7 @@ fn top_eigenpair(gram: &mut Gram, fro: f64) -> (f64, f64) {
             .sum::<f64>()
             .sqrt();
         let ny = y.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if !(ny > 0.0) {
+        if ny.is_nan() || ny <= 0.0 {
             break;
         }
         // Converged when the Kato-Temple correction is negligible.
@@ -101,7 +101,7 @@ fn smallest_eigenvalue_estimate(f: &Mat<f64>) -> f64 {
     let mut est = f64::INFINITY;
     for _ in 0..3 {
         let nx = x.col(0).norm_l2();
-        if !(nx > 0.0) || !nx.is_finite() {
+        if nx.is_nan() || nx <= 0.0 || !nx.is_finite() {
             break;
         }
         x.col_mut(0).iter_mut().for_each(|v| *v /= nx);
@@ -212,7 +212,7 @@ pub(super) fn inertia_route(
     st: &mut InertiaState,
 ) -> Result<InertiaOutcome> {
     let fro = gram.frobenius();
-    if !(fro > 1e-200) || !fro.is_finite() {
+    if fro.is_nan() || fro <= 1e-200 || !fro.is_finite() {
         return Ok(InertiaOutcome::NearFloor);
     }
     // Rounding of the carried Gram matrix (sums of t products), and the allowance for a
@@ -280,7 +280,7 @@ pub(super) fn inertia_route(
     }
     let tau_lo = tol.threshold(lam_lo.sqrt(), k, t);
     let s_lo = tau_lo * tau_lo - err - allow;
-    if !(s_lo > 0.0) {
+    if s_lo.is_nan() || s_lo <= 0.0 {
         return Ok(InertiaOutcome::NearFloor);
     }
     let Some((c_hi, e_hi, _)) = ldlt_inertia(gram, s_hi) else {
