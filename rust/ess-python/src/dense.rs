@@ -23,17 +23,11 @@ pub fn dense_ess_curves<'py>(
     let arr = float_array(t, "T")?;
     let shape = arr.shape();
     if shape.len() < 2 {
-        return Err(shape_error(
-            "T",
-            format!("needs at least 2 dimensions (..., L, L), got shape {shape:?}"),
-        ));
+        return Err(shape_error("T", format!("needs at least 2 dimensions (..., L, L), got shape {shape:?}")));
     }
     let (l, l2) = (shape[shape.len() - 2], shape[shape.len() - 1]);
     if l != l2 {
-        return Err(shape_error(
-            "T",
-            format!("last two dimensions must be square (L, L), got shape {shape:?}"),
-        ));
+        return Err(shape_error("T", format!("last two dimensions must be square (L, L), got shape {shape:?}")));
     }
     let batch_shape = &shape[..shape.len() - 2];
     let batch: usize = batch_shape.iter().product();
@@ -42,9 +36,8 @@ pub fn dense_ess_curves<'py>(
         Some(p) => Some(
             p.into_iter()
                 .map(|x| {
-                    usize::try_from(x).map_err(|_| {
-                        ess_core::Error::out_of_range("positions", format!("negative position {x}"))
-                    })
+                    usize::try_from(x)
+                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
                 })
                 .collect::<Result<Vec<usize>, _>>()
                 .py_err()?,
@@ -54,12 +47,7 @@ pub fn dense_ess_curves<'py>(
     if batch > 0 {
         ess_core::ess::dense::check_memory(l, batch).py_err()?;
     }
-    let opts = DenseOptions {
-        method,
-        atol,
-        rtol,
-        positions,
-    };
+    let opts = DenseOptions { method, atol, rtol, positions };
     let curves: EssCurves = match &arr {
         FloatArray::F64(a) => {
             let data = contiguous_checked(a, "T")?;

@@ -68,12 +68,7 @@ fn top_eigenpair(gram: &mut Gram, fro: f64) -> (f64, f64) {
     for _ in 0..40 {
         gram.symv(&x, &mut y);
         rho = x.iter().zip(&y).map(|(a, b)| a * b).sum::<f64>();
-        eta = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (b - rho * a).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        eta = x.iter().zip(&y).map(|(a, b)| (b - rho * a).powi(2)).sum::<f64>().sqrt();
         let ny = y.iter().map(|v| v * v).sum::<f64>().sqrt();
         if ny.is_nan() || ny <= 0.0 {
             break;
@@ -106,25 +101,12 @@ fn smallest_eigenvalue_estimate(f: &Mat<f64>) -> f64 {
         }
         x.col_mut(0).iter_mut().for_each(|v| *v /= nx);
         let x0 = x.clone();
-        faer::linalg::triangular_solve::solve_unit_lower_triangular_in_place(
-            f.as_ref(),
-            x.as_mut(),
-            Par::Seq,
-        );
+        faer::linalg::triangular_solve::solve_unit_lower_triangular_in_place(f.as_ref(), x.as_mut(), Par::Seq);
         for i in 0..k {
             x[(i, 0)] /= f[(i, i)];
         }
-        faer::linalg::triangular_solve::solve_unit_upper_triangular_in_place(
-            f.transpose(),
-            x.as_mut(),
-            Par::Seq,
-        );
-        let mu: f64 = x0
-            .col(0)
-            .iter()
-            .zip(x.col(0).iter())
-            .map(|(a, b)| a * b)
-            .sum();
+        faer::linalg::triangular_solve::solve_unit_upper_triangular_in_place(f.transpose(), x.as_mut(), Par::Seq);
+        let mu: f64 = x0.col(0).iter().zip(x.col(0).iter()).map(|(a, b)| a * b).sum();
         if mu > 0.0 {
             est = 1.0 / mu;
         }
@@ -142,11 +124,7 @@ fn ldlt_inertia(gram: &Gram, s: f64) -> Option<(usize, f64, Mat<f64>)> {
     let k = gram.k;
     let mut a = gram.to_mat(s);
     let par = Par::Seq;
-    let scratch = faer::linalg::cholesky::ldlt::factor::cholesky_in_place_scratch::<f64>(
-        k,
-        par,
-        Default::default(),
-    );
+    let scratch = faer::linalg::cholesky::ldlt::factor::cholesky_in_place_scratch::<f64>(k, par, Default::default());
     let mut mem = MemBuffer::new(scratch);
     faer::linalg::cholesky::ldlt::factor::cholesky_in_place(
         a.as_mut(),
@@ -193,12 +171,7 @@ pub(super) struct InertiaState {
 
 impl InertiaState {
     pub(super) fn new() -> Self {
-        InertiaState {
-            floor: f64::NEG_INFINITY,
-            guess: None,
-            frac: 0.5,
-            full_last: true,
-        }
+        InertiaState { floor: f64::NEG_INFINITY, guess: None, frac: 0.5, full_last: true }
     }
 }
 
@@ -235,11 +208,7 @@ pub(super) fn inertia_route(
         // Rounding of rho, eta and |G|_F (sums of k^2 products).
         let round = 4.0 * f64::EPSILON * k as f64 * fro;
         let b = (fro * fro - rho * rho).max(0.0).sqrt() + round;
-        let hi = if rho - round > b {
-            (rho + eta * eta / (rho - round - b) + round).min(fro)
-        } else {
-            fro
-        };
+        let hi = if rho - round > b { (rho + eta * eta / (rho - round - b) + round).min(fro) } else { fro };
         ((rho - round).max(0.0), hi)
     };
     let (err, allow) = (gram_err(lam_hi), allowance(lam_hi));

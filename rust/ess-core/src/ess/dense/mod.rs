@@ -62,12 +62,7 @@ pub struct DenseOptions {
 
 impl Default for DenseOptions {
     fn default() -> Self {
-        DenseOptions {
-            method: Method::Both,
-            atol: None,
-            rtol: None,
-            positions: None,
-        }
+        DenseOptions { method: Method::Both, atol: None, rtol: None, positions: None }
     }
 }
 
@@ -105,24 +100,13 @@ pub fn validate_positions(positions: &[usize], l: usize) -> Result<()> {
 
 /// Dense ESS of a batch of `L x L` causal operators stored contiguously (row-major,
 /// `batch * L * L` values). Returns the requested curves, each `(batch, n_positions)`.
-pub fn dense_ess<F: Scalar>(
-    data: &[F],
-    batch: usize,
-    l: usize,
-    opts: &DenseOptions,
-) -> Result<EssCurves> {
+pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOptions) -> Result<EssCurves> {
     if l == 0 {
         return Err(Error::shape("T", "the operator is empty (L = 0)"));
     }
     let expected = checked_size("T", &[batch, l, l])?;
     if data.len() != expected {
-        return Err(Error::shape(
-            "T",
-            format!(
-                "expected {batch} x {l} x {l} = {expected} values, got {}",
-                data.len()
-            ),
-        ));
+        return Err(Error::shape("T", format!("expected {batch} x {l} x {l} = {expected} values, got {}", data.len())));
     }
     check_finite("T", data)?;
     let tol = Tolerance::new(opts.atol, opts.rtol, F::EPS)?;
@@ -150,34 +134,17 @@ pub fn dense_ess<F: Scalar>(
     let out_len = checked_size("T", &[batch, np])?;
     let want_tol = opts.method.wants_tolerance();
     let want_ent = opts.method.wants_entropy();
-    let mut tol_out = if want_tol {
-        vec![0.0; out_len]
-    } else {
-        Vec::new()
-    };
-    let mut ent_out = if want_ent {
-        vec![0.0; out_len]
-    } else {
-        Vec::new()
-    };
+    let mut tol_out = if want_tol { vec![0.0; out_len] } else { Vec::new() };
+    let mut ent_out = if want_ent { vec![0.0; out_len] } else { Vec::new() };
 
     if np > 0 && batch > 0 {
         check_memory(l, batch)?;
         let chunk = np;
         let ll = l * l;
         // Pair up the output rows so each operator owns its slices.
-        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> =
-            Vec::with_capacity(batch);
-        let mut tol_iter = if want_tol {
-            Some(tol_out.chunks_mut(chunk))
-        } else {
-            None
-        };
-        let mut ent_iter = if want_ent {
-            Some(ent_out.chunks_mut(chunk))
-        } else {
-            None
-        };
+        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(batch);
+        let mut tol_iter = if want_tol { Some(tol_out.chunks_mut(chunk)) } else { None };
+        let mut ent_iter = if want_ent { Some(ent_out.chunks_mut(chunk)) } else { None };
         for b in 0..batch {
             let tr = tol_iter.as_mut().and_then(|it| it.next());
             let er = ent_iter.as_mut().and_then(|it| it.next());
@@ -210,14 +177,7 @@ pub fn matmul_probe_seconds(n: usize) -> f64 {
     let a = Mat::<f64>::from_fn(n, n, |i, j| ((i * 7 + j * 13) % 17) as f64 - 8.0);
     let mut c = Mat::<f64>::zeros(n, n);
     let start = std::time::Instant::now();
-    faer::linalg::matmul::matmul(
-        c.as_mut(),
-        faer::Accum::Replace,
-        a.as_ref(),
-        a.as_ref(),
-        1.0,
-        Par::rayon(0),
-    );
+    faer::linalg::matmul::matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), a.as_ref(), 1.0, Par::rayon(0));
     let secs = start.elapsed().as_secs_f64();
     std::hint::black_box(&c);
     secs
@@ -280,11 +240,7 @@ fn one_operator<F: Scalar>(
         // scaling down can flush the smallest subnormal entries to zero, so leave
         // moderate magnitudes alone (blocks whose squares underflow are rescaled on
         // their own by the SVD route).
-        let e = if amax.log2().abs() <= 500.0 {
-            0
-        } else {
-            pow2_exponent(amax)
-        };
+        let e = if amax.log2().abs() <= 500.0 { 0 } else { pow2_exponent(amax) };
         let tol_s = tol.scaled_pow2(e);
         // a: the operator; b: its reversed transpose J T^T J.
         let mut a = vec![0.0f64; l * l];
@@ -303,15 +259,10 @@ fn one_operator<F: Scalar>(
         }
         let half_hi = l.div_ceil(2); // first t with L - t <= t
                                      // Splits t >= ceil(L/2) from `a`; splits t < ceil(L/2) as t' = L - t > floor(L/2) from `bt`.
-        let hi_targets: Vec<(usize, usize)> = (half_hi..l)
-            .filter(|&t| slot[t] != usize::MAX)
-            .map(|t| (t, slot[t]))
-            .collect();
-        let lo_targets: Vec<(usize, usize)> = (1..half_hi)
-            .rev()
-            .filter(|&t| slot[t] != usize::MAX)
-            .map(|t| (l - t, slot[t]))
-            .collect();
+        let hi_targets: Vec<(usize, usize)> =
+            (half_hi..l).filter(|&t| slot[t] != usize::MAX).map(|t| (t, slot[t])).collect();
+        let lo_targets: Vec<(usize, usize)> =
+            (1..half_hi).rev().filter(|&t| slot[t] != usize::MAX).map(|t| (l - t, slot[t])).collect();
         let (r1, r2) = rayon::join(
             || sweep(&a, l, &hi_targets, &tol_s, want_tol, want_ent),
             || sweep(&bt, l, &lo_targets, &tol_s, want_tol, want_ent),
@@ -446,14 +397,7 @@ impl Carried {
         }
         let fro2: f64 = buf.iter().map(|x| x * x).sum();
         let err = 4.0 * f64::EPSILON * (t as f64).sqrt() * fro2.sqrt();
-        Ok(Carried {
-            buf,
-            k0: k,
-            off: 0,
-            k,
-            err,
-            exp2: e,
-        })
+        Ok(Carried { buf, k0: k, off: 0, k, err, exp2: e })
     }
 
     /// Fresh factor by the library's blocked Householder QR: faster than [`Carried::fresh`] on
@@ -475,14 +419,7 @@ impl Carried {
             }
         }
         let err = 4.0 * f64::EPSILON * (t as f64).sqrt() * fro2.sqrt();
-        Ok(Carried {
-            buf,
-            k0: k,
-            off: 0,
-            k,
-            err,
-            exp2: e,
-        })
+        Ok(Carried { buf, k0: k, off: 0, k, err, exp2: e })
     }
 
     /// Advance from split `t` to `t + 1`.
@@ -508,15 +445,10 @@ impl Carried {
         let k = k - 1;
         self.k = k;
         // 2. append the row c_j = A[t + 1 + j, t], j < k, and rotate it in.
-        let mut cvec: Vec<f64> = (0..k)
-            .map(|j| mul_pow2(a[(t + 1 + j) * l + t], self.exp2))
-            .collect();
+        let mut cvec: Vec<f64> = (0..k).map(|j| mul_pow2(a[(t + 1 + j) * l + t], self.exp2)).collect();
         rotate_row_in(&mut self.buf, k0, off, k, &mut cvec);
         for j in 0..k {
-            fro2 += self.buf[j * k0 + off + j..j * k0 + off + k]
-                .iter()
-                .map(|x| x * x)
-                .sum::<f64>();
+            fro2 += self.buf[j * k0 + off + j..j * k0 + off + k].iter().map(|x| x * x).sum::<f64>();
         }
         // Each entry took part in a few rotations; model the rounding as a random walk.
         let step = 3.0 * f64::EPSILON * fro2.sqrt();
@@ -535,13 +467,7 @@ impl Carried {
 
     fn as_mat(&self) -> Mat<f64> {
         let k = self.k;
-        Mat::from_fn(k, k, |i, j| {
-            if j >= i {
-                self.buf[i * self.k0 + self.off + j]
-            } else {
-                0.0
-            }
-        })
+        Mat::from_fn(k, k, |i, j| if j >= i { self.buf[i * self.k0 + self.off + j] } else { 0.0 })
     }
 }
 
@@ -563,16 +489,8 @@ fn singular_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
         Default::default(),
     );
     let mut mem = MemBuffer::new(scratch);
-    faer::linalg::svd::svd(
-        m,
-        s.as_mut(),
-        None,
-        None,
-        par,
-        MemStack::new(&mut mem),
-        Default::default(),
-    )
-    .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
+    faer::linalg::svd::svd(m, s.as_mut(), None, None, par, MemStack::new(&mut mem), Default::default())
+        .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
     let mut v: Vec<f64> = s.column_vector().iter().map(|x| x.abs()).collect();
     v.sort_by(|x, y| y.total_cmp(x));
     Ok(v)
@@ -599,28 +517,14 @@ impl Gram {
         let k = l - t;
         let h = MatRef::from_row_major_slice(&a[t * l..], k, l).subcols(0, t);
         let mut g = Mat::<f64>::zeros(k, k);
-        faer::linalg::matmul::matmul(
-            g.as_mut(),
-            faer::Accum::Replace,
-            h,
-            h.transpose(),
-            1.0,
-            Par::Seq,
-        );
+        faer::linalg::matmul::matmul(g.as_mut(), faer::Accum::Replace, h, h.transpose(), 1.0, Par::Seq);
         let mut buf = vec![0.0; k * k];
         for i in 0..k {
             for j in 0..=i {
                 buf[i * k + j] = g[(i, j)];
             }
         }
-        Gram {
-            buf,
-            k0: k,
-            off: 0,
-            k,
-            mem: None,
-            top: Vec::new(),
-        }
+        Gram { buf, k0: k, off: 0, k, mem: None, top: Vec::new() }
     }
 
     fn advance(&mut self, a: &[f64], l: usize, t: usize) {
@@ -712,15 +616,8 @@ impl Gram {
         }
         let mem = &mut self.mem.as_mut().expect("allocated above").1;
         let mut s = faer::diag::Diag::<f64>::zeros(k);
-        faer::linalg::evd::self_adjoint_evd(
-            g.as_ref(),
-            s.as_mut(),
-            None,
-            par,
-            MemStack::new(mem),
-            Default::default(),
-        )
-        .map_err(|e| Error::Numerical(format!("symmetric eigensolver did not converge: {e:?}")))?;
+        faer::linalg::evd::self_adjoint_evd(g.as_ref(), s.as_mut(), None, par, MemStack::new(mem), Default::default())
+            .map_err(|e| Error::Numerical(format!("symmetric eigensolver did not converge: {e:?}")))?;
         let mut v: Vec<f64> = s.column_vector().iter().copied().collect();
         v.sort_by(|x, y| y.total_cmp(x));
         Ok(v)
@@ -741,11 +638,7 @@ fn from_sigma(
     let smax = sigma.first().copied().unwrap_or(0.0);
     let tol = tol.scaled_pow2(exp2);
     SplitResult {
-        tol: if want_tol {
-            tolerance_count(sigma, tol.threshold(smax, k, t)) as f64
-        } else {
-            0.0
-        },
+        tol: if want_tol { tolerance_count(sigma, tol.threshold(smax, k, t)) as f64 } else { 0.0 },
         ent: if want_ent { entropy_ess(sigma) } else { 0.0 },
     }
 }
@@ -756,14 +649,7 @@ const ENTROPY_RTOL: f64 = 1e-7;
 /// Try to answer from the Gram eigenvalues `lam` (non-increasing). Squaring limits their
 /// resolution to about `sqrt(err)`; return `None` when that could change the tolerance
 /// count or move the entropy-ESS by more than [`ENTROPY_RTOL`] (relative).
-fn gram_route(
-    lam: &[f64],
-    t: usize,
-    k: usize,
-    tol: &Tolerance,
-    want_tol: bool,
-    want_ent: bool,
-) -> Option<SplitResult> {
+fn gram_route(lam: &[f64], t: usize, k: usize, tol: &Tolerance, want_tol: bool, want_ent: bool) -> Option<SplitResult> {
     let lmax = lam.first().copied().unwrap_or(0.0).max(0.0);
     if lmax < 1e-200 {
         // A zero or tiny block: its squares may have underflowed. The SVD route rescales
@@ -813,13 +699,7 @@ fn gram_route(
 /// its singular values lies within `8 * max(t, k) * eps * sigma_max` of the threshold (the
 /// range its rounding was seen to reach, with margin); then the Givens factor, whose rounding
 /// is a small multiple of `eps * sigma_max` like LAPACK's, decides.
-fn fresh_sigma(
-    a: &[f64],
-    l: usize,
-    t: usize,
-    tol: &Tolerance,
-    want_tol: bool,
-) -> Result<(Carried, Vec<f64>)> {
+fn fresh_sigma(a: &[f64], l: usize, t: usize, tol: &Tolerance, want_tol: bool) -> Result<(Carried, Vec<f64>)> {
     let k = l - t;
     let c = Carried::fresh_householder(a, l, t)?;
     if let Ok(sigma) = singular_values(c.as_mat().as_ref()) {
@@ -876,23 +756,13 @@ fn sweep(
         // no eigenvalues; the routes below decide what it cannot certify.
         if want_tol && !want_ent && k > 0 {
             if let InertiaOutcome::Count(c) = inertia_route(&mut gram, t, k, tol, &mut inertia)? {
-                out.push((
-                    slot,
-                    SplitResult {
-                        tol: c as f64,
-                        ent: 0.0,
-                    },
-                ));
+                out.push((slot, SplitResult { tol: c as f64, ent: 0.0 }));
                 continue;
             }
         }
         // After repeated misses, go straight to the SVD, retrying the Gram route now and then.
         let try_gram = misses < 4 || n % 16 == 0;
-        let quick = if try_gram {
-            gram_route(&gram.eigenvalues()?, t, k, tol, want_tol, want_ent)
-        } else {
-            None
-        };
+        let quick = if try_gram { gram_route(&gram.eigenvalues()?, t, k, tol, want_tol, want_ent) } else { None };
         if let Some(r) = quick {
             misses = 0;
             out.push((slot, r));
@@ -933,10 +803,7 @@ fn sweep(
                 (sigma, exp2)
             }
         };
-        out.push((
-            slot,
-            from_sigma(&sigma, scale, t, k, tol, want_tol, want_ent),
-        ));
+        out.push((slot, from_sigma(&sigma, scale, t, k, tol, want_tol, want_ent)));
     }
     Ok(out)
 }
@@ -959,9 +826,7 @@ mod tests {
     }
 
     fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
     }
 
@@ -970,24 +835,12 @@ mod tests {
         let mut seed = 7u64;
         for l in [1usize, 2, 3, 4, 7, 16, 33] {
             let op: Vec<f64> = (0..l * l).map(|_| lcg(&mut seed)).collect();
-            let opts = DenseOptions {
-                rtol: Some(1e-10),
-                ..Default::default()
-            };
+            let opts = DenseOptions { rtol: Some(1e-10), ..Default::default() };
             let got = dense_ess(&op, 1, l, &opts).unwrap();
             let tol = Tolerance::new(None, Some(1e-10), f64::EPSILON).unwrap();
             let (tc, en) = naive(&op, l, &tol);
             assert_eq!(got.tolerance.unwrap(), tc, "L = {l}");
-            let alone = dense_ess(
-                &op,
-                1,
-                l,
-                &DenseOptions {
-                    method: Method::Tolerance,
-                    ..opts.clone()
-                },
-            )
-            .unwrap();
+            let alone = dense_ess(&op, 1, l, &DenseOptions { method: Method::Tolerance, ..opts.clone() }).unwrap();
             assert_eq!(alone.tolerance.unwrap(), tc, "tolerance alone, L = {l}");
             assert!(alone.entropy.is_none());
             for (a, b) in got.entropy.unwrap().iter().zip(&en) {
@@ -1011,10 +864,7 @@ mod tests {
         }
         let got = dense_ess(&op, 1, l, &DenseOptions::default()).unwrap();
         for (t, &r) in got.tolerance.unwrap().iter().enumerate() {
-            assert!(
-                r <= 3.0_f64.min(t as f64).min((l - t) as f64),
-                "t = {t}: {r}"
-            );
+            assert!(r <= 3.0_f64.min(t as f64).min((l - t) as f64), "t = {t}: {r}");
         }
     }
 
@@ -1025,66 +875,28 @@ mod tests {
         #[rustfmt::skip]
         let op: [f64; 144] = [1.0051156415683147, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.0031450170102863243, 0.9939555875191721, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.0024032511598588726, -0.0036119487283191743, 0.9983421286290258, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.0013703002763009622, -0.0009942334734612005, -0.002219820344806603, 0.9972882726039904, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.0029164425399581403, -0.0032242637488591867, -0.0031150438207425395, -0.0028720695416058683, 1.0006233071766457, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.004801054143076254, -0.009503276691566215, -0.0030718897623404954, -0.00621173504227698, -0.003927727720235028, 0.991362269102164, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -0.00086644498801081, -0.0018396451503162607, -6.028597428613757e-05, 0.00017148365207389016, 0.00020809073657156364, -0.0007534409768478099, 1.0000286193365395, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0017441406817803762, 0.007718736175024532, -0.00027765065927830176, 0.005917381029329769, 0.008177545075638018, 0.0085726302759826, -0.0015516319879311275, 0.9983565975174731, 0.0, 0.0, 0.0, 0.0, -0.00040897568115004073, -0.0012893161573678358, -0.0001879072977675412, -0.0011968564461024213, -0.0012975701328862082, -0.001523363985592557, 0.00030356445195750276, 0.00048041911846569656, 1.0000667085756723, 0.0, 0.0, 0.0, -0.0018219680084143842, -0.0028642041421922853, -0.0010252241140923566, -0.0005383492054408825, 0.000624934987066579, -0.0015180854761940596, 0.00021598842329173924, -0.000781623142454224, 0.0013718107872353327, 1.0025520871141314, 0.0, 0.0, 0.002237244880798439, 0.0031252631706652195, 0.0017803730849191269, 0.0015394291752507505, -0.0004203932433543799, 0.0022017857925043386, -0.0004393320281443328, -5.404643177449637e-05, -0.0016686089618245489, -0.002768691912991504, 1.0014531894451668, 0.0, 0.0010530356494685411, 0.0009273474374849874, 0.0013535483049759431, 0.0013012257148018141, -0.00022768248763313807, 0.0010624583634898136, -0.00031046046508715036, -0.0008400623450485196, -0.0008313725230210487, -0.001041696606022489, 0.0007585540308450306, 1.0010858589090916];
         for method in [Method::Tolerance, Method::Both] {
-            let opts = DenseOptions {
-                method,
-                ..Default::default()
-            };
+            let opts = DenseOptions { method, ..Default::default() };
             let got = dense_ess(&op, 1, 12, &opts).unwrap().tolerance.unwrap();
-            assert_eq!(
-                got,
-                vec![0.0, 1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0],
-                "{method:?}"
-            );
-            let alone = DenseOptions {
-                method,
-                positions: Some(vec![5]),
-                ..Default::default()
-            };
-            assert_eq!(
-                dense_ess(&op, 1, 12, &alone).unwrap().tolerance.unwrap(),
-                vec![3.0]
-            );
+            assert_eq!(got, vec![0.0, 1.0, 2.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.0, 1.0], "{method:?}");
+            let alone = DenseOptions { method, positions: Some(vec![5]), ..Default::default() };
+            assert_eq!(dense_ess(&op, 1, 12, &alone).unwrap().tolerance.unwrap(), vec![3.0]);
         }
     }
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(
-            dense_ess::<f64>(&[], 1, 0, &DenseOptions::default()),
-            Err(Error::Shape { .. })
-        ));
+        assert!(matches!(dense_ess::<f64>(&[], 1, 0, &DenseOptions::default()), Err(Error::Shape { .. })));
         assert!(matches!(
             dense_ess(&[1.0, f64::NAN, 0.0, 1.0], 1, 2, &DenseOptions::default()),
             Err(Error::NonFinite { .. })
         ));
-        let opts = DenseOptions {
-            positions: Some(vec![1, 1]),
-            ..Default::default()
-        };
-        assert!(matches!(
-            dense_ess(&[0.0f64; 4], 1, 2, &opts),
-            Err(Error::OutOfRange { .. })
-        ));
-        let opts = DenseOptions {
-            positions: Some(vec![5]),
-            ..Default::default()
-        };
-        assert!(matches!(
-            dense_ess(&[0.0f64; 4], 1, 2, &opts),
-            Err(Error::OutOfRange { .. })
-        ));
-        assert!(matches!(
-            dense_ess(&[0.0f64; 3], 1, 2, &DenseOptions::default()),
-            Err(Error::Shape { .. })
-        ));
-        let opts = DenseOptions {
-            atol: Some(-1.0),
-            ..Default::default()
-        };
-        assert!(matches!(
-            dense_ess(&[0.0f64; 4], 1, 2, &opts),
-            Err(Error::InvalidValue { .. })
-        ));
+        let opts = DenseOptions { positions: Some(vec![1, 1]), ..Default::default() };
+        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::OutOfRange { .. })));
+        let opts = DenseOptions { positions: Some(vec![5]), ..Default::default() };
+        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::OutOfRange { .. })));
+        assert!(matches!(dense_ess(&[0.0f64; 3], 1, 2, &DenseOptions::default()), Err(Error::Shape { .. })));
+        let opts = DenseOptions { atol: Some(-1.0), ..Default::default() };
+        assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::InvalidValue { .. })));
     }
 
     /// Orthogonal `n x n` factor from the QR of a random matrix.
@@ -1127,17 +939,9 @@ mod tests {
                     let scale = 2f64.powi(e);
                     let mut op = operator_with_block(&sigma, 0.5, &mut seed);
                     op.iter_mut().for_each(|x| *x *= scale);
-                    let opts = DenseOptions {
-                        method: Method::Tolerance,
-                        rtol: Some(rtol),
-                        ..Default::default()
-                    };
+                    let opts = DenseOptions { method: Method::Tolerance, rtol: Some(rtol), ..Default::default() };
                     let got = dense_ess(&op, 1, 2 * n, &opts).unwrap().tolerance.unwrap();
-                    assert_eq!(
-                        got[n],
-                        (above + 1) as f64,
-                        "n = {n}, rtol = {rtol}, gap = {gap}, 2^{e}"
-                    );
+                    assert_eq!(got[n], (above + 1) as f64, "n = {n}, rtol = {rtol}, gap = {gap}, 2^{e}");
                     let unscaled: Vec<f64> = op.iter().map(|x| x / scale).collect();
                     let tol = Tolerance::new(None, Some(rtol), f64::EPSILON).unwrap();
                     let (tc, _) = naive(&unscaled, 2 * n, &tol);
@@ -1147,11 +951,7 @@ mod tests {
                 let mut sigma0 = sigma.clone();
                 sigma0.iter_mut().skip(above + 1).for_each(|s| *s = 0.0);
                 let op = operator_with_block(&sigma0, 1.0, &mut seed);
-                let opts = DenseOptions {
-                    method: Method::Tolerance,
-                    rtol: Some(rtol),
-                    ..Default::default()
-                };
+                let opts = DenseOptions { method: Method::Tolerance, rtol: Some(rtol), ..Default::default() };
                 let got = dense_ess(&op, 1, 2 * n, &opts).unwrap().tolerance.unwrap();
                 assert_eq!(got[n], (above + 1) as f64, "rank deficient, n = {n}");
             }
@@ -1165,26 +965,11 @@ mod tests {
         let op: Vec<f64> = (0..2 * l * l).map(|_| lcg(&mut seed)).collect();
         let full = dense_ess(&op, 2, l, &DenseOptions::default()).unwrap();
         let pos = vec![0, 3, 10, 11, 20];
-        let sub = dense_ess(
-            &op,
-            2,
-            l,
-            &DenseOptions {
-                positions: Some(pos.clone()),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let sub = dense_ess(&op, 2, l, &DenseOptions { positions: Some(pos.clone()), ..Default::default() }).unwrap();
         for b in 0..2 {
             for (i, &p) in pos.iter().enumerate() {
-                assert_eq!(
-                    sub.tolerance.as_ref().unwrap()[b * 5 + i],
-                    full.tolerance.as_ref().unwrap()[b * l + p]
-                );
-                let (x, y) = (
-                    sub.entropy.as_ref().unwrap()[b * 5 + i],
-                    full.entropy.as_ref().unwrap()[b * l + p],
-                );
+                assert_eq!(sub.tolerance.as_ref().unwrap()[b * 5 + i], full.tolerance.as_ref().unwrap()[b * l + p]);
+                let (x, y) = (sub.entropy.as_ref().unwrap()[b * 5 + i], full.entropy.as_ref().unwrap()[b * l + p]);
                 assert!((x - y).abs() <= 1e-12 * y.max(1.0));
             }
         }
