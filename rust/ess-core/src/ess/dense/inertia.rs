@@ -4,33 +4,43 @@
 //!
 //! # Which route decides, and the error bound behind it
 //!
-//! The carried Gram matrix holds `G_t` up to rounding `|dG| <= 2 eps (t + k) lambda_1`
-//! (sums of `t` products, same model as the eigenvalue route). A Cholesky or Bunch-Kaufman
-//! factorisation of `G - s I` is backward stable: its inertia is that of `G - s I + E` with
-//! `|E| <= c k eps |G|`, `c` a small constant for Cholesky and `c` times the (in practice
-//! modest) growth factor for Bunch-Kaufman. Together, with
-//! `err = 2 eps (t + k) lambda_1 + 8 eps k lambda_1`, Weyl's inequality shows that the
-//! factorisation's positive count equals the exact count of eigenvalues above `s` unless one
-//! of them lies within `err` of `s`.
+//! The carried Gram matrix holds `G_t` up to rounding `err = 2 eps (t + k) lambda_1` (sums of
+//! `t` products; the same model as the eigenvalue route). The factorisation of `G - x I` is an
+//! `L D L^T` without pivoting, whose computed factors are exact for `G - x I + E` with
+//! `|E| <= gamma |L| |D| |L^T|` (elementwise, `gamma = 4 (k + 1) eps`, a safe multiple of the
+//! textbook constant). That bound is evaluated after each factorisation (`O(k^2)`, the
+//! infinity norm of `|L| |D| |L^T|` bounds its 2-norm) and must not exceed the allowance
+//! `allow = 32 (k + 1) eps lambda_1`; a factorisation with larger growth (a pivot near zero)
+//! decides nothing. By Weyl's inequality the positive count `c(x)` of an accepted
+//! factorisation then lies between `N(x + allow + err)` and `N(x - allow - err)`, `N(s)` the
+//! number of eigenvalues of the exact `G_t` above `s`.
 //!
 //! The threshold depends on `sigma_max` (`rtol`), known only within bounds: the Rayleigh
 //! quotient `rho` of a power-iteration vector is a lower bound of `lambda_1`, and, when
 //! `rho` exceeds `b = sqrt(|G|_F^2 - rho^2)` (an upper bound of `lambda_2`, by Weyl on
 //! `G - rho x x^T`), the Kato-Temple inequality gives the upper bound
 //! `lambda_1 <= rho + eta^2 / (rho - b)` (`eta` the residual norm); otherwise `|G|_F` is used.
-//! With `tau_lo`, `tau_hi` the thresholds at those two bounds, the count is certified when the
-//! inertia of `G - s I` is the same at `s_lo = tau_lo^2 - err` and `s_hi = tau_hi^2 + err`
-//! (the count is non-increasing in `s`, so every `s` between them, the exact threshold
-//! included, gives it too). When every eigenvalue exceeds `s_hi` (the common case of a block
-//! of full numerical rank) one Cholesky factorisation proves it and the second shift is not
-//! needed.
+//! With `tau_lo`, `tau_hi` the thresholds at those two bounds, `s_hi = tau_hi^2 + err + allow`
+//! and `s_lo = tau_lo^2 - err - allow`, the count is certified when `c(s_hi) = c(s_lo)`:
+//! `c(s_hi) <= N(tau^2) <= c(s_lo)` for the exact threshold `tau`. When every pivot at `s_hi`
+//! is positive (a block of full numerical rank, the common case) that one factorisation
+//! suffices.
 //!
-//! The route is used only where `tau^2 > 2 err`, i.e. the threshold lies above the noise floor
-//! of the squared route (true for `rtol` much larger than `sqrt(eps (t + k))`, e.g. `rtol =
-//! 1e-3`; false for the default threshold `max(t, k) eps sigma_max`, whose square is far below
-//! the rounding of `G`). Below that, or when the two shifts disagree (a singular value within
-//! the bounds of the threshold), the caller's accurate routes decide (eigenvalues with their
-//! own rounding bound, then the singular values of a triangular factor of `H_t`).
+//! Full-count certificates carry over: `G_{t+1} = G_t[1:, 1:] + c c^T` exactly, so by Cauchy
+//! interlacing `lambda_min` of the exact Gram matrices never decreases along a sweep. A
+//! positive definite factorisation at a shift `x` proves `lambda_min(G_u) > x - err - allow`
+//! for this and every later split `u`, which then has full count as long as its `tau_hi^2`
+//! stays below that floor (no factorisation at all). The certificate is tried first at half a
+//! guess of `lambda_min` (a few inverse iterations with the previous factors), so that one
+//! factorisation covers many splits.
+//!
+//! The counting route is used only where `tau^2 > 2 (err + allow)`, i.e. the threshold lies
+//! above the noise floor of the squared route (true for `rtol` well above
+//! `sqrt(32 (t + k) eps)`, e.g. `rtol = 1e-3`; false for the default threshold
+//! `max(t, k) eps sigma_max`, where only the full-count certificate is tried). Below that, or
+//! when `c(s_hi) != c(s_lo)` (a singular value within the bounds of the threshold), the
+//! caller's accurate routes decide (eigenvalues with their own rounding bound, then the
+//! singular values of a triangular factor of `H_t`).
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, Par};

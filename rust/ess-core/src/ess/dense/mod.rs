@@ -27,7 +27,7 @@
 //!   squared route's noise floor: the count is the inertia of `G_t - tau^2 I` (an `L D L^T`
 //!   factorisation with an a-posteriori backward-error bound), certified at both ends of the
 //!   threshold's uncertainty; a positive definite certificate carries over to later splits of
-//!   the sweep, since `lambda_min(G_t)` never decreases along it (interlacing). See [`inertia`]
+//!   the sweep, since `lambda_min(G_t)` never decreases along it (interlacing). See the `inertia` module
 //!   for the error bound that decides between this route and the accurate ones.
 //! * Operators are rescaled by a power of two (exact) so that magnitudes from 1e-300 to
 //!   1e300 neither overflow nor underflow; each block that the SVD route handles is
