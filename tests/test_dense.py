@@ -330,3 +330,88 @@ def test_gil_is_released_during_the_kernel():
     # The call takes well over 20 ms; with the GIL held throughout, this loop (1 ms waits)
     # could only have run before the call started and after it ended.
     assert ticks_during > 20
+
+
+# --- tolerance-ESS by inertia (thresholds far above the squared route's noise floor) -------
+
+
+def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def _operator_with_block(rng: np.random.Generator, sigma: np.ndarray, fill: float) -> np.ndarray:
+    """An operator of length 2n whose block at split n has the singular values ``sigma``; the
+    rest of its strictly lower triangle is Gaussian times ``fill``."""
+    n = sigma.size
+    T = np.tril(rng.standard_normal((2 * n, 2 * n)) * fill, -1)
+    T[n:, :n] = (_orthogonal(rng, n) * sigma) @ _orthogonal(rng, n).T
+    return T
+
+
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(2, 30),
+    st.sampled_from([1e-1, 1e-3, 1e-5]),
+    st.sampled_from([1e-1, 1e-4, 1e-7, 1e-10, 0.0]),
+    st.integers(-250, 250),
+)
+def test_inertia_route_with_singular_values_clustered_at_the_threshold(seed, n, rtol, gap, e):
+    """Singular values of the block at split n placed at rtol * sigma_max * (1 +- gap): the count
+    at that split is exact wherever the gap exceeds the reference's 1e-8 uncertainty, at any
+    magnitude; every other split agrees with the SVD reference."""
+    rng = np.random.default_rng(seed)
+    m = rng.integers(0, n)  # singular values 2..m+1 just above the threshold, the rest just below
+    sigma = np.full(n, rtol)
+    sigma[0] = 1.0
+    sigma[1 : m + 1] *= 1.0 + gap * rng.uniform(0.5, 1.0, m)
+    sigma[m + 1 :] *= 1.0 - gap * rng.uniform(0.5, 1.0, n - m - 1)
+    T = _operator_with_block(rng, sigma, fill=0.3) * 2.0**e
+    got = ess.effective_state_size(T, rtol=rtol)
+    sub = ess.effective_state_size(T, rtol=rtol, positions=[n])
+    if gap >= 1e-7:
+        assert got[n] == sub[0] == (m + 1 if n > 1 else 1)
+    assert_matches_reference(T, got, None, rtol=rtol)
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(3, 30), st.integers(1, 3), st.sampled_from([1e-2, 1e-4]))
+def test_inertia_route_on_rank_deficient_blocks(seed, n, r, rtol):
+    """A block of exact rank r < n (the remaining singular values are zero, far below the
+    threshold): the inertia of G - tau^2 I counts r."""
+    rng = np.random.default_rng(seed)
+    r = min(r, n - 1)
+    sigma = np.zeros(n)
+    sigma[:r] = 10.0 ** rng.uniform(np.log10(rtol) + 0.5, 0.0, r)
+    sigma[0] = 1.0
+    T = _operator_with_block(rng, sigma, fill=1.0)
+    for kw in ({"rtol": rtol}, {"atol": rtol * 0.5}, {"atol": rtol * 0.5, "rtol": rtol}):
+        got = ess.effective_state_size(T, **kw)
+        assert got[n] == r
+        assert_matches_reference(T, got, None, **kw)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-150, 1e-20, 1.0, 1e20, 1e150, 1e300])
+@pytest.mark.parametrize("rtol", [1e-2, 1e-3])
+def test_inertia_route_at_extreme_magnitudes(scale, rtol):
+    """Softmax-attention-like operators scaled over 600 decades: counts at a relative threshold
+    and at the matching absolute one agree with the SVD reference and with each other."""
+    from ess.examples import softmax_attention
+
+    T = softmax_attention(48, 8, seed=5) * scale
+    got = ess.effective_state_size(T, rtol=rtol)
+    assert_matches_reference(T, got, None, rtol=rtol)
+    base = ess.effective_state_size(T / scale, rtol=rtol)
+    np.testing.assert_array_equal(got, base)
+
+
+def test_inertia_route_matches_svd_on_softmax_attention():
+    """The route the benchmark times (tolerance alone, relative threshold), split by split
+    against the SVD reference, on an operator where a band of middle splits is rank deficient
+    at that threshold and the others are of full numerical rank."""
+    from ess.examples import softmax_attention
+
+    T = softmax_attention(160, 16, seed=3)
+    for rtol in (1e-2, 1e-3):
+        got = ess.effective_state_size(T, rtol=rtol)
+        assert_matches_reference(T, got, None, rtol=rtol)
+        assert np.any(got[1:] < np.minimum(np.arange(1, 160), 160 - np.arange(1, 160)))

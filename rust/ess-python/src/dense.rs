@@ -36,9 +36,8 @@ pub fn dense_ess_curves<'py>(
         Some(p) => Some(
             p.into_iter()
                 .map(|x| {
-                    usize::try_from(x).map_err(|_| {
-                        ess_core::Error::out_of_range("positions", format!("negative position {x}"))
-                    })
+                    usize::try_from(x)
+                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
                 })
                 .collect::<Result<Vec<usize>, _>>()
                 .py_err()?,
@@ -62,7 +61,18 @@ pub fn dense_ess_curves<'py>(
     curves_to_py(py, curves, batch_shape)
 }
 
+/// Seconds one `n x n` float64 product takes with the kernel's linear-algebra library on all
+/// threads (benchmarks divide `2 n^3` by it for the attainable flop rate). Not public API.
+#[pyfunction]
+pub fn _dense_matmul_probe_seconds(py: Python<'_>, n: usize) -> PyResult<f64> {
+    if n > 8192 {
+        return Err::<f64, _>(ess_core::Error::out_of_range("n", format!("{n} > 8192"))).py_err();
+    }
+    crate::interrupt::detach(py, || Ok(ess_core::ess::dense::matmul_probe_seconds(n)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dense_ess_curves, m)?)?;
+    m.add_function(wrap_pyfunction!(_dense_matmul_probe_seconds, m)?)?;
     Ok(())
 }

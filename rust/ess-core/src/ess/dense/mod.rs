@@ -23,13 +23,23 @@
 //!   tolerance count could be changed by it (a singular value within the accumulated error
 //!   of the threshold) is recomputed from a fresh QR of `H_t` (Givens rotations: a library
 //!   Householder QR left errors of several `eps * sigma_max` on some rank-deficient blocks).
+//! * Tolerance-ESS alone is counted without eigenvalues where the threshold lies above the
+//!   squared route's noise floor: the count is the inertia of `G_t - tau^2 I` (an `L D L^T`
+//!   factorisation with an a-posteriori backward-error bound), certified at both ends of the
+//!   threshold's uncertainty; a positive definite certificate carries over to later splits of
+//!   the sweep, since `lambda_min(G_t)` never decreases along it (interlacing). See the `inertia` module
+//!   for the error bound that decides between this route and the accurate ones.
 //! * Operators are rescaled by a power of two (exact) so that magnitudes from 1e-300 to
 //!   1e300 neither overflow nor underflow; each block that the SVD route handles is
 //!   rescaled again on its own.
 
-use faer::{Mat, MatRef, Par};
 use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
+
+mod inertia;
+
+use inertia::{inertia_route, InertiaOutcome, InertiaState};
 
 use super::{entropy_ess, tolerance_count, Method, Tolerance};
 use crate::error::{check_finite, checked_size, Error, Result};
@@ -102,10 +112,7 @@ pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOpti
     }
     let expected = checked_size("T", &[batch, l, l])?;
     if data.len() != expected {
-        return Err(Error::shape(
-            "T",
-            format!("expected {batch} x {l} x {l} = {expected} values, got {}", data.len()),
-        ));
+        return Err(Error::shape("T", format!("expected {batch} x {l} x {l} = {expected} values, got {}", data.len())));
     }
     check_finite("T", data)?;
     let tol = Tolerance::new(opts.atol, opts.rtol, F::EPS)?;
@@ -167,6 +174,19 @@ pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOpti
 pub fn working_bytes(l: usize) -> Option<u64> {
     let l = l as u64;
     l.checked_mul(l)?.checked_mul(8 * 2 + 8 / 2)
+}
+
+/// Seconds one `n x n` float64 matrix product takes with faer on all rayon threads: a probe of
+/// the machine's attainable floating-point rate (`2 n^3` flops), for benchmarks that report a
+/// fraction of it.
+pub fn matmul_probe_seconds(n: usize) -> f64 {
+    let a = Mat::<f64>::from_fn(n, n, |i, j| ((i * 7 + j * 13) % 17) as f64 - 8.0);
+    let mut c = Mat::<f64>::zeros(n, n);
+    let start = std::time::Instant::now();
+    faer::linalg::matmul::matmul(c.as_mut(), faer::Accum::Replace, a.as_ref(), a.as_ref(), 1.0, Par::rayon(0));
+    let secs = start.elapsed().as_secs_f64();
+    std::hint::black_box(&c);
+    secs
 }
 
 /// Memory the system reports as available (Linux `/proc/meminfo`), if known.
@@ -244,14 +264,11 @@ fn one_operator<F: Scalar>(
             slot[p] = idx;
         }
         let half_hi = l.div_ceil(2); // first t with L - t <= t
-        // Splits t >= ceil(L/2) from `a`; splits t < ceil(L/2) as t' = L - t > floor(L/2) from `bt`.
+                                     // Splits t >= ceil(L/2) from `a`; splits t < ceil(L/2) as t' = L - t > floor(L/2) from `bt`.
         let hi_targets: Vec<(usize, usize)> =
             (half_hi..l).filter(|&t| slot[t] != usize::MAX).map(|t| (t, slot[t])).collect();
-        let lo_targets: Vec<(usize, usize)> = (1..half_hi)
-            .rev()
-            .filter(|&t| slot[t] != usize::MAX)
-            .map(|t| (l - t, slot[t]))
-            .collect();
+        let lo_targets: Vec<(usize, usize)> =
+            (1..half_hi).rev().filter(|&t| slot[t] != usize::MAX).map(|t| (l - t, slot[t])).collect();
         let (r1, r2) = rayon::join(
             || sweep(&a, l, &hi_targets, &tol_s, want_tol, want_ent),
             || sweep(&bt, l, &lo_targets, &tol_s, want_tol, want_ent),
@@ -496,6 +513,9 @@ struct Gram {
     k: usize,
     /// Reusable workspace of the eigensolver.
     mem: Option<(usize, MemBuffer)>,
+    /// Approximate top eigenvector (unit, length `k` or empty), the warm start of the power
+    /// iterations of the inertia route; shifted along with `G`.
+    top: Vec<f64>,
 }
 
 impl Gram {
@@ -510,7 +530,7 @@ impl Gram {
                 buf[i * k + j] = g[(i, j)];
             }
         }
-        Gram { buf, k0: k, off: 0, k, mem: None }
+        Gram { buf, k0: k, off: 0, k, mem: None, top: Vec::new() }
     }
 
     fn advance(&mut self, a: &[f64], l: usize, t: usize) {
@@ -518,6 +538,9 @@ impl Gram {
         self.k -= 1;
         let (k, k0, off) = (self.k, self.k0, self.off);
         let c: Vec<f64> = (0..k).map(|j| a[(t + 1 + j) * l + t]).collect();
+        if !self.top.is_empty() {
+            self.top.remove(0);
+        }
         for i in 0..k {
             let ci = c[i];
             if ci != 0.0 {
@@ -534,8 +557,40 @@ impl Gram {
         Mat::<f64>::from_fn(k, k, |i, j| {
             let (i, j) = if i >= j { (i, j) } else { (j, i) };
             let g = self.buf[(i + off) * k0 + j + off];
-            if i == j { g - shift } else { g }
+            if i == j {
+                g - shift
+            } else {
+                g
+            }
         })
+    }
+
+    /// `y = G x` from the stored lower triangle.
+    fn symv(&self, x: &[f64], y: &mut [f64]) {
+        let (k, k0, off) = (self.k, self.k0, self.off);
+        y[..k].iter_mut().for_each(|v| *v = 0.0);
+        for i in 0..k {
+            let row = &self.buf[(i + off) * k0 + off..(i + off) * k0 + off + i + 1];
+            let xi = x[i];
+            // Dot product of the row with x (four accumulators, so that it vectorises) and the
+            // transposed contribution y[..i] += row[..i] * x_i.
+            let mut acc = [0.0f64; 4];
+            let (rc, rr) = row[..i].split_at(i - i % 4);
+            let (xc, xr) = x[..i].split_at(i - i % 4);
+            for (g, v) in rc.chunks_exact(4).zip(xc.chunks_exact(4)) {
+                for q in 0..4 {
+                    acc[q] += g[q] * v[q];
+                }
+            }
+            let mut dot = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            for (g, v) in rr.iter().zip(xr) {
+                dot += g * v;
+            }
+            for (yj, g) in y[..i].iter_mut().zip(&row[..i]) {
+                *yj += g * xi;
+            }
+            y[i] += dot + row[i] * xi;
+        }
     }
 
     /// Frobenius norm (an upper bound of the largest eigenvalue).
@@ -549,25 +604,6 @@ impl Gram {
             }
         }
         s.sqrt()
-    }
-
-    /// Whether `G - shift I` is numerically positive definite (a Cholesky factorisation,
-    /// `k^3/3` flops, succeeds): then every eigenvalue of `G` exceeds `shift` up to the
-    /// factorisation's backward error.
-    fn positive_definite_above(&self, shift: f64) -> bool {
-        let k = self.k;
-        let mut g = self.to_mat(shift);
-        let par = Par::Seq;
-        let scratch = faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch::<f64>(k, par, Default::default());
-        let mut mem = MemBuffer::new(scratch);
-        faer::linalg::cholesky::llt::factor::cholesky_in_place(
-            g.as_mut(),
-            Default::default(),
-            par,
-            MemStack::new(&mut mem),
-            Default::default(),
-        )
-        .is_ok()
     }
 
     /// Eigenvalues, non-increasing.
@@ -596,7 +632,15 @@ impl Gram {
 
 /// Results from singular values.
 /// `sigma` are those of `2^exp2 * H_t`; thresholds are rescaled to match.
-fn from_sigma(sigma: &[f64], exp2: i32, t: usize, k: usize, tol: &Tolerance, want_tol: bool, want_ent: bool) -> SplitResult {
+fn from_sigma(
+    sigma: &[f64],
+    exp2: i32,
+    t: usize,
+    k: usize,
+    tol: &Tolerance,
+    want_tol: bool,
+    want_ent: bool,
+) -> SplitResult {
     let smax = sigma.first().copied().unwrap_or(0.0);
     let tol = tol.scaled_pow2(exp2);
     SplitResult {
@@ -700,6 +744,7 @@ fn sweep(
     let mut gram = Gram::fresh(a, l, t_first);
     let mut carried: Option<Carried> = None;
     let mut misses = 0usize;
+    let mut inertia = InertiaState::new();
     let mut t = t_first;
     for (n, &(target, slot)) in targets.iter().enumerate() {
         crate::interrupt::check()?;
@@ -711,18 +756,14 @@ fn sweep(
             t += 1;
         }
         let k = l - t;
-        // Tolerance alone, full numerical rank: certified by one Cholesky factorisation of
-        // G - s I (4x cheaper than the eigenvalues), where s bounds the threshold squared
-        // plus the rounding of G from above.
+        // Tolerance alone, threshold well above the Gram route's noise floor: the count is
+        // the inertia of G - tau^2 I (see `inertia_route`), no eigenvalues.
+        // Tolerance alone: the count from the inertia of G - tau^2 I (see `inertia`), with
+        // no eigenvalues; the routes below decide what it cannot certify.
         if want_tol && !want_ent && k > 0 {
-            let lmax_ub = gram.frobenius();
-            if lmax_ub > 1e-200 {
-                let tau_ub = tol.threshold(lmax_ub.sqrt(), k, t);
-                let shift = tau_ub * tau_ub + 2.0 * f64::EPSILON * (t + k) as f64 * lmax_ub;
-                if shift.is_finite() && gram.positive_definite_above(shift) {
-                    out.push((slot, SplitResult { tol: k as f64, ent: 0.0 }));
-                    continue;
-                }
+            if let InertiaOutcome::Count(c) = inertia_route(&mut gram, t, k, tol, &mut inertia)? {
+                out.push((slot, SplitResult { tol: c as f64, ent: 0.0 }));
+                continue;
             }
         }
         // After repeated misses, go straight to the SVD, retrying the Gram route now and then.
@@ -851,7 +892,10 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         assert!(matches!(dense_ess::<f64>(&[], 1, 0, &DenseOptions::default()), Err(Error::Shape { .. })));
-        assert!(matches!(dense_ess(&[1.0, f64::NAN, 0.0, 1.0], 1, 2, &DenseOptions::default()), Err(Error::NonFinite { .. })));
+        assert!(matches!(
+            dense_ess(&[1.0, f64::NAN, 0.0, 1.0], 1, 2, &DenseOptions::default()),
+            Err(Error::NonFinite { .. })
+        ));
         let opts = DenseOptions { positions: Some(vec![1, 1]), ..Default::default() };
         assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::OutOfRange { .. })));
         let opts = DenseOptions { positions: Some(vec![5]), ..Default::default() };
@@ -859,6 +903,65 @@ mod tests {
         assert!(matches!(dense_ess(&[0.0f64; 3], 1, 2, &DenseOptions::default()), Err(Error::Shape { .. })));
         let opts = DenseOptions { atol: Some(-1.0), ..Default::default() };
         assert!(matches!(dense_ess(&[0.0f64; 4], 1, 2, &opts), Err(Error::InvalidArgument { .. })));
+    }
+
+    /// Orthogonal `n x n` factor from the QR of a random matrix.
+    fn orthogonal(n: usize, seed: &mut u64) -> Mat<f64> {
+        let m = Mat::<f64>::from_fn(n, n, |_, _| lcg(seed));
+        m.qr().compute_thin_Q()
+    }
+
+    /// Operator of length `2n` whose block at split `n` has singular values `sigma`.
+    fn operator_with_block(sigma: &[f64], fill: f64, seed: &mut u64) -> Vec<f64> {
+        let n = sigma.len();
+        let l = 2 * n;
+        let (u, v) = (orthogonal(n, seed), orthogonal(n, seed));
+        let mut op = vec![0.0; l * l];
+        for i in 1..l {
+            for j in 0..i {
+                op[i * l + j] = fill * lcg(seed);
+            }
+        }
+        for i in 0..n {
+            for j in 0..n {
+                op[(n + i) * l + j] = (0..n).map(|q| u[(i, q)] * sigma[q] * v[(j, q)]).sum();
+            }
+        }
+        op
+    }
+
+    #[test]
+    fn inertia_route_counts_clustered_and_rank_deficient_blocks() {
+        let mut seed = 19u64;
+        for &(n, rtol) in &[(6usize, 1e-3), (17, 1e-2), (40, 1e-4)] {
+            for &(above, gap) in &[(2usize, 1e-2), (3, 1e-5), (0, 1e-6)] {
+                // sigma_1 = 1, `above` values just above rtol, the rest just below (or zero).
+                let mut sigma = vec![rtol * (1.0 - gap); n];
+                sigma[0] = 1.0;
+                for s in sigma.iter_mut().skip(1).take(above) {
+                    *s = rtol * (1.0 + gap);
+                }
+                for e in [-600, 0, 600] {
+                    let scale = 2f64.powi(e);
+                    let mut op = operator_with_block(&sigma, 0.5, &mut seed);
+                    op.iter_mut().for_each(|x| *x *= scale);
+                    let opts = DenseOptions { method: Method::Tolerance, rtol: Some(rtol), ..Default::default() };
+                    let got = dense_ess(&op, 1, 2 * n, &opts).unwrap().tolerance.unwrap();
+                    assert_eq!(got[n], (above + 1) as f64, "n = {n}, rtol = {rtol}, gap = {gap}, 2^{e}");
+                    let unscaled: Vec<f64> = op.iter().map(|x| x / scale).collect();
+                    let tol = Tolerance::new(None, Some(rtol), f64::EPSILON).unwrap();
+                    let (tc, _) = naive(&unscaled, 2 * n, &tol);
+                    assert_eq!(got, tc, "n = {n}, rtol = {rtol}, gap = {gap}, 2^{e}");
+                }
+                // Exactly rank deficient: the values below the threshold set to zero.
+                let mut sigma0 = sigma.clone();
+                sigma0.iter_mut().skip(above + 1).for_each(|s| *s = 0.0);
+                let op = operator_with_block(&sigma0, 1.0, &mut seed);
+                let opts = DenseOptions { method: Method::Tolerance, rtol: Some(rtol), ..Default::default() };
+                let got = dense_ess(&op, 1, 2 * n, &opts).unwrap().tolerance.unwrap();
+                assert_eq!(got[n], (above + 1) as f64, "rank deficient, n = {n}");
+            }
+        }
     }
 
     #[test]
