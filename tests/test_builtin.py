@@ -209,6 +209,23 @@ def test_shipped_delimiters_model_and_inputs():
         builtin_delimiters_inputs(9)
 
 
+def test_delimiters_trainer_recurrent_gla_is_the_same_function():
+    """scripts/train_delimiters.py trains gated linear attention through its recurrent form; it must
+    compute what the layer (the quadratic form the analysis reads) computes."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_delimiters.py"
+    spec = importlib.util.spec_from_file_location("train_delimiters", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    layer = GatedLinearAttention(16, 2)
+    x = torch.randn(3, 11, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(mod._gla_recurrent(layer, x), layer(x), rtol=1e-5, atol=1e-5)
+
+
 def test_compact_trainer_is_the_same_model():
     """scripts/train_mqar_compact.py (the GPU variant of the trainer) defines the same function."""
     import pathlib
