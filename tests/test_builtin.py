@@ -249,3 +249,21 @@ def test_compact_trainer_is_the_same_model():
     assert (gt[:, 0] == 0).all() and (gt[:, 17] == SEP).all()
     with torch.no_grad():
         assert torch.allclose(c.eval()(tok), m.eval()(tok), atol=1e-6)
+
+
+def test_model_data_files_are_packaged():
+    """Every weight, config and input file of the built-in models is listed in pyproject.toml's maturin
+    ``include`` (sdist and wheel), so ``pip install .`` ships what ``ess analyze`` loads."""
+    import pathlib
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())
+    included = {e["path"] for e in cfg["tool"]["maturin"]["include"] if set(e["format"]) >= {"sdist", "wheel"}}
+    data = {f"python/ess/models/{p.name}" for p in (root / "python" / "ess" / "models").iterdir()
+            if p.suffix in (".safetensors", ".json", ".npy")}
+    assert {"python/ess/models/hybrid_delimiters.safetensors", "python/ess/models/delimiters_inputs.npy"} <= data
+    assert data <= included, sorted(data - included)
