@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.requires('torch', 'pandas', 'matplotlib')
@@ -14,11 +15,11 @@ pytest.importorskip("matplotlib")
 from ess.cli import main  # noqa: E402
 
 
-def test_analyze_builtin_default(tmp_path, capsys):
+def test_analyze_builtin_mqar(tmp_path, capsys):
     out = tmp_path / "rep"
-    assert main(["analyze", "--out", str(out), "--no-progress", "--samples", "1", "--figures", "png,svg,pdf"]) == 0
+    assert main(["analyze", "--builtin", "mqar", "--out", str(out), "--no-progress", "--samples", "1", "--figures", "png,svg,pdf"]) == 0
     text = capsys.readouterr().out
-    assert "built-in hybrid model" in text and "softmax_attention" in text and "report written" in text
+    assert "built-in hybrid model (MQAR" in text and "softmax_attention" in text and "report written" in text
     js = json.loads((out / "summary.json").read_text())
     assert [l["kind"] for l in js["layers"]] == ["conv", "selective_ssm", "linear_attention", "softmax_attention"]
     assert js["markers"]["0"] == [17]
@@ -27,6 +28,78 @@ def test_analyze_builtin_default(tmp_path, capsys):
     for f in ("curves", "heatmap", "utilisation"):  # one sample: no sample comparison
         assert (out / f"{f}.png").exists() and (out / f"{f}.pdf").read_bytes().startswith(b"%PDF") and (out / f"{f}.svg").exists()
     assert not (out / "samples.png").exists()
+
+
+def _delimiter_drop(table, delims, measure="ess_tolerance", w=2):
+    """Per layer: 1 - mean ESS over the w splits after each delimiter / over the w splits up to it
+    (mean over operators and samples; split t separates positions < t from >= t)."""
+    out = {}
+    for kind, g in table.groupby("kind"):
+        c = g.groupby("position")[measure].mean().sort_index().to_numpy()
+        drops = [1.0 - c[d + 1:d + 1 + w].mean() / c[d - w + 1:d + 1].mean() for d in delims]
+        out[kind] = float(np.mean(drops))
+    return out
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """``ess analyze`` with no model: the ``delimiters`` built-in on two shipped sequences."""
+    import contextlib
+    import io
+    import time
+
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("default") / "rep"
+    buf = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(buf):
+        code = main(["analyze", "--out", str(out), "--no-progress"])
+    secs = time.perf_counter() - t0
+    return code, buf.getvalue(), out, pd.read_csv(out / "ess.csv"), json.loads((out / "summary.json").read_text()), secs
+
+
+def test_analyze_builtin_default(default_run):
+    from ess.models import builtin_delimiters_info
+
+    code, text, out, table, js, secs = default_run
+    assert code == 0
+    assert "built-in hybrid model 'delimiters'" in text and "rtol=0.01" in text and "report written" in text
+    assert [l["kind"] for l in js["layers"]] == ["conv", "selective_ssm", "gated_linear_attention", "softmax_attention"]
+    delims = builtin_delimiters_info()["delimiter_positions"]
+    assert delims == [17, 34]
+    assert js["markers"]["0"] == delims and js["markers"]["1"] == delims
+    assert js["tokens"][0] == "BOS" and [i for i, t in enumerate(js["tokens"]) if t == "DELIM"] == delims
+    assert (out / "report.html").exists() and (out / "samples.png").exists()  # two samples: comparison figures
+    assert (table.ess_tolerance <= table.bound + 1e-9).all()
+    assert secs < 120  # seconds on a CPU (about 3 s on an idle 2-core machine); generous for a loaded one
+
+
+def test_analyze_builtin_default_shows_mixers_differ(default_run):
+    """At rtol = 1e-2 the default report is not pinned to the rank bound, and the mixers react
+    differently to the delimiters (assertions with margins; the values are in the comment)."""
+    from ess.models import builtin_delimiters_info
+
+    code, text, out, table, js, secs = default_run
+    flags = [l["saturated"] for l in js["layers"]]
+    assert not all(flags), flags
+    delims = builtin_delimiters_info()["delimiter_positions"]
+    fill = {l["kind"]: l["fill"] for l in js["layers"]}
+    # shipped weights, 2 sequences: fill conv 0.97 (saturated at TSS 2), ssm 0.75, gla 0.36, softmax 0.58
+    assert fill["gated_linear_attention"] < fill["selective_ssm"] - 0.2
+    assert fill["gated_linear_attention"] < fill["softmax_attention"] - 0.1
+    tol = _delimiter_drop(table, delims, "ess_tolerance")
+    ent = _delimiter_drop(table, delims, "ess_entropy")
+    # tolerance drop: gla 0.16, softmax 0.05, ssm -0.01, conv 0; entropy: gla 0.15, softmax 0.08, ssm 0.01
+    assert abs(tol["conv"]) < 1e-9  # a fixed window: nothing to forget
+    assert tol["gated_linear_attention"] > 0.1 and ent["gated_linear_attention"] > 0.1
+    assert tol["gated_linear_attention"] > tol["selective_ssm"] + 0.1
+    assert tol["gated_linear_attention"] > tol["softmax_attention"] + 0.05
+    assert ent["gated_linear_attention"] > ent["selective_ssm"] + 0.1
+    # the gated layer's ESS peaks at the split before each delimiter: above its mean over all splits
+    g = table[table.kind == "gated_linear_attention"].groupby("position")["ess_tolerance"].mean().sort_index().to_numpy()
+    for d in delims:
+        assert g[d] > 1.3 * g[1:].mean(), (d, g[d], g[1:].mean())
 
 
 def test_analyze_model_factory_and_tokens(tmp_path, capsys):

@@ -176,6 +176,56 @@ def test_shipped_model_and_inputs():
         builtin_inputs(9)
 
 
+def test_shipped_delimiters_model_and_inputs():
+    """The ``delimiters`` built-in: small weights that load, the recorded held-out accuracy is
+    reproduced from the recorded task, the shipped inputs are the first held-out sequences with the
+    delimiter at the recorded positions, and ESS stays within its bounds."""
+    from ess.models import (DELIM, DELIM_WEIGHTS, builtin_delimiters_info, builtin_delimiters_inputs, delimiters_token_names,
+                            load_builtin_delimiters)
+    from ess.reproduce.delimiters import generate as generate_segments
+
+    info = builtin_delimiters_info()
+    assert DELIM_WEIGHTS.stat().st_size < 1024**2
+    m = load_builtin_delimiters()
+    assert not m.training
+    assert [b.kind for b in m.blocks] == ["conv", "ssm", "gated_linear_attention", "softmax_attention"]
+    tok, tgt, mask, delims = generate_segments(info["eval_sequences"], seed=info["eval_seed"], **info["task"])
+    assert delims == info["delimiter_positions"] and info["task"]["n_segments"] >= 3
+    with torch.no_grad():
+        pred = m(tok).argmax(-1)
+    acc = float((pred[mask] == tgt[mask]).float().mean())
+    assert abs(acc - info["accuracy"]) < 1e-3, (acc, info["accuracy"])
+    assert acc > 0.9
+    inp = builtin_delimiters_inputs(8)
+    assert torch.equal(inp, tok[:8]) and (inp[:, delims] == DELIM).all()
+    names = delimiters_token_names(inp[0], info["task"]["n_keys"])
+    assert names[0] == "BOS" and [i for i, n in enumerate(names) if n == "DELIM"] == delims
+    r = ess.analyze(m, inp[:2], markers=[DELIM], rtol=1e-2, progress=False)
+    t = r.table
+    assert (t.ess_tolerance <= t.bound).all()
+    structured = t[t.kind != "softmax_attention"]
+    assert (structured.ess_tolerance <= structured.tss).all()
+    with pytest.raises(ValueError, match="n:"):
+        builtin_delimiters_inputs(9)
+
+
+def test_delimiters_trainer_recurrent_gla_is_the_same_function():
+    """scripts/train_delimiters.py trains gated linear attention through its recurrent form; it must
+    compute what the layer (the quadratic form the analysis reads) computes."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_delimiters.py"
+    spec = importlib.util.spec_from_file_location("train_delimiters", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    layer = GatedLinearAttention(16, 2)
+    x = torch.randn(3, 11, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(mod._gla_recurrent(layer, x), layer(x), rtol=1e-5, atol=1e-5)
+
+
 def test_compact_trainer_is_the_same_model():
     """scripts/train_mqar_compact.py (the GPU variant of the trainer) defines the same function."""
     import pathlib
@@ -199,3 +249,21 @@ def test_compact_trainer_is_the_same_model():
     assert (gt[:, 0] == 0).all() and (gt[:, 17] == SEP).all()
     with torch.no_grad():
         assert torch.allclose(c.eval()(tok), m.eval()(tok), atol=1e-6)
+
+
+def test_model_data_files_are_packaged():
+    """Every weight, config and input file of the built-in models is listed in pyproject.toml's maturin
+    ``include`` (sdist and wheel), so ``pip install .`` ships what ``ess analyze`` loads."""
+    import pathlib
+
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        tomllib = pytest.importorskip("tomli")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())
+    included = {e["path"] for e in cfg["tool"]["maturin"]["include"] if set(e["format"]) >= {"sdist", "wheel"}}
+    data = {f"python/ess/models/{p.name}" for p in (root / "python" / "ess" / "models").iterdir()
+            if p.suffix in (".safetensors", ".json", ".npy")}
+    assert {"python/ess/models/hybrid_delimiters.safetensors", "python/ess/models/delimiters_inputs.npy"} <= data
+    assert data <= included, sorted(data - included)
