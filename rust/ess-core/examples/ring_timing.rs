@@ -36,6 +36,13 @@ fn main() {
         let t3 = t.elapsed();
         let _ = stationary_distribution(&chain).unwrap();
         let t4 = t.elapsed();
-        println!("validate {:?} bandwidth {:?} stream {:?} | full call {:?} (b = {b}, pi[0] = {:e})", t1, t2 - t1, t3 - t2, t4 - t3, pi[0]);
+        println!(
+            "validate {:?} bandwidth {:?} stream {:?} | full call {:?} (b = {b}, pi[0] = {:e})",
+            t1,
+            t2 - t1,
+            t3 - t2,
+            t4 - t3,
+            pi[0]
+        );
     }
 }

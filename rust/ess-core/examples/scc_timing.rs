@@ -27,7 +27,13 @@ fn main() {
         let t1 = t.elapsed();
         let (nc2, lab2) = scc_fwbw(&g2, &gt2);
         let t2 = t.elapsed();
-        println!("fw-bw:  csr+csc {:?}  scc {:?}  total {:?}  ({nc2} components, same labels: {})", t1, t2 - t1, t2, lab == lab2);
+        println!(
+            "fw-bw:  csr+csc {:?}  scc {:?}  total {:?}  ({nc2} components, same labels: {})",
+            t1,
+            t2 - t1,
+            t2,
+            lab == lab2
+        );
         let t = Instant::now();
         let (_, nc3, _) = scc_from_edges(&src, &dst, n, ess_core::graph::SccAlgorithm::Auto).unwrap();
         println!("scc_from_edges total {:?} ({nc3})", t.elapsed());

@@ -16,9 +16,9 @@
 
 pub mod error;
 pub mod ess;
-pub mod markov;
-pub mod mem;
 pub mod graph;
 pub mod interrupt;
+pub mod markov;
+pub mod mem;
 
 pub use error::{Error, Result};

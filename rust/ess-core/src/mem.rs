@@ -46,8 +46,7 @@ pub fn bytes_of<T>(n: usize) -> Option<u64> {
 pub fn try_filled<T: Clone>(arg: &str, n: usize, x: T, what: &str) -> Result<Vec<T>> {
     gate(arg, bytes_of::<T>(n), what)?;
     let mut v: Vec<T> = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::too_large(arg, format!("{what}: not enough memory for {n} entries")))?;
+    v.try_reserve_exact(n).map_err(|_| Error::too_large(arg, format!("{what}: not enough memory for {n} entries")))?;
     advise_vec(&mut v);
     v.resize(n, x);
     Ok(v)
@@ -95,8 +94,7 @@ fn advise_huge(_ptr: *mut u8, _bytes: usize) {}
 /// allocation fails.
 pub fn with_capacity<T>(n: usize) -> Result<Vec<T>> {
     let mut v: Vec<T> = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::too_large("P", format!("not enough memory for {n} entries")))?;
+    v.try_reserve_exact(n).map_err(|_| Error::too_large("P", format!("not enough memory for {n} entries")))?;
     advise_vec(&mut v);
     Ok(v)
 }

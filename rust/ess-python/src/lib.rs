@@ -6,10 +6,10 @@ use pyo3::prelude::*;
 mod arrays;
 mod dense;
 mod errors;
-mod interrupt;
-mod structured;
-mod markov;
 mod graph;
+mod interrupt;
+mod markov;
+mod structured;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {

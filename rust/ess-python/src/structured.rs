@@ -3,9 +3,7 @@
 use numpy::PyUntypedArrayMethods;
 use pyo3::prelude::*;
 
-use ess_core::ess::structured::{
-    mamba_ess, ssm_ess, MambaFactors, SsmFactors, StructuredOptions, Transition,
-};
+use ess_core::ess::structured::{mamba_ess, ssm_ess, MambaFactors, SsmFactors, StructuredOptions, Transition};
 use ess_core::ess::{EssCurves, Method};
 
 use crate::arrays::{contiguous, curves_to_py, float_array, FloatArray};
@@ -40,7 +38,9 @@ pub fn ssm_ess_curves<'py>(
         other => {
             return Err(ess_core::Error::invalid(
                 "kind",
-                format!("unknown transition kind {other:?}; expected \"identity\", \"scalar\", \"diagonal\" or \"dense\""),
+                format!(
+                    "unknown transition kind {other:?}; expected \"identity\", \"scalar\", \"diagonal\" or \"dense\""
+                ),
             ))
             .py_err()
         }
@@ -49,19 +49,10 @@ pub fn ssm_ess_curves<'py>(
     let carr = float_array(c, "C")?;
     let bshape = barr.shape();
     if bshape.len() < 2 {
-        return Err(shape_error(
-            "B",
-            format!("needs at least 2 dimensions (..., L, N), got shape {bshape:?}"),
-        ));
+        return Err(shape_error("B", format!("needs at least 2 dimensions (..., L, N), got shape {bshape:?}")));
     }
     if carr.shape() != bshape {
-        return Err(shape_error(
-            "C",
-            format!(
-                "shape {:?} differs from the shape of B {bshape:?}",
-                carr.shape()
-            ),
-        ));
+        return Err(shape_error("C", format!("shape {:?} differs from the shape of B {bshape:?}", carr.shape())));
     }
     let nd = bshape.len();
     let (l, n) = (bshape[nd - 2], bshape[nd - 1]);
@@ -70,19 +61,9 @@ pub fn ssm_ess_curves<'py>(
     let aarr = match (kind, a) {
         (Transition::Identity, None) => None,
         (Transition::Identity, Some(_)) => {
-            return Err(ess_core::Error::invalid(
-                "A",
-                "must be None for identity transitions",
-            ))
-            .py_err()
+            return Err(ess_core::Error::invalid("A", "must be None for identity transitions")).py_err()
         }
-        (_, None) => {
-            return Err(ess_core::Error::invalid(
-                "A",
-                "is required for this transition kind",
-            ))
-            .py_err()
-        }
+        (_, None) => return Err(ess_core::Error::invalid("A", "is required for this transition kind")).py_err(),
         (_, Some(a)) => {
             let arr = float_array(a, "A")?;
             let mut want = batch_shape.clone();
@@ -94,7 +75,10 @@ pub fn ssm_ess_curves<'py>(
             if arr.shape() != want {
                 return Err(shape_error(
                     "A",
-                    format!("expected shape {want:?} for {kind:?} transitions with B of shape {bshape:?}, got {:?}", arr.shape()),
+                    format!(
+                        "expected shape {want:?} for {kind:?} transitions with B of shape {bshape:?}, got {:?}",
+                        arr.shape()
+                    ),
                 ));
             }
             Some(arr)
@@ -105,20 +89,14 @@ pub fn ssm_ess_curves<'py>(
         Some(p) => Some(
             p.into_iter()
                 .map(|x| {
-                    usize::try_from(x).map_err(|_| {
-                        ess_core::Error::out_of_range("positions", format!("negative position {x}"))
-                    })
+                    usize::try_from(x)
+                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
                 })
                 .collect::<Result<Vec<usize>, _>>()
                 .py_err()?,
         ),
     };
-    let opts = StructuredOptions {
-        method,
-        atol,
-        rtol,
-        positions,
-    };
+    let opts = StructuredOptions { method, atol, rtol, positions };
     let curves: EssCurves = match (&aarr, &barr, &carr) {
         (None | Some(FloatArray::F64(_)), FloatArray::F64(bb), FloatArray::F64(cc)) => {
             let av = match &aarr {
@@ -126,15 +104,7 @@ pub fn ssm_ess_curves<'py>(
                 _ => std::borrow::Cow::Borrowed(&[][..]),
             };
             let (bv, cv) = (contiguous(bb), contiguous(cc));
-            let f = SsmFactors {
-                batch,
-                l,
-                n,
-                kind,
-                a: &av,
-                b: &bv,
-                c: &cv,
-            };
+            let f = SsmFactors { batch, l, n, kind, a: &av, b: &bv, c: &cv };
             crate::interrupt::detach(py, || ssm_ess(&f, &opts))?
         }
         (None | Some(FloatArray::F32(_)), FloatArray::F32(bb), FloatArray::F32(cc)) => {
@@ -143,23 +113,10 @@ pub fn ssm_ess_curves<'py>(
                 _ => std::borrow::Cow::Borrowed(&[][..]),
             };
             let (bv, cv) = (contiguous(bb), contiguous(cc));
-            let f = SsmFactors {
-                batch,
-                l,
-                n,
-                kind,
-                a: &av,
-                b: &bv,
-                c: &cv,
-            };
+            let f = SsmFactors { batch, l, n, kind, a: &av, b: &bv, c: &cv };
             crate::interrupt::detach(py, || ssm_ess(&f, &opts))?
         }
-        _ => {
-            return Err(dtype_error(
-                "A, B, C",
-                "must all have the same dtype (float32 or float64)",
-            ))
-        }
+        _ => return Err(dtype_error("A, B, C", "must all have the same dtype (float32 or float64)")),
     };
     curves_to_py(py, curves, &batch_shape)
 }
@@ -194,35 +151,21 @@ pub fn mamba_ess_curves<'py>(
             FloatArray::F32(_) => Err(dtype_error(name, "must be float64 here")),
         }
     };
-    let (aa, dd, bb, cc) = (
-        f64_of(a, "A")?,
-        f64_of(delta, "delta")?,
-        f64_of(b, "B")?,
-        f64_of(c, "C")?,
-    );
+    let (aa, dd, bb, cc) = (f64_of(a, "A")?, f64_of(delta, "delta")?, f64_of(b, "B")?, f64_of(c, "C")?);
     let ash = aa.shape().to_vec();
     if ash.len() != 2 {
-        return Err(shape_error(
-            "A",
-            format!("expected shape (D, N), got {ash:?}"),
-        ));
+        return Err(shape_error("A", format!("expected shape (D, N), got {ash:?}")));
     }
     let (d, n) = (ash[0], ash[1]);
     let dsh = dd.shape().to_vec();
     if dsh.len() != 2 || dsh[1] != d {
-        return Err(shape_error(
-            "delta",
-            format!("expected shape (L, {d}), got {dsh:?}"),
-        ));
+        return Err(shape_error("delta", format!("expected shape (L, {d}), got {dsh:?}")));
     }
     let l = dsh[0];
     for (name, x) in [("B", &bb), ("C", &cc)] {
         let sh = x.shape();
         if sh != [l, n] && sh != [l, d, n] {
-            return Err(shape_error(
-                name,
-                format!("expected shape ({l}, {n}) or ({l}, {d}, {n}), got {sh:?}"),
-            ));
+            return Err(shape_error(name, format!("expected shape ({l}, {n}) or ({l}, {d}, {n}), got {sh:?}")));
         }
     }
     let positions = match positions {
@@ -230,36 +173,16 @@ pub fn mamba_ess_curves<'py>(
         Some(p) => Some(
             p.into_iter()
                 .map(|x| {
-                    usize::try_from(x).map_err(|_| {
-                        ess_core::Error::out_of_range("positions", format!("negative position {x}"))
-                    })
+                    usize::try_from(x)
+                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
                 })
                 .collect::<Result<Vec<usize>, _>>()
                 .py_err()?,
         ),
     };
-    let opts = StructuredOptions {
-        method,
-        atol,
-        rtol,
-        positions,
-    };
-    let (av, dv, bv, cv) = (
-        contiguous(&aa),
-        contiguous(&dd),
-        contiguous(&bb),
-        contiguous(&cc),
-    );
-    let m = MambaFactors {
-        channels: d,
-        l,
-        n,
-        a: &av,
-        delta: &dv,
-        b: &bv,
-        c: &cv,
-        single,
-    };
+    let opts = StructuredOptions { method, atol, rtol, positions };
+    let (av, dv, bv, cv) = (contiguous(&aa), contiguous(&dd), contiguous(&bb), contiguous(&cc));
+    let m = MambaFactors { channels: d, l, n, a: &av, delta: &dv, b: &bv, c: &cv, single };
     let curves: EssCurves = crate::interrupt::detach(py, || mamba_ess(&m, &opts))?;
     curves_to_py(py, curves, &[d])
 }

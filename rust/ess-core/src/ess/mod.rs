@@ -69,10 +69,7 @@ impl Tolerance {
         for (name, v) in [("atol", atol), ("rtol", rtol)] {
             if let Some(x) = v {
                 if !x.is_finite() || x < 0.0 {
-                    return Err(Error::invalid(
-                        name,
-                        format!("must be a finite non-negative number, got {x}"),
-                    ));
+                    return Err(Error::invalid(name, format!("must be a finite non-negative number, got {x}")));
                 }
             }
         }

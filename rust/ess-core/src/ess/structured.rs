@@ -114,25 +114,13 @@ fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
     if f.b.len() != bc {
         return Err(Error::shape(
             "B",
-            format!(
-                "expected {} x {} x {} = {bc} values, got {}",
-                f.batch,
-                f.l,
-                f.n,
-                f.b.len()
-            ),
+            format!("expected {} x {} x {} = {bc} values, got {}", f.batch, f.l, f.n, f.b.len()),
         ));
     }
     if f.c.len() != bc {
         return Err(Error::shape(
             "C",
-            format!(
-                "expected {} x {} x {} = {bc} values (the shape of B), got {}",
-                f.batch,
-                f.l,
-                f.n,
-                f.c.len()
-            ),
+            format!("expected {} x {} x {} = {bc} values (the shape of B), got {}", f.batch, f.l, f.n, f.c.len()),
         ));
     }
     let (dims, what): (Vec<usize>, &str) = match f.kind {
@@ -143,10 +131,7 @@ fn validate<F: Scalar>(f: &SsmFactors<'_, F>) -> Result<()> {
     };
     let na = checked_size("A", &dims)?;
     if f.a.len() != na {
-        return Err(Error::shape(
-            "A",
-            format!("expected {what} = {na} values, got {}", f.a.len()),
-        ));
+        return Err(Error::shape("A", format!("expected {what} = {na} values, got {}", f.a.len())));
     }
     check_finite("A", f.a)?;
     check_finite("B", f.b)?;
@@ -219,25 +204,16 @@ pub fn mamba_ess(m: &MambaFactors<'_>, opts: &StructuredOptions) -> Result<EssCu
     let ln = checked_size("B", &[l, n])?;
     let ldn = checked_size("B", &[l, d, n])?;
     if m.a.len() != dn {
-        return Err(Error::shape(
-            "A",
-            format!("expected D x N = {dn} values, got {}", m.a.len()),
-        ));
+        return Err(Error::shape("A", format!("expected D x N = {dn} values, got {}", m.a.len())));
     }
     if m.delta.len() != ld {
-        return Err(Error::shape(
-            "delta",
-            format!("expected L x D = {ld} values, got {}", m.delta.len()),
-        ));
+        return Err(Error::shape("delta", format!("expected L x D = {ld} values, got {}", m.delta.len())));
     }
     for (name, x) in [("B", m.b), ("C", m.c)] {
         if x.len() != ln && x.len() != ldn {
             return Err(Error::shape(
                 name,
-                format!(
-                    "expected L x N = {ln} or L x D x N = {ldn} values, got {}",
-                    x.len()
-                ),
+                format!("expected L x N = {ln} or L x D x N = {ldn} values, got {}", x.len()),
             ));
         }
     }
@@ -256,16 +232,8 @@ pub fn mamba_ess(m: &MambaFactors<'_>, opts: &StructuredOptions) -> Result<EssCu
         for t in 0..l {
             let dt = m.delta[t * d + ch];
             let (bt, ct) = (
-                if b_shared {
-                    &m.b[t * n..(t + 1) * n]
-                } else {
-                    &m.b[(t * d + ch) * n..(t * d + ch + 1) * n]
-                },
-                if c_shared {
-                    &m.c[t * n..(t + 1) * n]
-                } else {
-                    &m.c[(t * d + ch) * n..(t * d + ch + 1) * n]
-                },
+                if b_shared { &m.b[t * n..(t + 1) * n] } else { &m.b[(t * d + ch) * n..(t * d + ch + 1) * n] },
+                if c_shared { &m.c[t * n..(t + 1) * n] } else { &m.c[(t * d + ch) * n..(t * d + ch + 1) * n] },
             );
             for k in 0..n {
                 let at = round((dt * ach[k]).exp());
@@ -277,10 +245,7 @@ pub fn mamba_ess(m: &MambaFactors<'_>, opts: &StructuredOptions) -> Result<EssCu
                     });
                 }
                 if !bk.is_finite() {
-                    return Err(Error::NonFinite {
-                        arg: "delta, B (delta * B)".into(),
-                        index: (ch * l + t) * n + k,
-                    });
+                    return Err(Error::NonFinite { arg: "delta, B (delta * B)".into(), index: (ch * l + t) * n + k });
                 }
                 chan.a.push(at);
                 chan.b.push(bk);
@@ -289,11 +254,7 @@ pub fn mamba_ess(m: &MambaFactors<'_>, opts: &StructuredOptions) -> Result<EssCu
         }
         Ok(())
     };
-    let eps = if m.single {
-        f32::EPSILON as f64
-    } else {
-        f64::EPSILON
-    };
+    let eps = if m.single { f32::EPSILON as f64 } else { f64::EPSILON };
     run(d, l, n, Transition::Diagonal, eps, &fill, opts)
 }
 
@@ -341,57 +302,35 @@ fn run(
             per_worker.and_then(|x| (x as u64).checked_mul(in_flight)),
             &format!("the working buffers of {in_flight} channel(s) in flight (L = {l}, N = {n})"),
         )?;
-        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> =
-            Vec::with_capacity(batch);
-        let mut ti = if want_tol {
-            Some(tol_out.chunks_mut(np))
-        } else {
-            None
-        };
-        let mut ei = if want_ent {
-            Some(ent_out.chunks_mut(np))
-        } else {
-            None
-        };
+        let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(batch);
+        let mut ti = if want_tol { Some(tol_out.chunks_mut(np)) } else { None };
+        let mut ei = if want_ent { Some(ent_out.chunks_mut(np)) } else { None };
         for b in 0..batch {
-            rows.push((
-                b,
-                ti.as_mut().and_then(|it| it.next()),
-                ei.as_mut().and_then(|it| it.next()),
-            ));
+            rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
         }
         // Channels are independent small problems: one workspace per worker thread, reused across the
         // channels it takes (no allocation or page faults per channel or split).
-        rows.into_par_iter().with_min_len(4).try_for_each_init(
-            Workspace::default,
-            |ws, (ch, tr, er)| {
-                crate::interrupt::check()?;
-                let mut chan = ws.chan.take().unwrap_or(Channel {
-                    kind,
-                    n,
-                    a: Vec::new(),
-                    b: Vec::new(),
-                    c: Vec::new(),
-                });
-                chan.kind = kind;
-                chan.n = n;
-                fill(ch, &mut chan)?;
-                let res = one_channel(&chan, l, &positions, &tol, want_tol, want_ent, budget, ws);
-                ws.chan = Some(chan);
-                let res = res?;
-                if let Some(tr) = tr {
-                    for (o, r) in tr.iter_mut().zip(&res) {
-                        *o = r.0;
-                    }
+        rows.into_par_iter().with_min_len(4).try_for_each_init(Workspace::default, |ws, (ch, tr, er)| {
+            crate::interrupt::check()?;
+            let mut chan = ws.chan.take().unwrap_or(Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() });
+            chan.kind = kind;
+            chan.n = n;
+            fill(ch, &mut chan)?;
+            let res = one_channel(&chan, l, &positions, &tol, want_tol, want_ent, budget, ws);
+            ws.chan = Some(chan);
+            let res = res?;
+            if let Some(tr) = tr {
+                for (o, r) in tr.iter_mut().zip(&res) {
+                    *o = r.0;
                 }
-                if let Some(er) = er {
-                    for (o, r) in er.iter_mut().zip(&res) {
-                        *o = r.1;
-                    }
+            }
+            if let Some(er) = er {
+                for (o, r) in er.iter_mut().zip(&res) {
+                    *o = r.1;
                 }
-                Ok::<(), Error>(())
-            },
-        )?;
+            }
+            Ok::<(), Error>(())
+        })?;
     }
     Ok(EssCurves {
         batch,
@@ -428,8 +367,7 @@ fn window_budget(in_flight: u64) -> usize {
 }
 
 /// Test hook: a nonzero value replaces [`window_budget`] (the results do not depend on it).
-static WINDOW_BYTES_OVERRIDE: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
+static WINDOW_BYTES_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// `x * 2^e`, exact whenever the result is a normal number, never overflowing in between.
 #[inline]
@@ -495,14 +433,7 @@ struct Factor {
 
 impl Factor {
     fn zeros(n: usize) -> Self {
-        Factor {
-            n,
-            s: vec![0.0; n * n],
-            e: vec![0; n],
-            rz: vec![true; n],
-            tri: true,
-            buf: vec![0.0; n],
-        }
+        Factor { n, s: vec![0.0; n * n], e: vec![0; n], rz: vec![true; n], tri: true, buf: vec![0.0; n] }
     }
 
     /// Becomes a copy of `o` (same `n`), without allocation.
@@ -814,14 +745,7 @@ struct Workspace {
 }
 
 /// Store `so` in slot `k` of the window (transposed, see [`Workspace::st_s`]).
-fn store(
-    st_s: &mut [f64],
-    st_e: &mut [i64],
-    st_rz: &mut [bool],
-    st_tri: &mut [bool],
-    k: usize,
-    so: &Factor,
-) {
+fn store(st_s: &mut [f64], st_e: &mut [i64], st_rz: &mut [bool], st_tri: &mut [bool], k: usize, so: &Factor) {
     let n = so.n;
     let nn = n * n;
     let dst = &mut st_s[k * nn..(k + 1) * nn];
@@ -837,13 +761,7 @@ fn store(
 
 /// Backward sweep `S_O(t) = tri(A_t^T [c_t, S_O(t+1)])` for `t = hi, hi-1, ..., lo`, calling
 /// `on(t, S_O(t))` after each step.
-fn sweep_back(
-    chan: &Channel,
-    so: &mut Factor,
-    hi: usize,
-    lo: usize,
-    mut on: impl FnMut(usize, &Factor),
-) -> Result<()> {
+fn sweep_back(chan: &Channel, so: &mut Factor, hi: usize, lo: usize, mut on: impl FnMut(usize, &Factor)) -> Result<()> {
     let n = chan.n;
     for t in (lo..=hi).rev() {
         if (hi - t).is_multiple_of(64) {
@@ -881,16 +799,7 @@ fn one_channel(
     let (w, _) = plan_window(ts.len(), n, budget);
     let w = w.min(ts.len());
     let nblocks = ts.len().div_ceil(w);
-    let Workspace {
-        st_s,
-        st_e,
-        st_rz,
-        st_tri,
-        cps,
-        lanes_a,
-        svd,
-        chan: _,
-    } = ws;
+    let Workspace { st_s, st_e, st_rz, st_tri, cps, lanes_a, svd, chan: _ } = ws;
     st_s.resize(checked_size("B", &[w, nn])?, 0.0);
     st_e.resize(w * n, 0);
     st_rz.resize(w * n, true);
@@ -949,19 +858,12 @@ fn one_channel(
             sigma.truncate(t.min(l - t));
             let smax = sigma.first().copied().unwrap_or(0.0);
             let tol_s = match tol.atol {
-                Some(a) => Tolerance {
-                    atol: Some(ldexp(a, -gmax)),
-                    ..*tol
-                },
+                Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
                 None => *tol,
             };
             let tau = tol_s.threshold(smax, l - t, t);
             out[o] = (
-                if want_tol {
-                    tolerance_count(&sigma, tau) as f64
-                } else {
-                    0.0
-                },
+                if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
                 if want_ent { entropy_ess(&sigma) } else { 0.0 },
             );
         }
@@ -1014,11 +916,7 @@ fn one_channel(
                 let sigma: [f64; 0] = [];
                 let tau = tol.threshold(0.0, l - tq, tq);
                 out[o] = (
-                    if want_tol {
-                        tolerance_count(&sigma, tau) as f64
-                    } else {
-                        0.0
-                    },
+                    if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
                     if want_ent { entropy_ess(&sigma) } else { 0.0 },
                 );
             }
@@ -1099,14 +997,7 @@ fn pythag(a: f64, b: f64) -> f64 {
 
 impl SmallSvd {
     fn new(n: usize) -> Self {
-        SmallSvd {
-            n,
-            a: vec![0.0; n * n],
-            w: vec![0.0; n],
-            rv1: vec![0.0; n],
-            backup: vec![0.0; n * n],
-            mem: None,
-        }
+        SmallSvd { n, a: vec![0.0; n * n], w: vec![0.0; n], rv1: vec![0.0; n], backup: vec![0.0; n * n], mem: None }
     }
 
     /// Singular values of `self.a` (destroyed), sorted decreasingly.
@@ -1401,9 +1292,7 @@ impl BatchSvd {
         {
             use std::sync::OnceLock;
             static HAS: OnceLock<bool> = OnceLock::new();
-            if *HAS
-                .get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-            {
+            if *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
                 // SAFETY: the features were detected at run time.
                 return unsafe { self.body_avx2() };
             }
@@ -1783,16 +1672,8 @@ fn singular_values(m: MatRef<'_, f64>, mem: &mut MemBuffer) -> Result<Vec<f64>> 
         return Ok(Vec::new());
     }
     let mut s = faer::diag::Diag::<f64>::zeros(n);
-    faer::linalg::svd::svd(
-        m,
-        s.as_mut(),
-        None,
-        None,
-        Par::Seq,
-        MemStack::new(mem),
-        Default::default(),
-    )
-    .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
+    faer::linalg::svd::svd(m, s.as_mut(), None, None, Par::Seq, MemStack::new(mem), Default::default())
+        .map_err(|e| Error::Numerical(format!("SVD did not converge: {e:?}")))?;
     let mut v: Vec<f64> = s.column_vector().iter().map(|x| x.abs()).collect();
     v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
     Ok(v)
@@ -1803,21 +1684,12 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
     }
 
     /// Materialise T densely (f64) from the factors of channel 0.
-    fn materialise(
-        kind: Transition,
-        l: usize,
-        n: usize,
-        a: &[f64],
-        b: &[f64],
-        c: &[f64],
-    ) -> Vec<f64> {
+    fn materialise(kind: Transition, l: usize, n: usize, a: &[f64], b: &[f64], c: &[f64]) -> Vec<f64> {
         let mut t_op = vec![0.0; l * l];
         for s in 0..l {
             // x = b_s, then x <- A_r x for r = s+1..t.
@@ -1828,9 +1700,9 @@ mod tests {
                         Transition::Identity => x,
                         Transition::Scalar => x.iter().map(|v| v * a[t]).collect(),
                         Transition::Diagonal => (0..n).map(|i| x[i] * a[t * n + i]).collect(),
-                        Transition::Dense => (0..n)
-                            .map(|i| (0..n).map(|k| a[t * n * n + i * n + k] * x[k]).sum())
-                            .collect(),
+                        Transition::Dense => {
+                            (0..n).map(|i| (0..n).map(|k| a[t * n * n + i * n + k] * x[k]).sum()).collect()
+                        }
                     };
                 }
                 t_op[t * l + s] = (0..n).map(|i| c[t * n + i] * x[i]).sum();
@@ -1842,12 +1714,7 @@ mod tests {
     #[test]
     fn agrees_with_dense_kernel() {
         let mut seed = 5u64;
-        for kind in [
-            Transition::Identity,
-            Transition::Scalar,
-            Transition::Diagonal,
-            Transition::Dense,
-        ] {
+        for kind in [Transition::Identity, Transition::Scalar, Transition::Diagonal, Transition::Dense] {
             for (l, n) in [(2usize, 1usize), (5, 3), (12, 4), (30, 6)] {
                 let na = match kind {
                     Transition::Identity => 0,
@@ -1858,37 +1725,15 @@ mod tests {
                 let a: Vec<f64> = (0..na).map(|_| 1.6 * lcg(&mut seed)).collect();
                 let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
                 let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
-                let f = SsmFactors {
-                    batch: 1,
-                    l,
-                    n,
-                    kind,
-                    a: &a,
-                    b: &b,
-                    c: &c,
-                };
-                let opts = StructuredOptions {
-                    rtol: Some(1e-9),
-                    ..Default::default()
-                };
+                let f = SsmFactors { batch: 1, l, n, kind, a: &a, b: &b, c: &c };
+                let opts = StructuredOptions { rtol: Some(1e-9), ..Default::default() };
                 let got = ssm_ess(&f, &opts).unwrap();
                 let op = materialise(kind, l, n, &a, &b, &c);
-                let dopts = super::super::DenseOptions {
-                    rtol: Some(1e-9),
-                    ..Default::default()
-                };
+                let dopts = super::super::DenseOptions { rtol: Some(1e-9), ..Default::default() };
                 let want = super::super::dense_ess(&op, 1, l, &dopts).unwrap();
                 assert_eq!(got.tolerance, want.tolerance, "{kind:?} L={l} N={n}");
-                for (x, y) in got
-                    .entropy
-                    .unwrap()
-                    .iter()
-                    .zip(want.entropy.unwrap().iter())
-                {
-                    assert!(
-                        (x - y).abs() <= 1e-9 * y.max(1.0),
-                        "{kind:?} L={l} N={n}: {x} vs {y}"
-                    );
+                for (x, y) in got.entropy.unwrap().iter().zip(want.entropy.unwrap().iter()) {
+                    assert!((x - y).abs() <= 1e-9 * y.max(1.0), "{kind:?} L={l} N={n}: {x} vs {y}");
                 }
             }
         }
@@ -1900,18 +1745,8 @@ mod tests {
         let (l, n) = (2000usize, 2usize);
         let a = vec![4.0; l];
         let b = vec![1.0; l * n];
-        let c: Vec<f64> = (0..l * n)
-            .map(|i| if i % 2 == 0 { 1.0 } else { -0.5 })
-            .collect();
-        let f = SsmFactors {
-            batch: 1,
-            l,
-            n,
-            kind: Transition::Scalar,
-            a: &a,
-            b: &b,
-            c: &c,
-        };
+        let c: Vec<f64> = (0..l * n).map(|i| if i % 2 == 0 { 1.0 } else { -0.5 }).collect();
+        let f = SsmFactors { batch: 1, l, n, kind: Transition::Scalar, a: &a, b: &b, c: &c };
         let got = ssm_ess(&f, &StructuredOptions::default()).unwrap();
         let tc = got.tolerance.unwrap();
         let en = got.entropy.unwrap();
@@ -1928,10 +1763,7 @@ mod tests {
         let d: Vec<f64> = (0..l * n).map(|_| 0.5 + lcg(&mut seed)).collect();
         let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
         let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
-        let opts = StructuredOptions {
-            rtol: Some(1e-10),
-            ..Default::default()
-        };
+        let opts = StructuredOptions { rtol: Some(1e-10), ..Default::default() };
         for e in [-900i64, 900] {
             let ad: Vec<f64> = d.iter().map(|&x| ldexp(x, e)).collect();
             let mut a = vec![0.0; l * n * n];
@@ -1940,84 +1772,27 @@ mod tests {
                     a[t * n * n + i * n + i] = ad[t * n + i];
                 }
             }
-            let fd = SsmFactors {
-                batch: 1,
-                l,
-                n,
-                kind: Transition::Diagonal,
-                a: &ad,
-                b: &b,
-                c: &c,
-            };
-            let fm = SsmFactors {
-                batch: 1,
-                l,
-                n,
-                kind: Transition::Dense,
-                a: &a,
-                b: &b,
-                c: &c,
-            };
+            let fd = SsmFactors { batch: 1, l, n, kind: Transition::Diagonal, a: &ad, b: &b, c: &c };
+            let fm = SsmFactors { batch: 1, l, n, kind: Transition::Dense, a: &a, b: &b, c: &c };
             let want = ssm_ess(&fd, &opts).unwrap();
             let got = ssm_ess(&fm, &opts).unwrap();
             assert_eq!(got.tolerance, want.tolerance);
             assert!(want.tolerance.as_ref().unwrap()[l / 2] >= 1.0);
-            for (x, y) in got
-                .entropy
-                .unwrap()
-                .iter()
-                .zip(want.entropy.as_ref().unwrap())
-            {
-                assert!(
-                    x.is_finite() && (x - y).abs() <= 1e-10 * y.max(1.0),
-                    "{x} vs {y}"
-                );
+            for (x, y) in got.entropy.unwrap().iter().zip(want.entropy.as_ref().unwrap()) {
+                assert!(x.is_finite() && (x - y).abs() <= 1e-10 * y.max(1.0), "{x} vs {y}");
             }
         }
     }
 
     #[test]
     fn bad_input() {
-        let f = SsmFactors::<f64> {
-            batch: 1,
-            l: 3,
-            n: 0,
-            kind: Transition::Identity,
-            a: &[],
-            b: &[],
-            c: &[],
-        };
-        assert!(matches!(
-            ssm_ess(&f, &Default::default()),
-            Err(Error::Shape { .. })
-        ));
+        let f = SsmFactors::<f64> { batch: 1, l: 3, n: 0, kind: Transition::Identity, a: &[], b: &[], c: &[] };
+        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
         let b = [1.0, f64::NAN, 0.0];
-        let f = SsmFactors {
-            batch: 1,
-            l: 3,
-            n: 1,
-            kind: Transition::Identity,
-            a: &[],
-            b: &b,
-            c: &[0.0; 3],
-        };
-        assert!(matches!(
-            ssm_ess(&f, &Default::default()),
-            Err(Error::NonFinite { .. })
-        ));
-        let f = SsmFactors {
-            batch: 1,
-            l: 3,
-            n: 1,
-            kind: Transition::Scalar,
-            a: &[1.0],
-            b: &[0.0; 3],
-            c: &[0.0; 3],
-        };
-        assert!(matches!(
-            ssm_ess(&f, &Default::default()),
-            Err(Error::Shape { .. })
-        ));
+        let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Identity, a: &[], b: &b, c: &[0.0; 3] };
+        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::NonFinite { .. })));
+        let f = SsmFactors { batch: 1, l: 3, n: 1, kind: Transition::Scalar, a: &[1.0], b: &[0.0; 3], c: &[0.0; 3] };
+        assert!(matches!(ssm_ess(&f, &Default::default()), Err(Error::Shape { .. })));
     }
 
     #[test]
@@ -2070,10 +1845,7 @@ mod tests {
                 let want = singular_values(m, &mut mem).unwrap();
                 let s1 = want[0].max(1e-300);
                 for (x, y) in got.iter().zip(&want) {
-                    assert!(
-                        (x - y).abs() <= 1e-13 * s1 * n as f64,
-                        "n={n} case={case}: {got:?} vs {want:?}"
-                    );
+                    assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} case={case}: {got:?} vs {want:?}");
                 }
             }
         }
@@ -2104,11 +1876,7 @@ mod tests {
                 let want = s.values().unwrap();
                 let s1 = want[0].max(1e-300);
                 for (x, y) in got[q].iter().zip(&want) {
-                    assert!(
-                        (x - y).abs() <= 1e-13 * s1 * n as f64,
-                        "n={n} lane={q}: {:?} vs {want:?}",
-                        got[q]
-                    );
+                    assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} lane={q}: {:?} vs {want:?}", got[q]);
                 }
             }
         }
@@ -2166,31 +1934,12 @@ mod tests {
     fn windowed_backward_factors_equal_stored() {
         let (batch, l, n) = (3usize, 150usize, 5usize);
         let mut seed = 11u64;
-        let a: Vec<f64> = (0..batch * l * n)
-            .map(|_| 0.5 + 0.5 * lcg(&mut seed).abs())
-            .collect();
+        let a: Vec<f64> = (0..batch * l * n).map(|_| 0.5 + 0.5 * lcg(&mut seed).abs()).collect();
         let b: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
         let c: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
-        let f = SsmFactors {
-            batch,
-            l,
-            n,
-            kind: Transition::Diagonal,
-            a: &a,
-            b: &b,
-            c: &c,
-        };
-        for positions in [
-            None,
-            Some(vec![0usize, 1, 2, 7, 40, 41, 99, 149]),
-            Some((3..l).step_by(3).collect()),
-        ] {
-            let opts = StructuredOptions {
-                method: super::super::Method::Both,
-                atol: None,
-                rtol: None,
-                positions,
-            };
+        let f = SsmFactors { batch, l, n, kind: Transition::Diagonal, a: &a, b: &b, c: &c };
+        for positions in [None, Some(vec![0usize, 1, 2, 7, 40, 41, 99, 149]), Some((3..l).step_by(3).collect())] {
+            let opts = StructuredOptions { method: super::super::Method::Both, atol: None, rtol: None, positions };
             let full = ssm_ess(&f, &opts).unwrap();
             // one split's factor is n * (n + 2) * 8 bytes: a budget of three splits forces checkpoints
             WINDOW_BYTES_OVERRIDE.store(3 * n * (n + 2) * 8, std::sync::atomic::Ordering::Relaxed);
@@ -2210,27 +1959,11 @@ mod tests {
         let (d, l, n) = (3usize, 40usize, 4usize);
         let mut seed = 5u64;
         let a: Vec<f64> = (0..d * n).map(|_| -(0.5 + lcg(&mut seed).abs())).collect();
-        let delta: Vec<f64> = (0..l * d)
-            .map(|_| 0.05 + 0.1 * lcg(&mut seed).abs())
-            .collect();
+        let delta: Vec<f64> = (0..l * d).map(|_| 0.05 + 0.1 * lcg(&mut seed).abs()).collect();
         let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
         let c: Vec<f64> = (0..l * d * n).map(|_| lcg(&mut seed)).collect();
-        let m = MambaFactors {
-            channels: d,
-            l,
-            n,
-            a: &a,
-            delta: &delta,
-            b: &b,
-            c: &c,
-            single: false,
-        };
-        let opts = StructuredOptions {
-            method: super::super::Method::Both,
-            atol: None,
-            rtol: None,
-            positions: None,
-        };
+        let m = MambaFactors { channels: d, l, n, a: &a, delta: &delta, b: &b, c: &c, single: false };
+        let opts = StructuredOptions { method: super::super::Method::Both, atol: None, rtol: None, positions: None };
         let got = mamba_ess(&m, &opts).unwrap();
         let (mut at, mut bt, mut ct) = (vec![], vec![], vec![]);
         for ch in 0..d {
@@ -2243,23 +1976,12 @@ mod tests {
                 }
             }
         }
-        let f = SsmFactors {
-            batch: d,
-            l,
-            n,
-            kind: Transition::Diagonal,
-            a: &at,
-            b: &bt,
-            c: &ct,
-        };
+        let f = SsmFactors { batch: d, l, n, kind: Transition::Diagonal, a: &at, b: &bt, c: &ct };
         let want = ssm_ess(&f, &opts).unwrap();
         assert_eq!(got.tolerance, want.tolerance);
         assert_eq!(got.entropy, want.entropy);
         let bad = MambaFactors { a: &[1e5; 12], ..m };
-        assert!(matches!(
-            mamba_ess(&bad, &opts),
-            Err(Error::NonFinite { .. })
-        ));
+        assert!(matches!(mamba_ess(&bad, &opts), Err(Error::NonFinite { .. })));
     }
 
     #[test]

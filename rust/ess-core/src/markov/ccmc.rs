@@ -35,14 +35,7 @@ impl Xoshiro256pp {
     }
     pub fn seed(seed: u64, stream: u64) -> Self {
         let mut sm = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03);
-        Xoshiro256pp {
-            s: [
-                splitmix64(&mut sm),
-                splitmix64(&mut sm),
-                splitmix64(&mut sm),
-                splitmix64(&mut sm),
-            ],
-        }
+        Xoshiro256pp { s: [splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm), splitmix64(&mut sm)] }
     }
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
@@ -92,10 +85,7 @@ pub fn simulate(
     }
     for &t in prompt {
         if t < 0 || t >= v as i64 {
-            return Err(Error::out_of_range(
-                "prompt",
-                format!("token {t} is outside the vocabulary [0, {v})"),
-            ));
+            return Err(Error::out_of_range("prompt", format!("token {t} is outside the vocabulary [0, {v})")));
         }
     }
     let total_len = prompt.len() + n_steps;
@@ -103,18 +93,12 @@ pub fn simulate(
         if w.len() != total_len {
             return Err(Error::shape(
                 "position_weights",
-                format!(
-                    "needs len(prompt) + n_steps = {total_len} entries, got {}",
-                    w.len()
-                ),
+                format!("needs len(prompt) + n_steps = {total_len} entries, got {}", w.len()),
             ));
         }
         check_finite("position_weights", w)?;
         if let Some(i) = w.iter().position(|&x| !(x > 0.0)) {
-            return Err(Error::invalid(
-                "position_weights",
-                format!("weights must be > 0; entry {i} is {}", w[i]),
-            ));
+            return Err(Error::invalid("position_weights", format!("weights must be > 0; entry {i} is {}", w[i])));
         }
     }
     // name the argument that makes the request large
@@ -123,10 +107,7 @@ pub fn simulate(
     // tokens (i64), support sizes and winner shares (f64) per step of every trajectory
     crate::mem::gate(arg, (size as u64).checked_mul(24), &format!("{n_traj} trajectories of {n_steps} steps"))?;
     if size > (1usize << 31) {
-        return Err(Error::too_large(
-            "n_steps",
-            format!("n_traj * n_steps = {size} outputs is too many"),
-        ));
+        return Err(Error::too_large("n_steps", format!("n_traj * n_steps = {size} outputs is too many")));
     }
     let wt = |t: usize| weights.map(|w| w[t]).unwrap_or(1.0);
     // support and initial counts
@@ -173,10 +154,7 @@ pub fn simulate(
                 if !(z > 0.0) {
                     return Err(Error::invalid(
                         "P",
-                        format!(
-                            "token {} gives zero probability to every token of the prompt",
-                            support[k]
-                        ),
+                        format!("token {} gives zero probability to every token of the prompt", support[k]),
                     ));
                 }
                 let mut h = 0.0;
@@ -214,11 +192,7 @@ pub fn simulate(
     for r in results {
         r?;
     }
-    Ok(Simulation {
-        tokens,
-        support: supp,
-        winner_share: win,
-    })
+    Ok(Simulation { tokens, support: supp, winner_share: win })
 }
 
 #[cfg(test)]
