@@ -764,7 +764,7 @@ fn store(st_s: &mut [f64], st_e: &mut [i64], st_rz: &mut [bool], st_tri: &mut [b
 fn sweep_back(chan: &Channel, so: &mut Factor, hi: usize, lo: usize, mut on: impl FnMut(usize, &Factor)) -> Result<()> {
     let n = chan.n;
     for t in (lo..=hi).rev() {
-        if (hi - t).is_multiple_of(64) {
+        if (hi - t) % 64 == 0 {
             crate::interrupt::check()?;
         }
         so.append(&chan.c[t * n..(t + 1) * n]);
@@ -890,7 +890,7 @@ fn one_channel(
             }
         }
         while t < tq {
-            if t.is_multiple_of(64) {
+            if t % 64 == 0 {
                 crate::interrupt::check()?;
             }
             chan.apply(&mut sr, t, false);
