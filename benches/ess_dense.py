@@ -155,7 +155,7 @@ def main() -> None:
         t_rt, got_rt = timed(ess.effective_state_size, T, method="tolerance", rtol=rtol, repeat=rep)
         t_both, got_both = timed(ess.effective_state_size, T, method="both", repeat=rep)
 
-        def row(case, t_ess, te, ts, mism):
+        def row(case, t_ess, te, ts, mism, L=L):
             say(f"{L:5d} {case:34s} {t_ess:9.3f} {te:14.3f} {ts:13.3f} {te / t_ess:7.1f} {ts / t_ess:7.1f} {mism:8d}")
 
         row("softmax, tolerance (default)", t_def, t_eig, t_svd, int(np.sum(got_def != st_)))

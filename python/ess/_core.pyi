@@ -18,12 +18,26 @@ def dense_ess_curves(
     positions: Optional[Sequence[int]] = None,
 ) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
 
+def _dense_matmul_probe_seconds(n: int) -> float: ...
+
 # --- structured ESS (ess.structured) ----------------------------------------------------
 def ssm_ess_curves(
     a: Optional[npt.NDArray[np.floating]],
     kind: str,
     b: npt.NDArray[np.floating],
     c: npt.NDArray[np.floating],
+    method: str,
+    atol: Optional[float] = None,
+    rtol: Optional[float] = None,
+    positions: Optional[Sequence[int]] = None,
+) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
+
+def mamba_ess_curves(
+    a: npt.NDArray[np.float64],
+    delta: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    single: bool,
     method: str,
     atol: Optional[float] = None,
     rtol: Optional[float] = None,

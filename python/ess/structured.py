@@ -92,6 +92,39 @@ def _check_method(method: str) -> None:
         )
 
 
+def _transition_kind(a: Optional[np.ndarray], b: np.ndarray, c: np.ndarray, transition: Optional[str]) -> Tuple[str, int, int]:
+    """The transition kind of ``ssm_ess`` (named, or read from the trailing shape of ``A``), and ``L, N``."""
+    L, N = b.shape[-2:]
+    if c.shape[-2:] != (L, N):
+        raise ShapeError(f"C: trailing dimensions {c.shape[-2:]} differ from (L, N) = {(L, N)} of B")
+    if transition is None:
+        if a is None:
+            kind = "identity"
+        else:
+            if a.ndim >= 3 and a.shape[-3:] == (L, N, N):
+                kind = "dense"
+            elif a.ndim >= 2 and a.shape[-2:] == (L, N):
+                kind = "diagonal"
+            elif a.ndim >= 1 and a.shape[-1] == L:
+                kind = "scalar"
+            else:
+                kind = ""
+            if not kind:
+                raise ShapeError(
+                    f"A: cannot tell the transition kind from A.ndim = {a.ndim} and B.ndim = {b.ndim}; "
+                    "expected (..., L), (..., L, N) or (..., L, N, N), or pass transition="
+                )
+    else:
+        kind = transition
+        if kind not in ("identity", "scalar", "diagonal", "dense"):
+            raise InvalidArgumentError(
+                f'transition: unknown kind {kind!r}; expected "identity", "scalar", "diagonal" or "dense"'
+            )
+        if (kind == "identity") != (a is None):
+            raise InvalidArgumentError("A: must be None exactly when transition is 'identity'")
+    return kind, L, N
+
+
 def ssm_ess(
     A: Optional[npt.ArrayLike],
     B: npt.ArrayLike,
@@ -151,34 +184,7 @@ def ssm_ess(
         raise ShapeError(f"B: needs at least 2 dimensions (..., L, N), got shape {b.shape}")
     if c.ndim < 2:
         raise ShapeError(f"C: needs at least 2 dimensions (..., L, N), got shape {c.shape}")
-    L, N = b.shape[-2:]
-    if c.shape[-2:] != (L, N):
-        raise ShapeError(f"C: trailing dimensions {c.shape[-2:]} differ from (L, N) = {(L, N)} of B")
-    if transition is None:
-        if a is None:
-            kind = "identity"
-        else:
-            if a.ndim >= 3 and a.shape[-3:] == (L, N, N):
-                kind = "dense"
-            elif a.ndim >= 2 and a.shape[-2:] == (L, N):
-                kind = "diagonal"
-            elif a.ndim >= 1 and a.shape[-1] == L:
-                kind = "scalar"
-            else:
-                kind = ""
-            if not kind:
-                raise ShapeError(
-                    f"A: cannot tell the transition kind from A.ndim = {a.ndim} and B.ndim = {b.ndim}; "
-                    "expected (..., L), (..., L, N) or (..., L, N, N), or pass transition="
-                )
-    else:
-        kind = transition
-        if kind not in ("identity", "scalar", "diagonal", "dense"):
-            raise InvalidArgumentError(
-                f'transition: unknown kind {kind!r}; expected "identity", "scalar", "diagonal" or "dense"'
-            )
-        if (kind == "identity") != (a is None):
-            raise InvalidArgumentError("A: must be None exactly when transition is 'identity'")
+    kind, L, N = _transition_kind(a, b, c, transition)
     tail = {"identity": (), "scalar": (L,), "diagonal": (L, N), "dense": (L, N, N)}[kind]
     lead = [b.shape[:-2], c.shape[:-2]]
     if a is not None:
@@ -510,6 +516,64 @@ def _lowrank_hankel(
         r = min(2 * r, n, max_rank)
 
 
+def _conv_args(h: npt.ArrayLike, L: int, x1: Optional[npt.ArrayLike], x2: Optional[npt.ArrayLike], path: str,
+               accuracy: float) -> Tuple[np.ndarray, int, int, list, float]:
+    """The checked arguments of :func:`conv_ess`: taps ``(..., k)`` in float64, ``L``, ``k``, the gates, accuracy."""
+    ha = _as_float(h, "h").astype(np.float64)
+    if ha.ndim < 1:
+        raise ShapeError(f"h: needs at least 1 dimension (..., k), got shape {ha.shape}")
+    if isinstance(L, bool) or not isinstance(L, (int, np.integer)):
+        raise InvalidArgumentError(f"L: must be an integer, got {type(L).__name__}")
+    L = int(L)
+    if L < 1:
+        raise InvalidArgumentError(f"L: must be >= 1, got {L}")
+    k = ha.shape[-1]
+    if k < 1:
+        raise ShapeError("h: the kernel is empty (k = 0)")
+    if k > L:
+        raise ShapeError(f"h: kernel length k = {k} exceeds the sequence length L = {L}")
+    _check_finite(ha, "h")
+    if path not in ("auto", "exact", "fast"):
+        raise InvalidArgumentError(f'path: unknown path {path!r}; expected "auto", "exact" or "fast"')
+    accuracy = _args.real(accuracy, "accuracy")
+    if not accuracy > 0:
+        raise InvalidArgumentError(f"accuracy: must be a finite positive number, got {accuracy!r}")
+    gates: list = []
+    for name, x in (("x1", x1), ("x2", x2)):
+        if x is None:
+            gates.append(None)
+            continue
+        xa = _as_float(x, name).astype(np.float64)
+        if xa.ndim < 1 or xa.shape[-1] != L:
+            raise ShapeError(f"{name}: expected shape (..., L) = (..., {L}), got {xa.shape}")
+        _check_finite(xa, name)
+        gates.append(xa)
+    return ha, L, k, gates, accuracy
+
+
+def _conv_gated(hb: np.ndarray, g1: Optional[np.ndarray], g2: Optional[np.ndarray], L: int, k: int, batch: Tuple[int, ...],
+                method: str, atol: Optional[float], rtol: Optional[float], positions: Optional[npt.ArrayLike]) -> Result:
+    """Gated convolutions ``y_t = x2[t] sum_j h[j] x1[t-j] u_{t-j}`` through the structured kernel."""
+    nb = hb.shape[0]
+    # Shift-register realisation, state h_t = (u_t, ..., u_{t-k+1}) (size k):
+    # A = down-shift, b_t = x1[t] e_0, c_t = x2[t] h. Exact; O(L k^3) per channel.
+    shift = np.eye(k, k, -1)
+    A = np.ascontiguousarray(np.broadcast_to(shift, (L, k, k)))
+    tols: list = []
+    ents: list = []
+    for j in range(nb):
+        Bj = np.zeros((L, k))
+        Bj[:, 0] = 1.0 if g1 is None else g1[j]
+        Cj = np.broadcast_to(hb[j], (L, k)) * (1.0 if g2 is None else g2[j][:, None])
+        tj, ej = _core.ssm_ess_curves(A, "dense", Bj, np.ascontiguousarray(Cj),
+                                      method, atol, rtol, _positions_list(positions))
+        tols.append(tj)
+        ents.append(ej)
+    tol = None if tols[0] is None else np.stack(tols).reshape(batch + tols[0].shape[-1:])
+    ent = None if ents[0] is None else np.stack(ents).reshape(batch + ents[0].shape[-1:])
+    return _finish(tol, ent, method)
+
+
 def conv_ess(
     h: npt.ArrayLike,
     L: int,
@@ -570,36 +634,8 @@ def conv_ess(
     """
     _check_method(method)
     atol, rtol = _tols(atol, rtol)
-    ha = _as_float(h, "h").astype(np.float64)
-    if ha.ndim < 1:
-        raise ShapeError(f"h: needs at least 1 dimension (..., k), got shape {ha.shape}")
-    if isinstance(L, bool) or not isinstance(L, (int, np.integer)):
-        raise InvalidArgumentError(f"L: must be an integer, got {type(L).__name__}")
-    L = int(L)
-    if L < 1:
-        raise InvalidArgumentError(f"L: must be >= 1, got {L}")
-    k = ha.shape[-1]
-    if k < 1:
-        raise ShapeError("h: the kernel is empty (k = 0)")
-    if k > L:
-        raise ShapeError(f"h: kernel length k = {k} exceeds the sequence length L = {L}")
-    _check_finite(ha, "h")
-    if path not in ("auto", "exact", "fast"):
-        raise InvalidArgumentError(f'path: unknown path {path!r}; expected "auto", "exact" or "fast"')
-    accuracy = _args.real(accuracy, "accuracy")
-    if not accuracy > 0:
-        raise InvalidArgumentError(f"accuracy: must be a finite positive number, got {accuracy!r}")
+    ha, L, k, gates, accuracy = _conv_args(h, L, x1, x2, path, accuracy)
     lead = ha.shape[:-1]
-    gates: list = []
-    for name, x in (("x1", x1), ("x2", x2)):
-        if x is None:
-            gates.append(None)
-            continue
-        xa = _as_float(x, name).astype(np.float64)
-        if xa.ndim < 1 or xa.shape[-1] != L:
-            raise ShapeError(f"{name}: expected shape (..., L) = (..., {L}), got {xa.shape}")
-        _check_finite(xa, name)
-        gates.append(xa)
     try:
         batch = np.broadcast_shapes(lead, *[g.shape[:-1] for g in gates if g is not None])
     except ValueError:
@@ -632,23 +668,7 @@ def conv_ess(
         z = np.zeros(batch + (n_pos,))
         return _finish(z, z.copy(), method) if method == "both" else z
     if path == "exact" and gated:
-        # Shift-register realisation, state h_t = (u_t, ..., u_{t-k+1}) (size k):
-        # A = down-shift, b_t = x1[t] e_0, c_t = x2[t] h. Exact; O(L k^3) per channel.
-        shift = np.eye(k, k, -1)
-        A = np.ascontiguousarray(np.broadcast_to(shift, (L, k, k)))
-        tols: list = []
-        ents: list = []
-        for j in range(nb):
-            Bj = np.zeros((L, k))
-            Bj[:, 0] = 1.0 if g1 is None else g1[j]
-            Cj = np.broadcast_to(hb[j], (L, k)) * (1.0 if g2 is None else g2[j][:, None])
-            tj, ej = _core.ssm_ess_curves(A, "dense", Bj, np.ascontiguousarray(Cj),
-                                          method, atol, rtol, _positions_list(positions))
-            tols.append(tj)
-            ents.append(ej)
-        tol = None if tols[0] is None else np.stack(tols).reshape(batch + tols[0].shape[-1:])
-        ent = None if ents[0] is None else np.stack(ents).reshape(batch + ents[0].shape[-1:])
-        return _finish(tol, ent, method)
+        return _conv_gated(hb, g1, g2, L, k, batch, method, atol, rtol, positions)
     if path == "exact":
         n = k - 1
         # M = E Hk E^T with Hk[i, j] = h[i + j + 1] (i + j + 1 < k): X = E Hk, Y = E.
