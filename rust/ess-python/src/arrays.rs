@@ -123,3 +123,20 @@ pub fn curves_to_py<'py>(
     };
     Ok((wrap(curves.tolerance)?, wrap(curves.entropy)?))
 }
+
+/// The `positions` argument of the ESS functions: non-negative split points (the core checks
+/// them against `L`), `OutOfRangeError` naming `positions` for a negative one.
+pub fn positions_arg(positions: Option<Vec<i64>>) -> PyResult<Option<Vec<usize>>> {
+    use crate::errors::IntoPy;
+    positions
+        .map(|p| {
+            p.into_iter()
+                .map(|x| {
+                    usize::try_from(x)
+                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
+                })
+                .collect::<Result<Vec<usize>, _>>()
+                .py_err()
+        })
+        .transpose()
+}

@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 
 use ess_core::ess::{dense_ess, DenseOptions, EssCurves, Method};
 
-use crate::arrays::{contiguous_checked, curves_to_py, float_array, FloatArray};
+use crate::arrays::{contiguous_checked, curves_to_py, float_array, positions_arg, FloatArray};
 use crate::errors::{shape_error, IntoPy};
 
 /// Dense ESS curves of `T` (`(..., L, L)`); returns `(tolerance or None, entropy or None)`,
@@ -31,18 +31,7 @@ pub fn dense_ess_curves<'py>(
     }
     let batch_shape = &shape[..shape.len() - 2];
     let batch: usize = batch_shape.iter().product();
-    let positions = match positions {
-        None => None,
-        Some(p) => Some(
-            p.into_iter()
-                .map(|x| {
-                    usize::try_from(x)
-                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
-                })
-                .collect::<Result<Vec<usize>, _>>()
-                .py_err()?,
-        ),
-    };
+    let positions = positions_arg(positions)?;
     // Before any copy of a non-contiguous input: refuse what cannot fit.
     if batch > 0 {
         ess_core::ess::dense::check_memory(l, batch).py_err()?;

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use ess_core::ess::structured::{mamba_ess, ssm_ess, MambaFactors, SsmFactors, StructuredOptions, Transition};
 use ess_core::ess::{EssCurves, Method};
 
-use crate::arrays::{contiguous, curves_to_py, float_array, FloatArray};
+use crate::arrays::{contiguous, curves_to_py, float_array, positions_arg, FloatArray};
 use crate::errors::{dtype_error, shape_error, IntoPy};
 
 /// Structured ESS curves of state-space operators.
@@ -84,18 +84,7 @@ pub fn ssm_ess_curves<'py>(
             Some(arr)
         }
     };
-    let positions = match positions {
-        None => None,
-        Some(p) => Some(
-            p.into_iter()
-                .map(|x| {
-                    usize::try_from(x)
-                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
-                })
-                .collect::<Result<Vec<usize>, _>>()
-                .py_err()?,
-        ),
-    };
+    let positions = positions_arg(positions)?;
     let opts = StructuredOptions { method, atol, rtol, positions };
     let curves: EssCurves = match (&aarr, &barr, &carr) {
         (None | Some(FloatArray::F64(_)), FloatArray::F64(bb), FloatArray::F64(cc)) => {
@@ -168,18 +157,7 @@ pub fn mamba_ess_curves<'py>(
             return Err(shape_error(name, format!("expected shape ({l}, {n}) or ({l}, {d}, {n}), got {sh:?}")));
         }
     }
-    let positions = match positions {
-        None => None,
-        Some(p) => Some(
-            p.into_iter()
-                .map(|x| {
-                    usize::try_from(x)
-                        .map_err(|_| ess_core::Error::out_of_range("positions", format!("negative position {x}")))
-                })
-                .collect::<Result<Vec<usize>, _>>()
-                .py_err()?,
-        ),
-    };
+    let positions = positions_arg(positions)?;
     let opts = StructuredOptions { method, atol, rtol, positions };
     let (av, dv, bv, cv) = (contiguous(&aa), contiguous(&dd), contiguous(&bb), contiguous(&cc));
     let m = MambaFactors { channels: d, l, n, a: &av, delta: &dv, b: &bv, c: &cv, single };

@@ -62,7 +62,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
-use super::dense::{validate_positions, EssCurves, Scalar};
+use super::dense::{split_positions, EssCurves, Scalar};
 use super::{entropy_ess, tolerance_count, Tolerance};
 use crate::error::{check_finite, checked_size, Error, Result};
 
@@ -269,13 +269,7 @@ fn run(
     opts: &StructuredOptions,
 ) -> Result<EssCurves> {
     let tol = Tolerance::new(opts.atol, opts.rtol, eps)?;
-    let positions: Vec<usize> = match &opts.positions {
-        Some(p) => {
-            validate_positions(p, l)?;
-            p.clone()
-        }
-        None => (0..l).collect(),
-    };
+    let positions = split_positions(&opts.positions, l)?;
     let np = positions.len();
     let out_len = checked_size("B", &[batch, np])?;
     let want_tol = opts.method.wants_tolerance();

@@ -104,6 +104,17 @@ pub fn validate_positions(positions: &[usize], l: usize) -> Result<()> {
     Ok(())
 }
 
+/// The split points to compute: the given `positions` (checked against `L`), or all of `0..L`.
+pub fn split_positions(positions: &Option<Vec<usize>>, l: usize) -> Result<Vec<usize>> {
+    match positions {
+        Some(p) => {
+            validate_positions(p, l)?;
+            Ok(p.clone())
+        }
+        None => Ok((0..l).collect()),
+    }
+}
+
 /// Dense ESS of a batch of `L x L` causal operators stored contiguously (row-major,
 /// `batch * L * L` values). Returns the requested curves, each `(batch, n_positions)`.
 pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOptions) -> Result<EssCurves> {
@@ -129,13 +140,7 @@ pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOpti
             entropy: opts.method.wants_entropy().then(Vec::new),
         });
     }
-    let positions: Vec<usize> = match &opts.positions {
-        Some(p) => {
-            validate_positions(p, l)?;
-            p.clone()
-        }
-        None => (0..l).collect(),
-    };
+    let positions = split_positions(&opts.positions, l)?;
     let np = positions.len();
     let out_len = checked_size("T", &[batch, np])?;
     let want_tol = opts.method.wants_tolerance();
