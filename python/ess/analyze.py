@@ -126,32 +126,53 @@ def _to_device(obj: Any, device: Any) -> Any:
     return obj
 
 
+def _token_sequence(inputs: Any) -> bool:
+    """Is ``inputs`` a numpy array or a non-empty list/tuple of Python or numpy integers (token ids)?"""
+    if isinstance(inputs, np.ndarray):
+        return True
+    return isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(v, (int, np.integer)) for v in inputs)
+
+
+def _tensor_from_numpy(inputs: Any) -> Any:
+    """A numpy array or a list of token ids as a torch tensor (integers as int64; 1-D as one sequence)."""
+    import torch
+
+    arr = np.asarray(inputs)
+    if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+        raise DTypeError(f"inputs: numpy arrays must be integer token ids or floats, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64 if arr.dtype.kind in "iu" else None))
+
+
+def _tensor_inputs(inputs: Any) -> Tuple[str, Any, Optional[Any]]:
+    """Validate a tensor of inputs -> ("args", (tensor,), the tensor when it holds token ids, else None)."""
+    import torch
+
+    t = inputs
+    if t.dtype in (torch.complex64, torch.complex128, torch.bool):
+        raise DTypeError(f"inputs: unsupported dtype {t.dtype} (token ids must be integers, embeddings floating point)")
+    if t.dim() == 1:
+        t = t.unsqueeze(0)
+    if t.dim() < 2:
+        raise ShapeError(f"inputs: expected (batch, length[, features]), got shape {tuple(inputs.shape)}")
+    if t.numel() == 0 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ShapeError(f"inputs: empty (shape {tuple(t.shape)}); need at least one sequence of length >= 1")
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise InvalidArgumentError("inputs: contains NaN or infinity")
+    return "args", (t,), (t if not t.is_floating_point() else None)
+
+
 def _prepare_inputs(inputs: Any) -> Tuple[str, Any, Optional[Any]]:
     """Normalise ``inputs`` -> (call style, payload, token tensor or None), with validation."""
     import torch
 
     if inputs is None:
         raise InvalidArgumentError("inputs: required (a tensor of token ids (batch, length), a dict of keyword arguments, or a tuple of positional arguments)")
-    if isinstance(inputs, np.ndarray) or (isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(v, (int, np.integer)) for v in inputs)):
-        arr = np.asarray(inputs)
-        if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
-            raise DTypeError(f"inputs: numpy arrays must be integer token ids or floats, got dtype {arr.dtype}")
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        inputs = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64 if arr.dtype.kind in "iu" else None))
+    if _token_sequence(inputs):
+        inputs = _tensor_from_numpy(inputs)
     if isinstance(inputs, torch.Tensor):
-        t = inputs
-        if t.dtype in (torch.complex64, torch.complex128, torch.bool):
-            raise DTypeError(f"inputs: unsupported dtype {t.dtype} (token ids must be integers, embeddings floating point)")
-        if t.dim() == 1:
-            t = t.unsqueeze(0)
-        if t.dim() < 2:
-            raise ShapeError(f"inputs: expected (batch, length[, features]), got shape {tuple(inputs.shape)}")
-        if t.numel() == 0 or t.shape[0] == 0 or t.shape[1] == 0:
-            raise ShapeError(f"inputs: empty (shape {tuple(t.shape)}); need at least one sequence of length >= 1")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise InvalidArgumentError("inputs: contains NaN or infinity")
-        return "args", (t,), (t if not t.is_floating_point() else None)
+        return _tensor_inputs(inputs)
     if isinstance(inputs, dict):
         if not inputs:
             raise ShapeError("inputs: empty dict")
@@ -351,6 +372,335 @@ def _calibration_batch(nops: int, on_torch: bool) -> int:
     return max(1, min(nops - 1, threads // 2))
 
 
+def _check_options(model: Any, method: str, collapse: float, saturation: float) -> None:
+    """The checks of ``model``, ``method`` and the flag thresholds that need nothing else."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise DTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if method not in ("both", "tolerance", "entropy"):
+        raise InvalidArgumentError(f"method: expected 'both', 'tolerance' or 'entropy', got {method!r}")
+    if not (0.0 <= collapse < saturation <= 1.0):
+        raise InvalidArgumentError(f"collapse and saturation: need 0 <= collapse < saturation <= 1, got {collapse}, {saturation}")
+
+
+def _input_length(style: str, payload: Any, tok: Optional[Any]) -> Optional[int]:
+    """The sequence length of the inputs when it can be read before the forward pass, else ``None``."""
+    import torch
+
+    if style == "args" and isinstance(payload[0], torch.Tensor) and payload[0].dim() >= 2:
+        return int(payload[0].shape[1])
+    if tok is not None and isinstance(tok, torch.Tensor) and tok.dim() >= 1:
+        return int(tok.shape[-1])
+    return None
+
+
+def _supported_layers(model: Any, jacobian: Optional[Union[str, Sequence[str]]],
+                      layers: Optional[Union[str, Sequence[str]]]) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
+    """The layers to analyse with their extractors (discovered, plus the Jacobian route, then the
+    selection ``layers``), and the mixer-like modules that are not supported."""
+    found, skipped = discover(model)
+    if jacobian is not None:
+        found, skipped = _add_jacobian(model, found, skipped, jacobian)
+    if not found:
+        seen = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for _, m in model.named_modules()})
+        raise InvalidArgumentError(
+            f"model: no supported sequence-mixing layer found in {type(model).__name__}. "
+            f"Module types found: {seen}. Register an extractor with ess.operators.register(ModuleType, factory)."
+        )
+    return _select(found, layers), skipped
+
+
+def _model_device(model: Any) -> Any:
+    """The device of the model: that of its first parameter, else of its first buffer, else the CPU."""
+    import torch
+
+    return next((p.device for p in model.parameters()), None) or next((b.device for b in model.buffers()), torch.device("cpu"))
+
+
+def _forward(model: Any, found: List[Tuple[str, Any]], style: str, payload: Any) -> float:
+    """Run one forward pass with the extractors' hooks attached (eval mode, no gradients; hooks removed
+    and training flags restored afterwards); return its time in seconds. A layer called more than once
+    is an error."""
+    import torch
+
+    modes = {m: m.training for m in model.modules()}
+    handles: List[Any] = []
+    calls: Dict[str, int] = {name: 0 for name, _ in found}
+    t0 = time.perf_counter()
+    try:
+        for name, ex in found:
+            handles.extend(ex.attach())
+
+            def count(mod: Any, args: Any, name: str = name) -> None:
+                calls[name] += 1
+
+            handles.append(ex.module.register_forward_pre_hook(count))
+        model.eval()
+        with torch.no_grad():
+            if style == "kwargs":
+                model(**payload)
+            else:
+                model(*payload)
+    except BaseException:
+        for _, ex in found:
+            ex.clear()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in modes.items():
+            m.training = flag
+    t_forward = time.perf_counter() - t0
+    shared = {name: c for name, c in calls.items() if c > 1}
+    if shared:
+        for _, ex in found:
+            ex.clear()
+        desc = ", ".join(f"{name!r} ({c} calls)" for name, c in shared.items())
+        raise InvalidArgumentError(
+            f"model: {desc} ran more than once in one forward pass (a module shared between places in the network); "
+            "its captures would describe only its last call, so no operators are reported for it. Leave it out with "
+            "layers=[...] (the other layers are analysed as usual), or give each use its own module."
+        )
+    return t_forward
+
+
+def _progress_bar(progress: bool, total: int) -> Any:
+    """A tqdm bar over ``total`` layers when ``progress`` (and tqdm is installed), else ``None``."""
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc="ess.analyze", unit="layer", leave=False)
+    except ImportError:  # pragma: no cover - tqdm is part of the analyze extra
+        return None
+
+
+def _check_budget(name: str, need: int, budget: int, use_struct: bool) -> None:
+    """Raise :class:`TooLargeError` when one sequence of layer ``name`` needs more than ``budget`` bytes."""
+    if need > budget:
+        raise TooLargeError(
+            f"layer {name!r}: its {'factors' if use_struct else 'operators'} need about {_fmt_bytes(need)} "
+            f"for one sequence, over the memory budget of {_fmt_bytes(budget)}. Use a shorter input "
+            f"({'memory grows as L per channel' if use_struct else 'memory grows as L^2 per head/channel'}), "
+            f"select fewer layers with layers=..., pass positions=... to cut the compute, or raise "
+            f"memory_budget= (or $ESS_MEMORY_BUDGET)."
+        )
+
+
+def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) -> NonFiniteError:
+    """The error naming the first operator of ``T`` (layer ``name``, sample ``s``) with a NaN or inf."""
+    import torch
+
+    fin = (torch.isfinite(T).reshape(T.shape[0], -1).all(dim=1).cpu().numpy()
+           if isinstance(T, torch.Tensor) else np.isfinite(T).reshape(T.shape[0], -1).all(axis=1))
+    h = int(np.flatnonzero(~fin)[0])
+    return NonFiniteError(
+        f"layer {name!r}: operator {h} ({labels[h]}) contains NaN or inf on sample {s} "
+        "(a non-finite weight or activation in this layer or before it?)"
+    )
+
+
+def _assemble(cols: Dict[str, List[np.ndarray]], cats: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
+    """The columns of the report: chunks concatenated, category codes turned into names."""
+    rows: Dict[str, Any] = {}
+    for k, parts in cols.items():
+        if k in cats:  # plain strings (object column) for every consumer of the table; one object per name
+            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            names = np.empty(len(cats[k]), dtype=object)
+            names[:] = list(cats[k])
+            rows[k] = names[codes]
+        else:
+            rows[k] = np.concatenate(parts) if parts else np.zeros(0)
+    return rows
+
+
+def _tokens_and_markers(tok: Optional[Any], markers: Optional[Iterable[int]]) -> Tuple[Optional[np.ndarray], Dict[int, List[int]]]:
+    """The token ids on the host ``(batch, length)`` (or ``None``) and, per sequence, the positions of
+    the marker tokens."""
+    tok_np = None
+    if tok is not None:
+        tok_np = tok.detach().to("cpu").numpy()
+        if tok_np.ndim == 1:
+            tok_np = tok_np[None]
+    marker_pos: Dict[int, List[int]] = {}
+    if markers is not None and tok_np is not None:
+        mk = set(int(m) for m in markers)
+        for s in range(tok_np.shape[0]):
+            marker_pos[s] = [int(i) for i, t in enumerate(tok_np[s]) if int(t) in mk]
+    return tok_np, marker_pos
+
+
+class _EssPass:
+    """The ESS part of :func:`analyze`: one layer at a time and one sequence at a time, the layer's
+    operators (or factors) are formed, their curves computed and appended as column chunks.
+
+    Holds the options of the pass, the columns, the category tables, the per-layer metadata, and what
+    the first analysed layer fixes (the sequence length, the positions) or calibrates (the time
+    estimate)."""
+
+    def __init__(self, found: List[Tuple[str, Any]], skipped: List[Tuple[str, str]], *, method: str,
+                 atol: Optional[float], rtol: Optional[float], positions: Any, budget: int, materialize: bool,
+                 ess_device: Any, precision: str, progress: bool, bar: Any) -> None:
+        self.found = found
+        self.skipped = skipped  # appended to: layers not called in the forward pass
+        self.method, self.atol, self.rtol = method, atol, rtol
+        self.positions = positions
+        self.budget = budget
+        self.materialize = materialize
+        self.ess_device = ess_device
+        self.precision = precision
+        self.progress = progress
+        self.bar = bar
+        self.cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
+        self.cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
+        self.layer_meta: List[Dict[str, Any]] = []
+        self.L_seen: Optional[int] = None
+        self.pos_arr: Optional[np.ndarray] = None
+        self.estimate: Optional[float] = None
+
+    def run(self) -> None:
+        """Analyse every layer; the captures of every extractor are cleared in the end, also on error."""
+        bar = self.bar
+        try:
+            for name, ex in self.found:
+                if bar is not None:
+                    bar.set_postfix_str(name, refresh=False)
+                if self._layer(name, ex) and bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+            for _, ex in self.found:
+                ex.clear()
+
+    def _layer(self, name: str, ex: Any) -> bool:
+        """Analyse layer ``name``; ``False`` (and listed as skipped) when it was not called in the forward."""
+        n = ex.n_samples()
+        if n == 0:
+            self.skipped.append((name, f"{type(ex.module).__module__}.{type(ex.module).__qualname__} (not called in forward)"))
+            return False
+        note, route = "", ""
+        for s in range(n):
+            note, route = self._sample(name, ex, s, n)
+        self.layer_meta.append({"layer": name, "kind": ex.kind, "module_type": type(ex.module).__name__, "note": note,
+                                "route": route})
+        ex.clear()
+        return True
+
+    def _sample(self, name: str, ex: Any, s: int, n: int) -> Tuple[str, str]:
+        """Curves and rows of sequence ``s`` (of ``n``) of layer ``name``; returns the note of its
+        operators and the route taken."""
+        use_struct = bool(getattr(ex, "structured", False)) and not self.materialize
+        need = int(ex.estimate_factor_bytes(s) if use_struct else ex.estimate_bytes(s))
+        _check_budget(name, need, self.budget, use_struct)
+        if use_struct:
+            ops = ex.factors(s)
+            if ops.factors is None:
+                raise ShapeError(f"extractor for {name!r} returned no factors")
+            nops, L, _ = ops.factors.shape
+        else:
+            ops, T = self._operators(name, ex, s)
+            nops, L = int(T.shape[0]), int(T.shape[1])
+        P = self._split_points(name, L)
+        if use_struct:
+            tol, ent = self._structured(name, ops)
+        else:
+            tol, ent = self._dense(name, T, ops.labels, s, n, P, L)
+            del T
+        self._append(name, s, ops, tol, ent, P, L, nops)
+        route = "structured" if use_struct else ("jacobian" if ex.kind == "jacobian" else "dense")
+        return ops.note, route
+
+    def _operators(self, name: str, ex: Any, s: int) -> Tuple[Any, Any]:
+        """The dense operators of sequence ``s``: the extractor's result and the ``(n, L, L)`` array."""
+        import torch
+
+        from .operators.base import keep_on_device
+
+        if self.ess_device is not None:
+            with keep_on_device():  # attention operators stay on the model's device
+                ops = ex.operators(s)
+        else:
+            ops = ex.operators(s)
+        T = ops.operators if isinstance(ops.operators, torch.Tensor) else np.asarray(ops.operators)
+        if T.ndim != 3 or T.shape[1] != T.shape[2]:
+            raise ShapeError(f"extractor for {name!r} returned operators of shape {tuple(T.shape)}, expected (n, L, L)")
+        return ops, T
+
+    def _split_points(self, name: str, L: int) -> np.ndarray:
+        """The split points of a layer of length ``L`` (the first layer fixes the length and positions)."""
+        if self.L_seen is None:
+            self.L_seen = L
+            self.pos_arr = _positions(self.positions, L)
+        elif L != self.L_seen:
+            raise ShapeError(f"layer {name!r} has sequence length {L}, other layers {self.L_seen}")
+        return np.arange(L) if self.pos_arr is None else self.pos_arr
+
+    def _structured(self, name: str, ops: Any) -> Tuple[np.ndarray, np.ndarray]:
+        assert ops.factors is not None
+        try:
+            return _structured_curves(ops.factors, self.method, self.atol, self.rtol, self.pos_arr)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"layer {name!r}: its factors contain NaN or inf (a non-finite weight or "
+                                 f"activation in this layer?): {e}") from None
+
+    def _dense(self, name: str, T: Any, labels: Sequence[str], s: int, n: int, P: np.ndarray,
+               L: int) -> Tuple[np.ndarray, np.ndarray]:
+        nops = int(T.shape[0])
+        try:  # the kernel checks finiteness; only its error path looks for the operator
+            if self.estimate is None and nops > 1:
+                return self._calibrated(T, n, P, L)
+            return _dense_ess(T, self.method, self.atol, self.rtol, self.pos_arr, self.ess_device, self.precision)
+        except NonFiniteError:
+            raise _nonfinite_operator_error(name, T, labels, s) from None
+
+    def _calibrated(self, T: Any, n: int, P: np.ndarray, L: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Dense curves of ``T``, the first operators timed on their own to estimate the time of the
+        whole ESS part (their curves are kept); the estimate is printed when long."""
+        nops = int(T.shape[0])
+        nc = _calibration_batch(nops, self.ess_device is not None)
+        tc = time.perf_counter()
+        tol0, ent0 = _dense_ess(T[:nc], self.method, self.atol, self.rtol, self.pos_arr, self.ess_device, self.precision)
+        dt = time.perf_counter() - tc
+        tol1, ent1 = _dense_ess(T[nc:], self.method, self.atol, self.rtol, self.pos_arr, self.ess_device, self.precision)
+        tol, ent = np.concatenate([tol0, tol1]), np.concatenate([ent0, ent1])
+        n_dense = sum(1 for _, e in self.found if not (getattr(e, "structured", False) and not self.materialize))
+        self.estimate = estimate = dt / nc * nops * n * max(n_dense, 1)
+        if self.progress and estimate > ESTIMATE_PRINT_SECONDS:
+            msg = (f"ess.analyze: the dense ESS of {max(n_dense, 1)} layer(s) x {nops} operators x "
+                   f"{n} sequence(s) x {len(P)} splits (L = {L}) will take about {estimate:.0f} s "
+                   f"(calibrated on {nc} operator(s) in {dt:.2f} s"
+                   f"{'' if self.pos_arr is not None else '; positions=ess.split_points(...) computes a subset'})")
+            if self.bar is not None:
+                self.bar.write(msg, file=sys.stderr)
+            else:
+                print(msg, file=sys.stderr)
+        return tol, ent
+
+    def _append(self, name: str, s: int, ops: Any, tol: np.ndarray, ent: np.ndarray, P: np.ndarray, L: int,
+                nops: int) -> None:
+        """Append the rows of one layer and sequence: one numpy chunk per column (a Python object per cell
+        needs ~100 bytes per row: gigabytes for a large model at long L; names are codes until the end)."""
+        cols, cats = self.cols, self.cats
+        shared_ = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
+        bound = np.minimum(P, L - P)
+        npos = len(P)
+        cols["sample"].append(np.full(nops * npos, s, dtype=np.int64))
+        cols["layer"].append(np.full(nops * npos, _code(cats["layer"], name), dtype=np.int32))
+        cols["kind"].append(np.full(nops * npos, _code(cats["kind"], ops.kind), dtype=np.int32))
+        cols["operator"].append(np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels],
+                                                   dtype=np.int32), npos))
+        cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), npos))
+        cols["position"].append(np.tile(P.astype(np.int64), nops))
+        cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
+        cols["ess_entropy"].append(np.asarray(ent, dtype=float).reshape(-1))
+        cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), npos))
+        cols["bound"].append(np.tile(bound.astype(np.int64), nops))
+        cols["shared"].append(np.repeat(shared_, npos))
+
+
 def analyze(
     model: Any,
     inputs: Any,
@@ -428,254 +778,54 @@ def analyze(
     -------
     :class:`ess.Report`
     """
-    import torch
-
-    from .operators.base import keep_on_device
     from .report import Report
 
     device_arg = device  # the parameter; ``device`` below is the model's
-    if not isinstance(model, torch.nn.Module):
-        raise DTypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if method not in ("both", "tolerance", "entropy"):
-        raise InvalidArgumentError(f"method: expected 'both', 'tolerance' or 'entropy', got {method!r}")
-    if not (0.0 <= collapse < saturation <= 1.0):
-        raise InvalidArgumentError(f"collapse and saturation: need 0 <= collapse < saturation <= 1, got {collapse}, {saturation}")
+    _check_options(model, method, collapse, saturation)
     budget = _budget(memory_budget)
     style, payload, tok = _prepare_inputs(inputs)
-    L_in = None
-    if style == "args" and isinstance(payload[0], torch.Tensor) and payload[0].dim() >= 2:
-        L_in = int(payload[0].shape[1])
-    elif tok is not None and isinstance(tok, torch.Tensor) and tok.dim() >= 1:
-        L_in = int(tok.shape[-1])
+    L_in = _input_length(style, payload, tok)
     if L_in is not None:
         _positions(positions, L_in)
-
-    found, skipped = discover(model)
-    if jacobian is not None:
-        found, skipped = _add_jacobian(model, found, skipped, jacobian)
-    if not found:
-        seen = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for _, m in model.named_modules()})
-        raise InvalidArgumentError(
-            f"model: no supported sequence-mixing layer found in {type(model).__name__}. "
-            f"Module types found: {seen}. Register an extractor with ess.operators.register(ModuleType, factory)."
-        )
-    found = _select(found, layers)
-
+    found, skipped = _supported_layers(model, jacobian, layers)
     if precision not in ("float64", "float32"):
         raise InvalidArgumentError(f"precision: expected 'float64' or 'float32', got {precision!r}")
-    # device of the model (first parameter or buffer); inputs follow it
-    device = next((p.device for p in model.parameters()), None) or next((b.device for b in model.buffers()), torch.device("cpu"))
+    device = _model_device(model)  # inputs follow the model
     payload = _to_device(payload, device)
     ess_device = _ess_device(device_arg, device)
+    t_forward = _forward(model, found, style, payload)
 
-    modes = {m: m.training for m in model.modules()}
-    handles: List[Any] = []
-    calls: Dict[str, int] = {name: 0 for name, _ in found}
-    t0 = time.perf_counter()
-    try:
-        for name, ex in found:
-            handles.extend(ex.attach())
-
-            def count(mod: Any, args: Any, name: str = name) -> None:
-                calls[name] += 1
-
-            handles.append(ex.module.register_forward_pre_hook(count))
-        model.eval()
-        with torch.no_grad():
-            if style == "kwargs":
-                model(**payload)
-            else:
-                model(*payload)
-    except BaseException:
-        for _, ex in found:
-            ex.clear()
-        raise
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in modes.items():
-            m.training = flag
-    t_forward = time.perf_counter() - t0
-    shared = {name: c for name, c in calls.items() if c > 1}
-    if shared:
-        for _, ex in found:
-            ex.clear()
-        desc = ", ".join(f"{name!r} ({c} calls)" for name, c in shared.items())
-        raise InvalidArgumentError(
-            f"model: {desc} ran more than once in one forward pass (a module shared between places in the network); "
-            "its captures would describe only its last call, so no operators are reported for it. Leave it out with "
-            "layers=[...] (the other layers are analysed as usual), or give each use its own module."
-        )
-
-    cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
-    cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
-    layer_meta: List[Dict[str, Any]] = []
-    L_seen: Optional[int] = None
-    pos_arr: Optional[np.ndarray] = None
-    bar = None
-    estimate: Optional[float] = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(found), desc="ess.analyze", unit="layer", leave=False)
-        except ImportError:  # pragma: no cover - tqdm is part of the analyze extra
-            bar = None
+    bar = _progress_bar(progress, len(found))
+    ess = _EssPass(found, skipped, method=method, atol=atol, rtol=rtol, positions=positions, budget=budget,
+                   materialize=materialize, ess_device=ess_device, precision=precision, progress=progress, bar=bar)
     t1 = time.perf_counter()
-    try:
-        for name, ex in found:
-            if bar is not None:
-                bar.set_postfix_str(name, refresh=False)
-            n = ex.n_samples()
-            if n == 0:
-                skipped.append((name, f"{type(ex.module).__module__}.{type(ex.module).__qualname__} (not called in forward)"))
-                continue
-            note = ""
-            for s in range(n):
-                use_struct = bool(getattr(ex, "structured", False)) and not materialize
-                need = int(ex.estimate_factor_bytes(s) if use_struct else ex.estimate_bytes(s))
-                if need > budget:
-                    raise TooLargeError(
-                        f"layer {name!r}: its {'factors' if use_struct else 'operators'} need about {_fmt_bytes(need)} "
-                        f"for one sequence, over the memory budget of {_fmt_bytes(budget)}. Use a shorter input "
-                        f"({'memory grows as L per channel' if use_struct else 'memory grows as L^2 per head/channel'}), "
-                        f"select fewer layers with layers=..., pass positions=... to cut the compute, or raise "
-                        f"memory_budget= (or $ESS_MEMORY_BUDGET)."
-                    )
-                if use_struct:
-                    ops = ex.factors(s)
-                    if ops.factors is None:
-                        raise ShapeError(f"extractor for {name!r} returned no factors")
-                    nops, L, _ = ops.factors.shape
-                else:
-                    if ess_device is not None:
-                        with keep_on_device():  # attention operators stay on the model's device
-                            ops = ex.operators(s)
-                    else:
-                        ops = ex.operators(s)
-                    T = ops.operators if isinstance(ops.operators, torch.Tensor) else np.asarray(ops.operators)
-                    if T.ndim != 3 or T.shape[1] != T.shape[2]:
-                        raise ShapeError(f"extractor for {name!r} returned operators of shape {tuple(T.shape)}, expected (n, L, L)")
-                    nops, L = int(T.shape[0]), int(T.shape[1])
-                if L_seen is None:
-                    L_seen = L
-                    pos_arr = _positions(positions, L)
-                elif L != L_seen:
-                    raise ShapeError(f"layer {name!r} has sequence length {L}, other layers {L_seen}")
-                P = np.arange(L) if pos_arr is None else pos_arr
-                if use_struct:
-                    assert ops.factors is not None
-                    try:
-                        tol, ent = _structured_curves(ops.factors, method, atol, rtol, pos_arr)
-                    except NonFiniteError as e:
-                        raise NonFiniteError(f"layer {name!r}: its factors contain NaN or inf (a non-finite weight or "
-                                             f"activation in this layer?): {e}") from None
-                else:
-                    try:  # the kernel checks finiteness; only its error path looks for the operator
-                        if estimate is None and nops > 1:
-                            # calibrate the time estimate on the first operators (their curves are kept)
-                            nc = _calibration_batch(nops, ess_device is not None)
-                            tc = time.perf_counter()
-                            tol0, ent0 = _dense_ess(T[:nc], method, atol, rtol, pos_arr, ess_device, precision)
-                            dt = time.perf_counter() - tc
-                            tol1, ent1 = _dense_ess(T[nc:], method, atol, rtol, pos_arr, ess_device, precision)
-                            tol, ent = np.concatenate([tol0, tol1]), np.concatenate([ent0, ent1])
-                            n_dense = sum(1 for _, e in found if not (getattr(e, "structured", False) and not materialize))
-                            estimate = dt / nc * nops * n * max(n_dense, 1)
-                            if progress and estimate > ESTIMATE_PRINT_SECONDS:
-                                msg = (f"ess.analyze: the dense ESS of {max(n_dense, 1)} layer(s) x {nops} operators x "
-                                       f"{n} sequence(s) x {len(P)} splits (L = {L}) will take about {estimate:.0f} s "
-                                       f"(calibrated on {nc} operator(s) in {dt:.2f} s"
-                                       f"{'' if pos_arr is not None else '; positions=ess.split_points(...) computes a subset'})")
-                                if bar is not None:
-                                    bar.write(msg, file=sys.stderr)
-                                else:
-                                    print(msg, file=sys.stderr)
-                        else:
-                            tol, ent = _dense_ess(T, method, atol, rtol, pos_arr, ess_device, precision)
-                    except NonFiniteError:
-                        fin = (torch.isfinite(T).reshape(T.shape[0], -1).all(dim=1).cpu().numpy()
-                               if isinstance(T, torch.Tensor) else np.isfinite(T).reshape(T.shape[0], -1).all(axis=1))
-                        h = int(np.flatnonzero(~fin)[0])
-                        raise NonFiniteError(
-                            f"layer {name!r}: operator {h} ({ops.labels[h]}) contains NaN or inf on sample {s} "
-                            "(a non-finite weight or activation in this layer or before it?)"
-                        ) from None
-                    del T
-                shared_ = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
-                bound = np.minimum(P, L - P)
-                npos = len(P)
-                # columnar: one numpy chunk per layer and sequence (a Python object per cell needs ~100 bytes
-                # per row: gigabytes for a large model at long L; names are codes until the end)
-                cols["sample"].append(np.full(nops * npos, s, dtype=np.int64))
-                cols["layer"].append(np.full(nops * npos, _code(cats["layer"], name), dtype=np.int32))
-                cols["kind"].append(np.full(nops * npos, _code(cats["kind"], ops.kind), dtype=np.int32))
-                cols["operator"].append(np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels],
-                                                           dtype=np.int32), npos))
-                cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), npos))
-                cols["position"].append(np.tile(P.astype(np.int64), nops))
-                cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
-                cols["ess_entropy"].append(np.asarray(ent, dtype=float).reshape(-1))
-                cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), npos))
-                cols["bound"].append(np.tile(bound.astype(np.int64), nops))
-                cols["shared"].append(np.repeat(shared_, npos))
-                note = ops.note
-                route = "structured" if use_struct else ("jacobian" if ex.kind == "jacobian" else "dense")
-                del ops
-            layer_meta.append({"layer": name, "kind": ex.kind, "module_type": type(ex.module).__name__, "note": note,
-                               "route": route})
-            ex.clear()
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        for _, ex in found:
-            ex.clear()
+    ess.run()
     t_ess = time.perf_counter() - t1
-    if not layer_meta:
+    if not ess.layer_meta:
         raise InvalidArgumentError(
             f"model: no layer was analysed: the supported layers {[n for n, _ in found]} were not called in the "
             f"forward pass; not analysed: {skipped}"
         )
+    rows = _assemble(ess.cols, ess.cats)
+    ess.cols.clear()
 
-    rows: Dict[str, Any] = {}
-    for k, parts in cols.items():
-        if k in cats:  # plain strings (object column) for every consumer of the table; one object per name
-            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-            names = np.empty(len(cats[k]), dtype=object)
-            names[:] = list(cats[k])
-            rows[k] = names[codes]
-        else:
-            rows[k] = np.concatenate(parts) if parts else np.zeros(0)
-    del cols
-
-    tok_np = None
-    if tok is not None:
-        tok_np = tok.detach().to("cpu").numpy()
-        if tok_np.ndim == 1:
-            tok_np = tok_np[None]
-    marker_pos: Dict[int, List[int]] = {}
-    if markers is not None and tok_np is not None:
-        mk = set(int(m) for m in markers)
-        for s in range(tok_np.shape[0]):
-            marker_pos[s] = [int(i) for i, t in enumerate(tok_np[s]) if int(t) in mk]
+    tok_np, marker_pos = _tokens_and_markers(tok, markers)
     meta = {
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "device": str(device),
-        "length": L_seen,
+        "length": ess.L_seen,
         "n_samples": int(rows["sample"].max() + 1) if len(rows["sample"]) else 0,
         "method": method,
         "atol": atol,
         "rtol": rtol,
-        "positions": None if pos_arr is None else pos_arr.tolist(),
+        "positions": None if ess.pos_arr is None else ess.pos_arr.tolist(),
         "saturation": saturation,
         "collapse": collapse,
         "memory_budget": budget,
         "seconds_forward": round(t_forward, 4),
         "seconds_ess": round(t_ess, 4),
-        "seconds_estimate": None if estimate is None else round(estimate, 4),
+        "seconds_estimate": None if ess.estimate is None else round(ess.estimate, 4),
         "ess_device": "host (Rust kernel)" if ess_device is None else str(ess_device),
         "precision": precision,
     }
-    return Report.from_rows(rows, layer_meta=layer_meta, skipped=skipped, tokens=tokens, token_ids=tok_np, markers=marker_pos, meta=meta)
+    return Report.from_rows(rows, layer_meta=ess.layer_meta, skipped=skipped, tokens=tokens, token_ids=tok_np, markers=marker_pos, meta=meta)
