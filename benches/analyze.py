@@ -72,8 +72,17 @@ def mamba_bench(L: int, sample_channels: int = 32, n_layers: int = 24) -> None:
 
     from ess.analyze import discover
 
-    cfg = MambaConfig(vocab_size=1024, hidden_size=768, state_size=16, num_hidden_layers=24, expand=2, conv_kernel=4,
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = MambaConfig(
+        vocab_size=1024,
+        hidden_size=768,
+        state_size=16,
+        num_hidden_layers=24,
+        expand=2,
+        conv_kernel=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     model = MambaForCausalLM(cfg).eval()
     tok = torch.randint(0, cfg.vocab_size, (1, L), generator=torch.Generator().manual_seed(1))
@@ -86,10 +95,12 @@ def mamba_bench(L: int, sample_channels: int = 32, n_layers: int = 24) -> None:
     cpu_s = time.process_time() - c0
     n_ops = len(rep.table[["layer", "index"]].drop_duplicates())
     per_layer = rep.meta["seconds_ess"] / n_layers
-    print(f"  ess.analyze, structured route, end to end on {n_layers} of 24 layers: {t_s:8.1f} s wall ({cpu_s:.1f} s cpu; "
-          f"forward of the whole model {rep.meta['seconds_forward']:.1f} s, factors + checks + ESS "
-          f"{rep.meta['seconds_ess']:.1f} s = {per_layer:.1f} s per layer), {n_ops} operators; max reconstruction error "
-          f"in the notes: {max(float(n.split('rel. err ')[1].rstrip(')')) for n in rep.summary.note):.1e}")
+    print(
+        f"  ess.analyze, structured route, end to end on {n_layers} of 24 layers: {t_s:8.1f} s wall ({cpu_s:.1f} s cpu; "
+        f"forward of the whole model {rep.meta['seconds_forward']:.1f} s, factors + checks + ESS "
+        f"{rep.meta['seconds_ess']:.1f} s = {per_layer:.1f} s per layer), {n_ops} operators; max reconstruction error "
+        f"in the notes: {max(float(n.split('rel. err ')[1].rstrip(')')) for n in rep.summary.note):.1e}"
+    )
     if n_layers < 24:
         t_s = rep.meta["seconds_forward"] + 24 * per_layer
         print(f"  whole model (24 layers), extrapolated linearly from the {n_layers} measured layers: {t_s:.0f} s")
@@ -117,8 +128,13 @@ def mamba_bench(L: int, sample_channels: int = 32, n_layers: int = 24) -> None:
             from ess.structured import ssm_ess
 
             f = fs.factors
-            st = ssm_ess(f.A[:sample_channels], f.B[:sample_channels], f.C[:sample_channels], transition=f.transition,
-                         method="both")
+            st = ssm_ess(
+                f.A[:sample_channels],
+                f.B[:sample_channels],
+                f.C[:sample_channels],
+                transition=f.transition,
+                method="both",
+            )
             agree = int(sum(np.array_equal(st.tolerance[i], res.tolerance[i]) for i in range(sample_channels)))
             ent_diff = float(np.max(np.abs(st.entropy - res.entropy) / np.maximum(res.entropy, 1e-300)))
         ex.clear()
@@ -126,14 +142,20 @@ def mamba_bench(L: int, sample_channels: int = 32, n_layers: int = 24) -> None:
     a = float(np.exp(loga))
     per_op = a * L**p
     dense_total = per_op * 1536 * 24
-    print(f"  dense route (materialize=True), dense kernel on layer 0, {sample_channels} channels: "
-          + ", ".join(f"L = {Ld}: {t * 1e3:.1f} ms per operator" for Ld, t in zip(lengths, times)))
-    print(f"  dense fit: time(L) = {a:.3e} * L^{p:.2f} s per operator (least squares on L = {lengths}); at L = {L}: "
-          f"{per_op:.1f} s per operator x 1536 channels x 24 layers = {dense_total:.0f} s = {dense_total / 3600:.1f} h "
-          f"(extrapolated; operator formation not counted)")
+    print(
+        f"  dense route (materialize=True), dense kernel on layer 0, {sample_channels} channels: "
+        + ", ".join(f"L = {Ld}: {t * 1e3:.1f} ms per operator" for Ld, t in zip(lengths, times))
+    )
+    print(
+        f"  dense fit: time(L) = {a:.3e} * L^{p:.2f} s per operator (least squares on L = {lengths}); at L = {L}: "
+        f"{per_op:.1f} s per operator x 1536 channels x 24 layers = {dense_total:.0f} s = {dense_total / 3600:.1f} h "
+        f"(extrapolated; operator formation not counted)"
+    )
     print(f"  ratio dense / structured: {dense_total / t_s:.0f} x")
-    print(f"  check at L = {lengths[-1]}, {sample_channels} channels of layer 0: tolerance-ESS curves identical for "
-          f"{agree}/{sample_channels}, max relative entropy difference {ent_diff:.1e}")
+    print(
+        f"  check at L = {lengths[-1]}, {sample_channels} channels of layer 0: tolerance-ESS curves identical for "
+        f"{agree}/{sample_channels}, max relative entropy difference {ent_diff:.1e}"
+    )
 
 
 def gram_eigvalsh_head(A: np.ndarray) -> tuple:
@@ -211,8 +233,9 @@ def gpt2_bench(L: int, n_layers: int, sample_heads: int, blas_threads=None) -> N
     and slow the baseline down many times."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=1024, n_positions=max(1024, L), n_embd=768, n_layer=12, n_head=12, bos_token_id=0,
-                     eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=1024, n_positions=max(1024, L), n_embd=768, n_layer=12, n_head=12, bos_token_id=0, eos_token_id=0
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg).eval()
     tok = torch.randint(0, cfg.vocab_size, (1, L), generator=torch.Generator().manual_seed(1))
@@ -235,11 +258,15 @@ def gpt2_bench(L: int, n_layers: int, sample_heads: int, blas_threads=None) -> N
         t_kernel += time.perf_counter() - t0
     fwd = rep.meta["seconds_forward"]
     rest = t_ess - fwd - t_kernel
-    print(f"\nGPT-2-small shape, random weights, L = {L}, attn_implementation = {model.config._attn_implementation}; "
-          f"layers {idx} ({n_heads} heads); analyze's default method = {rep.meta['method']!r} (both curves)")
-    print(f"  ess.analyze end to end:            {t_ess:8.2f} s = {t_ess / n_heads:.3f} s per head  (forward of the "
-          f"whole model {fwd:.2f} s; kernel alone on the same operators {t_kernel:.2f} s = {t_kernel / t_ess:.0%}; "
-          f"the rest (captures, operator formation {t_form:.2f} s + checks, report) {rest:.2f} s = {rest / t_ess:.0%})")
+    print(
+        f"\nGPT-2-small shape, random weights, L = {L}, attn_implementation = {model.config._attn_implementation}; "
+        f"layers {idx} ({n_heads} heads); analyze's default method = {rep.meta['method']!r} (both curves)"
+    )
+    print(
+        f"  ess.analyze end to end:            {t_ess:8.2f} s = {t_ess / n_heads:.3f} s per head  (forward of the "
+        f"whole model {fwd:.2f} s; kernel alone on the same operators {t_kernel:.2f} s = {t_kernel / t_ess:.0%}; "
+        f"the rest (captures, operator formation {t_form:.2f} s + checks, report) {rest:.2f} s = {rest / t_ess:.0%})"
+    )
 
     # --- the pipeline a user would write: eager attention with output_attentions, a numpy loop per head
     m2 = GPT2LMHeadModel(GPT2Config(**{**cfg.to_dict(), "_attn_implementation": "eager"}))
@@ -262,7 +289,7 @@ def gpt2_bench(L: int, n_layers: int, sample_heads: int, blas_threads=None) -> N
         t0 = time.perf_counter()
         agree = 0
         max_ent_diff = 0.0
-        for (lay, h) in sample:
+        for lay, h in sample:
             if blas_threads:
                 from threadpoolctl import threadpool_limits
 
@@ -271,18 +298,27 @@ def gpt2_bench(L: int, n_layers: int, sample_heads: int, blas_threads=None) -> N
                 limit = contextlib.nullcontext()
             with limit:
                 tol, ent = fn(A[lay][h])
-            r = rep.table[(rep.table.layer == f"transformer.h.{lay}.attn") & (rep.table["index"] == h)].sort_values("position")
+            r = rep.table[(rep.table.layer == f"transformer.h.{lay}.attn") & (rep.table["index"] == h)].sort_values(
+                "position"
+            )
             agree += int(np.array_equal(r.ess_tolerance.to_numpy(), tol))
-            max_ent_diff = max(max_ent_diff, float(np.max(np.abs(r.ess_entropy.to_numpy() - ent) / np.maximum(r.ess_entropy.to_numpy(), 1e-300))))
+            max_ent_diff = max(
+                max_ent_diff,
+                float(np.max(np.abs(r.ess_entropy.to_numpy() - ent) / np.maximum(r.ess_entropy.to_numpy(), 1e-300))),
+            )
         per = (time.perf_counter() - t0) / len(sample)
         total = t_fwd + per * n_heads
         res[label] = total
-        print(f"  eager forward (output_attentions) {t_fwd:.2f} s + numpy loop {label}: {per:.3f} s/head on {len(sample)} "
-              f"heads {sample} -> {total:.2f} s for {n_heads} heads = {total / n_heads:.3f} s per head; ratio pipeline / "
-              f"ess.analyze = {total / t_ess:.2f} x; curves vs ess: tolerance identical on {agree}/{len(sample)} heads, "
-              f"max relative entropy difference {max_ent_diff:.1e}")
-    print(f"  kernel-only ratio (numpy Gram + eigvalsh loop / kernel, ESS part alone): "
-          f"{(res['Gram + eigvalsh'] - t_fwd) / t_kernel:.2f} x")
+        print(
+            f"  eager forward (output_attentions) {t_fwd:.2f} s + numpy loop {label}: {per:.3f} s/head on {len(sample)} "
+            f"heads {sample} -> {total:.2f} s for {n_heads} heads = {total / n_heads:.3f} s per head; ratio pipeline / "
+            f"ess.analyze = {total / t_ess:.2f} x; curves vs ess: tolerance identical on {agree}/{len(sample)} heads, "
+            f"max relative entropy difference {max_ent_diff:.1e}"
+        )
+    print(
+        f"  kernel-only ratio (numpy Gram + eigvalsh loop / kernel, ESS part alone): "
+        f"{(res['Gram + eigvalsh'] - t_fwd) / t_kernel:.2f} x"
+    )
 
 
 def _timed_analyze(model, tok, **kw):
@@ -305,7 +341,9 @@ def gpu_bench(tiny: bool, all_splits: bool) -> None:
     if dev.type == "cuda":
         print(f"\nGPU: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
     else:
-        print(f"\nno CUDA device: the GPU section runs on CPU torch (device='cpu', same code){' at a tiny size' if tiny else ''}")
+        print(
+            f"\nno CUDA device: the GPU section runs on CPU torch (device='cpu', same code){' at a tiny size' if tiny else ''}"
+        )
     eps = float(np.finfo(np.float64).eps)
     if tiny:
         g_L, g_layers, g_heads, g_embd, g_num = 48, 2, 4, 64, 12
@@ -318,36 +356,51 @@ def gpu_bench(tiny: bool, all_splits: bool) -> None:
     g_x = g_L / g_np
 
     # --- GPT-2-small, all heads
-    cfg = GPT2Config(vocab_size=1024, n_positions=max(1024, g_L), n_embd=g_embd, n_layer=g_layers, n_head=g_heads,
-                     bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=1024,
+        n_positions=max(1024, g_L),
+        n_embd=g_embd,
+        n_layer=g_layers,
+        n_head=g_heads,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(cfg).eval().to(dev)
     tok = torch.randint(0, cfg.vocab_size, (1, g_L), generator=torch.Generator().manual_seed(1)).to(dev)
     _timed_analyze(model, tok[:, :32], device=dev)  # warm-up
     n_heads = g_layers * g_heads
-    print(f"GPT-2-small shape (layers {g_layers}, heads {g_heads}), random weights, L = {g_L}, {n_heads} heads; GPU times on "
-          f"{g_np} evenly spaced splits, x {g_x:.1f} extrapolated to all splits:")
+    print(
+        f"GPT-2-small shape (layers {g_layers}, heads {g_heads}), random weights, L = {g_L}, {n_heads} heads; GPU times on "
+        f"{g_np} evenly spaced splits, x {g_x:.1f} extrapolated to all splits:"
+    )
     reps = {}
     for prec in ("float64", "float32"):
         rep, t = _timed_analyze(model, tok, device=dev, precision=prec, memory_budget="64G", positions=g_pos)
         reps[prec] = rep
         te = rep.meta["seconds_ess"]
-        print(f"  ess.analyze, GPU route ({dev}), {prec}: {t:8.2f} s on the subset (forward {rep.meta['seconds_forward']:.2f} s, "
-              f"ESS part {te:.2f} s) -> ESS part on all splits ~ {te * g_x:.1f} s = {te * g_x / n_heads:.3f} s per head")
+        print(
+            f"  ess.analyze, GPU route ({dev}), {prec}: {t:8.2f} s on the subset (forward {rep.meta['seconds_forward']:.2f} s, "
+            f"ESS part {te:.2f} s) -> ESS part on all splits ~ {te * g_x:.1f} s = {te * g_x / n_heads:.3f} s per head"
+        )
     key = ["layer", "index", "position"]
     a, b = reps["float64"].table.sort_values(key), reps["float32"].table.sort_values(key)
     e64 = a.ess_entropy.to_numpy()
-    print(f"  float32 vs float64 route (default threshold, whose eps is float32's in float32 mode): tolerance counts differ "
-          f"at {np.mean(a.ess_tolerance.to_numpy() != b.ess_tolerance.to_numpy()):.2%} of (head, split); max relative "
-          f"entropy difference {np.max(np.abs(b.ess_entropy.to_numpy() - e64) / np.maximum(e64, 1e-300)):.1e}")
+    print(
+        f"  float32 vs float64 route (default threshold, whose eps is float32's in float32 mode): tolerance counts differ "
+        f"at {np.mean(a.ess_tolerance.to_numpy() != b.ess_tolerance.to_numpy()):.2%} of (head, split); max relative "
+        f"entropy difference {np.max(np.abs(b.ess_entropy.to_numpy() - e64) / np.maximum(e64, 1e-300)):.1e}"
+    )
     # per-split svdvals loop on the GPU (the paper's code), on a sample of heads
     T0, _ = _layer_operators(model, tok, "transformer.h.0.attn", device=dev)
     for rtol in (1e-3,):
         r64 = ess.effective_state_size(T0, method="both", rtol=rtol, device=dev, positions=g_pos)
         r32 = ess.effective_state_size(T0, method="both", rtol=rtol, device=dev, positions=g_pos, precision="float32")
-        print(f"  float32 vs float64 route, layer 0, rtol = {rtol:g}: tolerance counts differ at "
-              f"{np.mean(r64.tolerance != r32.tolerance):.2%} of (head, split); max relative entropy difference "
-              f"{np.max(np.abs(r32.entropy - r64.entropy) / np.maximum(r64.entropy, 1e-300)):.1e}")
+        print(
+            f"  float32 vs float64 route, layer 0, rtol = {rtol:g}: tolerance counts differ at "
+            f"{np.mean(r64.tolerance != r32.tolerance):.2%} of (head, split); max relative entropy difference "
+            f"{np.max(np.abs(r32.entropy - r64.entropy) / np.maximum(r64.entropy, 1e-300)):.1e}"
+        )
     ns = 2 if not tiny else 1
     _sync(dev)
     t0 = time.perf_counter()
@@ -359,49 +412,70 @@ def gpu_bench(tiny: bool, all_splits: bool) -> None:
     _sync(dev)
     per = (time.perf_counter() - t0) / ns * g_x
     t64 = reps["float64"].meta["seconds_ess"] * g_x
-    print(f"  per-split torch.linalg.svdvals loop on {dev}: ~{per:.2f} s per head on all splits ({ns} heads timed) -> "
-          f"{per * n_heads:.1f} s for {n_heads} (extrapolated); ratio loop / ess GPU route (ESS part, float64) = "
-          f"{per * n_heads / t64:.1f} x; tolerance curves identical on {agree}/{ns}")
+    print(
+        f"  per-split torch.linalg.svdvals loop on {dev}: ~{per:.2f} s per head on all splits ({ns} heads timed) -> "
+        f"{per * n_heads:.1f} s for {n_heads} (extrapolated); ratio loop / ess GPU route (ESS part, float64) = "
+        f"{per * n_heads / t64:.1f} x; tolerance curves identical on {agree}/{ns}"
+    )
     # the CPU kernel on the same operators (one layer, extrapolated)
     T0h = T0.cpu().numpy()
     t0 = time.perf_counter()
     ess.effective_state_size(T0h, method="both")
     t_cpu = (time.perf_counter() - t0) * g_layers
-    print(f"  CPU kernel (host, {os.cpu_count()} cpus): {t_cpu / g_layers:.2f} s per layer of {g_heads} heads -> {t_cpu:.1f} s "
-          f"for {g_layers} layers; ratio CPU kernel / GPU route (ESS part, float64) = {t_cpu / t64:.1f} x")
+    print(
+        f"  CPU kernel (host, {os.cpu_count()} cpus): {t_cpu / g_layers:.2f} s per layer of {g_heads} heads -> {t_cpu:.1f} s "
+        f"for {g_layers} layers; ratio CPU kernel / GPU route (ESS part, float64) = {t_cpu / t64:.1f} x"
+    )
     del model, T0, reps
     if dev.type == "cuda":
         torch.cuda.empty_cache()
 
     # --- one Llama-7B-shaped layer
-    lcfg = LlamaConfig(vocab_size=1024, hidden_size=l_heads * l_hd, intermediate_size=(11008 if not tiny else 128),
-                       num_hidden_layers=1, num_attention_heads=l_heads, num_key_value_heads=l_heads,
-                       max_position_embeddings=max(4096, l_L), bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    lcfg = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=l_heads * l_hd,
+        intermediate_size=(11008 if not tiny else 128),
+        num_hidden_layers=1,
+        num_attention_heads=l_heads,
+        num_key_value_heads=l_heads,
+        max_position_embeddings=max(4096, l_L),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     lm = LlamaForCausalLM(lcfg).eval().to(dev)
     tok = torch.randint(0, 1024, (1, l_L), generator=torch.Generator().manual_seed(2)).to(dev)
     pos = ess.split_points(l_L, num=n_split_sample)
-    print(f"Llama-7B-shaped layer ({l_heads} heads, head dim {l_hd}, hidden {l_heads * l_hd}), random weights, "
-          f"L = {l_L}: times on {len(pos)} evenly spaced splits (ess.split_points(L, num={n_split_sample})), "
-          f"extrapolated x {l_L / len(pos):.0f} to all splits (every block is timed at its own size)")
+    print(
+        f"Llama-7B-shaped layer ({l_heads} heads, head dim {l_hd}, hidden {l_heads * l_hd}), random weights, "
+        f"L = {l_L}: times on {len(pos)} evenly spaced splits (ess.split_points(L, num={n_split_sample})), "
+        f"extrapolated x {l_L / len(pos):.0f} to all splits (every block is timed at its own size)"
+    )
     for prec in ("float64", "float32"):
         rep, t = _timed_analyze(lm, tok, device=dev, precision=prec, positions=pos, memory_budget="64G")
         te = rep.meta["seconds_ess"]
-        print(f"  ess.analyze GPU route, {prec}: {t:.2f} s on the subset (ESS part {te:.2f} s) -> ESS of all "
-              f"{l_L} splits x {l_heads} heads ~ {te * l_L / len(pos):.0f} s (extrapolated)")
+        print(
+            f"  ess.analyze GPU route, {prec}: {t:.2f} s on the subset (ESS part {te:.2f} s) -> ESS of all "
+            f"{l_L} splits x {l_heads} heads ~ {te * l_L / len(pos):.0f} s (extrapolated)"
+        )
     Tl, _ = _layer_operators(lm, tok, "model.layers.0.self_attn", device=dev)
     _sync(dev)
     t0 = time.perf_counter()
     torch_svdvals_loop_head(Tl[0], pos, eps)
     _sync(dev)
     per = time.perf_counter() - t0
-    print(f"  per-split torch.linalg.svdvals loop, one head on the subset: {per:.2f} s -> {per * l_heads * l_L / len(pos):.0f} s "
-          f"for {l_heads} heads x {l_L} splits (extrapolated)")
+    print(
+        f"  per-split torch.linalg.svdvals loop, one head on the subset: {per:.2f} s -> {per * l_heads * l_L / len(pos):.0f} s "
+        f"for {l_heads} heads x {l_L} splits (extrapolated)"
+    )
     t0 = time.perf_counter()
     ess.effective_state_size(Tl[:1].cpu().numpy(), method="both", positions=pos)
     per = time.perf_counter() - t0
-    print(f"  CPU kernel, one head on the subset: {per:.2f} s (its sweep passes every split even for a subset; not "
-          f"extrapolated) ")
+    print(
+        f"  CPU kernel, one head on the subset: {per:.2f} s (its sweep passes every split even for a subset; not "
+        f"extrapolated) "
+    )
 
 
 def subset_errors() -> None:
@@ -413,37 +487,64 @@ def subset_errors() -> None:
 
     def report(label: str, rep, L: int, subsets) -> None:
         t = rep.table
-        print(f"\n{label}: L = {L}, {len(rep.summary)} layers, {len(t[['layer', 'index']].drop_duplicates())} operators")
+        print(
+            f"\n{label}: L = {L}, {len(rep.summary)} layers, {len(t[['layer', 'index']].drop_duplicates())} operators"
+        )
         full = t.groupby("layer")[["ess_tolerance", "ess_entropy"]].mean()
         for name, p in subsets:
             sub = t[t.position.isin(p)].groupby("layer")[["ess_tolerance", "ess_entropy"]].mean()
             rel = (sub - full).abs() / full.abs()
-            print(f"  {name:28s} ({len(p):4d} splits, {L / len(p):5.1f}x less work): max relative error of a layer's "
-                  f"average: tolerance {rel.ess_tolerance.max():.2%}, entropy {rel.ess_entropy.max():.2%} "
-                  f"(mean over layers {rel.ess_tolerance.mean():.2%}, {rel.ess_entropy.mean():.2%})")
+            print(
+                f"  {name:28s} ({len(p):4d} splits, {L / len(p):5.1f}x less work): max relative error of a layer's "
+                f"average: tolerance {rel.ess_tolerance.max():.2%}, entropy {rel.ess_entropy.max():.2%} "
+                f"(mean over layers {rel.ess_tolerance.mean():.2%}, {rel.ess_entropy.mean():.2%})"
+            )
 
     def subsets(L):
         return [(f"stride {s}", ess.split_points(L, stride=s)) for s in (4, 8, 32) if s < L] + [
-            (f"log-spaced, num {n}", ess.split_points(L, num=n, spacing="log")) for n in (64,)]
+            (f"log-spaced, num {n}", ess.split_points(L, num=n, spacing="log")) for n in (64,)
+        ]
 
     L = 512
-    cfg = GPT2Config(vocab_size=1024, n_positions=1024, n_embd=768, n_layer=12, n_head=12, bos_token_id=0, eos_token_id=0)
+    cfg = GPT2Config(
+        vocab_size=1024, n_positions=1024, n_embd=768, n_layer=12, n_head=12, bos_token_id=0, eos_token_id=0
+    )
     torch.manual_seed(0)
     g = GPT2LMHeadModel(cfg).eval()
     tok = torch.randint(0, 1024, (1, L), generator=torch.Generator().manual_seed(1))
     lay = [f"transformer.h.{i}.attn" for i in (0, 3, 7, 11)]
-    report("GPT-2-small shape, random weights, layers 0, 3, 7, 11", ess.analyze(g, tok, progress=False, layers=lay), L,
-           subsets(L))
-    lcfg = LlamaConfig(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
-                       num_key_value_heads=8, max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    report(
+        "GPT-2-small shape, random weights, layers 0, 3, 7, 11",
+        ess.analyze(g, tok, progress=False, layers=lay),
+        L,
+        subsets(L),
+    )
+    lcfg = LlamaConfig(
+        vocab_size=1024,
+        hidden_size=512,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=1024,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     lm = LlamaForCausalLM(lcfg).eval()
-    report("Llama shape (4 layers, 8 heads of dim 64), random weights", ess.analyze(lm, tok, progress=False), L, subsets(L))
+    report(
+        "Llama shape (4 layers, 8 heads of dim 64), random weights", ess.analyze(lm, tok, progress=False), L, subsets(L)
+    )
     bm = load_builtin()
     inp = builtin_inputs(8)
     Lb = int(inp.shape[1])
-    report("built-in hybrid model, 8 shipped MQAR sequences", ess.analyze(bm, inp, progress=False), Lb,
-           [(f"stride {s}", ess.split_points(Lb, stride=s)) for s in (2, 4, 8)])
+    report(
+        "built-in hybrid model, 8 shipped MQAR sequences",
+        ess.analyze(bm, inp, progress=False),
+        Lb,
+        [(f"stride {s}", ess.split_points(Lb, stride=s)) for s in (2, 4, 8)],
+    )
 
 
 def main() -> None:
@@ -458,14 +559,18 @@ def main() -> None:
     ap.add_argument("--gpt2-only", action="store_true", help="run only the GPT-2 section")
     ap.add_argument("--blas-threads", type=int, default=None, help="BLAS threads of the numpy loops (default: numpy's)")
     ap.add_argument("--gpu", action="store_true", help="run only the GPU section (section 4)")
-    ap.add_argument("--tiny", action="store_true", help="with --gpu: tiny sizes (a smoke test; CPU torch without a GPU)")
+    ap.add_argument(
+        "--tiny", action="store_true", help="with --gpu: tiny sizes (a smoke test; CPU torch without a GPU)"
+    )
     ap.add_argument("--gpu-all-splits", action="store_true", help="with --gpu: time GPT-2 on all splits, not a subset")
     ap.add_argument("--subset-errors", action="store_true", help="run only section 5")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
-          f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'default')}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads {torch.get_num_threads()}, "
+        f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'default')}, load average {os.getloadavg()[0]:.1f}"
+    )
     if args.gpu:
         gpu_bench(args.tiny, args.gpu_all_splits)
         return
@@ -488,9 +593,23 @@ def main() -> None:
     r2 = ess.analyze(bm, inp, markers=[SEP], progress=False)
     t_b = time.perf_counter() - t0
     n_ops = len(r2.table[["layer", "index"]].drop_duplicates())
-    print(f"\nbuilt-in hybrid model (MQAR accuracy {builtin_info()['accuracy']:.3f}), 8 shipped sequences, L = {inp.shape[1]}, "
-          f"{n_ops} operators per sequence: ess.analyze end to end {t_b:.2f} s")
-    cols = ["layer", "kind", "n_operators", "tss", "avg_ess_tolerance", "avg_ess_entropy", "total_ess", "utilisation", "fill", "saturated", "collapsed"]
+    print(
+        f"\nbuilt-in hybrid model (MQAR accuracy {builtin_info()['accuracy']:.3f}), 8 shipped sequences, L = {inp.shape[1]}, "
+        f"{n_ops} operators per sequence: ess.analyze end to end {t_b:.2f} s"
+    )
+    cols = [
+        "layer",
+        "kind",
+        "n_operators",
+        "tss",
+        "avg_ess_tolerance",
+        "avg_ess_entropy",
+        "total_ess",
+        "utilisation",
+        "fill",
+        "saturated",
+        "collapsed",
+    ]
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):

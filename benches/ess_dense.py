@@ -130,8 +130,10 @@ def peak_gflops() -> float:
 
 def main() -> None:
     blas = os.environ.get("OPENBLAS_NUM_THREADS", "(default)")
-    say(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}; "
-        f"OPENBLAS_NUM_THREADS={blas}; RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', '(default)')}")
+    say(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}; "
+        f"OPENBLAS_NUM_THREADS={blas}; RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', '(default)')}"
+    )
     try:
         say(f"load average at start: {os.getloadavg()}")
     except OSError:  # pragma: no cover
@@ -162,9 +164,11 @@ def main() -> None:
         row(f"softmax, tolerance rtol={rtol:g}", t_rt, t_eig_r, t_svd_r, int(np.sum(got_rt != st_r)))
         row("softmax, both", t_both, t_eig, t_svd, int(np.sum(got_both.tolerance != st_)))
         rel = np.abs(got_both.entropy[1:] - se[1:]) / np.maximum(se[1:], 1e-300)
-        notes.append(f"L={L}: softmax both: max relative entropy difference vs svd loop {rel.max():.1e}; "
-                     f"eigensolve-per-split flops {eig_flops(L):.3g} -> {eig_flops(L) / t_both / 1e9:.1f} GFLOP/s = "
-                     f"{eig_flops(L) / t_both / 1e9 / peak:.1%} of the measured {peak:.1f} GFLOP/s")
+        notes.append(
+            f"L={L}: softmax both: max relative entropy difference vs svd loop {rel.max():.1e}; "
+            f"eigensolve-per-split flops {eig_flops(L):.3g} -> {eig_flops(L) / t_both / 1e9:.1f} GFLOP/s = "
+            f"{eig_flops(L) / t_both / 1e9 / peak:.1%} of the measured {peak:.1f} GFLOP/s"
+        )
 
         F = near_uniform_attention(L, seed=L)
         t_feig, (fet, fee) = timed(baseline_eigh, F)
@@ -172,8 +176,10 @@ def main() -> None:
         t_fb, got_fb = timed(ess.effective_state_size, F, method="both", repeat=rep)
         row("near-uniform attention, both", t_fb, t_feig, t_fsvd, int(np.sum(got_fb.tolerance != fst)))
         rel = np.abs(got_fb.entropy[1:] - fse[1:]) / np.maximum(fse[1:], 1e-300)
-        notes.append(f"L={L}: near-uniform (fallback-heavy) both: {t_fb:.3f} s = {t_fb / t_both:.2f}x softmax both; "
-                     f"max relative entropy difference vs svd loop {rel.max():.1e}")
+        notes.append(
+            f"L={L}: near-uniform (fallback-heavy) both: {t_fb:.3f} s = {t_fb / t_both:.2f}x softmax both; "
+            f"max relative entropy difference vs svd loop {rel.max():.1e}"
+        )
     say()
     say("ratios: baseline loop time / ess time, same operator and threshold, same run. mismatch: tolerance-ESS")
     say("splits differing from the svd loop (the svd loop decides counts at the rounding level itself).")

@@ -133,8 +133,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="smaller dense fits (for a smoke run)")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"ess {ess.__version__} from {os.path.dirname(ess.__file__)}; "
-          f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'default')}, cpus={os.cpu_count()}")
+    print(
+        f"ess {ess.__version__} from {os.path.dirname(ess.__file__)}; "
+        f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'default')}, cpus={os.cpu_count()}"
+    )
     rows = []
 
     # ---- dense kernel scaling on one operator (for extrapolation) ----
@@ -170,12 +172,16 @@ def main():
         agree = ""
         if L in dense_res:
             dres = dense_res[L]
-            agree = (f"ch0 vs dense: tol equal {np.mean(dres.tolerance == res.tolerance[0]) * 100:.1f}%, "
-                     f"max rel entropy diff {np.max(np.abs(dres.entropy - res.entropy[0]) / np.maximum(dres.entropy, 1)):.1e}; ")
+            agree = (
+                f"ch0 vs dense: tol equal {np.mean(dres.tolerance == res.tolerance[0]) * 100:.1f}%, "
+                f"max rel entropy diff {np.max(np.abs(dres.entropy - res.entropy[0]) / np.maximum(dres.entropy, 1)):.1e}; "
+            )
         gram_agree = f"numpy-Gramian tol equal {np.mean(gtol == res.tolerance) * 100:.1f}% of splits"
         rows.append((f"Mamba 64ch N=16 L={L}", ts, tdense, how, tg))
-        print(f"[mamba L={L}] structured {ts:.3f} s; dense {tdense:.1f} s ({how}); numpy Gramian {tg:.2f} s; "
-              f"{agree}{gram_agree}; mean ESS {res.tolerance.mean():.2f}")
+        print(
+            f"[mamba L={L}] structured {ts:.3f} s; dense {tdense:.1f} s ({how}); numpy Gramian {tg:.2f} s; "
+            f"{agree}{gram_agree}; mean ESS {res.tolerance.mean():.2f}"
+        )
 
     # ---- linear attention ----
     L, Hh, dk = 4096, 8, 64
@@ -194,12 +200,16 @@ def main():
     tg_full = tg * stride
     agree = np.mean(gtol == res.tolerance[:, 1::stride]) * 100
     rows.append((f"LinAttn 8h dk=64 L={L}", ts, tdense, f"extrapolated {a2:.2e}*L^{p2:.2f} x 8", tg_full))
-    print(f"[linattn] structured {ts:.3f} s; dense {tdense:.1f} s (fit {a2:.2e}*L^{p2:.2f} x 8); numpy Gramian "
-          f"{tg_full:.1f} s (every {stride}th split timed, x{stride}); numpy-Gramian tol equal {agree:.1f}%; "
-          f"structured mean ESS {res.tolerance.mean():.2f}")
+    print(
+        f"[linattn] structured {ts:.3f} s; dense {tdense:.1f} s (fit {a2:.2e}*L^{p2:.2f} x 8); numpy Gramian "
+        f"{tg_full:.1f} s (every {stride}th split timed, x{stride}); numpy-Gramian tol equal {agree:.1f}%; "
+        f"structured mean ESS {res.tolerance.mean():.2f}"
+    )
 
     print()
-    print(f"{'workload':<26}{'structured s':>14}{'dense s':>12}{'numpy-Gram s':>14}{'dense/str':>11}{'Gram/str':>10}  dense how")
+    print(
+        f"{'workload':<26}{'structured s':>14}{'dense s':>12}{'numpy-Gram s':>14}{'dense/str':>11}{'Gram/str':>10}  dense how"
+    )
     for name, ts, td, how, tg in rows:
         print(f"{name:<26}{ts:>14.3f}{td:>12.1f}{tg:>14.2f}{td / ts:>11.0f}{tg / ts:>10.1f}  {how}")
 

@@ -100,8 +100,16 @@ def bench_mamba() -> None:
 
     torch.manual_seed(2)
     L = 256
-    cfg = MambaConfig(vocab_size=100, hidden_size=128, state_size=16, num_hidden_layers=1, expand=2,
-                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    cfg = MambaConfig(
+        vocab_size=100,
+        hidden_size=128,
+        state_size=16,
+        num_hidden_layers=1,
+        expand=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     model = MambaForCausalLM(cfg).double().eval()
     mixer = model.backbone.layers[0].mixer
     ids = torch.randint(0, 100, (1, L))

@@ -24,5 +24,7 @@ C = rng.standard_normal((L, N))
 t0 = time.perf_counter()
 c0 = time.process_time()
 r = S.mamba_ess(A, delta, B, C, method="both")
-print(f"mamba_ess D={D} N={N} L={L}: {time.perf_counter() - t0:.2f} s wall, {time.process_time() - c0:.2f} s cpu; "
-      f"mean tol {r.tolerance.mean():.2f}")
+print(
+    f"mamba_ess D={D} N={N} L={L}: {time.perf_counter() - t0:.2f} s wall, {time.process_time() - c0:.2f} s cpu; "
+    f"mean tol {r.tolerance.mean():.2f}"
+)

@@ -48,7 +48,10 @@ def ring(n: int, half: int = 4, seed: int = 0) -> sp.csr_array:
     c = rng.uniform(0.5, 1.5, rows.size)
     selfc = rng.uniform(0.5, 1.5, n)
     C = sp.coo_array(
-        (np.concatenate([c, c, selfc]), (np.concatenate([rows, cols, np.arange(n)]), np.concatenate([cols, rows, np.arange(n)]))),
+        (
+            np.concatenate([c, c, selfc]),
+            (np.concatenate([rows, cols, np.arange(n)]), np.concatenate([cols, rows, np.arange(n)])),
+        ),
         shape=(n, n),
     ).tocsr()
     d = np.asarray(C.sum(axis=1)).ravel()
@@ -113,7 +116,7 @@ def deeptime_committor_subprocess(kind: str, n: int, limit_gib: float = 6.0):
 import sys, time, numpy as np
 sys.path.insert(0, {HERE!r})
 import importlib.util
-spec = importlib.util.spec_from_file_location('bm', {os.path.join(HERE, 'markov.py')!r})
+spec = importlib.util.spec_from_file_location('bm', {os.path.join(HERE, "markov.py")!r})
 bm = importlib.util.module_from_spec(spec); spec.loader.exec_module(bm)
 from deeptime.markov.tools.analysis import committor
 P = bm.{kind}({n})
@@ -131,7 +134,9 @@ except MemoryError as e:
         resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 
     out_file = f"/tmp/ess_bench_dt_committor_{os.getpid()}.npy"
-    r = subprocess.run([sys.executable, "-c", code, out_file], capture_output=True, text=True, preexec_fn=pre, timeout=1800)
+    r = subprocess.run(
+        [sys.executable, "-c", code, out_file], capture_output=True, text=True, preexec_fn=pre, timeout=1800
+    )
     line = (r.stdout.strip().splitlines() or ["crashed: " + r.stderr.strip()[-200:]])[-1]
     if line.startswith("OK"):
         q = np.load(out_file)
@@ -165,9 +170,19 @@ def sparse_case(name: str, P, kind: str, do_dt_committor: bool, rows: list):
     if do_dt_committor:
         t_d, q_d, msg = deeptime_committor_subprocess(kind, n)
         if t_d is None:
-            rows.append((name, "committor {0}->{n/2}", f"deeptime committor: FAILED ({msg[:60]})", float("nan"), None, float("nan")))
+            rows.append(
+                (
+                    name,
+                    "committor {0}->{n/2}",
+                    f"deeptime committor: FAILED ({msg[:60]})",
+                    float("nan"),
+                    None,
+                    float("nan"),
+                )
+            )
         else:
             rows.append((name, "committor {0}->{n/2}", "deeptime committor", t_d, t_d / t_g, maxrel(q_d, q_g)))
+
 
 def dense_case(n: int, rows: list):
     import deeptime.markov.tools.analysis as dta
@@ -204,7 +219,9 @@ def accuracy_table(eps_list):
     from markov_ref import hit_mpmath, stationary_mpmath
 
     print("\n## Metastable accuracy (4 clusters x 8 states, target = last cluster; max relative error vs mpmath)")
-    print("| eps | ess gth dense | ess gth sparse | ess lu | numpy solve(I-Q) | scipy spsolve | deeptime mfpt | eps*E_0[T] |")
+    print(
+        "| eps | ess gth dense | ess gth sparse | ess lu | numpy solve(I-Q) | scipy spsolve | deeptime mfpt | eps*E_0[T] |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for eps in eps_list:
         P = mk.metastable_chain(4, 8, degree=3, eps=eps, seed=3)
@@ -254,7 +271,13 @@ def main():
     sizes = [10_000] if args.quick else [100_000, 1_000_000]
     for n in sizes:
         sparse_case(f"ring n={n:.0e}", ring(n), "ring", True, rows)
-    sparse_case("random n=1e4" if not args.quick else "random n=2e3", random_sparse(10_000 if not args.quick else 2000), "random_sparse", True, rows)
+    sparse_case(
+        "random n=1e4" if not args.quick else "random n=2e3",
+        random_sparse(10_000 if not args.quick else 2000),
+        "random_sparse",
+        True,
+        rows,
+    )
     dense_case(500 if args.quick else 2000, rows)
     print("\n## Timings (seconds; ratio = baseline time / ess gth time; rel. diff vs ess gth)")
     print("| case | quantity | implementation | time [s] | ratio | max rel diff |")

@@ -78,8 +78,18 @@ def bench_graph(label, n, m, repeat, rng, with_nx=False, with_rx=False):
     row("scipy end to end (csr_array + connected_components)", t_sp)
     row("  scipy csr_array construction", t_csr)
     row("  scipy connected_components(strong) on CSR", t_cc)
-    print(f"  ratio scipy end to end / ess: {t_sp / t_ess:.2f}x  (int32: {t_sp / t_ess32:.2f}x); scipy SCC only / ess end to end: {t_cc / t_ess:.2f}x")
-    res = {"ess": t_ess, "ess32": t_ess32, "pearce": t_pearce, "fwbw": t_fwbw, "scipy": t_sp, "scipy_csr": t_csr, "scipy_cc": t_cc}
+    print(
+        f"  ratio scipy end to end / ess: {t_sp / t_ess:.2f}x  (int32: {t_sp / t_ess32:.2f}x); scipy SCC only / ess end to end: {t_cc / t_ess:.2f}x"
+    )
+    res = {
+        "ess": t_ess,
+        "ess32": t_ess32,
+        "pearce": t_pearce,
+        "fwbw": t_fwbw,
+        "scipy": t_sp,
+        "scipy_csr": t_csr,
+        "scipy_cc": t_cc,
+    }
     if with_nx:
         try:
             import networkx as nx
@@ -123,7 +133,9 @@ def bench_tpg(n_windows, length, vocab, repeat, rng, baseline_fraction=0.0):
     y = X[np.arange(n_windows), rng.integers(0, length, n_windows)]
     t_ess, t = best(lambda: TokenPriorityGraphs(X, y, vocab), repeat)
     s = t.summary()
-    print(f"  graphs: {s['n_graphs']:,}, cyclic {s['n_cyclic']:,}, edges {int(s['n_edges'].sum()):,}, SCCs {int(s['n_components'].sum()):,}")
+    print(
+        f"  graphs: {s['n_graphs']:,}, cyclic {s['n_cyclic']:,}, edges {int(s['n_edges'].sum()):,}, SCCs {int(s['n_components'].sum()):,}"
+    )
     row("ess.graph.TokenPriorityGraphs (graphs + SCCs + DAGs)", t_ess)
 
     if baseline_fraction <= 0:
@@ -161,10 +173,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
-    ap.add_argument("--tpg-baseline", type=float, default=0.05, help="fraction of the windows for the (slow) numpy+scipy token-graph baseline; 0 to skip")
+    ap.add_argument(
+        "--tpg-baseline",
+        type=float,
+        default=0.05,
+        help="fraction of the windows for the (slow) numpy+scipy token-graph baseline; 0 to skip",
+    )
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"ess {ess.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, cpus {os.cpu_count()}, RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}")
+    print(
+        f"ess {ess.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, cpus {os.cpu_count()}, RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}"
+    )
     s = 10 if args.quick else 1
     bench_graph("giant component", 1_000_000 // s, 10_000_000 // s, args.repeat, rng)
     bench_graph("many components", 1_000_000 // s, 1_500_000 // s, args.repeat, rng, with_rx=True)

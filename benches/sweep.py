@@ -56,15 +56,25 @@ def make_jobs(tmp: Path):
 
     tr.utils.logging.disable_progress_bar()
 
-    jobs = sweep.grid({"name": "builtin-{seed}", "model": "builtin",
-                       "inputs": {"mqar": {"n": 1, "seed": "{seed}", "n_pairs": 24, "n_queries": 40}},
-                       "labels": {"arch": "hybrid"}}, seed=range(16))
+    jobs = sweep.grid(
+        {
+            "name": "builtin-{seed}",
+            "model": "builtin",
+            "inputs": {"mqar": {"n": 1, "seed": "{seed}", "n_pairs": 24, "n_queries": 40}},
+            "labels": {"arch": "hybrid"},
+        },
+        seed=range(16),
+    )
     for i, (nl, ne, nh) in enumerate(GPT2_CONFIGS):
         d = tmp / f"gpt2-{nl}x{ne}"
         torch.manual_seed(i)
-        cfg = tr.GPT2Config(vocab_size=256, n_positions=256, n_embd=ne, n_layer=nl, n_head=nh, bos_token_id=0, eos_token_id=0)
+        cfg = tr.GPT2Config(
+            vocab_size=256, n_positions=256, n_embd=ne, n_layer=nl, n_head=nh, bos_token_id=0, eos_token_id=0
+        )
         tr.GPT2LMHeadModel(cfg).save_pretrained(d)
-        jobs.append(sweep.Job(f"gpt2-{nl}x{ne}", str(d), inputs={"random": {"length": 192, "seed": i}}, labels={"arch": "gpt2"}))
+        jobs.append(
+            sweep.Job(f"gpt2-{nl}x{ne}", str(d), inputs={"random": {"length": 192, "seed": i}}, labels={"arch": "gpt2"})
+        )
     return jobs
 
 
@@ -100,24 +110,44 @@ def main() -> None:
     try:
         jobs = make_jobs(tmp)
         n = len(jobs)
-        print(f"ess {ess.__version__}, torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-              f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print(f"{n} jobs: 16 x built-in hybrid model (1 MQAR sequence, L = 130), "
-              f"4 x GPT-2 {', '.join(f'{a}x{b}/{c}h' for a, b, c in GPT2_CONFIGS)} (L = 192); 1 thread per job")
+        print(
+            f"ess {ess.__version__}, torch {torch.__version__}, Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+            f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+        )
+        print(
+            f"{n} jobs: 16 x built-in hybrid model (1 MQAR sequence, L = 130), "
+            f"4 x GPT-2 {', '.join(f'{a}x{b}/{c}h' for a, b, c in GPT2_CONFIGS)} (L = 192); 1 thread per job"
+        )
         plain_loop(jobs[:1] + jobs[-1:])  # warm imports and caches in this process
         base, base_cpu = plain_loop(jobs)
-        print(f"plain loop (no sweep, this process): {base:.2f} s wall, {base_cpu:.2f} s CPU, {1000 * base / n:.0f} ms/job")
+        print(
+            f"plain loop (no sweep, this process): {base:.2f} s wall, {base_cpu:.2f} s CPU, {1000 * base / n:.0f} ms/job"
+        )
         rows = []
 
         def record(name, workers, out, extra=""):
             assert out.complete and len(out.finished) == n, out.table()
             work = sum(out.seconds.values())
-            rows.append({"executor": name, "workers": workers, "wall_s": out.wall_seconds, "work_s": work,
-                         "cpu_s": sum(out.cpu_seconds.values()), "write_ms_per_job": 1000 * sum(out.write_seconds.values()) / n,
-                         "overhead_ms_per_job": 1000 * (out.wall_seconds * workers - work) / n, "note": extra})
+            rows.append(
+                {
+                    "executor": name,
+                    "workers": workers,
+                    "wall_s": out.wall_seconds,
+                    "work_s": work,
+                    "cpu_s": sum(out.cpu_seconds.values()),
+                    "write_ms_per_job": 1000 * sum(out.write_seconds.values()) / n,
+                    "overhead_ms_per_job": 1000 * (out.wall_seconds * workers - work) / n,
+                    "note": extra,
+                }
+            )
 
         out = sweep.run(jobs, tmp / "serial", threads=1, progress=False)
-        record("serial", 1, out, f"in-task CPU minus plain loop: {1000 * (sum(out.cpu_seconds.values()) - base_cpu) / n:.0f} ms/job")
+        record(
+            "serial",
+            1,
+            out,
+            f"in-task CPU minus plain loop: {1000 * (sum(out.cpu_seconds.values()) - base_cpu) / n:.0f} ms/job",
+        )
         out = sweep.run(jobs, tmp / "processes", executor="processes", max_workers=W, threads=1, progress=False)
         record("processes", W, out, "includes spawning the pool")
         from dask.distributed import Client, LocalCluster
@@ -139,7 +169,19 @@ def main() -> None:
             pd.testing.assert_frame_equal(ref, sweep.load(tmp / d).table)
         res = pd.DataFrame(rows)
         res["speedup"] = res["wall_s"].iloc[0] / res["wall_s"]
-        res = res[["executor", "workers", "wall_s", "work_s", "cpu_s", "write_ms_per_job", "overhead_ms_per_job", "speedup", "note"]]
+        res = res[
+            [
+                "executor",
+                "workers",
+                "wall_s",
+                "work_s",
+                "cpu_s",
+                "write_ms_per_job",
+                "overhead_ms_per_job",
+                "speedup",
+                "note",
+            ]
+        ]
         with pd.option_context("display.width", 200, "display.max_colwidth", 60):
             print(res.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         print("tables of serial, processes and dask sweeps: identical")

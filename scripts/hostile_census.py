@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Tuple
 
 
-
 # --------------------------------------------------------------------------------------------
 # the hostile pools (built lazily inside the worker: numpy and torch are imported there)
 
@@ -67,7 +66,11 @@ def _array_pool(np: Any, base: Any) -> List[Tuple[str, Callable[[], Any], bool]]
             ("1e308 scale", lambda: b * 1e308, True),
             ("1e-308 scale", lambda: b * 1e-308, True),
             ("negative zero", lambda: -np.zeros_like(b), True),
-            ("huge broadcast", lambda: np.broadcast_to(b.reshape((1,) * 3 + b.shape), (4096, 4096, 4096) + b.shape), False),
+            (
+                "huge broadcast",
+                lambda: np.broadcast_to(b.reshape((1,) * 3 + b.shape), (4096, 4096, 4096) + b.shape),
+                False,
+            ),
         ]
     if b.dtype.kind in "iu":
         out += [
@@ -81,7 +84,13 @@ def _array_pool(np: Any, base: Any) -> List[Tuple[str, Callable[[], Any], bool]]
         import torch
 
         out += [
-            ("torch requires_grad", lambda: torch.tensor(b.astype(np.float64), requires_grad=True) if b.dtype.kind == "f" else torch.tensor(b), True),
+            (
+                "torch requires_grad",
+                lambda: (
+                    torch.tensor(b.astype(np.float64), requires_grad=True) if b.dtype.kind == "f" else torch.tensor(b)
+                ),
+                True,
+            ),
             ("torch bfloat16", lambda: torch.tensor(b.astype(np.float32)).to(torch.bfloat16), b.dtype.kind == "f"),
             ("torch sparse", lambda: torch.tensor(b).to_sparse() if b.ndim >= 1 else torch.tensor(b), False),
             ("torch complex", lambda: torch.tensor(b.astype(np.complex64)), False),
@@ -104,16 +113,33 @@ def _with(b: Any, value: Any) -> Any:
 
 
 INT_POOL: List[Tuple[str, Any, bool]] = [
-    ("-1", -1, False), ("1.5", 1.5, False), ("2.0 float", 2.0, False), ("2**70", 2**70, False),
-    ("-2**70", -(2**70), False), ("'3'", "3", False), ("None", None, False), ("True", True, False),
-    ("nan", float("nan"), False), ("2**62", 2**62, False),
+    ("-1", -1, False),
+    ("1.5", 1.5, False),
+    ("2.0 float", 2.0, False),
+    ("2**70", 2**70, False),
+    ("-2**70", -(2**70), False),
+    ("'3'", "3", False),
+    ("None", None, False),
+    ("True", True, False),
+    ("nan", float("nan"), False),
+    ("2**62", 2**62, False),
 ]
 FLOAT_POOL: List[Tuple[str, Any, bool]] = [
-    ("nan", float("nan"), False), ("inf", float("inf"), False), ("-1.0", -1.0, False), ("'0.1'", "0.1", False),
-    ("[0.1]", [0.1], False), ("1e308", 1e308, True), ("0.0", 0.0, True), ("True", True, False),
+    ("nan", float("nan"), False),
+    ("inf", float("inf"), False),
+    ("-1.0", -1.0, False),
+    ("'0.1'", "0.1", False),
+    ("[0.1]", [0.1], False),
+    ("1e308", 1e308, True),
+    ("0.0", 0.0, True),
+    ("True", True, False),
 ]
 STR_POOL: List[Tuple[str, Any, bool]] = [
-    ("None", None, False), ("''", "", False), ("'bogus'", "bogus", False), ("3", 3, False), ("b'x'", b"x", False),
+    ("None", None, False),
+    ("''", "", False),
+    ("'bogus'", "bogus", False),
+    ("3", 3, False),
+    ("b'x'", b"x", False),
 ]
 BOOL_POOL: List[Tuple[str, Any, bool]] = [("'yes'", "yes", False), ("2", 2, False), ("None", None, False)]
 
@@ -132,7 +158,9 @@ def _scalar_pool(kind: str) -> List[Tuple[str, Any, bool]]:
 class Target:
     name: str  # dotted path of the callable
     base: Callable[[Any], Dict[str, Any]]  # np -> keyword arguments of a valid call
-    kinds: Dict[str, str]  # argument -> "array" | "int" | "float" | "str" | "bool" | "optfloat" | "optarray" | "optstr" | "seed"
+    kinds: Dict[
+        str, str
+    ]  # argument -> "array" | "int" | "float" | "str" | "bool" | "optfloat" | "optarray" | "optstr" | "seed"
     positional: Tuple[str, ...] = ()  # arguments passed positionally, in order
     batched: Tuple[str, ...] = ()  # array arguments with leading batch axes (an extra axis is valid)
 
@@ -150,47 +178,142 @@ def _targets() -> List[Target]:
         return {"A": r.uniform(0.2, 0.9, (8, 3)), "B": r.normal(size=(8, 3)), "C": r.normal(size=(8, 3))}
 
     return [
-        Target("ess.effective_state_size", lambda np: {"T": T(np), "method": "both", "atol": None, "rtol": 1e-3, "positions": [1, 3]},
-               {"T": "array", "method": "str", "atol": "optfloat", "rtol": "optfloat", "positions": "optarray"}, ("T",), ("T",)),
-        Target("ess.structured.ssm_ess", lambda np: {**ssm(np), "transition": "diagonal", "method": "both", "rtol": 1e-6},
-               {"A": "optarray", "B": "array", "C": "array", "transition": "optstr", "method": "str", "rtol": "optfloat"}, ("A", "B", "C"),
-               ("A", "B", "C")),
-        Target("ess.structured.mamba_ess",
-               lambda np: {"A": -np.ones((2, 3)), "delta": np.full((8, 2), 0.1), "B": np.ones((8, 3)), "C": np.ones((8, 3)), "method": "both"},
-               {"A": "array", "delta": "array", "B": "array", "C": "array", "method": "str"}, ("A", "delta", "B", "C")),
-        Target("ess.structured.linear_attention_ess",
-               lambda np: {"q": np.random.default_rng(3).normal(size=(8, 3)), "k": np.random.default_rng(4).normal(size=(8, 3)), "method": "both"},
-               {"q": "array", "k": "array", "method": "str"}, ("q", "k"), ("q", "k")),
-        Target("ess.structured.conv_ess", lambda np: {"h": np.array([1.0, 0.5, 0.25]), "L": 8, "accuracy": 1e-12},
-               {"h": "array", "L": "int", "accuracy": "float"}, ("h", "L"), ("h",)),
-        Target("ess.markov.hitting_times", lambda np: {"P": P(np), "target": [0], "method": "auto"},
-               {"P": "array", "target": "array", "method": "str"}, ("P", "target")),
+        Target(
+            "ess.effective_state_size",
+            lambda np: {"T": T(np), "method": "both", "atol": None, "rtol": 1e-3, "positions": [1, 3]},
+            {"T": "array", "method": "str", "atol": "optfloat", "rtol": "optfloat", "positions": "optarray"},
+            ("T",),
+            ("T",),
+        ),
+        Target(
+            "ess.structured.ssm_ess",
+            lambda np: {**ssm(np), "transition": "diagonal", "method": "both", "rtol": 1e-6},
+            {"A": "optarray", "B": "array", "C": "array", "transition": "optstr", "method": "str", "rtol": "optfloat"},
+            ("A", "B", "C"),
+            ("A", "B", "C"),
+        ),
+        Target(
+            "ess.structured.mamba_ess",
+            lambda np: {
+                "A": -np.ones((2, 3)),
+                "delta": np.full((8, 2), 0.1),
+                "B": np.ones((8, 3)),
+                "C": np.ones((8, 3)),
+                "method": "both",
+            },
+            {"A": "array", "delta": "array", "B": "array", "C": "array", "method": "str"},
+            ("A", "delta", "B", "C"),
+        ),
+        Target(
+            "ess.structured.linear_attention_ess",
+            lambda np: {
+                "q": np.random.default_rng(3).normal(size=(8, 3)),
+                "k": np.random.default_rng(4).normal(size=(8, 3)),
+                "method": "both",
+            },
+            {"q": "array", "k": "array", "method": "str"},
+            ("q", "k"),
+            ("q", "k"),
+        ),
+        Target(
+            "ess.structured.conv_ess",
+            lambda np: {"h": np.array([1.0, 0.5, 0.25]), "L": 8, "accuracy": 1e-12},
+            {"h": "array", "L": "int", "accuracy": "float"},
+            ("h", "L"),
+            ("h",),
+        ),
+        Target(
+            "ess.markov.hitting_times",
+            lambda np: {"P": P(np), "target": [0], "method": "auto"},
+            {"P": "array", "target": "array", "method": "str"},
+            ("P", "target"),
+        ),
         Target("ess.markov.mean_first_passage_times", lambda np: {"P": P(np)}, {"P": "array"}, ("P",)),
         Target("ess.markov.stationary_distribution", lambda np: {"P": P(np)}, {"P": "array"}, ("P",)),
-        Target("ess.markov.committor", lambda np: {"P": P(np), "A": [0], "B": [4], "backward": False},
-               {"P": "array", "A": "array", "B": "array", "backward": "bool"}, ("P", "A", "B")),
-        Target("ess.markov.absorption_probabilities", lambda np: {"P": P(np), "sets": [[0], [4]]},
-               {"P": "array", "sets": "array"}, ("P", "sets")),
-        Target("ess.markov.communication_classes", lambda np: {"P": P(np), "threshold": 0.0}, {"P": "array", "threshold": "float"}, ("P",)),
+        Target(
+            "ess.markov.committor",
+            lambda np: {"P": P(np), "A": [0], "B": [4], "backward": False},
+            {"P": "array", "A": "array", "B": "array", "backward": "bool"},
+            ("P", "A", "B"),
+        ),
+        Target(
+            "ess.markov.absorption_probabilities",
+            lambda np: {"P": P(np), "sets": [[0], [4]]},
+            {"P": "array", "sets": "array"},
+            ("P", "sets"),
+        ),
+        Target(
+            "ess.markov.communication_classes",
+            lambda np: {"P": P(np), "threshold": 0.0},
+            {"P": "array", "threshold": "float"},
+            ("P",),
+        ),
         Target("ess.markov.kemeny_constant", lambda np: {"P": P(np)}, {"P": "array"}, ("P",)),
-        Target("ess.markov.metastable_decomposition", lambda np: {"P": P(np), "threshold": None}, {"P": "array", "threshold": "optfloat"}, ("P",)),
-        Target("ess.markov.metastable_chain", lambda np: {"n_clusters": 2, "cluster_size": 4, "degree": 2, "eps": 1e-3, "seed": 0},
-               {"n_clusters": "int", "cluster_size": "int", "degree": "int", "eps": "float", "seed": "seed"}, ("n_clusters", "cluster_size")),
-        Target("ess.markov.base_chain", lambda np: {"W": np.eye(3), "embeddings": np.eye(3)}, {"W": "array", "embeddings": "optarray"}, ("W",)),
-        Target("ess.markov.ccmc_transition", lambda np: {"P": P(np), "prompt": [0, 1, 2]}, {"P": "array", "prompt": "array"}, ("P", "prompt")),
-        Target("ess.markov.simulate_ccmc", lambda np: {"P": P(np), "prompt": [0, 1], "n_steps": 5, "n_traj": 2, "seed": 0},
-               {"P": "array", "prompt": "array", "n_steps": "int", "n_traj": "int", "seed": "seed"}, ("P", "prompt", "n_steps")),
-        Target("ess.markov.identifiability", lambda np: {"prompts": np.array([[0, 1], [1, 2]]), "vocab_size": 3},
-               {"prompts": "array", "vocab_size": "int"}, ("prompts", "vocab_size")),
-        Target("ess.markov.fit_attention_mle",
-               lambda np: {"prompts": np.array([[0, 1], [1, 2], [2, 0]]), "next_tokens": np.array([1, 2, 0]), "vocab_size": 3, "max_iter": 5},
-               {"prompts": "array", "next_tokens": "array", "vocab_size": "int", "max_iter": "int"}, ("prompts", "next_tokens", "vocab_size")),
-        Target("ess.graph.strongly_connected_components", lambda np: {"src": np.array([0, 1, 2]), "dst": np.array([1, 2, 0]), "n_nodes": 4, "algorithm": "auto"},
-               {"src": "array", "dst": "array", "n_nodes": "int", "algorithm": "str"}, ("src", "dst", "n_nodes")),
-        Target("ess.graph.condensation", lambda np: {"src": np.array([0, 1, 2]), "dst": np.array([1, 2, 0]), "n_nodes": 4},
-               {"src": "array", "dst": "array", "n_nodes": "int"}, ("src", "dst", "n_nodes")),
-        Target("ess.graph.TokenPriorityGraphs", lambda np: {"windows": np.array([[0, 1], [1, 2], [2, 0]]), "labels": np.array([1, 2, 0]), "vocab_size": 3},
-               {"windows": "array", "labels": "array", "vocab_size": "int"}, ("windows", "labels", "vocab_size")),
+        Target(
+            "ess.markov.metastable_decomposition",
+            lambda np: {"P": P(np), "threshold": None},
+            {"P": "array", "threshold": "optfloat"},
+            ("P",),
+        ),
+        Target(
+            "ess.markov.metastable_chain",
+            lambda np: {"n_clusters": 2, "cluster_size": 4, "degree": 2, "eps": 1e-3, "seed": 0},
+            {"n_clusters": "int", "cluster_size": "int", "degree": "int", "eps": "float", "seed": "seed"},
+            ("n_clusters", "cluster_size"),
+        ),
+        Target(
+            "ess.markov.base_chain",
+            lambda np: {"W": np.eye(3), "embeddings": np.eye(3)},
+            {"W": "array", "embeddings": "optarray"},
+            ("W",),
+        ),
+        Target(
+            "ess.markov.ccmc_transition",
+            lambda np: {"P": P(np), "prompt": [0, 1, 2]},
+            {"P": "array", "prompt": "array"},
+            ("P", "prompt"),
+        ),
+        Target(
+            "ess.markov.simulate_ccmc",
+            lambda np: {"P": P(np), "prompt": [0, 1], "n_steps": 5, "n_traj": 2, "seed": 0},
+            {"P": "array", "prompt": "array", "n_steps": "int", "n_traj": "int", "seed": "seed"},
+            ("P", "prompt", "n_steps"),
+        ),
+        Target(
+            "ess.markov.identifiability",
+            lambda np: {"prompts": np.array([[0, 1], [1, 2]]), "vocab_size": 3},
+            {"prompts": "array", "vocab_size": "int"},
+            ("prompts", "vocab_size"),
+        ),
+        Target(
+            "ess.markov.fit_attention_mle",
+            lambda np: {
+                "prompts": np.array([[0, 1], [1, 2], [2, 0]]),
+                "next_tokens": np.array([1, 2, 0]),
+                "vocab_size": 3,
+                "max_iter": 5,
+            },
+            {"prompts": "array", "next_tokens": "array", "vocab_size": "int", "max_iter": "int"},
+            ("prompts", "next_tokens", "vocab_size"),
+        ),
+        Target(
+            "ess.graph.strongly_connected_components",
+            lambda np: {"src": np.array([0, 1, 2]), "dst": np.array([1, 2, 0]), "n_nodes": 4, "algorithm": "auto"},
+            {"src": "array", "dst": "array", "n_nodes": "int", "algorithm": "str"},
+            ("src", "dst", "n_nodes"),
+        ),
+        Target(
+            "ess.graph.condensation",
+            lambda np: {"src": np.array([0, 1, 2]), "dst": np.array([1, 2, 0]), "n_nodes": 4},
+            {"src": "array", "dst": "array", "n_nodes": "int"},
+            ("src", "dst", "n_nodes"),
+        ),
+        Target(
+            "ess.graph.TokenPriorityGraphs",
+            lambda np: {"windows": np.array([[0, 1], [1, 2], [2, 0]]), "labels": np.array([1, 2, 0]), "vocab_size": 3},
+            {"windows": "array", "labels": "array", "vocab_size": "int"},
+            ("windows", "labels", "vocab_size"),
+        ),
     ]
 
 
@@ -203,7 +326,9 @@ def _cases() -> List[Tuple[str, str, str, bool]]:
         base = t.base(np)
         for arg, kind in t.kinds.items():
             if kind in ("array", "optarray"):
-                pool = [(lab, acc) for lab, _, acc in _array_pool(np, base[arg] if base[arg] is not None else np.ones(3))]
+                pool = [
+                    (lab, acc) for lab, _, acc in _array_pool(np, base[arg] if base[arg] is not None else np.ones(3))
+                ]
                 if kind == "optarray":  # None is the default; an empty list of positions is an empty curve
                     pool = [(lab, acc or lab in ("None", "empty list")) for lab, acc in pool]
                 if arg in t.batched:
@@ -279,7 +404,10 @@ def _worker(timeout: float) -> None:
             outcome, detail = "untyped", f"{type(e).__name__}: {e}"[:240]
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        print(json.dumps({"i": i, "outcome": outcome, "detail": detail, "s": round(time.perf_counter() - t0, 3)}), flush=True)
+        print(
+            json.dumps({"i": i, "outcome": outcome, "detail": detail, "s": round(time.perf_counter() - t0, 3)}),
+            flush=True,
+        )
 
 
 def _start(timeout: float, mem_gib: float) -> subprocess.Popen:
@@ -291,8 +419,13 @@ def _start(timeout: float, mem_gib: float) -> subprocess.Popen:
     env = dict(os.environ)
     return subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--worker", "--timeout", str(timeout)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-        preexec_fn=limit, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        preexec_fn=limit,
+        env=env,
     )
 
 
@@ -322,7 +455,11 @@ def main() -> int:
         if not line:
             proc.wait(timeout=30)
             err = proc.stderr.read() if proc.stderr else ""
-            results[i] = {"i": i, "outcome": "crash", "detail": f"exit {proc.returncode}: {err.strip().splitlines()[-1:] if err else ''}"}
+            results[i] = {
+                "i": i,
+                "outcome": "crash",
+                "detail": f"exit {proc.returncode}: {err.strip().splitlines()[-1:] if err else ''}",
+            }
             proc = _start(a.timeout, a.mem_gib)
             continue
         results[i] = json.loads(line)

@@ -72,8 +72,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     vocab = 2 + TASK["n_keys"] + TASK["n_values"]
-    mcfg = HybridConfig(vocab_size=vocab, d_model=args.d_model, n_heads=2, d_state=8, conv_kernel=3, max_len=64,
-                        mixers=["conv", "ssm", "gated_linear_attention", "softmax_attention"])
+    mcfg = HybridConfig(
+        vocab_size=vocab,
+        d_model=args.d_model,
+        n_heads=2,
+        d_state=8,
+        conv_kernel=3,
+        max_len=64,
+        mixers=["conv", "ssm", "gated_linear_attention", "softmax_attention"],
+    )
     model = HybridLM(mcfg)
     for mod in model.modules():  # train through the recurrent form (same weights, same function)
         if isinstance(mod, GatedLinearAttention):
@@ -93,7 +100,9 @@ def main() -> None:
         sched.step()
         if step % 100 == 0:
             acc = accuracy(model, x_ev, y_ev, m_ev)
-            print(f"step {step:5d}  loss {loss.item():.4f}  held-out acc {acc:.4f}  {time.time() - t0:.0f}s", flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  held-out acc {acc:.4f}  {time.time() - t0:.0f}s", flush=True
+            )
             if acc >= args.target:
                 break
     for mod in model.modules():
@@ -103,7 +112,10 @@ def main() -> None:
     from safetensors.torch import save_file
 
     args.out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(args.out / "hybrid_delimiters.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        str(args.out / "hybrid_delimiters.safetensors"),
+    )
     np.save(args.out / "delimiters_inputs.npy", x_ev[:8].numpy().astype(np.int16))
     info = {
         "model_config": asdict(mcfg),
@@ -123,7 +135,7 @@ def main() -> None:
         "seed": args.seed,
         "threads": args.threads,
         "command": f"nice python scripts/train_delimiters.py --steps {args.steps} --batch {args.batch} --lr {args.lr} "
-                   f"--d-model {args.d_model} --seed {args.seed} --threads {args.threads}",
+        f"--d-model {args.d_model} --seed {args.seed} --threads {args.threads}",
     }
     (args.out / "hybrid_delimiters.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))

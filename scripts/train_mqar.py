@@ -49,9 +49,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="torch device to train on (the shipped weights are saved from CPU tensors)")
-    ap.add_argument("--max-seconds", type=float, default=float("inf"), help="stop (and save) after this much training time")
-    ap.add_argument("--curriculum", default="2:1000,4:2000", help="pairs:steps stages before the full task (MQAR has a long plateau; short tasks first shorten it); '' for none")
+    ap.add_argument(
+        "--device", default="cpu", help="torch device to train on (the shipped weights are saved from CPU tensors)"
+    )
+    ap.add_argument(
+        "--max-seconds", type=float, default=float("inf"), help="stop (and save) after this much training time"
+    )
+    ap.add_argument(
+        "--curriculum",
+        default="2:1000,4:2000",
+        help="pairs:steps stages before the full task (MQAR has a long plateau; short tasks first shorten it); '' for none",
+    )
     ap.add_argument("--init", type=Path, default=None, help="start from these safetensors weights (continue a run)")
     ap.add_argument("--target", type=float, default=0.99, help="stop early at this held-out accuracy")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "python" / "ess" / "models")
@@ -94,14 +102,19 @@ def main() -> None:
         sched.step()
         if step % 100 == 0:
             acc = accuracy(model, *ev)
-            print(f"step {step:5d}  loss {loss.item():.4f}  held-out acc {acc:.4f}  {time.time() - t0:.0f}s", flush=True)
+            print(
+                f"step {step:5d}  loss {loss.item():.4f}  held-out acc {acc:.4f}  {time.time() - t0:.0f}s", flush=True
+            )
             if acc >= args.target or time.time() - t0 > args.max_seconds:
                 break
     acc = accuracy(model, *ev)
     from safetensors.torch import save_file
 
     args.out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(args.out / "hybrid_mqar.safetensors"))
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()},
+        str(args.out / "hybrid_mqar.safetensors"),
+    )
     info = {
         "model_config": asdict(mcfg),
         "mqar_config": asdict(tcfg),

@@ -62,6 +62,7 @@ def near_threshold(s: np.ndarray, tau: float, rel: float = 1e-8) -> bool:
 
 # --- structured operators with known rank bounds --------------------------------------
 
+
 def ssm_operator(rng: np.random.Generator, L: int, N: int, decay=(0.5, 0.99)) -> np.ndarray:
     """Time-varying diagonal SSM: T[t, s] = c_t^T diag(prod_{r=s+1..t} a_r) b_s (s <= t)."""
     a = rng.uniform(*decay, size=(L, N))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires('torch', 'pandas')
+pytestmark = pytest.mark.requires("torch", "pandas")
 torch = pytest.importorskip("torch")
 pd = pytest.importorskip("pandas")
 
@@ -30,7 +30,20 @@ def test_table_and_summary():
     tok[:, 9] = 1
     r = ess.analyze(m, tok, markers=[1], progress=False, tokens=[str(int(t)) for t in tok[0]])
     t = r.table
-    assert list(t.columns) == ["sample", "layer", "kind", "operator", "index", "position", "token", "ess_tolerance", "ess_entropy", "tss", "bound", "shared"]
+    assert list(t.columns) == [
+        "sample",
+        "layer",
+        "kind",
+        "operator",
+        "index",
+        "position",
+        "token",
+        "ess_tolerance",
+        "ess_entropy",
+        "tss",
+        "bound",
+        "shared",
+    ]
     n_ops = {"conv": 16, "selective_ssm": 16, "linear_attention": 2, "softmax_attention": 2}
     assert len(t) == 2 * 20 * sum(n_ops.values())
     assert set(t.kind) == set(n_ops)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires('torch', 'pandas', 'matplotlib')
+pytestmark = pytest.mark.requires("torch", "pandas", "matplotlib")
 torch = pytest.importorskip("torch")
 pytest.importorskip("pandas")
 pytest.importorskip("matplotlib")
@@ -17,7 +17,23 @@ from ess.cli import main  # noqa: E402
 
 def test_analyze_builtin_mqar(tmp_path, capsys):
     out = tmp_path / "rep"
-    assert main(["analyze", "--builtin", "mqar", "--out", str(out), "--no-progress", "--samples", "1", "--figures", "png,svg,pdf"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--builtin",
+                "mqar",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--samples",
+                "1",
+                "--figures",
+                "png,svg,pdf",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "built-in hybrid model (MQAR" in text and "softmax_attention" in text and "report written" in text
     js = json.loads((out / "summary.json").read_text())
@@ -26,7 +42,11 @@ def test_analyze_builtin_mqar(tmp_path, capsys):
     assert js["tokens"][:2] == ["BOS", js["tokens"][1]] and "SEP" in js["tokens"]
     assert (out / "report.html").exists() and (out / "ess.csv").exists()
     for f in ("curves", "heatmap", "utilisation"):  # one sample: no sample comparison
-        assert (out / f"{f}.png").exists() and (out / f"{f}.pdf").read_bytes().startswith(b"%PDF") and (out / f"{f}.svg").exists()
+        assert (
+            (out / f"{f}.png").exists()
+            and (out / f"{f}.pdf").read_bytes().startswith(b"%PDF")
+            and (out / f"{f}.svg").exists()
+        )
     assert not (out / "samples.png").exists()
 
 
@@ -36,7 +56,7 @@ def _delimiter_drop(table, delims, measure="ess_tolerance", w=2):
     out = {}
     for kind, g in table.groupby("kind"):
         c = g.groupby("position")[measure].mean().sort_index().to_numpy()
-        drops = [1.0 - c[d + 1:d + 1 + w].mean() / c[d - w + 1:d + 1].mean() for d in delims]
+        drops = [1.0 - c[d + 1 : d + 1 + w].mean() / c[d - w + 1 : d + 1].mean() for d in delims]
         out[kind] = float(np.mean(drops))
     return out
 
@@ -97,20 +117,41 @@ def test_analyze_builtin_default_shows_mixers_differ(default_run):
     assert tol["gated_linear_attention"] > tol["softmax_attention"] + 0.05
     assert ent["gated_linear_attention"] > ent["selective_ssm"] + 0.1
     # the gated layer's ESS peaks at the split before each delimiter: above its mean over all splits
-    g = table[table.kind == "gated_linear_attention"].groupby("position")["ess_tolerance"].mean().sort_index().to_numpy()
+    g = (
+        table[table.kind == "gated_linear_attention"]
+        .groupby("position")["ess_tolerance"]
+        .mean()
+        .sort_index()
+        .to_numpy()
+    )
     for d in delims:
         assert g[d] > 1.3 * g[1:].mean(), (d, g[d], g[1:].mean())
 
 
 def test_analyze_model_factory_and_tokens(tmp_path, capsys):
     out = tmp_path / "rep"
-    code = main(["analyze", "--model", "tests.cli_factory:build", "--tokens", "1,2,3,4,5,6,7,8", "--out", str(out),
-                 "--no-progress", "--positions", "0:8:2"])
+    code = main(
+        [
+            "analyze",
+            "--model",
+            "tests.cli_factory:build",
+            "--tokens",
+            "1,2,3,4,5,6,7,8",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--positions",
+            "0:8:2",
+        ]
+    )
     assert code == 0
     js = json.loads((out / "summary.json").read_text())
     assert js["meta"]["length"] == 8 and js["meta"]["positions"] == [0, 2, 4, 6]
     # random tokens of --length when no inputs are given
-    assert main(["analyze", "--model", "tests.cli_factory:build", "--length", "12", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["analyze", "--model", "tests.cli_factory:build", "--length", "12", "--out", str(out), "--no-progress"])
+        == 0
+    )
     assert json.loads((out / "summary.json").read_text())["meta"]["length"] == 12
 
 
@@ -123,7 +164,19 @@ def test_analyze_errors(tmp_path, capsys):
     assert "integers" in capsys.readouterr().err
     assert main(["analyze", "--tokens", "1,2"]) == 2
     assert "--model or --hf" in capsys.readouterr().err
-    code = main(["analyze", "--model", "tests.cli_factory:build", "--tokens", "1,2,3", "--positions", "5,6", "--out", str(tmp_path)])
+    code = main(
+        [
+            "analyze",
+            "--model",
+            "tests.cli_factory:build",
+            "--tokens",
+            "1,2,3",
+            "--positions",
+            "5,6",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 2 and "OutOfRangeError" in capsys.readouterr().err
 
 
@@ -164,7 +217,10 @@ def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family
     text = tmp_path / "t.txt"
     text.write_text(" ".join(f"w{i % 60 + 1}" for i in range(30)))
     out = tmp_path / "rep"
-    assert main(["analyze", "--hf", str(path), "--text", str(text), "--length", "12", "--out", str(out), "--no-progress"]) == 0
+    assert (
+        main(["analyze", "--hf", str(path), "--text", str(text), "--length", "12", "--out", str(out), "--no-progress"])
+        == 0
+    )
     js = json.loads((out / "summary.json").read_text())
     assert js["meta"]["length"] == 12 and js["tokens"][:3] == ["w1", "w2", "w3"]
     kinds = {l["kind"] for l in js["layers"]}
@@ -203,8 +259,10 @@ def test_failures_are_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
         (["analyze", "--out", str(tmp_path / "afile")], "exists and is not a directory"),
         (["analyze", "--out", "/proc/ess-nope/x"], "cannot create the report directory"),
         (["analyze", "--model", "tests.cli_factory:boom"], "RuntimeError: factory failed"),
-        (["analyze", "--model", "tests.cli_factory:build", "--tokens", "1,2,999999", "--out", str(tmp_path / "r")],
-         "outside the model's vocabulary"),
+        (
+            ["analyze", "--model", "tests.cli_factory:build", "--tokens", "1,2,999999", "--out", str(tmp_path / "r")],
+            "outside the model's vocabulary",
+        ),
         (["analyze", "--hf", str(tmp_path / "missing")], "no such directory"),
     ]
     for argv, message in cases:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires('torch')
+pytestmark = pytest.mark.requires("torch")
 torch = pytest.importorskip("torch")
 
 from ess import automaton as A  # noqa: E402

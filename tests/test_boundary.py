@@ -9,7 +9,14 @@ import pytest
 
 import ess
 from ess.errors import (
-    DTypeError, EssError, InvalidArgumentError, NonFiniteError, NotStochasticError, OutOfRangeError, ShapeError, TooLargeError,
+    DTypeError,
+    EssError,
+    InvalidArgumentError,
+    NonFiniteError,
+    NotStochasticError,
+    OutOfRangeError,
+    ShapeError,
+    TooLargeError,
 )
 
 T = np.tril(np.ones((6, 6)))
@@ -40,14 +47,27 @@ P = np.full((3, 3), 1.0 / 3.0)
         (lambda: ess.graph.strongly_connected_components([0], [1], 1.5), DTypeError, "n_nodes"),
         (lambda: ess.graph.strongly_connected_components([[0, 1], [1]], [1, 0], 2), ShapeError, "src"),
         (lambda: ess.graph.strongly_connected_components([2**70], [0], 2), OutOfRangeError, "src"),
-        (lambda: ess.structured.ssm_ess(None, np.ones((4, 2)), np.ones((4, 2)), method=None), InvalidArgumentError, "method"),
+        (
+            lambda: ess.structured.ssm_ess(None, np.ones((4, 2)), np.ones((4, 2)), method=None),
+            InvalidArgumentError,
+            "method",
+        ),
         (lambda: ess.structured.ssm_ess(None, np.ones((4, 2)), np.ones((4, 2)), atol="0.1"), DTypeError, "atol"),
-        (lambda: ess.structured.ssm_ess(None, np.ma.masked_array(np.ones((4, 2))), np.ones((4, 2))), InvalidArgumentError, "B"),
+        (
+            lambda: ess.structured.ssm_ess(None, np.ma.masked_array(np.ones((4, 2))), np.ones((4, 2))),
+            InvalidArgumentError,
+            "B",
+        ),
         (lambda: ess.structured.conv_ess(np.ones(3), 8, rtol=-1.0), InvalidArgumentError, "rtol"),
         # found by scripts/hostile_census.py
         (lambda: ess.markov.hitting_times(np.broadcast_to(P, (4096,) * 3 + P.shape), [0]), TooLargeError, "P"),
-        (lambda: ess.structured.ssm_ess(np.broadcast_to(np.full(4, 0.5), (10**6, 10**5, 4)), np.ones((4, 2)), np.ones((4, 2))),
-         TooLargeError, "A"),
+        (
+            lambda: ess.structured.ssm_ess(
+                np.broadcast_to(np.full(4, 0.5), (10**6, 10**5, 4)), np.ones((4, 2)), np.ones((4, 2))
+            ),
+            TooLargeError,
+            "A",
+        ),
         (lambda: ess.structured.conv_ess(np.ones(3), 8, accuracy=True), DTypeError, "accuracy"),
         (lambda: ess.markov.committor(P, [0], [2], backward="yes"), DTypeError, "backward"),
         (lambda: ess.markov.absorption_probabilities(P, None), DTypeError, "sets"),
@@ -62,9 +82,16 @@ P = np.full((3, 3), 1.0 / 3.0)
         (lambda: ess.ccmc.simulate_ccmc(P, [0], n_steps=3, n_traj=2**62), TooLargeError, "n_traj"),
         (lambda: ess.ccmc.fit_attention_mle([[0, 1], [1, 2]], [1, 2], 3, max_iter=-1), OutOfRangeError, "max_iter"),
         (lambda: ess.ccmc.fit_attention_mle([[0, 1], [1, 2]], [1, 2], 3, max_iter=2.0), DTypeError, "max_iter"),
-        (lambda: ess.graph.strongly_connected_components([0], [1], 2, algorithm=None), InvalidArgumentError, "algorithm"),
-        (lambda: ess.graph.TokenPriorityGraphs(np.ma.masked_array([[0, 1], [1, 0]]), [1, 0], vocab_size=2),
-         InvalidArgumentError, "windows"),
+        (
+            lambda: ess.graph.strongly_connected_components([0], [1], 2, algorithm=None),
+            InvalidArgumentError,
+            "algorithm",
+        ),
+        (
+            lambda: ess.graph.TokenPriorityGraphs(np.ma.masked_array([[0, 1], [1, 0]]), [1, 0], vocab_size=2),
+            InvalidArgumentError,
+            "windows",
+        ),
     ],
 )
 def test_bad_argument_is_a_typed_error_naming_it(call, cls, arg) -> None:
@@ -91,7 +118,9 @@ def test_torch_tensors_of_any_kind() -> None:
     # the Mamba helpers take tensors as they come out of a model (requires_grad, bfloat16)
     A, dl, B, C = -np.ones((2, 3)), np.full((8, 2), 0.1), np.ones((8, 3)), np.ones((8, 3))
     ref_m = ess.structured.mamba_ess(A, dl, B, C)
-    got = ess.structured.mamba_ess(torch.tensor(A, requires_grad=True), torch.tensor(dl), torch.tensor(B), torch.tensor(C))
+    got = ess.structured.mamba_ess(
+        torch.tensor(A, requires_grad=True), torch.tensor(dl), torch.tensor(B), torch.tensor(C)
+    )
     np.testing.assert_array_equal(got, ref_m)
     got16 = ess.structured.mamba_ess(*(torch.tensor(x).to(torch.bfloat16) for x in (A, dl, B, C)))
     assert got16.shape == ref_m.shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires('torch')
+pytestmark = pytest.mark.requires("torch")
 torch = pytest.importorskip("torch")
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
@@ -180,8 +180,14 @@ def test_shipped_delimiters_model_and_inputs():
     """The ``delimiters`` built-in: small weights that load, the recorded held-out accuracy is
     reproduced from the recorded task, the shipped inputs are the first held-out sequences with the
     delimiter at the recorded positions, and ESS stays within its bounds."""
-    from ess.models import (DELIM, DELIM_WEIGHTS, builtin_delimiters_info, builtin_delimiters_inputs, delimiters_token_names,
-                            load_builtin_delimiters)
+    from ess.models import (
+        DELIM,
+        DELIM_WEIGHTS,
+        builtin_delimiters_info,
+        builtin_delimiters_inputs,
+        delimiters_token_names,
+        load_builtin_delimiters,
+    )
     from ess.reproduce.delimiters import generate as generate_segments
 
     info = builtin_delimiters_info()
@@ -263,7 +269,10 @@ def test_model_data_files_are_packaged():
     root = pathlib.Path(__file__).resolve().parents[1]
     cfg = tomllib.loads((root / "pyproject.toml").read_text())
     included = {e["path"] for e in cfg["tool"]["maturin"]["include"] if set(e["format"]) >= {"sdist", "wheel"}}
-    data = {f"python/ess/models/{p.name}" for p in (root / "python" / "ess" / "models").iterdir()
-            if p.suffix in (".safetensors", ".json", ".npy")}
+    data = {
+        f"python/ess/models/{p.name}"
+        for p in (root / "python" / "ess" / "models").iterdir()
+        if p.suffix in (".safetensors", ".json", ".npy")
+    }
     assert {"python/ess/models/hybrid_delimiters.safetensors", "python/ess/models/delimiters_inputs.npy"} <= data
     assert data <= included, sorted(data - included)

@@ -20,7 +20,9 @@ def test_hostile_census_finds_no_defect(tmp_path) -> None:
     out = tmp_path / "census.json"
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "scripts", "hostile_census.py"), "--json", str(out), "--timeout", "60"],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     rows = json.loads(out.read_text())

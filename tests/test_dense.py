@@ -26,7 +26,9 @@ def assert_matches_reference(T, got_tol, got_ent, *, atol=None, rtol=None, ent_r
     for t in range(T.shape[-1]):
         s, tau = detail[t]
         if got_tol is not None and got_tol[t] != ref_tol[t]:
-            assert near_threshold(s, tau), f"t={t}: tolerance-ESS {got_tol[t]} != reference {ref_tol[t]} (sigma={s}, tau={tau})"
+            assert near_threshold(s, tau), (
+                f"t={t}: tolerance-ESS {got_tol[t]} != reference {ref_tol[t]} (sigma={s}, tau={tau})"
+            )
     if got_ent is not None:
         np.testing.assert_allclose(got_ent, ref_ent, rtol=ent_rtol, atol=0)
 
@@ -148,6 +150,7 @@ def test_positions_subset_equals_full_curve(T, data):
 
 # --- invariants of the ESS definition (README, Conventions) ----------------------------
 
+
 @given(st.integers(0, 2**32 - 1), st.integers(2, 40), st.integers(1, 6))
 def test_rank_bounds_of_structured_operators(seed, L, n):
     rng = np.random.default_rng(seed)
@@ -231,6 +234,7 @@ def test_batch_shape_is_kept():
 
 
 # --- bad input -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_rejected(bad):

@@ -58,7 +58,9 @@ def test_gradcheck_float64(strategy):
     g = torch.Generator().manual_seed(3)
     T = torch.randn(2, 7, 7, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: ed.entropy_ess(x, strategy=strategy), (T,))
-    assert torch.autograd.gradcheck(lambda x: ed.soft_tolerance_ess(x, rtol=0.1, temperature=0.3, strategy=strategy), (T,))
+    assert torch.autograd.gradcheck(
+        lambda x: ed.soft_tolerance_ess(x, rtol=0.1, temperature=0.3, strategy=strategy), (T,)
+    )
     assert torch.autograd.gradcheck(lambda x: ed.entropy_ess(x, [2, 4, 5], strategy=strategy), (T,))
 
 
@@ -102,7 +104,10 @@ def test_finite_gradients_degenerate_operators(strategy):
     ]
     for T in ops:
         T = T.clone().requires_grad_()
-        for f in (lambda x: ed.entropy_ess(x, strategy=strategy), lambda x: ed.soft_tolerance_ess(x, rtol=1e-3, strategy=strategy)):
+        for f in (
+            lambda x: ed.entropy_ess(x, strategy=strategy),
+            lambda x: ed.soft_tolerance_ess(x, rtol=1e-3, strategy=strategy),
+        ):
             out = f(T)
             assert torch.isfinite(out).all()
             out.sum().backward()

@@ -28,7 +28,17 @@ PAGES = {
 }
 
 # modules whose docstring Examples run as doctests
-DOCTEST_MODULES = ["ess._dense", "ess._newton", "ess.graph", "ess.markov", "ess.ccmc", "ess.examples", "ess.errors", "ess.models", "ess.sweep"]
+DOCTEST_MODULES = [
+    "ess._dense",
+    "ess._newton",
+    "ess.graph",
+    "ess.markov",
+    "ess.ccmc",
+    "ess.examples",
+    "ess.errors",
+    "ess.models",
+    "ess.sweep",
+]
 
 
 def code_of(page: str) -> str:
@@ -49,7 +59,9 @@ def test_tutorial_runs(page, tmp_path):
     # PYTHONPATH entries are made absolute, since the code runs in a scratch directory.
     paths = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"{page} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
@@ -57,14 +69,21 @@ def test_tutorial_runs(page, tmp_path):
 def test_site_builds_strict(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "index.html").exists()
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(m, marks=pytest.mark.requires("torch", "pandas")) if m in ("ess.models", "ess.sweep") else m for m in DOCTEST_MODULES]
+    "name",
+    [
+        pytest.param(m, marks=pytest.mark.requires("torch", "pandas")) if m in ("ess.models", "ess.sweep") else m
+        for m in DOCTEST_MODULES
+    ],
 )
 def test_doctests(name):
     module = importlib.import_module(name)

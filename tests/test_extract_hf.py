@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterator, List
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires('torch', 'transformers')
+pytestmark = pytest.mark.requires("torch", "transformers")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from transformers import (  # noqa: E402
@@ -135,8 +135,15 @@ def ids(seed: int = 0) -> torch.Tensor:
 def gpt2(impl: str, dtype: torch.dtype, **kw: Any) -> Any:
     torch.manual_seed(0)
     cfg = GPT2Config(
-        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, attn_implementation=impl,
-        bos_token_id=0, eos_token_id=0, **kw,
+        vocab_size=VOCAB,
+        n_positions=64,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        attn_implementation=impl,
+        bos_token_id=0,
+        eos_token_id=0,
+        **kw,
     )
     return GPT2LMHeadModel(cfg).to(dtype).eval()
 
@@ -152,8 +159,12 @@ def test_gpt2_reconstruction(impl: str, dtype: torch.dtype, padded: bool) -> Non
     mask = torch.ones(B, L, dtype=torch.long)
     if padded:
         mask[1, :3] = 0  # left padding of the second sequence
-    with extracting(model) as exts, recording({f"{i}": b.attn.c_attn for i, b in enumerate(blocks)}, "out") as qkv, \
-            recording({f"{i}": b.attn.c_proj for i, b in enumerate(blocks)}, "in") as heads, torch.no_grad():
+    with (
+        extracting(model) as exts,
+        recording({f"{i}": b.attn.c_attn for i, b in enumerate(blocks)}, "out") as qkv,
+        recording({f"{i}": b.attn.c_proj for i, b in enumerate(blocks)}, "in") as heads,
+        torch.no_grad(),
+    ):
         model(input_ids=ids(), attention_mask=mask)
     assert no_hooks(model)
     names = [f"transformer.h.{i}.attn" for i in range(len(blocks))]
@@ -209,9 +220,18 @@ def test_gpt2_prefill_with_cache_is_analysed() -> None:
 def llama(impl: str, dtype: torch.dtype) -> Any:
     torch.manual_seed(1)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rope_theta=100.0, attn_implementation=impl,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        rope_theta=100.0,
+        attn_implementation=impl,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
     return LlamaForCausalLM(cfg).to(dtype).eval()
 
@@ -226,8 +246,12 @@ def test_llama_reconstruction(impl: str, dtype: torch.dtype, padded: bool) -> No
     mask = torch.ones(B, L, dtype=torch.long)
     if padded:
         mask[0, :2] = 0
-    with extracting(model) as exts, recording({f"{i}": l.self_attn.v_proj for i, l in enumerate(layers)}, "out") as vs, \
-            recording({f"{i}": l.self_attn.o_proj for i, l in enumerate(layers)}, "in") as heads, torch.no_grad():
+    with (
+        extracting(model) as exts,
+        recording({f"{i}": l.self_attn.v_proj for i, l in enumerate(layers)}, "out") as vs,
+        recording({f"{i}": l.self_attn.o_proj for i, l in enumerate(layers)}, "in") as heads,
+        torch.no_grad(),
+    ):
         model(input_ids=ids(1), attention_mask=mask)
     assert no_hooks(model)
     names = [f"model.layers.{i}.self_attn" for i in range(len(layers))]
@@ -296,8 +320,16 @@ def test_llama_subclass_matched_and_checked() -> None:
 def mamba(dtype: torch.dtype) -> Any:
     torch.manual_seed(2)
     cfg = MambaConfig(
-        vocab_size=VOCAB, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4,
-        time_step_rank=4, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
     model = MambaForCausalLM(cfg).to(dtype).eval()
     with torch.no_grad():  # spread the decays so that the operators are far from trivial
@@ -321,10 +353,14 @@ def mamba_scan_ref(u: Any, dt: Any, A: Any, Bm: Any, Cm: Any, D: Any) -> np.ndar
 def test_mamba_reconstruction(dtype: torch.dtype) -> None:
     model = mamba(dtype)
     mixers = {f"{i}": l.mixer for i, l in enumerate(model.backbone.layers)}
-    with extracting(model) as exts, recording({k: m.x_proj for k, m in mixers.items()}, "in") as us, \
-            recording({k: m.in_proj for k, m in mixers.items()}, "out") as proj, \
-            recording({k: m.x_proj for k, m in mixers.items()}, "out") as xps, \
-            recording({k: m.out_proj for k, m in mixers.items()}, "in") as ys, torch.no_grad():
+    with (
+        extracting(model) as exts,
+        recording({k: m.x_proj for k, m in mixers.items()}, "in") as us,
+        recording({k: m.in_proj for k, m in mixers.items()}, "out") as proj,
+        recording({k: m.x_proj for k, m in mixers.items()}, "out") as xps,
+        recording({k: m.out_proj for k, m in mixers.items()}, "in") as ys,
+        torch.no_grad(),
+    ):
         model(input_ids=ids(2))
     assert no_hooks(model)
     for k, mixer in mixers.items():
@@ -343,12 +379,15 @@ def test_mamba_reconstruction(dtype: torch.dtype) -> None:
             # ... and 1e-9 against a float64 recurrence on the same captured quantities
             R = mixer.time_step_rank
             xo = xps[k][b].double()
-            dt = torch.nn.functional.softplus(
-                xo[:, :R] @ mixer.dt_proj.weight.double().T + mixer.dt_proj.bias.double()
-            ).detach().numpy()
+            dt = (
+                torch.nn.functional.softplus(xo[:, :R] @ mixer.dt_proj.weight.double().T + mixer.dt_proj.bias.double())
+                .detach()
+                .numpy()
+            )
             A = -np.exp(mixer.A_log.double().detach().numpy())
-            ref = mamba_scan_ref(u, dt, A, xo[:, R : R + N].numpy(), xo[:, R + N :].numpy(),
-                                 mixer.D.double().detach().numpy())
+            ref = mamba_scan_ref(
+                u, dt, A, xo[:, R : R + N].numpy(), xo[:, R + N :].numpy(), mixer.D.double().detach().numpy()
+            )
             assert rel_err(rec, ref) <= 1e-9
             # a selective SSM with state size N: every Hankel block has rank <= N
             assert ess.effective_state_size(s.operators[:4]).max() <= N
@@ -358,7 +397,9 @@ def test_mamba_reconstruction(dtype: torch.dtype) -> None:
 def test_mamba_cached_continuation_and_fused_path_refused(split: int) -> None:
     model = mamba(torch.float32)
     x = ids()
-    assert_continuations_refused(model, x, split, [f"backbone.layers.{i}.mixer" for i in range(len(model.backbone.layers))], "cached state")
+    assert_continuations_refused(
+        model, x, split, [f"backbone.layers.{i}.mixer" for i in range(len(model.backbone.layers))], "cached state"
+    )
     with extracting(model) as exts, torch.no_grad():  # a prefill with use_cache=True is analysed
         model(input_ids=x, use_cache=True)
     assert exts["backbone.layers.0.mixer"].operators(0).operators.shape[-1] == L
@@ -381,8 +422,19 @@ def test_mamba_cached_continuation_and_fused_path_refused(split: int) -> None:
 def mamba2(dtype: torch.dtype, n_groups: int = 2) -> Any:
     torch.manual_seed(3)
     cfg = Mamba2Config(
-        vocab_size=VOCAB, hidden_size=16, state_size=8, num_heads=4, head_dim=8, expand=2, n_groups=n_groups,
-        conv_kernel=4, chunk_size=4, num_hidden_layers=2, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        vocab_size=VOCAB,
+        hidden_size=16,
+        state_size=8,
+        num_heads=4,
+        head_dim=8,
+        expand=2,
+        n_groups=n_groups,
+        conv_kernel=4,
+        chunk_size=4,
+        num_hidden_layers=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
     )
     model = Mamba2ForCausalLM(cfg).to(dtype).eval()
     with torch.no_grad():
@@ -397,8 +449,12 @@ def mamba2(dtype: torch.dtype, n_groups: int = 2) -> Any:
 def test_mamba2_reconstruction(dtype: torch.dtype, n_groups: int) -> None:
     model = mamba2(dtype, n_groups)
     mixers = {f"{i}": l.mixer for i, l in enumerate(model.backbone.layers)}
-    with extracting(model) as exts, recording({k: m.in_proj for k, m in mixers.items()}, "out") as proj, \
-            recording({k: m.norm for k, m in mixers.items()}, "in") as ys, torch.no_grad():
+    with (
+        extracting(model) as exts,
+        recording({k: m.in_proj for k, m in mixers.items()}, "out") as proj,
+        recording({k: m.norm for k, m in mixers.items()}, "in") as ys,
+        torch.no_grad(),
+    ):
         model(input_ids=ids(3))  # L = 11 spans three chunks of 4
     assert no_hooks(model)
     for k, mixer in mixers.items():
@@ -423,9 +479,7 @@ def test_mamba2_reconstruction(dtype: torch.dtype, n_groups: int) -> None:
             y = conv[0].T.double().numpy()
             Bm = y[:, inter : inter + G * N].reshape(L, G, N)
             Cm = y[:, inter + G * N :].reshape(L, G, N)
-            dt = torch.nn.functional.softplus(
-                proj[k][b, :, -H:].double() + mixer.dt_bias.double()
-            ).detach().numpy()
+            dt = torch.nn.functional.softplus(proj[k][b, :, -H:].double() + mixer.dt_bias.double()).detach().numpy()
             A = -np.exp(mixer.A_log.double().detach().numpy())
             Dp = mixer.D.double().detach().numpy()
             ref = np.zeros((L, H, P))
@@ -445,7 +499,9 @@ def test_mamba2_reconstruction(dtype: torch.dtype, n_groups: int) -> None:
 def test_mamba2_cached_continuation_refused(split: int) -> None:
     model = mamba2(torch.float32)
     x = ids()
-    assert_continuations_refused(model, x, split, [f"backbone.layers.{i}.mixer" for i in range(len(model.backbone.layers))], "cached state")
+    assert_continuations_refused(
+        model, x, split, [f"backbone.layers.{i}.mixer" for i in range(len(model.backbone.layers))], "cached state"
+    )
     with extracting(model) as exts, torch.no_grad():
         model(input_ids=x, use_cache=True)
     assert exts["backbone.layers.1.mixer"].operators(0).operators.shape[-1] == L

@@ -9,7 +9,7 @@ from typing import Any, Iterator, List
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires('torch')
+pytestmark = pytest.mark.requires("torch")
 torch = pytest.importorskip("torch")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -47,11 +47,7 @@ def tol(dtype: torch.dtype) -> float:
 
 
 def no_hooks(m: nn.Module) -> bool:
-    return all(
-        len(getattr(mod, attr)) == 0
-        for mod in m.modules()
-        for attr in ("_forward_pre_hooks", "_forward_hooks")
-    )
+    return all(len(getattr(mod, attr)) == 0 for mod in m.modules() for attr in ("_forward_pre_hooks", "_forward_hooks"))
 
 
 # --------------------------------------------------------------------------- MultiheadAttention

@@ -19,7 +19,9 @@ from ess.graph import condensation, strongly_connected_components
 def scipy_scc(src, dst, n):
     if n == 0:
         return 0, np.zeros(0, dtype=np.int32)
-    a = scipy.sparse.csr_array((np.ones(len(src)), (np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64))), shape=(n, n))
+    a = scipy.sparse.csr_array(
+        (np.ones(len(src)), (np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64))), shape=(n, n)
+    )
     return connected_components(a, directed=True, connection="strong")
 
 
@@ -67,7 +69,9 @@ def random_graphs(draw):
 
 @st.composite
 def adversarial_graphs(draw):
-    kind = draw(st.sampled_from(["selfloops", "duplicates", "isolated", "cycle", "path", "complete_dag", "two_cycles_bridge"]))
+    kind = draw(
+        st.sampled_from(["selfloops", "duplicates", "isolated", "cycle", "path", "complete_dag", "two_cycles_bridge"])
+    )
     n = draw(st.integers(1, 60))
     r = np.arange(n, dtype=np.int64)
     if kind == "selfloops":

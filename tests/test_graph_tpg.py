@@ -62,7 +62,14 @@ def ref_svm_column(g):
     topo = {c: i for i, c in enumerate(nx.topological_sort(C))}
     x0 = np.array([-float(topo[c]) for c in range(n)])
     cons = [{"type": "ineq", "fun": lambda z, a=a, b=b: z[a] - z[b] - 1} for a, b in C.edges]
-    res = minimize(lambda z: size @ z**2, x0, jac=lambda z: 2 * size * z, constraints=cons, method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
+    res = minimize(
+        lambda z: size @ z**2,
+        x0,
+        jac=lambda z: 2 * size * z,
+        constraints=cons,
+        method="SLSQP",
+        options={"ftol": 1e-12, "maxiter": 500},
+    )
     # status 8 ("positive directional derivative") is SLSQP stalling at the optimum
     assert res.success or res.status == 8, res.message
     assert all(res.x[a] - res.x[b] >= 1 - 1e-7 for a, b in C.edges)
@@ -127,12 +134,16 @@ def test_toy_minimum_losses_and_soft_composition():
     loss = _one_hot_loss(Wf + 60 * Ws, CYCLIC["windows"], CYCLIC["labels"], 6)
     assert loss == pytest.approx(CYCLIC["minimum_training_loss"], abs=1e-9)
     law = t.soft_composition(CYCLIC["retrieval_examples"][0]["window"], Wf)
-    assert law == pytest.approx({int(k): v for k, v in CYCLIC["retrieval_examples"][0]["limit_next_token_law"].items()}, abs=1e-9)
+    assert law == pytest.approx(
+        {int(k): v for k, v in CYCLIC["retrieval_examples"][0]["limit_next_token_law"].items()}, abs=1e-9
+    )
     # single SCC: no hard retrieval, W_fin alone is the optimum
     t = TokenPriorityGraphs(SINGLE["windows"], SINGLE["labels"], 3)
     assert np.all(t.graph_svm() == 0)
     Wf = t.finite_component(SINGLE["windows"], SINGLE["labels"])
-    assert _one_hot_loss(Wf, SINGLE["windows"], SINGLE["labels"], 3) == pytest.approx(SINGLE["minimum_training_loss"], abs=1e-10)
+    assert _one_hot_loss(Wf, SINGLE["windows"], SINGLE["labels"], 3) == pytest.approx(
+        SINGLE["minimum_training_loss"], abs=1e-10
+    )
     for key, want in SINGLE["finite_component_next_token_law"].items():
         got = t.soft_composition(json.loads(key), Wf)
         assert got == pytest.approx({int(k): v for k, v in want.items()}, abs=1e-9)
@@ -159,7 +170,9 @@ def test_random_datasets_match_reference(ds, data):
     for k, g in ref.items():
         ours = t.graph(k)
         assert set(zip(ours.edges[0].tolist(), ours.edges[1].tolist())) == set(g.edges)
-        assert sorted(sorted(c.tolist()) for c in ours.components) == sorted(sorted(c) for c in nx.strongly_connected_components(g))
+        assert sorted(sorted(c.tolist()) for c in ours.components) == sorted(
+            sorted(c) for c in nx.strongly_connected_components(g)
+        )
     for _ in range(5):
         L = data.draw(st.integers(1, 6))
         w = data.draw(st.lists(st.integers(0, K - 1), min_size=L, max_size=L))

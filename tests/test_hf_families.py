@@ -70,8 +70,18 @@ EXPECTED: Dict[str, Tuple[str, type, Tuple[str, ...]]] = {
 assert set(EXPECTED) == set(FAMILIES)
 
 #: families whose sliding window (WINDOW < L) is exercised by the configs of tests/hf_families.py
-SLIDING = {"qwen2", "qwen3", "mistral", "mixtral", "gemma2", "gemma3_text", "phi3", "gpt_oss", "starcoder2",
-           "recurrent_gemma"}
+SLIDING = {
+    "qwen2",
+    "qwen3",
+    "mistral",
+    "mixtral",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "gpt_oss",
+    "starcoder2",
+    "recurrent_gemma",
+}
 
 
 def no_hooks(model: Any) -> bool:
@@ -160,8 +170,9 @@ def test_family_matches_eager(family: str) -> None:
     worst, ops = compare(exts, probs)
     assert worst <= 1e-6, f"{family}: operator differs from the eager probabilities by {worst:.2e}"
     if family in SLIDING:  # some layer's window is shorter than the sequence: keys before it get 0
-        assert any(np.all(np.tril(T[:, :, :], -WINDOW) == 0) and not np.allclose(T.sum(-1)[:, -1], 0)
-                   for T in ops.values())
+        assert any(
+            np.all(np.tril(T[:, :, :], -WINDOW) == 0) and not np.allclose(T.sum(-1)[:, -1], 0) for T in ops.values()
+        )
     TIMES[family] = (cls, worst, time.perf_counter() - t0)
     print(f"\n{family:18s} {cls:28s} max|T - eager| = {worst:.1e}  {time.perf_counter() - t0:.2f} s")
 
@@ -253,9 +264,19 @@ def test_low_precision_checked(family: str, dtype: Any) -> None:
         assert np.abs(s.operators - ops[torch.float32][n].operators).max() < 0.05
 
 
-def _flash_stand_in(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: Any = None,
-                    dropout: float = 0.0, sliding_window: Any = None, softcap: Any = None, s_aux: Any = None,
-                    **kwargs: Any) -> Tuple[Any, None]:
+def _flash_stand_in(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    scaling: Any = None,
+    dropout: float = 0.0,
+    sliding_window: Any = None,
+    softcap: Any = None,
+    s_aux: Any = None,
+    **kwargs: Any,
+) -> Tuple[Any, None]:
     """What a flash-attention kernel computes, in torch (no flash kernels on CPU): a 2-D padding mask or
     none, causal, a window of ``sliding_window`` keys, soft-capping, sinks."""
     Bq, H, Lq, d = query.shape
@@ -305,8 +326,9 @@ def test_flash_style_path(family: str, padded: bool, monkeypatch: Any) -> None:
     assert worst <= 1e-6
 
 
-@pytest.mark.parametrize("variant", [dict(alibi=True), dict(new_decoder_architecture=True, num_kv_heads=2),
-                                     dict(multi_query=False)])
+@pytest.mark.parametrize(
+    "variant", [dict(alibi=True), dict(new_decoder_architecture=True, num_kv_heads=2), dict(multi_query=False)]
+)
 def test_falcon_variants(variant: Dict[str, Any]) -> None:
     """ALiBi, grouped keys (new decoder architecture), one key head per query head; the eager branch against
     its probabilities, the sdpa branch against the eager operators of the same weights."""
@@ -356,7 +378,9 @@ def test_verification_refuses_a_wrong_operator(monkeypatch: Any) -> None:
         with pytest.raises(InvalidArgumentError, match=f"{name}.*does not reproduce"):
             ex.operators(0)
     monkeypatch.undo()
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(**FAMILIES["gpt2"], reorder_and_upcast_attn=True)).eval()
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(**FAMILIES["gpt2"], reorder_and_upcast_attn=True)
+    ).eval()
     gpt2.config._attn_implementation = "eager"
     with attached(gpt2) as exts, torch.no_grad():
         gpt2(input_ids=ids)
@@ -411,8 +435,9 @@ def test_no_false_alarms() -> None:
         model = build(family, "eager")
         _, skipped = discover(model)
         names = [t.rsplit(".", 1)[-1] for _, t in skipped]
-        assert not any(n.endswith(("Conv1D", "Norm", "MLP", "Mlp", "Model", "ForCausalLM", "SparseMoeBlock"))
-                       for n in names), names
+        assert not any(
+            n.endswith(("Conv1D", "Norm", "MLP", "Mlp", "Model", "ForCausalLM", "SparseMoeBlock")) for n in names
+        ), names
     from ess.analyze import mixing_like
 
     assert not mixing_like(torch.nn.Conv2d(3, 8, 4)) and not mixing_like(torch.nn.Conv1d(8, 8, 1))
@@ -443,7 +468,10 @@ def test_analyze_padded_batch() -> None:
     model = build("gemma3_text", "sdpa")
     ids, mask = inputs()
     r = ess.analyze(model, {"input_ids": ids, "attention_mask": mask}, progress=False)
-    assert r.meta["n_samples"] == B and list(r.summary.layer) == ["model.layers.0.self_attn", "model.layers.1.self_attn"]
+    assert r.meta["n_samples"] == B and list(r.summary.layer) == [
+        "model.layers.0.self_attn",
+        "model.layers.1.self_attn",
+    ]
     assert (r.table.ess_tolerance <= r.table.bound).all() and not r.skipped
     t = r.table[(r.table["sample"] == 1) & (r.table.position <= PAD)]
     assert (t.ess_tolerance == 0).all()  # nothing before the first real token reaches later outputs

@@ -103,8 +103,11 @@ def interrupt_child(setup: str, *, delay: float = 1.0, env: Optional[dict] = Non
     # Unbuffered binary pipes: a buffered reader's readline() may read ahead past the line it
     # returns, and communicate() reads the descriptor directly, so the read-ahead would be lost.
     proc = subprocess.Popen(
-        [sys.executable, "-X", "faulthandler", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        bufsize=0, env={**os.environ, "RAYON_NUM_THREADS": str(THREADS), **(env or {})},
+        [sys.executable, "-X", "faulthandler", "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        env={**os.environ, "RAYON_NUM_THREADS": str(THREADS), **(env or {})},
     )
     try:
         assert proc.stdout is not None

@@ -266,7 +266,11 @@ def test_sparse_random_dense_switch():
     """Random sparse chain: fill-in drives the sparse engine into its dense tail."""
     rng = np.random.default_rng(1)
     n = 1500
-    A = sp.random(n, n, density=5 / n, random_state=2, format="csr") + sp.diags(np.ones(n - 1), 1) + sp.diags([1.0], -(n - 1))
+    A = (
+        sp.random(n, n, density=5 / n, random_state=2, format="csr")
+        + sp.diags(np.ones(n - 1), 1)
+        + sp.diags([1.0], -(n - 1))
+    )
     A = sp.csr_array(A)
     P = sp.csr_array(sp.diags(1 / A.sum(axis=1)) @ A)
     t = rng.choice(n, 3, replace=False)
@@ -618,7 +622,9 @@ def test_hypothesis_cyclic_band_stationary(n, half, ring, seed, rare):
     coo = Ps.tocoo()
     order = rng.permutation(coo.nnz)
     r, c, v = coo.row[order], coo.col[order], coo.data[order]
-    dup = sp.csr_array((np.concatenate([v / 2, v / 2]), (np.concatenate([r, r]), np.concatenate([c, c]))), shape=P.shape)
+    dup = sp.csr_array(
+        (np.concatenate([v / 2, v / 2]), (np.concatenate([r, r]), np.concatenate([c, c]))), shape=P.shape
+    )
     dup.indptr = dup.indptr.astype(np.int64)
     dup.indices = dup.indices.astype(np.int64)
     assert rel(mk.stationary_distribution(dup), ref) < 1e-12

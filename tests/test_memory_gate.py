@@ -14,29 +14,35 @@ import pytest
 CASES = {
     # a broadcast (non-contiguous) batch whose C-ordered copy is petabytes
     "dense_broadcast_copy": (
-        "T", "ess.effective_state_size(np.broadcast_to(np.tril(np.ones((2048, 2048))), (50000, 2048, 2048)))",
+        "T",
+        "ess.effective_state_size(np.broadcast_to(np.tril(np.ones((2048, 2048))), (50000, 2048, 2048)))",
     ),
     # a zero-size batch with a huge L: no per-position storage
     "dense_empty_batch_huge_L": (
-        None, "r = ess.effective_state_size(np.zeros((0, 2**28, 2**28))); assert r.shape == (0, 2**28)",
+        None,
+        "r = ess.effective_state_size(np.zeros((0, 2**28, 2**28))); assert r.shape == (0, 2**28)",
     ),
     # CCMC: n_traj * n_steps outputs of 24 bytes each (the larger of the two is named)
     "ccmc_many_trajectories": (
-        "n_traj", "ess.ccmc.simulate_ccmc(np.full((4, 4), 0.25), [0, 1], n_steps=2**11, n_traj=2**20)",
+        "n_traj",
+        "ess.ccmc.simulate_ccmc(np.full((4, 4), 0.25), [0, 1], n_steps=2**11, n_traj=2**20)",
     ),
     # token-priority graphs over a vocabulary of 4e9 tokens (per-token tables)
     "tpg_huge_vocabulary": (
-        "vocab_size", "ess.graph.TokenPriorityGraphs(np.array([[0, 1]]), np.array([1]), vocab_size=2**32 - 2)",
+        "vocab_size",
+        "ess.graph.TokenPriorityGraphs(np.array([[0, 1]]), np.array([1]), vocab_size=2**32 - 2)",
     ),
     # one column per target set: an n x n_sets result of 80 GB
     "absorption_many_sets": (
-        "sets", "import scipy.sparse as sp; n = 100000; "
+        "sets",
+        "import scipy.sparse as sp; n = 100000; "
         "ess.markov.absorption_probabilities(sp.identity(n, format='csr'), [[i] for i in range(n)])",
     ),
     # the structured kernel keeps a window of N x N factors per channel (at least two): one
     # factor of N = 40000 is 12.8 GB
     "ssm_per_split_factors": (
-        "B", "ess.structured.ssm_ess(None, np.ones((100, 40000)), np.ones((100, 40000)))",
+        "B",
+        "ess.structured.ssm_ess(None, np.ones((100, 40000)), np.ones((100, 40000)))",
     ),
     # Python-side tables that numpy would have refused with a bare MemoryError
     "identifiability_huge_vocabulary": ("vocab_size", "ess.ccmc.identifiability([[0, 1]], 10**6)"),
@@ -45,7 +51,8 @@ CASES = {
     "example_huge_length": ("L", "ess.examples.softmax_attention(10**6)"),
     # ids given as a broadcast view: the copy is refused before it is made
     "scc_broadcast_ids": (
-        "src", "ess.graph.strongly_connected_components(np.broadcast_to(np.int64(0), (2**42,)), "
+        "src",
+        "ess.graph.strongly_connected_components(np.broadcast_to(np.int64(0), (2**42,)), "
         "np.broadcast_to(np.int64(0), (2**42,)), 1)",
     ),
 }

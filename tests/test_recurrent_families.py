@@ -30,17 +30,69 @@ transformers.logging.set_verbosity_error()
 B, L, PAD = 2, 10, 3
 
 EXTRA = {
-    "mamba": dict(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4,
-                  time_step_rank=4, bos_token_id=0, eos_token_id=0, pad_token_id=0),
-    "falcon_mamba": dict(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, expand=2, conv_kernel=4,
-                         time_step_rank=4, bos_token_id=0, eos_token_id=0, pad_token_id=0),
-    "mamba2": dict(vocab_size=64, hidden_size=16, state_size=8, num_heads=4, head_dim=8, expand=2, n_groups=2,
-                   conv_kernel=4, chunk_size=4, num_hidden_layers=2, bos_token_id=0, eos_token_id=0, pad_token_id=0),
-    "rwkv": dict(vocab_size=64, context_length=64, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32,
-                 intermediate_size=64, bos_token_id=0, eos_token_id=0),
+    "mamba": dict(
+        vocab_size=64,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
+    "falcon_mamba": dict(
+        vocab_size=64,
+        hidden_size=16,
+        state_size=4,
+        num_hidden_layers=2,
+        expand=2,
+        conv_kernel=4,
+        time_step_rank=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
+    "mamba2": dict(
+        vocab_size=64,
+        hidden_size=16,
+        state_size=8,
+        num_heads=4,
+        head_dim=8,
+        expand=2,
+        n_groups=2,
+        conv_kernel=4,
+        chunk_size=4,
+        num_hidden_layers=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
+    "rwkv": dict(
+        vocab_size=64,
+        context_length=64,
+        hidden_size=32,
+        num_hidden_layers=2,
+        attention_hidden_size=32,
+        intermediate_size=64,
+        bos_token_id=0,
+        eos_token_id=0,
+    ),
     # transformers 5.24's xLSTM cache is built with the wrong state shape for small configs: use_cache=False
-    "xlstm": dict(vocab_size=64, hidden_size=32, embedding_dim=32, num_hidden_layers=2, num_blocks=2, num_heads=2,
-                  qk_dim_factor=0.5, chunk_size=4, bos_token_id=0, eos_token_id=0, pad_token_id=0),
+    "xlstm": dict(
+        vocab_size=64,
+        hidden_size=32,
+        embedding_dim=32,
+        num_hidden_layers=2,
+        num_blocks=2,
+        num_heads=2,
+        qk_dim_factor=0.5,
+        chunk_size=4,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    ),
 }
 
 #: family -> {mixer class: (extractor kind, structural bound of the tolerance-ESS per operator)}
@@ -61,8 +113,19 @@ EXPECTED: Dict[str, Dict[str, Tuple[str, int]]] = {
     "xlstm": {"xLSTMLayer": ("mlstm", 8)},  # d_qk = 32 * 0.5 / 2 heads
 }
 #: families whose mixers take the attention mask (left padding zeroes the padded inputs of the scan)
-PADDED = {"mamba", "falcon_mamba", "mamba2", "jamba", "bamba", "falcon_h1", "granitemoehybrid", "nemotron_h", "zamba2",
-          "lfm2", "qwen3_next"}
+PADDED = {
+    "mamba",
+    "falcon_mamba",
+    "mamba2",
+    "jamba",
+    "bamba",
+    "falcon_h1",
+    "granitemoehybrid",
+    "nemotron_h",
+    "zamba2",
+    "lfm2",
+    "qwen3_next",
+}
 
 
 def make(family: str, dtype: Any = None) -> Any:
@@ -139,8 +202,9 @@ def test_family_structured(family: str) -> None:
             assert np.all(np.triu(T, 1) == 0)
             if b == 1 and padded and ex.structured:
                 # padded inputs are zeroed before the scan: nothing before the first real token is read
-                assert np.all(T[:, :, :PAD] == 0) or np.all(ssm_ess(f.A, f.B, f.C, transition=f.transition,
-                                                                     rtol=1e-6)[:, : PAD + 1] == 0)
+                assert np.all(T[:, :, :PAD] == 0) or np.all(
+                    ssm_ess(f.A, f.B, f.C, transition=f.transition, rtol=1e-6)[:, : PAD + 1] == 0
+                )
     TIMES[family] = (", ".join(sorted(EXPECTED[family])), worst, time.perf_counter() - t0)
 
 
@@ -163,7 +227,9 @@ def test_structured_route_equals_dense_route(family: str) -> None:
     assert np.all(np.abs(ea - eb) <= 1e-6 * np.maximum(np.abs(eb), 1e-12))
     for rtol in (1e-6,):  # a relative threshold too
         t_s = ess.analyze(model, x, progress=False, method="tolerance", rtol=rtol).table.ess_tolerance.to_numpy()
-        t_d = ess.analyze(model, x, progress=False, method="tolerance", rtol=rtol, materialize=True).table.ess_tolerance.to_numpy()
+        t_d = ess.analyze(
+            model, x, progress=False, method="tolerance", rtol=rtol, materialize=True
+        ).table.ess_tolerance.to_numpy()
         assert np.array_equal(t_s, t_d)
 
 

@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.requires('torch', 'pandas', 'matplotlib')
+pytestmark = pytest.mark.requires("torch", "pandas", "matplotlib")
 torch = pytest.importorskip("torch")
 pd = pytest.importorskip("pandas")
 matplotlib = pytest.importorskip("matplotlib")
@@ -63,13 +63,18 @@ def test_plot_kinds(report):
         assert {"#1f77b4", "#ff7f0e"} <= colors
         assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 2
         assert any(np.allclose(line.get_xdata(), 11) for line in ax.lines)
-        assert any(line.get_linestyle() == "--" and np.array_equal(line.get_ydata(), np.minimum(np.arange(24), 24 - np.arange(24)))
-                   for line in ax.lines)
+        assert any(
+            line.get_linestyle() == "--"
+            and np.array_equal(line.get_ydata(), np.minimum(np.arange(24), 24 - np.arange(24)))
+            for line in ax.lines
+        )
     # conv (TSS 3) and SSM (TSS 4) draw their TSS line; attention's TSS (24) is off the range and named in the title
     assert any("TSS = 3" in ax.get_title() for ax in vis)
     assert any(np.allclose(line.get_ydata(), 3.0) for line in vis[0].lines)
     one = report.plot("curves", measure="entropy", sample=1, band=False)
-    assert all({matplotlib.colors.to_hex(line.get_color()) for line in ax.lines} & {"#1f77b4"} == set() for ax in _visible(one))
+    assert all(
+        {matplotlib.colors.to_hex(line.get_color()) for line in ax.lines} & {"#1f77b4"} == set() for ax in _visible(one)
+    )
     # comparisons across samples: one line per sample (+ the bound), one bar series per sample
     samples = figs["samples"]
     assert len(_visible(samples)) == 3 and all(len(ax.lines) == 2 + 1 for ax in _visible(samples))
@@ -139,7 +144,13 @@ def test_export_svg_pdf(tmp_path, report):
 
     assert mpimg.imread(png).shape[1] >= 7.0 * 300 * 0.9  # 7.5 in wide at 300 dpi (tight bbox)
     report.plot("all", path=tmp_path / "all")
-    assert sorted(os.listdir(tmp_path / "all")) == ["curves.pdf", "heatmap.pdf", "layers.pdf", "samples.pdf", "utilisation.pdf"]
+    assert sorted(os.listdir(tmp_path / "all")) == [
+        "curves.pdf",
+        "heatmap.pdf",
+        "layers.pdf",
+        "samples.pdf",
+        "utilisation.pdf",
+    ]
     with pytest.raises(ess.InvalidArgumentError, match="path"):
         report.plot("curves", path=tmp_path / "curves.jpeg")
     with pytest.raises(ess.InvalidArgumentError, match="path"):
@@ -151,7 +162,9 @@ def test_save(tmp_path, report):
     d = report.save(tmp_path / "out", figure_formats=("png", "svg"))
     names = set(os.listdir(d))
     figs = ["curves", "heatmap", "utilisation", "samples", "layers"]
-    assert {"report.html", "ess.csv", "summary.csv", "summary.json"} | {f"{f}.png" for f in figs} | {f"{f}.svg" for f in figs} <= names
+    assert {"report.html", "ess.csv", "summary.csv", "summary.json"} | {f"{f}.png" for f in figs} | {
+        f"{f}.svg" for f in figs
+    } <= names
     t = pd.read_csv(d / "ess.csv")
     assert len(t) == len(report.table) and list(t.columns) == list(report.table.columns)
     assert pd.read_parquet(d / "ess.parquet").equals(report.table)
@@ -173,7 +186,7 @@ def test_save(tmp_path, report):
     caps = re.findall(r"<figcaption><b>Figure \d\.</b> ([^<]+)", html)
     assert len(caps) == 5 and all(len(c) > 60 for c in caps)
     # the table: grouped headers with tooltips, units, rounded numbers, flags as words
-    table = html[html.index("<table class='layers'>"):html.index("</table>")]
+    table = html[html.index("<table class='layers'>") : html.index("</table>")]
     assert "True" not in table and "False" not in table and "e+" not in table
     assert table.count("<th title=") == 13 and "Use of the state" in table and ">dims<" in table
     assert table.count("saturated</span>") == int(report.summary["saturated"].sum())
@@ -216,7 +229,12 @@ def test_interactive_layer_figure(report):
     buttons = fig.layout.updatemenus[0].buttons
     assert [b.label for b in buttons] == ["both", "tolerance", "entropy"]
     tol = dict(zip(names, buttons[1].args[0]["visible"]))
-    assert tol["tolerance-ESS, mean"] and not tol["entropy-ESS, mean"] and tol["tolerance heatmap"] and not tol["entropy heatmap"]
+    assert (
+        tol["tolerance-ESS, mean"]
+        and not tol["entropy-ESS, mean"]
+        and tol["tolerance heatmap"]
+        and not tol["entropy heatmap"]
+    )
     assert tol["bound min(t, L - t)"]
 
 
@@ -287,10 +305,22 @@ def test_html_renders_in_chromium(tmp_path, request, which):
     html = (d / "report.html").read_text()
     (d / "probe.html").write_text(html.replace("<meta charset='utf-8'>", "<meta charset='utf-8'>" + _PROBE, 1))
     width = 1200
-    base = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
-    out = subprocess.run(base + [f"--window-size={width},900", "--dump-dom", (d / "probe.html").as_uri()],
-                         capture_output=True, text=True, timeout=180)
+    base = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=10000",
+    ]
+    out = subprocess.run(
+        base + [f"--window-size={width},900", "--dump-dom", (d / "probe.html").as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     m = re.search(r'data-probe="([^"]*)"', out.stdout)
     assert m, f"no probe in the rendered DOM; stderr: {out.stderr[-2000:]}"
     p = json.loads(htmllib.unescape(m.group(1)))
@@ -299,7 +329,13 @@ def test_html_renders_in_chromium(tmp_path, request, which):
     assert p["scrollW"] <= p["innerW"]  # nothing wider than the window
     n_layers = len(rep.summary)
     # every static figure decoded and shown at a readable size
-    assert [i["fig"] for i in p["imgs"]] == ["fig-curves", "fig-heatmap", "fig-utilisation", "fig-samples", "fig-layers"]
+    assert [i["fig"] for i in p["imgs"]] == [
+        "fig-curves",
+        "fig-heatmap",
+        "fig-utilisation",
+        "fig-samples",
+        "fig-layers",
+    ]
     for i in p["imgs"]:
         assert i["ok"] and i["w"] > 300 and i["h"] > 200, i
         assert i["rect"][2] >= 500 and i["rect"][3] >= 200 and i["rect"][0] + i["rect"][2] <= width, i
@@ -319,8 +355,11 @@ def test_html_renders_in_chromium(tmp_path, request, which):
     # a screenshot of the real page: every figure's region is painted (not blank) where the probe placed it
     shot = tmp_path / "shot.png"
     height = min(int(p["height"]), 16000)
-    subprocess.run(base + [f"--window-size={width},{height}", f"--screenshot={shot}", (d / "report.html").as_uri()],
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        base + [f"--window-size={width},{height}", f"--screenshot={shot}", (d / "report.html").as_uri()],
+        capture_output=True,
+        timeout=180,
+    )
     import matplotlib.image as mpimg
 
     img = mpimg.imread(shot)[..., :3]
@@ -329,6 +368,6 @@ def test_html_renders_in_chromium(tmp_path, request, which):
         x, y, w, h = f["rect"]
         if y + h > height:
             continue
-        region = img[y:y + h, x:x + w]
+        region = img[y : y + h, x : x + w]
         assert region.std() > 0.05, f  # drawn, not blank
         assert (region.min(axis=2) < 0.5).mean() > 0.005, f  # with dark ink: axes, lines, text

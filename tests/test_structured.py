@@ -25,6 +25,7 @@ EPS = np.finfo(np.float64).eps
 
 # --- references ------------------------------------------------------------------------
 
+
 def materialise(A, B, C, kind):
     """T[t, s] = C[t]^T A[t] ... A[s+1] B[s] for s <= t (one channel), column by column."""
     L, N = B.shape
@@ -94,6 +95,7 @@ def compare(T, got_tol, got_ent, atol=None, rtol=None, ent_rtol=1e-6):
 
 
 # --- strategies ------------------------------------------------------------------------
+
 
 @st.composite
 def ssm_instance(draw):
@@ -244,6 +246,7 @@ def test_float32_inputs():
 
 # --- native parameterisations ------------------------------------------------------------
 
+
 def mamba_operator(A, delta, B, C, D, d):
     """SPEC formula: sum_n C_t[n] exp(A[d,n] (c_t - c_s)) Delta_s[d] B_s[n] (+ D on the diagonal)."""
     L = delta.shape[0]
@@ -319,6 +322,7 @@ def test_linear_attention(gate):
 
 # --- convolutions --------------------------------------------------------------------------
 
+
 def conv_operator(h, L, x1=None, x2=None):
     col = np.zeros(L)
     col[: h.size] = h
@@ -374,6 +378,7 @@ def test_conv_fast_guarantee_reported():
 
 
 # --- bad input -----------------------------------------------------------------------------
+
 
 def test_bad_input_ssm():
     L, N = 6, 2
@@ -459,8 +464,14 @@ def test_mamba_float32_and_positions():
     B = rng.standard_normal((L, N)).astype(np.float32)
     C = rng.standard_normal((L, N)).astype(np.float32)
     full = S.mamba_ess(A, delta, B, C, method="both", rtol=1e-3)
-    f64 = S.mamba_ess(A.astype(np.float64), delta.astype(np.float64), B.astype(np.float64),
-                      C.astype(np.float64), method="both", rtol=1e-3)
+    f64 = S.mamba_ess(
+        A.astype(np.float64),
+        delta.astype(np.float64),
+        B.astype(np.float64),
+        C.astype(np.float64),
+        method="both",
+        rtol=1e-3,
+    )
     np.testing.assert_allclose(full.entropy, f64.entropy, rtol=1e-4)
     pos = np.array([0, 1, 17, 39])
     sub = S.mamba_ess(A, delta, B, C, method="entropy", rtol=1e-3, positions=pos)
@@ -493,8 +504,7 @@ def test_mamba_in_place_route_equals_formed_factors(dtype, per_channel):
     np.testing.assert_allclose(got.entropy, want.entropy, rtol=1e-9)
     pos = np.array([1, 2, 20, 36])
     sub = S.mamba_ess(A, delta, B, C, method="tolerance", positions=pos, atol=1e-3)
-    np.testing.assert_array_equal(
-        sub, S.ssm_ess(at, bt, cc, transition="diagonal", positions=pos, atol=1e-3))
+    np.testing.assert_array_equal(sub, S.ssm_ess(at, bt, cc, transition="diagonal", positions=pos, atol=1e-3))
 
 
 def test_windowed_backward_factors_match_stored():

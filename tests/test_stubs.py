@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.requires('mypy')
+pytestmark = pytest.mark.requires("mypy")
 pytest.importorskip("mypy")
 
 

@@ -26,7 +26,6 @@ from ess import sweep  # noqa: E402
 from ess.sweep import Job, SweepResultsError  # noqa: E402
 
 
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
     tr = pytest.importorskip("transformers")
@@ -41,9 +40,24 @@ def hf_dir(tmp_path_factory):
 def jobs():
     """Built-in model on fresh MQAR inputs (a grid over seeds), a factory with random inputs and
     labels, and a job that raises."""
-    js = sweep.grid({"name": "mqar-{seed}", "model": "builtin", "inputs": {"mqar": {"n": 1, "seed": "{seed}"}},
-                     "options": {"positions": "0:34:3"}}, seed=[0, 1])
-    js.append(Job("tiny", "sweep_factory:tiny", inputs={"random": {"length": 12, "batch": 2}}, seed=3, labels={"arch": "hybrid"}))
+    js = sweep.grid(
+        {
+            "name": "mqar-{seed}",
+            "model": "builtin",
+            "inputs": {"mqar": {"n": 1, "seed": "{seed}"}},
+            "options": {"positions": "0:34:3"},
+        },
+        seed=[0, 1],
+    )
+    js.append(
+        Job(
+            "tiny",
+            "sweep_factory:tiny",
+            inputs={"random": {"length": 12, "batch": 2}},
+            seed=3,
+            labels={"arch": "hybrid"},
+        )
+    )
     js.append(Job("boom", "sweep_factory:boom", inputs=[1, 2, 3]))
     return js
 
@@ -69,7 +83,9 @@ def test_serial_results(serial, jobs):
     assert t.columns[0] == "job" and set(t.columns[1:3]) == {"seed", "arch"}  # labels next
     assert set(t["job"]) == {"mqar-0", "mqar-1", "tiny"}
     # each job's rows are exactly its own ess.analyze table
-    ref = ess.analyze(sweep_factory_tiny(3), torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3)), progress=False)
+    ref = ess.analyze(
+        sweep_factory_tiny(3), torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(3)), progress=False
+    )
     mine = t[t["job"] == "tiny"].drop(columns=["job", "seed", "arch"]).reset_index(drop=True)
     pd.testing.assert_frame_equal(mine, ref.table.reset_index(drop=True), check_dtype=False)
     assert sorted(t.loc[t["job"] == "mqar-0", "position"].unique().tolist()) == list(range(0, 34, 3))
@@ -136,7 +152,9 @@ def test_hf_directory(hf_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def dask_client():
-    distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (pip install 'dask[distributed]')")
+    distributed = pytest.importorskip(
+        "distributed", reason="dask.distributed is not installed (pip install 'dask[distributed]')"
+    )
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     client = distributed.Client(cluster)
     yield client
@@ -190,7 +208,14 @@ def _kill_when_ready(hang: Path, root: Path, min_done: int, log: list) -> thread
 
 
 def _kill_jobs(hang: Path):
-    js = [Job("victim", "sweep_factory:tiny_or_hang", model_kwargs={"hang_dir": str(hang)}, inputs={"random": {"length": 10}})]
+    js = [
+        Job(
+            "victim",
+            "sweep_factory:tiny_or_hang",
+            model_kwargs={"hang_dir": str(hang)},
+            inputs={"random": {"length": 10}},
+        )
+    ]
     js += [Job(f"t{i}", "sweep_factory:tiny", inputs={"random": {"length": 10, "seed": i}}) for i in range(6)]
     return js
 
@@ -223,7 +248,9 @@ def test_killed_worker_process_pool(tmp_path, pool):
     completes the sweep without redoing finished jobs."""
     out, root, js, log = _sweep_with_kill(tmp_path, pool)
     pid, done_at_kill = log[0]
-    print(f"\nprocess pool: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}")
+    print(
+        f"\nprocess pool: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}"
+    )
     assert "victim" in out.lost and "BrokenProcessPool" in out.errors["victim"]
     assert len(out.finished) >= done_at_kill >= 2 and not out.failed
     assert sorted(out.finished + out.lost) == sorted(j.name for j in js)
@@ -240,7 +267,9 @@ def test_killed_worker_dask(tmp_path, dask_client):
     """SIGKILL the Dask worker process running 'victim': the nanny restarts it, the scheduler reruns
     the task, the sweep completes in one run and no finished job is lost."""
     out, root, js, log = _sweep_with_kill(tmp_path, dask_client.get_executor())
-    print(f"\ndask: SIGKILL to worker pid {log[0][0]} running 'victim' when {log[0][1]} records were written\n{out.table().to_string()}")
+    print(
+        f"\ndask: SIGKILL to worker pid {log[0][0]} running 'victim' when {log[0][1]} records were written\n{out.table().to_string()}"
+    )
     assert out.complete and sorted(out.finished) == sorted(j.name for j in js), out.table()
     rec = json.loads((root / "jobs" / "victim.json").read_text())
     assert rec["pid"] != log[0][0]  # finished by another (or the restarted) worker process
@@ -262,12 +291,18 @@ def test_killed_serial_sweep_cli(tmp_path, capsys):
         '[[jobs]]\nname = "t0"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 8 } }\n'
         '[[jobs]]\nname = "t1"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 9 } }\n'
         f'[[jobs]]\nname = "victim"\nmodel = "sweep_factory:tiny_or_hang"\nmodel_kwargs = {{ hang_dir = "{hang}" }}\n'
-        'inputs = { random = { length = 8 } }\n'
+        "inputs = { random = { length = 8 } }\n"
         '[[jobs]]\nname = "after"\nmodel = "sweep_factory:tiny"\ninputs = [1, 2, 3, 4]\n'
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(ess.__file__).parent.parent), str(Path(__file__).parent)]))
-    proc = subprocess.Popen([sys.executable, "-m", "ess.cli", "sweep", str(cfg), "--no-progress", "--no-report", "-o", str(tmp_path / "r")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(ess.__file__).parent.parent), str(Path(__file__).parent)])
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ess.cli", "sweep", str(cfg), "--no-progress", "--no-report", "-o", str(tmp_path / "r")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while not (hang / "pid").exists() and proc.poll() is None and time.time() < deadline:
@@ -299,7 +334,13 @@ def small(tmp_path):
 
 def test_foreign_files_refused(small, tmp_path):
     js, root = small
-    for rel in ("notes.txt", "table/job=j0/part-1.parquet", "table/stray.parquet", "jobs/readme.md", "summary/job=j0/.DS_Store"):
+    for rel in (
+        "notes.txt",
+        "table/job=j0/part-1.parquet",
+        "table/stray.parquet",
+        "jobs/readme.md",
+        "summary/job=j0/.DS_Store",
+    ):
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"not ours")
@@ -428,7 +469,9 @@ def test_comparison_report(serial, tmp_path):
     with pytest.raises(ess.InvalidArgumentError, match="kind"):
         res.plot("pie")
     d = res.save_report(tmp_path / "rep")
-    assert {"report.html", "layers.png", "curves.png", "table.parquet", "summary.parquet", "jobs.csv"} <= set(os.listdir(d))
+    assert {"report.html", "layers.png", "curves.png", "table.parquet", "summary.parquet", "jobs.csv"} <= set(
+        os.listdir(d)
+    )
     html = (d / "report.html").read_text()
     assert "fig-layers" in html and "fig-curves" in html and "factory exploded" in html
     assert len(pd.read_parquet(d / "table.parquet")) == len(res.table)
@@ -481,10 +524,26 @@ def test_cli_sweep_on_dask(tmp_path, capsys, dask_client):
     from ess.cli import main
 
     cfg = tmp_path / "s.toml"
-    cfg.write_text('[[grid]]\nname = "t{seed}"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 8 } }\n'
-                   'vary = { seed = [0, 1, 2] }\n')
-    code = main(["sweep", str(cfg), "--executor", "dask", "--scheduler", dask_client.scheduler.address,
-                 "--threads", "1", "--no-progress", "--no-report", "-o", str(tmp_path / "r")])
+    cfg.write_text(
+        '[[grid]]\nname = "t{seed}"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 8 } }\n'
+        "vary = { seed = [0, 1, 2] }\n"
+    )
+    code = main(
+        [
+            "sweep",
+            str(cfg),
+            "--executor",
+            "dask",
+            "--scheduler",
+            dask_client.scheduler.address,
+            "--threads",
+            "1",
+            "--no-progress",
+            "--no-report",
+            "-o",
+            str(tmp_path / "r"),
+        ]
+    )
     assert code == 0
     assert "ess sweep (dask)" in capsys.readouterr().out
     assert sorted(sweep.load(tmp_path / "r").table["job"].unique()) == ["t0", "t1", "t2"]

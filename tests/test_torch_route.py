@@ -83,8 +83,14 @@ def test_random_and_low_rank_operators_match_kernel(T, rtol, atol):
 
 
 @settings(max_examples=30)
-@given(st.integers(0, 2**32 - 1), st.integers(2, 24), st.integers(1, 5), st.sampled_from([0.5, 3.0, 8.0, 15.0]),
-       st.sampled_from([0.0, 2.0, 6.0]), st.sampled_from([np.float64, np.float32]))
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(2, 24),
+    st.integers(1, 5),
+    st.sampled_from([0.5, 3.0, 8.0, 15.0]),
+    st.sampled_from([0.0, 2.0, 6.0]),
+    st.sampled_from([np.float64, np.float32]),
+)
 def test_rank_deficient_graded_operators_match_kernel(seed, L, N, decades, mixed, dtype):
     """Adversarial: exact low rank with singular values over many decades (the default threshold
     is decided by noise-level values)."""
@@ -103,14 +109,16 @@ def test_extreme_magnitudes(scale):
 
 def test_structured_families_and_positions():
     rng = np.random.default_rng(7)
-    T = np.stack([
-        ssm_operator(rng, 30, 3),
-        linear_attention_operator(rng, 30, 4),
-        conv_operator(rng, 30, 5),
-        sliding_window_attention(rng, 30, 6),
-        np.zeros((30, 30)),
-        np.tril(np.ones((30, 30))),
-    ])
+    T = np.stack(
+        [
+            ssm_operator(rng, 30, 3),
+            linear_attention_operator(rng, 30, 4),
+            conv_operator(rng, 30, 5),
+            sliding_window_attention(rng, 30, 6),
+            np.zeros((30, 30)),
+            np.tril(np.ones((30, 30))),
+        ]
+    )
     for kw in ({}, {"rtol": 1e-3}, {"atol": 1e-6}, {"atol": 1e-2, "rtol": 1e-2}):
         assert_same_as_kernel(T, **kw)
         assert_same_as_kernel(T, positions=[0, 1, 5, 14, 15, 16, 29], **kw)
@@ -143,8 +151,12 @@ def test_torch_tensor_input_and_dtypes():
         np.testing.assert_array_equal(got.tolerance, ref.tolerance)
         np.testing.assert_allclose(got.entropy, ref.entropy, rtol=1e-6)
     np.testing.assert_array_equal(ess.effective_state_size(T, device="cpu"), host.tolerance)
-    for bad in (np.ones((4, 4), dtype=np.int64), np.ones((4, 4), dtype=bool), np.ones((4, 4), dtype=np.float16),
-                torch.ones(4, 4, dtype=torch.int32)):
+    for bad in (
+        np.ones((4, 4), dtype=np.int64),
+        np.ones((4, 4), dtype=bool),
+        np.ones((4, 4), dtype=np.float16),
+        torch.ones(4, 4, dtype=torch.int32),
+    ):
         with pytest.raises(DTypeError, match="T"):
             ess.effective_state_size(bad, device="cpu")
     empty = ess.effective_state_size(np.zeros((0, 4, 4)), device="cpu", method="both")
@@ -238,8 +250,9 @@ def test_analyze_torch_route_matches_host_and_keeps_operators_on_device():
     ta, tb = a.table.sort_values(key), b.table.sort_values(key)
     np.testing.assert_array_equal(ta.ess_tolerance.to_numpy(), tb.ess_tolerance.to_numpy())
     np.testing.assert_allclose(tb.ess_entropy.to_numpy(), ta.ess_entropy.to_numpy(), rtol=1e-6)
-    np.testing.assert_array_equal(c.table.sort_values(key).ess_tolerance.to_numpy(),
-                                  d.table.sort_values(key).ess_tolerance.to_numpy())
+    np.testing.assert_array_equal(
+        c.table.sort_values(key).ess_tolerance.to_numpy(), d.table.sort_values(key).ess_tolerance.to_numpy()
+    )
     with pytest.raises(InvalidArgumentError, match="precision"):
         ess.analyze(model, tok, progress=False, precision="float16")
     with pytest.raises(InvalidArgumentError, match="device"):

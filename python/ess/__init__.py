@@ -66,6 +66,7 @@ def __getattr__(name: str):  # lazy submodules: ess.automaton imports torch on i
         return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
+
 from .distill import recommend_state_size  # noqa: E402
 
 __all__ += ["recommend_state_size", "differentiable", "reproduce"]

@@ -17,7 +17,6 @@ def dense_ess_curves(
     rtol: Optional[float] = None,
     positions: Optional[Sequence[int]] = None,
 ) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
-
 def _dense_matmul_probe_seconds(n: int) -> float: ...
 
 # --- structured ESS (ess.structured) ----------------------------------------------------
@@ -31,7 +30,6 @@ def ssm_ess_curves(
     rtol: Optional[float] = None,
     positions: Optional[Sequence[int]] = None,
 ) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
-
 def mamba_ess_curves(
     a: npt.NDArray[np.float64],
     delta: npt.NDArray[np.float64],
@@ -47,10 +45,14 @@ def mamba_ess_curves(
 # --- markov (ess.markov) ------------------------------------------------------------------
 # A chain is a float64 (n, n) array or the CSR tuple (n, indptr, indices, data) with int32 or
 # int64 index arrays (same dtype) and float64 data.
-_Chain = Union[npt.NDArray[np.float64], Tuple[int, npt.NDArray[np.integer], npt.NDArray[np.integer], npt.NDArray[np.float64]]]
+_Chain = Union[
+    npt.NDArray[np.float64], Tuple[int, npt.NDArray[np.integer], npt.NDArray[np.integer], npt.NDArray[np.float64]]
+]
 
 def markov_hitting_times(p: _Chain, target: Sequence[int], method: str = "auto") -> npt.NDArray[np.float64]: ...
-def markov_absorption(p: _Chain, labels: Sequence[int], nsets: int, method: str = "auto") -> npt.NDArray[np.float64]: ...
+def markov_absorption(
+    p: _Chain, labels: Sequence[int], nsets: int, method: str = "auto"
+) -> npt.NDArray[np.float64]: ...
 def markov_committor(
     p: _Chain, a: Sequence[int], b: Sequence[int], backward: bool = False, method: str = "auto"
 ) -> npt.NDArray[np.float64]: ...
@@ -66,6 +68,7 @@ def markov_ccmc_simulate(
     seed: int,
     position_weights: Optional[Sequence[float]] = None,
 ) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64]]: ...
+
 # --- graphs: SCC, condensation, token-priority graphs (ess.graph) ----------------------
 
 def graph_scc(

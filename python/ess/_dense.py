@@ -33,7 +33,9 @@ def _positions_list(positions: Optional[npt.ArrayLike]) -> Optional[list[int]]:
     return [int(x) for x in p]
 
 
-def split_points(L: int, *, stride: Optional[int] = None, num: Optional[int] = None, spacing: str = "linear") -> npt.NDArray[np.int64]:
+def split_points(
+    L: int, *, stride: Optional[int] = None, num: Optional[int] = None, spacing: str = "linear"
+) -> npt.NDArray[np.int64]:
     """A subset of the split points ``0..L-1`` for long contexts (``positions=`` of
     :func:`effective_state_size` and :func:`ess.analyze`, or ``--positions`` of the CLI).
 
@@ -114,7 +116,9 @@ def _torch_operand(T: Any) -> Any:
         import torch
 
         if T.is_sparse or T.layout != torch.strided:
-            raise InvalidArgumentError(f"T: sparse torch tensors are not accepted (layout {T.layout}); pass T.to_dense()")
+            raise InvalidArgumentError(
+                f"T: sparse torch tensors are not accepted (layout {T.layout}); pass T.to_dense()"
+            )
         if not T.is_floating_point():  # half types are accepted (widened), as on the host route
             raise DTypeError(f"T: dtype {T.dtype} is not supported; pass a floating-point tensor (e.g. x.double())")
         return T
@@ -260,8 +264,15 @@ def effective_state_size(
         from ._torch_dense import torch_dense_ess
 
         T = _torch_operand(T)
-        tol, ent = torch_dense_ess(T, device=device, method=method, atol=atol, rtol=rtol,
-                                   positions=_positions_list(positions), precision=precision)
+        tol, ent = torch_dense_ess(
+            T,
+            device=device,
+            method=method,
+            atol=atol,
+            rtol=rtol,
+            positions=_positions_list(positions),
+            precision=precision,
+        )
     if method == "both":
         assert tol is not None and ent is not None
         return EssCurves(tol, ent)

@@ -51,7 +51,9 @@ def resolve_device(device: Any) -> Any:
     if isinstance(device, torch.device):
         return device
     if not isinstance(device, str):
-        raise InvalidArgumentError(f"device: expected a torch device or its name (e.g. 'cuda'), got {type(device).__name__} {device!r}")
+        raise InvalidArgumentError(
+            f"device: expected a torch device or its name (e.g. 'cuda'), got {type(device).__name__} {device!r}"
+        )
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as e:
@@ -102,7 +104,9 @@ def _pow2_exponent(amax: Any) -> Any:
     import torch
 
     pos = amax > 0
-    e = torch.where(pos, -torch.round(torch.log2(torch.where(pos, amax, torch.ones_like(amax)))), torch.zeros_like(amax))
+    e = torch.where(
+        pos, -torch.round(torch.log2(torch.where(pos, amax, torch.ones_like(amax)))), torch.zeros_like(amax)
+    )
     return e
 
 
@@ -202,7 +206,9 @@ def _split_list(positions: Optional[Sequence[int]], L: int) -> List[int]:
         if not 0 <= p < L:
             raise OutOfRangeError(f"positions: positions[{i}] = {p} is outside [0, {L}) for sequence length L = {L}")
         if i and pos[i - 1] >= p:
-            raise OutOfRangeError(f"positions: must be strictly increasing; positions[{i - 1}] = {pos[i - 1]} >= positions[{i}] = {p}")
+            raise OutOfRangeError(
+                f"positions: must be strictly increasing; positions[{i - 1}] = {pos[i - 1]} >= positions[{i}] = {p}"
+            )
     return pos
 
 
@@ -253,8 +259,17 @@ def torch_dense_ess(
     return (None if tol_out is None else tol_out.reshape(shape), None if ent_out is None else ent_out.reshape(shape))
 
 
-def _chunk_curves(Tc: Any, dev: Any, cdtype: Any, L: int, pos: List[int], method: str, atol: Optional[float],
-                  rtol: Optional[float], eps: float) -> Tuple[np.ndarray, np.ndarray]:
+def _chunk_curves(
+    Tc: Any,
+    dev: Any,
+    cdtype: Any,
+    L: int,
+    pos: List[int],
+    method: str,
+    atol: Optional[float],
+    rtol: Optional[float],
+    eps: float,
+) -> Tuple[np.ndarray, np.ndarray]:
     import torch
 
     B = int(Tc.shape[0])
@@ -267,7 +282,11 @@ def _chunk_curves(Tc: Any, dev: Any, cdtype: Any, L: int, pos: List[int], method
     if bool(big.any()):
         A = A * torch.exp2(e)[:, None, None]
     A = A.to(cdtype)
-    atol_t = None if atol is None else (torch.full((B,), atol, dtype=torch.float64, device=dev) * torch.exp2(e.to(torch.float64))).to(cdtype)
+    atol_t = (
+        None
+        if atol is None
+        else (torch.full((B,), atol, dtype=torch.float64, device=dev) * torch.exp2(e.to(torch.float64))).to(cdtype)
+    )
     want_tol = method in ("tolerance", "both")
     want_ent = method in ("entropy", "both")
     tol = torch.zeros((B, len(pos)), dtype=torch.float64, device=dev)
@@ -295,5 +314,3 @@ def _chunk_curves(Tc: Any, dev: Any, cdtype: Any, L: int, pos: List[int], method
         if want_ent:
             ent[:, j] = _entropy(s.to(torch.float64))
     return tol.cpu().numpy(), ent.cpu().numpy()
-
-

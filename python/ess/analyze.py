@@ -130,7 +130,9 @@ def _token_sequence(inputs: Any) -> bool:
     """Is ``inputs`` a numpy array or a non-empty list/tuple of Python or numpy integers (token ids)?"""
     if isinstance(inputs, np.ndarray):
         return True
-    return isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(v, (int, np.integer)) for v in inputs)
+    return (
+        isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(v, (int, np.integer)) for v in inputs)
+    )
 
 
 def _tensor_from_numpy(inputs: Any) -> Any:
@@ -168,7 +170,9 @@ def _prepare_inputs(inputs: Any) -> Tuple[str, Any, Optional[Any]]:
     import torch
 
     if inputs is None:
-        raise InvalidArgumentError("inputs: required (a tensor of token ids (batch, length), a dict of keyword arguments, or a tuple of positional arguments)")
+        raise InvalidArgumentError(
+            "inputs: required (a tensor of token ids (batch, length), a dict of keyword arguments, or a tuple of positional arguments)"
+        )
     if _token_sequence(inputs):
         inputs = _tensor_from_numpy(inputs)
     if isinstance(inputs, torch.Tensor):
@@ -212,7 +216,9 @@ def _positions(positions: Any, L: int) -> Optional[np.ndarray]:
     if p.ndim != 1 or p.size == 0:
         raise ShapeError(f"positions: must be a non-empty one-dimensional array, got shape {p.shape}")
     if p.min() < 0 or p.max() >= L:
-        raise OutOfRangeError(f"positions: must lie in [0, {L}) for inputs of length {L}; got min {p.min()}, max {p.max()}")
+        raise OutOfRangeError(
+            f"positions: must lie in [0, {L}) for inputs of length {L}; got min {p.min()}, max {p.max()}"
+        )
     if np.any(np.diff(p) <= 0):
         raise OutOfRangeError("positions: must be strictly increasing")
     return p.astype(np.int64)
@@ -281,8 +287,9 @@ def _code(table: Dict[str, int], key: str) -> int:
     return table[key]
 
 
-def _structured_curves(fac: Any, method: str, atol: Optional[float], rtol: Optional[float],
-                       pos_arr: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+def _structured_curves(
+    fac: Any, method: str, atol: Optional[float], rtol: Optional[float], pos_arr: Optional[np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray]:
     """Tolerance and entropy curves ``(n_ops, n_positions)`` of a :class:`~ess.operators.base.Factors`
     by the structured kernel, in chunks of operators."""
     from .structured import ssm_ess
@@ -292,8 +299,16 @@ def _structured_curves(fac: Any, method: str, atol: Optional[float], rtol: Optio
     for c0 in range(0, n, STRUCTURED_CHUNK):
         c1 = min(n, c0 + STRUCTURED_CHUNK)
         A = None if fac.A is None else fac.A[c0:c1]
-        res = ssm_ess(A, fac.B[c0:c1], fac.C[c0:c1], transition=fac.transition, method=method, atol=atol,
-                      rtol=rtol, positions=pos_arr)
+        res = ssm_ess(
+            A,
+            fac.B[c0:c1],
+            fac.C[c0:c1],
+            transition=fac.transition,
+            method=method,
+            atol=atol,
+            rtol=rtol,
+            positions=pos_arr,
+        )
         if method == "both":
             tols.append(res.tolerance)  # type: ignore[union-attr]
             ents.append(res.entropy)  # type: ignore[union-attr]
@@ -306,8 +321,9 @@ def _structured_curves(fac: Any, method: str, atol: Optional[float], rtol: Optio
     return np.concatenate(tols), np.concatenate(ents)
 
 
-def _add_jacobian(model: Any, found: List[Tuple[str, Any]], skipped: List[Tuple[str, str]],
-                  jacobian: Union[str, Sequence[str]]) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
+def _add_jacobian(
+    model: Any, found: List[Tuple[str, Any]], skipped: List[Tuple[str, str]], jacobian: Union[str, Sequence[str]]
+) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
     """Put the modules named by ``jacobian`` on the Jacobian route (replacing any extractor of theirs or of
     modules inside them; a skipped entry of the same name is dropped)."""
     from .operators.jacobian import JacobianExtractor
@@ -349,13 +365,21 @@ def _ess_device(arg: Any, model_device: Any) -> Any:
 ESTIMATE_PRINT_SECONDS = 10.0
 
 
-def _dense_ess(T: Any, method: str, atol: Optional[float], rtol: Optional[float], pos_arr: Optional[np.ndarray],
-               ess_device: Any, precision: str) -> Tuple[np.ndarray, np.ndarray]:
+def _dense_ess(
+    T: Any,
+    method: str,
+    atol: Optional[float],
+    rtol: Optional[float],
+    pos_arr: Optional[np.ndarray],
+    ess_device: Any,
+    precision: str,
+) -> Tuple[np.ndarray, np.ndarray]:
     """Tolerance and entropy curves ``(n_ops, n_positions)`` of dense operators (NaN for a curve not asked for)."""
     from ._dense import effective_state_size
 
-    res = effective_state_size(T, method=method, atol=atol, rtol=rtol, positions=pos_arr, device=ess_device,
-                               precision=precision)
+    res = effective_state_size(
+        T, method=method, atol=atol, rtol=rtol, positions=pos_arr, device=ess_device, precision=precision
+    )
     if method == "both":
         return res.tolerance, res.entropy  # type: ignore[union-attr]
     if method == "tolerance":
@@ -381,7 +405,9 @@ def _check_options(model: Any, method: str, collapse: float, saturation: float) 
     if method not in ("both", "tolerance", "entropy"):
         raise InvalidArgumentError(f"method: expected 'both', 'tolerance' or 'entropy', got {method!r}")
     if not (0.0 <= collapse < saturation <= 1.0):
-        raise InvalidArgumentError(f"collapse and saturation: need 0 <= collapse < saturation <= 1, got {collapse}, {saturation}")
+        raise InvalidArgumentError(
+            f"collapse and saturation: need 0 <= collapse < saturation <= 1, got {collapse}, {saturation}"
+        )
 
 
 def _input_length(style: str, payload: Any, tok: Optional[Any]) -> Optional[int]:
@@ -395,8 +421,9 @@ def _input_length(style: str, payload: Any, tok: Optional[Any]) -> Optional[int]
     return None
 
 
-def _supported_layers(model: Any, jacobian: Optional[Union[str, Sequence[str]]],
-                      layers: Optional[Union[str, Sequence[str]]]) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
+def _supported_layers(
+    model: Any, jacobian: Optional[Union[str, Sequence[str]]], layers: Optional[Union[str, Sequence[str]]]
+) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
     """The layers to analyse with their extractors (discovered, plus the Jacobian route, then the
     selection ``layers``), and the mixer-like modules that are not supported."""
     found, skipped = discover(model)
@@ -415,7 +442,9 @@ def _model_device(model: Any) -> Any:
     """The device of the model: that of its first parameter, else of its first buffer, else the CPU."""
     import torch
 
-    return next((p.device for p in model.parameters()), None) or next((b.device for b in model.buffers()), torch.device("cpu"))
+    return next((p.device for p in model.parameters()), None) or next(
+        (b.device for b in model.buffers()), torch.device("cpu")
+    )
 
 
 def _forward(model: Any, found: List[Tuple[str, Any]], style: str, payload: Any) -> float:
@@ -493,8 +522,11 @@ def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) 
     """The error naming the first operator of ``T`` (layer ``name``, sample ``s``) with a NaN or inf."""
     import torch
 
-    fin = (torch.isfinite(T).reshape(T.shape[0], -1).all(dim=1).cpu().numpy()
-           if isinstance(T, torch.Tensor) else np.isfinite(T).reshape(T.shape[0], -1).all(axis=1))
+    fin = (
+        torch.isfinite(T).reshape(T.shape[0], -1).all(dim=1).cpu().numpy()
+        if isinstance(T, torch.Tensor)
+        else np.isfinite(T).reshape(T.shape[0], -1).all(axis=1)
+    )
     h = int(np.flatnonzero(~fin)[0])
     return NonFiniteError(
         f"layer {name!r}: operator {h} ({labels[h]}) contains NaN or inf on sample {s} "
@@ -516,7 +548,9 @@ def _assemble(cols: Dict[str, List[np.ndarray]], cats: Dict[str, Dict[str, int]]
     return rows
 
 
-def _tokens_and_markers(tok: Optional[Any], markers: Optional[Iterable[int]]) -> Tuple[Optional[np.ndarray], Dict[int, List[int]]]:
+def _tokens_and_markers(
+    tok: Optional[Any], markers: Optional[Iterable[int]]
+) -> Tuple[Optional[np.ndarray], Dict[int, List[int]]]:
     """The token ids on the host ``(batch, length)`` (or ``None``) and, per sequence, the positions of
     the marker tokens."""
     tok_np = None
@@ -540,9 +574,22 @@ class _EssPass:
     the first analysed layer fixes (the sequence length, the positions) or calibrates (the time
     estimate)."""
 
-    def __init__(self, found: List[Tuple[str, Any]], skipped: List[Tuple[str, str]], *, method: str,
-                 atol: Optional[float], rtol: Optional[float], positions: Any, budget: int, materialize: bool,
-                 ess_device: Any, precision: str, progress: bool, bar: Any) -> None:
+    def __init__(
+        self,
+        found: List[Tuple[str, Any]],
+        skipped: List[Tuple[str, str]],
+        *,
+        method: str,
+        atol: Optional[float],
+        rtol: Optional[float],
+        positions: Any,
+        budget: int,
+        materialize: bool,
+        ess_device: Any,
+        precision: str,
+        progress: bool,
+        bar: Any,
+    ) -> None:
         self.found = found
         self.skipped = skipped  # appended to: layers not called in the forward pass
         self.method, self.atol, self.rtol = method, atol, rtol
@@ -553,7 +600,22 @@ class _EssPass:
         self.precision = precision
         self.progress = progress
         self.bar = bar
-        self.cols: Dict[str, List[np.ndarray]] = {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")}
+        self.cols: Dict[str, List[np.ndarray]] = {
+            k: []
+            for k in (
+                "sample",
+                "layer",
+                "kind",
+                "operator",
+                "index",
+                "position",
+                "ess_tolerance",
+                "ess_entropy",
+                "tss",
+                "bound",
+                "shared",
+            )
+        }
         self.cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
         self.layer_meta: List[Dict[str, Any]] = []
         self.L_seen: Optional[int] = None
@@ -579,13 +641,16 @@ class _EssPass:
         """Analyse layer ``name``; ``False`` (and listed as skipped) when it was not called in the forward."""
         n = ex.n_samples()
         if n == 0:
-            self.skipped.append((name, f"{type(ex.module).__module__}.{type(ex.module).__qualname__} (not called in forward)"))
+            self.skipped.append(
+                (name, f"{type(ex.module).__module__}.{type(ex.module).__qualname__} (not called in forward)")
+            )
             return False
         note, route = "", ""
         for s in range(n):
             note, route = self._sample(name, ex, s, n)
-        self.layer_meta.append({"layer": name, "kind": ex.kind, "module_type": type(ex.module).__name__, "note": note,
-                                "route": route})
+        self.layer_meta.append(
+            {"layer": name, "kind": ex.kind, "module_type": type(ex.module).__name__, "note": note, "route": route}
+        )
         ex.clear()
         return True
 
@@ -643,11 +708,14 @@ class _EssPass:
         try:
             return _structured_curves(ops.factors, self.method, self.atol, self.rtol, self.pos_arr)
         except NonFiniteError as e:
-            raise NonFiniteError(f"layer {name!r}: its factors contain NaN or inf (a non-finite weight or "
-                                 f"activation in this layer?): {e}") from None
+            raise NonFiniteError(
+                f"layer {name!r}: its factors contain NaN or inf (a non-finite weight or "
+                f"activation in this layer?): {e}"
+            ) from None
 
-    def _dense(self, name: str, T: Any, labels: Sequence[str], s: int, n: int, P: np.ndarray,
-               L: int) -> Tuple[np.ndarray, np.ndarray]:
+    def _dense(
+        self, name: str, T: Any, labels: Sequence[str], s: int, n: int, P: np.ndarray, L: int
+    ) -> Tuple[np.ndarray, np.ndarray]:
         nops = int(T.shape[0])
         try:  # the kernel checks finiteness; only its error path looks for the operator
             if self.estimate is None and nops > 1:
@@ -662,25 +730,32 @@ class _EssPass:
         nops = int(T.shape[0])
         nc = _calibration_batch(nops, self.ess_device is not None)
         tc = time.perf_counter()
-        tol0, ent0 = _dense_ess(T[:nc], self.method, self.atol, self.rtol, self.pos_arr, self.ess_device, self.precision)
+        tol0, ent0 = _dense_ess(
+            T[:nc], self.method, self.atol, self.rtol, self.pos_arr, self.ess_device, self.precision
+        )
         dt = time.perf_counter() - tc
-        tol1, ent1 = _dense_ess(T[nc:], self.method, self.atol, self.rtol, self.pos_arr, self.ess_device, self.precision)
+        tol1, ent1 = _dense_ess(
+            T[nc:], self.method, self.atol, self.rtol, self.pos_arr, self.ess_device, self.precision
+        )
         tol, ent = np.concatenate([tol0, tol1]), np.concatenate([ent0, ent1])
         n_dense = sum(1 for _, e in self.found if not (getattr(e, "structured", False) and not self.materialize))
         self.estimate = estimate = dt / nc * nops * n * max(n_dense, 1)
         if self.progress and estimate > ESTIMATE_PRINT_SECONDS:
-            msg = (f"ess.analyze: the dense ESS of {max(n_dense, 1)} layer(s) x {nops} operators x "
-                   f"{n} sequence(s) x {len(P)} splits (L = {L}) will take about {estimate:.0f} s "
-                   f"(calibrated on {nc} operator(s) in {dt:.2f} s"
-                   f"{'' if self.pos_arr is not None else '; positions=ess.split_points(...) computes a subset'})")
+            msg = (
+                f"ess.analyze: the dense ESS of {max(n_dense, 1)} layer(s) x {nops} operators x "
+                f"{n} sequence(s) x {len(P)} splits (L = {L}) will take about {estimate:.0f} s "
+                f"(calibrated on {nc} operator(s) in {dt:.2f} s"
+                f"{'' if self.pos_arr is not None else '; positions=ess.split_points(...) computes a subset'})"
+            )
             if self.bar is not None:
                 self.bar.write(msg, file=sys.stderr)
             else:
                 print(msg, file=sys.stderr)
         return tol, ent
 
-    def _append(self, name: str, s: int, ops: Any, tol: np.ndarray, ent: np.ndarray, P: np.ndarray, L: int,
-                nops: int) -> None:
+    def _append(
+        self, name: str, s: int, ops: Any, tol: np.ndarray, ent: np.ndarray, P: np.ndarray, L: int, nops: int
+    ) -> None:
         """Append the rows of one layer and sequence: one numpy chunk per column (a Python object per cell
         needs ~100 bytes per row: gigabytes for a large model at long L; names are codes until the end)."""
         cols, cats = self.cols, self.cats
@@ -690,8 +765,9 @@ class _EssPass:
         cols["sample"].append(np.full(nops * npos, s, dtype=np.int64))
         cols["layer"].append(np.full(nops * npos, _code(cats["layer"], name), dtype=np.int32))
         cols["kind"].append(np.full(nops * npos, _code(cats["kind"], ops.kind), dtype=np.int32))
-        cols["operator"].append(np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels],
-                                                   dtype=np.int32), npos))
+        cols["operator"].append(
+            np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels], dtype=np.int32), npos)
+        )
         cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), npos))
         cols["position"].append(np.tile(P.astype(np.int64), nops))
         cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
@@ -796,8 +872,20 @@ def analyze(
     t_forward = _forward(model, found, style, payload)
 
     bar = _progress_bar(progress, len(found))
-    ess = _EssPass(found, skipped, method=method, atol=atol, rtol=rtol, positions=positions, budget=budget,
-                   materialize=materialize, ess_device=ess_device, precision=precision, progress=progress, bar=bar)
+    ess = _EssPass(
+        found,
+        skipped,
+        method=method,
+        atol=atol,
+        rtol=rtol,
+        positions=positions,
+        budget=budget,
+        materialize=materialize,
+        ess_device=ess_device,
+        precision=precision,
+        progress=progress,
+        bar=bar,
+    )
     t1 = time.perf_counter()
     ess.run()
     t_ess = time.perf_counter() - t1
@@ -828,4 +916,6 @@ def analyze(
         "ess_device": "host (Rust kernel)" if ess_device is None else str(ess_device),
         "precision": precision,
     }
-    return Report.from_rows(rows, layer_meta=ess.layer_meta, skipped=skipped, tokens=tokens, token_ids=tok_np, markers=marker_pos, meta=meta)
+    return Report.from_rows(
+        rows, layer_meta=ess.layer_meta, skipped=skipped, tokens=tokens, token_ids=tok_np, markers=marker_pos, meta=meta
+    )

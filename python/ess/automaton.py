@@ -121,7 +121,11 @@ class OneLayerAttention(torch.nn.Module):
         self.vocab_size = vocab_size
         self.register_buffer("E", torch.as_tensor(e, dtype=torch.float64))
         d = e.shape[1]
-        w0 = torch.zeros(d, d, dtype=torch.float64) if W0 is None else torch.as_tensor(np.asarray(W0), dtype=torch.float64).clone()
+        w0 = (
+            torch.zeros(d, d, dtype=torch.float64)
+            if W0 is None
+            else torch.as_tensor(np.asarray(W0), dtype=torch.float64).clone()
+        )
         self.W = torch.nn.Parameter(w0)
 
     def attention(self, windows: torch.Tensor) -> torch.Tensor:
@@ -168,7 +172,9 @@ def train(
         torch.set_num_threads(old)
 
 
-def _train(dataset: AutomatonDataset, steps: int, lr: float, seed: int, normalized: bool, init_scale: float) -> OneLayerAttention:
+def _train(
+    dataset: AutomatonDataset, steps: int, lr: float, seed: int, normalized: bool, init_scale: float
+) -> OneLayerAttention:
     gen = torch.Generator().manual_seed(seed)
     E = dataset.embeddings()
     d = E.shape[1]

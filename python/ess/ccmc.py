@@ -115,7 +115,9 @@ def ccmc_transition(
         from .errors import NotStochasticError
 
         i, j = np.unravel_index(int(np.argmin(Pm)), Pm.shape)
-        raise NotStochasticError(f"P: entry ({i}, {j}) = {Pm[i, j]!r} is negative; a base chain has non-negative entries")
+        raise NotStochasticError(
+            f"P: entry ({i}, {j}) = {Pm[i, j]!r} is negative; a base chain has non-negative entries"
+        )
     x = _tokens(prompt, "prompt", V, 1)
     if x.size == 0:
         raise ShapeError("prompt: the prompt is empty")
@@ -180,9 +182,7 @@ def simulate_ccmc(
     w = None
     if position_weights is not None:
         w = _real(position_weights, "position_weights").ravel().tolist()
-    tok, sup, win = _core.markov_ccmc_simulate(
-        Pm, [int(t) for t in x], int(n_traj), int(n_steps), int(seed), w
-    )
+    tok, sup, win = _core.markov_ccmc_simulate(Pm, [int(t) for t in x], int(n_traj), int(n_steps), int(seed), w)
     return CCMCSimulation(tok, sup, win)
 
 

@@ -54,7 +54,9 @@ def _parse_tokens(text: str) -> list:
     try:
         return [int(t) for t in text.replace(",", " ").split()]
     except ValueError:
-        raise SystemExit(f"ess analyze: --tokens expects integers separated by commas or spaces, got {text!r}") from None
+        raise SystemExit(
+            f"ess analyze: --tokens expects integers separated by commas or spaces, got {text!r}"
+        ) from None
 
 
 def _parse_positions(text: Optional[str], L: int):
@@ -163,7 +165,9 @@ def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complex
     if args.model and args.hf:
         raise SystemExit("ess analyze: give --model or --hf, not both")
     if args.hf and not os.path.isdir(args.hf):
-        raise SystemExit(f"ess analyze: --hf {args.hf!r}: no such directory (a local directory written by save_pretrained)")
+        raise SystemExit(
+            f"ess analyze: --hf {args.hf!r}: no such directory (a local directory written by save_pretrained)"
+        )
     if args.hf:
         try:
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -190,7 +194,7 @@ def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complex
         title = f"Hugging Face model {args.hf}"
     elif args.model:
         obj = _load_factory(args.model)
-        model, inputs = (obj if isinstance(obj, tuple) else (obj, None))
+        model, inputs = obj if isinstance(obj, tuple) else (obj, None)
         title = f"model {args.model}"
         if args.text:
             raise SystemExit("ess analyze: --text needs a tokenizer (use --hf); with --model pass --tokens")
@@ -204,7 +208,13 @@ def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complex
         tokens_text = token_names(inputs[0])
         title = f"built-in hybrid model (MQAR accuracy {info['accuracy']:.3f}), shipped MQAR inputs"
     else:
-        from .models import DELIM, builtin_delimiters_inputs, builtin_delimiters_info, delimiters_token_names, load_builtin_delimiters
+        from .models import (
+            DELIM,
+            builtin_delimiters_inputs,
+            builtin_delimiters_info,
+            delimiters_token_names,
+            load_builtin_delimiters,
+        )
 
         model = load_builtin_delimiters(args.device or "cpu")
         info = builtin_delimiters_info()
@@ -215,10 +225,14 @@ def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complex
             # at the default threshold (float32 machine epsilon) tolerance-ESS counts every nonzero
             # singular value and sits on the rank bound; 1% of the largest shows memory use
             rtol = 1e-2
-        title = (f"built-in hybrid model 'delimiters' (multi-segment recall accuracy {info['accuracy']:.3f}), "
-                 f"shipped inputs, delimiters at {info['delimiter_positions']}, tolerance rtol={rtol:g}")
+        title = (
+            f"built-in hybrid model 'delimiters' (multi-segment recall accuracy {info['accuracy']:.3f}), "
+            f"shipped inputs, delimiters at {info['delimiter_positions']}, tolerance rtol={rtol:g}"
+        )
     if not (args.model or args.hf) and (args.tokens or args.text):
-        raise SystemExit("ess analyze: --tokens/--text need --model or --hf (the built-in model runs on its shipped inputs)")
+        raise SystemExit(
+            "ess analyze: --tokens/--text need --model or --hf (the built-in model runs on its shipped inputs)"
+        )
     if args.tokens:
         inputs = torch.tensor([_parse_tokens(args.tokens)], dtype=torch.long)
     if inputs is None:
@@ -237,7 +251,9 @@ def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complex
     if V is not None and isinstance(inputs, torch.Tensor) and inputs.numel():
         lo, hi = int(inputs.min()), int(inputs.max())
         if lo < 0 or hi >= V:
-            raise SystemExit(f"ess analyze: token id {hi if hi >= V else lo} is outside the model's vocabulary [0, {V})")
+            raise SystemExit(
+                f"ess analyze: token id {hi if hi >= V else lo} is outside the model's vocabulary [0, {V})"
+            )
     if args.device:
         model = model.to(args.device)
     L = int(inputs.shape[-1]) if hasattr(inputs, "shape") else args.length
@@ -274,8 +290,17 @@ def _figure_formats_arg(text: str) -> tuple:
 
 def _print_summary(report, title: str) -> None:
     s = report.summary
-    cols = [("layer", "layer"), ("kind", "kind"), ("n_operators", "ops"), ("tss", "TSS"), ("avg_ess_tolerance", "avg tol-ESS"),
-            ("avg_ess_entropy", "avg ent-ESS"), ("total_ess", "total ESS"), ("utilisation", "util"), ("fill", "fill")]
+    cols = [
+        ("layer", "layer"),
+        ("kind", "kind"),
+        ("n_operators", "ops"),
+        ("tss", "TSS"),
+        ("avg_ess_tolerance", "avg tol-ESS"),
+        ("avg_ess_entropy", "avg ent-ESS"),
+        ("total_ess", "total ESS"),
+        ("utilisation", "util"),
+        ("fill", "fill"),
+    ]
 
     def fmt(v):
         return f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -330,7 +355,11 @@ def _sweep(args: argparse.Namespace) -> int:
     except EssError as e:
         print(f"ess sweep: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    results = args.results or cfg["results"] or str(Path(args.config).absolute().with_name(Path(args.config).stem + "-results"))
+    results = (
+        args.results
+        or cfg["results"]
+        or str(Path(args.config).absolute().with_name(Path(args.config).stem + "-results"))
+    )
     kind = args.executor or cfg["executor"] or "serial"
     workers = args.workers or cfg["workers"]
     threads = args.threads or cfg["threads"]
@@ -346,12 +375,16 @@ def _sweep(args: argparse.Namespace) -> int:
             try:
                 from dask.distributed import Client, LocalCluster
             except ImportError:
-                print("ess sweep --executor dask needs dask.distributed: pip install 'dask[distributed]'", file=sys.stderr)
+                print(
+                    "ess sweep --executor dask needs dask.distributed: pip install 'dask[distributed]'", file=sys.stderr
+                )
                 return 2
             if scheduler:
                 client = Client(scheduler)
             else:
-                cluster = LocalCluster(n_workers=workers or None, threads_per_worker=1, processes=True, dashboard_address=None)
+                cluster = LocalCluster(
+                    n_workers=workers or None, threads_per_worker=1, processes=True, dashboard_address=None
+                )
                 cleanup.append(cluster.close)
                 client = Client(cluster)
             cleanup.insert(0, client.close)
@@ -360,8 +393,15 @@ def _sweep(args: argparse.Namespace) -> int:
             init = {"address": scheduler} if scheduler else ({"num_cpus": workers} if workers else {})
             executor = sweep.RayExecutor(init=init)
             cleanup.append(executor.shutdown)
-        out = sweep.run(cfg["jobs"], results, executor=executor, max_workers=workers, retry_failed=retry,
-                        threads=threads, progress=not args.no_progress)
+        out = sweep.run(
+            cfg["jobs"],
+            results,
+            executor=executor,
+            max_workers=workers,
+            retry_failed=retry,
+            threads=threads,
+            progress=not args.no_progress,
+        )
     except EssError as e:
         print(f"ess sweep: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
@@ -439,23 +479,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_an.add_argument("--hf", metavar="PATH", help="local Hugging Face model directory (no downloads)")
     p_an.add_argument("--text", metavar="FILE", help="text file to tokenise (with --hf)")
     p_an.add_argument("--tokens", help="token ids, comma or space separated")
-    p_an.add_argument("--length", "-L", type=_int_in(1), default=128, help="truncate --text / length of random tokens (default 128)")
-    p_an.add_argument("--builtin", choices=["delimiters", "mqar"], default="delimiters",
-                      help="without --model/--hf: which built-in model runs on its shipped inputs (default delimiters: "
-                           "three-segment recall, L = 51; mqar: the MQAR model, L = 34)")
-    p_an.add_argument("--samples", type=_int_in(1, 8), default=2, help="built-in model: number of shipped sequences (1-8, default 2)")
+    p_an.add_argument(
+        "--length", "-L", type=_int_in(1), default=128, help="truncate --text / length of random tokens (default 128)"
+    )
+    p_an.add_argument(
+        "--builtin",
+        choices=["delimiters", "mqar"],
+        default="delimiters",
+        help="without --model/--hf: which built-in model runs on its shipped inputs (default delimiters: "
+        "three-segment recall, L = 51; mqar: the MQAR model, L = 34)",
+    )
+    p_an.add_argument(
+        "--samples", type=_int_in(1, 8), default=2, help="built-in model: number of shipped sequences (1-8, default 2)"
+    )
     p_an.add_argument("--layers", nargs="+", help="module names or fnmatch patterns to analyse (default all supported)")
     p_an.add_argument("--positions", type=_positions_arg, help="split points: 'start:stop:step' or a list of integers")
     p_an.add_argument("--method", choices=["both", "tolerance", "entropy"], default="both")
-    p_an.add_argument("--rtol", type=float, help="relative threshold of tolerance-ESS (default: 1e-2 for the delimiters built-in, "
-                      "else max(t, L - t) * eps * sigma_max as in numpy.linalg.matrix_rank)")
+    p_an.add_argument(
+        "--rtol",
+        type=float,
+        help="relative threshold of tolerance-ESS (default: 1e-2 for the delimiters built-in, "
+        "else max(t, L - t) * eps * sigma_max as in numpy.linalg.matrix_rank)",
+    )
     p_an.add_argument("--atol", type=float, help="absolute threshold of tolerance-ESS")
     p_an.add_argument("--device", type=_device_arg, help="move the model to this torch device (e.g. cuda)")
     p_an.add_argument("--memory-budget", help="bytes per layer and sequence (e.g. 2G; default 4G)")
     p_an.add_argument("--out", "-o", default="ess-report", help="report directory (default ./ess-report)")
     p_an.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p_an.add_argument("--figures", type=_figure_formats_arg, default=("png",), metavar="FORMATS",
-                      help="formats of the figure files besides report.html, comma separated: png, svg, pdf, eps (default png)")
+    p_an.add_argument(
+        "--figures",
+        type=_figure_formats_arg,
+        default=("png",),
+        metavar="FORMATS",
+        help="formats of the figure files besides report.html, comma separated: png, svg, pdf, eps (default png)",
+    )
     p_an.set_defaults(func=_analyze)
     p_sw = sub.add_parser(
         "sweep",
@@ -465,12 +522,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "jobs and redoes missing or failed ones. Exit status: 0 all jobs done, 1 some failed or lost, 2 bad config or results.",
     )
     p_sw.add_argument("config", help="TOML file of [[jobs]] and [[grid]] tables")
-    p_sw.add_argument("--results", "-o", help="results directory (default: the file's 'results', else CONFIG-results beside it)")
-    p_sw.add_argument("--executor", "-e", choices=["serial", "processes", "dask", "ray"], help="where jobs run (default: the file's, else serial)")
-    p_sw.add_argument("--workers", "-j", type=_int_in(1), help="local worker processes (processes, local Dask cluster, local Ray)")
+    p_sw.add_argument(
+        "--results", "-o", help="results directory (default: the file's 'results', else CONFIG-results beside it)"
+    )
+    p_sw.add_argument(
+        "--executor",
+        "-e",
+        choices=["serial", "processes", "dask", "ray"],
+        help="where jobs run (default: the file's, else serial)",
+    )
+    p_sw.add_argument(
+        "--workers", "-j", type=_int_in(1), help="local worker processes (processes, local Dask cluster, local Ray)"
+    )
     p_sw.add_argument("--scheduler", help="address of a running Dask scheduler or Ray cluster (instead of a local one)")
-    p_sw.add_argument("--threads", type=_int_in(1), help="torch/rayon threads per job (e.g. 1 with one worker per core)")
-    p_sw.add_argument("--no-retry-failed", dest="retry_failed", action="store_false", default=None, help="keep failed jobs' records instead of retrying them")
+    p_sw.add_argument(
+        "--threads", type=_int_in(1), help="torch/rayon threads per job (e.g. 1 with one worker per core)"
+    )
+    p_sw.add_argument(
+        "--no-retry-failed",
+        dest="retry_failed",
+        action="store_false",
+        default=None,
+        help="keep failed jobs' records instead of retrying them",
+    )
     p_sw.add_argument("--no-report", action="store_true", help="do not write RESULTS/report")
     p_sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_sw.set_defaults(func=_sweep)

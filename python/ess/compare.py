@@ -63,8 +63,9 @@ def layers(results: "SweepResults", *, measure: Optional[str] = None, fig: Any =
     return layers_of(results.summary, "job", jobs, m, fig=fig, title=f"average {m}-ESS per layer, {len(jobs)} job(s)")
 
 
-def layers_of(summary: Any, group: str, groups: Sequence[Any], measure: str, *, fig: Any = None,
-              title: Optional[str] = None) -> Any:
+def layers_of(
+    summary: Any, group: str, groups: Sequence[Any], measure: str, *, fig: Any = None, title: Optional[str] = None
+) -> Any:
     """Layer-by-layer comparison of any groups (jobs of a sweep, samples of one report): ``summary``
     has columns ``layer``, ``kind``, ``group`` and ``avg_ess_<measure>``; one bar per group in each
     layer's cluster, in the order of ``groups``, legend outside the axes on the right."""
@@ -94,8 +95,14 @@ def layers_of(summary: Any, group: str, groups: Sequence[Any], measure: str, *, 
     return fig
 
 
-def curves(results: "SweepResults", *, measure: Optional[str] = None, sample: Optional[int] = None,
-           max_panels: int = 12, fig: Any = None) -> Any:
+def curves(
+    results: "SweepResults",
+    *,
+    measure: Optional[str] = None,
+    sample: Optional[int] = None,
+    max_panels: int = 12,
+    fig: Any = None,
+) -> Any:
     """ESS against position, one panel per layer (at most ``max_panels``), one line per job: the
     mean over the layer's operators (and over samples, unless ``sample`` is given); the boundary
     bound ``min(t, L - t)`` dashed (of the longest job)."""
@@ -107,8 +114,17 @@ def curves(results: "SweepResults", *, measure: Optional[str] = None, sample: Op
     return curves_of(t, "job", jobs, m, max_panels=max_panels, fig=fig)
 
 
-def curves_of(table: Any, group: str, groups: Sequence[Any], measure: str, *, max_panels: int = 12, fig: Any = None,
-              title: Optional[str] = None, ncols: int = 3) -> Any:
+def curves_of(
+    table: Any,
+    group: str,
+    groups: Sequence[Any],
+    measure: str,
+    *,
+    max_panels: int = 12,
+    fig: Any = None,
+    title: Optional[str] = None,
+    ncols: int = 3,
+) -> Any:
     """Curves of any groups overlaid (jobs of a sweep, samples of one report): ``table`` is a tidy
     ESS table with a ``group`` column; per layer (at most ``max_panels``) one line per group, the
     mean over the layer's operators (and whatever else the group pools), the bound dashed (a panel
@@ -168,9 +184,9 @@ def curves_of(table: Any, group: str, groups: Sequence[Any], measure: str, *, ma
 
 _CAPTIONS = {
     "layers": "Average {m}-ESS of each layer (over its heads/channels, positions and samples), one bar per job: "
-              "which layers hold more state in which job.",
+    "which layers hold more state in which job.",
     "curves": "Mean {m}-ESS over each layer's heads/channels against the split position t, jobs overlaid; dashed: the "
-              "boundary bound min(t, L - t).",
+    "boundary bound min(t, L - t).",
 }
 
 
@@ -215,21 +231,31 @@ def save_report(results: "SweepResults", directory: Union[str, "os.PathLike[str]
     ]
     if len(results.summary):
         piv = results.summary.pivot_table(index="layer", columns="job", values=f"avg_ess_{m}", sort=False)
-        parts.append(f"<h3>Average {m}-ESS per layer and job</h3>" + piv.to_html(escape=True, float_format="{:.3g}".format, na_rep=""))
+        parts.append(
+            f"<h3>Average {m}-ESS per layer and job</h3>"
+            + piv.to_html(escape=True, float_format="{:.3g}".format, na_rep="")
+        )
     if figs:
         parts.append("<h3>Figures</h3>")
         for name, png in figs.items():
             b64 = base64.b64encode(png).decode("ascii")
             cap = _CAPTIONS[name].format(m=m)
-            parts.append(f"<figure><img alt='{html.escape(cap)}' id='fig-{name}' src='data:image/png;base64,{b64}'>"
-                         f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+            parts.append(
+                f"<figure><img alt='{html.escape(cap)}' id='fig-{name}' src='data:image/png;base64,{b64}'>"
+                f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+            )
     fails = [(n, r) for n, r in sorted(results.records.items()) if r["status"] == "failed"]
     if fails:
         parts.append("<h3>Failed jobs</h3>")
         for n, r in fails:
-            parts.append(f"<p class='failed'><b>{html.escape(n)}</b>: {html.escape(str(r.get('error')))}</p>"
-                         f"<details><summary>traceback</summary><pre>{html.escape(str(r.get('traceback')))}</pre></details>")
+            parts.append(
+                f"<p class='failed'><b>{html.escape(n)}</b>: {html.escape(str(r.get('error')))}</p>"
+                f"<details><summary>traceback</summary><pre>{html.escape(str(r.get('traceback')))}</pre></details>"
+            )
     parts.append("</body></html>")
     _atomic_write(d / "report.html", "\n".join(parts).encode("utf-8"))
-    _atomic_write(d / "summary.json", (json.dumps({"jobs": json.loads(results.jobs.to_json(orient="records"))}, indent=1) + "\n").encode("utf-8"))
+    _atomic_write(
+        d / "summary.json",
+        (json.dumps({"jobs": json.loads(results.jobs.to_json(orient="records"))}, indent=1) + "\n").encode("utf-8"),
+    )
     return d

@@ -87,7 +87,9 @@ def _positions(positions: Optional[Union[Sequence[int], torch.Tensor]], L: int) 
         if not 0 <= p < L:
             raise OutOfRangeError(f"positions: positions[{i}] = {p} is outside [0, {L}) for sequence length L = {L}")
         if out and out[-1] >= p:
-            raise OutOfRangeError(f"positions: must be strictly increasing; positions[{i - 1}] = {out[-1]} >= positions[{i}] = {p}")
+            raise OutOfRangeError(
+                f"positions: must be strictly increasing; positions[{i - 1}] = {out[-1]} >= positions[{i}] = {p}"
+            )
         out.append(p)
     return out
 

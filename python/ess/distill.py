@@ -59,8 +59,10 @@ def recommend_state_size(report: Any, quantile: float = 0.95) -> Any:
     if table is None or "ess_tolerance" not in table:
         raise InvalidArgumentError("report: expected an ess.Report with an ess_tolerance column")
     if report.meta.get("method") == "entropy" or table["ess_tolerance"].isna().all():
-        raise InvalidArgumentError("report: computed with method='entropy'; the recommendation needs the tolerance-ESS "
-                                   "(analyze with method='both' or 'tolerance')")
+        raise InvalidArgumentError(
+            "report: computed with method='entropy'; the recommendation needs the tolerance-ESS "
+            "(analyze with method='both' or 'tolerance')"
+        )
     recs = []
     t = table[table["position"] > 0]
     for layer, d in t.groupby("layer", sort=False):
@@ -70,10 +72,19 @@ def recommend_state_size(report: Any, quantile: float = 0.95) -> Any:
         val = float(np.quantile(e, q, method="higher"))
         tss = float(d["tss"].iloc[0])
         bound = d["bound"].to_numpy(dtype=float)
-        recs.append({
-            "layer": layer, "kind": d["kind"].iloc[0], "tss": tss, "recommended": int(math.ceil(val)), "quantile": q,
-            "atol": report.meta.get("atol"), "rtol": report.meta.get("rtol"),
-            "mean_ess": float(e.mean()), "max_ess": float(e.max()),
-            "at_bound": float(np.mean(e >= bound)), "ratio": math.ceil(val) / tss if tss > 0 else float("nan"),
-        })
+        recs.append(
+            {
+                "layer": layer,
+                "kind": d["kind"].iloc[0],
+                "tss": tss,
+                "recommended": int(math.ceil(val)),
+                "quantile": q,
+                "atol": report.meta.get("atol"),
+                "rtol": report.meta.get("rtol"),
+                "mean_ess": float(e.mean()),
+                "max_ess": float(e.max()),
+                "at_bound": float(np.mean(e >= bound)),
+                "ratio": math.ceil(val) / tss if tss > 0 else float("nan"),
+            }
+        )
     return pd.DataFrame(recs)

@@ -44,7 +44,12 @@ def selective_ssm_channel(L: int, N: int = 16, *, seed: int = 0) -> npt.NDArray[
     C = rng.standard_normal((L, N))
     c = np.cumsum(delta)
     decay = np.exp(A[None, None, :] * (c[:, None, None] - c[None, :, None]))  # (t, s, n)
-    T = np.einsum("tn,tsn,sn->ts", C, np.where((np.arange(L)[:, None] >= np.arange(L)[None, :])[..., None], decay, 0.0), B * delta[:, None])
+    T = np.einsum(
+        "tn,tsn,sn->ts",
+        C,
+        np.where((np.arange(L)[:, None] >= np.arange(L)[None, :])[..., None], decay, 0.0),
+        B * delta[:, None],
+    )
     return np.asarray(T, dtype=np.float64)
 
 

@@ -212,7 +212,9 @@ def condensation(src: npt.ArrayLike, dst: npt.ArrayLike, n_nodes: int, *, algori
 # token-priority graphs
 
 
-def _windows_flat(windows: Any, pad: Optional[int], offsets: Optional[npt.ArrayLike], arg: str = "windows") -> Tuple[np.ndarray, np.ndarray]:
+def _windows_flat(
+    windows: Any, pad: Optional[int], offsets: Optional[npt.ArrayLike], arg: str = "windows"
+) -> Tuple[np.ndarray, np.ndarray]:
     """Windows as (flat tokens, int64 offsets)."""
     if offsets is not None:
         flat = _id_array(windows, arg)
@@ -237,7 +239,9 @@ def _windows_flat(windows: Any, pad: Optional[int], offsets: Optional[npt.ArrayL
     if w.dtype.kind not in "iu":
         raise DTypeError(f"{arg}: token ids must be integers, got dtype {w.dtype}")
     if w.ndim != 2:
-        raise ShapeError(f"{arg}: must be a 2-D (n_windows, length) array (or flat tokens with offsets=...), got shape {w.shape}")
+        raise ShapeError(
+            f"{arg}: must be a 2-D (n_windows, length) array (or flat tokens with offsets=...), got shape {w.shape}"
+        )
     n, length = w.shape
     if length == 0:
         raise InvalidArgumentError(f"{arg}: windows have length 0 (empty windows)")
@@ -249,7 +253,9 @@ def _windows_flat(windows: Any, pad: Optional[int], offsets: Optional[npt.ArrayL
     lengths = mask.sum(axis=1)
     empty = np.flatnonzero(lengths == 0)
     if empty.size:
-        raise InvalidArgumentError(f"{arg}: window {int(empty[0])} is empty (only padding); {empty.size} empty window(s) in all")
+        raise InvalidArgumentError(
+            f"{arg}: window {int(empty[0])} is empty (only padding); {empty.size} empty window(s) in all"
+        )
     flat = w[mask]
     off = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=off[1:])
@@ -311,9 +317,7 @@ class TokenGraph:
         return None
 
 
-def _tie_loss(
-    th: np.ndarray, Fs: List[np.ndarray], masks: List[np.ndarray]
-) -> Tuple[float, np.ndarray, np.ndarray]:
+def _tie_loss(th: np.ndarray, Fs: List[np.ndarray], masks: List[np.ndarray]) -> Tuple[float, np.ndarray, np.ndarray]:
     """Cross-entropy of the label positions (``masks``) under ``softmax(F @ th)`` over each
     sample's retrieved positions (rows of ``F``), summed over samples; with gradient and Hessian."""
     r = th.shape[0]
@@ -467,7 +471,9 @@ class TokenPriorityGraphs:
         flat, off, det = self._inner.retrieve(w, np.array([0, w.shape[0]], dtype=np.int64))
         return Retrieval(flat, bool(det[0]))
 
-    def retrieval_sets(self, windows: Any, *, offsets: Optional[npt.ArrayLike] = None) -> Tuple[List[npt.NDArray[np.int64]], npt.NDArray[np.bool_]]:
+    def retrieval_sets(
+        self, windows: Any, *, offsets: Optional[npt.ArrayLike] = None
+    ) -> Tuple[List[npt.NDArray[np.int64]], npt.NDArray[np.bool_]]:
         """:meth:`retrieval_set` for many windows (same formats as the constructor, with this
         object's ``pad``), in parallel: a list of token arrays and a bool array ``determined``."""
         flat, off = _windows_flat(windows, self._pad, offsets)
@@ -513,7 +519,9 @@ class TokenPriorityGraphs:
         """The token embeddings of a fit, ``(vocab_size, d)`` float64 (one-hot when ``E`` is None)."""
         if E is None:
             if self.vocab_size > 1024:
-                raise TooLargeError("vocab_size: finite_component with one-hot tokens is limited to 1024 tokens; pass E")
+                raise TooLargeError(
+                    "vocab_size: finite_component with one-hot tokens is limited to 1024 tokens; pass E"
+                )
             return np.eye(self.vocab_size)
         e = np.asarray(E, dtype=np.float64)
         if e.ndim != 2 or e.shape[0] != self.vocab_size:
@@ -588,14 +596,20 @@ class TokenPriorityGraphs:
         Q = Vt[:r].T  # orthonormal basis of the tie subspace (d^2 x r)
         Fs = [F @ Q for F in feats]
         theta, converged = _newton.minimize(
-            lambda th: _tie_loss(th, Fs, masks), np.zeros(r), tol=tol, max_iter=max_iter,
-            name="finite_component: the restricted fit", diverge_norm=1e6,
+            lambda th: _tie_loss(th, Fs, masks),
+            np.zeros(r),
+            tol=tol,
+            max_iter=max_iter,
+            name="finite_component: the restricted fit",
+            diverge_norm=1e6,
         )
         if not converged:
             raise NumericalError(f"finite_component: Newton did not converge in {max_iter} iterations")
         return (Q @ theta).reshape(d, d)
 
-    def soft_composition(self, window: npt.ArrayLike, W_fin: npt.ArrayLike, E: Optional[npt.ArrayLike] = None) -> Dict[int, float]:
+    def soft_composition(
+        self, window: npt.ArrayLike, W_fin: npt.ArrayLike, E: Optional[npt.ArrayLike] = None
+    ) -> Dict[int, float]:
         """Predicted next-token law of a window: softmax of ``E_x^T W_fin E_k`` over the
         positions holding retrieved tokens, summed per token (``E=None``: one-hot)."""
         w = _id_array(window, "window")

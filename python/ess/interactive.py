@@ -61,8 +61,16 @@ def _style_axes(fig: Any, twin: bool, unit: str) -> None:
     """Axis titles: one ESS axis, or tolerance left and entropy right (``twin``); heatmap rows reversed."""
     if twin:
         fig.update_yaxes(title_text="tolerance-ESS, bound, TSS", rangemode="tozero", row=1, col=1, secondary_y=False)
-        fig.update_yaxes(title_text="entropy-ESS (right)", rangemode="tozero", showgrid=False, row=1, col=1, secondary_y=True,
-                         title_font=dict(color=_COLORS["entropy"]), tickfont=dict(color=_COLORS["entropy"]))
+        fig.update_yaxes(
+            title_text="entropy-ESS (right)",
+            rangemode="tozero",
+            showgrid=False,
+            row=1,
+            col=1,
+            secondary_y=True,
+            title_font=dict(color=_COLORS["entropy"]),
+            tickfont=dict(color=_COLORS["entropy"]),
+        )
     else:
         fig.update_yaxes(title_text="ESS (dims)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(title_text=unit + "s", autorange="reversed", row=2, col=1)
@@ -89,8 +97,14 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
     if len(ms) == 2:
         hi_t, hi_e = float(np.nanmax(pivs["tolerance"].to_numpy())), float(np.nanmax(pivs["entropy"].to_numpy()))
         twin = hi_t > 0 and hi_e < TWIN_AXIS_RATIO * hi_t
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.07,
-                        specs=[[{"secondary_y": twin}], [{}]])
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[0.58, 0.42],
+        vertical_spacing=0.07,
+        specs=[[{"secondary_y": twin}], [{}]],
+    )
     groups: List[Optional[str]] = []  # the measure each trace belongs to (None: always shown)
     heat: List[Optional[str]] = []  # the measure of each heatmap trace
     hover = "t = %{x}<br>token %{customdata}<br>%{fullData.name}: %{y:.3f}<extra></extra>"
@@ -98,44 +112,134 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
         c = _COLORS[m]
         sec = {"secondary_y": True} if twin and m == "entropy" else {}
         if piv.shape[1] > 1:
-            fig.add_trace(go.Scatter(x=pos, y=piv.min(axis=1).to_numpy(), mode="lines", line=dict(width=0), hoverinfo="skip",
-                                     showlegend=False, legendgroup=f"band-{m}"), row=1, col=1, **sec)
-            fig.add_trace(go.Scatter(x=pos, y=piv.max(axis=1).to_numpy(), mode="lines", line=dict(width=0), fill="tonexty",
-                                     fillcolor=_rgba(c, 0.18), name=f"{m}: range over {unit}s", legendgroup=f"band-{m}", legendrank=2,
-                                     hoverinfo="skip"), row=1, col=1, **sec)
+            fig.add_trace(
+                go.Scatter(
+                    x=pos,
+                    y=piv.min(axis=1).to_numpy(),
+                    mode="lines",
+                    line=dict(width=0),
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=f"band-{m}",
+                ),
+                row=1,
+                col=1,
+                **sec,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=pos,
+                    y=piv.max(axis=1).to_numpy(),
+                    mode="lines",
+                    line=dict(width=0),
+                    fill="tonexty",
+                    fillcolor=_rgba(c, 0.18),
+                    name=f"{m}: range over {unit}s",
+                    legendgroup=f"band-{m}",
+                    legendrank=2,
+                    hoverinfo="skip",
+                ),
+                row=1,
+                col=1,
+                **sec,
+            )
             groups += [m, m]
             heat += [None, None]
-        fig.add_trace(go.Scatter(x=pos, y=piv.mean(axis=1).to_numpy(), mode="lines", line=dict(color=c, width=2.5),
-                                 name=f"{m}-ESS, mean", customdata=toks, hovertemplate=hover, legendrank=1), row=1, col=1, **sec)
+        fig.add_trace(
+            go.Scatter(
+                x=pos,
+                y=piv.mean(axis=1).to_numpy(),
+                mode="lines",
+                line=dict(color=c, width=2.5),
+                name=f"{m}-ESS, mean",
+                customdata=toks,
+                hovertemplate=hover,
+                legendrank=1,
+            ),
+            row=1,
+            col=1,
+            **sec,
+        )
         groups.append(m)
         heat.append(None)
         cols = list(piv.columns)
         for j in cols[:MAX_TRACES]:
-            fig.add_trace(go.Scatter(x=pos, y=piv[j].to_numpy(), mode="lines", line=dict(color=c, width=0.8), opacity=0.55,
-                                     name=f"{m}: {unit} {j}", customdata=toks, hovertemplate=hover, legendrank=100 + int(j),
-                                     visible=True if len(cols) <= 8 else "legendonly"), row=1, col=1, **sec)
+            fig.add_trace(
+                go.Scatter(
+                    x=pos,
+                    y=piv[j].to_numpy(),
+                    mode="lines",
+                    line=dict(color=c, width=0.8),
+                    opacity=0.55,
+                    name=f"{m}: {unit} {j}",
+                    customdata=toks,
+                    hovertemplate=hover,
+                    legendrank=100 + int(j),
+                    visible=True if len(cols) <= 8 else "legendonly",
+                ),
+                row=1,
+                col=1,
+                **sec,
+            )
             groups.append(m)
             heat.append(None)
         hm = d.pivot_table(index="index", columns="position", values=f"ess_{m}").reindex(columns=pos)
         if hm.size <= MAX_TOKEN_CELLS:  # hover names the token; on big layers only the position (the page stays small)
-            hkw: Dict[str, Any] = {"text": [[f"token {tk}" for tk in toks]] * len(hm.index),
-                                   "hovertemplate": "%{y}, t = %{x}, %{text}<br>" + m + "-ESS %{z:.3f}<extra></extra>"}
+            hkw: Dict[str, Any] = {
+                "text": [[f"token {tk}" for tk in toks]] * len(hm.index),
+                "hovertemplate": "%{y}, t = %{x}, %{text}<br>" + m + "-ESS %{z:.3f}<extra></extra>",
+            }
         else:
             hkw = {"hovertemplate": "%{y}, t = %{x}<br>" + m + "-ESS %{z:.3f}<extra></extra>"}
-        fig.add_trace(go.Heatmap(z=hm.to_numpy(), x=pos, y=[f"{unit} {i}" for i in hm.index], colorscale="Viridis", zmin=0, **hkw,
-                                 colorbar=dict(title=dict(text=f"{m[:3]}-ESS", side="right"), len=0.42, y=0.2, thickness=12),
-                                 showscale=True, name=f"{m} heatmap", showlegend=False), row=2, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                z=hm.to_numpy(),
+                x=pos,
+                y=[f"{unit} {i}" for i in hm.index],
+                colorscale="Viridis",
+                zmin=0,
+                **hkw,
+                colorbar=dict(title=dict(text=f"{m[:3]}-ESS", side="right"), len=0.42, y=0.2, thickness=12),
+                showscale=True,
+                name=f"{m} heatmap",
+                showlegend=False,
+            ),
+            row=2,
+            col=1,
+        )
         groups.append(m)
         heat.append(m)
-    fig.add_trace(go.Scatter(x=pos, y=bound.to_numpy(), mode="lines", line=dict(color="#555", dash="dash", width=1.2),
-                             name="bound min(t, L - t)", legendrank=3, hovertemplate="t = %{x}: bound %{y}<extra></extra>"), row=1, col=1)
+    fig.add_trace(
+        go.Scatter(
+            x=pos,
+            y=bound.to_numpy(),
+            mode="lines",
+            line=dict(color="#555", dash="dash", width=1.2),
+            name="bound min(t, L - t)",
+            legendrank=3,
+            hovertemplate="t = %{x}: bound %{y}<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
     groups.append(None)
     heat.append(None)
     tss = float(d["tss"].mean())
     top = float(bound.max()) if len(bound) else 1.0
     if tss <= 1.25 * top:
-        fig.add_trace(go.Scatter(x=[pos.min(), pos.max()], y=[tss, tss], mode="lines", line=dict(color="#d62728", dash="dot", width=1.5),
-                                 name=f"TSS = {tss:g}", legendrank=4, hovertemplate=f"TSS = {tss:g}<extra></extra>"), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[pos.min(), pos.max()],
+                y=[tss, tss],
+                mode="lines",
+                line=dict(color="#d62728", dash="dot", width=1.5),
+                name=f"TSS = {tss:g}",
+                legendrank=4,
+                hovertemplate=f"TSS = {tss:g}<extra></extra>",
+            ),
+            row=1,
+            col=1,
+        )
         groups.append(None)
         heat.append(None)
     for p in report.markers.get(sample, []):
@@ -162,11 +266,26 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
     title = f"{layer} ({kind}), sample {sample}" + ("" if tss <= 1.25 * top else f", TSS = {tss:g} (above the range)")
     fig.update_layout(
         title=dict(text=title, font=dict(size=14), x=0.0, xanchor="left"),
-        height=560, margin=dict(l=60, r=30, t=70, b=50), template="plotly_white",
+        height=560,
+        margin=dict(l=60, r=30, t=70, b=50),
+        template="plotly_white",
         legend=dict(font=dict(size=10), x=1.1, xanchor="left", y=1.0, yanchor="top"),
         hovermode="closest",
-        updatemenus=[dict(type="buttons", direction="right", buttons=buttons, x=1.0, xanchor="right", y=1.1, yanchor="bottom",
-                          showactive=True, font=dict(size=11))] if buttons else [],
+        updatemenus=[
+            dict(
+                type="buttons",
+                direction="right",
+                buttons=buttons,
+                x=1.0,
+                xanchor="right",
+                y=1.1,
+                yanchor="bottom",
+                showactive=True,
+                font=dict(size=11),
+            )
+        ]
+        if buttons
+        else [],
     )
     _style_axes(fig, twin, unit)
     return fig
@@ -182,7 +301,12 @@ def layer_divs(report: "Report", *, sample: int = 0) -> Dict[str, str]:
     for i, layer in enumerate(layers):
         fig = layer_figure(report, layer, sample=sample)
         cfg = dict(_CONFIG, toImageButtonOptions={"format": "svg", "scale": 1, "filename": f"ess-{layer}"})
-        out[layer] = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"ifig-{i}", config=cfg,
-                                 default_width="100%", default_height="560px")
+        out[layer] = fig.to_html(
+            full_html=False,
+            include_plotlyjs=False,
+            div_id=f"ifig-{i}",
+            config=cfg,
+            default_width="100%",
+            default_height="560px",
+        )
     return out
-

@@ -212,9 +212,7 @@ def stationary_distribution(P: ChainLike) -> npt.NDArray[np.float64]:
     return _core.markov_stationary(_chain(P))
 
 
-def committor(
-    P: ChainLike, A: Any, B: Any, *, backward: bool = False, method: str = "auto"
-) -> npt.NDArray[np.float64]:
+def committor(P: ChainLike, A: Any, B: Any, *, backward: bool = False, method: str = "auto") -> npt.NDArray[np.float64]:
     """Committor between disjoint sets ``A`` and ``B``.
 
     Forward (default): ``q+[i] = P_i(hit B before A)``, 0 on ``A``, 1 on ``B``; states that
@@ -224,7 +222,9 @@ def committor(
     time-reversed chain ``pi_j P[j, i] / pi_i``; needs an irreducible chain. For reversible
     chains ``q- = 1 - q+``.
     """
-    return _core.markov_committor(_chain(P), _ids(A, "A"), _ids(B, "B"), _args.boolean(backward, "backward"), _method(method))
+    return _core.markov_committor(
+        _chain(P), _ids(A, "A"), _ids(B, "B"), _args.boolean(backward, "backward"), _method(method)
+    )
 
 
 def absorption_probabilities(P: ChainLike, sets: Sequence[Any], *, method: str = "auto") -> npt.NDArray[np.float64]:
@@ -256,7 +256,9 @@ def absorption_probabilities(P: ChainLike, sets: Sequence[Any], *, method: str =
     return _core.markov_absorption(Pc, labels.tolist(), len(sets), _method(method))
 
 
-def communication_classes(P: ChainLike, *, threshold: float = 0.0) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+def communication_classes(
+    P: ChainLike, *, threshold: float = 0.0
+) -> Tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Communicating classes (strongly connected components of the transition graph).
 
     The graph has an edge ``i -> j`` (``i != j``) where ``P[i, j] > threshold``. Returns
@@ -384,8 +386,11 @@ def metastable_chain(
     sparse = _args.boolean(sparse, "sparse")
     # built state by state in Python: dense needs (K M)^2 floats, sparse about K M degree entries
     size_arg = "n_clusters" if K >= M else "cluster_size"
-    _args.gate(size_arg, float(K * M) * (degree + 2) * 24 + (0 if sparse else float(K * M) ** 2 * 8),
-               f"a chain of {K} x {M} states")
+    _args.gate(
+        size_arg,
+        float(K * M) * (degree + 2) * 24 + (0 if sparse else float(K * M) ** 2 * 8),
+        f"a chain of {K} x {M} states",
+    )
     if K * M > 10**7:
         from .errors import TooLargeError
 
@@ -399,7 +404,11 @@ def metastable_chain(
         for i in range(M):
             s = c * M + i
             others = [j for j in range(M) if j != i and j != (i + 1) % M]
-            nb = [(i + 1) % M] + list(rng.choice(others, size=degree - 1, replace=False)) if degree > 1 else [(i + 1) % M]
+            nb = (
+                [(i + 1) % M] + list(rng.choice(others, size=degree - 1, replace=False))
+                if degree > 1
+                else [(i + 1) % M]
+            )
             w = rng.uniform(0.5, 1.5, size=len(nb))
             rare = 0.0
             if i == M - 1 and c + 1 < K:

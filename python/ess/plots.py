@@ -77,7 +77,9 @@ def _sample_table(report: "Report", sample: Optional[int]) -> Any:
         return t
     d = t[t["sample"] == sample]
     if d.empty:
-        raise InvalidArgumentError(f"sample: {sample} not in the report (samples: {sorted(int(s) for s in t['sample'].unique())})")
+        raise InvalidArgumentError(
+            f"sample: {sample} not in the report (samples: {sorted(int(s) for s in t['sample'].unique())})"
+        )
     return d
 
 
@@ -96,8 +98,16 @@ def _marker_positions(report: "Report", sample: Optional[int]) -> List[int]:
     return [int(p) for p in report.markers.get(sample, [])]
 
 
-def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str] = None, band: bool = True,
-           max_lines: int = 0, ncols: int = 2, fig: Any = None) -> Any:
+def curves(
+    report: "Report",
+    *,
+    sample: Optional[int] = 0,
+    measure: Optional[str] = None,
+    band: bool = True,
+    max_lines: int = 0,
+    ncols: int = 2,
+    fig: Any = None,
+) -> Any:
     """ESS against position, one panel per layer. For each measure drawn (``measure``: ``"tolerance"``,
     ``"entropy"``, ``"both"``; default both when computed): the mean over the layer's heads/channels
     (thick) and the band between their minimum and maximum (shaded, ``band=False`` to drop it), plus
@@ -139,13 +149,17 @@ def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str
             c = MEASURE_COLORS[m]
             a = twin if (twin is not None and m == "entropy") else ax
             if band and piv.shape[1] > 1:
-                h = a.fill_between(pos, piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy(), color=c, alpha=0.18, lw=0)
+                h = a.fill_between(
+                    pos, piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy(), color=c, alpha=0.18, lw=0
+                )
                 handles.setdefault(f"{m}: range over heads/channels", h)
             for j in list(piv.columns)[: max(0, int(max_lines))]:
                 a.plot(pos, piv[j].to_numpy(), lw=0.5, alpha=0.45, color=c)
             (h,) = a.plot(pos, piv.mean(axis=1).to_numpy(), lw=1.8, color=c)
             handles.setdefault(f"{m}: mean over heads/channels", h)
-        (h,) = ax.plot(pos, bound_s.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4)  # on top: curves often sit on it
+        (h,) = ax.plot(
+            pos, bound_s.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4
+        )  # on top: curves often sit on it
         handles.setdefault("boundary bound min(t, L - t)", h)
         tss = float(d["tss"].mean())
         title = f"{layer} ({_kind(d, layer)})"
@@ -169,11 +183,23 @@ def curves(report: "Report", *, sample: Optional[int] = 0, measure: Optional[str
         axes[k // ncol][k % ncol].set_visible(False)
     what = "sample %d" % sample if sample is not None else "mean over samples"
     H = fig.get_figheight()
-    fig.suptitle(f"ESS per split position ({what})" + (": entropy-ESS on the right axis where it is much smaller" if twins else ""),
-                 fontsize=10, y=1.0 - 0.06 / H, va="top")
+    fig.suptitle(
+        f"ESS per split position ({what})"
+        + (": entropy-ESS on the right axis where it is much smaller" if twins else ""),
+        fontsize=10,
+        y=1.0 - 0.06 / H,
+        va="top",
+    )
     ncl = min(3, len(handles))
-    leg = fig.legend(list(handles.values()), list(handles), loc="upper center", ncol=ncl, fontsize=7, frameon=False,
-                     bbox_to_anchor=(0.5, 1.0 - 0.28 / H))
+    leg = fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="upper center",
+        ncol=ncl,
+        fontsize=7,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0 - 0.28 / H),
+    )
     rows = (len(handles) + ncl - 1) // max(1, ncl)
     leg.set_in_layout(False)
     fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.36 + 0.15 * rows) / H))
@@ -199,8 +225,14 @@ def heatmap(report: "Report", *, sample: Optional[int] = 0, measure: Optional[st
     gap = 0.55
     if fig is None:
         fig = new_figure(9.0, 0.9 + sum(heights) + gap * len(layers))
-    gs = fig.add_gridspec(len(layers), 2, height_ratios=heights, width_ratios=[40, 1],
-                          hspace=gap / (sum(heights) / len(heights)), wspace=0.03)
+    gs = fig.add_gridspec(
+        len(layers),
+        2,
+        height_ratios=heights,
+        width_ratios=[40, 1],
+        hspace=gap / (sum(heights) / len(heights)),
+        wspace=0.03,
+    )
     marks = _marker_positions(report, sample)
     for i, layer in enumerate(layers):
         d = df[df["layer"] == layer]
@@ -209,8 +241,15 @@ def heatmap(report: "Report", *, sample: Optional[int] = 0, measure: Optional[st
         pos = piv.columns.to_numpy()
         ax = fig.add_subplot(gs[i, 0])
         vmax = float(np.nanmax(M)) if np.isfinite(M).any() else 1.0
-        im = ax.imshow(M, aspect="auto", interpolation="nearest", cmap="viridis", vmin=0, vmax=max(vmax, 1e-12),
-                       extent=(pos.min() - 0.5, pos.max() + 0.5, M.shape[0] - 0.5, -0.5))
+        im = ax.imshow(
+            M,
+            aspect="auto",
+            interpolation="nearest",
+            cmap="viridis",
+            vmin=0,
+            vmax=max(vmax, 1e-12),
+            extent=(pos.min() - 0.5, pos.max() + 0.5, M.shape[0] - 0.5, -0.5),
+        )
         nop = M.shape[0]
         unit = "head" if "attention" in _kind(d, layer) else "channel"
         ax.set_ylabel(f"{unit} ({nop})", fontsize=7)
@@ -243,8 +282,10 @@ def utilisation(report: "Report", *, fig: Any = None) -> Any:
         fig = new_figure(max(7.5, 1.5 + 1.3 * len(s)), 3.8)
     ax = fig.subplots()
     x = np.arange(len(s))
-    series = [("utilisation", s["utilisation"].to_numpy(float), f"utilisation = {report.primary}-ESS / TSS", "#1f77b4"),
-              ("fill", s["fill"].to_numpy(float), f"fill = {report.primary}-ESS / attainable", "#ff7f0e")]
+    series = [
+        ("utilisation", s["utilisation"].to_numpy(float), f"utilisation = {report.primary}-ESS / TSS", "#1f77b4"),
+        ("fill", s["fill"].to_numpy(float), f"fill = {report.primary}-ESS / attainable", "#ff7f0e"),
+    ]
     if report.primary == "tolerance" and "avg_ess_entropy" in s and s["avg_ess_entropy"].notna().any():
         att = s["attainable"].to_numpy(float)
         ent = np.divide(s["avg_ess_entropy"].to_numpy(float), att, out=np.full(len(s), np.nan), where=att > 0)
@@ -253,8 +294,20 @@ def utilisation(report: "Report", *, fig: Any = None) -> Any:
     for i, (_, v, label, c) in enumerate(series):
         bars = ax.bar(x - 0.4 + (i + 0.5) * w, v, width=w, label=label, color=c)
         ax.bar_label(bars, labels=[f"{100 * b:.0f}%" if np.isfinite(b) else "" for b in v], fontsize=6, padding=1)
-    ax.axhline(report.meta.get("saturation", 0.9), color="tab:red", ls=":", lw=1, label=f"saturation threshold ({report.meta.get('saturation', 0.9):g})")
-    ax.axhline(report.meta.get("collapse", 0.1), color="tab:purple", ls=":", lw=1, label=f"collapse threshold ({report.meta.get('collapse', 0.1):g})")
+    ax.axhline(
+        report.meta.get("saturation", 0.9),
+        color="tab:red",
+        ls=":",
+        lw=1,
+        label=f"saturation threshold ({report.meta.get('saturation', 0.9):g})",
+    )
+    ax.axhline(
+        report.meta.get("collapse", 0.1),
+        color="tab:purple",
+        ls=":",
+        lw=1,
+        label=f"collapse threshold ({report.meta.get('collapse', 0.1):g})",
+    )
     ax.set_xticks(x)
     ax.set_xticklabels([f"{a}\n({b})" for a, b in zip(s["layer"], s["kind"])], fontsize=7)
     vals = np.concatenate([v for _, v, _, _ in series]) if len(s) else np.array([1.0])

@@ -97,7 +97,10 @@ class Report:
             if d.empty:
                 continue
             per_op = d.groupby(["sample", "index"]).agg(
-                tol=("ess_tolerance", "mean"), ent=("ess_entropy", "mean"), tss=("tss", "first"), shared=("shared", "first")
+                tol=("ess_tolerance", "mean"),
+                ent=("ess_entropy", "mean"),
+                tss=("tss", "first"),
+                shared=("shared", "first"),
             )
             att = d.assign(a=np.minimum(d["tss"].to_numpy(), d["bound"].to_numpy()))["a"].mean()
             prim = per_op["tol"] if primary == "tolerance" else per_op["ent"]
@@ -134,10 +137,21 @@ class Report:
         if any("jacobian" in str(r["kind"]) or "lineari" in str(r["note"]) for r in recs):
             caveats.append(LINEARISATION_CAVEAT)
         if skipped:
-            caveats.append(f"{len(skipped)} module(s) that look sequence-mixing were not analysed (no extractor): see 'skipped'.")
+            caveats.append(
+                f"{len(skipped)} module(s) that look sequence-mixing were not analysed (no extractor): see 'skipped'."
+            )
         meta = dict(meta)
         meta["primary_measure"] = primary
-        return cls(df, summary, list(skipped), list(tokens) if tokens is not None else None, token_ids, dict(markers), caveats, meta)
+        return cls(
+            df,
+            summary,
+            list(skipped),
+            list(tokens) if tokens is not None else None,
+            token_ids,
+            dict(markers),
+            caveats,
+            meta,
+        )
 
     @property
     def primary(self) -> str:
@@ -168,8 +182,15 @@ class Report:
     def n_samples(self) -> int:
         return int(self.table["sample"].nunique()) if len(self.table) else 0
 
-    def plot(self, kind: str = "curves", *, path: Union[None, str, "os.PathLike[str]"] = None, dpi: int = 300,
-             _pyplot: bool = True, **kwargs: Any) -> Any:
+    def plot(
+        self,
+        kind: str = "curves",
+        *,
+        path: Union[None, str, "os.PathLike[str]"] = None,
+        dpi: int = 300,
+        _pyplot: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         """Draw a figure and return it (a :class:`matplotlib.figure.Figure`, made without pyplot):
 
         * ``"curves"``: ESS against position per layer, tolerance and/or entropy (``measure=``
@@ -189,8 +210,13 @@ class Report:
         notebook) with pyplot imported, the figure is pyplot's, so ``plt.show()`` shows it."""
         from . import plots
 
-        fns = {"curves": plots.curves, "heatmap": plots.heatmap, "utilisation": plots.utilisation,
-               "samples": plots.samples, "layers": plots.sample_layers}
+        fns = {
+            "curves": plots.curves,
+            "heatmap": plots.heatmap,
+            "utilisation": plots.utilisation,
+            "samples": plots.samples,
+            "layers": plots.sample_layers,
+        }
         if kind == "all":
             kinds = [k for k in self.FIGURES if k not in ("samples", "layers") or self.n_samples > 1]
             figs = {}
@@ -207,7 +233,9 @@ class Report:
             raise InvalidArgumentError(f"kind: {kind!r} compares samples and the report has {self.n_samples}")
         unknown = sorted(set(kwargs) - _KWARGS[kind])
         if unknown:
-            raise InvalidArgumentError(f"{unknown[0]}: not an option of Report.plot({kind!r}) (options: {sorted(_KWARGS[kind])})")
+            raise InvalidArgumentError(
+                f"{unknown[0]}: not an option of Report.plot({kind!r}) (options: {sorted(_KWARGS[kind])})"
+            )
         token = plots._PYPLOT.set(_pyplot and _pyplot_backend())
         try:
             fig = fns[kind](self, **kwargs)
@@ -245,55 +273,79 @@ class Report:
         out = []
         sat = s[s["saturated"]]
         if len(sat):
-            out.append(f"<b>Saturated</b> ({p}-ESS at least {sat_thr:.0%} of what the sequence lets a layer show): "
-                       + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in sat.iterrows())
-                       + ". These layers use all the state that is attainable at this length; the ESS is bounded by "
-                       "min(TSS, t, L - t), not by the inputs.")
+            out.append(
+                f"<b>Saturated</b> ({p}-ESS at least {sat_thr:.0%} of what the sequence lets a layer show): "
+                + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in sat.iterrows())
+                + ". These layers use all the state that is attainable at this length; the ESS is bounded by "
+                "min(TSS, t, L - t), not by the inputs."
+            )
         else:
             out.append(f"<b>No layer saturates</b> (fill below {sat_thr:.0%} of attainable in every layer).")
         col = s[s["collapsed"]]
         if len(col):
-            out.append(f"<b>Collapsed</b> (fill at most {col_thr:.0%}): " + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in col.iterrows())
-                       + ": these layers carry almost no information from past to future positions on these inputs.")
+            out.append(
+                f"<b>Collapsed</b> (fill at most {col_thr:.0%}): "
+                + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in col.iterrows())
+                + ": these layers carry almost no information from past to future positions on these inputs."
+            )
         else:
             out.append(f"<b>No layer collapses</b> (fill above {col_thr:.0%} everywhere).")
         u = s.dropna(subset=["utilisation"]).sort_values("utilisation")
         if len(u) and float(u["utilisation"].max() - u["utilisation"].min()) < 0.02:
-            out.append(f"<b>Every layer uses about {_pct(u['utilisation'].mean())} of its TSS</b> (average {p}-ESS / TSS).")
+            out.append(
+                f"<b>Every layer uses about {_pct(u['utilisation'].mean())} of its TSS</b> (average {p}-ESS / TSS)."
+            )
         elif len(u):
             low = u.head(min(2, len(u)))
-            out.append("<b>Least state used</b> (average ESS relative to the layer's TSS): "
-                       + "; ".join(f"{name(r)}: {_num(r['avg_ess_' + p])} of {_num(r['tss'])} dims ({_pct(r['utilisation'])})" for _, r in low.iterrows())
-                       + (f". Most: {name(u.iloc[-1])} ({_pct(u.iloc[-1]['utilisation'])})." if len(u) > 2 else "."))
+            out.append(
+                "<b>Least state used</b> (average ESS relative to the layer's TSS): "
+                + "; ".join(
+                    f"{name(r)}: {_num(r['avg_ess_' + p])} of {_num(r['tss'])} dims ({_pct(r['utilisation'])})"
+                    for _, r in low.iterrows()
+                )
+                + (f". Most: {name(u.iloc[-1])} ({_pct(u.iloc[-1]['utilisation'])})." if len(u) > 2 else ".")
+            )
         if p == "tolerance" and s["avg_ess_entropy"].notna().any():
             att = s["attainable"].to_numpy(float)
             ent = np.divide(s["avg_ess_entropy"].to_numpy(float), att, out=np.full(len(s), np.nan), where=att > 0)
             order = np.argsort(ent)
             parts = ", ".join(f"{name(s.iloc[i])} {_pct(ent[i])}" for i in order if np.isfinite(ent[i]))
             if (s["fill"] >= 0.95).all():
-                out.append("<b>The tolerance-ESS sits on its bound</b> min(TSS, t, L - t) in every layer, so it does not tell the "
-                           "layers apart here; the <b>entropy-ESS</b> (effective rank, how evenly the singular values spread) does. "
-                           f"Entropy-ESS as a share of attainable, lowest first: {parts}.")
+                out.append(
+                    "<b>The tolerance-ESS sits on its bound</b> min(TSS, t, L - t) in every layer, so it does not tell the "
+                    "layers apart here; the <b>entropy-ESS</b> (effective rank, how evenly the singular values spread) does. "
+                    f"Entropy-ESS as a share of attainable, lowest first: {parts}."
+                )
             else:
                 out.append(f"<b>Entropy-ESS</b> (effective rank) as a share of attainable, lowest first: {parts}.")
         tot = s.dropna(subset=["total_ess"])
         if len(tot) > 1:
             r = tot.loc[tot["total_ess"].idxmax()]
-            out.append(f"<b>Largest total state</b> (summed over channels): {name(r)}, {_num(r['total_ess'])} of "
-                       f"{_num(r['total_tss'])} dims.")
+            out.append(
+                f"<b>Largest total state</b> (summed over channels): {name(r)}, {_num(r['total_ess'])} of "
+                f"{_num(r['total_tss'])} dims."
+            )
         if self.n_samples > 1:
-            cmp_ = "entropy" if self.table["ess_entropy"].notna().any() and self.table["ess_tolerance"].notna().any() else p
+            cmp_ = (
+                "entropy"
+                if self.table["ess_entropy"].notna().any() and self.table["ess_tolerance"].notna().any()
+                else p
+            )
             col_ = f"ess_{cmp_}"
             per = self.table.groupby(["layer", "sample"], sort=False)[col_].mean().unstack()
             spread = (per.max(axis=1) - per.min(axis=1)) / per.mean(axis=1).where(per.mean(axis=1) > 0)
             if spread.notna().any() and float(spread.max()) < 0.01:
-                out.append(f"<b>The {self.n_samples} samples agree</b>: the average {cmp_}-ESS of every layer differs by less "
-                           "than 1% between them (Figures 4 and 5).")
+                out.append(
+                    f"<b>The {self.n_samples} samples agree</b>: the average {cmp_}-ESS of every layer differs by less "
+                    "than 1% between them (Figures 4 and 5)."
+                )
             elif spread.notna().any():
                 lay = spread.idxmax()
-                out.append(f"<b>Across the {self.n_samples} samples</b> the average {cmp_}-ESS differs most in "
-                           f"<b>{html.escape(str(lay))}</b>: {_num(per.loc[lay].min())} to {_num(per.loc[lay].max())} dims, "
-                           f"{_pct(spread.max())} of its mean (Figures 4 and 5).")
+                out.append(
+                    f"<b>Across the {self.n_samples} samples</b> the average {cmp_}-ESS differs most in "
+                    f"<b>{html.escape(str(lay))}</b>: {_num(per.loc[lay].min())} to {_num(per.loc[lay].max())} dims, "
+                    f"{_pct(spread.max())} of its mean (Figures 4 and 5)."
+                )
         if self.skipped:
             out.append(f"<b>{len(self.skipped)} module(s) not analysed</b> (no extractor): listed below.")
         return out
@@ -308,9 +360,15 @@ class Report:
             else:
                 groups.append((c[1], 1))
         h = ["<table class='layers'><thead><tr>"]
-        h += [f"<th colspan='{n}' class='grp'>{html.escape(g)}</th>" for g, n in groups] + ["<th rowspan='2' class='grp' title='"
-              + html.escape(_FLAG_TIP.format(sat=self.meta.get("saturation", 0.9), col=self.meta.get("collapse", 0.1), p=self.primary))
-              + "'>flag</th></tr><tr>"]
+        h += [f"<th colspan='{n}' class='grp'>{html.escape(g)}</th>" for g, n in groups] + [
+            "<th rowspan='2' class='grp' title='"
+            + html.escape(
+                _FLAG_TIP.format(
+                    sat=self.meta.get("saturation", 0.9), col=self.meta.get("collapse", 0.1), p=self.primary
+                )
+            )
+            + "'>flag</th></tr><tr>"
+        ]
         for _key, _, head, unit, tip, _ in cols:
             u = f"<br><span class='unit'>{html.escape(unit)}</span>" if unit else ""
             h.append(f"<th title='{html.escape(tip)}'>{html.escape(head)}{u}</th>")
@@ -332,11 +390,20 @@ class Report:
                     h.append(f"<td class='bar' style='--w:{w:.1f}%'>{_pct(f)}</td>")
                 else:
                     h.append(f"<td>{_num(v)}</td>")
-            flag = "<span class='flag sat'>saturated</span>" if r.get("saturated") else (
-                "<span class='flag col'>collapsed</span>" if r.get("collapsed") else "<span class='flag none'>&ndash;</span>")
+            flag = (
+                "<span class='flag sat'>saturated</span>"
+                if r.get("saturated")
+                else (
+                    "<span class='flag col'>collapsed</span>"
+                    if r.get("collapsed")
+                    else "<span class='flag none'>&ndash;</span>"
+                )
+            )
             h.append(f"<td class='txt'>{flag}</td></tr>")
             if str(r.get("note", "") or ""):
-                h.append(f"<tr class='note'><td colspan='{len(cols) + 1}'>note: {html.escape(str(r['note']))}</td></tr>")
+                h.append(
+                    f"<tr class='note'><td colspan='{len(cols) + 1}'>note: {html.escape(str(r['note']))}</td></tr>"
+                )
         h.append("</tbody></table>")
         return "".join(h)
 
@@ -354,10 +421,17 @@ class Report:
         body = [self._heading_html()]
         if full:
             body.append(self._nav_html(bool(divs)))
-        body.append("<section id='summary'><h2>Summary</h2><ul class='findings'>" + "".join(f"<li>{f}</li>" for f in self.findings()) + "</ul></section>")
-        body.append("<section id='layers'><h2>Layers</h2><p class='hint'>Hover a column header for its definition. ESS and TSS in "
-                    "state dimensions; averages over heads/channels, positions and samples. Bars: share of 100%.</p>"
-                    + self._table_html() + "</section>")
+        body.append(
+            "<section id='summary'><h2>Summary</h2><ul class='findings'>"
+            + "".join(f"<li>{f}</li>" for f in self.findings())
+            + "</ul></section>"
+        )
+        body.append(
+            "<section id='layers'><h2>Layers</h2><p class='hint'>Hover a column header for its definition. ESS and TSS in "
+            "state dimensions; averages over heads/channels, positions and samples. Bars: share of 100%.</p>"
+            + self._table_html()
+            + "</section>"
+        )
         if figures:
             body.extend(self._figures_html(figures))
         if divs:
@@ -366,16 +440,20 @@ class Report:
         if not full:
             return "\n".join(body)
         return string.Template(_asset("report.html")).substitute(
-            title=html.escape(str(self.meta.get("model"))), css=_asset("report.css"),
-            head="".join("\n" + x for x in scripts), body="\n".join(body),
+            title=html.escape(str(self.meta.get("model"))),
+            css=_asset("report.css"),
+            head="".join("\n" + x for x in scripts),
+            body="\n".join(body),
         )
 
     def _heading_html(self) -> str:
         m = self.meta
-        return ("<h1>Effective state size report</h1>\n"
-                f"<p class='meta'>Model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
-                f"sequence length L = {m.get('length')}, {m.get('n_samples')} sample(s); method {html.escape(str(m.get('method')))}; "
-                f"flags on the {self.primary}-ESS (saturated: fill &ge; {m.get('saturation')}, collapsed: fill &le; {m.get('collapse')}).</p>")
+        return (
+            "<h1>Effective state size report</h1>\n"
+            f"<p class='meta'>Model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
+            f"sequence length L = {m.get('length')}, {m.get('n_samples')} sample(s); method {html.escape(str(m.get('method')))}; "
+            f"flags on the {self.primary}-ESS (saturated: fill &ge; {m.get('saturation')}, collapsed: fill &le; {m.get('collapse')}).</p>"
+        )
 
     @staticmethod
     def _nav_html(interactive: bool) -> str:
@@ -386,41 +464,61 @@ class Report:
         return "<nav>" + " &middot; ".join(f"<a href='#{a}'>{t}</a>" for a, t in toc) + "</nav>"
 
     def _figures_html(self, figures: Dict[str, bytes]) -> List[str]:
-        parts = ["<section id='figures'><h2>Figures</h2><p class='hint'>Static figures (matplotlib). Each exports at print "
-                 "quality with <code>report.plot(kind, path='fig.pdf')</code> (or <code>.svg</code>).</p>"]
+        parts = [
+            "<section id='figures'><h2>Figures</h2><p class='hint'>Static figures (matplotlib). Each exports at print "
+            "quality with <code>report.plot(kind, path='fig.pdf')</code> (or <code>.svg</code>).</p>"
+        ]
         captions = _captions(self)
         for i, (name, png) in enumerate(figures.items(), 1):
             b64 = base64.b64encode(png).decode("ascii")
             cap = captions.get(name, name)
-            parts.append(f"<figure id='fig-{name}'><img alt='{html.escape(_ALT.get(name, name))}' src='data:image/png;base64,{b64}'>"
-                         f"<figcaption><b>Figure {i}.</b> {cap} <span class='export'>Export: <code>report.plot('{name}', path='{name}.pdf')</code></span>"
-                         "</figcaption></figure>")
+            parts.append(
+                f"<figure id='fig-{name}'><img alt='{html.escape(_ALT.get(name, name))}' src='data:image/png;base64,{b64}'>"
+                f"<figcaption><b>Figure {i}.</b> {cap} <span class='export'>Export: <code>report.plot('{name}', path='{name}.pdf')</code></span>"
+                "</figcaption></figure>"
+            )
         parts.append("</section>")
         return parts
 
     @staticmethod
     def _interactive_html(divs: Dict[str, str]) -> List[str]:
-        parts = ["<section id='explore'><h2>Interactive, per layer</h2><p class='hint'>Hover for values (position, token, ESS); "
-                 "click a legend entry to hide or show it (individual heads/channels are listed there; with many channels only "
-                 "the first ones, hidden at first); drag to zoom, double-click to reset; the buttons switch between the two "
-                 "measures; the camera icon downloads SVG. The static figures above show the same data.</p>"
-                 "<noscript><p class='caveat'>JavaScript is off: the interactive figures are not shown; the static figures "
-                 "above hold the same data.</p></noscript>"]
+        parts = [
+            "<section id='explore'><h2>Interactive, per layer</h2><p class='hint'>Hover for values (position, token, ESS); "
+            "click a legend entry to hide or show it (individual heads/channels are listed there; with many channels only "
+            "the first ones, hidden at first); drag to zoom, double-click to reset; the buttons switch between the two "
+            "measures; the camera icon downloads SVG. The static figures above show the same data.</p>"
+            "<noscript><p class='caveat'>JavaScript is off: the interactive figures are not shown; the static figures "
+            "above hold the same data.</p></noscript>"
+        ]
         for layer, div in divs.items():
-            parts.append(f"<figure class='interactive' data-layer='{html.escape(layer)}'>{div}<figcaption>{html.escape(layer)}: ESS "
-                         "curves (top) and heads/channels x positions (bottom) on the same position axis.</figcaption></figure>")
+            parts.append(
+                f"<figure class='interactive' data-layer='{html.escape(layer)}'>{div}<figcaption>{html.escape(layer)}: ESS "
+                "curves (top) and heads/channels x positions (bottom) on the same position axis.</figcaption></figure>"
+            )
         parts.append("</section>")
         return parts
 
     def _notes_html(self) -> List[str]:
         parts = ["<section id='notes'>"]
         if self.skipped:
-            parts.append("<h2>Skipped (no extractor)</h2><ul>" + "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(t)}</li>" for n, t in self.skipped) + "</ul>")
+            parts.append(
+                "<h2>Skipped (no extractor)</h2><ul>"
+                + "".join(f"<li><code>{html.escape(n)}</code>: {html.escape(t)}</li>" for n, t in self.skipped)
+                + "</ul>"
+            )
         parts.append("<h2>Caveats</h2>" + "".join(f"<p class='caveat'>{html.escape(c)}</p>" for c in self.caveats))
         if self.tokens is not None:
-            parts.append("<h3>Tokens (sample 0)</h3><p class='tokens'><code>" + html.escape(" ".join(map(str, self.tokens))) + "</code></p>")
+            parts.append(
+                "<h3>Tokens (sample 0)</h3><p class='tokens'><code>"
+                + html.escape(" ".join(map(str, self.tokens)))
+                + "</code></p>"
+            )
         elif self.token_ids is not None:
-            parts.append("<h3>Token ids (sample 0)</h3><p class='tokens'><code>" + html.escape(" ".join(map(str, self.token_ids[0].tolist()))) + "</code></p>")
+            parts.append(
+                "<h3>Token ids (sample 0)</h3><p class='tokens'><code>"
+                + html.escape(" ".join(map(str, self.token_ids[0].tolist())))
+                + "</code></p>"
+            )
         parts.append("</section>")
         return parts
 
@@ -433,8 +531,13 @@ class Report:
             figs = None
         return self._html(figs, full=False)
 
-    def save(self, directory: Union[str, "os.PathLike[str]"], *, figure_formats: Sequence[str] = ("png",),
-             interactive: bool = True) -> Path:
+    def save(
+        self,
+        directory: Union[str, "os.PathLike[str]"],
+        *,
+        figure_formats: Sequence[str] = ("png",),
+        interactive: bool = True,
+    ) -> Path:
         """Write ``report.html`` (self-contained: figures and, when plotly is installed and
         ``interactive``, plotly.js embedded), ``ess.csv`` (and ``ess.parquet`` when pyarrow is
         installed), ``summary.csv``, ``summary.json`` and the figures, one file per figure and format
@@ -445,7 +548,9 @@ class Report:
         fmts = [str(f).lower().lstrip(".") for f in figure_formats]
         bad = [f for f in fmts if f".{f}" not in plots._FORMATS]
         if bad:
-            raise InvalidArgumentError(f"figure_formats: {bad[0]!r} is not one of {sorted(k[1:] for k in plots._FORMATS)}")
+            raise InvalidArgumentError(
+                f"figure_formats: {bad[0]!r} is not one of {sorted(k[1:] for k in plots._FORMATS)}"
+            )
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         figs = self.figures()
@@ -483,29 +588,106 @@ _KWARGS = {
 # (column, group, header, unit, tooltip, format)
 _COLUMNS = [
     ("layer", "Layer", "layer", "", "Qualified module name (and the module's class below it).", "text"),
-    ("kind", "Layer", "kind", "", "Operator family the layer was analysed as (attention, convolution, SSM, ...).", "text"),
-    ("n_operators", "Size", "operators", "", "Distinct operators analysed: attention heads, or the channels of a convolution / SSM.", "int"),
-    ("channels", "Size", "channels", "", "Value channels the operators act on (an operator shared by c channels, as a head by its "
-     "head dimension, counts c times).", "int"),
-    ("tss", "Size", "TSS", "dims", "Theoretical state size of one operator: the state dimension its recurrence holds (conv: kernel "
-     "width - 1; SSM: state size; attention: grows with the sequence). No ESS can exceed it.", "num"),
-    ("avg_ess_tolerance", "Average ESS per operator", "tolerance", "dims", "Mean over operators, positions and samples of the "
-     "tolerance-ESS: the numerical rank of the past-to-future block H_t (singular values above the threshold).", "num"),
-    ("avg_ess_entropy", "Average ESS per operator", "entropy", "dims", "Mean of the entropy-ESS: the effective rank exp(entropy of "
-     "the normalised singular values) of H_t; lower than the tolerance-ESS when a few directions dominate.", "num"),
-    ("max_ess_tolerance", "Average ESS per operator", "max tolerance", "dims", "Largest tolerance-ESS of any operator at any position.", "num"),
-    ("total_ess", "Whole layer", "total ESS", "dims", "Sum over value channels of the per-channel average ESS (flag measure): the "
-     "state the whole layer uses.", "num"),
-    ("total_tss", "Whole layer", "total TSS", "dims", "Sum over value channels of the TSS: the state the whole layer has.", "num"),
-    ("attainable", "Use of the state", "attainable", "dims", "Mean over positions of min(TSS, t, L - t): the largest average ESS any "
-     "operator of this layer could show at this length (boundary effect).", "num"),
+    (
+        "kind",
+        "Layer",
+        "kind",
+        "",
+        "Operator family the layer was analysed as (attention, convolution, SSM, ...).",
+        "text",
+    ),
+    (
+        "n_operators",
+        "Size",
+        "operators",
+        "",
+        "Distinct operators analysed: attention heads, or the channels of a convolution / SSM.",
+        "int",
+    ),
+    (
+        "channels",
+        "Size",
+        "channels",
+        "",
+        "Value channels the operators act on (an operator shared by c channels, as a head by its "
+        "head dimension, counts c times).",
+        "int",
+    ),
+    (
+        "tss",
+        "Size",
+        "TSS",
+        "dims",
+        "Theoretical state size of one operator: the state dimension its recurrence holds (conv: kernel "
+        "width - 1; SSM: state size; attention: grows with the sequence). No ESS can exceed it.",
+        "num",
+    ),
+    (
+        "avg_ess_tolerance",
+        "Average ESS per operator",
+        "tolerance",
+        "dims",
+        "Mean over operators, positions and samples of the "
+        "tolerance-ESS: the numerical rank of the past-to-future block H_t (singular values above the threshold).",
+        "num",
+    ),
+    (
+        "avg_ess_entropy",
+        "Average ESS per operator",
+        "entropy",
+        "dims",
+        "Mean of the entropy-ESS: the effective rank exp(entropy of "
+        "the normalised singular values) of H_t; lower than the tolerance-ESS when a few directions dominate.",
+        "num",
+    ),
+    (
+        "max_ess_tolerance",
+        "Average ESS per operator",
+        "max tolerance",
+        "dims",
+        "Largest tolerance-ESS of any operator at any position.",
+        "num",
+    ),
+    (
+        "total_ess",
+        "Whole layer",
+        "total ESS",
+        "dims",
+        "Sum over value channels of the per-channel average ESS (flag measure): the state the whole layer uses.",
+        "num",
+    ),
+    (
+        "total_tss",
+        "Whole layer",
+        "total TSS",
+        "dims",
+        "Sum over value channels of the TSS: the state the whole layer has.",
+        "num",
+    ),
+    (
+        "attainable",
+        "Use of the state",
+        "attainable",
+        "dims",
+        "Mean over positions of min(TSS, t, L - t): the largest average ESS any "
+        "operator of this layer could show at this length (boundary effect).",
+        "num",
+    ),
     ("utilisation", "Use of the state", "utilisation", "%", "Average ESS (flag measure) / TSS.", "pct"),
-    ("fill", "Use of the state", "fill", "%", "Average ESS (flag measure) / attainable: 100% means the layer shows all the state "
-     "the sequence lets it show.", "pct"),
+    (
+        "fill",
+        "Use of the state",
+        "fill",
+        "%",
+        "Average ESS (flag measure) / attainable: 100% means the layer shows all the state the sequence lets it show.",
+        "pct",
+    ),
 ]
 
-_FLAG_TIP = ("saturated: fill >= {sat} on the {p}-ESS (the layer uses all attainable state); collapsed: fill <= {col} "
-             "(almost no state carried); -: neither.")
+_FLAG_TIP = (
+    "saturated: fill >= {sat} on the {p}-ESS (the layer uses all attainable state); collapsed: fill <= {col} "
+    "(almost no state carried); -: neither."
+)
 
 _ALT = {
     "curves": "ESS against split position, one panel per layer",
@@ -521,20 +703,34 @@ def _captions(r: "Report") -> Dict[str, str]:
     both = len(ms) == 2
     cm = "entropy" if both else ms[0] if ms else r.primary
     return {
-        "curves": ("ESS at each split position t, one panel per layer (sample 0): "
-                   + ("tolerance-ESS (blue) and entropy-ESS (orange; on its own axis, right, in panels where it stays below "
-                      "a quarter of the tolerance-ESS); " if both else f"{ms[0]}-ESS; " if ms else "")
-                   + "thick line the mean over the layer's heads/channels, shaded the range they span; dashed the boundary bound "
-                   "min(t, L - t), dotted red the layer's TSS, dotted grey the marker tokens (delimiter / EOS). A curve on the "
-                   "dashed line is limited by the sequence, on the red line by the state."),
-        "heatmap": (f"{cm}-ESS of every head/channel (rows) at every split position (columns), sample 0, one panel per layer "
-                    "with its own rows and colour scale; red triangles mark the marker tokens. Uniform rows: the heads/channels "
-                    "behave alike; a dark row: a head/channel that keeps little state."),
-        "utilisation": (f"Per layer: utilisation ({r.primary}-ESS / TSS), fill ({r.primary}-ESS / attainable)"
-                        + (" and the entropy-ESS / attainable" if r.primary == "tolerance" and both else "")
-                        + ", with the saturation and collapse thresholds of the flags."),
-        "samples": (f"Samples compared: per layer, the mean {cm}-ESS over heads/channels at each position, one line per sample; "
-                    "dashed the boundary bound. Where the lines separate, the layer's memory use depends on the input."),
+        "curves": (
+            "ESS at each split position t, one panel per layer (sample 0): "
+            + (
+                "tolerance-ESS (blue) and entropy-ESS (orange; on its own axis, right, in panels where it stays below "
+                "a quarter of the tolerance-ESS); "
+                if both
+                else f"{ms[0]}-ESS; "
+                if ms
+                else ""
+            )
+            + "thick line the mean over the layer's heads/channels, shaded the range they span; dashed the boundary bound "
+            "min(t, L - t), dotted red the layer's TSS, dotted grey the marker tokens (delimiter / EOS). A curve on the "
+            "dashed line is limited by the sequence, on the red line by the state."
+        ),
+        "heatmap": (
+            f"{cm}-ESS of every head/channel (rows) at every split position (columns), sample 0, one panel per layer "
+            "with its own rows and colour scale; red triangles mark the marker tokens. Uniform rows: the heads/channels "
+            "behave alike; a dark row: a head/channel that keeps little state."
+        ),
+        "utilisation": (
+            f"Per layer: utilisation ({r.primary}-ESS / TSS), fill ({r.primary}-ESS / attainable)"
+            + (" and the entropy-ESS / attainable" if r.primary == "tolerance" and both else "")
+            + ", with the saturation and collapse thresholds of the flags."
+        ),
+        "samples": (
+            f"Samples compared: per layer, the mean {cm}-ESS over heads/channels at each position, one line per sample; "
+            "dashed the boundary bound. Where the lines separate, the layer's memory use depends on the input."
+        ),
         "layers": f"Samples compared layer by layer: average {cm}-ESS (over heads/channels and positions), one bar per sample.",
     }
 
@@ -559,8 +755,6 @@ def _pct(v: Any) -> str:
     except (TypeError, ValueError):
         return "&ndash;"
     return f"{100 * f:.0f}%" if np.isfinite(f) else "&ndash;"
-
-
 
 
 @functools.lru_cache(maxsize=None)

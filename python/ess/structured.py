@@ -87,12 +87,12 @@ def _tols(atol: Optional[float], rtol: Optional[float]) -> Tuple[Optional[float]
 
 def _check_method(method: str) -> None:
     if not isinstance(method, str) or method not in ("tolerance", "entropy", "both"):
-        raise InvalidArgumentError(
-            f'method: unknown method {method!r}; expected "tolerance", "entropy" or "both"'
-        )
+        raise InvalidArgumentError(f'method: unknown method {method!r}; expected "tolerance", "entropy" or "both"')
 
 
-def _transition_kind(a: Optional[np.ndarray], b: np.ndarray, c: np.ndarray, transition: Optional[str]) -> Tuple[str, int, int]:
+def _transition_kind(
+    a: Optional[np.ndarray], b: np.ndarray, c: np.ndarray, transition: Optional[str]
+) -> Tuple[str, int, int]:
     """The transition kind of ``ssm_ess`` (named, or read from the trailing shape of ``A``), and ``L, N``."""
     L, N = b.shape[-2:]
     if c.shape[-2:] != (L, N):
@@ -188,9 +188,11 @@ def ssm_ess(
     tail = {"identity": (), "scalar": (L,), "diagonal": (L, N), "dense": (L, N, N)}[kind]
     lead = [b.shape[:-2], c.shape[:-2]]
     if a is not None:
-        if a.ndim < len(tail) or a.shape[a.ndim - len(tail):] != tail:
-            raise ShapeError(f"A: expected shape (..., {', '.join(map(str, tail))}) for {kind} transitions "
-                             f"with B of shape {b.shape}, got {a.shape}")
+        if a.ndim < len(tail) or a.shape[a.ndim - len(tail) :] != tail:
+            raise ShapeError(
+                f"A: expected shape (..., {', '.join(map(str, tail))}) for {kind} transitions "
+                f"with B of shape {b.shape}, got {a.shape}"
+            )
         lead.append(a.shape[: a.ndim - len(tail)])
     try:
         batch = np.broadcast_shapes(*lead)
@@ -205,7 +207,9 @@ def ssm_ess(
         if x.shape[: x.ndim - len(t)] != batch:
             x = np.broadcast_to(x, batch + t)
         if not x.flags.c_contiguous:
-            _args.gate(name, float(np.prod(batch + t, dtype=float)) * x.itemsize, f"a contiguous copy broadcast to {batch + t}")
+            _args.gate(
+                name, float(np.prod(batch + t, dtype=float)) * x.itemsize, f"a contiguous copy broadcast to {batch + t}"
+            )
         return np.ascontiguousarray(x)
 
     b = prep(b, (L, N), "B")
@@ -331,8 +335,15 @@ def mamba_ess(
         # The kernel forms the factors of each channel on the fly from the (float64) parameters,
         # read in place: no (D_ch, L, N) arrays.
         tol, ent = _core.mamba_ess_curves(
-            np.ascontiguousarray(a), np.ascontiguousarray(dl), np.ascontiguousarray(b), np.ascontiguousarray(c),
-            np.dtype(dt) == np.float32, method, atol, rtol, _positions_list(positions),
+            np.ascontiguousarray(a),
+            np.ascontiguousarray(dl),
+            np.ascontiguousarray(b),
+            np.ascontiguousarray(c),
+            np.dtype(dt) == np.float32,
+            method,
+            atol,
+            rtol,
+            _positions_list(positions),
         )
         return _finish(tol, ent, method)
     # (D_ch, L, N) factors (the reference route; also where a factor overflows, to name it).
@@ -455,7 +466,9 @@ def linear_attention_ess(
         elif g.ndim >= 1 and g.shape[-1] == L:
             kind = "scalar"
         else:
-            raise ShapeError(f"gates: expected shape (..., L) = (..., {L}) or (..., L, d_k) = (..., {L}, {dk}), got {g.shape}")
+            raise ShapeError(
+                f"gates: expected shape (..., L) = (..., {L}) or (..., L, d_k) = (..., {L}, {dk}), got {g.shape}"
+            )
     try:
         return ssm_ess(g, ka, qa, transition=kind, method=method, atol=atol, rtol=rtol, positions=positions)
     except ShapeError as e:
@@ -467,6 +480,7 @@ def linear_attention_ess(
 
 
 # --- causal convolutions -----------------------------------------------------------------
+
 
 def _hankel_matmul(g: np.ndarray, X: np.ndarray, nfft: int, G: np.ndarray) -> np.ndarray:
     """``M @ X`` for the Hankel matrix ``M[i, j] = g[i + j]`` (size ``n x n``, ``n = len(g)``,
@@ -516,8 +530,9 @@ def _lowrank_hankel(
         r = min(2 * r, n, max_rank)
 
 
-def _conv_args(h: npt.ArrayLike, L: int, x1: Optional[npt.ArrayLike], x2: Optional[npt.ArrayLike], path: str,
-               accuracy: float) -> Tuple[np.ndarray, int, int, list, float]:
+def _conv_args(
+    h: npt.ArrayLike, L: int, x1: Optional[npt.ArrayLike], x2: Optional[npt.ArrayLike], path: str, accuracy: float
+) -> Tuple[np.ndarray, int, int, list, float]:
     """The checked arguments of :func:`conv_ess`: taps ``(..., k)`` in float64, ``L``, ``k``, the gates, accuracy."""
     ha = _as_float(h, "h").astype(np.float64)
     if ha.ndim < 1:
@@ -551,8 +566,18 @@ def _conv_args(h: npt.ArrayLike, L: int, x1: Optional[npt.ArrayLike], x2: Option
     return ha, L, k, gates, accuracy
 
 
-def _conv_gated(hb: np.ndarray, g1: Optional[np.ndarray], g2: Optional[np.ndarray], L: int, k: int, batch: Tuple[int, ...],
-                method: str, atol: Optional[float], rtol: Optional[float], positions: Optional[npt.ArrayLike]) -> Result:
+def _conv_gated(
+    hb: np.ndarray,
+    g1: Optional[np.ndarray],
+    g2: Optional[np.ndarray],
+    L: int,
+    k: int,
+    batch: Tuple[int, ...],
+    method: str,
+    atol: Optional[float],
+    rtol: Optional[float],
+    positions: Optional[npt.ArrayLike],
+) -> Result:
     """Gated convolutions ``y_t = x2[t] sum_j h[j] x1[t-j] u_{t-j}`` through the structured kernel."""
     nb = hb.shape[0]
     # Shift-register realisation, state h_t = (u_t, ..., u_{t-k+1}) (size k):
@@ -565,8 +590,9 @@ def _conv_gated(hb: np.ndarray, g1: Optional[np.ndarray], g2: Optional[np.ndarra
         Bj = np.zeros((L, k))
         Bj[:, 0] = 1.0 if g1 is None else g1[j]
         Cj = np.broadcast_to(hb[j], (L, k)) * (1.0 if g2 is None else g2[j][:, None])
-        tj, ej = _core.ssm_ess_curves(A, "dense", Bj, np.ascontiguousarray(Cj),
-                                      method, atol, rtol, _positions_list(positions))
+        tj, ej = _core.ssm_ess_curves(
+            A, "dense", Bj, np.ascontiguousarray(Cj), method, atol, rtol, _positions_list(positions)
+        )
         tols.append(tj)
         ents.append(ej)
     tol = None if tols[0] is None else np.stack(tols).reshape(batch + tols[0].shape[-1:])
@@ -655,7 +681,11 @@ def conv_ess(
     if path == "exact":
         # (L, k) state-space factors per channel, (L, k, k) transitions when gated
         per = L * (k + 1) * (k if gated else 2)
-        _args.gate("L", 8.0 * per * (1 if gated else nb), f"the state-space factors of {nb} kernel(s) of length {k} over L = {L}")
+        _args.gate(
+            "L",
+            8.0 * per * (1 if gated else nb),
+            f"the state-space factors of {nb} kernel(s) of length {k} over L = {L}",
+        )
     else:
         _args.gate("L", 8.0 * nb * L * 16, f"the FFT work arrays of {nb} kernel(s) over L = {L}")
     if L == 1 or k == 1:
@@ -663,8 +693,16 @@ def conv_ess(
         n_pos = L if positions is None else len(_positions_list(positions) or [])
         if positions is not None:
             # validate through the kernel (cheap) for consistent errors
-            _core.ssm_ess_curves(None, "identity", np.zeros((1, L, 1)), np.zeros((1, L, 1)), method, atol, rtol,
-                                 _positions_list(positions))
+            _core.ssm_ess_curves(
+                None,
+                "identity",
+                np.zeros((1, L, 1)),
+                np.zeros((1, L, 1)),
+                method,
+                atol,
+                rtol,
+                _positions_list(positions),
+            )
         z = np.zeros(batch + (n_pos,))
         return _finish(z, z.copy(), method) if method == "both" else z
     if path == "exact" and gated:

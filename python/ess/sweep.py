@@ -86,9 +86,37 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _TMP = re.compile(r"^\..+\.[0-9a-f]{8,}\.tmp$")
 _OPTIONS = ("layers", "positions", "method", "atol", "rtol", "memory_budget", "saturation", "collapse", "markers")
 _INPUT_KINDS = ("tokens", "mqar", "random", "npy", "builtin", "factory")
-_TABLE_COLUMNS = ("job", "sample", "layer", "kind", "operator", "index", "position", "token", "ess_tolerance", "ess_entropy", "tss", "bound", "shared")
-_SUMMARY_COLUMNS = ("module_type", "n_operators", "channels", "avg_ess_tolerance", "avg_ess_entropy", "max_ess_tolerance", "total_ess",
-                    "total_tss", "utilisation", "attainable", "fill", "saturated", "collapsed", "note")
+_TABLE_COLUMNS = (
+    "job",
+    "sample",
+    "layer",
+    "kind",
+    "operator",
+    "index",
+    "position",
+    "token",
+    "ess_tolerance",
+    "ess_entropy",
+    "tss",
+    "bound",
+    "shared",
+)
+_SUMMARY_COLUMNS = (
+    "module_type",
+    "n_operators",
+    "channels",
+    "avg_ess_tolerance",
+    "avg_ess_entropy",
+    "max_ess_tolerance",
+    "total_ess",
+    "total_tss",
+    "utilisation",
+    "attainable",
+    "fill",
+    "saturated",
+    "collapsed",
+    "note",
+)
 
 
 class SweepResultsError(InvalidArgumentError):
@@ -157,9 +185,13 @@ def _model_spec(model: Any, w: str) -> str:
     if hasattr(model, "__fspath__"):
         model = os.fspath(model)
     if not isinstance(model, str) or not model:
-        raise DTypeError(f"{w}.model: expected 'builtin', 'module:function' or a Hugging Face directory, got {type(original).__name__}")
+        raise DTypeError(
+            f"{w}.model: expected 'builtin', 'module:function' or a Hugging Face directory, got {type(original).__name__}"
+        )
     if model != "builtin" and ":" not in model and not os.path.isdir(model):
-        raise InvalidArgumentError(f"{w}.model: {model!r} is neither 'builtin', a 'module:function' factory nor a directory")
+        raise InvalidArgumentError(
+            f"{w}.model: {model!r} is neither 'builtin', a 'module:function' factory nor a directory"
+        )
     return os.path.abspath(model) if os.path.isdir(model) else model
 
 
@@ -172,12 +204,16 @@ def _inputs_spec(inputs: Any, w: str) -> Any:
     inputs = _jsonable(inputs, f"{w}.inputs")
     if isinstance(inputs, dict):
         if len(inputs) != 1 and not (set(inputs) == {"factory", "kwargs"}):
-            raise InvalidArgumentError(f"{w}.inputs: a dict must have exactly one of the keys {_INPUT_KINDS}, got {sorted(inputs)}")
+            raise InvalidArgumentError(
+                f"{w}.inputs: a dict must have exactly one of the keys {_INPUT_KINDS}, got {sorted(inputs)}"
+            )
         kind = next(iter(inputs))
         if kind not in _INPUT_KINDS:
             raise InvalidArgumentError(f"{w}.inputs: unknown kind {kind!r}; expected one of {_INPUT_KINDS}")
     elif isinstance(inputs, str) and inputs != "builtin" and ":" not in inputs and not inputs.endswith(".npy"):
-        raise InvalidArgumentError(f"{w}.inputs: a string must be 'builtin', 'module:function' or a .npy path, got {inputs!r}")
+        raise InvalidArgumentError(
+            f"{w}.inputs: a string must be 'builtin', 'module:function' or a .npy path, got {inputs!r}"
+        )
     elif isinstance(inputs, (bool, int, float)):
         raise DTypeError(f"{w}.inputs: expected token ids, a spec dict or a string, got {inputs!r}")
     if isinstance(inputs, str) and inputs.endswith(".npy"):
@@ -246,14 +282,18 @@ class Job:
         opts = _jsonable(dict(self.options or {}), f"{w}.options")
         bad = sorted(set(opts) - set(_OPTIONS))
         if bad:
-            raise InvalidArgumentError(f"{w}.options: unknown option(s) {bad}; allowed: {list(_OPTIONS)} (progress is set by the sweep)")
+            raise InvalidArgumentError(
+                f"{w}.options: unknown option(s) {bad}; allowed: {list(_OPTIONS)} (progress is set by the sweep)"
+            )
         object.__setattr__(self, "options", opts)
         object.__setattr__(self, "model_kwargs", _jsonable(dict(self.model_kwargs or {}), f"{w}.model_kwargs"))
         if not isinstance(self.device, str) or not self.device:
             raise DTypeError(f"{w}.device: expected a torch device string, got {self.device!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise DTypeError(f"{w}.seed: expected an integer, got {self.seed!r}")
-        if self.gpus is not None and (isinstance(self.gpus, bool) or not isinstance(self.gpus, (int, float)) or self.gpus < 0):
+        if self.gpus is not None and (
+            isinstance(self.gpus, bool) or not isinstance(self.gpus, (int, float)) or self.gpus < 0
+        ):
             raise InvalidArgumentError(f"{w}.gpus: expected a non-negative number, got {self.gpus!r}")
         object.__setattr__(self, "labels", _labels_spec(self.labels, w))
 
@@ -333,7 +373,9 @@ def grid(template: Mapping[str, Any], **axes: Iterable[Any]) -> List[Job]:
         values = dict(zip(names, combo))
         d = _substitute(copy.deepcopy(t), values)
         if names and not (set(names) & mentioned):
-            d["name"] = str(d["name"]) + "".join(re.sub(r"[^A-Za-z0-9._+-]", "_", f"-{a}_{v}") for a, v in values.items())
+            d["name"] = str(d["name"]) + "".join(
+                re.sub(r"[^A-Za-z0-9._+-]", "_", f"-{a}_{v}") for a, v in values.items()
+            )
         d["labels"] = {**dict(d.get("labels") or {}), **values}
         jobs.append(Job.from_dict(d))
     return jobs
@@ -386,7 +428,9 @@ def _build_model(job: Job) -> Any:
         out = _resolve(job.model, f"jobs[{job.name!r}].model")(**job.model_kwargs)
         model, inputs = out if isinstance(out, tuple) else (out, None)
     if not isinstance(model, torch.nn.Module):
-        raise DTypeError(f"jobs[{job.name!r}].model: the factory returned {type(model).__name__}, not a torch.nn.Module")
+        raise DTypeError(
+            f"jobs[{job.name!r}].model: the factory returned {type(model).__name__}, not a torch.nn.Module"
+        )
     return model.to(job.device), inputs
 
 
@@ -460,7 +504,11 @@ def _build_inputs(job: Job, model: Any, own: Any) -> Any:
         return _random_inputs(job, model, arg, w)
     if kind == "npy":
         arr = np.load(arg)
-        return torch.from_numpy(np.ascontiguousarray(arr)) if arr.dtype.kind != "i" else torch.from_numpy(arr.astype(np.int64))
+        return (
+            torch.from_numpy(np.ascontiguousarray(arr))
+            if arr.dtype.kind != "i"
+            else torch.from_numpy(arr.astype(np.int64))
+        )
     if kind == "factory":
         return _resolve(arg, f"{w}.factory")(**dict(spec.get("kwargs") or {}))
     raise InvalidArgumentError(f"{w}: unknown kind {kind!r}")  # pragma: no cover - validated in Job
@@ -513,11 +561,25 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: 
         except Exception as e:  # the job's own failure: recorded, never raised
             sec, cpu = time.perf_counter() - t0, time.process_time() - c0
             _write_failed(Path(results), job, e, traceback.format_exc(), {**info, "seconds": sec, "cpu_seconds": cpu})
-            return {"name": job.name, "status": "failed", "seconds": sec, "cpu_seconds": cpu, "error": f"{type(e).__name__}: {e}"}
+            return {
+                "name": job.name,
+                "status": "failed",
+                "seconds": sec,
+                "cpu_seconds": cpu,
+                "error": f"{type(e).__name__}: {e}",
+            }
         sec = time.perf_counter() - t0
-        wsec = _write_done(Path(results), job, report, {**info, "seconds": sec, "cpu_seconds": time.process_time() - c0})
-        return {"name": job.name, "status": "done", "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
-                "write_seconds": wsec, "error": None}
+        wsec = _write_done(
+            Path(results), job, report, {**info, "seconds": sec, "cpu_seconds": time.process_time() - c0}
+        )
+        return {
+            "name": job.name,
+            "status": "done",
+            "seconds": time.perf_counter() - t0,
+            "cpu_seconds": time.process_time() - c0,
+            "write_seconds": wsec,
+            "error": None,
+        }
     finally:
         if set_env:
             os.environ.pop("RAYON_NUM_THREADS", None)
@@ -539,7 +601,7 @@ def _atomic_write(path: Path, data: bytes) -> str:
         try:
             mv = memoryview(data)
             while mv:
-                mv = mv[os.write(fd, mv):]
+                mv = mv[os.write(fd, mv) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -666,7 +728,9 @@ def _init_dir(root: Path) -> None:
             )
     if not marker.exists():
         root.mkdir(parents=True, exist_ok=True)
-        _write_json(marker, {"format": FORMAT, "version": VERSION, "created": time.time(), "ess_version": _ess_version()})
+        _write_json(
+            marker, {"format": FORMAT, "version": VERSION, "created": time.time(), "ess_version": _ess_version()}
+        )
 
 
 def _ignorable(name: str) -> bool:
@@ -686,9 +750,13 @@ def _check_marker(root: Path) -> None:
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise SweepResultsError(f"results: {str(marker)!r} is corrupt ({e})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise SweepResultsError(f"results: {str(marker)!r} does not describe an ess sweep (format {m.get('format') if isinstance(m, dict) else m!r})")
+        raise SweepResultsError(
+            f"results: {str(marker)!r} does not describe an ess sweep (format {m.get('format') if isinstance(m, dict) else m!r})"
+        )
     if m.get("version") != VERSION:
-        raise SweepResultsError(f"results: {str(root)!r} has sweep format version {m.get('version')!r}; this ess reads version {VERSION}")
+        raise SweepResultsError(
+            f"results: {str(root)!r} has sweep format version {m.get('version')!r}; this ess reads version {VERSION}"
+        )
 
 
 def _scan_partitions(root: Path, entry: Path, foreign: List[str]) -> None:
@@ -730,9 +798,13 @@ def _read_records(root: Path, entry: Path, foreign: List[str]) -> Dict[str, Dict
         try:
             rec = json.loads(f.read_text(encoding="utf-8"))
         except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise SweepResultsError(f"results: job record {str(f)!r} is corrupt ({e}); delete it to redo that job") from None
+            raise SweepResultsError(
+                f"results: job record {str(f)!r} is corrupt ({e}); delete it to redo that job"
+            ) from None
         if not _valid_record(rec, jm.group(1)):
-            raise SweepResultsError(f"results: {str(f)!r} is not a valid ess sweep job record; delete it to redo that job")
+            raise SweepResultsError(
+                f"results: {str(f)!r} is not a valid ess sweep job record; delete it to redo that job"
+            )
         records[jm.group(1)] = rec
     return records
 
@@ -744,7 +816,9 @@ def _check_done_files(root: Path, records: Dict[str, Dict[str, Any]]) -> None:
             continue
         for part, path in _data_paths(root, name).items():
             if not path.is_file():
-                raise SweepResultsError(f"results: job {name!r} is recorded as done but {str(path)!r} is missing; delete {str(root / 'jobs' / (name + '.json'))!r} to redo it")
+                raise SweepResultsError(
+                    f"results: job {name!r} is recorded as done but {str(path)!r} is missing; delete {str(root / 'jobs' / (name + '.json'))!r} to redo it"
+                )
             if _sha256_file(path) != rec["sha256"].get(part):
                 raise SweepResultsError(
                     f"results: {str(path)!r} is corrupt or was altered (SHA-256 differs from job {name!r}'s record); "
@@ -795,8 +869,15 @@ class RayExecutor(cf.Executor):
     options : further ``.options(...)`` of every task (``resources=``, ``runtime_env=``, ...).
     """
 
-    def __init__(self, *, num_cpus: float = 1, num_gpus: Optional[float] = None, max_retries: int = 3,
-                 init: Optional[Dict[str, Any]] = None, **options: Any) -> None:
+    def __init__(
+        self,
+        *,
+        num_cpus: float = 1,
+        num_gpus: Optional[float] = None,
+        max_retries: int = 3,
+        init: Optional[Dict[str, Any]] = None,
+        **options: Any,
+    ) -> None:
         try:
             import ray
         except ImportError as e:
@@ -808,8 +889,11 @@ class RayExecutor(cf.Executor):
             if "runtime_env" not in kw and "address" not in kw:
                 # a local Ray: let its workers import what this process imports from its own
                 # source directories (a factory in the current directory, a checkout on sys.path)
-                own = [os.path.abspath(p or os.getcwd()) for p in sys.path
-                       if not p.startswith((sys.base_prefix, sys.prefix)) and "-packages" not in p]
+                own = [
+                    os.path.abspath(p or os.getcwd())
+                    for p in sys.path
+                    if not p.startswith((sys.base_prefix, sys.prefix)) and "-packages" not in p
+                ]
                 own += [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
                 if own:
                     kw["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(own))}}
@@ -822,7 +906,9 @@ class RayExecutor(cf.Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "cf.Future[Any]":
         return self.submit_with({}, fn, *args, **kwargs)
 
-    def submit_with(self, resources: Mapping[str, Any], fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> "cf.Future[Any]":
+    def submit_with(
+        self, resources: Mapping[str, Any], fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> "cf.Future[Any]":
         """:meth:`submit` with per-task resource requests (``num_gpus=``, ``num_cpus=``, ...)."""
         r = self._remote.get(fn)
         if r is None:
@@ -850,7 +936,9 @@ def _make_executor(executor: Any, max_workers: Optional[int]) -> Any:
         return RayExecutor(), True
     if isinstance(executor, cf.Executor) or (hasattr(executor, "submit") and not isinstance(executor, str)):
         return executor, False
-    raise InvalidArgumentError(f"executor: expected None, 'serial', 'processes', 'ray' or a concurrent.futures.Executor, got {executor!r}")
+    raise InvalidArgumentError(
+        f"executor: expected None, 'serial', 'processes', 'ray' or a concurrent.futures.Executor, got {executor!r}"
+    )
 
 
 # ------------------------------------------------------------------------------------- running
@@ -960,10 +1048,19 @@ def run(
 def _check_run_options(executor: Any, max_workers: Optional[int], threads: Optional[int]) -> None:
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise InvalidArgumentError(f"threads: expected a positive integer or None, got {threads!r}")
-    if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1):
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+    ):
         raise InvalidArgumentError(f"max_workers: expected a positive integer or None, got {max_workers!r}")
-    if not (executor is None or isinstance(executor, str) and executor in ("serial", "processes", "ray") or hasattr(executor, "submit")):
-        raise InvalidArgumentError(f"executor: expected None, 'serial', 'processes', 'ray' or a concurrent.futures.Executor, got {executor!r}")
+    if not (
+        executor is None
+        or isinstance(executor, str)
+        and executor in ("serial", "processes", "ray")
+        or hasattr(executor, "submit")
+    ):
+        raise InvalidArgumentError(
+            f"executor: expected None, 'serial', 'processes', 'ray' or a concurrent.futures.Executor, got {executor!r}"
+        )
 
 
 def _plan(jobs: List[Job], records: Dict[str, Dict[str, Any]], retry_failed: bool, out: SweepOutcome) -> List[Job]:
@@ -999,7 +1096,9 @@ def _progress_bar(total: int, initial: int) -> Any:
         return None
 
 
-def _collect(out: SweepOutcome, bar: Any, name: str, status: Optional[Dict[str, Any]], err: Optional[BaseException]) -> None:
+def _collect(
+    out: SweepOutcome, bar: Any, name: str, status: Optional[Dict[str, Any]], err: Optional[BaseException]
+) -> None:
     """Record one task's outcome: lost (``err``: the task died), done or failed (its ``status``)."""
     if err is not None or status is None:
         out.lost.append(name)
@@ -1103,8 +1202,18 @@ def load(results: Union[str, "os.PathLike[str]"]) -> SweepResults:
         rec = records[name]
         spec = rec["spec"]
         labels = dict(spec.get("labels") or {})
-        rows.append({"job": name, "status": rec["status"], "model": spec.get("model"), "device": spec.get("device"),
-                     "seconds": rec.get("seconds"), "host": rec.get("host"), "error": rec.get("error"), **labels})
+        rows.append(
+            {
+                "job": name,
+                "status": rec["status"],
+                "model": spec.get("model"),
+                "device": spec.get("device"),
+                "seconds": rec.get("seconds"),
+                "host": rec.get("host"),
+                "error": rec.get("error"),
+                **labels,
+            }
+        )
         if rec["status"] != "done":
             continue
         parts = {}
@@ -1114,7 +1223,9 @@ def load(results: Union[str, "os.PathLike[str]"]) -> SweepResults:
             except Exception as e:
                 raise SweepResultsError(f"results: cannot read {str(path)!r} ({type(e).__name__}: {e})") from None
             if len(df) != int(rec["rows"].get(part, -1)):
-                raise SweepResultsError(f"results: {str(path)!r} has {len(df)} rows, job {name!r}'s record says {rec['rows'].get(part)}")
+                raise SweepResultsError(
+                    f"results: {str(path)!r} has {len(df)} rows, job {name!r}'s record says {rec['rows'].get(part)}"
+                )
             df.insert(0, "job", name)
             parts[part] = df
         tables.append(parts["table"])
@@ -1130,10 +1241,22 @@ def load(results: Union[str, "os.PathLike[str]"]) -> SweepResults:
         return df[lead + [c for c in df.columns if c not in lead]]
 
     table, summary = ordered(table), ordered(summary)
-    jobs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["job", "status", "model", "device", "seconds", "host", "error"])
+    jobs = (
+        pd.DataFrame(rows)
+        if rows
+        else pd.DataFrame(columns=["job", "status", "model", "device", "seconds", "host", "error"])
+    )
     done = {n for n, r in records.items() if r["status"] == "done"}
-    incomplete = sorted({d.name[4:] for part in ("table", "summary") if (root / part).is_dir()
-                         for d in (root / part).iterdir() if d.name.startswith("job=") and (d / "part-0.parquet").exists()} - done)
+    incomplete = sorted(
+        {
+            d.name[4:]
+            for part in ("table", "summary")
+            if (root / part).is_dir()
+            for d in (root / part).iterdir()
+            if d.name.startswith("job=") and (d / "part-0.parquet").exists()
+        }
+        - done
+    )
     return SweepResults(root, table, summary, jobs, records, incomplete)
 
 
@@ -1190,7 +1313,9 @@ def load_config(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
         g = dict(g)
         vary = g.pop("vary", None)
         if not isinstance(vary, dict) or not vary:
-            raise InvalidArgumentError(f"config: every [[grid]] needs vary = {{axis = [values, ...]}} (grid {g.get('name')!r})")
+            raise InvalidArgumentError(
+                f"config: every [[grid]] needs vary = {{axis = [values, ...]}} (grid {g.get('name')!r})"
+            )
         jobs += grid(merged(g), **vary)
     if not jobs:
         raise InvalidArgumentError(f"config: {str(p)!r} defines no [[jobs]] or [[grid]]")

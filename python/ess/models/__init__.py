@@ -25,9 +25,28 @@ from typing import Any, Dict, Optional
 from .mqar import BOS, SEP, MQARConfig, generate
 from ..errors import OutOfRangeError
 
-__all__ = ["load_builtin", "builtin_inputs", "token_names", "INPUTS", "builtin_info", "WEIGHTS", "INFO", "BOS", "SEP", "MQARConfig", "generate",
-           "load_builtin_delimiters", "builtin_delimiters_inputs", "builtin_delimiters_info", "delimiters_token_names",
-           "DELIM", "DELIM_WEIGHTS", "DELIM_INFO", "DELIM_INPUTS", "BUILTINS"]
+__all__ = [
+    "load_builtin",
+    "builtin_inputs",
+    "token_names",
+    "INPUTS",
+    "builtin_info",
+    "WEIGHTS",
+    "INFO",
+    "BOS",
+    "SEP",
+    "MQARConfig",
+    "generate",
+    "load_builtin_delimiters",
+    "builtin_delimiters_inputs",
+    "builtin_delimiters_info",
+    "delimiters_token_names",
+    "DELIM",
+    "DELIM_WEIGHTS",
+    "DELIM_INFO",
+    "DELIM_INPUTS",
+    "BUILTINS",
+]
 
 _HERE = Path(__file__).resolve().parent
 WEIGHTS = _HERE / "hybrid_mqar.safetensors"

@@ -38,7 +38,9 @@ class MQARConfig:
         return self.vocab_size - 2 - self.n_keys
 
 
-def generate(n: int, cfg: MQARConfig = MQARConfig(), *, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def generate(
+    n: int, cfg: MQARConfig = MQARConfig(), *, seed: int = 0
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(tokens, targets, mask)``: int64 ``(n, L)`` inputs, int64 ``(n, L)`` next-token targets and a
     bool ``(n, L)`` mask of the scored positions (the query keys)."""
     if cfg.n_pairs > cfg.n_keys or cfg.n_values < 1:

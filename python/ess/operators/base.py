@@ -21,8 +21,16 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["OperatorSet", "Factors", "Extractor", "register", "find_extractor", "registered", "keep_on_device",
-           "operator_array"]
+__all__ = [
+    "OperatorSet",
+    "Factors",
+    "Extractor",
+    "register",
+    "find_extractor",
+    "registered",
+    "keep_on_device",
+    "operator_array",
+]
 
 _ON_DEVICE: "contextvars.ContextVar[bool]" = contextvars.ContextVar("ess_operators_on_device", default=False)
 

@@ -261,26 +261,38 @@ def rel_error(rec: torch.Tensor, ref: torch.Tensor, direct: Optional[torch.Tenso
     return num / den
 
 
-def verify(name: str, rec: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str,
-           direct: Optional[torch.Tensor] = None) -> float:
+def verify(
+    name: str,
+    rec: torch.Tensor,
+    ref: torch.Tensor,
+    dtype: torch.dtype,
+    what: str,
+    direct: Optional[torch.Tensor] = None,
+) -> float:
     """Refuse the layer ``name`` unless ``rec`` reproduces ``ref`` (the captured output of ``what``) to the
     tolerance of ``dtype``, relative to the part of ``ref`` beyond ``direct`` (see :func:`rel_error`); returns
     the relative error."""
     return refuse_unless(
-        name, rel_error(rec, ref, direct), RECON_RTOL, dtype,
+        name,
+        rel_error(rec, ref, direct),
+        RECON_RTOL,
+        dtype,
         f"the extracted operators do not reproduce the layer's {what}",
         "this layer computes something the extractor does not model (a changed implementation or a custom "
         "subclass). Pass it to ess.analyze(..., jacobian=[name]) for a local linearisation instead",
     )
 
 
-def refuse_unless(name: str, err: float, tolerances: Dict[torch.dtype, float], dtype: torch.dtype, what: str,
-                  hint: str) -> float:
+def refuse_unless(
+    name: str, err: float, tolerances: Dict[torch.dtype, float], dtype: torch.dtype, what: str, hint: str
+) -> float:
     """The run-time check of every extractor: return the relative error ``err`` when it is within the
     tolerance of ``dtype`` (``tolerances``; 5e-2 for other dtypes), else refuse the layer ``name``."""
     tol = tolerances.get(dtype, 5e-2)
     if not err <= tol:
-        raise InvalidArgumentError(f"{name}: refused: {what} (relative error {err:.2e} > {tol:.0e} for {dtype}); {hint}")
+        raise InvalidArgumentError(
+            f"{name}: refused: {what} (relative error {err:.2e} > {tol:.0e} for {dtype}); {hint}"
+        )
     return err
 
 
@@ -408,7 +420,9 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
         m = self.module
         f64 = torch.float64
         R, N, Dn = int(m.time_step_rank), int(m.ssm_state_size), int(m.intermediate_size)
-        missing = [nm for nm in self._NORMS if isinstance(getattr(m, nm, None), torch.nn.Module) and nm not in self._norm_out]
+        missing = [
+            nm for nm in self._NORMS if isinstance(getattr(m, nm, None), torch.nn.Module) and nm not in self._norm_out
+        ]
         if missing:
             raise InvalidArgumentError(f"{self.name}: refused: the mixer has {missing} but did not call them")
         with torch.no_grad():
@@ -436,10 +450,18 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
             if self._y is not None and self._gate is not None:
                 sg = F.silu(self._gate[sample].to(f64).cpu())
                 rec = rec * sg
-                err = verify(self.name, rec, self._y[sample], self._y.dtype, "scan output (input of out_proj)",
-                             direct=D[None, :] * u * sg)
+                err = verify(
+                    self.name,
+                    rec,
+                    self._y[sample],
+                    self._y.dtype,
+                    "scan output (input of out_proj)",
+                    direct=D[None, :] * u * sg,
+                )
             else:
-                raise InvalidArgumentError(f"{self.name}: refused: the gate or the input of out_proj was not captured; nothing to check against")
+                raise InvalidArgumentError(
+                    f"{self.name}: refused: the gate or the input of out_proj was not captured; nothing to check against"
+                )
         return OperatorSet(
             layer=self.name,
             kind=self.kind,
@@ -564,19 +586,35 @@ class Mamba2MixerExtractor(_StructuredMixin, _MixerBase):
             D = m.D.detach().to(torch.float64).cpu()
             fa = torch.exp(dt.T * A[:, None])  # (H, L)
             fb = dt.T[:, :, None] * Bh
-            fac = Factors("scalar", fa.numpy(), fb.contiguous().numpy(), Ch.contiguous().numpy(), D[:, None].expand(H, L).numpy())
+            fac = Factors(
+                "scalar", fa.numpy(), fb.contiguous().numpy(), Ch.contiguous().numpy(), D[:, None].expand(H, L).numpy()
+            )
             rec = fac.apply(x.permute(1, 0, 2)).permute(1, 0, 2).reshape(L, H * P)
             direct = (D[None, :, None] * x).reshape(L, H * P)
             if self._normin is not None:
-                err = verify(self.name, rec, self._normin[sample], self._normin.dtype, "scan output (input of the gated norm)",
-                             direct=direct)
+                err = verify(
+                    self.name,
+                    rec,
+                    self._normin[sample],
+                    self._normin.dtype,
+                    "scan output (input of the gated norm)",
+                    direct=direct,
+                )
             elif self._y is not None:
                 proj = self._projection(sample).cpu()
                 sg = F.silu(proj[:, -(inter + conv_dim + H) : -(conv_dim + H)])
-                err = verify(self.name, rec * sg, self._y[sample], self._y.dtype, "gated scan output (input of out_proj)",
-                             direct=direct * sg)
+                err = verify(
+                    self.name,
+                    rec * sg,
+                    self._y[sample],
+                    self._y.dtype,
+                    "gated scan output (input of out_proj)",
+                    direct=direct * sg,
+                )
             else:
-                raise InvalidArgumentError(f"{self.name}: refused: the scan output was not captured; nothing to check against")
+                raise InvalidArgumentError(
+                    f"{self.name}: refused: the scan output was not captured; nothing to check against"
+                )
         return OperatorSet(
             layer=self.name,
             kind=self.kind,

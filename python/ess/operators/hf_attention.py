@@ -145,7 +145,9 @@ def _keep_from_mask(
     return keep, bias
 
 
-def _verify(name: str, ops: torch.Tensor, v: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, dtype: torch.dtype) -> float:
+def _verify(
+    name: str, ops: torch.Tensor, v: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, dtype: torch.dtype
+) -> float:
     """Refuse unless ``ops`` (H, L, S) applied to ``v`` (H, S, dv) gives ``out`` (H, L, dv) on the query
     rows ``rows`` (H, L bool) to the tolerance of ``dtype``; returns the largest relative error."""
     if not (bool(torch.isfinite(ops).all()) and bool(torch.isfinite(out[rows]).all())):
@@ -166,7 +168,10 @@ def _verify(name: str, ops: torch.Tensor, v: torch.Tensor, out: torch.Tensor, ro
         if not math.isfinite(worst):
             break
     return refuse_unless(
-        name, worst, VERIFY_RTOL, dtype,
+        name,
+        worst,
+        VERIFY_RTOL,
+        dtype,
         "the reconstructed attention operator does not reproduce the layer's attention output",
         "this layer computes its attention in a way the extractor does not model",
     )
@@ -304,7 +309,9 @@ def _eager_default(module: Any) -> Callable:
     modelling files of transformers 5.24)."""
     fwd = _forward_function(type(module))
     g = getattr(fwd, "__globals__", {})
-    names = [n for n in getattr(getattr(fwd, "__code__", None), "co_names", ()) if n.endswith("eager_attention_forward")]
+    names = [
+        n for n in getattr(getattr(fwd, "__code__", None), "co_names", ()) if n.endswith("eager_attention_forward")
+    ]
     fns = list({id(g[n]): g[n] for n in names if callable(g.get(n))}.values())
     if len(fns) != 1:
         raise InvalidArgumentError(
@@ -353,7 +360,9 @@ _REG = _Registry()
 
 
 def _capturing(key: str, original: Optional[Callable]) -> Callable:
-    def ess_capture_attention(module: Any, query: Any, key_: Any, value: Any, attention_mask: Any, *args: Any, **kwargs: Any) -> Any:
+    def ess_capture_attention(
+        module: Any, query: Any, key_: Any, value: Any, attention_mask: Any, *args: Any, **kwargs: Any
+    ) -> Any:
         fn = original if original is not None else _eager_default(module)
         out = fn(module, query, key_, value, attention_mask, *args, **kwargs)
         ex = _REG.active.get(id(module))
@@ -414,7 +423,9 @@ class InterfaceAttentionExtractor(_AttentionCapture):
                 raise
         return [*self._guards(), _Handle(self, key)]
 
-    def _record(self, fn: Any, q: Any, k: Any, v: Any, mask: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any) -> None:
+    def _record(
+        self, fn: Any, q: Any, k: Any, v: Any, mask: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], out: Any
+    ) -> None:
         try:
             self._fn_calls += 1
             if self._fn_calls > 1 or self._module_calls > 1:
@@ -524,7 +535,9 @@ class InterfaceAttentionExtractor(_AttentionCapture):
                 )
             out = cap["out"][sample].to(torch.float64)  # (L, H, probes) as the interface returns it
             if out.dim() != 3 or out.shape[0] != L or out.shape[1] != H:
-                raise ShapeError(f"{name}: the attention function returned an output of shape {tuple(cap['out'].shape)}")
+                raise ShapeError(
+                    f"{name}: the attention function returned an output of shape {tuple(cap['out'].shape)}"
+                )
             err = _verify(name, p, v, out.transpose(0, 1), ~empty, cap["out_dtype"])
         notes = [f"{type(self.module).__name__} via the attention interface ({cap['fn']})"]
         if cap["softcap"] is not None:
@@ -613,7 +626,9 @@ class _FusedQKVAttention(_AttentionCapture):
         """float64 (H, L, d), (Hkv, L, d), (Hkv, L, d) as the attention reads them."""
 
     @abc.abstractmethod
-    def _scores(self, q: torch.Tensor, k: torch.Tensor, sample: int) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def _scores(
+        self, q: torch.Tensor, k: torch.Tensor, sample: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """(scores (H, L, L) before the mask, keep, additive bias or None)."""
 
     def operators(self, sample: int = 0) -> OperatorSet:
@@ -666,7 +681,9 @@ class BloomAttentionExtractor(_FusedQKVAttention):
         q, k, v = self.module._reshape(self._fused[sample : sample + 1])
         return q[0].to(torch.float64), k[0].to(torch.float64), v[0].to(torch.float64)
 
-    def _scores(self, q: torch.Tensor, k: torch.Tensor, sample: int) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def _scores(
+        self, q: torch.Tensor, k: torch.Tensor, sample: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         m = self.module
         H, L, _ = q.shape
         alibi = self._args.get("alibi")
@@ -709,7 +726,9 @@ class FalconAttentionExtractor(_FusedQKVAttention):
     def _sdpa(self) -> bool:
         return self.module.config._attn_implementation == "sdpa" and not self._args.get("output_attentions")
 
-    def _scores(self, q: torch.Tensor, k: torch.Tensor, sample: int) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def _scores(
+        self, q: torch.Tensor, k: torch.Tensor, sample: int
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         m = self.module
         H, L, d = q.shape
         qk = torch.einsum("hld,hsd->hls", q, k)

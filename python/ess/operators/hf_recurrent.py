@@ -35,8 +35,18 @@ from .base import Factors, OperatorSet, register
 from .hf import _continuation_problem, _LayerCaptures, _StructuredMixin, verify
 from .torch_nn import _bind
 
-__all__ = ["GatedShortConvExtractor", "RGLRUExtractor", "GatedDeltaRuleExtractor", "RWKVTimeMixExtractor", "is_rwkv_time_mix", "MLSTMExtractor", "is_mlstm_layer",
-           "is_gated_short_conv", "is_rglru", "is_gated_delta_net"]
+__all__ = [
+    "GatedShortConvExtractor",
+    "RGLRUExtractor",
+    "GatedDeltaRuleExtractor",
+    "RWKVTimeMixExtractor",
+    "is_rwkv_time_mix",
+    "MLSTMExtractor",
+    "is_mlstm_layer",
+    "is_gated_short_conv",
+    "is_rglru",
+    "is_gated_delta_net",
+]
 
 
 class _RecurrentBase(_StructuredMixin, _LayerCaptures):
@@ -132,8 +142,14 @@ class GatedShortConvExtractor(_RecurrentBase):
             rec = rec + Cg * m.conv.bias.detach().to(f64).cpu()
         err = verify(self.name, rec, self._y[sample], self._y.dtype, "gated convolution output (input of out_proj)")
         return OperatorSet(
-            layer=self.name, kind=self.kind, operators=None, labels=[f"channel {c}" for c in range(Cn)],
-            tss=[float(k - 1)] * Cn, shared=None, factors=fac, check_error=err,
+            layer=self.name,
+            kind=self.kind,
+            operators=None,
+            labels=[f"channel {c}" for c in range(Cn)],
+            tss=[float(k - 1)] * Cn,
+            shared=None,
+            factors=fac,
+            check_error=err,
             note=f"gated short convolution C*conv(B*x), {k} taps; operator on x, output before out_proj; checked (rel. err {err:.1e})",
         )
 
@@ -146,7 +162,13 @@ class GatedShortConvExtractor(_RecurrentBase):
 def is_rglru(m: Any) -> bool:
     return isinstance(m, torch.nn.Module) and all(
         isinstance(getattr(m, n, None), torch.Tensor)
-        for n in ("recurrent_param", "input_gate_weight", "input_gate_bias", "recurrent_gate_weight", "recurrent_gate_bias")
+        for n in (
+            "recurrent_param",
+            "input_gate_weight",
+            "input_gate_bias",
+            "recurrent_gate_weight",
+            "recurrent_gate_bias",
+        )
     )
 
 
@@ -201,10 +223,20 @@ class RGLRUExtractor(_RecurrentBase):
         pos = self._pos[sample if self._pos.shape[0] > 1 else 0].cpu()
         reset = pos == 0
         if not bool(reset[0]) and self._h0 is not None and bool(self._h0.ne(0).any()):
-            raise InvalidArgumentError(f"{self.name}: cannot analyse this layer: it continued from a cached recurrent state; analyse a full prefill")
+            raise InvalidArgumentError(
+                f"{self.name}: cannot analyse this layer: it continued from a cached recurrent state; analyse a full prefill"
+            )
         xh = x.reshape(L, H, bw).permute(1, 0, 2)  # (H, L, bw)
-        p = {n: getattr(m, n).detach().to(f64).cpu() for n in
-             ("input_gate_weight", "input_gate_bias", "recurrent_gate_weight", "recurrent_gate_bias", "recurrent_param")}
+        p = {
+            n: getattr(m, n).detach().to(f64).cpu()
+            for n in (
+                "input_gate_weight",
+                "input_gate_bias",
+                "recurrent_gate_weight",
+                "recurrent_gate_bias",
+                "recurrent_param",
+            )
+        }
         ig = torch.sigmoid(torch.baddbmm(p["input_gate_bias"][:, None, :], xh, p["input_gate_weight"]))
         rg = torch.sigmoid(torch.baddbmm(p["recurrent_gate_bias"][:, None, :], xh, p["recurrent_gate_weight"]))
         ig = ig.permute(1, 0, 2).reshape(L, W)
@@ -214,13 +246,20 @@ class RGLRUExtractor(_RecurrentBase):
         mult = torch.sqrt(torch.clamp(1.0 - torch.exp(2 * log_a), min=0.0))
         mult = torch.where(reset[:, None], torch.ones_like(mult), mult)
         a = torch.where(reset[:, None], torch.zeros_like(a), a)
-        fac = Factors("scalar", a.T.contiguous().numpy(), (ig * mult).T[:, :, None].contiguous().numpy(),
-                      np.ones((W, L, 1)), None)
+        fac = Factors(
+            "scalar", a.T.contiguous().numpy(), (ig * mult).T[:, :, None].contiguous().numpy(), np.ones((W, L, 1)), None
+        )
         rec = fac.apply(x.T[:, :, None])[:, :, 0].T
         err = verify(self.name, rec, self._out[sample], self._out.dtype, "RG-LRU output")
         return OperatorSet(
-            layer=self.name, kind=self.kind, operators=None, labels=[f"channel {c}" for c in range(W)],
-            tss=[1.0] * W, shared=None, factors=fac, check_error=err,
+            layer=self.name,
+            kind=self.kind,
+            operators=None,
+            labels=[f"channel {c}" for c in range(W)],
+            tss=[1.0] * W,
+            shared=None,
+            factors=fac,
+            check_error=err,
             note=f"RG-LRU (diagonal, state 1 per channel, gates at the given input); operator on the RG-LRU input (after the block's conv); checked (rel. err {err:.1e})",
         )
 
@@ -344,8 +383,13 @@ class GatedDeltaRuleExtractor(_RecurrentBase):
             init = kwargs.get("initial_state", args[2] if len(args) > 2 else None)
             o = out[0] if isinstance(out, tuple) else out
             self._cap = {
-                "q": q.detach(), "k": k.detach(), "v": v.detach(), "g": g.detach(), "beta": beta.detach(),
-                "l2": bool(kwargs.get("use_qk_l2norm_in_kernel", False)), "out": o.detach(),
+                "q": q.detach(),
+                "k": k.detach(),
+                "v": v.detach(),
+                "g": g.detach(),
+                "beta": beta.detach(),
+                "l2": bool(kwargs.get("use_qk_l2norm_in_kernel", False)),
+                "out": o.detach(),
                 "init": None if init is None else init.detach(),
             }
         except Exception as e:  # noqa: BLE001
@@ -363,9 +407,13 @@ class GatedDeltaRuleExtractor(_RecurrentBase):
         self._check(sample)
         c = self._cap
         if c is None:
-            raise InvalidArgumentError(f"{self.name}: refused: the gated delta rule kernel was not called through the module's forward")
+            raise InvalidArgumentError(
+                f"{self.name}: refused: the gated delta rule kernel was not called through the module's forward"
+            )
         if c["init"] is not None and bool(c["init"][sample].ne(0).any()):
-            raise InvalidArgumentError(f"{self.name}: cannot analyse this layer: it continued from a cached recurrent state; analyse a full prefill")
+            raise InvalidArgumentError(
+                f"{self.name}: cannot analyse this layer: it continued from a cached recurrent state; analyse a full prefill"
+            )
         f64 = torch.float64
         q, k, v = (c[n][sample].to(f64).cpu() for n in ("q", "k", "v"))  # (L, Hk, dk), (L, Hk, dk), (L, Hv, dv)
         g, beta = c["g"][sample].to(f64).cpu(), c["beta"][sample].to(f64).cpu()  # (L, Hv)
@@ -387,8 +435,14 @@ class GatedDeltaRuleExtractor(_RecurrentBase):
         out = c["out"][sample]
         err = verify(self.name, rec, out, out.dtype, "gated delta rule output (before the gated norm)")
         return OperatorSet(
-            layer=self.name, kind=self.kind, operators=None, labels=[f"head {h}" for h in range(Hv)],
-            tss=[float(dk)] * Hv, shared=[dv] * Hv, factors=fac, check_error=err,
+            layer=self.name,
+            kind=self.kind,
+            operators=None,
+            labels=[f"head {h}" for h in range(Hv)],
+            tss=[float(dk)] * Hv,
+            shared=[dv] * Hv,
+            factors=fac,
+            check_error=err,
             note=f"gated delta rule (dense per-step transitions, state d_k per value channel); operator on v, output before the gated norm; checked (rel. err {err:.1e})",
         )
 
@@ -438,7 +492,9 @@ class RWKVTimeMixExtractor(_RecurrentBase):
                 except Exception:  # noqa: BLE001
                     busy = True
                 if busy:
-                    self._problem = "it continued from a cached state (the RWKV state is not empty); analyse a full prefill"
+                    self._problem = (
+                        "it continued from a cached state (the RWKV state is not empty); analyse a full prefill"
+                    )
 
         def grab(attr: str) -> Callable:
             def hook(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
@@ -482,15 +538,26 @@ class RWKVTimeMixExtractor(_RecurrentBase):
             den[t] = acc + torch.exp(u + k[t] - K)
             acc = acc * torch.exp(w) + ek[t]
         a = torch.exp(w)[:, None].expand(Cn, L).contiguous()
-        fac = Factors("scalar", a.numpy(), ek.T[:, :, None].contiguous().numpy(),
-                      (torch.exp(-w)[None, :] / den).T[:, :, None].contiguous().numpy(), None)
+        fac = Factors(
+            "scalar",
+            a.numpy(),
+            ek.T[:, :, None].contiguous().numpy(),
+            (torch.exp(-w)[None, :] / den).T[:, :, None].contiguous().numpy(),
+            None,
+        )
         # the diagonal: T[t, t] = c_t b_t + D_t must be e^{u + k_t - K} / den_t
         fac.D = ((torch.exp(u + k - K) - torch.exp(-w) * ek) / den).T.contiguous().numpy()
         rec = fac.apply(v.T[:, :, None])[:, :, 0].T * torch.sigmoid(self._r[sample].to(f64).cpu())
         err = verify(self.name, rec, self._y[sample], self._y.dtype, "receptance-gated WKV (input of output)")
         return OperatorSet(
-            layer=self.name, kind=self.kind, operators=None, labels=[f"channel {c}" for c in range(Cn)],
-            tss=[1.0] * Cn, shared=None, factors=fac, check_error=err,
+            layer=self.name,
+            kind=self.kind,
+            operators=None,
+            labels=[f"channel {c}" for c in range(Cn)],
+            tss=[1.0] * Cn,
+            shared=None,
+            factors=fac,
+            check_error=err,
             note=f"RWKV WKV time mixing (state 1 per channel, denominators at the given input); operator on the values, output before the receptance gate; checked (rel. err {err:.1e})",
         )
 
@@ -534,7 +601,9 @@ class MLSTMExtractor(_RecurrentBase):
             self._calls = (int(q.shape[0]), int(q.shape[2]))
             self._problem = None
             if any(isinstance(b.get(n), torch.Tensor) and bool(b[n].ne(0).any()) for n in ("c_initial", "n_initial")):
-                self._problem = "it continued from a cached state (c_initial/n_initial not empty); analyse a full prefill"
+                self._problem = (
+                    "it continued from a cached state (c_initial/n_initial not empty); analyse a full prefill"
+                )
             self._cap = {n: b[n].detach() for n in ("query", "key", "value", "igate", "fgate")}
             mi = b.get("m_initial")
             self._cap["m0"] = None if mi is None else mi.detach()
@@ -543,7 +612,10 @@ class MLSTMExtractor(_RecurrentBase):
             self._h = (out[0] if isinstance(out, tuple) else out).detach()
 
         be = self.module.mlstm_backend
-        return [be.register_forward_pre_hook(self._guard(pre), with_kwargs=True), be.register_forward_hook(self._guard(post))]
+        return [
+            be.register_forward_pre_hook(self._guard(pre), with_kwargs=True),
+            be.register_forward_hook(self._guard(post)),
+        ]
 
     def _dims(self) -> Tuple[int, int, int]:
         L = 0 if self._calls is None else self._calls[1]
@@ -573,14 +645,25 @@ class MLSTMExtractor(_RecurrentBase):
             ms[:, t] = m
             den[:, t] = torch.maximum((qs[:, t] * n).sum(-1).abs(), torch.exp(-m)) + self.eps
         a = torch.exp(logf)
-        fac = Factors("scalar", a.contiguous().numpy(), (torch.exp(ig)[:, :, None] * k).contiguous().numpy(),
-                      (torch.exp(-ms)[:, :, None] * qs / den[:, :, None]).contiguous().numpy(), None)
+        fac = Factors(
+            "scalar",
+            a.contiguous().numpy(),
+            (torch.exp(ig)[:, :, None] * k).contiguous().numpy(),
+            (torch.exp(-ms)[:, :, None] * qs / den[:, :, None]).contiguous().numpy(),
+            None,
+        )
         rec = fac.apply(v)  # (H, L, dv)
         err = verify(self.name, rec, self._h[sample], self._h.dtype, "mLSTM backend output")
         dv = int(v.shape[-1])
         return OperatorSet(
-            layer=self.name, kind=self.kind, operators=None, labels=[f"head {h}" for h in range(H)],
-            tss=[float(dk)] * H, shared=[dv] * H, factors=fac, check_error=err,
+            layer=self.name,
+            kind=self.kind,
+            operators=None,
+            labels=[f"head {h}" for h in range(H)],
+            tss=[float(dk)] * H,
+            shared=[dv] * H,
+            factors=fac,
+            check_error=err,
             note=f"xLSTM mLSTM (scalar forget gate, state d_qk per value channel, normaliser at the given input); operator on v, output before the multi-head norm; checked (rel. err {err:.1e})",
         )
 

@@ -75,7 +75,12 @@ class JacobianExtractor(_Captures):
 
     def attach(self) -> List[Any]:
         def pre(mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-            if not args or not isinstance(args[0], torch.Tensor) or args[0].dim() != 3 or not args[0].is_floating_point():
+            if (
+                not args
+                or not isinstance(args[0], torch.Tensor)
+                or args[0].dim() != 3
+                or not args[0].is_floating_point()
+            ):
                 raise ShapeError("the first positional argument is not a floating (batch, length, features) tensor")
             self._args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
             self._kwargs = {k: (v.detach() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
@@ -133,7 +138,9 @@ class JacobianExtractor(_Captures):
 
         with torch.no_grad():
             y0 = f(u)
-        err = verify(self.name, y0, self._out[sample], self._out.dtype, "output (float64 copy on the captured arguments)")
+        err = verify(
+            self.name, y0, self._out[sample], self._out.dtype, "output (float64 copy on the captured arguments)"
+        )
         from torch.func import jacrev
 
         with torch.enable_grad():
@@ -156,7 +163,9 @@ class JacobianExtractor(_Captures):
             labels=[f"feature {i}" for i in range(d_out)],
             tss=[float(L)] * d_out,
             shared=None,
-            note=(f"local linearisation: Jacobian d y_t[i] / d u_s summed over input features, at the given input, "
-                  f"float64; checked (rel. err {err:.1e})"),
+            note=(
+                f"local linearisation: Jacobian d y_t[i] / d u_s summed over input features, at the given input, "
+                f"float64; checked (rel. err {err:.1e})"
+            ),
             check_error=err,
         )

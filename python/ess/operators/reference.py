@@ -140,7 +140,12 @@ class LinearAttentionExtractor(_AttentionBase):
 
     def _describe(self, n: int, L: int, c: int) -> Any:
         dk = self.module.d_model // self.module.n_heads
-        return [f"head {h}" for h in range(n)], [float(dk)] * n, [c] * n, "row-normalised (normaliser scales rows, rank unchanged)"
+        return (
+            [f"head {h}" for h in range(n)],
+            [float(dk)] * n,
+            [c] * n,
+            "row-normalised (normaliser scales rows, rank unchanged)",
+        )
 
 
 class GatedLinearAttentionExtractor(_AttentionBase):

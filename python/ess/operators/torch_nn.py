@@ -513,9 +513,15 @@ class RecurrentJacobianExtractor(_Captures):
         # otherwise show up as spurious singular values above the float64 tolerance), with no
         # hooks: the user's own forward hooks must not run again during the Jacobian passes
         work = copy.deepcopy(m).to(torch.float64)
-        for hooks in ("_forward_pre_hooks", "_forward_hooks", "_forward_hooks_with_kwargs",
-                      "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called", "_backward_hooks",
-                      "_backward_pre_hooks"):
+        for hooks in (
+            "_forward_pre_hooks",
+            "_forward_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_pre_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+        ):
             d = getattr(work, hooks, None)
             if d is not None:
                 d.clear()
@@ -540,9 +546,8 @@ class RecurrentJacobianExtractor(_Captures):
             self._work = None
             m.train(was_training)
         n_out = self._n_out()
-        note = (
-            "local linearisation: Jacobian d y_t[i] / d u_s summed over input channels, at the given input"
-            + (" and initial state" if self._hx is not None else " (zero initial state)")
+        note = "local linearisation: Jacobian d y_t[i] / d u_s summed over input channels, at the given input" + (
+            " and initial state" if self._hx is not None else " (zero initial state)"
         )
         if was_training and m.dropout > 0:
             note += "; inter-layer dropout off"

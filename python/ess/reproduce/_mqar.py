@@ -20,8 +20,17 @@ class Trained:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-def make_model(mixer: str, *, vocab_size: int, d_model: int, n_heads: int = 1, d_state: int = 8,
-               max_len: int = 128, seed: int = 0, first: Optional[str] = "conv") -> Any:
+def make_model(
+    mixer: str,
+    *,
+    vocab_size: int,
+    d_model: int,
+    n_heads: int = 1,
+    d_state: int = 8,
+    max_len: int = 128,
+    seed: int = 0,
+    first: Optional[str] = "conv",
+) -> Any:
     """A two-block :class:`ess.models.model.HybridLM`: a short convolution (builds key-value
     bigrams) then the mixer under study (the recall). ``first=None``: the mixer alone twice."""
     import torch
@@ -30,8 +39,15 @@ def make_model(mixer: str, *, vocab_size: int, d_model: int, n_heads: int = 1, d
 
     torch.manual_seed(seed)
     mixers = [first, mixer] if first else [mixer, mixer]
-    cfg = HybridConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, d_state=d_state, conv_kernel=3,
-                       max_len=max_len, mixers=mixers)
+    cfg = HybridConfig(
+        vocab_size=vocab_size,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_state=d_state,
+        conv_kernel=3,
+        max_len=max_len,
+        mixers=mixers,
+    )
     return HybridLM(cfg)
 
 
@@ -45,9 +61,18 @@ def accuracy(model: Any, tokens: Any, targets: Any, mask: Any) -> float:
     return float((pred[mask] == targets[mask]).float().mean())
 
 
-def train(model: Any, data: Callable[[int, int], Tuple[Any, Any, Any]], *, steps: int, batch: int = 64, lr: float = 3e-3,
-          seed: int = 0, eval_data: Optional[Tuple[Any, Any, Any]] = None,
-          penalty: Optional[Callable[[Any, Any], Any]] = None, threads: int = 1) -> Trained:
+def train(
+    model: Any,
+    data: Callable[[int, int], Tuple[Any, Any, Any]],
+    *,
+    steps: int,
+    batch: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    eval_data: Optional[Tuple[Any, Any, Any]] = None,
+    penalty: Optional[Callable[[Any, Any], Any]] = None,
+    threads: int = 1,
+) -> Trained:
     """AdamW with a one-cycle schedule on fresh batches ``data(batch, seed_i)``; cross-entropy on the
     scored positions, plus ``penalty(model, tokens)`` when given (a differentiable scalar)."""
     import torch

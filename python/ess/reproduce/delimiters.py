@@ -28,12 +28,23 @@ from ._mqar import make_model, spearman, train  # noqa: F401
 NAME = "delimiters"
 BOS, DELIM = 0, 1
 PUBLISHED_ORDER = ("softmax_attention", "gated_linear_attention", "linear_attention")
-LABELS = {"softmax_attention": "softmax attention", "gated_linear_attention": "gated linear attention",
-          "linear_attention": "linear attention"}
+LABELS = {
+    "softmax_attention": "softmax attention",
+    "gated_linear_attention": "gated linear attention",
+    "linear_attention": "linear attention",
+}
 
 
-def generate(n: int, *, n_segments: int = 2, n_pairs: int = 3, n_queries: int = 3, n_keys: int = 6, n_values: int = 12,
-             seed: int = 0) -> Tuple[Any, Any, Any, List[int]]:
+def generate(
+    n: int,
+    *,
+    n_segments: int = 2,
+    n_pairs: int = 3,
+    n_queries: int = 3,
+    n_keys: int = 6,
+    n_values: int = 12,
+    seed: int = 0,
+) -> Tuple[Any, Any, Any, List[int]]:
     """``(tokens, targets, mask, delimiter_positions)``; token ids: 0 BOS, 1 DELIM, keys ``[2, 2 + n_keys)``,
     values after them. The mask scores every query key (its target is the value bound in the same segment)."""
     import torch
@@ -78,8 +89,8 @@ def drop_at(curve: np.ndarray, delims: List[int], w: int = 2) -> float:
     (split ``t`` separates positions ``< t`` from ``>= t``; split ``d+1`` is the first whose past holds the delimiter)."""
     drops = []
     for d in delims:
-        before = curve[d - w + 1: d + 1].mean()
-        after = curve[d + 1: d + 1 + w].mean()
+        before = curve[d - w + 1 : d + 1].mean()
+        after = curve[d + 1 : d + 1 + w].mean()
         drops.append(1.0 - after / before if before > 0 else np.nan)
     return float(np.nanmean(drops))
 
@@ -102,9 +113,17 @@ def run(quick: bool = False, seed: int = 0) -> Result:
             t = train(model, data, steps=steps, batch=32, lr=1e-2, seed=sd, eval_data=(x_ev, y_ev, m_ev))
             curve = per_position_ess(model, probe)
             k = max(1, steps // 10)
-            per.append({"seed": sd, "accuracy": t.accuracy, "curve": curve, "drop": drop_at(curve, delims),
-                        "loss_first": float(np.mean(t.losses[:k])), "loss_last": float(np.mean(t.losses[-k:])),
-                        "train_seconds": t.seconds})
+            per.append(
+                {
+                    "seed": sd,
+                    "accuracy": t.accuracy,
+                    "curve": curve,
+                    "drop": drop_at(curve, delims),
+                    "loss_first": float(np.mean(t.losses[:k])),
+                    "loss_last": float(np.mean(t.losses[-k:])),
+                    "train_seconds": t.seconds,
+                }
+            )
         # seed-averaged summaries (the per-seed records are kept under "runs")
         out[mixer] = {
             "accuracy": float(np.mean([p["accuracy"] for p in per])),
@@ -117,30 +136,73 @@ def run(quick: bool = False, seed: int = 0) -> Result:
         }
     drops = [out[m]["drop"] for m in PUBLISHED_ORDER]
     order = sorted(PUBLISHED_ORDER, key=lambda m: -out[m]["drop"])
-    per_seed_ok = [bool(out[PUBLISHED_ORDER[0]]["drops"][i] > out[PUBLISHED_ORDER[1]]["drops"][i] > out[PUBLISHED_ORDER[2]]["drops"][i])
-                   for i in range(len(seeds))]
-    soft_first = [bool(out[PUBLISHED_ORDER[0]]["drops"][i] > max(out[m]["drops"][i] for m in PUBLISHED_ORDER[1:]))
-                  for i in range(len(seeds))]
-    res = Result(NAME, "State modulation at delimiters: ESS drop after a segment-ending token",
-                 "effective state-size (ESS) paper: delimiters and cross-architecture differences", "quick" if quick else "full")
+    per_seed_ok = [
+        bool(
+            out[PUBLISHED_ORDER[0]]["drops"][i]
+            > out[PUBLISHED_ORDER[1]]["drops"][i]
+            > out[PUBLISHED_ORDER[2]]["drops"][i]
+        )
+        for i in range(len(seeds))
+    ]
+    soft_first = [
+        bool(out[PUBLISHED_ORDER[0]]["drops"][i] > max(out[m]["drops"][i] for m in PUBLISHED_ORDER[1:]))
+        for i in range(len(seeds))
+    ]
+    res = Result(
+        NAME,
+        "State modulation at delimiters: ESS drop after a segment-ending token",
+        "effective state-size (ESS) paper: delimiters and cross-architecture differences",
+        "quick" if quick else "full",
+    )
     for m in PUBLISHED_ORDER:
-        res.rows.append(Row(f"{LABELS[m]}: ESS drop after the delimiter", "(ordering below)",
-                            f"{out[m]['drop']:.3f}" + (f" (per seed {', '.join(f'{d:.3f}' for d in out[m]['drops'])})" if len(seeds) > 1 else ""),
-                            None, f"accuracy {out[m]['accuracy']:.3f}"))
-    res.rows.append(Row("ordering of the mean drop", "softmax > gated linear > linear", " > ".join(LABELS[m] for m in order),
-                        bool(drops[0] > drops[1] > drops[2]), f"full ordering in {sum(per_seed_ok)} of {len(seeds)} seed(s)"))
-    res.rows.append(Row("softmax attention drops most", "softmax first", f"in {sum(soft_first)} of {len(seeds)} seed(s)",
-                        bool(sum(soft_first) * 2 > len(seeds))))
+        res.rows.append(
+            Row(
+                f"{LABELS[m]}: ESS drop after the delimiter",
+                "(ordering below)",
+                f"{out[m]['drop']:.3f}"
+                + (f" (per seed {', '.join(f'{d:.3f}' for d in out[m]['drops'])})" if len(seeds) > 1 else ""),
+                None,
+                f"accuracy {out[m]['accuracy']:.3f}",
+            )
+        )
+    res.rows.append(
+        Row(
+            "ordering of the mean drop",
+            "softmax > gated linear > linear",
+            " > ".join(LABELS[m] for m in order),
+            bool(drops[0] > drops[1] > drops[2]),
+            f"full ordering in {sum(per_seed_ok)} of {len(seeds)} seed(s)",
+        )
+    )
+    res.rows.append(
+        Row(
+            "softmax attention drops most",
+            "softmax first",
+            f"in {sum(soft_first)} of {len(seeds)} seed(s)",
+            bool(sum(soft_first) * 2 > len(seeds)),
+        )
+    )
     res.notes = [
         f"{kw['n_segments']} segments of {kw['n_pairs']} pairs + {kw['n_queries']} queries, L = {x_ev.shape[1]}, delimiter at "
         f"{delims}; d_model {d_model}, {steps} AdamW steps of batch 32, seeds {seeds}; ESS on 4 held-out sequences.",
         "drop = 1 - mean entropy-ESS over the 2 splits after the delimiter / over the 2 splits up to it.",
     ]
     if not all(per_seed_ok):
-        res.notes.append("Our ordering differs from the published one in some or all seeds; with tiny models trained for seconds to minutes the "
-                         "gating/forgetting behaviour is only partly learned (see the accuracies), so this is weak evidence "
-                         "either way.")
-    res.numbers = {"delimiters": delims, "seeds": seeds, "per_seed_ordering": per_seed_ok, "softmax_first": soft_first, "models": out, "steps": steps, "d_model": d_model, "task": kw}
+        res.notes.append(
+            "Our ordering differs from the published one in some or all seeds; with tiny models trained for seconds to minutes the "
+            "gating/forgetting behaviour is only partly learned (see the accuracies), so this is weak evidence "
+            "either way."
+        )
+    res.numbers = {
+        "delimiters": delims,
+        "seeds": seeds,
+        "per_seed_ordering": per_seed_ok,
+        "softmax_first": soft_first,
+        "models": out,
+        "steps": steps,
+        "d_model": d_model,
+        "task": kw,
+    }
     fig, ax = new_figure(1, size=(7.0, 3.6))
     for m in PUBLISHED_ORDER:
         c = out[m]["curve"]

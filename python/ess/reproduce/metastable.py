@@ -43,7 +43,7 @@ def _boosted(P: np.ndarray, K: int, M: int, eps: float, b: float) -> np.ndarray:
     state's in-cluster mass, so rows stay stochastic)."""
     Q = P.copy()
     for c in range(K):
-        for (i, j) in ([(c * M + M - 1, (c + 1) * M)] if c + 1 < K else []) + ([(c * M, c * M - 1)] if c > 0 else []):
+        for i, j in ([(c * M + M - 1, (c + 1) * M)] if c + 1 < K else []) + ([(c * M, c * M - 1)] if c > 0 else []):
             extra = (b - 1.0) * Q[i, j]
             inside = [k for k in range(c * M, (c + 1) * M) if Q[i, k] > 0]
             Q[i, inside] *= 1.0 - extra / Q[i, inside].sum()
@@ -82,36 +82,74 @@ def run(quick: bool = False, seed: int = 0) -> Result:
     b = 10.0
     eps_s = 1e-6
     Pb = _boosted(markov.metastable_chain(K, M, degree=3, eps=eps_s, seed=seed), K, M, eps_s, b)
-    h_plain = float(markov.hitting_times(markov.metastable_chain(K, M, degree=3, eps=eps_s, seed=seed), np.arange((K - 1) * M, K * M))[0])
+    h_plain = float(
+        markov.hitting_times(
+            markov.metastable_chain(K, M, degree=3, eps=eps_s, seed=seed), np.arange((K - 1) * M, K * M)
+        )[0]
+    )
     h_boost = float(markov.hitting_times(Pb, np.arange((K - 1) * M, K * M))[0])
 
-    r = Result(NAME, "Metastable chains: hitting times between clusters scale as 1/eps",
-               "metastable chain-of-thought (inference-time compute as a metastable Markov process)",
-               "quick" if quick else "full")
+    r = Result(
+        NAME,
+        "Metastable chains: hitting times between clusters scale as 1/eps",
+        "metastable chain-of-thought (inference-time compute as a metastable Markov process)",
+        "quick" if quick else "full",
+    )
     spread = float(heps.max() / heps.min())
     r.rows = [
-        Row("slope of log h(0 -> last cluster) vs log eps", "-1 (h = Theta(1/eps))", f"{slope:.4f}",
-            abs(slope + 1) < 0.02, f"eps = 1e-{exps[0]} .. 1e-{exps[-1]}, {len(exps)} values"),
-        Row("h * eps over that range", "tends to a constant", f"{fmt(heps.min())} .. {fmt(heps.max())} (max/min {spread:.3f})",
-            spread < 1.1),
-        Row("clusters recovered by metastable_decomposition", "the dense clusters", f"{dec.n_clusters} found, match = {recovered}", bool(recovered)),
-        Row(f"Monte Carlo vs exact h at eps = {eps_list[0]:g}", "(consistency check)", f"{fmt(mc)} vs {fmt(h[0])} ({n_runs} runs, rel. diff {mc_rel:.3f})",
-            mc_rel < 0.35),
-        Row(f"search: rare edges boosted x{b:g} (eps = {eps_s:g})", "fewer steps to reach the next cluster",
-            f"h {fmt(h_plain)} -> {fmt(h_boost)} (ratio {h_plain / h_boost:.2f})", h_plain / h_boost > 0.8 * b),
+        Row(
+            "slope of log h(0 -> last cluster) vs log eps",
+            "-1 (h = Theta(1/eps))",
+            f"{slope:.4f}",
+            abs(slope + 1) < 0.02,
+            f"eps = 1e-{exps[0]} .. 1e-{exps[-1]}, {len(exps)} values",
+        ),
+        Row(
+            "h * eps over that range",
+            "tends to a constant",
+            f"{fmt(heps.min())} .. {fmt(heps.max())} (max/min {spread:.3f})",
+            spread < 1.1,
+        ),
+        Row(
+            "clusters recovered by metastable_decomposition",
+            "the dense clusters",
+            f"{dec.n_clusters} found, match = {recovered}",
+            bool(recovered),
+        ),
+        Row(
+            f"Monte Carlo vs exact h at eps = {eps_list[0]:g}",
+            "(consistency check)",
+            f"{fmt(mc)} vs {fmt(h[0])} ({n_runs} runs, rel. diff {mc_rel:.3f})",
+            mc_rel < 0.35,
+        ),
+        Row(
+            f"search: rare edges boosted x{b:g} (eps = {eps_s:g})",
+            "fewer steps to reach the next cluster",
+            f"h {fmt(h_plain)} -> {fmt(h_boost)} (ratio {h_plain / h_boost:.2f})",
+            h_plain / h_boost > 0.8 * b,
+        ),
     ]
-    r.notes = ["The published result is a scaling law (a theorem: time Theta(1/eps) to cross a sparse edge), not a "
-               "measured number; the rows check it over ten orders of magnitude with exact (GTH) hitting times.",
-               f"Chain: {K} clusters of {M} states, in-cluster degree 3, rare edges forward and backward with probability eps."]
+    r.notes = [
+        "The published result is a scaling law (a theorem: time Theta(1/eps) to cross a sparse edge), not a "
+        "measured number; the rows check it over ten orders of magnitude with exact (GTH) hitting times.",
+        f"Chain: {K} clusters of {M} states, in-cluster degree 3, rare edges forward and backward with probability eps.",
+    ]
     r.numbers = {
-        "n_clusters": K, "cluster_size": M, "eps": eps_list, "hitting_time": h, "h_times_eps": heps,
-        "slope": slope, "intercept": intercept, "decomposition_clusters": dec.n_clusters, "recovered": recovered,
+        "n_clusters": K,
+        "cluster_size": M,
+        "eps": eps_list,
+        "hitting_time": h,
+        "h_times_eps": heps,
+        "slope": slope,
+        "intercept": intercept,
+        "decomposition_clusters": dec.n_clusters,
+        "recovered": recovered,
         "monte_carlo": {"eps": eps_list[0], "runs": n_runs, "mean": mc, "exact": h[0]},
         "search": {"boost": b, "eps": eps_s, "plain": h_plain, "boosted": h_boost},
     }
     fig, ax = new_figure(2)
     ax[0, 0].loglog(eps_list, h, "o-", label="exact hitting time (GTH)")
-    ax[0, 0].loglog(eps_list, np.exp(intercept) * eps_list ** -1.0, "k--", lw=1, label="C / eps")
+    ax[0, 0].loglog(eps_list, np.exp(intercept) * eps_list**-1.0, "k--", lw=1, label="C / eps")
     ax[0, 0].set_xlabel("rare-edge probability eps")
     ax[0, 0].set_ylabel("E[steps] state 0 -> last cluster")
     ax[0, 0].legend()

@@ -53,10 +53,15 @@ def layer_ess(model: Any, tokens: Any, layer: str = "blocks.1.mixer", rtol: floa
     s = rep.summary.iloc[0]
     ch = float(s["channels"])
     return {
-        "tss": float(s["tss"]), "avg_tol": float(s["avg_ess_tolerance"]), "avg_ent": float(s["avg_ess_entropy"]),
-        "total_tol": float(s["avg_ess_tolerance"]) * ch, "total_ent": float(s["avg_ess_entropy"]) * ch,
-        "total_tss": float(s["total_tss"]), "channels": ch,
-        "tol_over_tss": float(s["avg_ess_tolerance"]) / float(s["tss"]), "ent_over_tss": float(s["avg_ess_entropy"]) / float(s["tss"]),
+        "tss": float(s["tss"]),
+        "avg_tol": float(s["avg_ess_tolerance"]),
+        "avg_ent": float(s["avg_ess_entropy"]),
+        "total_tol": float(s["avg_ess_tolerance"]) * ch,
+        "total_ent": float(s["avg_ess_entropy"]) * ch,
+        "total_tss": float(s["total_tss"]),
+        "channels": ch,
+        "tol_over_tss": float(s["avg_ess_tolerance"]) / float(s["tss"]),
+        "ent_over_tss": float(s["avg_ess_entropy"]) / float(s["tss"]),
     }
 
 
@@ -72,13 +77,27 @@ def run(quick: bool = False, seed: int = 0) -> Result:
     probe = ev[0][:4]
     rows: List[Dict[str, Any]] = []
     for v in _variants(quick):
-        model = make_model(v["mixer"], vocab_size=cfg.vocab_size, d_model=d_model, n_heads=v.get("n_heads", 1),
-                           d_state=v.get("d_state", 8), seed=seed)
+        model = make_model(
+            v["mixer"],
+            vocab_size=cfg.vocab_size,
+            d_model=d_model,
+            n_heads=v.get("n_heads", 1),
+            d_state=v.get("d_state", 8),
+            seed=seed,
+        )
         t = train(model, data, steps=steps, batch=batch, lr=1e-2, seed=seed, eval_data=ev)
         e = layer_ess(model, probe)
         k = max(1, steps // 10)
-        rows.append({**v, "accuracy": t.accuracy, "loss_first": float(np.mean(t.losses[:k])),
-                     "loss_last": float(np.mean(t.losses[-k:])), "train_seconds": t.seconds, **e})
+        rows.append(
+            {
+                **v,
+                "accuracy": t.accuracy,
+                "loss_first": float(np.mean(t.losses[:k])),
+                "loss_last": float(np.mean(t.losses[-k:])),
+                "train_seconds": t.seconds,
+                **e,
+            }
+        )
     acc = np.array([r["accuracy"] for r in rows])
     rho = {
         "total_tol": spearman(acc, [r["total_tol"] for r in rows]),
@@ -88,23 +107,44 @@ def run(quick: bool = False, seed: int = 0) -> Result:
         "ent_over_tss": spearman(acc, [r["ent_over_tss"] for r in rows]),
     }
     # within one architecture family, TSS varies and ESS is what changes with it
-    res = Result(NAME, "ESS tracks memory use on MQAR (accuracy vs ESS and TSS across mixers)",
-                 "effective state-size (ESS) paper: memory utilisation of trained mixers", "quick" if quick else "full")
-    res.rows = [Row(f"{r['label']}: accuracy, tol-ESS/TSS, ent-ESS/TSS", "(per-model values; none published at this scale)",
-                    f"{r['accuracy']:.3f}, {r['tol_over_tss']:.3f}, {r['ent_over_tss']:.3f}", None,
-                    f"TSS {r['tss']:g}, total ESS tol {r['total_tol']:.0f} / ent {r['total_ent']:.0f} of {r['total_tss']:.0f}")
-                for r in rows]
+    res = Result(
+        NAME,
+        "ESS tracks memory use on MQAR (accuracy vs ESS and TSS across mixers)",
+        "effective state-size (ESS) paper: memory utilisation of trained mixers",
+        "quick" if quick else "full",
+    )
+    res.rows = [
+        Row(
+            f"{r['label']}: accuracy, tol-ESS/TSS, ent-ESS/TSS",
+            "(per-model values; none published at this scale)",
+            f"{r['accuracy']:.3f}, {r['tol_over_tss']:.3f}, {r['ent_over_tss']:.3f}",
+            None,
+            f"TSS {r['tss']:g}, total ESS tol {r['total_tol']:.0f} / ent {r['total_ent']:.0f} of {r['total_tss']:.0f}",
+        )
+        for r in rows
+    ]
     better = [rho["total_tol"], rho["total_ent"]]
     # agreement: some ESS measure ranks with accuracy (rho > 0) and better than TSS does
     ok = None if any(np.isnan(better + [rho["total_tss"]])) else bool(max(better) > max(rho["total_tss"], 0.0))
     if len(rows) < 5:
         ok = None  # a rank correlation over fewer models says nothing
-    res.rows.append(Row("Spearman(accuracy, total ESS) vs Spearman(accuracy, total TSS)",
-                        "ESS correlates with accuracy, TSS does not",
-                        f"tol {rho['total_tol']:.2f}, ent {rho['total_ent']:.2f} vs TSS {rho['total_tss']:.2f}", ok,
-                        f"{len(rows)} models" + (" - too few to judge; run the full preset" if len(rows) < 5 else "")))
-    res.rows.append(Row("Spearman(accuracy, ESS/TSS)", "(reported in the paper as utilisation)",
-                        f"tol {rho['tol_over_tss']:.2f}, ent {rho['ent_over_tss']:.2f}", None))
+    res.rows.append(
+        Row(
+            "Spearman(accuracy, total ESS) vs Spearman(accuracy, total TSS)",
+            "ESS correlates with accuracy, TSS does not",
+            f"tol {rho['total_tol']:.2f}, ent {rho['total_ent']:.2f} vs TSS {rho['total_tss']:.2f}",
+            ok,
+            f"{len(rows)} models" + (" - too few to judge; run the full preset" if len(rows) < 5 else ""),
+        )
+    )
+    res.rows.append(
+        Row(
+            "Spearman(accuracy, ESS/TSS)",
+            "(reported in the paper as utilisation)",
+            f"tol {rho['tol_over_tss']:.2f}, ent {rho['ent_over_tss']:.2f}",
+            None,
+        )
+    )
     res.notes = [
         f"MQAR: vocab {cfg.vocab_size}, {cfg.n_pairs} pairs, {cfg.n_queries} queries, L = {cfg.length}; d_model {d_model}; "
         f"{steps} AdamW steps of batch {batch}, lr 1e-2 one-cycle; accuracy on {ev[0].shape[0]} held-out sequences "
@@ -117,7 +157,9 @@ def run(quick: bool = False, seed: int = 0) -> Result:
     res.numbers = {"models": rows, "spearman": rho, "mqar": cfg.__dict__, "steps": steps, "batch": batch}
     fig, ax = new_figure(3)
     for r in rows:
-        c = {"softmax_attention": "C0", "linear_attention": "C1", "gated_linear_attention": "C2", "ssm": "C3"}[r["mixer"]]
+        c = {"softmax_attention": "C0", "linear_attention": "C1", "gated_linear_attention": "C2", "ssm": "C3"}[
+            r["mixer"]
+        ]
         ax[0, 0].scatter(r["ent_over_tss"], r["accuracy"], color=c)
         ax[0, 0].annotate(r["label"], (r["ent_over_tss"], r["accuracy"]), fontsize=6)
         ax[0, 1].scatter(r["total_ent"], r["accuracy"], color=c)
@@ -131,9 +173,15 @@ def run(quick: bool = False, seed: int = 0) -> Result:
         a.set_ylabel("MQAR accuracy")
     from matplotlib.lines import Line2D
 
-    fams = {"softmax_attention": ("C0", "softmax attention"), "linear_attention": ("C1", "linear attention"),
-            "gated_linear_attention": ("C2", "gated linear attention"), "ssm": ("C3", "selective SSM")}
+    fams = {
+        "softmax_attention": ("C0", "softmax attention"),
+        "linear_attention": ("C1", "linear attention"),
+        "gated_linear_attention": ("C2", "gated linear attention"),
+        "ssm": ("C3", "selective SSM"),
+    }
     present = [fams[k] for k in fams if any(r["mixer"] == k for r in rows)]
-    ax[0, 2].legend([Line2D([], [], marker="o", ls="", color=c) for c, _ in present], [n for _, n in present], fontsize=7)
+    ax[0, 2].legend(
+        [Line2D([], [], marker="o", ls="", color=c) for c, _ in present], [n for _, n in present], fontsize=7
+    )
     res.figures = {"mqar_accuracy_vs_ess": fig}
     return res

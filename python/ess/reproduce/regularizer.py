@@ -64,17 +64,33 @@ def run(quick: bool = False, seed: int = 0) -> Result:
         out.append({"lam": lam, "accuracy": t.accuracy, "train_seconds": t.seconds, **e})
     ent = [o["avg_ent"] for o in out]  # lams decreasing, so ESS should increase along the list
     ordered = all(a < b for a, b in zip(ent, ent[1:]))
-    res = Result(NAME, "Training with ESS: entropy-ESS penalty / bonus on softmax attention (MQAR)",
-                 "effective state-size (ESS) paper: ESS-informed regularisers", "quick" if quick else "full")
+    res = Result(
+        NAME,
+        "Training with ESS: entropy-ESS penalty / bonus on softmax attention (MQAR)",
+        "effective state-size (ESS) paper: ESS-informed regularisers",
+        "quick" if quick else "full",
+    )
     for o in out:
-        res.rows.append(Row(f"lam = {o['lam']:+g}: entropy-ESS, tolerance-ESS (mean per head), accuracy",
-                            "(no number published for this setup)",
-                            f"{o['avg_ent']:.2f}, {o['avg_tol']:.2f}, {o['accuracy']:.3f}", None))
-    res.rows.append(Row("entropy-ESS ordered by lam (largest penalty first)", "penalty lowers ESS, bonus raises it",
-                        (" < " if ordered else ", ").join(f"{e:.2f}" for e in ent) + ("" if ordered else " (not ordered)"),
-                        bool(ordered)))
-    res.notes = [f"MQAR L = {cfg.length}, d_model {d_model}, {steps} steps; penalty on every 2nd split; ESS measured with the "
-                 "Rust kernel (ess.analyze, rtol 1e-2 for the tolerance-ESS) on 4 held-out sequences."]
+        res.rows.append(
+            Row(
+                f"lam = {o['lam']:+g}: entropy-ESS, tolerance-ESS (mean per head), accuracy",
+                "(no number published for this setup)",
+                f"{o['avg_ent']:.2f}, {o['avg_tol']:.2f}, {o['accuracy']:.3f}",
+                None,
+            )
+        )
+    res.rows.append(
+        Row(
+            "entropy-ESS ordered by lam (largest penalty first)",
+            "penalty lowers ESS, bonus raises it",
+            (" < " if ordered else ", ").join(f"{e:.2f}" for e in ent) + ("" if ordered else " (not ordered)"),
+            bool(ordered),
+        )
+    )
+    res.notes = [
+        f"MQAR L = {cfg.length}, d_model {d_model}, {steps} steps; penalty on every 2nd split; ESS measured with the "
+        "Rust kernel (ess.analyze, rtol 1e-2 for the tolerance-ESS) on 4 held-out sequences."
+    ]
     res.numbers = {"runs": out, "steps": steps, "d_model": d_model}
     fig, ax = new_figure(2)
     colors = ["C3" if o["lam"] > 0 else "C2" if o["lam"] < 0 else "C7" for o in out]
