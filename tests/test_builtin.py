@@ -235,10 +235,15 @@ def test_delimiters_trainer_recurrent_gla_is_the_same_function():
 def test_compact_trainer_is_the_same_model():
     """scripts/train_mqar_compact.py (the GPU variant of the trainer) defines the same function."""
     import pathlib
+    import re
     import sys
 
     src = (pathlib.Path(__file__).resolve().parents[1] / "scripts" / "train_mqar_compact.py").read_text()
-    head = src.split("m=LM()")[0].replace("d='cuda'", "d='cpu'")
+    # everything before the model is built, on the CPU (the script targets a GPU); the patterns
+    # allow either quoting and spacing, so formatting the script does not break the test
+    head = re.split(r"\n\s*m\s*=\s*LM\(\)", src)[0]
+    head, n = re.subn(r"\bd\s*=\s*[\"']cuda[\"']", 'd = "cpu"', head)
+    assert n == 1, "the device line of train_mqar_compact.py was not found"
     g: dict = {}
     argv = sys.argv
     try:
