@@ -248,7 +248,7 @@ def test_float32_inputs():
 
 
 def mamba_operator(A, delta, B, C, D, d):
-    """SPEC formula: sum_n C_t[n] exp(A[d,n] (c_t - c_s)) Delta_s[d] B_s[n] (+ D on the diagonal)."""
+    """Mamba channel d, materialised: T[t, s] = sum_n C_t[n] exp(A[d,n] (c_t - c_s)) Delta_s[d] B_s[n] (+ D on the diagonal)."""
     L = delta.shape[0]
     c = np.cumsum(delta[:, d])
     T = np.zeros((L, L))

@@ -7,7 +7,7 @@
 //! state size `N`. For `s < t`, `T[t, s] = c_t^T Phi(t, s) b_s` with
 //! `Phi(t, s) = A_t A_{t-1} ... A_{s+1}` (so `A_0` never enters any block). The diagonal
 //! `T[t, t] = c_t^T b_t (+ D)` is in no block `H_t = T[t:, :t]` and is never used.
-//! This matches the SPEC table: gated linear attention
+//! The usual layers in this form: gated linear attention
 //! `T[t, s] = q_t^T diag(a_t) ... diag(a_{s+1}) k_s`; Mamba `A_t = exp(Delta_t A)`,
 //! `b_s = Delta_s B_s`, `c_t = C_t`.
 //!
