@@ -88,9 +88,10 @@ def layers_of(
     top = np.nanmax(s[f"avg_ess_{m}"].to_numpy()) if len(s) else 1.0
     ax.set_ylim(0, 1.15 * max(float(top), 1e-9))
     ax.set_ylabel(f"average {m}-ESS (state dimensions)", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="y", alpha=0.25, lw=0.5)
     ax.set_title(title or f"average {m}-ESS per layer", fontsize=10)
-    ax.legend(fontsize=6, ncol=max(1, (k + 1) // 12 + 1), loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, ncol=max(1, (k + 1) // 12 + 1), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -158,7 +159,7 @@ def curves_of(
         if clipped:  # the curves would be a flat line under a bound many times higher: zoom on them
             ax.set_ylim(0, 1.3 * hi)
             ax.set_title("bound clipped", loc="right", fontsize=6, color="0.4")
-        ax.set_xlabel("position t", fontsize=7)
+        ax.set_xlabel("split position t", fontsize=7)
         ax.set_ylabel(f"{measure}-ESS", fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.25, lw=0.5)
@@ -171,14 +172,19 @@ def curves_of(
         for h, l in zip(*ax.get_legend_handles_labels()):
             seen.setdefault(l, h)
     order = [k for k in seen if k != "min(t, L-t)"] + ["min(t, L-t)"]  # groups first, the bound last
-    fig.legend([seen[k] for k in order], order, fontsize=6, loc="upper right")
     if len(all_names) > len(names):
         fig.text(0.01, 0.005, f"first {len(names)} of {len(all_names)} layers (max_panels={max_panels})", fontsize=7)
     top = 1.0
     if title:
         fig.suptitle(title, fontsize=10)
         top = 1.0 - 0.4 / fig.get_figheight()
-    fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), top))
+    leg = fig.legend([seen[k] for k in order], order, fontsize=7, loc="upper left")
+    leg.set_in_layout(False)
+    W = fig.get_figwidth()
+    fig.tight_layout(rect=(0, 0, 1.0 - (leg.get_window_extent().width / fig.dpi + 0.2) / W, top))
+    # beside the first row of panels, not in the figure's far corner
+    vis = [a.get_position() for a in fig.axes if a.get_visible()]
+    leg.set_bbox_to_anchor((max(b.x1 for b in vis) + 0.1 / W, max(b.y1 for b in vis)), transform=fig.transFigure)
     return fig
 
 

@@ -149,9 +149,10 @@ def curves(
             c = MEASURE_COLORS[m]
             a = twin if (twin is not None and m == "entropy") else ax
             if band and piv.shape[1] > 1:
-                h = a.fill_between(
-                    pos, piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy(), color=c, alpha=0.18, lw=0
-                )
+                lo, hi_ = piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy()
+                h = a.fill_between(pos, lo, hi_, color=c, alpha=0.15, lw=0)
+                for edge in (lo, hi_):  # thin edges: each band stays readable where the two overlap
+                    a.plot(pos, edge, lw=0.5, alpha=0.6, color=c)
                 handles.setdefault(f"{m}: range over heads/channels", h)
             for j in list(piv.columns)[: max(0, int(max_lines))]:
                 a.plot(pos, piv[j].to_numpy(), lw=0.5, alpha=0.45, color=c)
@@ -163,6 +164,11 @@ def curves(
         handles.setdefault("boundary bound min(t, L - t)", h)
         tss = float(d["tss"].mean())
         title = f"{layer} ({_kind(d, layer)})"
+        # the vertical range: the largest value any operator of the layer can reach, min(TSS, max bound), or the
+        # data if higher; a layer with a small TSS (a short convolution) is not flattened by a bound many times higher
+        drawn = [pivs[m] for m in ms if not (twin is not None and m == "entropy")]
+        hi = max([float(np.nanmax(pv.to_numpy())) for pv in drawn if np.isfinite(pv.to_numpy()).any()] + [0.0])
+        hi = max(hi, min(tss, top), tss if tss <= 1.25 * top else 0.0, 1.0)
         if tss <= 1.25 * top:
             h = ax.axhline(tss, ls=":", lw=1.3, color="tab:red")
             handles.setdefault("TSS (theoretical state size)", h)
@@ -177,7 +183,7 @@ def curves(
         ax.set_ylabel("ESS (state dimensions)" if twin is None else "tolerance-ESS, bound, TSS", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlim(pos.min(), pos.max())
-        ax.set_ylim(0, 1.08 * max(top, tss if tss <= 1.25 * top else 0, 1.0))
+        ax.set_ylim(0, 1.1 * hi)
         ax.grid(alpha=0.25, lw=0.5)
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
@@ -200,9 +206,14 @@ def curves(
         frameon=False,
         bbox_to_anchor=(0.5, 1.0 - 0.28 / H),
     )
-    rows = (len(handles) + ncl - 1) // max(1, ncl)
     leg.set_in_layout(False)
+    rows = (len(handles) + ncl - 1) // max(1, ncl)
     fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.36 + 0.15 * rows) / H))
+    # then the panels (their titles included) are moved up to just under the legend, wherever its rows end
+    px = fig.dpi * H
+    gap = leg.get_window_extent().y0 - max(a.get_tightbbox().y1 for a in fig.axes if a.get_visible()) - 0.08 * fig.dpi
+    if gap > 0:
+        fig.subplots_adjust(top=fig.subplotpars.top + gap / px)
     return fig
 
 
@@ -341,7 +352,12 @@ def samples(report: "Report", *, measure: Optional[str] = None, fig: Any = None,
         raise InvalidArgumentError("measure: the sample comparison draws one measure, 'tolerance' or 'entropy'")
     t, _, groups = _per_sample(report, [m])
     kwargs.setdefault("ncols", 2)
-    return compare.curves_of(t, "group", groups, m, fig=fig, title=f"{m}-ESS per layer, samples overlaid", **kwargs)
+    fig = compare.curves_of(t, "group", groups, m, fig=fig, title=f"{m}-ESS per layer, samples overlaid", **kwargs)
+    for ax in fig.axes:  # the marker tokens of any sample, as in :func:`curves`
+        if ax.get_visible():
+            for p in _marker_positions(report, None):
+                ax.axvline(p, color="0.55", lw=0.8, ls=(0, (1, 2)), zorder=0)
+    return fig
 
 
 def sample_layers(report: "Report", *, measure: Optional[str] = None, fig: Any = None) -> Any:
