@@ -43,6 +43,23 @@ def gpt2_report():
     return ess.analyze(m, ids, markers=[99], progress=False)
 
 
+@pytest.fixture(scope="module")
+def builtin_report():
+    """The main job's report (what ``ess analyze`` runs with no arguments): the ``delimiters`` built-in on its
+    two shipped sequences at rtol = 1e-2, delimiters at 17 and 34."""
+    from ess.models import (
+        DELIM,
+        builtin_delimiters_info,
+        builtin_delimiters_inputs,
+        delimiters_token_names,
+        load_builtin_delimiters,
+    )
+
+    x = builtin_delimiters_inputs(2)
+    names = delimiters_token_names(x[0], builtin_delimiters_info()["task"]["n_keys"])
+    return ess.analyze(load_builtin_delimiters(), x, rtol=1e-2, tokens=names, markers=[DELIM], progress=False)
+
+
 def _visible(fig):
     return [ax for ax in fig.axes if ax.get_visible()]
 
@@ -77,7 +94,11 @@ def test_plot_kinds(report):
     )
     # comparisons across samples: one line per sample (+ the bound), one bar series per sample
     samples = figs["samples"]
-    assert len(_visible(samples)) == 3 and all(len(ax.lines) == 2 + 1 for ax in _visible(samples))
+    assert len(_visible(samples)) == 3
+    for ax in _visible(samples):
+        vertical = [line for line in ax.lines if np.ptp(np.asarray(line.get_xdata(), float)) == 0]
+        assert len(ax.lines) - len(vertical) == 2 + 1  # one line per sample and the bound
+        assert [float(line.get_xdata()[0]) for line in vertical] == [11.0]  # the marker token
     assert len(figs["layers"].axes[0].containers) == 2
     with pytest.raises(ess.InvalidArgumentError, match="kind"):
         report.plot("pie")
@@ -202,9 +223,76 @@ def test_findings(report):
     for layer in s.loc[s["saturated"], "layer"]:
         assert layer in text
     assert ("Saturated" in text) == bool(s["saturated"].any()) and ("Collapsed" in text) == bool(s["collapsed"].any())
-    lowest = s.sort_values("utilisation")["layer"].iloc[0]
-    assert any("Least state used" in x and lowest in x for x in f) or any("Every layer uses about" in x for x in f)
+    lowest = s.sort_values("fill")["layer"].iloc[0]  # by fill: an attention layer's TSS grows with L
+    assert (
+        any("Least state used" in x and lowest in x for x in f)
+        or any("Every layer fills about" in x for x in f)
+        or s["saturated"].all()
+        or s["collapsed"].all()
+    )
     assert any("samples" in x for x in f)  # two samples: how much they differ
+
+
+def _marker_report(peak):
+    """A synthetic report: two layers, one operator each, L = 40, a marker at 20 in both samples; layer 'a' has a
+    flat tolerance-ESS of 4, layer 'b' the same plus ``peak`` at the split t = 20 (just before the marker)."""
+    L, rows = 40, {k: [] for k in ("sample", "layer", "kind", "operator", "index", "position")}
+    rows.update({k: [] for k in ("ess_tolerance", "ess_entropy", "tss", "bound", "shared")})
+    for smp in (0, 1):
+        for layer in ("a", "b"):
+            for t in range(L):
+                bound = min(t, L - t)
+                v = min(4.0, bound) + (peak if (layer == "b" and t == 20) else 0.0)
+                for k, x in zip(rows, (smp, layer, "conv", "op", 0, t, v, v / 2, 8.0, bound, 1)):
+                    rows[k].append(x)
+    meta = {"model": "m", "device": "cpu", "length": L, "n_samples": 2, "method": "both", "rtol": None, "atol": None}
+    lm = [{"layer": "a", "kind": "conv"}, {"layer": "b", "kind": "conv"}]
+    return ess.Report.from_rows(rows, layer_meta=lm, skipped=[], tokens=None, token_ids=None,
+                                markers={0: [20], 1: [20]}, meta=meta)
+
+
+def test_marker_finding():
+    """The summary names the layer whose ESS departs at the split before a marker, with the values there, at
+    the neighbouring splits and right after (reference: computed here from the curve by hand)."""
+    f = " ".join(_marker_report(3.0).findings())
+    # layer b: 7 at t = 20, median of t = 17..19, 22..24 is 4, 4 at t = 21: +75%
+    assert "At the marker tokens</b> (position 20)" in f
+    assert "<b>b</b> (conv) peaks at the split just before a marker, tolerance-ESS 7.00 dims against 4.00" in f
+    assert "(+75%), and is at 4.00 right after it; every other layer stays within 0% there" in f
+    quiet = " ".join(_marker_report(0.5).findings())  # +12%: below the 20% threshold
+    assert "no layer's tolerance-ESS departs by 20% or more" in quiet
+
+
+def test_builtin_report_reads_well(tmp_path, builtin_report):
+    """The main job's page: the heading gives the threshold and the delimiters, the summary names what the
+    built-in model shows (the conv saturates; gated linear attention peaks before each delimiter), the table
+    prints whole numbers as such, and every curves panel is scaled to what its layer can reach."""
+    r = builtin_report
+    html = (r.save(tmp_path / "b", interactive=False) / "report.html").read_text()
+    head = html[: html.index("<section id='summary'>")]
+    assert "0.01 &middot; &sigma;<sub>max</sub>" in head and "marker tokens (delimiter / EOS) at positions 17, 34" in head
+    summary = html[html.index("<section id='summary'>") : html.index("<section id='layers'>")]
+    assert "<b>Saturated</b>" in summary and "<b>blocks.0.mixer</b> (conv)" in summary
+    assert "<b>blocks.2.mixer</b> (gated_linear_attention) peaks at the split just before a marker" in summary
+    table = html[html.index("<table class='layers'>") : html.index("</table>")]
+    assert ">16.0<" not in table and ">16<" in table and ">51<" in table  # TSS of GLA and softmax, whole
+    fig = r.plot("curves", measure="tolerance")
+    for ax, (_, row) in zip(_visible(fig), r.summary.iterrows()):
+        reach = min(row["tss"], 25.0)  # largest value the layer can reach: min(TSS, max of min(t, L - t))
+        top = ax.get_ylim()[1]
+        assert reach <= top <= 1.1 * max(reach, row["max_ess_tolerance"]) + 1e-9, (row["layer"], top)
+
+
+@pytest.mark.requires("plotly")
+def test_cli_page_heading(tmp_path, capsys):
+    """``ess analyze`` puts what it ran (the CLI's title line) at the top of the page."""
+    from ess.cli import main
+
+    assert main(["analyze", "--out", str(tmp_path / "rep"), "--no-progress", "--samples", "1"]) == 0
+    html = (tmp_path / "rep" / "report.html").read_text()
+    lead = re.search(r"<p class='lead'>([^<]*)</p>", html)
+    assert lead and "built-in hybrid model &#x27;delimiters&#x27;" in lead.group(1) and "rtol=0.01" in lead.group(1)
+    assert html.index("<p class='lead'>") < html.index("<section id='summary'>")
 
 
 def test_static_only_page(tmp_path, report):
@@ -236,6 +324,10 @@ def test_interactive_layer_figure(report):
         and not tol["entropy heatmap"]
     )
     assert tol["bound min(t, L - t)"]
+    # the conv layer (TSS 3, bound up to 12): its ESS axis ends at what it can reach, as in the static figure
+    conv = interactive.layer_figure(report, "blocks.0.mixer")
+    d = report.table[(report.table["layer"] == "blocks.0.mixer") & (report.table["sample"] == 0)]
+    assert conv.layout.yaxis.range[1] == pytest.approx(1.1 * max(3.0, d["ess_tolerance"].max()))
 
 
 @pytest.mark.requires("plotly", "transformers")
@@ -298,7 +390,7 @@ def _overlap(a, b):
 
 @pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
 @pytest.mark.requires("plotly", "transformers")
-@pytest.mark.parametrize("which", ["report", "gpt2_report"])
+@pytest.mark.parametrize("which", ["report", "gpt2_report", "builtin_report"])
 def test_html_renders_in_chromium(tmp_path, request, which):
     rep = request.getfixturevalue(which)
     d = rep.save(tmp_path / "out")

@@ -274,6 +274,7 @@ def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complex
     except EssError as e:
         print(f"ess analyze: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    report.meta["title"] = title  # what the page's heading says the run was
     out = report.save(args.out, figure_formats=args.figures)
     _print_summary(report, title)
     print(f"report written to {out}/ (report.html, ess.csv, summary.json, ...)")
@@ -472,8 +473,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_an = sub.add_parser(
         "analyze",
         help="ESS of every sequence-mixing layer of a model; writes a report directory",
-        description="With no arguments: the built-in hybrid model (softmax/linear attention, selective SSM, short conv) "
-        "trained on MQAR, on shipped MQAR inputs.",
+        description="With no arguments: the built-in hybrid model 'delimiters' (short conv, selective SSM, gated linear "
+        "attention, softmax attention) trained on three-segment recall with delimiters, on its shipped inputs "
+        "(--builtin mqar: the MQAR model).",
     )
     p_an.add_argument("--model", help="module:factory returning a torch.nn.Module (or a (model, inputs) tuple)")
     p_an.add_argument("--hf", metavar="PATH", help="local Hugging Face model directory (no downloads)")

@@ -174,14 +174,18 @@ def curves_of(
     order = [k for k in seen if k != "min(t, L-t)"] + ["min(t, L-t)"]  # groups first, the bound last
     if len(all_names) > len(names):
         fig.text(0.01, 0.005, f"first {len(names)} of {len(all_names)} layers (max_panels={max_panels})", fontsize=7)
-    top = 1.0
+    top, st = 1.0, None
     if title:
-        fig.suptitle(title, fontsize=10)
+        st = fig.suptitle(title, fontsize=10)
         top = 1.0 - 0.4 / fig.get_figheight()
     leg = fig.legend([seen[k] for k in order], order, fontsize=7, loc="upper left")
     leg.set_in_layout(False)
     W = fig.get_figwidth()
     fig.tight_layout(rect=(0, 0, 1.0 - (leg.get_window_extent().width / fig.dpi + 0.2) / W, top))
+    if st is not None:  # the panels (titles included) right under the figure's title
+        gap = st.get_window_extent().y0 - max(a.get_tightbbox().y1 for a in fig.axes if a.get_visible())
+        if gap > 0.1 * fig.dpi:
+            fig.subplots_adjust(top=fig.subplotpars.top + (gap - 0.1 * fig.dpi) / (fig.dpi * fig.get_figheight()))
     # beside the first row of panels, not in the figure's far corner
     vis = [a.get_position() for a in fig.axes if a.get_visible()]
     leg.set_bbox_to_anchor((max(b.x1 for b in vis) + 0.1 / W, max(b.y1 for b in vis)), transform=fig.transFigure)

@@ -82,7 +82,7 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from .plots import TWIN_AXIS_RATIO, measures
+    from .plots import TWIN_AXIS_RATIO, measures, _reach
 
     ms = measures(report, None)
     t = report.table
@@ -288,6 +288,9 @@ def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
         else [],
     )
     _style_axes(fig, twin, unit)
+    # as in the static figure: the ESS axis up to what the layer can reach (a bound many times higher leaves the top)
+    hi = _reach([pivs[m].to_numpy() for m in ms if not (twin and m == "entropy")], tss, top)
+    fig.update_yaxes(range=[0, 1.1 * hi], row=1, col=1, **({"secondary_y": False} if twin else {}))
     return fig
 
 

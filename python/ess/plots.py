@@ -98,6 +98,14 @@ def _marker_positions(report: "Report", sample: Optional[int]) -> List[int]:
     return [int(p) for p in report.markers.get(sample, [])]
 
 
+def _reach(values: Sequence[Any], tss: float, top: float) -> float:
+    """Top of a curves panel's ESS axis (before a 10% margin): the largest value a layer can reach,
+    ``min(TSS, top)`` with ``top`` the largest boundary bound, or the largest of ``values`` (arrays,
+    NaN ignored) if higher, or the TSS when it is drawn (within 1.25 ``top``); at least 1."""
+    hi = max([float(np.nanmax(v)) for v in values if np.isfinite(np.asarray(v, float)).any()] + [0.0])
+    return max(hi, min(tss, top), tss if tss <= 1.25 * top else 0.0, 1.0)
+
+
 def curves(
     report: "Report",
     *,
@@ -166,9 +174,7 @@ def curves(
         title = f"{layer} ({_kind(d, layer)})"
         # the vertical range: the largest value any operator of the layer can reach, min(TSS, max bound), or the
         # data if higher; a layer with a small TSS (a short convolution) is not flattened by a bound many times higher
-        drawn = [pivs[m] for m in ms if not (twin is not None and m == "entropy")]
-        hi = max([float(np.nanmax(pv.to_numpy())) for pv in drawn if np.isfinite(pv.to_numpy()).any()] + [0.0])
-        hi = max(hi, min(tss, top), tss if tss <= 1.25 * top else 0.0, 1.0)
+        hi = _reach([pivs[m].to_numpy() for m in ms if not (twin is not None and m == "entropy")], tss, top)
         if tss <= 1.25 * top:
             h = ax.axhline(tss, ls=":", lw=1.3, color="tab:red")
             handles.setdefault("TSS (theoretical state size)", h)

@@ -290,20 +290,26 @@ class Report:
             )
         else:
             out.append(f"<b>No layer collapses</b> (fill above {col_thr:.0%} everywhere).")
-        u = s.dropna(subset=["utilisation"]).sort_values("utilisation")
-        if len(u) and float(u["utilisation"].max() - u["utilisation"].min()) < 0.02:
+        # ranked by fill (ESS / attainable), not by utilisation (ESS / TSS): an attention layer's TSS grows with L,
+        # so its utilisation is small at any length whatever it does
+        u = s.dropna(subset=["fill"]).sort_values("fill")
+        if len(u) and (u["saturated"].all() or u["collapsed"].all()):
+            pass  # said above
+        elif len(u) and float(u["fill"].max() - u["fill"].min()) < 0.02:
             out.append(
-                f"<b>Every layer uses about {_pct(u['utilisation'].mean())} of its TSS</b> (average {p}-ESS / TSS)."
+                f"<b>Every layer fills about {_pct(u['fill'].mean())} of what is attainable</b> (average {p}-ESS / "
+                "mean of min(TSS, t, L - t))."
             )
         elif len(u):
             low = u.head(min(2, len(u)))
             out.append(
-                "<b>Least state used</b> (average ESS relative to the layer's TSS): "
+                f"<b>Least state used</b> (average {p}-ESS / attainable, the fill; TSS in brackets): "
                 + "; ".join(
-                    f"{name(r)}: {_num(r['avg_ess_' + p])} of {_num(r['tss'])} dims ({_pct(r['utilisation'])})"
+                    f"{name(r)}: {_num(r['avg_ess_' + p])} of {_num(r['attainable'])} attainable dims "
+                    f"({_pct(r['fill'])}; TSS {_int_or_num(r['tss'])})"
                     for _, r in low.iterrows()
                 )
-                + (f". Most: {name(u.iloc[-1])} ({_pct(u.iloc[-1]['utilisation'])})." if len(u) > 2 else ".")
+                + (f". Most: {name(u.iloc[-1])} ({_pct(u.iloc[-1]['fill'])})." if len(u) > 2 else ".")
             )
         if p == "tolerance" and s["avg_ess_entropy"].notna().any():
             att = s["attainable"].to_numpy(float)
@@ -318,6 +324,9 @@ class Report:
                 )
             else:
                 out.append(f"<b>Entropy-ESS</b> (effective rank) as a share of attainable, lowest first: {parts}.")
+        mk = self._marker_finding()
+        if mk:
+            out.append(mk)
         tot = s.dropna(subset=["total_ess"])
         if len(tot) > 1:
             r = tot.loc[tot["total_ess"].idxmax()]
@@ -350,6 +359,57 @@ class Report:
             out.append(f"<b>{len(self.skipped)} module(s) not analysed</b> (no extractor): listed below.")
         return out
 
+    def _marker_finding(self) -> Optional[str]:
+        """How the ESS behaves at the marker tokens: per layer, the mean curve (over heads/channels) of the
+        flag measure at the split just before a marker (``t`` = its position: the marker is the first future
+        token) against the median of the three splits on either side (``t - 3 .. t - 1``, ``t + 2 .. t + 4``),
+        over every marker at least 4 positions from either end and every sample; the layer that departs most,
+        if any departs by 20% and half a dimension."""
+        if not self.markers or not len(self.table):
+            return None
+        p = self.primary
+        mean = self.table.groupby(["layer", "sample", "position"])[f"ess_{p}"].mean()
+        curves = {key: g.droplevel([0, 1]) for key, g in mean.groupby(level=[0, 1])}
+        L = int(self.meta.get("length") or int(self.table["position"].max()) + 1)
+        rows = []
+        for layer in self.summary["layer"]:
+            at, after, base = [], [], []
+            for smp, ps in self.markers.items():
+                c = curves.get((layer, int(smp)))
+                if c is None:
+                    continue
+                for q in ps:
+                    nb = [t for t in (*range(q - 3, q), *range(q + 2, q + 5)) if t in c.index]
+                    if q < 4 or q > L - 5 or q not in c.index or q + 1 not in c.index or len(nb) < 4:
+                        continue
+                    at.append(float(c[q]))
+                    after.append(float(c[q + 1]))
+                    base.append(float(np.median(c[nb])))
+            if at:
+                rows.append((layer, np.mean(at), np.mean(after), np.mean(base)))
+        if not rows:
+            return None
+        rel = [(a - b) / b if b > 0 else 0.0 for _, a, _, b in rows]
+        k = int(np.argmax(np.abs(rel)))
+        layer, a, af, b = rows[k]
+        where = sorted({q for ps in self.markers.values() for q in ps})
+        pos = ("positions " if len(where) > 1 else "position ") + ", ".join(map(str, where[:12]))
+        pos += ", ..." if len(where) > 12 else ""
+        if abs(rel[k]) < 0.2 or abs(a - b) < 0.5:
+            return (
+                f"<b>At the marker tokens</b> ({pos}) no layer's {p}-ESS departs by 20% or more from the "
+                "neighbouring splits."
+            )
+        kind = str(self.summary.set_index("layer").loc[layer, "kind"])
+        others = [abs(r) for i, r in enumerate(rel) if i != k]
+        return (
+            f"<b>At the marker tokens</b> ({pos}): <b>{html.escape(str(layer))}</b> ({html.escape(kind)}) "
+            f"{'peaks' if a > b else 'dips'} at the split just before a marker, {p}-ESS {_num(a)} dims against "
+            f"{_num(b)} at the neighbouring splits ({rel[k]:+.0%}), and is at {_num(af)} right after it"
+            + (f"; every other layer stays within {max(others):.0%} there" if others else "")
+            + " (Figure 1, dotted lines)."
+        )
+
     def _table_html(self) -> str:
         s = self.summary
         cols = [c for c in _COLUMNS if c[0] in s.columns]
@@ -373,6 +433,8 @@ class Report:
             u = f"<br><span class='unit'>{html.escape(unit)}</span>" if unit else ""
             h.append(f"<th title='{html.escape(tip)}'>{html.escape(head)}{u}</th>")
         h.append("</tr></thead><tbody>")
+        # a column of whole numbers (TSS, the largest tolerance-ESS, counts) is printed as whole numbers
+        whole = {c[0] for c in cols if c[5] == "num" and _whole(s[c[0]])}
         for _, r in s.iterrows():
             h.append("<tr>")
             for key, _, _, _, _, kind in cols:
@@ -388,6 +450,8 @@ class Report:
                     f = float(v)
                     w = max(0.0, min(100.0, 100 * f)) if np.isfinite(f) else 0.0
                     h.append(f"<td class='bar' style='--w:{w:.1f}%'>{_pct(f)}</td>")
+                elif key in whole:
+                    h.append(f"<td>{int(round(float(v))):,}</td>")
                 else:
                     h.append(f"<td>{_num(v)}</td>")
             flag = (
@@ -448,12 +512,42 @@ class Report:
 
     def _heading_html(self) -> str:
         m = self.meta
+        what = f"<p class='lead'>{html.escape(str(m['title']))}</p>\n" if m.get("title") else ""
         return (
             "<h1>Effective state size report</h1>\n"
-            f"<p class='meta'>Model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
-            f"sequence length L = {m.get('length')}, {m.get('n_samples')} sample(s); method {html.escape(str(m.get('method')))}; "
-            f"flags on the {self.primary}-ESS (saturated: fill &ge; {m.get('saturation')}, collapsed: fill &le; {m.get('collapse')}).</p>"
+            + what
+            + f"<p class='meta'>Model <code>{html.escape(str(m.get('model')))}</code> on {html.escape(str(m.get('device')))}; "
+            f"sequence length L = {m.get('length')}, {m.get('n_samples')} sample(s); method {html.escape(str(m.get('method')))}"
+            + self._threshold_text()
+            + self._markers_text()
+            + f"; flags on the {self.primary}-ESS (saturated: fill &ge; {m.get('saturation')}, collapsed: fill &le; "
+            f"{m.get('collapse')}).</p>"
         )
+
+    def _threshold_text(self) -> str:
+        """The tolerance-ESS threshold as a clause (empty when only the entropy-ESS was computed)."""
+        if self.meta.get("method") == "entropy":
+            return ""
+        rtol, atol = self.meta.get("rtol"), self.meta.get("atol")
+        if rtol is None and atol is None:
+            return "; tolerance-ESS counts singular values above max(t, L - t) &middot; eps &middot; &sigma;<sub>max</sub>"
+        parts = ([f"{float(rtol):g} &middot; &sigma;<sub>max</sub>"] if rtol is not None else []) + (
+            [f"{float(atol):g}"] if atol is not None else []
+        )
+        return "; tolerance-ESS counts singular values above " + (
+            parts[0] if len(parts) == 1 else "max(" + ", ".join(parts) + ")"
+        )
+
+    def _markers_text(self) -> str:
+        """Where the marker tokens are, as a clause (empty without markers)."""
+        ms = {int(k): [int(q) for q in v] for k, v in self.markers.items() if len(v)}
+        if not ms:
+            return ""
+        short = lambda v: ", ".join(map(str, v[:10])) + (", ..." if len(v) > 10 else "")  # noqa: E731
+        vals = list(ms.values())
+        if len(ms) == self.n_samples and all(v == vals[0] for v in vals):
+            return f"; marker tokens (delimiter / EOS) at position{'s' if len(vals[0]) > 1 else ''} {short(vals[0])}"
+        return "; marker tokens at " + "; ".join(f"sample {k}: {short(v)}" for k, v in sorted(ms.items()))
 
     @staticmethod
     def _nav_html(interactive: bool) -> str:
@@ -715,7 +809,9 @@ def _captions(r: "Report") -> Dict[str, str]:
             )
             + "thick line the mean over the layer's heads/channels, shaded the range they span; dashed the boundary bound "
             "min(t, L - t), dotted red the layer's TSS, dotted grey the marker tokens (delimiter / EOS). A curve on the "
-            "dashed line is limited by the sequence, on the red line by the state."
+            "dashed line is limited by the sequence, on the red line by the state. Each panel's vertical range is the "
+            "largest value the layer can reach, min(TSS, t, L - t) (or the data if higher), so the dashed bound leaves "
+            "the top of a panel whose TSS is small."
         ),
         "heatmap": (
             f"{cm}-ESS of every head/channel (rows) at every split position (columns), sample 0, one panel per layer "
@@ -729,7 +825,8 @@ def _captions(r: "Report") -> Dict[str, str]:
         ),
         "samples": (
             f"Samples compared: per layer, the mean {cm}-ESS over heads/channels at each position, one line per sample; "
-            "dashed the boundary bound. Where the lines separate, the layer's memory use depends on the input."
+            "dashed the boundary bound (panels marked 'bound clipped' are zoomed on the curves), dotted grey the marker "
+            "tokens. Where the lines separate, the layer's memory use depends on the input."
         ),
         "layers": f"Samples compared layer by layer: average {cm}-ESS (over heads/channels and positions), one bar per sample.",
     }
@@ -747,6 +844,22 @@ def _num(v: Any) -> str:
     if abs(f) >= 10:
         return f"{f:.1f}"
     return f"{f:.2f}"
+
+
+def _whole(col: Any) -> bool:
+    """Whether every finite value of a column is a whole number (and one is finite)."""
+    v = np.asarray(col, dtype=float)
+    v = v[np.isfinite(v)]
+    return bool(v.size) and bool(np.all(v == np.round(v)))
+
+
+def _int_or_num(v: Any) -> str:
+    """A whole number without decimals (a TSS of 16, not 16.0), anything else as :func:`_num`."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return _num(v)
+    return f"{int(f):,}" if np.isfinite(f) and f == round(f) else _num(f)
 
 
 def _pct(v: Any) -> str:
