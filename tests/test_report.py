@@ -247,8 +247,9 @@ def _marker_report(peak):
                     rows[k].append(x)
     meta = {"model": "m", "device": "cpu", "length": L, "n_samples": 2, "method": "both", "rtol": None, "atol": None}
     lm = [{"layer": "a", "kind": "conv"}, {"layer": "b", "kind": "conv"}]
-    return ess.Report.from_rows(rows, layer_meta=lm, skipped=[], tokens=None, token_ids=None,
-                                markers={0: [20], 1: [20]}, meta=meta)
+    return ess.Report.from_rows(
+        rows, layer_meta=lm, skipped=[], tokens=None, token_ids=None, markers={0: [20], 1: [20]}, meta=meta
+    )
 
 
 def test_marker_finding():
@@ -270,7 +271,9 @@ def test_builtin_report_reads_well(tmp_path, builtin_report):
     r = builtin_report
     html = (r.save(tmp_path / "b", interactive=False) / "report.html").read_text()
     head = html[: html.index("<section id='summary'>")]
-    assert "0.01 &middot; &sigma;<sub>max</sub>" in head and "marker tokens (delimiter / EOS) at positions 17, 34" in head
+    assert (
+        "0.01 &middot; &sigma;<sub>max</sub>" in head and "marker tokens (delimiter / EOS) at positions 17, 34" in head
+    )
     summary = html[html.index("<section id='summary'>") : html.index("<section id='layers'>")]
     assert "<b>Saturated</b>" in summary and "<b>blocks.0.mixer</b> (conv)" in summary
     assert "<b>blocks.2.mixer</b> (gated_linear_attention) peaks at the split just before a marker" in summary

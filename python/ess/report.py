@@ -530,7 +530,9 @@ class Report:
             return ""
         rtol, atol = self.meta.get("rtol"), self.meta.get("atol")
         if rtol is None and atol is None:
-            return "; tolerance-ESS counts singular values above max(t, L - t) &middot; eps &middot; &sigma;<sub>max</sub>"
+            return (
+                "; tolerance-ESS counts singular values above max(t, L - t) &middot; eps &middot; &sigma;<sub>max</sub>"
+            )
         parts = ([f"{float(rtol):g} &middot; &sigma;<sub>max</sub>"] if rtol is not None else []) + (
             [f"{float(atol):g}"] if atol is not None else []
         )
@@ -718,8 +720,8 @@ _COLUMNS = [
     ),
     (
         "avg_ess_tolerance",
-        "Average ESS per operator",
-        "tolerance",
+        "ESS per operator",
+        "mean tolerance",
         "dims",
         "Mean over operators, positions and samples of the "
         "tolerance-ESS: the numerical rank of the past-to-future block H_t (singular values above the threshold).",
@@ -727,8 +729,8 @@ _COLUMNS = [
     ),
     (
         "avg_ess_entropy",
-        "Average ESS per operator",
-        "entropy",
+        "ESS per operator",
+        "mean entropy",
         "dims",
         "Mean of the entropy-ESS: the effective rank exp(entropy of "
         "the normalised singular values) of H_t; lower than the tolerance-ESS when a few directions dominate.",
@@ -736,7 +738,7 @@ _COLUMNS = [
     ),
     (
         "max_ess_tolerance",
-        "Average ESS per operator",
+        "ESS per operator",
         "max tolerance",
         "dims",
         "Largest tolerance-ESS of any operator at any position.",
