@@ -84,8 +84,8 @@ def measure(family: str, variant: Optional[str], L: int, pad: int, dtype: str) -
     att = [(n, e) for n, e in found if e.kind == "softmax_attention"]
     if len(att) != len(probs):
         raise RuntimeError(f"{len(att)} attention extractors for {len(probs)} eager attention layers")
-    worst, sliding, heads, rowsums, notes = 0.0, False, 0, [], set()
-    for (name, ex), p in zip(att, probs):
+    worst, sliding, heads, rowsums = 0.0, False, 0, []
+    for (_, ex), p in zip(att, probs):
         for b in range(2):
             s = ex.operators(b)
             T = s.operators
@@ -94,7 +94,6 @@ def measure(family: str, variant: Optional[str], L: int, pad: int, dtype: str) -
             if b == 0 and L > WINDOW:  # a window shorter than the sequence: keys WINDOW back or more get 0
                 sliding = sliding or bool(np.all(np.tril(T, -WINDOW) == 0))
             rowsums.append(T[:, rows].sum(-1))
-            notes.add(s.note.split(";")[0])
         heads = int(T.shape[0])
     secs = time.perf_counter() - t1
     same = torch.equal(out.logits, ref.logits)  # the capture leaves the model's outputs unchanged
@@ -165,7 +164,9 @@ def main() -> int:
             bad.append(f"{r['family']}: err {r['err']:.2e}, skipped {r['skipped']}, outputs same {r['outputs_same']}")
         extra = ""
         if "uncapped" in r:
-            extra = f" (logits up to {r['max_logit_over_cap']:.0f}x the cap; uncapped softmax off by {r['uncapped']:.2f})"
+            extra = (
+                f" (logits up to {r['max_logit_over_cap']:.0f}x the cap; uncapped softmax off by {r['uncapped']:.2f})"
+            )
         rows.append(
             [
                 r["family"],

@@ -412,6 +412,7 @@ def test_cached_continuation_refused_generic() -> None:
             ex.operators(0)
 
 
+@pytest.mark.requires("pandas", "matplotlib")
 @pytest.mark.parametrize("family", ["jamba", "recurrent_gemma"])
 def test_hybrid_report(family: str, tmp_path: Any) -> None:
     """analyze on a hybrid: attention layers and recurrent mixers analysed (each by its own class, never the
@@ -461,6 +462,7 @@ def test_nothing_analysed_raises() -> None:
         ess.analyze(Unused(), torch.zeros(1, 6, dtype=torch.long), progress=False)
 
 
+@pytest.mark.requires("pandas")
 def test_analyze_padded_batch() -> None:
     """End to end on a left-padded batch (dict inputs, sdpa, a sliding layer shorter than the sequence):
     both sequences analysed, the padded one's operators read no padding."""
