@@ -110,22 +110,6 @@ def test_rounding_level_perturbations_of_the_regression_operators(seed):
     assert_counts_match_lapack(T)
 
 
-def test_regression_ssm_rank3_layer():
-    """The whole selective-SSM layer of issue 10 (test_builtin's model: seed 2, d_model 8, d_state 3,
-    L = 12; its 8 channels as this machine's BLAS computes them). Channel 3 is the block of the issue
-    (sigma_1 = 3.1e-2, default threshold 4.8e-17, sigma_4 ~ 1e-18): every channel is counted at most
-    3 at every split, as LAPACK counts it."""
-    T = np.load(os.path.join(DATA, "ssm_rank3_layer.npy"))
-    assert T.shape == (8, 12, 12) and T.dtype == np.float64
-    s = np.linalg.svd(np.tril(T[3], -1)[5:, :5], compute_uv=False)
-    tau = 7 * np.finfo(np.float64).eps * s[0]  # the default threshold of this 7 x 5 block
-    assert 3e-2 < s[0] < 3.2e-2 and 4.7e-17 < tau < 4.9e-17 and s[3] < tau / 10
-    for method in ("tolerance", "both"):
-        r = ess.effective_state_size(T, method=method)
-        assert (r.tolerance if method == "both" else r).max() <= 3
-    assert_counts_match_lapack(T)
-
-
 @settings(max_examples=80)
 @given(
     st.integers(0, 2**32 - 1),
