@@ -144,6 +144,63 @@ def test_skipped_modules_listed():
     assert any("not analysed" in c for c in r.caveats)
 
 
+class HyenaLikeMixer(nn.Module):
+    """A mixer ess has no extractor for, built like a Mamba mixer: projections around a short
+    depthwise ``conv1d`` (which alone would be a supported layer) and a global FFT mixing."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_proj = nn.Linear(8, 16)
+        self.conv1d = nn.Conv1d(16, 16, 4, groups=16, padding=3)
+        self.out_proj = nn.Linear(16, 8)
+
+    def forward(self, x):
+        h = self.conv1d(self.in_proj(x).transpose(1, 2))[..., : x.shape[1]].transpose(1, 2)
+        return self.out_proj(h * torch.fft.rfft(h, dim=1).real[:, :1])
+
+
+class MyDecoderLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.LayerNorm(8)
+        self.mixer = HyenaLikeMixer()
+
+    def forward(self, x):
+        return x + self.mixer(self.norm(x))
+
+
+def test_unanalysed_mixer_named_by_its_own_class(tmp_path):
+    """An unsupported mixer inside a decoder layer is reported under its own name and class: not as its
+    inner conv1d (never analysed as if it were the layer), not as the decoder layer around it; the
+    saved report lists it."""
+    import json
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.layers = nn.ModuleList([MyDecoderLayer(), MyDecoderLayer()])
+            self.att = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            h = self.emb(x)
+            for layer in self.layers:
+                h = layer(h)
+            causal = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), 1)
+            return self.att(h, h, h, attn_mask=causal, need_weights=False)[0]
+
+    torch.manual_seed(0)
+    r = ess.analyze(Net().eval(), torch.randint(0, 10, (1, 6)), progress=False)
+    assert list(r.summary.layer) == ["att"]
+    assert [n for n, _ in r.skipped] == ["layers.0.mixer", "layers.1.mixer"]
+    assert all(t.endswith("HyenaLikeMixer") for _, t in r.skipped)
+    assert any("2 module(s)" in c and "not analysed" in c for c in r.caveats)
+    out = r.save(tmp_path / "rep")
+    js = json.loads((out / "summary.json").read_text())
+    assert [s["name"] for s in js["skipped"]] == ["layers.0.mixer", "layers.1.mixer"]
+    assert "HyenaLikeMixer" in (out / "report.html").read_text()
+
+
 def test_bad_inputs():
     m = small_model()
     tok = torch.randint(0, 64, (1, 10))

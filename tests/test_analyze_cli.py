@@ -199,6 +199,7 @@ def test_analyze_hf_directory(tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
+@pytest.mark.requires("transformers", "tokenizers")
 @pytest.mark.parametrize("family", ["qwen3_next", "bloom"])
 def test_analyze_hf_directory_any_family_with_tokenizer(tmp_path, capsys, family):
     """Any causal LM saved with save_pretrained, with its tokenizer: --text is tokenised, the report

@@ -135,6 +135,7 @@ def test_token_graph_index_is_not_truncated() -> None:
     assert g.graph(np.int64(1)) is not None
 
 
+@pytest.mark.requires("scipy")
 def test_decreasing_csr_indptr_is_named_as_such() -> None:
     sp = pytest.importorskip("scipy.sparse")
     P = sp.csr_array((np.array([1.0, 0.5, 0.5, 1.0]), np.array([0, 0, 1, 2]), np.array([0, 1, 3, 4])), shape=(3, 3))

@@ -108,3 +108,28 @@ def test_rounding_level_perturbations_of_the_regression_operators(seed):
     T0 = np.load(os.path.join(DATA, "ssm_rank3_split5.npy"))
     T = np.tril(T0 * (1.0 + np.finfo(np.float64).eps * rng.integers(-4, 5, T0.shape)))
     assert_counts_match_lapack(T)
+
+
+@settings(max_examples=80)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(2, 28),
+    st.integers(1, 5),
+    st.sampled_from([0.5, 3.0, 8.0, 15.0]),
+    st.sampled_from([0.0, 2.0, 6.0]),
+    st.sampled_from([np.float64, np.float32]),
+    st.sampled_from(["rtol", "atol", "both"]),
+    st.floats(-15.0, -1.0),
+    st.floats(-15.0, -1.0),
+)
+def test_graded_operators_match_lapack_at_any_threshold(seed, L, N, decades, mixed, dtype, kind, lr, la):
+    """Counts equal LAPACK's at any threshold, not only the default: the graded operators above with a
+    relative, an absolute, or both thresholds drawn over fourteen decades."""
+    rng = np.random.default_rng(seed)
+    T = selective_ssm(rng, L, N, decades, mixed).astype(dtype)
+    kw = {}
+    if kind in ("rtol", "both"):
+        kw["rtol"] = 10.0**lr
+    if kind in ("atol", "both"):
+        kw["atol"] = float(np.abs(T).max()) * 10.0**la
+    assert_counts_match_lapack(T, **kw)

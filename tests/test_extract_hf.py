@@ -507,6 +507,54 @@ def test_mamba2_cached_continuation_refused(split: int) -> None:
     assert exts["backbone.layers.1.mixer"].operators(0).operators.shape[-1] == L
 
 
+#: the four families of issue 10: model builder, the layer the guard runs on, whether it is recurrent
+GUARDED = {
+    "gpt2": (lambda: gpt2("sdpa", torch.float32), lambda m: m.transformer.h[1].attn, False),
+    "llama": (lambda: llama("sdpa", torch.float32), lambda m: m.model.layers[1].self_attn, False),
+    "mamba": (lambda: mamba(torch.float32), lambda m: m.backbone.layers[1].mixer, True),
+    "mamba2": (lambda: mamba2(torch.float32), lambda m: m.backbone.layers[1].mixer, True),
+}
+
+
+@pytest.mark.parametrize("family", list(GUARDED))
+def test_continuation_guard_reads_any_keyword(family: str) -> None:
+    """The guard finds the cache by what it is, not by its keyword: a non-empty cache of the pinned
+    transformers handed to the layer under a name no version uses (top level or inside ``**kwargs``) is
+    refused; an empty cache under the same names is a prefill."""
+    from transformers import DynamicCache
+
+    from ess.operators.hf import _continuation_problem
+
+    make, layer, recurrent = GUARDED[family]
+    model = make()
+    with torch.no_grad():
+        cache = cache_of(model(input_ids=ids()[:, :4], use_cache=True))
+    mod = layer(model)
+    what = "a cached state" if recurrent else "cached keys"
+    for bound in ({"kwargs": {"kv_store_v99": cache}}, {"state_v99": cache}, {"args": (cache,)}):
+        problem = _continuation_problem(mod, {"hidden_states": None, **bound}, recurrent=recurrent)
+        assert problem is not None and what in problem, (bound, problem)
+    fresh = DynamicCache(config=model.config)
+    assert _continuation_problem(mod, {"hidden_states": None, "kwargs": {"kv_store_v99": fresh}}, recurrent) is None
+
+
+@pytest.mark.requires("pandas")
+@pytest.mark.parametrize("family", list(GUARDED))
+@pytest.mark.parametrize("new_tokens", [1, 4])
+def test_analyze_refuses_continuation(family: str, new_tokens: int) -> None:
+    """What a user does (issue 10): ess.analyze on a 1- or 4-token continuation of a cached prefix is
+    refused, naming the first layer, under every keyword the installed transformers accepts."""
+    make, _, recurrent = GUARDED[family]
+    model = make()
+    x = ids()[:1]
+    split = L - new_tokens
+    for keyword in cache_keywords(model):
+        with torch.no_grad():
+            cache = cache_of(model(input_ids=x[:, :split], use_cache=True))
+        with pytest.raises(InvalidArgumentError, match="cached state" if recurrent else "cached keys"):
+            ess.analyze(model, {"input_ids": x[:, split:], keyword: cache, "use_cache": True}, progress=False)
+
+
 def test_hooks_removed_when_forward_raises() -> None:
     model = gpt2("sdpa", torch.float32)
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -412,6 +412,7 @@ def test_cached_continuation_refused_generic() -> None:
             ex.operators(0)
 
 
+@pytest.mark.requires("pandas", "matplotlib")
 @pytest.mark.parametrize("family", ["jamba", "recurrent_gemma"])
 def test_hybrid_report(family: str, tmp_path: Any) -> None:
     """analyze on a hybrid: attention layers and recurrent mixers analysed (each by its own class, never the
@@ -444,6 +445,31 @@ def test_no_false_alarms() -> None:
     assert mixing_like(torch.nn.Conv1d(8, 8, 4, groups=8, padding=3)) and mixing_like(torch.nn.GRU(4, 4))
 
 
+#: tiny configs of causal LMs whose attention computes with code of its own (no attention interface) and
+#: that ess has no extractor for: analyze refuses them naming the class and why
+OUTSIDE_INTERFACE = {
+    "gpt_neo": (
+        "GPTNeoSelfAttention",
+        dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global"], 2]]),
+    ),
+    "mpt": ("MptAttention", dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, max_seq_len=64)),
+}
+
+
+@pytest.mark.parametrize("family", list(OUTSIDE_INTERFACE))
+def test_attention_outside_the_interface_refused_by_name(family: str) -> None:
+    cls, kw = OUTSIDE_INTERFACE[family]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.CONFIG_MAPPING[family](**kw)).eval()
+    found, skipped = discover(model)
+    assert not found and {t.rsplit(".", 1)[-1] for _, t in skipped} == {cls}
+    with pytest.raises(
+        InvalidArgumentError,
+        match=rf"without an extractor: \S+ \({cls}: .*not through transformers' attention interface",
+    ):
+        ess.analyze(model, torch.randint(1, 60, (1, 8)), progress=False)
+
+
 def test_nothing_analysed_raises() -> None:
     """Supported layers that the forward never calls give no operator: analyze raises instead of
     returning an empty report."""
@@ -461,6 +487,7 @@ def test_nothing_analysed_raises() -> None:
         ess.analyze(Unused(), torch.zeros(1, 6, dtype=torch.long), progress=False)
 
 
+@pytest.mark.requires("pandas")
 def test_analyze_padded_batch() -> None:
     """End to end on a left-padded batch (dict inputs, sdpa, a sliding layer shorter than the sequence):
     both sequences analysed, the padded one's operators read no padding."""

@@ -208,6 +208,7 @@ def test_family_structured(family: str) -> None:
     TIMES[family] = (", ".join(sorted(EXPECTED[family])), worst, time.perf_counter() - t0)
 
 
+@pytest.mark.requires("pandas")
 @pytest.mark.parametrize("family", ["mamba", "mamba2", "lfm2", "recurrent_gemma", "qwen3_next", "rwkv", "xlstm"])
 def test_structured_route_equals_dense_route(family: str) -> None:
     """analyze through factors and the structured kernel == analyze with materialize=True (dense kernel):
@@ -263,6 +264,7 @@ def test_wrong_reconstruction_refused_by_name() -> None:
         h.remove()
 
 
+@pytest.mark.requires("pandas")
 def test_zamba2_hybrid_layer_is_a_prefill() -> None:
     """Zamba2's hybrid layer runs its attention block before its Mamba mixer under the same layer index: the
     key length the attention just cached is not a cached recurrent state."""
@@ -301,6 +303,7 @@ class Net(torch.nn.Module):
         return self.out(self.mix(self.emb(ids)))
 
 
+@pytest.mark.requires("pandas")
 def test_jacobian_route_linear_layer_exact() -> None:
     pytest.importorskip("pandas")
     model = Net(EMA(4))
@@ -329,6 +332,7 @@ def test_jacobian_route_linear_layer_exact() -> None:
         ess.analyze(model, ids, progress=False, jacobian="mix", memory_budget=1000)
 
 
+@pytest.mark.requires("pandas")
 def test_jacobian_route_nonlinear_and_noncausal() -> None:
     pytest.importorskip("pandas")
 

@@ -135,6 +135,7 @@ def test_process_pool_identical(serial, jobs, tmp_path, pool):
     _same_tables(serial[0], tmp_path / "res")
 
 
+@pytest.mark.requires("transformers")
 def test_hf_directory(hf_dir, tmp_path):
     """A local Hugging Face directory as model (GPT-2 written by save_pretrained), its table equal
     to analyze on the same model."""
@@ -162,6 +163,7 @@ def dask_client():
     cluster.close()
 
 
+@pytest.mark.requires("distributed")
 def test_dask_identical(serial, jobs, tmp_path, dask_client):
     assert all(isinstance(p, int) for p in dask_client.run(os.getpid).values())  # worker processes, not threads
     out = sweep.run(jobs, tmp_path / "res", executor=dask_client.get_executor(), threads=1, progress=False)
@@ -174,6 +176,7 @@ def test_dask_identical(serial, jobs, tmp_path, dask_client):
     assert json.loads((tmp_path / "res" / "jobs" / "boom.json").read_text())["finished"] > before
 
 
+@pytest.mark.requires("ray")
 def test_ray_identical(serial, jobs, tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install ray)")
     ex = sweep.RayExecutor(init={"num_cpus": 2})  # sys.path (tests/ for sweep_factory) travels as PYTHONPATH
@@ -263,6 +266,7 @@ def test_killed_worker_process_pool(tmp_path, pool):
     _assert_done_intact(root, [j.name for j in js])
 
 
+@pytest.mark.requires("distributed")
 def test_killed_worker_dask(tmp_path, dask_client):
     """SIGKILL the Dask worker process running 'victim': the nanny restarts it, the scheduler reruns
     the task, the sweep completes in one run and no finished job is lost."""
@@ -519,6 +523,7 @@ options = { positions = [7] }
     assert "not valid TOML" in capsys.readouterr().err
 
 
+@pytest.mark.requires("distributed")
 def test_cli_sweep_on_dask(tmp_path, capsys, dask_client):
     """``ess sweep --executor dask --scheduler ADDRESS`` joins a running cluster."""
     from ess.cli import main

@@ -430,10 +430,18 @@ def _supported_layers(
     if jacobian is not None:
         found, skipped = _add_jacobian(model, found, skipped, jacobian)
     if not found:
+        from .operators.hf_attention import unsupported_reason
+
         seen = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for _, m in model.named_modules()})
+        mods = dict(model.named_modules())
+        why = []  # each mixer-like module without an extractor, by its class, and why when that is known
+        for n, t in skipped:
+            reason = unsupported_reason(mods.get(n))
+            why.append(f"{n} ({t.rsplit('.', 1)[-1]}{': ' + reason if reason else ''})")
         raise InvalidArgumentError(
             f"model: no supported sequence-mixing layer found in {type(model).__name__}. "
-            f"Module types found: {seen}. Register an extractor with ess.operators.register(ModuleType, factory)."
+            + (f"Mixer-like modules without an extractor: {'; '.join(why)}. " if why else "")
+            + f"Module types found: {seen}. Register an extractor with ess.operators.register(ModuleType, factory)."
         )
     return _select(found, layers), skipped
 

@@ -80,11 +80,11 @@ def _cache_like(v: Any) -> bool:
 
 
 def _caches_in(b: Dict[str, Any]) -> List[Any]:
-    """Every cache-like object among a call's bound arguments, including those in ``**kwargs``,
-    whatever keyword it came under (``cache``, ``past_key_values``, ``cache_params``, ...)."""
+    """Every cache-like object among a call's bound arguments, including those in ``**kwargs`` and
+    ``*args``, whatever keyword it came under (``cache``, ``past_key_values``, ``cache_params``, ...)."""
     vals: List[Any] = []
     for v in b.values():
-        vals.extend(v.values() if isinstance(v, dict) else (v,))
+        vals.extend(v.values() if isinstance(v, dict) else v if isinstance(v, (tuple, list)) else (v,))
     return [v for v in vals if _cache_like(v)]
 
 

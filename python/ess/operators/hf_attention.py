@@ -65,6 +65,7 @@ __all__ = [
     "BloomAttentionExtractor",
     "FalconAttentionExtractor",
     "uses_attention_interface",
+    "unsupported_reason",
     "VERIFY_RTOL",
 ]
 
@@ -301,6 +302,22 @@ def uses_attention_interface(m: Any) -> bool:
     if getattr(m, "is_cross_attention", False) is True or getattr(m, "is_causal", True) is False:
         return False
     return True
+
+
+def unsupported_reason(m: Any) -> str:
+    """Why a module of ``transformers`` whose class names attention has no extractor here (for the
+    message of ``analyze`` when nothing can be analysed); ``""`` for any other module."""
+    if not isinstance(m, torch.nn.Module) or not type(m).__module__.startswith("transformers."):
+        return ""
+    if "attention" not in type(m).__name__.lower():
+        return ""
+    code = getattr(_forward_function(type(m)), "__code__", None)
+    if code is not None and "ALL_ATTENTION_FUNCTIONS" in code.co_names:
+        return "it is cross-attention or bidirectional (is_causal False), not causal self-attention"
+    return (
+        "its forward computes attention with code of its own, not through transformers' attention interface, "
+        "which is what ess captures besides Bloom's and Falcon's attention"
+    )
 
 
 def _eager_default(module: Any) -> Callable:
