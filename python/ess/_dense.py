@@ -14,7 +14,18 @@ __all__ = ["effective_state_size", "EssCurves", "split_points"]
 
 
 class EssCurves(NamedTuple):
-    """Both ESS curves of one call (``method="both"``), each float64 ``(..., n_positions)``."""
+    """Both ESS curves of one call (``method="both"``), each float64 ``(..., n_positions)``.
+
+    Examples
+    --------
+    >>> import ess
+    >>> c = ess.effective_state_size(ess.examples.causal_convolution(6, k=3), method="both")
+    >>> c.tolerance
+    array([0., 1., 2., 2., 2., 1.])
+    >>> c.entropy.round(3)
+    array([0.   , 1.   , 1.989, 1.989, 1.989, 1.   ])
+    >>> tol, ent = c                    # a NamedTuple: unpacks like a pair
+    """
 
     tolerance: npt.NDArray[np.float64]
     entropy: npt.NDArray[np.float64]
