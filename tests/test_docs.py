@@ -66,6 +66,7 @@ DOCTEST_MODULES = PUBLIC_MODULES[1:] + ["ess._dense", "ess._newton", "ess.reprod
 
 # optional packages a module's examples need (a module not listed needs only numpy and the extension)
 DOCTEST_NEEDS = {
+    "ess._dense": ("torch",),
     "ess.analyze": ("torch", "pandas"),
     "ess.automaton": ("torch",),
     "ess.compare": ("torch", "pandas", "matplotlib", "pyarrow"),

@@ -251,6 +251,12 @@ def effective_state_size(
     sequence is bounded by ``L - t`` (boundary effect). Computation is in float64 for both
     input dtypes; the GIL is released. See the README for the algorithm and its cost.
 
+    References
+    ----------
+    R. N. Parnichkun, N. Tumma, A. W. Thomas, A. Moro, Q. An, T. Suzuki, A. Yamashita, M. Poli,
+    S. Massaroli, "Quantifying Memory Utilization with Effective State-Size", ICML 2025;
+    arXiv:2504.19561 (the blocks ``H_t`` and the effective state size measured on them).
+
     Examples
     --------
     >>> import numpy as np, ess

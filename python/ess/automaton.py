@@ -13,7 +13,7 @@ This module needs PyTorch (CPU is enough); ``import ess`` does not import it.
 References
 ----------
 Y. Li, Y. Huang, M. E. Ildiz, A. S. Rawat, S. Oymak, "Mechanics of Next Token Prediction with
-Self-Attention", AISTATS 2024 (token-priority graphs, the graph-SVM
+Self-Attention", AISTATS 2024, PMLR 238:685-693 (token-priority graphs, the graph-SVM
 direction and the automaton view of a trained attention layer).
 """
 

@@ -12,7 +12,8 @@ candidate ``j`` for last token ``k``), or ``(d, d)`` with embeddings ``E`` of sh
 References
 ----------
 M. E. Ildiz, Y. Huang, Y. Li, A. S. Rawat, S. Oymak, "From Self-Attention to Markov Models:
-Unveiling the Dynamics of Generative Transformers", ICML 2024 (the CCMC view of one layer).
+Unveiling the Dynamics of Generative Transformers", ICML 2024, PMLR 235:20955-20982 (the CCMC
+view of one layer).
 """
 
 from __future__ import annotations

@@ -36,6 +36,12 @@ singular values, which contribute nothing) and all splits done in one batched SV
 about the same again (one SVD with vectors per block). Choose ``positions`` to pay only for the
 splits you need (e.g. a strided subset inside a training loop).
 
+References
+----------
+R. N. Parnichkun, N. Tumma, A. W. Thomas, A. Moro, Q. An, T. Suzuki, A. Yamashita, M. Poli,
+S. Massaroli, "Quantifying Memory Utilization with Effective State-Size", ICML 2025;
+arXiv:2504.19561 (ESS-based regularisers in training).
+
 Examples
 --------
 >>> import torch, ess.differentiable as ed

@@ -11,6 +11,12 @@ state that suffices, at that threshold, for that fraction of the blocks seen. Th
 good as the inputs (use representative ones) and the length: where the ESS sits on its boundary
 bound ``min(t, L - t)`` the length, not the layer, limited it, and the recommendation is a lower
 bound (``at_bound`` reports how often that happened; analyse longer inputs then).
+
+References
+----------
+R. N. Parnichkun, N. Tumma, A. W. Thomas, A. Moro, Q. An, T. Suzuki, A. Yamashita, M. Poli,
+S. Massaroli, "Quantifying Memory Utilization with Effective State-Size", ICML 2025;
+arXiv:2504.19561 (ESS to guide distillation into recurrent students).
 """
 
 from __future__ import annotations

@@ -37,11 +37,12 @@ See :class:`TokenPriorityGraphs`.
 References
 ----------
 * D. J. Pearce, "A space-efficient algorithm for finding strongly connected components",
-  Information Processing Letters 116 (2016) (the ``"pearce"`` algorithm).
+  Information Processing Letters 116 (2016) 47-52 (the ``"pearce"`` algorithm).
 * L. K. Fleischer, B. Hendrickson, A. Pinar, "On identifying strongly connected components in
-  parallel", IPDPS Workshops 2000 (forward-backward, the ``"fwbw"`` algorithm).
+  parallel", Irregular 2000 (a workshop of IPDPS 2000), Lecture Notes in Computer Science 1800,
+  Springer 2000 (forward-backward, the ``"fwbw"`` algorithm).
 * Y. Li, Y. Huang, M. E. Ildiz, A. S. Rawat, S. Oymak, "Mechanics of Next Token Prediction with
-  Self-Attention", AISTATS 2024 (token-priority graphs and the graph-SVM).
+  Self-Attention", AISTATS 2024, PMLR 238:685-693 (token-priority graphs and the graph-SVM).
 """
 
 from __future__ import annotations

@@ -59,6 +59,15 @@ Algorithms (which path runs when)
   far below ``1e-8``) when it is faster; it subtracts and loses about ``log10(1/eps)``
   digits on metastable chains. Stationary distributions, all-pairs first-passage times and
   the Kemeny constant always use GTH.
+
+References
+----------
+* W. K. Grassmann, M. I. Taksar, D. P. Heyman, "Regenerative analysis and steady state
+  distributions for Markov chains", Operations Research (1985), pp. 1107-1116 (GTH: state
+  reduction without subtraction).
+* M. E. Ildiz, Y. Huang, Y. Li, A. S. Rawat, S. Oymak, "From Self-Attention to Markov Models:
+  Unveiling the Dynamics of Generative Transformers", ICML 2024, PMLR 235:20955-20982 (the CCMC
+  functions re-exported here from :mod:`ess.ccmc`).
 """
 
 from __future__ import annotations

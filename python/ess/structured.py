@@ -35,6 +35,16 @@ the dense path.
 
 Channels run in parallel (rayon, ``RAYON_NUM_THREADS``); the GIL is released. Memory per
 channel in flight: ``O(n_positions * N^2)``.
+
+References
+----------
+* R. N. Parnichkun, N. Tumma, A. W. Thomas, A. Moro, Q. An, T. Suzuki, A. Yamashita, M. Poli,
+  S. Massaroli, "Quantifying Memory Utilization with Effective State-Size", ICML 2025;
+  arXiv:2504.19561 (effective state size and its minimal-realisation view, which the factored
+  blocks ``H_t = O_t R_t`` compute without forming ``T``).
+* N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness", arXiv:0909.4061
+  (randomised range finder and its a posteriori error estimate with Gaussian test vectors: the
+  ``"fast"`` path of :func:`conv_ess`).
 """
 
 from __future__ import annotations
@@ -699,7 +709,7 @@ def conv_ess(
     gates ``x1``, ``x2`` (:class:`InvalidArgumentError`). Cost
     ``O(r L log L + L r^3)``: efficient when the kernel's Hankel singular values decay
     (smooth or decaying long kernels: S4/Hyena-style), never ``L^4``. **Guarantee**: with
-    probability at least ``1 - 1e-10`` (10 Gaussian probes, Halko-Martinsson-Tropp Lemma 4.1),
+    probability at least ``1 - 1e-10`` (10 Gaussian probes, the a posteriori estimate of Halko-Martinsson-Tropp),
     every singular value of every ``H_t`` is within ``err`` of the exact one (Weyl; each
     ``H_t`` is a submatrix of ``M`` up to permutations), where ``err`` is the achieved bound; entropy-ESS is correspondingly
     approximate, and tolerance counts are exact for every singular value farther than that
