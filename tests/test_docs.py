@@ -141,7 +141,10 @@ def test_site_builds_strict(tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(m, marks=pytest.mark.requires(*DOCTEST_NEEDS[m])) if m in DOCTEST_NEEDS else m for m in DOCTEST_MODULES],
+    [
+        pytest.param(m, marks=pytest.mark.requires(*DOCTEST_NEEDS[m])) if m in DOCTEST_NEEDS else m
+        for m in DOCTEST_MODULES
+    ],
 )
 def test_doctests(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # an example that writes a relative path writes it here

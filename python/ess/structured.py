@@ -741,7 +741,7 @@ def conv_ess(
     >>> T = sum(np.diag(np.full(8 - i, h[i]), -i) for i in range(3))
     >>> bool(np.array_equal(conv_ess(h, 8), ess.effective_state_size(T)))
     True
-    >>> conv_ess(np.exp(-np.arange(200) / 5.0), 256, path="fast", positions=[128]) 
+    >>> conv_ess(np.exp(-np.arange(200) / 5.0), 256, path="fast", positions=[128])
     array([1.])
     """
     _check_method(method)
