@@ -171,8 +171,10 @@ def load_builtin_delimiters(device: Any = "cpu") -> Any:
     --------
     >>> import ess
     >>> from ess.models import DELIM, builtin_delimiters_inputs, load_builtin_delimiters
-    >>> rep = ess.analyze(load_builtin_delimiters(), builtin_delimiters_inputs(2), markers=[DELIM], rtol=1e-2,
+    >>> rep = ess.analyze(load_builtin_delimiters(), builtin_delimiters_inputs(1), markers=[DELIM], rtol=1e-2,
     ...                   progress=False)
+    >>> rep.markers, rep.summary["kind"].tolist()      # the delimiter's positions in sample 0
+    ({0: [17, 34]}, ['conv', 'selective_ssm', 'gated_linear_attention', 'softmax_attention'])
     """
     from safetensors.torch import load_file
 
