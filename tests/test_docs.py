@@ -29,9 +29,9 @@ PAGES = {
     "architecture.md": ("torch", "pandas"),
 }
 
-# The public modules: every function and class they define (or re-export from a private module, like
-# ``ess.effective_state_size`` from ``ess._dense``) carries an Examples section, and every Examples
-# section of these modules (and of the private modules behind the re-exports) runs as a doctest.
+# The public modules: every function and class they define, or list in ``__all__`` from a private module
+# (``ess.effective_state_size`` from ``ess._dense``) or from their own submodules (a package's
+# re-exports), carries an Examples section, and all those Examples run below as doctests.
 PUBLIC_MODULES = [
     "ess",
     "ess.analyze",
@@ -47,23 +47,43 @@ PUBLIC_MODULES = [
     "ess.interactive",
     "ess.markov",
     "ess.models",
+    "ess.models.layers",
+    "ess.models.model",
+    "ess.models.mqar",
     "ess.operators",
+    "ess.operators.base",
+    "ess.operators.jacobian",
+    "ess.operators.reference",
+    "ess.operators.torch_nn",
     "ess.plots",
     "ess.report",
     "ess.reproduce",
+    "ess.reproduce.delimiters",
+    "ess.reproduce.graph_svm",
+    "ess.reproduce.metastable",
+    "ess.reproduce.mqar",
+    "ess.reproduce.regularizer",
+    "ess.reproduce.winner",
     "ess.structured",
     "ess.sweep",
 ]
 
-# modules whose docstring Examples run as doctests: the public ones, the private homes of re-exported
-# names, and the one internal module with an example of its own
-DOCTEST_MODULES = PUBLIC_MODULES[1:] + [
-    "ess._dense",
-    "ess._newton",
-    "ess.models.mqar",
-    "ess.operators.base",
-    "ess.reproduce._common",
-]
+# Public modules not yet held to the rule (module -> why); every other module of the package must be in
+# PUBLIC_MODULES (test_every_public_name_has_examples checks).
+EXAMPLES_PENDING = {
+    "ess.operators.hf": "the transformers Mamba/Mamba-2 extractors: examples need tiny transformers models",
+    "ess.operators.hf_attention": "the transformers attention extractors: examples need tiny transformers models",
+    "ess.operators.hf_recurrent": "the transformers recurrent extractors: examples need tiny transformers models",
+}
+
+# modules whose docstring Examples run as doctests: the public ones that have examples (``ess`` itself and
+# the three experiment modules define no public function or class) and the private homes of
+# re-exported names (plus ``ess._newton``, internal, with an example of its own)
+DOCTEST_MODULES = [
+    m
+    for m in PUBLIC_MODULES
+    if m not in ("ess", "ess.reproduce.graph_svm", "ess.reproduce.metastable", "ess.reproduce.winner")
+] + ["ess._dense", "ess._newton", "ess.reproduce._common"]
 
 # optional packages a module's examples need (a module not listed needs only numpy and the extension)
 DOCTEST_NEEDS = {
@@ -78,6 +98,14 @@ DOCTEST_NEEDS = {
     "ess.models.mqar": ("torch",),
     "ess.operators": ("torch",),
     "ess.operators.base": ("torch", "pandas"),
+    "ess.operators.jacobian": ("torch", "pandas"),
+    "ess.operators.reference": ("torch",),
+    "ess.operators.torch_nn": ("torch",),
+    "ess.models.layers": ("torch",),
+    "ess.models.model": ("torch",),
+    "ess.reproduce.delimiters": ("torch", "pandas"),
+    "ess.reproduce.mqar": ("torch", "pandas"),
+    "ess.reproduce.regularizer": ("torch",),
     "ess.plots": ("torch", "pandas", "matplotlib"),
     "ess.report": ("torch", "pandas", "matplotlib"),
     "ess.reproduce": ("matplotlib",),
@@ -87,20 +115,20 @@ DOCTEST_NEEDS = {
 
 
 def public_objects(modname: str) -> list:
-    """``(qualified name, object)`` of the public functions and classes of ``modname``: its ``__all__`` (or,
-    without one, its non-underscore names), keeping those defined in the module itself, in one of its
-    submodules (a package's re-exports) or in a private module."""
+    """``(qualified name, object)`` of the public functions and classes of ``modname``: those it defines
+    (non-underscore names), and those its ``__all__`` lists from a private module or from one of its own
+    submodules."""
     module = importlib.import_module(modname)
-    names = getattr(module, "__all__", None)
-    if names is None:
-        names = [n for n in vars(module) if not n.startswith("_")]
+    listed = getattr(module, "__all__", None)
+    names = listed if listed is not None else [n for n in vars(module) if not n.startswith("_")]
     out = []
     for n in names:
         obj = getattr(module, n)
         if not (inspect.isfunction(obj) or inspect.isclass(obj)):
             continue
         home = getattr(obj, "__module__", "") or ""
-        if home == modname or home.startswith(modname + ".") or any(p.startswith("_") for p in home.split(".")[1:]):
+        reexport = home.startswith(modname + ".") or any(p.startswith("_") for p in home.split(".")[1:])
+        if home == modname or (listed is not None and reexport):
             out.append((f"{home}.{obj.__qualname__}", obj))
     return out
 
@@ -172,9 +200,11 @@ def test_every_public_name_has_examples():
     assert not missing, f"public functions/classes without an Examples section: {missing}"
     unrun = sorted(q for q, obj in found.items() if obj.__module__ not in DOCTEST_MODULES)
     assert not unrun, f"add their modules to DOCTEST_MODULES: {unrun}"
-    # every public module is listed (a new module must be added to PUBLIC_MODULES)
-    import ess
+    # every module of the package is listed (a new module must be added to PUBLIC_MODULES)
 
-    on_disk = {f"ess.{m.name}" for m in pkgutil.iter_modules(ess.__path__) if not m.name.startswith("_")}
-    unlisted = sorted(on_disk - set(PUBLIC_MODULES))
+    on_disk = set()
+    for pkg in ("ess", "ess.models", "ess.operators", "ess.reproduce"):
+        path = importlib.import_module(pkg).__path__
+        on_disk |= {f"{pkg}.{m.name}" for m in pkgutil.iter_modules(path) if not m.name.startswith("_")}
+    unlisted = sorted(on_disk - set(PUBLIC_MODULES) - set(EXAMPLES_PENDING))
     assert not unlisted, f"add these public modules to PUBLIC_MODULES: {unlisted}"
