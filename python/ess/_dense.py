@@ -14,7 +14,18 @@ __all__ = ["effective_state_size", "EssCurves", "split_points"]
 
 
 class EssCurves(NamedTuple):
-    """Both ESS curves of one call (``method="both"``), each float64 ``(..., n_positions)``."""
+    """Both ESS curves of one call (``method="both"``), each float64 ``(..., n_positions)``.
+
+    Examples
+    --------
+    >>> import ess
+    >>> c = ess.effective_state_size(ess.examples.causal_convolution(6, k=3), method="both")
+    >>> c.tolerance
+    array([0., 1., 2., 2., 2., 1.])
+    >>> c.entropy.round(3)
+    array([0.   , 1.   , 1.989, 1.989, 1.989, 1.   ])
+    >>> tol, ent = c                    # a NamedTuple: unpacks like a pair
+    """
 
     tolerance: npt.NDArray[np.float64]
     entropy: npt.NDArray[np.float64]
@@ -239,6 +250,12 @@ def effective_state_size(
     ``0 <= entropy-ESS <= exact rank <= min(t, L-t)``. The curve near the end of the
     sequence is bounded by ``L - t`` (boundary effect). Computation is in float64 for both
     input dtypes; the GIL is released. See the README for the algorithm and its cost.
+
+    References
+    ----------
+    R. N. Parnichkun, N. Tumma, A. W. Thomas, A. Moro, Q. An, T. Suzuki, A. Yamashita, M. Poli,
+    S. Massaroli, "Quantifying Memory Utilization with Effective State-Size", ICML 2025;
+    arXiv:2504.19561 (the blocks ``H_t`` and the effective state size measured on them).
 
     Examples
     --------

@@ -76,6 +76,15 @@ def mixing_like(module: Any) -> bool:
     Mamba, SSM, convolution, recurrence, ...) and not a part that never mixes (a norm, an MLP, an
     embedding, the model itself, a 2-D/3-D image convolution); pointwise "convolutions" (GPT-2's
     ``Conv1D``, kernel size 1) are not mixers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.analyze import mixing_like
+    >>> mixing_like(torch.nn.MultiheadAttention(8, 2)), mixing_like(torch.nn.Conv1d(4, 4, 3))
+    (True, True)
+    >>> mixing_like(torch.nn.LayerNorm(8)), mixing_like(torch.nn.Conv1d(4, 4, 1))
+    (False, False)
     """
     name = _family_prefix_stripped(module)
     if _NOT_MIXING.search(name):
@@ -234,6 +243,21 @@ def discover(model: Any) -> Tuple[List[Tuple[str, Any]], List[Tuple[str, str]]]:
     submodules of its own, searched further) or a mixer: then it is listed as skipped under its own
     name and class, and its parts (the short ``conv1d`` inside a Mamba mixer) are not analysed on
     their own as if they were the layer.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.analyze import discover
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+    >>> extractors, skipped = discover(model)
+    >>> [name for name, _ in extractors], skipped
+    (['blocks.0.mixer', 'blocks.1.mixer'], [])
+    >>> class ToyRecurrence(torch.nn.Module):          # a mixer-like name, no extractor
+    ...     def forward(self, x):
+    ...         return x.cumsum(1)
+    >>> discover(torch.nn.Sequential(torch.nn.Linear(4, 4), ToyRecurrence()))[1]
+    [('1', '...ToyRecurrence')]
     """
     from .operators import find_extractor
 
@@ -861,6 +885,27 @@ def analyze(
     Returns
     -------
     :class:`ess.Report`
+
+    Examples
+    --------
+    A small untrained two-layer hybrid model (a short convolution, then softmax attention) on one
+    sequence of 8 tokens; the convolution's ESS never exceeds its state size (TSS) ``k - 1 = 3``:
+
+    >>> import torch, ess
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 10).reshape(1, 8), progress=False)
+    >>> report
+    <ess.Report: 2 layers, 1 sample(s), L = 8, 0 skipped, model ess.models.model.HybridLM>
+    >>> report.summary[["layer", "kind", "n_operators", "tss", "max_ess_tolerance"]]
+                layer               kind  n_operators  tss  max_ess_tolerance
+    0  blocks.0.mixer               conv            8  3.0                3.0
+    1  blocks.1.mixer  softmax_attention            2  8.0                4.0
+    >>> report.table.groupby("layer")["ess_tolerance"].max().tolist()
+    [3.0, 4.0]
+    >>> report.table.columns.tolist()
+    ['sample', 'layer', 'kind', 'operator', 'index', 'position', 'token', 'ess_tolerance', 'ess_entropy', 'tss', 'bound', 'shared']
     """
     from .report import Report
 

@@ -12,7 +12,8 @@ candidate ``j`` for last token ``k``), or ``(d, d)`` with embeddings ``E`` of sh
 References
 ----------
 M. E. Ildiz, Y. Huang, Y. Li, A. S. Rawat, S. Oymak, "From Self-Attention to Markov Models:
-Unveiling the Dynamics of Generative Transformers", ICML 2024 (the CCMC view of one layer).
+Unveiling the Dynamics of Generative Transformers", ICML 2024, PMLR 235:20955-20982 (the CCMC
+view of one layer).
 """
 
 from __future__ import annotations
@@ -67,6 +68,15 @@ def base_chain(W: npt.ArrayLike, embeddings: Optional[npt.ArrayLike] = None) -> 
     With ``embeddings=None``, ``W`` is ``(V, V)`` and ``e`` are one-hot (``P[k] = softmax(W[:, k])``);
     otherwise ``embeddings`` is ``(V, d)`` and ``W`` is ``(d, d)``. Returns ``(V, V)``, rows sum to 1
     (computed with the max-shift, so huge scores do not overflow).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import base_chain
+    >>> W = np.array([[0.0, np.log(3)], [np.log(3), 0.0]])   # W[j, k]: score of candidate j after k
+    >>> base_chain(W).round(12)
+    array([[0.25, 0.75],
+           [0.75, 0.25]])
     """
     Wm = _real(W, "W")
     if Wm.ndim != 2 or Wm.shape[0] != Wm.shape[1]:
@@ -106,6 +116,16 @@ def ccmc_transition(
     ``P_X[k, j] = m_j P[k, j] / sum_i m_i P[k, i]``; columns of tokens absent from the prompt
     are 0. ``position_weights`` (length ``len(prompt)``, > 0) gives position-weighted counts.
     Rows whose base row gives the prompt zero mass raise :class:`InvalidArgumentError`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import ccmc_transition
+    >>> P = np.full((3, 3), 1 / 3)
+    >>> ccmc_transition(P, [0, 0, 1]).round(12)   # token 0 twice, token 1 once, token 2 absent
+    array([[0.66666667, 0.33333333, 0.        ],
+           [0.66666667, 0.33333333, 0.        ],
+           [0.66666667, 0.33333333, 0.        ]])
     """
     Pm = _real(P, "P")
     if Pm.ndim != 2 or Pm.shape[0] != Pm.shape[1]:
@@ -136,7 +156,20 @@ def ccmc_transition(
 
 
 class CCMCSimulation(NamedTuple):
-    """Trajectories of :func:`simulate_ccmc` (arrays ``(n_traj, n_steps)``) and their summaries."""
+    """Trajectories of :func:`simulate_ccmc` (arrays ``(n_traj, n_steps)``) and their summaries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import simulate_ccmc
+    >>> sim = simulate_ccmc(np.full((3, 3), 1 / 3), [0, 1, 2], n_steps=5, n_traj=4, seed=1)
+    >>> sim.tokens.shape, sim.support.shape, sim.winner_share.shape
+    ((4, 5), (4, 5), (4, 5))
+    >>> bool(np.all(sim.tokens >= 0) and np.all(sim.tokens < 3))
+    True
+    >>> sim.mean_support().shape, float(sim.support[0, 0].round(12))   # uniform law on 3 tokens first
+    ((5,), 3.0)
+    """
 
     tokens: npt.NDArray[np.int64]
     support: npt.NDArray[np.float64]
@@ -169,6 +202,18 @@ def simulate_ccmc(
     (weight 1, or ``position_weights[len(prompt) + step]``). Reproducible: trajectory ``r``
     uses xoshiro256++ seeded from ``(seed, r)``, independent of thread count.
     ``position_weights``, if given, has ``len(prompt) + n_steps`` positive entries.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import simulate_ccmc
+    >>> sim = simulate_ccmc(np.full((2, 2), 0.5), [0, 1], n_steps=200, n_traj=50, seed=0)
+    >>> sim.tokens.shape
+    (50, 200)
+    >>> sim.mean_winner_share()[[0, -1]].round(2)      # the urn drifts towards one token
+    array([0.67, 0.76])
+    >>> bool(np.array_equal(sim.tokens, simulate_ccmc(np.full((2, 2), 0.5), [0, 1], 200, n_traj=50, seed=0).tokens))
+    True
     """
     Pm = _real(P, "P")
     x = _args.array(prompt, "prompt", kinds="iufbcSUO")
@@ -187,7 +232,20 @@ def simulate_ccmc(
 
 
 class IdentifiabilityReport(NamedTuple):
-    """Which columns of ``W`` the (prompt, next token) samples determine."""
+    """Which columns of ``W`` the (prompt, next token) samples determine.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import identifiability
+    >>> r = identifiability(np.array([[1, 0], [2, 0], [2, 1]]), vocab_size=3)
+    >>> r.identifiable, r.n_samples
+    (array([ True, False, False]), array([2, 1, 0]))
+    >>> r.components
+    array([[ 0, -1, -1],
+           [ 0,  0, -1],
+           [ 0,  0, -1]])
+    """
 
     identifiable: npt.NDArray[np.bool_]
     """Per column ``k``: every token co-occurs (transitively) in prompts ending in ``k``, so
@@ -220,6 +278,19 @@ def identifiability(prompts: npt.ArrayLike, vocab_size: int) -> IdentifiabilityR
     always linked through ``k``: in practice identifiability fails through coverage (tokens
     never seen with ``k``, whose entries are then undetermined), and the component labels
     matter for generalisations (e.g. prompts whose last position is masked out).
+
+    Examples
+    --------
+    Prompts ending in 0 hold tokens 0, 1 and 2, so column 0 of ``W`` is identifiable; the one prompt
+    ending in 1 never shows token 0 with it.
+
+    >>> import numpy as np
+    >>> from ess.markov import identifiability
+    >>> r = identifiability(np.array([[1, 0], [2, 0], [2, 1]]), vocab_size=3)
+    >>> r.identifiable
+    array([ True, False, False])
+    >>> r.components[:, 1]          # W[0, 1] is not determined at all
+    array([-1,  0,  0])
     """
     V = _args.integer(vocab_size, "vocab_size", lo=1)
     _args.gate("vocab_size", 3.0 * 8 * V * V, f"the V x V component tables (V = {V})")
@@ -287,6 +358,21 @@ def fit_attention_mle(
     connected component of the co-occurrence graph (see :func:`identifiability`) the column
     is centred to mean zero (the gauge). A next token absent from its prompt has probability
     zero under the model and raises :class:`InvalidArgumentError`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import base_chain, fit_attention_mle
+    >>> rng = np.random.default_rng(0)
+    >>> prompts = np.array([rng.permutation(3) for _ in range(400)])
+    >>> W = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    >>> P = base_chain(W)
+    >>> next_tokens = np.array([rng.choice(3, p=P[x[-1]]) for x in prompts])
+    >>> W_hat, report = fit_attention_mle(prompts, next_tokens, vocab_size=3)
+    >>> report.identifiable
+    array([ True,  True,  True])
+    >>> W_hat[:, 0].round(1)          # column 0 centred to mean 0, close to W[:, 0]
+    array([ 1.2, -0.1, -1.1])
     """
     V = _args.integer(vocab_size, "vocab_size", lo=1)
     _args.gate("vocab_size", 5.0 * 8 * V * V, f"the V x V weight and component tables (V = {V})")

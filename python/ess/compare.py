@@ -57,7 +57,20 @@ def _figure(w: float, h: float) -> Any:
 
 def layers(results: "SweepResults", *, measure: Optional[str] = None, fig: Any = None) -> Any:
     """Average ESS per layer (over operators, positions and samples), one bar per job side by side
-    in each layer's group (a job without that layer has no bar)."""
+    in each layer's group (a job without that layer has no bar).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import ess.compare, ess.sweep as sweep
+    >>> jobs = sweep.grid({"name": "seq-{seed}", "model": "builtin", "inputs": {"random": {"length": 8, "seed": "{seed}"}},
+    ...                    "options": {"layers": "blocks.3.mixer"}}, seed=[0, 1])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = sweep.run(jobs, d, progress=False)
+    ...     fig = ess.compare.layers(sweep.load(d))
+    >>> fig.axes[0].get_ylabel()
+    'average tolerance-ESS (state dimensions)'
+    """
     m = _measure(results, measure)
     jobs = _done_jobs(results)
     return layers_of(results.summary, "job", jobs, m, fig=fig, title=f"average {m}-ESS per layer, {len(jobs)} job(s)")
@@ -68,7 +81,18 @@ def layers_of(
 ) -> Any:
     """Layer-by-layer comparison of any groups (jobs of a sweep, samples of one report): ``summary``
     has columns ``layer``, ``kind``, ``group`` and ``avg_ess_<measure>``; one bar per group in each
-    layer's cluster, in the order of ``groups``, legend outside the axes on the right."""
+    layer's cluster, in the order of ``groups``, legend outside the axes on the right.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from ess.compare import layers_of
+    >>> summary = pd.DataFrame({"layer": ["l0", "l0", "l1", "l1"], "kind": ["conv", "conv", "ssm", "ssm"],
+    ...                         "group": ["a", "b", "a", "b"], "avg_ess_entropy": [1.5, 2.0, 3.0, 2.5]})
+    >>> fig = layers_of(summary, "group", ["a", "b"], "entropy")
+    >>> [float(bar.get_height()) for bar in fig.axes[0].patches]
+    [1.5, 3.0, 2.0, 2.5]
+    """
     m = measure
     s = summary
     names = list(dict.fromkeys(s["layer"]))
@@ -106,7 +130,22 @@ def curves(
 ) -> Any:
     """ESS against position, one panel per layer (at most ``max_panels``), one line per job: the
     mean over the layer's operators (and over samples, unless ``sample`` is given); the boundary
-    bound ``min(t, L - t)`` dashed (of the longest job)."""
+    bound ``min(t, L - t)`` dashed (of the longest job).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import ess.compare, ess.sweep as sweep
+    >>> jobs = sweep.grid({"name": "seq-{seed}", "model": "builtin", "inputs": {"random": {"length": 8, "seed": "{seed}"}},
+    ...                    "options": {"layers": "blocks.3.mixer"}}, seed=[0, 1])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = sweep.run(jobs, d, progress=False)
+    ...     fig = ess.compare.curves(sweep.load(d), measure="entropy")
+    >>> [ax.get_title() for ax in fig.axes]
+    ['blocks.3.mixer (softmax_attention)']
+    >>> [t.get_text() for t in fig.legends[0].get_texts()]
+    ['seq-0', 'seq-1', 'min(t, L-t)']
+    """
     m = _measure(results, measure)
     jobs = _done_jobs(results)
     t = results.table if sample is None else results.table[results.table["sample"] == sample]
@@ -130,7 +169,21 @@ def curves_of(
     ESS table with a ``group`` column; per layer (at most ``max_panels``) one line per group, the
     mean over the layer's operators (and whatever else the group pools), the bound dashed (a panel
     whose curves stay under 40% of the bound is zoomed on the curves, marked "bound clipped"); one
-    legend for the figure, on the right outside the panels; ``ncols`` panels per row."""
+    legend for the figure, on the right outside the panels; ``ncols`` panels per row.
+
+    Examples
+    --------
+    Any tidy table with a group column works; here two made-up groups of one layer:
+
+    >>> import pandas as pd
+    >>> from ess.compare import curves_of
+    >>> table = pd.DataFrame({"layer": "mixer", "kind": "conv", "group": ["a"] * 4 + ["b"] * 4,
+    ...                       "position": [0, 1, 2, 3] * 2, "ess_tolerance": [0, 1, 2, 1, 0, 1, 1, 1],
+    ...                       "bound": [0, 1, 2, 1] * 2})
+    >>> fig = curves_of(table, "group", ["a", "b"], "tolerance")
+    >>> [line.get_ydata().tolist() for line in fig.axes[0].get_lines()[:2]]
+    [[0.0, 1.0, 2.0, 1.0], [0.0, 1.0, 1.0, 1.0]]
+    """
     col = f"ess_{measure}"
     t = table
     all_names = list(dict.fromkeys(t["layer"]))
@@ -210,7 +263,19 @@ def save_report(results: "SweepResults", directory: Union[str, "os.PathLike[str]
     """Write ``report.html`` (job table with errors, per-layer average ESS job by job, the two
     comparison figures embedded), ``layers.png``, ``curves.png``, ``table.parquet``,
     ``summary.parquet`` and ``jobs.csv`` into ``directory`` (each file written atomically).
-    Returns the directory."""
+    Returns the directory.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import ess.compare, ess.sweep as sweep
+    >>> job = sweep.Job("short", "builtin", inputs=[0, 5, 20, 6, 21, 1, 5, 20], options={"layers": "blocks.3.mixer"})
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = sweep.run([job], os.path.join(d, "results"), progress=False)
+    ...     out = ess.compare.save_report(sweep.load(os.path.join(d, "results")), os.path.join(d, "report"))
+    ...     print(sorted(os.listdir(out)))
+    ['curves.png', 'jobs.csv', 'layers.png', 'report.html', 'summary.json', 'summary.parquet', 'table.parquet']
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -11,6 +11,12 @@ state that suffices, at that threshold, for that fraction of the blocks seen. Th
 good as the inputs (use representative ones) and the length: where the ESS sits on its boundary
 bound ``min(t, L - t)`` the length, not the layer, limited it, and the recommendation is a lower
 bound (``at_bound`` reports how often that happened; analyse longer inputs then).
+
+References
+----------
+R. N. Parnichkun, N. Tumma, A. W. Thomas, A. Moro, Q. An, T. Suzuki, A. Yamashita, M. Poli,
+S. Massaroli, "Quantifying Memory Utilization with Effective State-Size", ICML 2025;
+arXiv:2504.19561 (ESS to guide distillation into recurrent students).
 """
 
 from __future__ import annotations
@@ -46,9 +52,17 @@ def recommend_state_size(report: Any, quantile: float = 0.95) -> Any:
 
     Examples
     --------
-    >>> import ess, torch                                                 # doctest: +SKIP
-    >>> rep = ess.analyze(model, tokens, rtol=1e-2)                       # doctest: +SKIP
-    >>> ess.recommend_state_size(rep, quantile=0.95)[["layer", "tss", "recommended"]]  # doctest: +SKIP
+    A small untrained model on two random sequences, blocks matched to 1% of their largest singular value:
+
+    >>> import torch, ess
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+    >>> rep = ess.analyze(model, torch.randint(2, 60, (2, 16)), rtol=1e-2, progress=False)
+    >>> ess.recommend_state_size(rep, quantile=0.95)[["layer", "tss", "recommended", "ratio"]]
+                layer   tss  recommended  ratio
+    0  blocks.0.mixer   3.0            3  1.000
+    1  blocks.1.mixer  16.0            6  0.375
     """
     import pandas as pd
 

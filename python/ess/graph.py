@@ -37,11 +37,12 @@ See :class:`TokenPriorityGraphs`.
 References
 ----------
 * D. J. Pearce, "A space-efficient algorithm for finding strongly connected components",
-  Information Processing Letters 116 (2016) (the ``"pearce"`` algorithm).
+  Information Processing Letters 116 (2016) 47-52 (the ``"pearce"`` algorithm).
 * L. K. Fleischer, B. Hendrickson, A. Pinar, "On identifying strongly connected components in
-  parallel", IPDPS Workshops 2000 (forward-backward, the ``"fwbw"`` algorithm).
+  parallel", Irregular 2000 (a workshop of IPDPS 2000), Lecture Notes in Computer Science 1800,
+  Springer 2000 (forward-backward, the ``"fwbw"`` algorithm).
 * Y. Li, Y. Huang, M. E. Ildiz, A. S. Rawat, S. Oymak, "Mechanics of Next Token Prediction with
-  Self-Attention", AISTATS 2024 (token-priority graphs and the graph-SVM).
+  Self-Attention", AISTATS 2024, PMLR 238:685-693 (token-priority graphs and the graph-SVM).
 """
 
 from __future__ import annotations
@@ -164,6 +165,20 @@ class Condensation:
     sizes : int64 array (n_components,), number of nodes per component.
     edges : (int64 array, int64 array)
         Deduplicated edges ``a -> b`` between different components; always ``a > b``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.graph import condensation
+    >>> c = condensation(np.array([0, 1, 2, 2, 3]), np.array([1, 2, 0, 3, 4]), 5)
+    >>> c
+    Condensation(n_nodes=5, n_components=3, n_dag_edges=2)
+    >>> c.labels, c.sizes
+    (array([2, 2, 2, 1, 0], dtype=int32), array([1, 1, 3]))
+    >>> c.edges
+    (array([1, 2]), array([0, 1]))
+    >>> c.topological_order(), c.reaches(2, 0), c.reaches(0, 2)
+    (array([2, 1, 0]), True, False)
     """
 
     def __init__(self, inner: Any) -> None:
@@ -203,7 +218,21 @@ class Condensation:
 def condensation(src: npt.ArrayLike, dst: npt.ArrayLike, n_nodes: int, *, algorithm: str = "auto") -> Condensation:
     """SCCs plus the condensation DAG (deduplicated edges between components), its
     topological order and reachability queries. Same inputs, ``algorithm`` choices and
-    numbering as :func:`strongly_connected_components`."""
+    numbering as :func:`strongly_connected_components`.
+
+    Examples
+    --------
+    A 3-cycle feeding the path ``2 -> 3 -> 4``: three components; the cycle (component 2)
+    reaches the sink ``4`` (component 0), not the other way round.
+
+    >>> import numpy as np
+    >>> from ess.graph import condensation
+    >>> c = condensation(np.array([0, 1, 2, 2, 3]), np.array([1, 2, 0, 3, 4]), 5)
+    >>> c.n_components, c.labels
+    (3, array([2, 2, 2, 1, 0], dtype=int32))
+    >>> c.reaches([2, 0], [0, 2])
+    array([ True, False])
+    """
     s, d, n = _edges(src, dst, n_nodes)
     return Condensation(_core.graph_condensation(s, d, n, _args.choice(algorithm, "algorithm", _ALGORITHMS)))
 
@@ -272,7 +301,21 @@ def _pad_rows(rows: List[np.ndarray], pad: int) -> np.ndarray:
 
 class Retrieval(NamedTuple):
     """Hard retrieval of one window: the distinct tokens nothing in the window outranks
-    (sorted), and whether the graph determines the outcome (they all tie in one SCC)."""
+    (sorted), and whether the graph determines the outcome (they all tie in one SCC).
+
+    Examples
+    --------
+    After last token 0, label 3 beat 2 and label 2 beat 1: 3 outranks 2 outranks 1.
+
+    >>> import numpy as np
+    >>> from ess.graph import TokenPriorityGraphs
+    >>> tpg = TokenPriorityGraphs(np.array([[2, 1, 0], [3, 2, 0]]), np.array([2, 3]), vocab_size=4)
+    >>> r = tpg.retrieval_set([1, 2, 3, 0])
+    >>> r.tokens, r.determined
+    (array([3]), True)
+    >>> tpg.retrieval_set([1, 2, 0])
+    Retrieval(tokens=array([2]), determined=True)
+    """
 
     tokens: npt.NDArray[np.int64]
     determined: bool
@@ -287,6 +330,20 @@ class TokenGraph:
     first (larger number = higher priority); ``components`` the tokens of each SCC by number;
     ``priority_order`` the SCC numbers in a topological order, highest priority first.
     Tokens not in ``nodes`` are isolated (rank below nothing and above nothing).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.graph import TokenPriorityGraphs
+    >>> g = TokenPriorityGraphs(np.array([[2, 1, 0], [3, 2, 0]]), np.array([2, 3]), vocab_size=4).graph(0)
+    >>> g.nodes, g.n_samples
+    (array([0, 1, 2, 3]), 2)
+    >>> g.edges
+    (array([2, 2, 3, 3]), array([0, 1, 0, 2]))
+    >>> g.components, g.is_cyclic
+    ([array([0]), array([1]), array([2]), array([3])], False)
+    >>> g.component_of(3), g.component_of(1)
+    (3, 1)
     """
 
     last_token: int
@@ -633,5 +690,16 @@ class TokenPriorityGraphs:
 
 
 def token_priority_graphs(windows: Any, labels: npt.ArrayLike, vocab_size: int, **kwargs: Any) -> TokenPriorityGraphs:
-    """Shorthand for :class:`TokenPriorityGraphs`."""
+    """Shorthand for :class:`TokenPriorityGraphs`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.graph import token_priority_graphs
+    >>> tpg = token_priority_graphs(np.array([[2, 1, 0], [3, 2, 0], [1, 3, 0]]), np.array([2, 3, 1]), vocab_size=4)
+    >>> tpg
+    TokenPriorityGraphs(vocab_size=4, n_windows=3, n_graphs=1, n_unrealisable=0)
+    >>> tpg.graph(0).is_cyclic
+    True
+    """
     return TokenPriorityGraphs(windows, labels, vocab_size, **kwargs)

@@ -28,6 +28,14 @@ _COLORS = {"tolerance": "#1f77b4", "entropy": "#ff7f0e"}
 
 
 def available() -> bool:
+    """Whether plotly can be imported (the HTML page then carries the interactive figures).
+
+    Examples
+    --------
+    >>> from ess import interactive
+    >>> interactive.available()          # plotly is installed
+    True
+    """
     try:
         import plotly  # noqa: F401
     except ImportError:
@@ -36,7 +44,15 @@ def available() -> bool:
 
 
 def plotly_js() -> str:
-    """plotly.js itself (minified), to inline once in a page."""
+    """plotly.js itself (minified), to inline once in a page.
+
+    Examples
+    --------
+    >>> from ess import interactive
+    >>> js = interactive.plotly_js()
+    >>> len(js) > 1_000_000, "plotly" in js[:2000].lower()
+    (True, True)
+    """
     from plotly.offline import get_plotlyjs
 
     return str(get_plotlyjs())
@@ -78,7 +94,20 @@ def _style_axes(fig: Any, twin: bool, unit: str) -> None:
 
 
 def layer_figure(report: "Report", layer: str, *, sample: int = 0) -> Any:
-    """The interactive figure of one layer (a :class:`plotly.graph_objects.Figure`)."""
+    """The interactive figure of one layer (a :class:`plotly.graph_objects.Figure`).
+
+    Examples
+    --------
+    >>> import torch, ess
+    >>> from ess import interactive
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 10).reshape(1, 8), progress=False)
+    >>> fig = interactive.layer_figure(report, "blocks.0.mixer")
+    >>> type(fig).__name__, sorted({trace.type for trace in fig.data})
+    ('Figure', ['heatmap', 'scatter'])
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -298,7 +327,20 @@ _CONFIG: Dict[str, Any] = {"displaylogo": False, "responsive": True}
 
 
 def layer_divs(report: "Report", *, sample: int = 0) -> Dict[str, str]:
-    """layer -> an HTML ``<div>`` with its interactive figure (plotly.js not included)."""
+    """layer -> an HTML ``<div>`` with its interactive figure (plotly.js not included).
+
+    Examples
+    --------
+    >>> import torch, ess
+    >>> from ess import interactive
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 10).reshape(1, 8), progress=False)
+    >>> divs = interactive.layer_divs(report)
+    >>> list(divs), divs["blocks.0.mixer"].lstrip().startswith("<div")
+    (['blocks.0.mixer', 'blocks.1.mixer'], True)
+    """
     out: Dict[str, str] = {}
     layers = list(dict.fromkeys(report.table.loc[report.table["sample"] == sample, "layer"]))
     for i, layer in enumerate(layers):

@@ -59,6 +59,15 @@ Algorithms (which path runs when)
   far below ``1e-8``) when it is faster; it subtracts and loses about ``log10(1/eps)``
   digits on metastable chains. Stationary distributions, all-pairs first-passage times and
   the Kemeny constant always use GTH.
+
+References
+----------
+* W. K. Grassmann, M. I. Taksar, D. P. Heyman, "Regenerative analysis and steady state
+  distributions for Markov chains", Operations Research (1985), pp. 1107-1116 (GTH: state
+  reduction without subtraction).
+* M. E. Ildiz, Y. Huang, Y. Li, A. S. Rawat, S. Oymak, "From Self-Attention to Markov Models:
+  Unveiling the Dynamics of Generative Transformers", ICML 2024, PMLR 235:20955-20982 (the CCMC
+  functions re-exported here from :mod:`ess.ccmc`).
 """
 
 from __future__ import annotations
@@ -191,6 +200,14 @@ def mean_first_passage_times(P: ChainLike) -> npt.NDArray[np.float64]:
     (``O(n^3)``, subtraction-free, both halves in parallel); for a reducible chain one GTH
     solve per target runs (``O(n)`` solves, in parallel). ``n`` is limited to 20000
     (:class:`TooLargeError`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import mean_first_passage_times
+    >>> mean_first_passage_times(np.array([[0.9, 0.1], [0.2, 0.8]])).round(12)
+    array([[ 0., 10.],
+           [ 5.,  0.]])
     """
     return _core.markov_mfpt(_chain(P))
 
@@ -221,6 +238,16 @@ def committor(P: ChainLike, A: Any, B: Any, *, backward: bool = False, method: s
     (1 on ``A``, 0 on ``B``), computed as the forward committor ``B -> A`` of the
     time-reversed chain ``pi_j P[j, i] / pi_i``; needs an irreducible chain. For reversible
     chains ``q- = 1 - q+``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import committor
+    >>> P = np.array([[0.5, 0.5, 0, 0], [0.5, 0, 0.5, 0], [0, 0.5, 0, 0.5], [0, 0, 0.5, 0.5]])
+    >>> committor(P, A=[0], B=[3]).round(12)
+    array([0.        , 0.33333333, 0.66666667, 1.        ])
+    >>> committor(P, A=[0], B=[3], backward=True).round(12)
+    array([1.        , 0.66666667, 0.33333333, 0.        ])
     """
     return _core.markov_committor(
         _chain(P), _ids(A, "A"), _ids(B, "B"), _args.boolean(backward, "backward"), _method(method)
@@ -233,6 +260,17 @@ def absorption_probabilities(P: ChainLike, sets: Sequence[Any], *, method: str =
     Returns ``(n, len(sets))``: ``out[i, s] = P_i(the first set entered is sets[s])``.
     Rows of states inside a set are unit vectors. A row sums to less than one where the
     chain can avoid every set forever (a closed class disjoint from all sets).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import absorption_probabilities
+    >>> P = np.array([[1.0, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0.5, 0, 0.5], [0, 0, 0, 1.0]])
+    >>> absorption_probabilities(P, [[0], [3]]).round(12)
+    array([[1.        , 0.        ],
+           [0.66666667, 0.33333333],
+           [0.33333333, 0.66666667],
+           [0.        , 1.        ]])
     """
     if isinstance(sets, np.ndarray) and sets.ndim == 1:
         sets = [sets]
@@ -265,20 +303,46 @@ def communication_classes(
     ``(labels, closed)``: ``labels[i]`` is the class of state ``i`` (numbered in reverse
     topological order of the condensation: classes reachable from a class have smaller
     labels) and ``closed[c]`` says whether no edge leaves class ``c``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import communication_classes
+    >>> P = np.array([[0.5, 0.5, 0], [0.5, 0.25, 0.25], [0, 0, 1.0]])
+    >>> communication_classes(P)
+    (array([1, 1, 0]), array([ True, False]))
     """
     lab, closed, _k = _core.markov_classes(_chain(P), _args.real(threshold, "threshold", lo=0.0))
     return lab, closed
 
 
 def closed_classes(P: ChainLike) -> List[npt.NDArray[np.int64]]:
-    """The closed (recurrent) classes, each a sorted array of states, ordered by smallest state."""
+    """The closed (recurrent) classes, each a sorted array of states, ordered by smallest state.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import closed_classes
+    >>> P = np.array([[1.0, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0.5, 0, 0.5], [0, 0, 0, 1.0]])
+    >>> closed_classes(P)
+    [array([0]), array([3])]
+    """
     lab, closed = communication_classes(P)
     out = [np.flatnonzero(lab == c) for c in np.flatnonzero(closed)]
     return sorted(out, key=lambda a: int(a[0]))
 
 
 def transient_states(P: ChainLike) -> npt.NDArray[np.int64]:
-    """States outside every closed class (sorted)."""
+    """States outside every closed class (sorted).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import transient_states
+    >>> P = np.array([[1.0, 0, 0, 0], [0.5, 0, 0.5, 0], [0, 0.5, 0, 0.5], [0, 0, 0, 1.0]])
+    >>> transient_states(P)
+    array([1, 2])
+    """
     lab, closed = communication_classes(P)
     return np.flatnonzero(~closed[lab])
 
@@ -289,12 +353,28 @@ def kemeny_constant(P: ChainLike) -> float:
     With the convention ``M[i, i] = 0`` used here, ``K = sum_{k >= 2} 1 / (1 - lambda_k)``.
     Computed from :func:`mean_first_passage_times` and :func:`stationary_distribution`
     (both GTH), so ``O(n^3)`` and dense.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import kemeny_constant
+    >>> round(kemeny_constant(np.array([[0.9, 0.1], [0.2, 0.8]])), 12)
+    3.333333333333
     """
     return float(_core.markov_kemeny(_chain(P)))
 
 
 class MetastableDecomposition(NamedTuple):
-    """Result of :func:`metastable_decomposition`."""
+    """Result of :func:`metastable_decomposition`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import metastable_decomposition
+    >>> P = np.array([[0.5, 0.5 - 1e-8, 1e-8, 0], [0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]])
+    >>> metastable_decomposition(P)   # the 1e-8 edge is rare: two basins
+    MetastableDecomposition(labels=array([0, 0, 1, 1]), n_clusters=2, threshold=7.07...e-05, closed=array([ True,  True]))
+    """
 
     labels: npt.NDArray[np.int64]
     """Cluster of each state, ``0..n_clusters-1`` (ordered by smallest member state)."""
@@ -321,6 +401,15 @@ def metastable_decomposition(P: ChainLike, *, threshold: Optional[float] = None)
     ``threshold=None`` picks it automatically: the geometric midpoint of the widest gap
     (in ``log10``) between the distinct off-diagonal probabilities, provided that gap spans
     at least two decades; otherwise no edge is rare (``threshold = 0``).
+
+    Examples
+    --------
+    >>> from ess.markov import metastable_chain, metastable_decomposition
+    >>> d = metastable_decomposition(metastable_chain(3, 4, eps=1e-9, seed=0))
+    >>> d.n_clusters, d.labels
+    (3, array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]))
+    >>> d.closed, f"{d.threshold:.0e}"
+    (array([ True,  True,  True]), '1e-05')
     """
     Pc = _chain(P)
     threshold = _args.real(threshold, "threshold", lo=0.0, allow_none=True)
@@ -372,6 +461,18 @@ def metastable_chain(
     ``c * cluster_size + i``. The hitting time of the last cluster from state 0 grows like
     ``1 / eps``. Returns a dense float64 array, or ``scipy.sparse.csr_array`` when
     ``sparse=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.markov import hitting_times, metastable_chain
+    >>> P = metastable_chain(3, 4, eps=1e-6, seed=0)
+    >>> P.shape, float(P[3, 4]), bool(np.allclose(P.sum(axis=1), 1))
+    ((12, 12), 1e-06, True)
+    >>> f"{hitting_times(P, list(range(8, 12)))[0]:.2e}"   # grows like 1 / eps
+    '1.22e+07'
+    >>> metastable_chain(3, 4, seed=0, sparse=True).nnz
+    40
     """
     K = _args.integer(n_clusters, "n_clusters", lo=1)
     M = _args.integer(cluster_size, "cluster_size", lo=2)

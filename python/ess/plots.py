@@ -43,6 +43,17 @@ _PYPLOT: "contextvars.ContextVar[bool]" = contextvars.ContextVar("ess_plots_pypl
 
 
 def new_figure(width: float, height: float, pyplot: bool = False) -> Any:
+    """A new :class:`matplotlib.figure.Figure` of ``width`` x ``height`` inches, made without pyplot
+    (so that saving works headless) unless ``pyplot`` is true or :meth:`ess.Report.plot` asked for
+    pyplot's figures (an interactive backend).
+
+    Examples
+    --------
+    >>> from ess.plots import new_figure
+    >>> fig = new_figure(4, 3)
+    >>> type(fig).__name__, fig.get_size_inches().tolist()
+    ('Figure', [4.0, 3.0])
+    """
     if pyplot or _PYPLOT.get():
         import matplotlib.pyplot as plt
 
@@ -54,7 +65,22 @@ def new_figure(width: float, height: float, pyplot: bool = False) -> Any:
 
 def measures(report: "Report", measure: Optional[str]) -> List[str]:
     """The measures to draw: ``"tolerance"``, ``"entropy"``, ``"both"`` or ``None`` (both when both
-    were computed, else the one that was). Raises :class:`~ess.errors.InvalidArgumentError`."""
+    were computed, else the one that was). Raises :class:`~ess.errors.InvalidArgumentError`.
+
+    Examples
+    --------
+    >>> import torch, ess, ess.plots
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 8).reshape(1, 6), method="entropy", progress=False)
+    >>> ess.plots.measures(report, None)
+    ['entropy']
+    >>> ess.plots.measures(report, "tolerance")
+    Traceback (most recent call last):
+        ...
+    ess.errors.InvalidArgumentError: measure: 'tolerance' was not computed (method='entropy')
+    """
     t = report.table
     have = [m for m in ("tolerance", "entropy") if f"ess_{m}" in t and t[f"ess_{m}"].notna().any()]
     if measure is None:
@@ -122,7 +148,19 @@ def curves(
     up to ``max_lines`` individual operators (thin); when the entropy-ESS stays below a quarter of the
     tolerance-ESS it is drawn against its own axis on the right. Also the layer's TSS (dotted; noted in the title
     when above the plotted range), the boundary bound ``min(t, L - t)`` (dashed) and the marker tokens
-    (delimiter / EOS, grey vertical lines). ``sample=None`` averages over samples."""
+    (delimiter / EOS, grey vertical lines). ``sample=None`` averages over samples.
+
+    Examples
+    --------
+    >>> import torch, ess, ess.plots
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 10).reshape(1, 8), progress=False)
+    >>> fig = ess.plots.curves(report, measure="tolerance")
+    >>> [ax.get_title() for ax in fig.axes]
+    ['blocks.0.mixer (conv), TSS = 3', 'blocks.1.mixer (softmax_attention), TSS = 8 (above the range)']
+    """
     ms = measures(report, measure)
     df = _sample_table(report, sample)
     layers = _layers(df)
@@ -228,7 +266,19 @@ def heatmap(report: "Report", *, sample: Optional[int] = 0, measure: Optional[st
     with its own number of rows and its own colour scale (0 to the layer's largest value), and the
     marker positions as ticks above the panel. ``measure``: ``"tolerance"`` or ``"entropy"`` (default:
     entropy when computed, the more informative of the two near the bounds); ``sample=None`` averages
-    over samples."""
+    over samples.
+
+    Examples
+    --------
+    >>> import torch, ess, ess.plots
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 10).reshape(1, 8), progress=False)
+    >>> fig = ess.plots.heatmap(report, measure="entropy")   # one panel and one colour bar per layer
+    >>> len(fig.axes)
+    4
+    """
     ms = measures(report, measure)
     if len(ms) > 1:
         if measure == "both":
@@ -293,7 +343,20 @@ def utilisation(report: "Report", *, fig: Any = None) -> Any:
     """Per layer: utilisation (average ESS / TSS) and fill (average ESS / attainable, the mean of
     ``min(TSS, t, L - t)``) of the measure the flags use, and the fill of the entropy-ESS when the
     flags use the tolerance-ESS; the saturation and collapse thresholds as lines. Bars are labelled
-    with their percentage; the legend sits above the axes."""
+    with their percentage; the legend sits above the axes.
+
+    Examples
+    --------
+    >>> import torch, ess, ess.plots
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 10).reshape(1, 8), progress=False)
+    >>> fig = ess.plots.utilisation(report)
+    >>> ax = fig.axes[0]
+    >>> ax.get_ylabel(), [t.get_text().replace(chr(10), " ") for t in ax.get_xticklabels()]
+    ('fraction', ['blocks.0.mixer (conv)', 'blocks.1.mixer (softmax_attention)'])
+    """
     s = report.summary
     if fig is None:
         fig = new_figure(max(7.5, 1.5 + 1.3 * len(s)), 3.8)
@@ -349,7 +412,19 @@ def _per_sample(report: "Report", ms: Sequence[str]) -> Any:
 
 def samples(report: "Report", *, measure: Optional[str] = None, fig: Any = None, **kwargs: Any) -> Any:
     """The samples of the report compared: per layer, the mean ESS over heads/channels against
-    position, one line per sample (:func:`ess.compare.curves_of`)."""
+    position, one line per sample (:func:`ess.compare.curves_of`).
+
+    Examples
+    --------
+    >>> import torch, ess, ess.plots
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.randint(2, 60, (2, 8)), progress=False)   # two samples
+    >>> fig = ess.plots.samples(report, measure="entropy")
+    >>> [ax.get_title() for ax in fig.axes]
+    ['blocks.0.mixer (conv)', 'blocks.1.mixer (softmax_attention)']
+    """
     from . import compare
 
     ms = measures(report, measure)
@@ -368,7 +443,19 @@ def samples(report: "Report", *, measure: Optional[str] = None, fig: Any = None,
 
 def sample_layers(report: "Report", *, measure: Optional[str] = None, fig: Any = None) -> Any:
     """The samples of the report compared layer by layer: average ESS (over heads/channels and
-    positions) per layer, one bar per sample (:func:`ess.compare.layers_of`)."""
+    positions) per layer, one bar per sample (:func:`ess.compare.layers_of`).
+
+    Examples
+    --------
+    >>> import torch, ess, ess.plots
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.randint(2, 60, (2, 8)), progress=False)   # two samples
+    >>> fig = ess.plots.sample_layers(report)
+    >>> fig.axes[0].get_title()
+    'average entropy-ESS per layer, by sample'
+    """
     from . import compare
 
     ms = measures(report, measure)
@@ -385,7 +472,23 @@ _FORMATS = {".svg": "svg", ".pdf": "pdf", ".png": "png", ".eps": "eps"}
 def save_figure(fig: Any, path: Union[str, "os.PathLike[str]"], *, dpi: int = 300) -> Path:
     """Write ``fig`` to ``path``, the format taken from the suffix (``.svg``, ``.pdf``, ``.eps``,
     ``.png``), at print quality: vector formats keep text as text (SVG) or embed TrueType fonts
-    (PDF/EPS, as journals ask), PNG at ``dpi`` (300 by default); tight bounding box."""
+    (PDF/EPS, as journals ask), PNG at ``dpi`` (300 by default); tight bounding box.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from ess.plots import new_figure, save_figure
+    >>> fig = new_figure(3, 2)
+    >>> _ = fig.add_subplot().plot([0, 1, 2], [0, 1, 0])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = save_figure(fig, os.path.join(d, "curve.svg"))
+    ...     print(p.name, p.read_text().lstrip().startswith("<?xml"))
+    curve.svg True
+    >>> save_figure(fig, "curve.txt")
+    Traceback (most recent call last):
+        ...
+    ess.errors.InvalidArgumentError: path: 'curve.txt' has no figure suffix; expected one of ['.eps', '.pdf', '.png', '.svg']
+    """
     import matplotlib
 
     p = Path(path)

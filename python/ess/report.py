@@ -53,6 +53,27 @@ class Report:
     markers : sample -> positions of marker tokens (delimiter / EOS).
     caveats : text caveats (boundary effect, local linearisation, ...).
     meta : model, device, length, method, thresholds, timings.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch, ess
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "softmax_attention"]))
+    >>> report = ess.analyze(model, torch.arange(2, 10).reshape(1, 8), progress=False)
+    >>> report.n_samples, report.primary, report.meta["length"]
+    (1, 'tolerance', 8)
+    >>> report.summary[["layer", "tss", "attainable", "saturated"]]
+                layer  tss  attainable  saturated
+    0  blocks.0.mixer  3.0       1.875       True
+    1  blocks.1.mixer  8.0       2.000       True
+    >>> sorted(report.to_dict())
+    ['caveats', 'layers', 'markers', 'meta', 'skipped', 'tokens']
+    >>> fig = report.plot("curves", measure="entropy")
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = report.save(d, interactive=False)
+    ...     print(sorted(os.listdir(d)))
+    ['curves.png', 'ess.csv', ...'heatmap.png', 'report.html', 'summary.csv', 'summary.json', 'utilisation.png']
     """
 
     table: Any

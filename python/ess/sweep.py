@@ -121,7 +121,19 @@ _SUMMARY_COLUMNS = (
 
 class SweepResultsError(InvalidArgumentError):
     """A results directory that is not an ess sweep, holds a corrupt or foreign file, or holds a
-    done job whose spec differs from the one asked for (never silently mixed)."""
+    done job whose spec differs from the one asked for (never silently mixed).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from ess.sweep import load
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = (pathlib.Path(d) / "notes.txt").write_text("not a sweep")
+    ...     load(d)
+    Traceback (most recent call last):
+        ...
+    ess.sweep.SweepResultsError: results: '...' is not an ess sweep results directory (no ess-sweep.json)
+    """
 
 
 # ---------------------------------------------------------------------------------------- jobs
@@ -259,6 +271,17 @@ class Job:
     gpus : GPUs a :class:`RayExecutor` task asks for (default 1 on ``cuda``, else 0).
     labels : scalar values copied as columns into the job's table and summary (``arch``,
         ``checkpoint``, ...) for comparisons; must not shadow a table column.
+
+    Examples
+    --------
+    >>> from ess.sweep import Job
+    >>> job = Job("short", "builtin", inputs=[0, 5, 20, 6, 21, 1, 5, 20], options={"layers": "blocks.3.mixer"})
+    >>> job.inputs, job.options, job.device
+    ([0, 5, 20, 6, 21, 1, 5, 20], {'layers': 'blocks.3.mixer'}, 'cpu')
+    >>> Job("no spaces allowed", "builtin")
+    Traceback (most recent call last):
+        ...
+    ess.errors.InvalidArgumentError: jobs['no spaces allowed'].name: must be 1-200 characters of letters, digits and '._+-', starting with a letter or a digit; got 'no spaces allowed'
     """
 
     name: str
@@ -867,6 +890,21 @@ class RayExecutor(cf.Executor):
         started without ``runtime_env`` gets ``PYTHONPATH`` = this process's own (non-installed)
         ``sys.path`` entries, so that ``"module:function"`` factories import in its workers as here.
     options : further ``.options(...)`` of every task (``resources=``, ``runtime_env=``, ...).
+
+    Examples
+    --------
+    Starting Ray takes several seconds and its own worker processes, so only the first line runs
+    here; the others show the use.
+
+    >>> import concurrent.futures
+    >>> from ess.sweep import RayExecutor
+    >>> issubclass(RayExecutor, concurrent.futures.Executor)
+    True
+    >>> import ess.sweep as sweep
+    >>> jobs = [sweep.Job(f"seq-{i}", "builtin", inputs={"random": {"length": 16, "seed": i}}) for i in range(4)]
+    >>> ex = RayExecutor(num_cpus=1, init={"num_cpus": 4})       # doctest: +SKIP
+    >>> sweep.run(jobs, "results", executor=ex)                    # doctest: +SKIP
+    >>> ex.shutdown()                                              # doctest: +SKIP
     """
 
     def __init__(
@@ -950,7 +988,21 @@ class SweepOutcome:
     redone by the next run. ``errors`` maps failed and lost jobs to their error; ``seconds`` and
     ``cpu_seconds`` map finished jobs to their wall and CPU time in the task (build, analyse, write;
     a fresh worker's first job includes importing torch), ``write_seconds`` to the part of it spent
-    writing the results."""
+    writing the results.
+
+    Examples
+    --------
+    A job whose model factory cannot be imported fails without stopping the sweep; its error is kept:
+
+    >>> import tempfile
+    >>> from ess.sweep import Job, run
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     out = run([Job("broken", "no_such_module:make_model", inputs=[1, 2, 3])], d, progress=False)
+    >>> out.finished, out.failed
+    ([], ['broken'])
+    >>> out.errors["broken"]
+    "InvalidArgumentError: jobs['broken'].model: cannot load 'no_such_module:make_model': No module named 'no_such_module'"
+    """
 
     results: Path
     finished: List[str] = field(default_factory=list)
@@ -1021,6 +1073,18 @@ def run(
     ------
     SweepResultsError : ``results`` is not (and cannot become) a sweep directory, holds a foreign
         or corrupt file, or a done job there has the same name but another spec.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import ess.sweep as sweep
+    >>> jobs = sweep.grid({"name": "seq-{seed}", "model": "builtin", "inputs": {"random": {"length": 6, "seed": "{seed}"}},
+    ...                    "options": {"layers": "blocks.3.mixer"}}, seed=[0, 1])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     first = sweep.run(jobs, d, progress=False)
+    ...     again = sweep.run(jobs, d, progress=False)      # done jobs with the same spec are skipped
+    >>> first.finished, again.skipped, again.finished
+    (['seq-0', 'seq-1'], ['seq-0', 'seq-1'], [])
     """
     t_start = time.perf_counter()
     todo_jobs = _as_jobs(jobs)
@@ -1155,6 +1219,23 @@ class SweepResults:
     incomplete : jobs with Parquet files but no done record: a task died between writing them
         and its record (or a failed job's files were left); never loaded, redone by the next run.
         A direct reader of ``table/`` (``pandas.read_parquet``) would see their files.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ess.sweep import Job, load, run
+    >>> job = Job("short", "builtin", inputs=[0, 5, 20, 6, 21, 1, 5, 20], options={"layers": "blocks.3.mixer"})
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = run([job], d, progress=False)
+    ...     res = load(d)
+    >>> res.summary[["job", "layer", "kind", "tss"]]
+         job           layer               kind  tss
+    0  short  blocks.3.mixer  softmax_attention  8.0
+    >>> res.jobs[["job", "status", "model"]]
+         job status    model
+    0  short   done  builtin
+    >>> len(res.table), res.incomplete, len(res.failed)
+    (32, [], 0)
     """
 
     root: Path
@@ -1191,7 +1272,21 @@ class SweepResults:
 
 def load(results: Union[str, "os.PathLike[str]"]) -> SweepResults:
     """Load a results directory (validated first: a foreign or corrupt file raises
-    :class:`SweepResultsError`, it is never skipped). Jobs appear in name order."""
+    :class:`SweepResultsError`, it is never skipped). Jobs appear in name order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from ess.sweep import Job, load, run
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = run(Job("short", "builtin", inputs=[0, 5, 20, 6, 21, 1, 5, 20], options={"layers": "blocks.3.mixer"}),
+    ...             d, progress=False)
+    ...     res = load(d)
+    >>> res.table.groupby("job")["position"].max().to_dict()
+    {'short': 7}
+    >>> list(res.records["short"]["spec"]["options"])
+    ['layers']
+    """
     import pandas as pd
     import pyarrow.parquet as pq
 
@@ -1271,6 +1366,29 @@ def load_config(path: Union[str, "os.PathLike[str]"]) -> Dict[str, Any]:
     optional top-level ``results``, ``executor`` (``"serial"``, ``"processes"``, ``"dask"``,
     ``"ray"``), ``workers``, ``threads``, ``retry_failed``. Relative paths (``results``, model
     directories, ``.npy`` inputs) are relative to the TOML file.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from ess.sweep import load_config
+    >>> toml = '''
+    ... results = "results"
+    ... [defaults]
+    ... model = "builtin"
+    ... options = {method = "tolerance"}
+    ... [[grid]]
+    ... name = "mqar-{seed}"
+    ... inputs = {mqar = {n = 1, seed = "{seed}"}}
+    ... vary = {seed = [0, 1]}
+    ... '''
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = os.path.join(d, "sweep.toml")
+    ...     _ = open(path, "w").write(toml)
+    ...     cfg = load_config(path)
+    ...     print(os.path.relpath(cfg["results"], d))
+    results
+    >>> [(j.name, j.inputs, j.options) for j in cfg["jobs"]]
+    [('mqar-0', {'mqar': {'n': 1, 'seed': 0}}, {'method': 'tolerance'}), ('mqar-1', {'mqar': {'n': 1, 'seed': 1}}, {'method': 'tolerance'})]
     """
     try:
         import tomllib  # type: ignore[import-not-found]

@@ -60,13 +60,36 @@ BUILTINS = ("delimiters", "mqar")
 
 
 def builtin_info() -> Dict[str, Any]:
-    """The recorded training facts of the shipped weights (config, MQAR setup, accuracy)."""
+    """The recorded training facts of the shipped weights (config, MQAR setup, accuracy).
+
+    Examples
+    --------
+    >>> from ess.models import builtin_info
+    >>> info = builtin_info()
+    >>> sorted(info["model_config"])
+    ['conv_kernel', 'd_model', 'd_state', 'max_len', 'mixers', 'n_heads', 'vocab_size']
+    >>> info["model_config"]["mixers"]
+    ['conv', 'ssm', 'linear_attention', 'softmax_attention']
+    """
     with open(INFO, encoding="utf-8") as f:
         return json.load(f)
 
 
 def load_builtin(device: Any = "cpu") -> Any:
-    """The trained built-in :class:`~ess.models.model.HybridLM` in eval mode."""
+    """The trained built-in :class:`~ess.models.model.HybridLM` in eval mode.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models import builtin_inputs, load_builtin
+    >>> model = load_builtin()
+    >>> type(model).__name__, model.training
+    ('HybridLM', False)
+    >>> with torch.no_grad():
+    ...     logits = model(builtin_inputs(1))
+    >>> tuple(logits.shape)
+    (1, 34, 64)
+    """
     from safetensors.torch import load_file
 
     from .model import HybridConfig, HybridLM
@@ -79,7 +102,17 @@ def load_builtin(device: Any = "cpu") -> Any:
 
 def builtin_inputs(n: int = 2) -> Any:
     """The first ``n`` (at most 8) shipped MQAR sequences: the first of the held-out evaluation set
-    (seed ``eval_seed``, disjoint from the training seeds), int64 tensor ``(n, L)``."""
+    (seed ``eval_seed``, disjoint from the training seeds), int64 tensor ``(n, L)``.
+
+    Examples
+    --------
+    >>> from ess.models import builtin_inputs, token_names
+    >>> x = builtin_inputs(2)
+    >>> x.dtype, tuple(x.shape)
+    (torch.int64, (2, 34))
+    >>> token_names(x[0, :5])
+    ['BOS', 'k8', 'v5', 'k16', 'v7']
+    """
     import numpy as np
     import torch
 
@@ -90,7 +123,14 @@ def builtin_inputs(n: int = 2) -> Any:
 
 
 def token_names(ids: Any, cfg: Optional[MQARConfig] = None) -> list:
-    """Readable names of MQAR token ids: ``BOS``, ``SEP``, ``k<i>`` (keys), ``v<j>`` (values)."""
+    """Readable names of MQAR token ids: ``BOS``, ``SEP``, ``k<i>`` (keys), ``v<j>`` (values).
+
+    Examples
+    --------
+    >>> from ess.models import token_names
+    >>> token_names([0, 1, 2, 3, 40])
+    ['BOS', 'SEP', 'k0', 'k1', 'v8']
+    """
     cfg = MQARConfig() if cfg is None else cfg
     out = []
     for t in [int(x) for x in ids]:
@@ -108,7 +148,17 @@ def token_names(ids: Any, cfg: Optional[MQARConfig] = None) -> list:
 def builtin_delimiters_info() -> Dict[str, Any]:
     """The recorded training facts of the ``delimiters`` model: model config, task (segments, pairs,
     queries, key and value pools), delimiter positions of the shipped inputs, held-out accuracy, the
-    training command."""
+    training command.
+
+    Examples
+    --------
+    >>> from ess.models import builtin_delimiters_info
+    >>> info = builtin_delimiters_info()
+    >>> info["model_config"]["mixers"]
+    ['conv', 'ssm', 'gated_linear_attention', 'softmax_attention']
+    >>> info["delimiter_positions"]
+    [17, 34]
+    """
     with open(DELIM_INFO, encoding="utf-8") as f:
         return json.load(f)
 
@@ -121,8 +171,10 @@ def load_builtin_delimiters(device: Any = "cpu") -> Any:
     --------
     >>> import ess
     >>> from ess.models import DELIM, builtin_delimiters_inputs, load_builtin_delimiters
-    >>> rep = ess.analyze(load_builtin_delimiters(), builtin_delimiters_inputs(2), markers=[DELIM], rtol=1e-2,
+    >>> rep = ess.analyze(load_builtin_delimiters(), builtin_delimiters_inputs(1), markers=[DELIM], rtol=1e-2,
     ...                   progress=False)
+    >>> rep.markers, rep.summary["kind"].tolist()      # the delimiter's positions in sample 0
+    ({0: [17, 34]}, ['conv', 'selective_ssm', 'gated_linear_attention', 'softmax_attention'])
     """
     from safetensors.torch import load_file
 
@@ -137,7 +189,15 @@ def load_builtin_delimiters(device: Any = "cpu") -> Any:
 def builtin_delimiters_inputs(n: int = 2) -> Any:
     """The first ``n`` (at most 8) shipped sequences of the ``delimiters`` model: the first of its
     held-out evaluation set (seed ``eval_seed``), int64 tensor ``(n, L)``; the delimiter (id ``DELIM``)
-    sits at ``builtin_delimiters_info()["delimiter_positions"]`` in every sequence."""
+    sits at ``builtin_delimiters_info()["delimiter_positions"]`` in every sequence.
+
+    Examples
+    --------
+    >>> from ess.models import DELIM, builtin_delimiters_inputs
+    >>> x = builtin_delimiters_inputs(2)
+    >>> tuple(x.shape), (x[0] == DELIM).nonzero().ravel().tolist()
+    ((2, 51), [17, 34])
+    """
     import numpy as np
     import torch
 
@@ -148,7 +208,14 @@ def builtin_delimiters_inputs(n: int = 2) -> Any:
 
 
 def delimiters_token_names(ids: Any, n_keys: int = 8) -> list:
-    """Readable names of the ``delimiters`` model's token ids: ``BOS``, ``DELIM``, ``k<i>``, ``v<j>``."""
+    """Readable names of the ``delimiters`` model's token ids: ``BOS``, ``DELIM``, ``k<i>``, ``v<j>``.
+
+    Examples
+    --------
+    >>> from ess.models import delimiters_token_names
+    >>> delimiters_token_names([0, 1, 2, 9, 10, 11])
+    ['BOS', 'DELIM', 'k0', 'k7', 'v0', 'v1']
+    """
     out = []
     for t in [int(x) for x in ids]:
         if t == BOS:

@@ -42,7 +42,21 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 
 class SoftmaxAttention(nn.Module):
-    """Causal multi-head softmax attention (no positional encoding inside; the model adds it)."""
+    """Causal multi-head softmax attention (no positional encoding inside; the model adds it).
+
+    Examples
+    --------
+    Causal: the first three outputs depend on the first three inputs only.
+
+    >>> import torch
+    >>> from ess.models.layers import SoftmaxAttention
+    >>> _ = torch.manual_seed(0)
+    >>> layer = SoftmaxAttention(d_model=8, n_heads=2)
+    >>> x = torch.randn(1, 5, 8)
+    >>> y = layer(x)
+    >>> tuple(y.shape), bool(torch.allclose(layer(x[:, :3])[:, :3], y[:, :3]))   # causal
+    ((1, 5, 8), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
@@ -69,7 +83,21 @@ class SoftmaxAttention(nn.Module):
 
 
 class LinearAttention(nn.Module):
-    """Row-normalised causal linear attention with feature map ``elu(x) + 1``."""
+    """Row-normalised causal linear attention with feature map ``elu(x) + 1``.
+
+    Examples
+    --------
+    Causal: the first three outputs depend on the first three inputs only.
+
+    >>> import torch
+    >>> from ess.models.layers import LinearAttention
+    >>> _ = torch.manual_seed(0)
+    >>> layer = LinearAttention(d_model=8, n_heads=2)
+    >>> x = torch.randn(1, 5, 8)
+    >>> y = layer(x)
+    >>> tuple(y.shape), bool(torch.allclose(layer(x[:, :3])[:, :3], y[:, :3], atol=1e-6))
+    ((1, 5, 8), True)
+    """
 
     eps: float = 1e-6
 
@@ -96,7 +124,21 @@ class LinearAttention(nn.Module):
 
 
 class GatedLinearAttention(nn.Module):
-    """Gated linear attention (GLA): ``S_t = diag(a_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T q_t``."""
+    """Gated linear attention (GLA): ``S_t = diag(a_t) S_{t-1} + k_t v_t^T``, ``o_t = S_t^T q_t``.
+
+    Examples
+    --------
+    Causal: the first three outputs depend on the first three inputs only.
+
+    >>> import torch
+    >>> from ess.models.layers import GatedLinearAttention
+    >>> _ = torch.manual_seed(0)
+    >>> layer = GatedLinearAttention(d_model=8, n_heads=2)
+    >>> x = torch.randn(1, 5, 8)
+    >>> y = layer(x)
+    >>> tuple(y.shape), bool(torch.allclose(layer(x[:, :3])[:, :3], y[:, :3], atol=1e-6))
+    ((1, 5, 8), True)
+    """
 
     def __init__(self, d_model: int, n_heads: int) -> None:
         super().__init__()
@@ -134,6 +176,19 @@ class SelectiveSSM(nn.Module):
     ``u = in_proj(x)``; ``Delta = softplus(dt_proj(x))``, ``B_t = B_proj(x)``, ``C_t = C_proj(x)``,
     ``A = -exp(A_log)``; per channel ``h_t = exp(Delta_t A) h_{t-1} + Delta_t B_t u_t``,
     ``y_t = C_t . h_t + D u_t``; output ``out_proj(y)``.
+
+    Examples
+    --------
+    Causal: the first three outputs depend on the first three inputs only.
+
+    >>> import torch
+    >>> from ess.models.layers import SelectiveSSM
+    >>> _ = torch.manual_seed(0)
+    >>> layer = SelectiveSSM(d_model=8, d_state=4)
+    >>> x = torch.randn(1, 5, 8)
+    >>> y = layer(x)
+    >>> tuple(y.shape), bool(torch.allclose(layer(x[:, :3])[:, :3], y[:, :3], atol=1e-6))
+    ((1, 5, 8), True)
     """
 
     def __init__(self, d_model: int, d_state: int = 8, d_inner: int | None = None) -> None:
@@ -176,6 +231,17 @@ class ShortConv(nn.Module):
     """Depthwise causal convolution with ``kernel_size`` taps: ``y_t[c] = sum_j w[c, j] x_{t-j}[c]``.
 
     Implemented as Mamba and Hyena do: ``Conv1d(padding=k-1)`` then crop to the first ``L`` outputs.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.layers import ShortConv
+    >>> layer = ShortConv(d_model=2, kernel_size=3)
+    >>> with torch.no_grad():
+    ...     _ = layer.conv.weight.fill_(1.0)
+    ...     y = layer(torch.ones(1, 5, 2))
+    >>> y[0, :, 0].tolist()                       # a sum over the last 3 positions
+    [1.0, 2.0, 3.0, 3.0, 3.0]
     """
 
     def __init__(self, d_model: int, kernel_size: int = 4) -> None:

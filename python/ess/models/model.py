@@ -19,6 +19,20 @@ MIXERS = ("conv", "ssm", "linear_attention", "gated_linear_attention", "softmax_
 
 @dataclass
 class HybridConfig:
+    """Size and layer types of a :class:`HybridLM`: ``mixers`` names the sequence mixer of each block, in
+    order (each one of ``MIXERS``); ``d_state`` is the state size of the SSM channels, ``conv_kernel`` the
+    taps of the short convolution, ``max_len`` the number of learned positions.
+
+    Examples
+    --------
+    >>> from ess.models.model import MIXERS, HybridConfig
+    >>> cfg = HybridConfig(d_model=8, n_heads=2, mixers=["conv", "softmax_attention"])
+    >>> cfg.mixers, cfg.d_state, MIXERS
+    (['conv', 'softmax_attention'], 8, ('conv', 'ssm', 'linear_attention', 'gated_linear_attention', 'softmax_attention'))
+    >>> cfg.to_json()
+    '{"vocab_size": 64, "d_model": 8, "n_heads": 2, "d_state": 8, "conv_kernel": 4, "max_len": 256, "mixers": ["conv", "softmax_attention"]}'
+    """
+
     vocab_size: int = 64
     d_model: int = 64
     n_heads: int = 4
@@ -32,7 +46,16 @@ class HybridConfig:
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: ``x + mixer(LN(x))`` then ``x + MLP(LN(x))``."""
+    """Pre-norm residual block: ``x + mixer(LN(x))`` then ``x + MLP(LN(x))``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.model import Block, HybridConfig
+    >>> block = Block(HybridConfig(d_model=8, n_heads=2), "ssm")
+    >>> type(block.mixer).__name__, tuple(block(torch.zeros(1, 5, 8)).shape)
+    ('SelectiveSSM', (1, 5, 8))
+    """
 
     def __init__(self, cfg: HybridConfig, kind: str) -> None:
         super().__init__()
@@ -64,6 +87,17 @@ class HybridLM(nn.Module):
     """Token + learned position embeddings, one block per entry of ``cfg.mixers``, tied output head.
 
     ``forward(tokens)`` takes int64 ``(B, L)`` token ids (``L <= max_len``) and returns logits ``(B, L, vocab)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["conv", "softmax_attention"]))
+    >>> [name for name, _ in model.named_modules() if name.endswith("mixer")]
+    ['blocks.0.mixer', 'blocks.1.mixer']
+    >>> tuple(model(torch.arange(2, 10).reshape(1, 8)).shape)       # logits (batch, length, vocab)
+    (1, 8, 64)
     """
 
     def __init__(self, cfg: HybridConfig | None = None) -> None:

@@ -24,6 +24,19 @@ BOS, SEP = 0, 1
 
 @dataclass(frozen=True)
 class MQARConfig:
+    """A multi-query associative recall (MQAR) task: token 0 is ``BOS``, 1 is ``SEP``, the next ``n_keys``
+    ids are keys and the rest of the ``vocab_size`` ids are values; a sequence lists ``n_pairs`` (key,
+    value) pairs, then ``SEP``, then ``n_queries`` (key, value) queries drawn from those pairs (its
+    ``length`` is ``2 + 2 n_pairs + 2 n_queries``).
+
+    Examples
+    --------
+    >>> from ess.models import MQARConfig
+    >>> cfg = MQARConfig(n_pairs=2, n_queries=2)
+    >>> cfg.length, cfg.n_values                   # BOS, 2 pairs, SEP, 2 queries of (key, value)
+    (10, 32)
+    """
+
     vocab_size: int = 64
     n_keys: int = 30
     n_pairs: int = 8
@@ -42,7 +55,18 @@ def generate(
     n: int, cfg: MQARConfig = MQARConfig(), *, seed: int = 0
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(tokens, targets, mask)``: int64 ``(n, L)`` inputs, int64 ``(n, L)`` next-token targets and a
-    bool ``(n, L)`` mask of the scored positions (the query keys)."""
+    bool ``(n, L)`` mask of the scored positions (the query keys).
+
+    Examples
+    --------
+    >>> from ess.models import MQARConfig, generate, token_names
+    >>> cfg = MQARConfig(n_pairs=2, n_queries=2)
+    >>> tokens, targets, mask = generate(1, cfg, seed=0)
+    >>> token_names(tokens[0], cfg)
+    ['BOS', 'k24', 'v8', 'k19', 'v9', 'SEP', 'k24', 'v8', 'k24', 'v8']
+    >>> token_names(targets[0][mask[0]], cfg)      # the values the query keys must recall
+    ['v8', 'v8']
+    """
     if cfg.n_pairs > cfg.n_keys or cfg.n_values < 1:
         raise InvalidArgumentError("MQARConfig: need n_pairs <= n_keys and at least one value token")
     rng = np.random.default_rng(seed)

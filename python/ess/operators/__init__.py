@@ -1,4 +1,18 @@
-"""Operator extraction from PyTorch models (see :mod:`ess.operators.base`)."""
+"""Operator extraction from PyTorch models (see :mod:`ess.operators.base`).
+
+Importing the package registers the built-in extractors: ``torch.nn`` layers, the layers of the built-in
+models and the Hugging Face families (without importing transformers). :func:`find_extractor` picks the
+extractor of a module; :func:`register` adds one for a new layer type (:class:`Extractor` shows a complete
+one).
+
+Examples
+--------
+>>> import torch
+>>> from ess.operators import find_extractor
+>>> ex = find_extractor(torch.nn.MultiheadAttention(8, 2), "attn")
+>>> ex.kind, ex.name
+('softmax_attention', 'attn')
+"""
 
 from .base import Extractor, OperatorSet, find_extractor, register, registered
 

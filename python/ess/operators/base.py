@@ -61,7 +61,16 @@ def keep_on_device() -> Any:
 def operator_array(ops: Any) -> Any:
     """Operators ``(n, L, L)`` (a torch tensor) as :attr:`OperatorSet.operators`: a contiguous float64
     numpy array on the host, or, inside :func:`keep_on_device`, a contiguous float64 tensor on its
-    own device (no copy to the host)."""
+    own device (no copy to the host).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators.base import operator_array
+    >>> a = operator_array(torch.ones(1, 2, 2, dtype=torch.float32))
+    >>> type(a).__name__, a.dtype, a.flags["C_CONTIGUOUS"]
+    ('ndarray', dtype('float64'), True)
+    """
     import torch
 
     if _ON_DEVICE.get():
@@ -85,6 +94,29 @@ class Factors:
     A : transitions (``None`` for identity), float64.
     B, C : ``(n_ops, L, N)`` float64.
     D : optional ``(n_ops, L)`` direct term on the diagonal.
+
+    Examples
+    --------
+    A scalar decay ``a = 0.5`` with ``N = 1`` and ``B = C = 1``: ``T[t, s] = 0.5^(t - s)``, rank one across
+    every split:
+
+    >>> import numpy as np, ess
+    >>> from ess.operators.base import Factors
+    >>> f = Factors("scalar", A=np.full((1, 4), 0.5), B=np.ones((1, 4, 1)), C=np.ones((1, 4, 1)))
+    >>> f.shape
+    (1, 4, 1)
+    >>> f.materialize()[0]
+    array([[1.   , 0.   , 0.   , 0.   ],
+           [0.5  , 1.   , 0.   , 0.   ],
+           [0.25 , 0.5  , 1.   , 0.   ],
+           [0.125, 0.25 , 0.5  , 1.   ]])
+    >>> f.apply(np.eye(4)[None]).numpy()[0].round(12)      # y = T u, by the recurrence
+    array([[1.   , 0.   , 0.   , 0.   ],
+           [0.5  , 1.   , 0.   , 0.   ],
+           [0.25 , 0.5  , 1.   , 0.   ],
+           [0.125, 0.25 , 0.5  , 1.   ]])
+    >>> ess.structured.ssm_ess(f.A, f.B, f.C, transition=f.transition)
+    array([[0., 1., 1., 1.]])
     """
 
     transition: str
@@ -179,6 +211,15 @@ class OperatorSet:
     note : caveats, e.g. ``"local linearisation (Jacobian at the given input)"``.
     factors : a state-space realisation (:class:`Factors`) given instead of (or besides) ``operators``;
         ``analyze`` then runs the structured kernel and never forms the operators (unless asked to).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.operators import OperatorSet
+    >>> ops = OperatorSet("blocks.0.mixer", "conv", np.tril(np.ones((2, 4, 4))),
+    ...                    labels=["channel 0", "channel 1"], tss=[3.0, 3.0])
+    >>> ops.dense().shape, ops.shared, ops.factors is None
+    ((2, 4, 4), None, True)
     """
 
     layer: str
@@ -205,7 +246,40 @@ class OperatorSet:
 
 class Extractor(abc.ABC):
     """Abstract base. Subclasses set :attr:`kind` and implement :meth:`attach`,
-    :meth:`n_samples`, :meth:`operators` and :meth:`estimate_bytes`."""
+    :meth:`n_samples`, :meth:`operators` and :meth:`estimate_bytes`.
+
+    Examples
+    --------
+    A new layer type: a running sum along the sequence (``y_t = x_0 + ... + x_t`` in every channel), whose
+    one operator is the lower-triangular matrix of ones. Its extractor records the input's shape in a
+    forward hook and builds the operator afterwards; once registered, :func:`ess.analyze` finds it:
+
+    >>> import numpy as np, torch, ess
+    >>> from ess.operators import Extractor, OperatorSet, register
+    >>> class RunningSum(torch.nn.Module):
+    ...     def forward(self, x):                      # (batch, length, features)
+    ...         return x.cumsum(1)
+    >>> class RunningSumExtractor(Extractor):
+    ...     kind = "running_sum"
+    ...     def attach(self):
+    ...         def hook(module, args, out):
+    ...             self.shape = tuple(args[0].shape)
+    ...         return [self.module.register_forward_hook(hook)]
+    ...     def n_samples(self):
+    ...         return self.shape[0]
+    ...     def estimate_bytes(self, sample=0):
+    ...         return 8 * self.shape[1] ** 2
+    ...     def operators(self, sample=0):
+    ...         L = self.shape[1]
+    ...         return OperatorSet(self.name, self.kind, np.tril(np.ones((1, L, L))), ["all channels"], [1.0],
+    ...                            shared=[self.shape[2]])
+    >>> register(RunningSum, RunningSumExtractor)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), RunningSum())
+    >>> report = ess.analyze(model, torch.randn(1, 6, 4), progress=False)
+    >>> report.summary[["layer", "kind", "tss", "max_ess_tolerance"]]
+      layer         kind  tss  max_ess_tolerance
+    0     1  running_sum  1.0                1.0
+    """
 
     kind: str = ""
 
@@ -263,6 +337,20 @@ def register(match: Union[type, Tuple[type, ...], Predicate], factory: Factory, 
     ``match`` is a module type (or tuple of types; matched with ``isinstance``) or a
     predicate ``module -> bool``. Later registrations take precedence (``first=True``), so a
     user can override a built-in extractor.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators import find_extractor, register
+    >>> from ess.operators.jacobian import JacobianExtractor
+    >>> class CumMax(torch.nn.Module):                 # a token mixer no extractor knows
+    ...     def forward(self, x):
+    ...         return x.cummax(1).values
+    >>> find_extractor(CumMax(), "mixer") is None
+    True
+    >>> register(CumMax, JacobianExtractor)             # analyse it through its Jacobian
+    >>> type(find_extractor(CumMax(), "mixer")).__name__
+    'JacobianExtractor'
     """
     if isinstance(match, type) or (isinstance(match, tuple) and all(isinstance(t, type) for t in match)):
         types = match
@@ -278,7 +366,17 @@ def register(match: Union[type, Tuple[type, ...], Predicate], factory: Factory, 
 
 
 def find_extractor(module: Any, name: str) -> Optional[Extractor]:
-    """The extractor of the first registration matching ``module``, or ``None``."""
+    """The extractor of the first registration matching ``module``, or ``None``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators import find_extractor
+    >>> type(find_extractor(torch.nn.MultiheadAttention(8, 2), "attn")).__name__
+    'MultiheadAttentionExtractor'
+    >>> find_extractor(torch.nn.LayerNorm(8), "norm") is None
+    True
+    """
     for pred, factory in _REGISTRY:
         if pred(module):
             return factory(module, name)
@@ -286,5 +384,16 @@ def find_extractor(module: Any, name: str) -> Optional[Extractor]:
 
 
 def registered() -> Sequence[Tuple[Predicate, Factory]]:
-    """The registry, highest precedence first."""
+    """The registry, highest precedence first.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators import registered
+    >>> len(registered()) > 10                      # the built-in extractors
+    True
+    >>> predicate, factory = registered()[-1]        # lowest precedence last
+    >>> callable(predicate) and callable(factory)
+    True
+    """
     return tuple(_REGISTRY)

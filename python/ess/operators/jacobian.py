@@ -63,7 +63,24 @@ def _row(x: Any, b: int, n: int) -> Any:
 
 
 class JacobianExtractor(_Captures):
-    """Local linearisation of any module mapping ``(batch, L, d_in)`` to ``(batch, L, d_out)``."""
+    """Local linearisation of any module mapping ``(batch, L, d_in)`` to ``(batch, L, d_out)``.
+
+    Examples
+    --------
+    Any causal token mixer, through the Jacobian of its output with respect to its input at the given
+    input (here ``tanh`` of a running sum on one channel: its Jacobian has rank one across every split):
+
+    >>> import torch, ess
+    >>> class TanhOfSum(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.tanh(x.cumsum(1))
+    >>> model = torch.nn.Sequential(torch.nn.Identity(), TanhOfSum())
+    >>> x = torch.tensor([[[0.5], [-0.2], [0.1], [0.3], [-0.4]]])
+    >>> report = ess.analyze(model, x, jacobian="1", progress=False)
+    >>> report.summary[["layer", "kind", "max_ess_tolerance"]]
+      layer      kind  max_ess_tolerance
+    0     1  jacobian                1.0
+    """
 
     kind = "jacobian"
 

@@ -30,7 +30,29 @@ __all__ = [
 
 
 class ReferenceExtractor(Extractor):
-    """Common capture logic: a forward hook storing (detached) input and output of the module."""
+    """Common capture logic: a forward hook storing (detached) input and output of the module.
+
+    Examples
+    --------
+    The extractors of the built-in model's layers capture the layer's input in a forward hook and
+    rebuild the operators from it in float64:
+
+    >>> import torch
+    >>> from ess.models.layers import ShortConv
+    >>> from ess.operators import find_extractor
+    >>> from ess.operators.reference import ReferenceExtractor
+    >>> layer = ShortConv(d_model=2, kernel_size=3)
+    >>> ex = find_extractor(layer, "conv")
+    >>> isinstance(ex, ReferenceExtractor), ex.n_samples()
+    (True, 0)
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = layer(torch.randn(2, 5, 2))
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ex.n_samples()
+    2
+    """
 
     def __init__(self, module: Any, name: str) -> None:
         super().__init__(module, name)
@@ -121,6 +143,25 @@ class _AttentionBase(ReferenceExtractor):
 
 
 class SoftmaxAttentionExtractor(_AttentionBase):
+    """Softmax operators of :class:`ess.models.layers.SoftmaxAttention`, one per head (TSS ``L``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.layers import SoftmaxAttention
+    >>> from ess.operators import find_extractor
+    >>> layer = SoftmaxAttention(d_model=8, n_heads=2)
+    >>> ex = find_extractor(layer, "attn")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = layer(torch.randn(1, 5, 8))
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.operators.shape, ops.tss, float(ops.operators.sum(-1).round(12).min())
+    ('SoftmaxAttentionExtractor', (2, 5, 5), [5.0, 5.0], 1.0)
+    """
+
     kind = "softmax_attention"
 
     def _mixing(self, sample: int) -> Any:
@@ -132,6 +173,26 @@ class SoftmaxAttentionExtractor(_AttentionBase):
 
 
 class LinearAttentionExtractor(_AttentionBase):
+    """Row-normalised linear-attention operators of :class:`ess.models.layers.LinearAttention`, one per
+    head (TSS: the head's feature dimension).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.layers import LinearAttention
+    >>> from ess.operators import find_extractor
+    >>> layer = LinearAttention(d_model=8, n_heads=2)
+    >>> ex = find_extractor(layer, "attn")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = layer(torch.randn(1, 5, 8))
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.operators.shape, ops.tss
+    ('LinearAttentionExtractor', (2, 5, 5), [4.0, 4.0])
+    """
+
     kind = "linear_attention"
 
     def _mixing(self, sample: int) -> Any:
@@ -149,6 +210,26 @@ class LinearAttentionExtractor(_AttentionBase):
 
 
 class GatedLinearAttentionExtractor(_AttentionBase):
+    """Gated linear-attention operators of :class:`ess.models.layers.GatedLinearAttention`, one per head
+    (TSS: the head's key dimension).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.layers import GatedLinearAttention
+    >>> from ess.operators import find_extractor
+    >>> layer = GatedLinearAttention(d_model=8, n_heads=2)
+    >>> ex = find_extractor(layer, "gla")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = layer(torch.randn(1, 5, 8))
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.dense().shape, ops.tss
+    ('GatedLinearAttentionExtractor', (2, 5, 5), [4.0, 4.0])
+    """
+
     kind = "gated_linear_attention"
 
     def _mixing(self, sample: int) -> Any:
@@ -161,6 +242,26 @@ class GatedLinearAttentionExtractor(_AttentionBase):
 
 
 class SelectiveSSMExtractor(ReferenceExtractor):
+    """Selective-SSM operators of :class:`ess.models.layers.SelectiveSSM`, one per channel (TSS: its
+    state size ``N``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.layers import SelectiveSSM
+    >>> from ess.operators import find_extractor
+    >>> layer = SelectiveSSM(d_model=4, d_state=3, d_inner=2)
+    >>> ex = find_extractor(layer, "ssm")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = layer(torch.randn(1, 6, 4))
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.dense().shape, ops.tss
+    ('SelectiveSSMExtractor', (2, 6, 6), [3.0, 3.0])
+    """
+
     kind = "selective_ssm"
 
     def n_operators(self) -> int:
@@ -192,6 +293,25 @@ class SelectiveSSMExtractor(ReferenceExtractor):
 
 
 class ShortConvExtractor(ReferenceExtractor):
+    """Convolution operators of :class:`ess.models.layers.ShortConv`, one per channel (TSS: taps - 1).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.layers import ShortConv
+    >>> from ess.operators import find_extractor
+    >>> layer = ShortConv(d_model=2, kernel_size=3)
+    >>> ex = find_extractor(layer, "conv")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = layer(torch.randn(1, 5, 2))
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.operators.shape, ops.tss
+    ('ShortConvExtractor', (2, 5, 5), [2.0, 2.0])
+    """
+
     kind = "conv"
 
     def n_operators(self) -> int:

@@ -137,6 +137,26 @@ class MultiheadAttentionExtractor(_Captures):
     Operator ``h`` maps head ``h``'s value sequence ``v_h = value @ W_v[h]^T + b_v[h]`` (``(L,
     head_dim)``) to that head's output before ``out_proj``: ``T_h = softmax(q_h k_h^T / sqrt(head_dim)
     + mask)``. Dropout on the attention weights (training mode) is not applied.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators import find_extractor
+    >>> mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
+    >>> ex = find_extractor(mha, "attn")
+    >>> handles = ex.attach()
+    >>> x = torch.randn(1, 5, 8)
+    >>> causal = torch.ones(5, 5, dtype=torch.bool).triu(1)          # True = masked
+    >>> with torch.no_grad():
+    ...     _ = mha(x, x, x, attn_mask=causal)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.kind, ops.operators.shape, ops.labels
+    ('MultiheadAttentionExtractor', 'softmax_attention', (2, 5, 5), ['head 0', 'head 1'])
+    >>> ops.operators.sum(axis=-1).round(12)                          # each row is a softmax over the past
+    array([[1., 1., 1., 1., 1.],
+           [1., 1., 1., 1., 1.]])
     """
 
     kind = "softmax_attention"
@@ -283,7 +303,17 @@ class MultiheadAttentionExtractor(_Captures):
 def is_causal_depthwise_conv1d(m: Any) -> bool:
     """Exact ``nn.Conv1d``, depthwise (``groups == in_channels == out_channels``), stride 1, zero
     padding of ``dilation * (kernel_size - 1)`` on each side: its first ``L`` outputs are the causal
-    convolution of the input (the caller crops the rest)."""
+    convolution of the input (the caller crops the rest).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators.torch_nn import is_causal_depthwise_conv1d
+    >>> is_causal_depthwise_conv1d(torch.nn.Conv1d(4, 4, 3, groups=4, padding=2))
+    True
+    >>> is_causal_depthwise_conv1d(torch.nn.Conv1d(4, 4, 3, groups=4, padding=1))   # centred: sees the future
+    False
+    """
     if type(m) is not nn.Conv1d:
         return False
     if not (m.in_channels > 0 and m.groups == m.in_channels == m.out_channels):
@@ -299,6 +329,21 @@ class CausalConv1dExtractor(_Captures):
     ``T_c[t, s] = w[c, 0, k-1-(t-s)/dil]`` when ``t-s`` is a multiple of ``dil`` below ``k*dil``,
     else 0: the map from channel ``c`` of the input to the first ``L`` outputs of the channel. The bias is
     an additive offset, not part of the operator (``y - bias = T u``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators import find_extractor
+    >>> conv = torch.nn.Conv1d(3, 3, kernel_size=4, groups=3, padding=3)   # depthwise, padded to be causal
+    >>> ex = find_extractor(conv, "conv")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = conv(torch.randn(1, 3, 6))[..., :6]                     # the caller crops the padding
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.operators.shape, ops.tss
+    ('CausalConv1dExtractor', (3, 6, 6), [3.0, 3.0, 3.0])
     """
 
     kind = "conv"
@@ -378,6 +423,22 @@ class RecurrentJacobianExtractor(_Captures):
     and falls back to reverse. It runs in float64 (through a float64 copy of a float32/bf16 module,
     at the captured input), with cuDNN disabled and dropout between layers off (the module is put in
     eval mode for the computation and restored).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> gru = torch.nn.GRU(3, 4, batch_first=True)
+    >>> ex = find_extractor(gru, "gru")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = gru(torch.randn(1, 5, 3))
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.kind, ops.operators.shape[1:]
+    ('RecurrentJacobianExtractor', 'rnn_jacobian', (5, 5))
     """
 
     kind = "rnn_jacobian"

@@ -17,7 +17,15 @@ __all__ = ["Row", "Result", "jsonable", "new_figure", "save_figure"]
 
 @dataclass
 class Row:
-    """One line of the side-by-side table: a published value or claim beside ours."""
+    """One line of the side-by-side table: a published value or claim beside ours.
+
+    Examples
+    --------
+    >>> from ess.reproduce import Row
+    >>> row = Row("hitting time ratio", published="1/eps", ours="0.98/eps", agrees=True)
+    >>> row.agrees, row.note
+    (True, '')
+    """
 
     quantity: str
     published: str
@@ -28,7 +36,22 @@ class Row:
 
 @dataclass
 class Result:
-    """What one experiment produced: its table rows, its numbers (JSON-ready) and its figures."""
+    """What one experiment produced: its table rows, its numbers (JSON-ready) and its figures.
+
+    Examples
+    --------
+    >>> from ess.reproduce import Result, Row
+    >>> res = Result("demo", "A demonstration", "no paper", "quick", rows=[Row("answer", "42", "42", agrees=True)])
+    >>> print(res.table_markdown())
+    # A demonstration
+    <BLANKLINE>
+    Source: no paper. Preset: `quick`. Wall time: 0.0 s.
+    <BLANKLINE>
+    | quantity | published | ours | agrees |
+    |---|---|---|---|
+    | answer | 42 | 42 | yes |
+    <BLANKLINE>
+    """
 
     name: str
     title: str

@@ -46,7 +46,17 @@ def generate(
     seed: int = 0,
 ) -> Tuple[Any, Any, Any, List[int]]:
     """``(tokens, targets, mask, delimiter_positions)``; token ids: 0 BOS, 1 DELIM, keys ``[2, 2 + n_keys)``,
-    values after them. The mask scores every query key (its target is the value bound in the same segment)."""
+    values after them. The mask scores every query key (its target is the value bound in the same segment).
+
+    Examples
+    --------
+    >>> from ess.reproduce.delimiters import generate
+    >>> tokens, targets, mask, delims = generate(2, n_pairs=2, n_queries=1, seed=0)
+    >>> tuple(tokens.shape), delims, tokens[0, delims].tolist()     # the delimiter (id 1) between the segments
+    ((2, 14), [7], [1])
+    >>> int(mask.sum())                                              # one scored query per segment and sequence
+    4
+    """
     import torch
 
     rng = np.random.default_rng(seed)
@@ -76,7 +86,20 @@ def generate(
 
 
 def per_position_ess(model: Any, tokens: Any, layer: str = "blocks.1.mixer") -> np.ndarray:
-    """Entropy-ESS of ``layer`` per split point, averaged over operators (heads) and sequences."""
+    """Entropy-ESS of ``layer`` per split point, averaged over operators (heads) and sequences.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> from ess.reproduce.delimiters import generate, per_position_ess
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["conv", "softmax_attention"]))
+    >>> tokens, _, _, delims = generate(1, n_pairs=2, n_queries=1, seed=0)
+    >>> curve = per_position_ess(model, tokens, layer="blocks.1.mixer")
+    >>> curve.shape, float(curve[0])                                 # one value per split; split 0 is 0
+    ((14,), 0.0)
+    """
     from .. import analyze
 
     rep = analyze(model, tokens, layers=layer, method="entropy", progress=False)
@@ -86,7 +109,16 @@ def per_position_ess(model: Any, tokens: Any, layer: str = "blocks.1.mixer") -> 
 
 def drop_at(curve: np.ndarray, delims: List[int], w: int = 2) -> float:
     """``1 - mean ESS over splits d+1..d+w / mean ESS over splits d-w+1..d`` averaged over delimiters ``d``
-    (split ``t`` separates positions ``< t`` from ``>= t``; split ``d+1`` is the first whose past holds the delimiter)."""
+    (split ``t`` separates positions ``< t`` from ``>= t``; split ``d+1`` is the first whose past holds the delimiter).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.reproduce.delimiters import drop_at
+    >>> curve = np.array([0.0, 1.0, 2.0, 4.0, 4.0, 1.0, 1.0, 2.0])
+    >>> drop_at(curve, [4])   # splits 3-4 average 4, splits 5-6 average 1
+    0.75
+    """
     drops = []
     for d in delims:
         before = curve[d - w + 1 : d + 1].mean()

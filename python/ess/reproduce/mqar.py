@@ -46,7 +46,19 @@ def _variants(quick: bool) -> List[Dict[str, Any]]:
 
 
 def layer_ess(model: Any, tokens: Any, layer: str = "blocks.1.mixer", rtol: float = RTOL) -> Dict[str, float]:
-    """Mean and total (over value channels) ESS and TSS of one layer on ``tokens``, via :func:`ess.analyze`."""
+    """Mean and total (over value channels) ESS and TSS of one layer on ``tokens``, via :func:`ess.analyze`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> from ess.reproduce.mqar import layer_ess
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, d_state=4, mixers=["conv", "ssm"]))
+    >>> r = layer_ess(model, torch.arange(2, 10).reshape(1, 8), layer="blocks.1.mixer")
+    >>> r["tss"], r["channels"], r["avg_tol"] <= r["tss"]
+    (4.0, 8.0, True)
+    """
     from .. import analyze
 
     rep = analyze(model, tokens, layers=layer, method="both", rtol=rtol, progress=False)

@@ -24,7 +24,22 @@ NAME = "regularizer"
 def ess_penalty(layer: Any, lam: float, stride: int = 2) -> Callable[[Any, Any], Any]:
     """A ``penalty(model, tokens)`` for :func:`._mqar.train`: ``lam`` times the mean normalised
     entropy-ESS of ``layer`` (a :class:`ess.models.layers.SoftmaxAttention`) on the batch. The layer's
-    input is captured by a forward hook during the model's own forward pass."""
+    input is captured by a forward hook during the model's own forward pass.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.models.model import HybridConfig, HybridLM
+    >>> from ess.reproduce.regularizer import ess_penalty
+    >>> _ = torch.manual_seed(0)
+    >>> model = HybridLM(HybridConfig(d_model=8, n_heads=2, mixers=["softmax_attention"]))
+    >>> penalty = ess_penalty(model.blocks[0].mixer, lam=0.1)
+    >>> tokens = torch.arange(2, 10).reshape(1, 8)
+    >>> _ = model(tokens)                                  # the hook captures the layer's input
+    >>> p = penalty(model, tokens)
+    >>> p.requires_grad, 0.0 < float(p.detach()) <= 0.1    # lam times a normalised ESS in (0, 1]
+    (True, True)
+    """
     import torch
 
     from ..differentiable import entropy_ess
