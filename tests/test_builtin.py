@@ -281,3 +281,13 @@ def test_model_data_files_are_packaged():
     }
     assert {"python/ess/models/hybrid_delimiters.safetensors", "python/ess/models/delimiters_inputs.npy"} <= data
     assert data <= included, sorted(data - included)
+
+
+@pytest.mark.parametrize("n", [0, 9, 1.0, True])
+def test_shipped_inputs_count_is_checked(n):
+    from ess.errors import DTypeError, OutOfRangeError
+    from ess.models import builtin_delimiters_inputs, builtin_inputs
+
+    for f in (builtin_inputs, builtin_delimiters_inputs):
+        with pytest.raises((DTypeError, OutOfRangeError), match="^n: "):
+            f(n)

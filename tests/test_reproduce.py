@@ -149,3 +149,10 @@ def test_spearman_matches_scipy():
             continue
         assert abs(spearman(x, y) - scipy_stats.spearmanr(x, y).statistic) < 1e-12
     assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def test_row_agrees_is_a_python_bool():
+    # a comparison made with numpy yields np.bool_; rows keep Python bools (JSON, tables, `is True`)
+    row = reproduce.Row("x", "1", "1", agrees=np.float64(1.0) > 0.5)
+    assert row.agrees is True
+    assert reproduce.Row("x", "1", "1").agrees is None

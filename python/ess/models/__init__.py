@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .mqar import BOS, SEP, MQARConfig, generate
-from ..errors import OutOfRangeError
+from .. import _args
 
 __all__ = [
     "load_builtin",
@@ -117,8 +117,7 @@ def builtin_inputs(n: int = 2) -> Any:
     import torch
 
     arr = np.load(INPUTS)
-    if not 1 <= n <= arr.shape[0]:
-        raise OutOfRangeError(f"n: between 1 and {arr.shape[0]} shipped sequences, got {n}")
+    n = _args.integer(n, "n", lo=1, hi=arr.shape[0])
     return torch.from_numpy(np.ascontiguousarray(arr[:n], dtype=np.int64))
 
 
@@ -202,8 +201,7 @@ def builtin_delimiters_inputs(n: int = 2) -> Any:
     import torch
 
     arr = np.load(DELIM_INPUTS)
-    if not 1 <= n <= arr.shape[0]:
-        raise ValueError(f"n: between 1 and {arr.shape[0]} shipped sequences, got {n}")
+    n = _args.integer(n, "n", lo=1, hi=arr.shape[0])
     return torch.from_numpy(np.ascontiguousarray(arr[:n], dtype=np.int64))
 
 

@@ -33,6 +33,11 @@ class Row:
     agrees: Optional[bool] = None
     note: str = ""
 
+    def __post_init__(self) -> None:
+        # comparisons made with numpy give np.bool_; the table and the JSON want a Python bool
+        if self.agrees is not None:
+            self.agrees = bool(self.agrees)
+
 
 @dataclass
 class Result:
