@@ -114,9 +114,10 @@ def sweep_factory_tiny(seed):
 
 
 def _same_tables(a, b):
+    """Identical, not merely close: every float of both tables equal bit for bit (one thread per task)."""
     ra, rb = sweep.load(a), sweep.load(b)
-    pd.testing.assert_frame_equal(ra.table, rb.table)
-    pd.testing.assert_frame_equal(ra.summary, rb.summary)
+    pd.testing.assert_frame_equal(ra.table, rb.table, check_exact=True)
+    pd.testing.assert_frame_equal(ra.summary, rb.summary, check_exact=True)
     assert list(ra.jobs["status"]) == list(rb.jobs["status"])
 
 
@@ -410,6 +411,80 @@ def test_interrupted_writes_and_changed_specs(small):
         sweep.run(changed, root, progress=False)
 
 
+def test_atomic_writes_show_no_partial_file(tmp_path, monkeypatch):
+    """A reader polling a results file while it is rewritten sees the old or the new contents,
+    never a part; a write that fails half way leaves the old file whole and no temporary behind."""
+    target = tmp_path / "jobs" / "a.json"
+    a, b = b"a" * (1 << 21), b"b" * (1 << 21)
+    sweep._atomic_write(target, a)
+    seen, stop = set(), threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            data = target.read_bytes()
+            seen.add(data[:1] + data[-1:] + str(len(data)).encode())
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        for i in range(20):
+            sweep._atomic_write(target, b if i % 2 == 0 else a)
+    finally:
+        stop.set()
+        th.join()
+    assert seen <= {b"aa" + str(len(a)).encode(), b"bb" + str(len(b)).encode()} and seen
+    real_write = os.write
+    calls: list = []
+
+    def write_then_fail(fd, data):  # the disk fills after the first chunk
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:1000]))
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", write_then_fail)
+        with pytest.raises(OSError, match="No space"):
+            sweep._atomic_write(target, b)
+    assert len(calls) == 2 and target.read_bytes() == a and os.listdir(target.parent) == ["a.json"]
+
+
+def test_builtin_is_the_mqar_model(tmp_path):
+    """``"builtin"`` is the MQAR model (:func:`ess.models.load_builtin`, its shipped inputs, SEP as
+    marker), not the delimiters model that ``ess analyze`` runs by default; the delimiters model
+    runs through its factory (``inputs`` as ``{"factory", "kwargs"}`` in either key order)."""
+    from ess.models import (
+        DELIM,
+        SEP,
+        builtin_delimiters_inputs,
+        builtin_inputs,
+        load_builtin,
+        load_builtin_delimiters,
+    )
+
+    js = [
+        Job("mqar", "builtin", inputs={"builtin": 1}),
+        Job(
+            "delimiters",
+            "ess.models:load_builtin_delimiters",
+            inputs={"kwargs": {"n": 1}, "factory": "ess.models:builtin_delimiters_inputs"},
+            options={"markers": [DELIM]},
+        ),
+    ]
+    out = sweep.run(js, tmp_path / "res", progress=False)
+    assert out.finished == ["mqar", "delimiters"], out.errors
+    t = sweep.load(tmp_path / "res").table
+    for name, model, x, marker in (
+        ("mqar", load_builtin(), builtin_inputs(1), SEP),
+        ("delimiters", load_builtin_delimiters(), builtin_delimiters_inputs(1), DELIM),
+    ):
+        ref = ess.analyze(model, x, markers=[marker], progress=False).table
+        mine = t[t["job"] == name].drop(columns=["job"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, ref.reset_index(drop=True), check_dtype=False)
+    assert t.loc[t["job"] == "mqar", "position"].max() == builtin_inputs(1).shape[1] - 1
+    assert t.loc[t["job"] == "delimiters", "position"].max() == builtin_delimiters_inputs(1).shape[1] - 1
+
+
 def test_job_validation(tmp_path):
     with pytest.raises(ess.InvalidArgumentError, match="name"):
         Job("../x", "builtin")
@@ -521,6 +596,25 @@ options = { positions = [7] }
     bad.write_text("jobs = [")
     assert main(["sweep", str(bad)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+@pytest.mark.requires("tqdm")
+def test_cli_sweep_progress_bar(tmp_path, capsys):
+    """``ess sweep`` shows a progress bar over jobs (tqdm, on stderr) unless --no-progress."""
+    from ess.cli import main
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[[grid]]\nname = "t{seed}"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 6 } }\n'
+        "vary = { seed = [0, 1, 2] }\n"
+    )
+    assert main(["sweep", str(cfg), "--no-report", "-o", str(tmp_path / "r")]) == 0
+    cap = capsys.readouterr()
+    assert "ess.sweep" in cap.err and "3/3" in cap.err and "done=3" in cap.err
+    assert "3 finished, 0 skipped (done before), 0 failed, 0 lost" in cap.out
+    assert main(["sweep", str(cfg), "--no-report", "--no-progress", "-o", str(tmp_path / "r")]) == 0
+    cap = capsys.readouterr()
+    assert "ess.sweep" not in cap.err and "0 finished, 3 skipped (done before)" in cap.out
 
 
 @pytest.mark.requires("distributed")
