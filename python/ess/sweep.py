@@ -219,6 +219,10 @@ def _inputs_spec(inputs: Any, w: str) -> Any:
             raise InvalidArgumentError(
                 f"{w}.inputs: a dict must have exactly one of the keys {_INPUT_KINDS}, got {sorted(inputs)}"
             )
+        if set(inputs) == {"factory", "kwargs"}:  # either key order; the task reads the first key
+            if not isinstance(inputs["kwargs"], dict):
+                raise DTypeError(f"{w}.inputs.kwargs: expected a dict of keyword arguments, got {inputs['kwargs']!r}")
+            inputs = {"factory": inputs["factory"], "kwargs": inputs["kwargs"]}
         kind = next(iter(inputs))
         if kind not in _INPUT_KINDS:
             raise InvalidArgumentError(f"{w}.inputs: unknown kind {kind!r}; expected one of {_INPUT_KINDS}")
