@@ -200,8 +200,9 @@ def _kill_when_ready(hang: Path, root: Path, min_done: int, log: list) -> thread
             if (hang / "pid").exists() and done >= min_done:
                 pid = int((hang / "pid").read_text())
                 (hang / "hang").unlink()
+                kept = {f.name: f.read_bytes() for f in (root / "jobs").glob("*.json")}
                 os.kill(pid, signal.SIGKILL)
-                log.append((pid, done))
+                log.append((pid, done, kept))
                 return
             time.sleep(0.05)
         log.append(None)
@@ -251,7 +252,7 @@ def test_killed_worker_process_pool(tmp_path, pool):
     kept intact, the dead task (and whatever the broken pool had not run) is 'lost', and a rerun
     completes the sweep without redoing finished jobs."""
     out, root, js, log = _sweep_with_kill(tmp_path, pool)
-    pid, done_at_kill = log[0]
+    pid, done_at_kill, _ = log[0]
     print(
         f"\nprocess pool: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}"
     )
@@ -268,17 +269,74 @@ def test_killed_worker_process_pool(tmp_path, pool):
 
 
 @pytest.mark.requires("distributed")
-def test_killed_worker_dask(tmp_path, dask_client):
-    """SIGKILL the Dask worker process running 'victim': the nanny restarts it, the scheduler reruns
-    the task, the sweep completes in one run and no finished job is lost."""
-    out, root, js, log = _sweep_with_kill(tmp_path, dask_client.get_executor())
-    print(
-        f"\ndask: SIGKILL to worker pid {log[0][0]} running 'victim' when {log[0][1]} records were written\n{out.table().to_string()}"
-    )
+def test_killed_worker_dask(tmp_path):
+    """SIGKILL the Dask worker process running 'victim' after it finished other jobs: the nanny
+    restarts it, the scheduler reruns the task, the sweep completes in one run, and no finished
+    job is lost or run again (the sweep holds no finished task's result in a worker's memory,
+    which Dask would recompute when that worker dies)."""
+    hang, root = tmp_path / "hang", tmp_path / "res"
+    hang.mkdir()
+    (hang / "hang").touch()
+    js = _kill_jobs(hang)
+    js = js[1:] + js[:1]  # the victim last: its worker has finished jobs when it is killed
+    distributed = pytest.importorskip("distributed")
+    # one worker process: every job finished before the kill was finished by the killed worker
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+        with distributed.Client(cl) as client:
+            log: list = []
+            th = _kill_when_ready(hang, root, 2, log)
+            out = sweep.run(js, root, executor=client.get_executor(), threads=1, progress=False)
+            th.join(5)
+    assert log and log[0] is not None, "the hanging job never started"
+    pid, done_at_kill, kept = log[0]
+    print(f"\ndask: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}")
     assert out.complete and sorted(out.finished) == sorted(j.name for j in js), out.table()
     rec = json.loads((root / "jobs" / "victim.json").read_text())
-    assert rec["pid"] != log[0][0]  # finished by another (or the restarted) worker process
+    assert rec["pid"] != pid  # finished by another (or the restarted) worker process
+    by_victim = [n for n, b in kept.items() if json.loads(b)["pid"] == pid]
+    assert len(by_victim) >= 2, kept.keys()  # the killed worker had finished jobs ...
+    assert {n: (root / "jobs" / n).read_bytes() for n in kept} == kept  # ... and none was redone
     _assert_done_intact(root, [j.name for j in js])
+
+
+def test_finished_futures_released(tmp_path):
+    """_dispatch drops each future as soon as it is collected (an engine may keep a task's result
+    alive, on a worker, for as long as its future lives)."""
+    import gc
+    import weakref
+
+    refs: list = []
+
+    class Done(cf.Executor):
+        def submit(self, fn, spec, *args):
+            f: cf.Future = cf.Future()
+            f.set_result({"name": spec["name"], "status": "done", "seconds": 0.0, "error": None})
+            refs.append(weakref.ref(f))
+            return f
+
+    alive: list = []
+
+    def collect(name, status, err):
+        gc.collect()
+        alive.append(sum(r() is not None for r in refs))
+
+    js = [Job(f"j{i}", "builtin") for i in range(4)]
+    sweep._dispatch(Done(), js, tmp_path, None, collect)
+    assert alive == [3, 2, 1, 0]
+
+
+def test_task_run_again_keeps_a_done_job(small):
+    """An engine that runs a finished job's task again (a retry, a recomputed lost result) finds
+    its record and returns at once: nothing is analysed or rewritten."""
+    js, root = small
+    rec = root / "jobs" / "j0.json"
+    before, mtime = rec.read_bytes(), rec.stat().st_mtime_ns
+    st = sweep._execute(js[0].to_dict(), str(root), None, "x")
+    assert st["status"] == "done" and st["seconds"] == json.loads(before)["seconds"]
+    assert rec.read_bytes() == before and rec.stat().st_mtime_ns == mtime
+    other = Job("j0", "sweep_factory:tiny", inputs={"random": {"length": 9, "seed": 0}})  # same name, new spec
+    assert sweep._execute(other.to_dict(), str(root), None, "y")["status"] == "done"
+    assert json.loads(rec.read_text())["fingerprint"] == other.fingerprint
 
 
 def test_killed_serial_sweep_cli(tmp_path, capsys):
