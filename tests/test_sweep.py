@@ -281,7 +281,7 @@ def test_killed_worker_dask(tmp_path):
     js = js[1:] + js[:1]  # the victim last: its worker has finished jobs when it is killed
     distributed = pytest.importorskip("distributed")
     # one worker process: every job finished before the kill was finished by the killed worker
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cl:
         with distributed.Client(cl) as client:
             log: list = []
             th = _kill_when_ready(hang, root, 2, log)
