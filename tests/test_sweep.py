@@ -289,7 +289,9 @@ def test_killed_worker_dask(tmp_path):
             th.join(5)
     assert log and log[0] is not None, "the hanging job never started"
     pid, done_at_kill, kept = log[0]
-    print(f"\ndask: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}")
+    print(
+        f"\ndask: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}"
+    )
     assert out.complete and sorted(out.finished) == sorted(j.name for j in js), out.table()
     rec = json.loads((root / "jobs" / "victim.json").read_text())
     assert rec["pid"] != pid  # finished by another (or the restarted) worker process
