@@ -1,6 +1,7 @@
 """Benchmark of ess.sweep: one sweep of 20 jobs on three executors.
 
-Jobs: 16 jobs of the built-in hybrid model (each on one fresh MQAR sequence of 24 pairs and 40
+Jobs: 16 jobs of the built-in MQAR hybrid model (``"builtin"`` in a sweep: ``ess.models.load_builtin``,
+not the delimiters model of ``ess analyze``; each on one fresh MQAR sequence of 24 pairs and 40
 queries, L = 130, seeds 0-15) and 4 small GPT-2 configurations (random weights, built from configs
 and written as local Hugging Face directories; 192 random tokens each). Every job runs with one
 torch/rayon thread; a job takes about 0.4-1.5 s.
@@ -115,7 +116,7 @@ def main() -> None:
             f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
         )
         print(
-            f"{n} jobs: 16 x built-in hybrid model (1 MQAR sequence, L = 130), "
+            f"{n} jobs: 16 x built-in MQAR hybrid model (1 MQAR sequence, L = 130), "
             f"4 x GPT-2 {', '.join(f'{a}x{b}/{c}h' for a, b, c in GPT2_CONFIGS)} (L = 192); 1 thread per job"
         )
         plain_loop(jobs[:1] + jobs[-1:])  # warm imports and caches in this process
@@ -166,7 +167,7 @@ def main() -> None:
             cluster.close()
         ref = sweep.load(tmp / "serial").table
         for d in ("processes", "dask", "dask-warm"):
-            pd.testing.assert_frame_equal(ref, sweep.load(tmp / d).table)
+            pd.testing.assert_frame_equal(ref, sweep.load(tmp / d).table, check_exact=True)
         res = pd.DataFrame(rows)
         res["speedup"] = res["wall_s"].iloc[0] / res["wall_s"]
         res = res[
@@ -184,7 +185,7 @@ def main() -> None:
         ]
         with pd.option_context("display.width", 200, "display.max_colwidth", 60):
             print(res.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-        print("tables of serial, processes and dask sweeps: identical")
+        print("tables of serial, processes and dask sweeps: identical (bit for bit)")
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

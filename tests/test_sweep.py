@@ -114,9 +114,10 @@ def sweep_factory_tiny(seed):
 
 
 def _same_tables(a, b):
+    """Identical, not merely close: every float of both tables equal bit for bit (one thread per task)."""
     ra, rb = sweep.load(a), sweep.load(b)
-    pd.testing.assert_frame_equal(ra.table, rb.table)
-    pd.testing.assert_frame_equal(ra.summary, rb.summary)
+    pd.testing.assert_frame_equal(ra.table, rb.table, check_exact=True)
+    pd.testing.assert_frame_equal(ra.summary, rb.summary, check_exact=True)
     assert list(ra.jobs["status"]) == list(rb.jobs["status"])
 
 
@@ -199,8 +200,9 @@ def _kill_when_ready(hang: Path, root: Path, min_done: int, log: list) -> thread
             if (hang / "pid").exists() and done >= min_done:
                 pid = int((hang / "pid").read_text())
                 (hang / "hang").unlink()
+                kept = {f.name: f.read_bytes() for f in (root / "jobs").glob("*.json")}
                 os.kill(pid, signal.SIGKILL)
-                log.append((pid, done))
+                log.append((pid, done, kept))
                 return
             time.sleep(0.05)
         log.append(None)
@@ -250,7 +252,7 @@ def test_killed_worker_process_pool(tmp_path, pool):
     kept intact, the dead task (and whatever the broken pool had not run) is 'lost', and a rerun
     completes the sweep without redoing finished jobs."""
     out, root, js, log = _sweep_with_kill(tmp_path, pool)
-    pid, done_at_kill = log[0]
+    pid, done_at_kill, _ = log[0]
     print(
         f"\nprocess pool: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}"
     )
@@ -267,17 +269,76 @@ def test_killed_worker_process_pool(tmp_path, pool):
 
 
 @pytest.mark.requires("distributed")
-def test_killed_worker_dask(tmp_path, dask_client):
-    """SIGKILL the Dask worker process running 'victim': the nanny restarts it, the scheduler reruns
-    the task, the sweep completes in one run and no finished job is lost."""
-    out, root, js, log = _sweep_with_kill(tmp_path, dask_client.get_executor())
+def test_killed_worker_dask(tmp_path):
+    """SIGKILL the Dask worker process running 'victim' after it finished other jobs: the nanny
+    restarts it, the scheduler reruns the task, the sweep completes in one run, and no finished
+    job is lost or run again (the sweep holds no finished task's result in a worker's memory,
+    which Dask would recompute when that worker dies)."""
+    hang, root = tmp_path / "hang", tmp_path / "res"
+    hang.mkdir()
+    (hang / "hang").touch()
+    js = _kill_jobs(hang)
+    js = js[1:] + js[:1]  # the victim last: its worker has finished jobs when it is killed
+    distributed = pytest.importorskip("distributed")
+    # one worker process: every job finished before the kill was finished by the killed worker
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cl:
+        with distributed.Client(cl) as client:
+            log: list = []
+            th = _kill_when_ready(hang, root, 2, log)
+            out = sweep.run(js, root, executor=client.get_executor(), threads=1, progress=False)
+            th.join(5)
+    assert log and log[0] is not None, "the hanging job never started"
+    pid, done_at_kill, kept = log[0]
     print(
-        f"\ndask: SIGKILL to worker pid {log[0][0]} running 'victim' when {log[0][1]} records were written\n{out.table().to_string()}"
+        f"\ndask: SIGKILL to worker pid {pid} running 'victim' when {done_at_kill} records were written\n{out.table().to_string()}"
     )
     assert out.complete and sorted(out.finished) == sorted(j.name for j in js), out.table()
     rec = json.loads((root / "jobs" / "victim.json").read_text())
-    assert rec["pid"] != log[0][0]  # finished by another (or the restarted) worker process
+    assert rec["pid"] != pid  # finished by another (or the restarted) worker process
+    by_victim = [n for n, b in kept.items() if json.loads(b)["pid"] == pid]
+    assert len(by_victim) >= 2, kept.keys()  # the killed worker had finished jobs ...
+    assert {n: (root / "jobs" / n).read_bytes() for n in kept} == kept  # ... and none was redone
     _assert_done_intact(root, [j.name for j in js])
+
+
+def test_finished_futures_released(tmp_path):
+    """_dispatch drops each future as soon as it is collected (an engine may keep a task's result
+    alive, on a worker, for as long as its future lives)."""
+    import gc
+    import weakref
+
+    refs: list = []
+
+    class Done(cf.Executor):
+        def submit(self, fn, spec, *args):
+            f: cf.Future = cf.Future()
+            f.set_result({"name": spec["name"], "status": "done", "seconds": 0.0, "error": None})
+            refs.append(weakref.ref(f))
+            return f
+
+    alive: list = []
+
+    def collect(name, status, err):
+        gc.collect()
+        alive.append(sum(r() is not None for r in refs))
+
+    js = [Job(f"j{i}", "builtin") for i in range(4)]
+    sweep._dispatch(Done(), js, tmp_path, None, collect)
+    assert alive == [3, 2, 1, 0]
+
+
+def test_task_run_again_keeps_a_done_job(small):
+    """An engine that runs a finished job's task again (a retry, a recomputed lost result) finds
+    its record and returns at once: nothing is analysed or rewritten."""
+    js, root = small
+    rec = root / "jobs" / "j0.json"
+    before, mtime = rec.read_bytes(), rec.stat().st_mtime_ns
+    st = sweep._execute(js[0].to_dict(), str(root), None, "x")
+    assert st["status"] == "done" and st["seconds"] == json.loads(before)["seconds"]
+    assert rec.read_bytes() == before and rec.stat().st_mtime_ns == mtime
+    other = Job("j0", "sweep_factory:tiny", inputs={"random": {"length": 9, "seed": 0}})  # same name, new spec
+    assert sweep._execute(other.to_dict(), str(root), None, "y")["status"] == "done"
+    assert json.loads(rec.read_text())["fingerprint"] == other.fingerprint
 
 
 def test_killed_serial_sweep_cli(tmp_path, capsys):
@@ -410,6 +471,80 @@ def test_interrupted_writes_and_changed_specs(small):
         sweep.run(changed, root, progress=False)
 
 
+def test_atomic_writes_show_no_partial_file(tmp_path, monkeypatch):
+    """A reader polling a results file while it is rewritten sees the old or the new contents,
+    never a part; a write that fails half way leaves the old file whole and no temporary behind."""
+    target = tmp_path / "jobs" / "a.json"
+    a, b = b"a" * (1 << 21), b"b" * (1 << 21)
+    sweep._atomic_write(target, a)
+    seen, stop = set(), threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            data = target.read_bytes()
+            seen.add(data[:1] + data[-1:] + str(len(data)).encode())
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        for i in range(20):
+            sweep._atomic_write(target, b if i % 2 == 0 else a)
+    finally:
+        stop.set()
+        th.join()
+    assert seen <= {b"aa" + str(len(a)).encode(), b"bb" + str(len(b)).encode()} and seen
+    real_write = os.write
+    calls: list = []
+
+    def write_then_fail(fd, data):  # the disk fills after the first chunk
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[:1000]))
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", write_then_fail)
+        with pytest.raises(OSError, match="No space"):
+            sweep._atomic_write(target, b)
+    assert len(calls) == 2 and target.read_bytes() == a and os.listdir(target.parent) == ["a.json"]
+
+
+def test_builtin_is_the_mqar_model(tmp_path):
+    """``"builtin"`` is the MQAR model (:func:`ess.models.load_builtin`, its shipped inputs, SEP as
+    marker), not the delimiters model that ``ess analyze`` runs by default; the delimiters model
+    runs through its factory (``inputs`` as ``{"factory", "kwargs"}`` in either key order)."""
+    from ess.models import (
+        DELIM,
+        SEP,
+        builtin_delimiters_inputs,
+        builtin_inputs,
+        load_builtin,
+        load_builtin_delimiters,
+    )
+
+    js = [
+        Job("mqar", "builtin", inputs={"builtin": 1}),
+        Job(
+            "delimiters",
+            "ess.models:load_builtin_delimiters",
+            inputs={"kwargs": {"n": 1}, "factory": "ess.models:builtin_delimiters_inputs"},
+            options={"markers": [DELIM]},
+        ),
+    ]
+    out = sweep.run(js, tmp_path / "res", progress=False)
+    assert out.finished == ["mqar", "delimiters"], out.errors
+    t = sweep.load(tmp_path / "res").table
+    for name, model, x, marker in (
+        ("mqar", load_builtin(), builtin_inputs(1), SEP),
+        ("delimiters", load_builtin_delimiters(), builtin_delimiters_inputs(1), DELIM),
+    ):
+        ref = ess.analyze(model, x, markers=[marker], progress=False).table
+        mine = t[t["job"] == name].drop(columns=["job"]).reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, ref.reset_index(drop=True), check_dtype=False)
+    assert t.loc[t["job"] == "mqar", "position"].max() == builtin_inputs(1).shape[1] - 1
+    assert t.loc[t["job"] == "delimiters", "position"].max() == builtin_delimiters_inputs(1).shape[1] - 1
+
+
 def test_job_validation(tmp_path):
     with pytest.raises(ess.InvalidArgumentError, match="name"):
         Job("../x", "builtin")
@@ -521,6 +656,25 @@ options = { positions = [7] }
     bad.write_text("jobs = [")
     assert main(["sweep", str(bad)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+@pytest.mark.requires("tqdm")
+def test_cli_sweep_progress_bar(tmp_path, capsys):
+    """``ess sweep`` shows a progress bar over jobs (tqdm, on stderr) unless --no-progress."""
+    from ess.cli import main
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[[grid]]\nname = "t{seed}"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 6 } }\n'
+        "vary = { seed = [0, 1, 2] }\n"
+    )
+    assert main(["sweep", str(cfg), "--no-report", "-o", str(tmp_path / "r")]) == 0
+    cap = capsys.readouterr()
+    assert "ess.sweep" in cap.err and "3/3" in cap.err and "done=3" in cap.err
+    assert "3 finished, 0 skipped (done before), 0 failed, 0 lost" in cap.out
+    assert main(["sweep", str(cfg), "--no-report", "--no-progress", "-o", str(tmp_path / "r")]) == 0
+    cap = capsys.readouterr()
+    assert "ess.sweep" not in cap.err and "0 finished, 3 skipped (done before)" in cap.out
 
 
 @pytest.mark.requires("distributed")

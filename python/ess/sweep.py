@@ -219,6 +219,10 @@ def _inputs_spec(inputs: Any, w: str) -> Any:
             raise InvalidArgumentError(
                 f"{w}.inputs: a dict must have exactly one of the keys {_INPUT_KINDS}, got {sorted(inputs)}"
             )
+        if set(inputs) == {"factory", "kwargs"}:  # either key order; the task reads the first key
+            if not isinstance(inputs["kwargs"], dict):
+                raise DTypeError(f"{w}.inputs.kwargs: expected a dict of keyword arguments, got {inputs['kwargs']!r}")
+            inputs = {"factory": inputs["factory"], "kwargs": inputs["kwargs"]}
         kind = next(iter(inputs))
         if kind not in _INPUT_KINDS:
             raise InvalidArgumentError(f"{w}.inputs: unknown kind {kind!r}; expected one of {_INPUT_KINDS}")
@@ -567,6 +571,14 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: 
     started = time.time()
     t0, c0 = time.perf_counter(), time.process_time()
     job = Job._trusted(spec)
+    prior = _done_record(Path(results), job)
+    if prior is not None:  # the engine ran this task again (a retry, a recomputed lost result): keep the job
+        return {
+            "name": job.name,
+            "status": "done",
+            **{k: float(prior.get(k, 0.0)) for k in ("seconds", "cpu_seconds", "write_seconds")},
+            "error": None,
+        }
     info = {"host": socket.gethostname(), "pid": os.getpid(), "started": started}
     old_threads = None
     set_env = False
@@ -610,6 +622,22 @@ def _execute(spec: Dict[str, Any], results: str, threads: Optional[int], token: 
             import torch
 
             torch.set_num_threads(old_threads)
+
+
+def _done_record(root: Path, job: Job) -> Optional[Dict[str, Any]]:
+    """The job's record if it is already done under the same spec with its files in place, else None."""
+    try:
+        rec = json.loads((root / "jobs" / f"{job.name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if not (
+        isinstance(rec, dict)
+        and rec.get("status") == "done"
+        and rec.get("fingerprint") == job.fingerprint
+        and all(p.is_file() for p in _data_paths(root, job.name).values())
+    ):
+        return None
+    return rec
 
 
 # ------------------------------------------------------------------------------------ writing
@@ -1196,12 +1224,16 @@ def _dispatch(ex: Any, todo: List[Job], root: Path, threads: Optional[int], coll
             f = ex.submit(_execute, j.to_dict(), str(root), threads, token)
         futs[f] = j.name
     for f in cf.as_completed(futs):
+        # drop every reference to a future once it is done: an engine may keep a task's result for
+        # as long as its future lives (Dask holds it in the worker's memory, and recomputes it, i.e.
+        # reruns a finished job, when that worker dies)
+        name = futs.pop(f)
         try:
-            st = f.result()
+            st, err = f.result(), None
         except Exception as e:  # the task died (worker killed, pool broken, ...)
-            collect(futs[f], None, e)
-        else:
-            collect(futs[f], st, None)
+            st, err = None, e
+        del f
+        collect(name, st, err)
 
 
 # ------------------------------------------------------------------------------------- loading
