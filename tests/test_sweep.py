@@ -706,3 +706,45 @@ def test_cli_sweep_on_dask(tmp_path, capsys, dask_client):
     assert code == 0
     assert "ess sweep (dask)" in capsys.readouterr().out
     assert sorted(sweep.load(tmp_path / "r").table["job"].unique()) == ["t0", "t1", "t2"]
+
+
+@pytest.mark.requires("distributed")
+def test_pending_and_no_cluster_when_all_done(tmp_path, capsys, monkeypatch):
+    """``sweep.pending`` lists what a run would do, writing nothing; ``ess sweep -e dask|ray`` on a
+    finished results directory starts no cluster."""
+    from ess.cli import main
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(
+        '[[grid]]\nname = "t{seed}"\nmodel = "sweep_factory:tiny"\ninputs = { random = { length = 6 } }\n'
+        "vary = { seed = [0, 1] }\n"
+    )
+    jobs = sweep.load_config(cfg)["jobs"]
+    res = tmp_path / "r"
+    assert sweep.pending(jobs, res) == ["t0", "t1"] and not res.exists()
+    res.mkdir()
+    assert sweep.pending(jobs, res) == ["t0", "t1"] and not any(res.iterdir())
+    assert main(["sweep", str(cfg), "--no-report", "--no-progress", "-o", str(res)]) == 0
+    capsys.readouterr()
+    assert sweep.pending(jobs, res) == []
+    (res / "jobs" / "t1.json").unlink()  # a lost job is pending again
+    assert sweep.pending(jobs, res) == ["t1"]
+    assert main(["sweep", str(cfg), "--no-report", "--no-progress", "-o", str(res)]) == 0
+    capsys.readouterr()
+
+    def no_cluster(*a, **k):
+        raise AssertionError("a cluster was started with nothing to do")
+
+    monkeypatch.setattr(sweep, "RayExecutor", no_cluster)
+    for kind in ("ray", "dask"):
+        if kind == "dask":
+            import dask.distributed as dd
+
+            monkeypatch.setattr(dd, "LocalCluster", no_cluster)
+        assert main(["sweep", str(cfg), "--no-report", "--no-progress", "-e", kind, "-o", str(res)]) == 0
+        assert "0 finished, 2 skipped (done before)" in capsys.readouterr().out
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x.txt").write_text("x")
+    with pytest.raises(sweep.SweepResultsError):
+        sweep.pending(jobs, foreign)

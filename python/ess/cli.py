@@ -372,7 +372,9 @@ def _sweep(args: argparse.Namespace) -> int:
     cleanup: List[Callable[[], Any]] = []
     executor: object = None if kind == "serial" else kind
     try:
-        if kind == "dask":
+        if kind in ("dask", "ray") and not sweep.pending(cfg["jobs"], results, retry_failed=retry):
+            executor = None  # every job is done: no cluster to start
+        elif kind == "dask":
             try:
                 from dask.distributed import Client, LocalCluster
             except ImportError:

@@ -69,6 +69,7 @@ __all__ = [
     "Job",
     "grid",
     "run",
+    "pending",
     "load",
     "SweepOutcome",
     "SweepResults",
@@ -1135,6 +1136,39 @@ def run(
         lst.sort(key=order.__getitem__)
     out.wall_seconds = time.perf_counter() - t_start
     return out
+
+
+def pending(
+    jobs: Union[Sequence[Union[Job, Mapping[str, Any]]], Job],
+    results: Union[str, "os.PathLike[str]"],
+    *,
+    retry_failed: bool = True,
+) -> List[str]:
+    """Names of the jobs that :func:`run` would execute now (missing, lost, or failed when
+    ``retry_failed``), in the order given; nothing is written. A results directory that does not
+    exist yet means every job. Lets a caller skip starting a cluster when nothing is left to do.
+
+    Raises
+    ------
+    SweepResultsError : as :func:`run` (foreign or corrupt files, a done job with another spec).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> import ess.sweep as sweep
+    >>> jobs = [sweep.Job(name="a", model="builtin", inputs={"random": {"length": 6}})]
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     sweep.pending(jobs, os.path.join(d, "new"))
+    ['a']
+    """
+    todo_jobs = _as_jobs(jobs)
+    root = Path(results).absolute()
+    if root.is_dir() and not (root / MARKER).exists() and not any(not p.name.startswith(".") for p in root.iterdir()):
+        return [j.name for j in todo_jobs]  # an empty directory: run() would start it
+    if not root.exists():
+        return [j.name for j in todo_jobs]
+    _check_marker(root)
+    return [j.name for j in _plan(todo_jobs, _scan(root), retry_failed, SweepOutcome(results=root))]
 
 
 def _check_run_options(executor: Any, max_workers: Optional[int], threads: Optional[int]) -> None:
