@@ -159,7 +159,6 @@ class Factors:
         return out.numpy()
 
 
-
 class SelectiveFactors(Factors):
     """The factors of a selective SSM layer kept in its native parameters, the way
     :func:`ess.structured.mamba_ess` (``scalar=False``: Mamba-1, one operator per channel, diagonal
@@ -215,22 +214,22 @@ class SelectiveFactors(Factors):
         n, L, N = self.shape
         return np.broadcast_to(x[None], (n, L, N)) if x.ndim == 2 else x.transpose(1, 0, 2)
 
-    @property  # type: ignore[override]
-    def A(self) -> npt.NDArray[np.float64]:  # noqa: N802
+    @property
+    def A(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
         if self.scalar:
             return np.exp(self.delta.T * self.a[:, None])
         return np.exp(self.delta.T[:, :, None] * self.a[:, None, :])
 
-    @property  # type: ignore[override]
-    def B(self) -> npt.NDArray[np.float64]:  # noqa: N802
+    @property
+    def B(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
         return self.delta.T[:, :, None] * self._per_op(self.b)
 
-    @property  # type: ignore[override]
-    def C(self) -> npt.NDArray[np.float64]:  # noqa: N802
+    @property
+    def C(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
         return np.ascontiguousarray(self._per_op(self.c))
 
-    @property  # type: ignore[override]
-    def D(self) -> Optional[npt.NDArray[np.float64]]:  # noqa: N802
+    @property
+    def D(self) -> Optional[npt.NDArray[np.float64]]:  # type: ignore[override]  # noqa: N802
         if self.d is None:
             return None
         n, L, _ = self.shape
@@ -292,6 +291,7 @@ class SelectiveFactors(Factors):
 
         fn = structured.mamba2_ess if self.scalar else structured.mamba_ess
         return fn(self.a, self.delta, self.b, self.c, method=method, atol=atol, rtol=rtol, positions=positions)
+
 
 @dataclass
 class OperatorSet:

@@ -433,7 +433,6 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
             raise InvalidArgumentError(f"{self.name}: refused: the mixer has {missing} but did not call them")
         with torch.no_grad():
             xo = self._xo[sample].to(f64).cpu()
-            L = xo.shape[0]
             ts, Bm, Cm = torch.split(xo, [R, N, N], dim=-1)
             if "dt_layernorm" in self._norm_out:
                 ts = self._norm_out["dt_layernorm"][sample].to(f64).cpu()
