@@ -363,3 +363,74 @@ def test_report_times() -> None:
         print("\nfamily              mixers                                   max rel. reconstruction error   s")
         for fam, (cls, err, sec) in TIMES.items():
             print(f"{fam:18s} {cls:40s} {err:.1e} {sec:6.2f}")
+
+
+@pytest.mark.parametrize("scalar,shared", [(False, True), (False, False), (True, True), (True, False)])
+def test_selective_factors_native_parameters(scalar: bool, shared: bool) -> None:
+    """SelectiveFactors (what the Mamba-1/-2 extractors hand over): its formed A, B, C, D are the defining
+    exp(delta A), delta B, C, D; apply (blocked recurrence from the native parameters) equals the dense
+    operator times u; its curves (mamba_ess / mamba2_ess, factors formed in the kernel) equal ssm_ess on the
+    formed factors."""
+    from ess.operators.base import Factors, SelectiveFactors
+
+    rng = np.random.default_rng(3)
+    n, Lx, N = 5, 40, 3
+    a = -rng.uniform(0.1, 2.0, (n,) if scalar else (n, N))
+    dl = rng.uniform(0.01, 0.5, (Lx, n))
+    b = rng.standard_normal((Lx, N) if shared else (Lx, n, N))
+    c = rng.standard_normal((Lx, N) if shared else (Lx, n, N))
+    d = rng.standard_normal(n)
+    f = SelectiveFactors(a, dl, b, c, d, scalar=scalar)
+    assert f.shape == (n, Lx, N) and f.transition == ("scalar" if scalar else "diagonal")
+    bb = np.broadcast_to(b[None], (n, Lx, N)) if shared else b.transpose(1, 0, 2)
+    cc = np.broadcast_to(c[None], (n, Lx, N)) if shared else c.transpose(1, 0, 2)
+    want_a = np.exp(dl.T * a[:, None]) if scalar else np.exp(dl.T[:, :, None] * a[:, None, :])
+    assert np.array_equal(f.A, want_a)
+    assert np.array_equal(f.B, dl.T[:, :, None] * bb) and np.array_equal(f.C, cc)
+    assert np.array_equal(f.D, np.broadcast_to(d[:, None], (n, Lx)))
+    # the dense operator, straight from the formula T[t, s] = sum_k C[t, k] prod_{s<r<=t} a_r[k] delta_s B[s, k]
+    T = np.zeros((n, Lx, Lx))
+    for i in range(n):
+        ai = np.broadcast_to(want_a[i].reshape(Lx, -1), (Lx, N))
+        for t in range(Lx):
+            for s in range(t + 1):
+                T[i, t, s] = np.sum(cc[i, t] * np.prod(ai[s + 1 : t + 1], axis=0) * dl[s, i] * bb[i, s])
+            T[i, t, t] += d[i]
+    assert np.allclose(f.materialize(), T, rtol=1e-12, atol=1e-12 * np.abs(T).max())
+    u = rng.standard_normal((n, Lx, 2))
+    ref = np.einsum("its,isp->itp", T, u)
+    assert np.abs(f.apply(u).numpy() - ref).max() <= 1e-12 * np.abs(ref).max()
+    got = f.ess_curves("both", None, None, None)
+    plain = Factors(f.transition, f.A, f.B, f.C)
+    want = ssm_ess(plain.A, plain.B, plain.C, transition=plain.transition, method="both")
+    assert np.array_equal(got.tolerance, want.tolerance)
+    assert np.allclose(got.entropy, want.entropy, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("family,kernel", [("mamba", "mamba_ess"), ("mamba2", "mamba2_ess")])
+def test_analyze_hands_native_parameters_to_the_kernel(family: str, kernel: str, monkeypatch: Any) -> None:
+    """analyze sends the Mamba-1/-2 layers' native parameters to mamba_ess/mamba2_ess (never the generic
+    ssm_ess on formed factors), with the run-time check done."""
+    pytest.importorskip("pandas")
+    import ess.structured as S
+
+    calls: List[str] = []  # the outermost calls (mamba2_ess itself goes through ssm_ess)
+    depth = [0]
+    for name in ("mamba_ess", "mamba2_ess", "ssm_ess"):
+        orig = getattr(S, name)
+
+        def spy(*a: Any, _orig: Any = orig, _name: str = name, **k: Any) -> Any:
+            if depth[0] == 0:
+                calls.append(_name)
+            depth[0] += 1
+            try:
+                return _orig(*a, **k)
+            finally:
+                depth[0] -= 1
+
+        monkeypatch.setattr(S, name, spy)
+    model = make(family)
+    rep = ess.analyze(model, inputs(False)["input_ids"][:1], progress=False)
+    mixers = [r for r in rep.summary.itertuples() if r.route == "structured"]
+    assert mixers and all("checked" in r.note for r in mixers)
+    assert calls.count(kernel) == len(mixers) and calls.count("ssm_ess") == 0

@@ -318,6 +318,13 @@ def _structured_curves(
     by the structured kernel, in chunks of operators."""
     from .structured import ssm_ess
 
+    native = getattr(fac, "ess_curves", None)
+    if native is not None:  # native parameters (SelectiveFactors): the kernel forms the factors in place
+        res = native(method, atol, rtol, pos_arr)
+        if method == "both":
+            return res.tolerance, res.entropy
+        nan = np.full_like(res, np.nan)
+        return (res, nan) if method == "tolerance" else (nan, res)
     n = fac.shape[0]
     tols, ents = [], []
     for c0 in range(0, n, STRUCTURED_CHUNK):

@@ -24,6 +24,7 @@ import numpy.typing as npt
 __all__ = [
     "OperatorSet",
     "Factors",
+    "SelectiveFactors",
     "Extractor",
     "register",
     "find_extractor",
@@ -188,6 +189,140 @@ class Factors:
         if D is not None:
             out.diagonal(dim1=1, dim2=2).add_(D)
         return out.numpy()
+
+
+class SelectiveFactors(Factors):
+    """The factors of a selective SSM layer kept in its native parameters, the way
+    :func:`ess.structured.mamba_ess` (``scalar=False``: Mamba-1, one operator per channel, diagonal
+    transitions) or :func:`ess.structured.mamba2_ess` (``scalar=True``: Mamba-2 / SSD, one operator per
+    head, scalar transitions) takes them: ``A_t = exp(delta[t] A)``, ``b_t = delta[t] B[t]``, ``c_t = C[t]``.
+
+    ``ess.analyze`` hands these parameters to that kernel (:meth:`ess_curves`), which forms the factors of
+    each operator in place; the ``(n_ops, L, N)`` arrays :attr:`A`, :attr:`B`, :attr:`C` of the plain
+    :class:`Factors` are formed only when read (:meth:`materialize`, tests). :meth:`apply` runs the
+    recurrence from the native parameters.
+
+    Parameters
+    ----------
+    a : ``(n_ops, N)`` (Mamba-1) or ``(n_ops,)`` (Mamba-2) state parameters (``-exp(A_log)``), float64.
+    delta : ``(L, n_ops)`` step sizes after the softplus, float64.
+    b, c : ``(L, N)`` shared by all operators, or ``(L, n_ops, N)``, float64.
+    d : optional ``(n_ops,)`` skip term (on the diagonal only).
+    scalar : Mamba-2's scalar decay per operator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.operators.base import SelectiveFactors
+    >>> f = SelectiveFactors(-np.ones((2, 3)), np.full((5, 2), 0.1), np.ones((5, 3)), np.ones((5, 3)))
+    >>> f.shape, f.transition, f.A.shape
+    ((2, 5, 3), 'diagonal', (2, 5, 3))
+    """
+
+    def __init__(
+        self,
+        a: npt.NDArray[np.float64],
+        delta: npt.NDArray[np.float64],
+        b: npt.NDArray[np.float64],
+        c: npt.NDArray[np.float64],
+        d: Optional[npt.NDArray[np.float64]] = None,
+        scalar: bool = False,
+    ) -> None:
+        f = np.float64
+        self.a = np.ascontiguousarray(a, dtype=f)
+        self.delta = np.ascontiguousarray(delta, dtype=f)
+        self.b = np.ascontiguousarray(b, dtype=f)
+        self.c = np.ascontiguousarray(c, dtype=f)
+        self.d = None if d is None else np.ascontiguousarray(d, dtype=f)
+        self.scalar = bool(scalar)
+        self.transition = "scalar" if scalar else "diagonal"
+
+    def __repr__(self) -> str:
+        n, L, N = self.shape
+        return f"SelectiveFactors({self.transition}, n_ops={n}, L={L}, N={N})"
+
+    def _per_op(self, x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """``(L, N)`` or ``(L, n_ops, N)`` as ``(n_ops, L, N)`` (a broadcast view when shared)."""
+        n, L, N = self.shape
+        return np.broadcast_to(x[None], (n, L, N)) if x.ndim == 2 else x.transpose(1, 0, 2)
+
+    @property
+    def A(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
+        if self.scalar:
+            return np.exp(self.delta.T * self.a[:, None])
+        return np.exp(self.delta.T[:, :, None] * self.a[:, None, :])
+
+    @property
+    def B(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
+        return self.delta.T[:, :, None] * self._per_op(self.b)
+
+    @property
+    def C(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
+        return np.ascontiguousarray(self._per_op(self.c))
+
+    @property
+    def D(self) -> Optional[npt.NDArray[np.float64]]:  # type: ignore[override]  # noqa: N802
+        if self.d is None:
+            return None
+        n, L, _ = self.shape
+        return np.ascontiguousarray(np.broadcast_to(self.d[:, None], (n, L)))
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        L, n = self.delta.shape
+        return int(n), int(L), int(self.b.shape[-1])
+
+    def nbytes(self) -> int:
+        return int(sum(x.nbytes for x in (self.a, self.delta, self.b, self.c, self.d) if x is not None))
+
+    def apply(self, u: Any) -> Any:
+        """``y = T u`` for inputs ``u`` (``(n_ops, L, m)``) by the recurrence in float64, from the native
+        parameters: the decays and inputs of a block of steps are formed at once, then one fused
+        multiply-add per step (no ``(n_ops, L, N)`` array); returns a float64 torch tensor."""
+        import torch
+
+        f = torch.float64
+        u = torch.as_tensor(u).to(f)
+        n, L, N = self.shape
+        m = int(u.shape[-1])
+        a = torch.from_numpy(self.a)
+        dl = torch.from_numpy(self.delta)  # (L, n)
+        b = torch.from_numpy(self.b)
+        c = torch.from_numpy(self.c)
+        shared = b.dim() == 2
+        ut = u.permute(1, 0, 2)  # (L, n, m)
+        y = torch.empty(L, n, m, dtype=f)
+        h = torch.zeros(n, N, m, dtype=f)
+        step = max(1, min(L, (1 << 22) // max(1, n * N * m)))  # steps per block (about 32 MiB per array)
+        for t0 in range(0, L, step):
+            t1 = min(L, t0 + step)
+            d = dl[t0:t1]  # (T, n)
+            decay = torch.exp(d * a) if self.scalar else torch.exp(d[:, :, None] * a)  # (T, n) or (T, n, N)
+            bt = d[:, :, None] * (b[t0:t1, None, :] if shared else b[t0:t1])  # (T, n, N)
+            inp = bt[:, :, :, None] * ut[t0:t1, :, None, :]  # (T, n, N, m)
+            dec = decay[:, :, None, None] if self.scalar else decay[:, :, :, None]
+            hs = torch.empty(t1 - t0, n, N, m, dtype=f)
+            for k in range(t1 - t0):
+                if t0 + k == 0:
+                    hs[k] = inp[k]
+                else:
+                    torch.addcmul(inp[k], dec[k], h, out=hs[k])
+                h = hs[k]
+            ct = c[t0:t1, None, :, None] if shared else c[t0:t1, :, :, None]  # (T, 1 or n, N, 1)
+            y[t0:t1] = (ct * hs).sum(2)
+        if self.d is not None:
+            y += torch.from_numpy(self.d)[None, :, None] * ut
+        return y.permute(1, 0, 2)
+
+    def ess_curves(
+        self, method: str, atol: Optional[float], rtol: Optional[float], positions: Optional[npt.ArrayLike]
+    ) -> Any:
+        """The ESS curves of every operator by :func:`ess.structured.mamba_ess` (or
+        :func:`~ess.structured.mamba2_ess`), which forms the factors in place."""
+        from .. import structured
+
+        fn = structured.mamba2_ess if self.scalar else structured.mamba_ess
+        return fn(self.a, self.delta, self.b, self.c, method=method, atol=atol, rtol=rtol, positions=positions)
 
 
 @dataclass

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
-from .base import Factors, OperatorSet, register
+from .base import OperatorSet, SelectiveFactors, register
 from .torch_nn import _bind, _Captures
 
 __all__ = [
@@ -414,6 +414,12 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
         L = 0 if self._calls is None else self._calls[1]
         return int(m.intermediate_size), L, int(m.ssm_state_size)
 
+    def estimate_factor_bytes(self, sample: int = 0) -> int:
+        # native parameters (delta, B, C, A) and the check's copies (L, Dn); the kernel's
+        # O(L N^2) per worker thread
+        Dn, L, N = self._dims()
+        return 8 * (6 * L * Dn + 2 * L * N + Dn * N) + 8 * 4 * L * N * N
+
     def factors(self, sample: int = 0) -> OperatorSet:
         self._check(sample)
         assert self._u is not None and self._xo is not None
@@ -427,7 +433,6 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
             raise InvalidArgumentError(f"{self.name}: refused: the mixer has {missing} but did not call them")
         with torch.no_grad():
             xo = self._xo[sample].to(f64).cpu()
-            L = xo.shape[0]
             ts, Bm, Cm = torch.split(xo, [R, N, N], dim=-1)
             if "dt_layernorm" in self._norm_out:
                 ts = self._norm_out["dt_layernorm"][sample].to(f64).cpu()
@@ -440,10 +445,8 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
             dt = F.softplus(dt)  # (L, Dn)
             A = -torch.exp(m.A_log.detach().to(f64).cpu())  # (Dn, N)
             D = m.D.detach().to(f64).cpu()
-            fa = torch.exp(dt.T[:, :, None] * A[:, None, :])  # (Dn, L, N)
-            fb = dt.T[:, :, None] * Bm[None]
-            fc = Cm[None].expand(Dn, L, N)
-            fac = Factors("diagonal", fa.numpy(), fb.numpy(), fc.numpy(), D[:, None].expand(Dn, L).numpy())
+            # native parameters: the structured kernel forms exp(dt A), dt B, C per channel in place
+            fac = SelectiveFactors(A.numpy(), dt.numpy(), Bm.numpy(), Cm.numpy(), D.numpy())
             u = self._u[sample].to(f64).cpu()  # (L, Dn)
             rec = fac.apply(u.T[:, :, None])[:, :, 0].T  # (L, Dn)
             err = None
@@ -580,14 +583,16 @@ class Mamba2MixerExtractor(_StructuredMixin, _MixerBase):
             x, Bm, Cm, dt = self._xbc(sample)
             L = dt.shape[0]
             rep = H // G
-            Bh = Bm.repeat_interleave(rep, dim=1).permute(1, 0, 2)  # (H, L, N)
-            Ch = Cm.repeat_interleave(rep, dim=1).permute(1, 0, 2)
             A = -torch.exp(m.A_log.detach().to(torch.float64).cpu())  # (H,)
             D = m.D.detach().to(torch.float64).cpu()
-            fa = torch.exp(dt.T * A[:, None])  # (H, L)
-            fb = dt.T[:, :, None] * Bh
-            fac = Factors(
-                "scalar", fa.numpy(), fb.contiguous().numpy(), Ch.contiguous().numpy(), D[:, None].expand(H, L).numpy()
+            # native parameters for mamba2_ess (scalar decay exp(dt A) per head, dt B, C)
+            fac = SelectiveFactors(
+                A.numpy(),
+                dt.numpy(),
+                (Bm.repeat_interleave(rep, dim=1) if G > 1 else Bm[:, 0]).numpy(),  # (L, H, N) or shared (L, N)
+                (Cm.repeat_interleave(rep, dim=1) if G > 1 else Cm[:, 0]).numpy(),
+                D.numpy(),
+                scalar=True,
             )
             rec = fac.apply(x.permute(1, 0, 2)).permute(1, 0, 2).reshape(L, H * P)
             direct = (D[None, :, None] * x).reshape(L, H * P)

@@ -1,0 +1,67 @@
+"""Where the time of ``ess.analyze`` goes on a Mamba-130m-shaped model (issue 12's end-to-end target).
+
+    PYTHONPATH=python python3 benches/mamba130m_analyze.py [L] [analysed layers] [model layers]
+
+A random-weight transformers ``MambaForCausalLM`` (d_model 768, expand 2: 1536 channels, d_state 16;
+``model layers`` of them, default 24) at length ``L`` (default 2048); ``ess.analyze`` on the first
+``analysed layers`` mixers (default 1). Prints wall and process cpu time of the call and of its parts: the
+forward pass (from the report), the extraction with its run-time check (``MambaMixerExtractor.factors``),
+the structured kernel (``ess.analyze``'s ``_structured_curves``) and the rest (discovery, hooks, the report).
+The parts are timed by wrapping those two functions. Figures: docs/benchmarks.md.
+"""
+
+import os
+import sys
+import time
+
+import torch
+from transformers import MambaConfig, MambaForCausalLM
+
+import ess
+from ess.operators import hf
+
+AZ = sys.modules["ess.analyze"]  # the module (``ess.analyze`` is the function)
+L = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
+K = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+NL = int(sys.argv[3]) if len(sys.argv) > 3 else 24
+cfg = MambaConfig(
+    vocab_size=1024,
+    hidden_size=768,
+    state_size=16,
+    num_hidden_layers=NL,
+    expand=2,
+    conv_kernel=4,
+    bos_token_id=0,
+    eos_token_id=0,
+    pad_token_id=0,
+)
+torch.manual_seed(0)
+model = MambaForCausalLM(cfg).eval()
+tok = torch.randint(0, cfg.vocab_size, (1, L), generator=torch.Generator().manual_seed(1))
+acc = {"factors": [0.0, 0.0], "kernel": [0.0, 0.0]}
+
+
+def timed(fn, key):
+    def wrapper(*a, **k):
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            return fn(*a, **k)
+        finally:
+            acc[key][0] += time.perf_counter() - t0
+            acc[key][1] += time.process_time() - c0
+
+    return wrapper
+
+
+AZ._structured_curves = timed(AZ._structured_curves, "kernel")
+hf.MambaMixerExtractor.factors = timed(hf.MambaMixerExtractor.factors, "factors")
+t0, c0 = time.perf_counter(), time.process_time()
+rep = ess.analyze(model, tok, progress=False, layers=[f"backbone.layers.{i}.mixer" for i in range(K)])
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+fw = rep.meta["seconds_forward"]
+(fa_w, fa_c), (k_w, k_c) = acc["factors"], acc["kernel"]
+print(
+    f"L={L}, {K} of {NL} layers: analyze {wall:.1f} s wall, {cpu:.1f} s cpu; forward {fw:.1f} s wall; "
+    f"extraction + check {fa_w:.1f} s wall, {fa_c:.1f} s cpu; kernel {k_w:.1f} s wall, {k_c:.1f} s cpu; "
+    f"rest {wall - fw - fa_w - k_w:.1f} s wall; load average {os.getloadavg()[0]:.1f}"
+)
