@@ -271,7 +271,20 @@ def verify(
 ) -> float:
     """Refuse the layer ``name`` unless ``rec`` reproduces ``ref`` (the captured output of ``what``) to the
     tolerance of ``dtype``, relative to the part of ``ref`` beyond ``direct`` (see :func:`rel_error`); returns
-    the relative error."""
+    the relative error.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from ess.operators.hf import verify
+    >>> ref = torch.tensor([[3.0, 0.0], [0.0, 4.0]])       # the captured output, norm 5
+    >>> verify("mixer", ref + 1e-6, ref, torch.float32, "scan output") < 1e-6
+    True
+    >>> verify("mixer", 2 * ref, ref, torch.float32, "scan output")  # off by the whole output: refused
+    Traceback (most recent call last):
+    ...
+    ess.errors.InvalidArgumentError: mixer: refused: ... (relative error 1.00e+00 > 1e-04 for torch.float32); ...
+    """
     return refuse_unless(
         name,
         rel_error(rec, ref, direct),
@@ -331,7 +344,17 @@ def _param(m: Any, name: str, ndim: int) -> bool:
 
 def is_selective_ssm(m: Any) -> bool:
     """A Mamba-1 style mixer (MambaMixer, FalconMambaMixer, JambaMambaMixer, renamed copies): by what it
-    has: ``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``out_proj``, a 2-D ``A_log`` and a ``D``."""
+    has: ``in_proj``, ``conv1d``, ``x_proj``, ``dt_proj``, ``out_proj``, a 2-D ``A_log`` and a ``D``.
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf import is_selective_ssm
+    >>> cfg = transformers.MambaConfig(vocab_size=32, hidden_size=8, state_size=4, num_hidden_layers=1)
+    >>> mixer = transformers.MambaModel(cfg).layers[0].mixer
+    >>> is_selective_ssm(mixer), is_selective_ssm(mixer.conv1d)
+    (True, False)
+    """
     return (
         isinstance(m, torch.nn.Module)
         and all(_module(m, n) for n in ("in_proj", "conv1d", "x_proj", "dt_proj", "out_proj"))
@@ -344,7 +367,18 @@ def is_selective_ssm(m: Any) -> bool:
 def is_ssd_mixer(m: Any) -> bool:
     """A Mamba-2 style mixer (Mamba2Mixer, BambaMixer, FalconH1Mixer, GraniteMoeHybridMambaLayer,
     Zamba2MambaMixer, NemotronHMamba2Mixer, renamed copies): ``in_proj``, ``conv1d``, ``out_proj``, a 1-D
-    ``A_log`` (one decay per head), ``D``, ``dt_bias`` and the head layout attributes."""
+    ``A_log`` (one decay per head), ``D``, ``dt_bias`` and the head layout attributes.
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf import is_selective_ssm, is_ssd_mixer
+    >>> cfg = transformers.Mamba2Config(vocab_size=32, hidden_size=8, state_size=4, num_heads=2, head_dim=8,
+    ...                                 n_groups=1, num_hidden_layers=1)
+    >>> mixer = transformers.Mamba2Model(cfg).layers[0].mixer
+    >>> type(mixer).__name__, is_ssd_mixer(mixer), is_selective_ssm(mixer)   # one decay per head, not per channel
+    ('Mamba2Mixer', True, False)
+    """
     return (
         isinstance(m, torch.nn.Module)
         and all(_module(m, n) for n in ("in_proj", "conv1d", "out_proj"))
@@ -364,6 +398,33 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
     time-step/B/C projections), the outputs of the ``dt``/``b``/``c`` norms when the mixer has them, the gate
     (``in_proj``'s second half) and the input of ``out_proj``. Run-time check: the factors applied to ``u``,
     times ``silu(gate)``, must reproduce the input of ``out_proj``.
+
+    Examples
+    --------
+    A one-layer Mamba with 16 inner channels and state size 4, on 6 tokens:
+
+    >>> import torch, transformers, ess
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.MambaConfig(vocab_size=32, hidden_size=8, state_size=4, num_hidden_layers=1,
+    ...                                expand=2, conv_kernel=4, time_step_rank=2)
+    >>> model = transformers.MambaForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.backbone.layers[0].mixer, "backbone.layers.0.mixer")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.labels[:2]
+    ('MambaMixerExtractor', 'selective_ssm', 'diagonal', (16, 6, 4), ['channel 0', 'channel 1'])
+    >>> ops.check_error < 1e-4                   # the factors reproduced the scan output (float32 model)
+    True
+    >>> f = ops.factors
+    >>> bool((ess.structured.ssm_ess(f.A, f.B, f.C, transition=f.transition) <= 4).all())  # state size bounds it
+    True
+    >>> ex.operators(0).operators.shape          # materialised for the dense route
+    (16, 6, 6)
     """
 
     _NORMS = ("dt_layernorm", "b_layernorm", "c_layernorm")
@@ -489,6 +550,30 @@ class Mamba2MixerExtractor(_StructuredMixin, _MixerBase):
     calls ``conv1d`` as a module), and the scan output (the input of the gated ``norm``, or of ``out_proj``
     divided out of the ``silu(gate)`` when there is no norm). Run-time check: the factors applied to the
     convolved ``x`` reproduce it.
+
+    Examples
+    --------
+    A one-layer Mamba-2 with 2 heads of 8 channels and state size 4, on 6 tokens:
+
+    >>> import torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.Mamba2Config(vocab_size=32, hidden_size=8, state_size=4, num_heads=2, head_dim=8,
+    ...                                 n_groups=1, conv_kernel=4, chunk_size=4, num_hidden_layers=1)
+    >>> model = transformers.Mamba2ForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.backbone.layers[0].mixer, "backbone.layers.0.mixer")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ops.factors.transition, ops.factors.shape, ops.labels, ops.shared
+    ('Mamba2MixerExtractor', 'scalar', (2, 6, 4), ['head 0', 'head 1'], [8, 8])
+    >>> ops.check_error < 1e-4                   # the factors reproduced the scan output (float32 model)
+    True
+    >>> tuple(ex.inputs(0).shape)                # the convolved x they act on: (L, heads, head_dim)
+    (6, 2, 8)
     """
 
     def _reset_captures(self) -> None:

@@ -292,7 +292,18 @@ def _forward_function(cls: type) -> Optional[Any]:
 def uses_attention_interface(m: Any) -> bool:
     """A causal self-attention module whose forward goes through transformers' attention interface
     (its code refers to ``ALL_ATTENTION_FUNCTIONS``), whatever its class; cross-attention modules and
-    bidirectional ones (``is_causal`` False) are not matched."""
+    bidirectional ones (``is_causal`` False) are not matched.
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf_attention import uses_attention_interface
+    >>> cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                                num_attention_heads=2, num_key_value_heads=1)
+    >>> layer = transformers.LlamaModel(cfg).layers[0]
+    >>> uses_attention_interface(layer.self_attn), uses_attention_interface(layer.mlp)
+    (True, False)
+    """
     if not isinstance(m, torch.nn.Module) or not hasattr(m, "config"):
         return False
     fwd = _forward_function(type(m))
@@ -306,7 +317,22 @@ def uses_attention_interface(m: Any) -> bool:
 
 def unsupported_reason(m: Any) -> str:
     """Why a module of ``transformers`` whose class names attention has no extractor here (for the
-    message of ``analyze`` when nothing can be analysed); ``""`` for any other module."""
+    message of ``analyze`` when nothing can be analysed); ``""`` for any other module.
+
+    Examples
+    --------
+    BERT's self-attention goes through the interface but sees the whole sequence:
+
+    >>> import transformers
+    >>> from ess.operators.hf_attention import unsupported_reason
+    >>> cfg = transformers.BertConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                               num_attention_heads=2)
+    >>> layer = transformers.BertModel(cfg).encoder.layer[0]
+    >>> unsupported_reason(layer.attention.self)
+    'it is cross-attention or bidirectional (is_causal False), not causal self-attention'
+    >>> unsupported_reason(layer.intermediate)       # not an attention module
+    ''
+    """
     if not isinstance(m, torch.nn.Module) or not type(m).__module__.startswith("transformers."):
         return ""
     if "attention" not in type(m).__name__.lower():
@@ -406,7 +432,33 @@ class _Handle:
 
 
 class InterfaceAttentionExtractor(_AttentionCapture):
-    """Any causal self-attention routed through transformers' attention interface (see the module doc)."""
+    """Any causal self-attention routed through transformers' attention interface (see the module doc).
+
+    Examples
+    --------
+    A one-layer Llama with 2 query heads sharing one key/value head, on 6 tokens:
+
+    >>> import numpy as np, torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                                num_attention_heads=2, num_key_value_heads=1)
+    >>> model = transformers.LlamaForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.model.layers[0].self_attn, "model.layers.0.self_attn")
+    >>> handles = ex.attach()                 # registers a capturing attention function for the model's key
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.kind, ops.operators.shape, ops.labels, ops.shared
+    ('InterfaceAttentionExtractor', 'softmax_attention', (2, 6, 6), ['head 0', 'head 1'], [8, 8])
+    >>> ops.operators.sum(axis=-1).round(12)     # each row a softmax over the past
+    array([[1., 1., 1., 1., 1., 1.],
+           [1., 1., 1., 1., 1., 1.]])
+    >>> bool((np.triu(ops.operators, 1) == 0).all()), "checked" in ops.note
+    (True, True)
+    """
 
     _attach_problem: Optional[str] = None
 
@@ -691,7 +743,27 @@ def _is_falcon_attention(m: Any) -> bool:
 
 class BloomAttentionExtractor(_FusedQKVAttention):
     """``BloomAttention`` (ALiBi; its own eager code, no attention interface):
-    ``T_h = softmax(beta * alibi_h + q_h k_h^T / sqrt(d) + mask)``."""
+    ``T_h = softmax(beta * alibi_h + q_h k_h^T / sqrt(d) + mask)``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.BloomConfig(vocab_size=32, hidden_size=16, n_layer=1, n_head=2)
+    >>> model = transformers.BloomForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.transformer.h[0].self_attention, "transformer.h.0.self_attention")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.operators.shape, ops.note.split(";")[0]
+    ('BloomAttentionExtractor', (2, 6, 6), 'BloomAttention (ALiBi)')
+    >>> bool(np.allclose(ops.operators.sum(axis=-1), 1)), bool((np.triu(ops.operators, 1) == 0).all())
+    (True, True)
+    """
 
     def _qkv(self, sample: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self._fused is not None
@@ -719,7 +791,27 @@ class BloomAttentionExtractor(_FusedQKVAttention):
 class FalconAttentionExtractor(_FusedQKVAttention):
     """``FalconAttention`` (its own code, no attention interface): RoPE or ALiBi, multi-query or grouped
     keys, and the sdpa or eager branch the forward takes (``config._attn_implementation == 'sdpa'`` and
-    no ``output_attentions``)."""
+    no ``output_attentions``).
+
+    Examples
+    --------
+    >>> import numpy as np, torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.FalconConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    >>> model = transformers.FalconForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.transformer.h[0].self_attention, "transformer.h.0.self_attention")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.operators(0)
+    >>> type(ex).__name__, ops.operators.shape, ops.note.split(";")[0]
+    ('FalconAttentionExtractor', (2, 6, 6), 'FalconAttention (RoPE, sdpa branch)')
+    >>> bool(np.allclose(ops.operators.sum(axis=-1), 1)), bool((np.triu(ops.operators, 1) == 0).all())
+    (True, True)
+    """
 
     def _qkv(self, sample: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self._fused is not None

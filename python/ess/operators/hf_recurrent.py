@@ -71,6 +71,20 @@ class _RecurrentBase(_StructuredMixin, _LayerCaptures):
 
 
 def is_gated_short_conv(m: Any) -> bool:
+    """An LFM2-style gated short convolution: a depthwise ``conv`` (a :class:`torch.nn.Conv1d`), an ``in_proj``
+    Linear three times as wide as the convolution's channels (``B``, ``C``, ``x``), an ``out_proj``, and no
+    ``A_log`` (which would make it an SSM mixer).
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf_recurrent import is_gated_short_conv
+    >>> cfg = transformers.Lfm2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                               num_attention_heads=2, num_key_value_heads=1, layer_types=["conv"])
+    >>> block = transformers.Lfm2Model(cfg).layers[0].conv
+    >>> type(block).__name__, is_gated_short_conv(block), is_gated_short_conv(block.conv)
+    ('Lfm2ShortConv', True, False)
+    """
     conv = getattr(m, "conv", None)
     inp = getattr(m, "in_proj", None)
     return (
@@ -85,7 +99,30 @@ def is_gated_short_conv(m: Any) -> bool:
 
 
 class GatedShortConvExtractor(_RecurrentBase):
-    """LFM2's gated short convolution (see the module docs)."""
+    """LFM2's gated short convolution (see the module docs).
+
+    Examples
+    --------
+    A one-layer LFM2 whose only block is a 3-tap gated convolution of 16 channels, on 6 tokens:
+
+    >>> import torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.Lfm2Config(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...                               num_attention_heads=2, num_key_value_heads=1, layer_types=["conv"])
+    >>> model = transformers.Lfm2ForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.model.layers[0].conv, "model.layers.0.conv")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.tss[:2]
+    ('GatedShortConvExtractor', 'gated_conv', 'dense', (16, 6, 3), [2.0, 2.0])
+    >>> ops.check_error < 1e-4                   # the factors reproduced the input of out_proj (float32 model)
+    True
+    """
 
     kind = "gated_conv"
 
@@ -160,6 +197,19 @@ class GatedShortConvExtractor(_RecurrentBase):
 
 
 def is_rglru(m: Any) -> bool:
+    """A Griffin-style RG-LRU: a module holding the tensors ``recurrent_param``, ``input_gate_weight``,
+    ``input_gate_bias``, ``recurrent_gate_weight`` and ``recurrent_gate_bias``.
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf_recurrent import is_rglru
+    >>> cfg = transformers.RecurrentGemmaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, lru_width=16, block_types=["recurrent"])
+    >>> block = transformers.RecurrentGemmaModel(cfg).layers[0].temporal_block
+    >>> type(block.rg_lru).__name__, is_rglru(block.rg_lru), is_rglru(block)   # the block around it is not one
+    ('RecurrentGemmaRglru', True, False)
+    """
     return isinstance(m, torch.nn.Module) and all(
         isinstance(getattr(m, n, None), torch.Tensor)
         for n in (
@@ -173,7 +223,30 @@ def is_rglru(m: Any) -> bool:
 
 
 class RGLRUExtractor(_RecurrentBase):
-    """recurrent_gemma's RG-LRU (see the module docs)."""
+    """recurrent_gemma's RG-LRU (see the module docs).
+
+    Examples
+    --------
+    A one-layer recurrent_gemma with a 16-wide RG-LRU, on 6 tokens:
+
+    >>> import torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.RecurrentGemmaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+    ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, lru_width=16, block_types=["recurrent"])
+    >>> model = transformers.RecurrentGemmaForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.model.layers[0].temporal_block.rg_lru, "model.layers.0.temporal_block.rg_lru")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.tss[:2]
+    ('RGLRUExtractor', 'rg_lru', 'scalar', (16, 6, 1), [1.0, 1.0])
+    >>> ops.check_error < 1e-4                   # the factors reproduced the RG-LRU output (float32 model)
+    True
+    """
 
     kind = "rg_lru"
 
@@ -270,6 +343,22 @@ class RGLRUExtractor(_RecurrentBase):
 
 
 def is_gated_delta_net(m: Any) -> bool:
+    """A Qwen3-Next-style gated delta net: ``A_log``, ``dt_bias``, a ``conv1d``, the head layout attributes
+    (``num_k_heads``, ``num_v_heads``, ``head_k_dim``, ``head_v_dim``) and a forward that calls a function named
+    ``*gated_delta_rule`` (the kernel the extractor wraps to capture its arguments).
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf_recurrent import is_gated_delta_net
+    >>> cfg = transformers.Qwen3NextConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...     num_attention_heads=2, num_key_value_heads=1, head_dim=8, layer_types=["linear_attention"],
+    ...     linear_key_head_dim=4, linear_value_head_dim=4, linear_num_key_heads=1, linear_num_value_heads=2,
+    ...     num_experts=2, num_experts_per_tok=1, moe_intermediate_size=8, shared_expert_intermediate_size=8)
+    >>> mixer = transformers.Qwen3NextModel(cfg).layers[0].linear_attn
+    >>> type(mixer).__name__, is_gated_delta_net(mixer), is_gated_delta_net(mixer.conv1d)
+    ('Qwen3NextGatedDeltaNet', True, False)
+    """
     return (
         isinstance(m, torch.nn.Module)
         and isinstance(getattr(m, "A_log", None), torch.Tensor)
@@ -332,7 +421,33 @@ class _PatchHandle:
 
 
 class GatedDeltaRuleExtractor(_RecurrentBase):
-    """Qwen3-Next's gated delta rule (see the module docs)."""
+    """Qwen3-Next's gated delta rule (see the module docs).
+
+    Examples
+    --------
+    A one-layer Qwen3-Next whose only block is a gated delta net of 2 value heads (key and value dimension
+    4), on 6 tokens:
+
+    >>> import torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.Qwen3NextConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    ...     num_attention_heads=2, num_key_value_heads=1, head_dim=8, layer_types=["linear_attention"],
+    ...     linear_key_head_dim=4, linear_value_head_dim=4, linear_num_key_heads=1, linear_num_value_heads=2,
+    ...     num_experts=2, num_experts_per_tok=1, moe_intermediate_size=8, shared_expert_intermediate_size=8)
+    >>> model = transformers.Qwen3NextForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.model.layers[0].linear_attn, "model.layers.0.linear_attn")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.shared
+    ('GatedDeltaRuleExtractor', 'gated_delta_rule', 'dense', (2, 6, 4), [4, 4])
+    >>> ops.check_error < 1e-4                   # the factors reproduced the kernel output (float32 model)
+    True
+    """
 
     kind = "gated_delta_rule"
 
@@ -453,6 +568,19 @@ class GatedDeltaRuleExtractor(_RecurrentBase):
 
 
 def is_rwkv_time_mix(m: Any) -> bool:
+    """An RWKV time-mixing block: the tensors ``time_decay``, ``time_first`` and ``time_mix_value``, and the
+    Linear layers ``key``, ``value``, ``receptance`` and ``output``.
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf_recurrent import is_rwkv_time_mix
+    >>> cfg = transformers.RwkvConfig(vocab_size=32, context_length=16, hidden_size=8, num_hidden_layers=2,
+    ...                               attention_hidden_size=8, intermediate_size=16)
+    >>> block = transformers.RwkvModel(cfg).blocks[0]
+    >>> is_rwkv_time_mix(block.attention), is_rwkv_time_mix(block.feed_forward)   # channel mixing is not one
+    (True, False)
+    """
     return (
         isinstance(m, torch.nn.Module)
         and all(isinstance(getattr(m, n, None), torch.Tensor) for n in ("time_decay", "time_first", "time_mix_value"))
@@ -465,7 +593,30 @@ class RWKVTimeMixExtractor(_RecurrentBase):
     ``wkv_t = (sum_{s<t} e^{(t-1-s) w + k_s} v_s + e^{u + k_t} v_t) / den_t`` is linear in the values ``v``:
     ``A = e^w`` (``w = -exp(time_decay)``), ``b_s = e^{k_s}``, ``c_t = e^{-w} / den_t`` (the denominator at the
     given input, a row scaling), ``e^{u + k_t} / den_t`` on the diagonal. Operator on the value projection,
-    output the WKV before the receptance gate; checked against the input of ``output`` (``sigmoid(r) * wkv``)."""
+    output the WKV before the receptance gate; checked against the input of ``output`` (``sigmoid(r) * wkv``).
+
+    Examples
+    --------
+    A two-layer RWKV of width 8 (the first block analysed), on 6 tokens:
+
+    >>> import torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.RwkvConfig(vocab_size=32, context_length=16, hidden_size=8, num_hidden_layers=2,
+    ...                               attention_hidden_size=8, intermediate_size=16)
+    >>> model = transformers.RwkvForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.rwkv.blocks[0].attention, "rwkv.blocks.0.attention")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.tss[:2]
+    ('RWKVTimeMixExtractor', 'rwkv_time_mix', 'scalar', (8, 6, 1), [1.0, 1.0])
+    >>> ops.check_error < 1e-4                   # the factors reproduced the gated WKV (float32 model)
+    True
+    """
 
     kind = "rwkv_time_mix"
 
@@ -568,6 +719,19 @@ class RWKVTimeMixExtractor(_RecurrentBase):
 
 
 def is_mlstm_layer(m: Any) -> bool:
+    """An xLSTM mLSTM layer: an ``mlstm_backend`` submodule (the cell whose arguments and output are captured)
+    and an ``out_proj``.
+
+    Examples
+    --------
+    >>> import transformers
+    >>> from ess.operators.hf_recurrent import is_mlstm_layer
+    >>> cfg = transformers.xLSTMConfig(vocab_size=32, hidden_size=16, embedding_dim=16, num_hidden_layers=1,
+    ...                                num_blocks=1, num_heads=2, qk_dim_factor=0.5, chunk_size=4)
+    >>> block = transformers.xLSTMModel(cfg).blocks[0]
+    >>> type(block.mlstm_layer).__name__, is_mlstm_layer(block.mlstm_layer), is_mlstm_layer(block.ffn)
+    ('xLSTMLayer', True, False)
+    """
     return (
         isinstance(m, torch.nn.Module)
         and isinstance(getattr(m, "mlstm_backend", None), torch.nn.Module)
@@ -582,7 +746,30 @@ class MLSTMExtractor(_RecurrentBase):
     scaling), ``h_t = C_t^T q_t / den_t`` (``q`` scaled by ``1/sqrt(d_qk)``): scalar transitions ``f_t``,
     ``b_s = e^{i~_s} k_s``, ``c_t = e^{-m_t} q_t / den_t``. The arguments and the output of the layer's
     ``mlstm_backend`` are captured; operator on the values, output the backend's ``h`` (before the multi-head
-    norm and the output gate)."""
+    norm and the output gate).
+
+    Examples
+    --------
+    A one-block xLSTM with 2 heads (query/key dimension 4, value dimension 8), on 6 tokens:
+
+    >>> import torch, transformers
+    >>> from ess.operators import find_extractor
+    >>> _ = torch.manual_seed(0)
+    >>> cfg = transformers.xLSTMConfig(vocab_size=32, hidden_size=16, embedding_dim=16, num_hidden_layers=1,
+    ...                                num_blocks=1, num_heads=2, qk_dim_factor=0.5, chunk_size=4)
+    >>> model = transformers.xLSTMForCausalLM(cfg).eval()
+    >>> ex = find_extractor(model.backbone.blocks[0].mlstm_layer, "backbone.blocks.0.mlstm_layer")
+    >>> handles = ex.attach()
+    >>> with torch.no_grad():
+    ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
+    >>> for h in handles:
+    ...     h.remove()
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.shared
+    ('MLSTMExtractor', 'mlstm', 'scalar', (2, 6, 4), [8, 8])
+    >>> ops.check_error < 1e-4                   # the factors reproduced the backend's output (float32 model)
+    True
+    """
 
     kind = "mlstm"
     eps = 1e-6
