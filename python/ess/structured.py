@@ -551,6 +551,60 @@ def _conv_gated(
     return _finish(tol, ent, method)
 
 
+def _conv_exact_factors(hb: np.ndarray, L: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact factors ``(B, C)`` (each ``(nb, L, k - 1)``) of ungated kernels: ``M = E Hk E^T``."""
+    nb = hb.shape[0]
+    n = k - 1
+    # M = E Hk E^T with Hk[i, j] = h[i + j + 1] (i + j + 1 < k): X = E Hk, Y = E.
+    idx = np.arange(n)[:, None] + np.arange(n)[None, :] + 1
+    Hk = np.where(idx < k, hb[:, np.minimum(idx, k - 1)], 0.0)  # (nb, n, n)
+    Bf = np.zeros((nb, L, n))
+    m = min(n, L - 1)
+    Bf[:, np.arange(m), np.arange(m)] = 1.0  # b_s = e_s, s < min(n, L-1)
+    Cf = np.zeros((nb, L, n))
+    # c_i = X[L-1-i] = Hk[L-1-i] for L-1-i < n, i >= 1.
+    for i in range(max(1, L - n), L):
+        Cf[:, i, :] = Hk[:, L - 1 - i, :]
+    return Bf, Cf
+
+
+def _conv_fast_factors(
+    hb: np.ndarray, L: int, k: int, accuracy: float, max_rank: Optional[int], seed: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Factors ``(B, C)`` (each ``(nb, L, r)``) from the core's randomised factorisation ``M ~ X Y^T``."""
+    nb = hb.shape[0]
+    mr = min(L - 1, 1024) if max_rank is None else int(max_rank)
+    if mr < 1:
+        raise InvalidArgumentError(f"max_rank: must be >= 1, got {max_rank}")
+    seed = _args.integer(seed, "seed", lo=0, hi=2**64 - 1)
+    r_all = 1
+    parts = []
+    for j in range(nb):
+        gj = np.zeros(L - 1)
+        gj[: k - 1] = hb[j, 1:]
+        if not np.any(gj):
+            parts.append((np.zeros((L - 1, 1)), np.zeros((L - 1, 1))))
+            continue
+        # randomised range finder in the core (FFT Hankel products, faer QR/SVD); kernel j
+        # draws from its own stream of the seed
+        X, Y, err, s1 = _core.hankel_lowrank(gj, accuracy, mr, seed, j)
+        if err > accuracy * s1:
+            raise NumericalError(
+                f"conv_ess: the fast path reached rank {X.shape[1]} (max_rank) with error bound "
+                f"{err:.3g} > accuracy * ||M|| = {accuracy * s1:.3g} for kernel {j}; use path='exact' "
+                "or a larger max_rank"
+            )
+        parts.append((X, Y))
+        r_all = max(r_all, X.shape[1])
+    Bf = np.zeros((nb, L, r_all))
+    Cf = np.zeros((nb, L, r_all))
+    for j, (X, Y) in enumerate(parts):
+        r = X.shape[1]
+        Bf[j, : L - 1, :r] = Y  # b_s = Y[s], s < L-1
+        Cf[j, 1:, :r] = X[::-1]  # c_i = X[L-1-i], i >= 1
+    return Bf, Cf
+
+
 def conv_ess(
     h: npt.ArrayLike,
     L: int,
@@ -661,47 +715,9 @@ def conv_ess(
     if path == "exact" and gated:
         return _conv_gated(hb, g1, g2, L, k, batch, method, atol, rtol, positions)
     if path == "exact":
-        n = k - 1
-        # M = E Hk E^T with Hk[i, j] = h[i + j + 1] (i + j + 1 < k): X = E Hk, Y = E.
-        idx = np.arange(n)[:, None] + np.arange(n)[None, :] + 1
-        Hk = np.where(idx < k, hb[:, np.minimum(idx, k - 1)], 0.0)  # (nb, n, n)
-        Bf = np.zeros((nb, L, n))
-        m = min(n, L - 1)
-        Bf[:, np.arange(m), np.arange(m)] = 1.0  # b_s = e_s, s < min(n, L-1)
-        Cf = np.zeros((nb, L, n))
-        # c_i = X[L-1-i] = Hk[L-1-i] for L-1-i < n, i >= 1.
-        for i in range(max(1, L - n), L):
-            Cf[:, i, :] = Hk[:, L - 1 - i, :]
+        Bf, Cf = _conv_exact_factors(hb, L, k)
     else:
-        mr = min(L - 1, 1024) if max_rank is None else int(max_rank)
-        if mr < 1:
-            raise InvalidArgumentError(f"max_rank: must be >= 1, got {max_rank}")
-        seed = _args.integer(seed, "seed", lo=0, hi=2**64 - 1)
-        r_all = 1
-        parts = []
-        for j in range(nb):
-            gj = np.zeros(L - 1)
-            gj[: k - 1] = hb[j, 1:]
-            if not np.any(gj):
-                parts.append((np.zeros((L - 1, 1)), np.zeros((L - 1, 1))))
-                continue
-            # randomised range finder in the core (FFT Hankel products, faer QR/SVD); kernel j
-            # draws from its own stream of the seed
-            X, Y, err, s1 = _core.hankel_lowrank(gj, accuracy, mr, seed, j)
-            if err > accuracy * s1:
-                raise NumericalError(
-                    f"conv_ess: the fast path reached rank {X.shape[1]} (max_rank) with error bound "
-                    f"{err:.3g} > accuracy * ||M|| = {accuracy * s1:.3g} for kernel {j}; use path='exact' "
-                    "or a larger max_rank"
-                )
-            parts.append((X, Y))
-            r_all = max(r_all, X.shape[1])
-        Bf = np.zeros((nb, L, r_all))
-        Cf = np.zeros((nb, L, r_all))
-        for j, (X, Y) in enumerate(parts):
-            r = X.shape[1]
-            Bf[j, : L - 1, :r] = Y  # b_s = Y[s], s < L-1
-            Cf[j, 1:, :r] = X[::-1]  # c_i = X[L-1-i], i >= 1
+        Bf, Cf = _conv_fast_factors(hb, L, k, accuracy, max_rank, seed)
     tol, ent = _core.ssm_ess_curves(None, "identity", Bf, Cf, method, atol, rtol, _positions_list(positions))
     shape = batch + (tol if tol is not None else ent).shape[-1:]  # type: ignore[union-attr]
     tol = None if tol is None else tol.reshape(shape)
