@@ -377,6 +377,101 @@ def test_conv_fast_guarantee_reported():
         S.conv_ess(rng.standard_normal(200), 200, path="fast", max_rank=8)
 
 
+# The numpy route that conv_ess's fast path ran before the factorisation moved to the core:
+# kept here as the slow reference (randomised range finder, FFT Hankel products, numpy QR/SVD).
+
+
+def hankel_matmul_numpy(g, X, nfft, G):
+    n = g.shape[0]
+    Xr = np.fft.rfft(X[::-1], nfft, axis=0)
+    y = np.fft.irfft(G[:, None] * Xr, nfft, axis=0)
+    return y[n - 1 : 2 * n - 1]
+
+
+def lowrank_hankel_numpy(g, accuracy, max_rank, rng):
+    n = g.shape[0]
+    nfft = 1 << int(math.ceil(math.log2(max(2 * n, 2))))
+    G = np.fft.rfft(g, nfft)
+    probes = rng.standard_normal((n, 10))
+    r = min(n, 16)
+    while True:
+        Q, _ = np.linalg.qr(hankel_matmul_numpy(g, rng.standard_normal((n, r + 10)), nfft, G))
+        for _ in range(2):
+            Q, _ = np.linalg.qr(hankel_matmul_numpy(g, Q, nfft, G))
+        MQ = hankel_matmul_numpy(g, Q, nfft, G)
+        resid = hankel_matmul_numpy(g, probes, nfft, G) - Q @ (MQ.T @ probes)
+        err = 10.0 * math.sqrt(2.0 / math.pi) * float(np.max(np.linalg.norm(resid, axis=0)))
+        sigma1 = float(np.linalg.norm(MQ, 2)) if MQ.size else 0.0
+        if err <= accuracy * sigma1 or Q.shape[1] >= n or r >= max_rank:
+            U, sv, Vt = np.linalg.svd(MQ, full_matrices=False)
+            keep = sv > max(accuracy * sigma1 - err, 0.0)
+            keep[0] = True
+            if not np.all(keep):
+                err += float(sv[~keep].max())
+            return (Q @ Vt.T[:, keep]) * sv[keep], U[:, keep], err, sigma1
+        r = min(2 * r, n, max_rank)
+
+
+def hankel_dense(g):
+    n = g.size
+    idx = np.arange(n)[:, None] + np.arange(n)[None, :]
+    return np.where(idx < n, g[np.minimum(idx, n - 1)], 0.0)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(1, 200),
+    st.sampled_from(["decaying", "oscillating", "noise"]),
+    st.floats(-150, 150),
+    st.sampled_from([1e-12, 1e-6, 1e-2]),
+    st.integers(1, 64),
+    st.integers(0, 2**32 - 1),
+)
+def test_hankel_lowrank_matches_numpy_route(n, kind, log_scale, accuracy, max_rank, seed):
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)
+    if kind == "decaying":
+        g = np.exp(-t / rng.uniform(1, 30))
+    elif kind == "oscillating":
+        g = np.exp(-t / rng.uniform(5, 50)) * np.cos(t * rng.uniform(0.1, 2)) + 0.3 * np.exp(-t / 3.0)
+    else:
+        g = rng.standard_normal(n)
+    g = g * 10.0**log_scale
+    M = hankel_dense(g)
+    norm = np.linalg.norm(M, 2)
+    X, Y, err, s1 = ess._core.hankel_lowrank(g, accuracy, max_rank, seed, 3)
+    X0, Y0, err0, s10 = lowrank_hankel_numpy(g, accuracy, max_rank, np.random.default_rng(seed))
+    rnd = 1e-13 * norm  # rounding of the FFT products, relative to ||M||
+    # the sketch has (rank tried) + 10 columns; the rank tried starts at min(n, 16)
+    assert X.shape == Y.shape and X.shape[0] == n and 1 <= X.shape[1] <= min(n, max(16, max_rank) + 10)
+    np.testing.assert_allclose(Y.T @ Y, np.eye(Y.shape[1]), atol=1e-10)
+    # the a posteriori bounds hold for both routes (probability >= 1 - 1e-10 each)
+    assert np.linalg.norm(M - X @ Y.T, 2) <= err + rnd
+    assert np.linalg.norm(M - X0 @ Y0.T, 2) <= err0 + rnd
+    # sigma1 is a lower bound of ||M||, and both routes agree to within their bounds (Weyl)
+    assert s1 <= norm * (1 + 1e-12) and abs(s1 - s10) <= err + err0 + rnd
+    sv = np.linalg.svd(X @ Y.T, compute_uv=False)
+    sv0 = np.linalg.svd(X0 @ Y0.T, compute_uv=False)
+    np.testing.assert_array_less(np.abs(sv - sv0), err + err0 + rnd + 1e-300)
+    # reproducible from (seed, stream)
+    X2, Y2, err2, _ = ess._core.hankel_lowrank(g, accuracy, max_rank, seed, 3)
+    np.testing.assert_array_equal(X2, X)
+    assert err2 == err
+
+
+def test_hankel_lowrank_bad_input():
+    with pytest.raises(InvalidArgumentError, match="g"):
+        ess._core.hankel_lowrank(np.zeros(0), 1e-12, 4, 0, 0)
+    with pytest.raises(NonFiniteError, match="g"):
+        ess._core.hankel_lowrank(np.array([1.0, np.inf]), 1e-12, 4, 0, 0)
+    with pytest.raises(InvalidArgumentError, match="accuracy"):
+        ess._core.hankel_lowrank(np.ones(4), 0.0, 4, 0, 0)
+    with pytest.raises(InvalidArgumentError, match="max_rank"):
+        ess._core.hankel_lowrank(np.ones(4), 1e-12, 0, 0, 0)
+    with pytest.raises(OutOfRangeError, match="seed"):
+        S.conv_ess(np.exp(-np.arange(100.0)), 100, path="fast", seed=-1)
+
+
 # --- bad input -----------------------------------------------------------------------------
 
 

@@ -19,6 +19,11 @@ def dense_ess_curves(
 ) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
 def _dense_matmul_probe_seconds(n: int) -> float: ...
 
+# --- randomised low-rank Hankel factorisation (fast path of ess.conv_ess) --------------
+def hankel_lowrank(
+    g: npt.NDArray[np.float64], accuracy: float, max_rank: int, seed: int, stream: int
+) -> Tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float, float]: ...
+
 # --- structured ESS (ess.structured) ----------------------------------------------------
 def ssm_ess_curves(
     a: Optional[npt.NDArray[np.floating]],

@@ -49,7 +49,6 @@ References
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -552,54 +551,6 @@ def linear_attention_ess(
 # --- causal convolutions -----------------------------------------------------------------
 
 
-def _hankel_matmul(g: np.ndarray, X: np.ndarray, nfft: int, G: np.ndarray) -> np.ndarray:
-    """``M @ X`` for the Hankel matrix ``M[i, j] = g[i + j]`` (size ``n x n``, ``n = len(g)``,
-    zero beyond), via FFT. ``G`` is ``rfft(g, nfft)``."""
-    n = g.shape[0]
-    # y[i] = sum_j g[i + j] x[j] = (g * reverse(x))[i + n - 1]
-    Xr = np.fft.rfft(X[::-1], nfft, axis=0)
-    y = np.fft.irfft(G[:, None] * Xr, nfft, axis=0)
-    return y[n - 1 : 2 * n - 1]
-
-
-def _lowrank_hankel(
-    g: np.ndarray, accuracy: float, max_rank: int, rng: np.random.Generator
-) -> Tuple[np.ndarray, np.ndarray, float, float]:
-    """Randomised factorisation ``M ~ X Y^T`` of the symmetric Hankel matrix of ``g`` with an
-    a posteriori bound ``err >= ||M - X Y^T||_2`` (holds with probability >= 1 - 1e-10).
-    Returns ``X, Y, err, sigma1`` (``sigma1`` a lower bound of ``||M||_2``)."""
-    n = g.shape[0]
-    nfft = 1 << int(math.ceil(math.log2(max(2 * n, 2))))
-    G = np.fft.rfft(g, nfft)
-    probes = rng.standard_normal((n, 10))
-    r = min(n, 16)
-    while True:
-        Om = rng.standard_normal((n, r + 10))
-        Y0 = _hankel_matmul(g, Om, nfft, G)
-        Q, _ = np.linalg.qr(Y0)
-        # Two passes of re-orthogonalised power iteration (M symmetric).
-        for _ in range(2):
-            Q, _ = np.linalg.qr(_hankel_matmul(g, Q, nfft, G))
-        MQ = _hankel_matmul(g, Q, nfft, G)  # (n, r') = (Q^T M)^T
-        # Tidy: SVD of the small core, drop directions below the target.
-        MP = _hankel_matmul(g, probes, nfft, G)
-        resid = MP - Q @ (MQ.T @ probes)
-        err = 10.0 * math.sqrt(2.0 / math.pi) * float(np.max(np.linalg.norm(resid, axis=0)))
-        sigma1 = float(np.linalg.norm(MQ, 2)) if MQ.size else 0.0
-        if err <= accuracy * sigma1 or Q.shape[1] >= n or r >= max_rank:
-            # Compress to the numerical rank: M ~ Q MQ^T = (Q V S) U^T with MQ = U S V^T;
-            # drop directions while the total bound stays within the target.
-            U, sv, Vt = np.linalg.svd(MQ, full_matrices=False)
-            budget = accuracy * sigma1 - err
-            keep = sv > max(budget, 0.0)
-            keep[0] = True
-            if not np.all(keep):
-                err += float(sv[~keep].max())
-            X = (Q @ Vt.T[:, keep]) * sv[keep]
-            return X, U[:, keep], err, sigma1
-        r = min(2 * r, n, max_rank)
-
-
 def _conv_args(
     h: npt.ArrayLike, L: int, x1: Optional[npt.ArrayLike], x2: Optional[npt.ArrayLike], path: str, accuracy: float
 ) -> Tuple[np.ndarray, int, int, list, float]:
@@ -670,6 +621,60 @@ def _conv_gated(
     return _finish(tol, ent, method)
 
 
+def _conv_exact_factors(hb: np.ndarray, L: int, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Exact factors ``(B, C)`` (each ``(nb, L, k - 1)``) of ungated kernels: ``M = E Hk E^T``."""
+    nb = hb.shape[0]
+    n = k - 1
+    # M = E Hk E^T with Hk[i, j] = h[i + j + 1] (i + j + 1 < k): X = E Hk, Y = E.
+    idx = np.arange(n)[:, None] + np.arange(n)[None, :] + 1
+    Hk = np.where(idx < k, hb[:, np.minimum(idx, k - 1)], 0.0)  # (nb, n, n)
+    Bf = np.zeros((nb, L, n))
+    m = min(n, L - 1)
+    Bf[:, np.arange(m), np.arange(m)] = 1.0  # b_s = e_s, s < min(n, L-1)
+    Cf = np.zeros((nb, L, n))
+    # c_i = X[L-1-i] = Hk[L-1-i] for L-1-i < n, i >= 1.
+    for i in range(max(1, L - n), L):
+        Cf[:, i, :] = Hk[:, L - 1 - i, :]
+    return Bf, Cf
+
+
+def _conv_fast_factors(
+    hb: np.ndarray, L: int, k: int, accuracy: float, max_rank: Optional[int], seed: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Factors ``(B, C)`` (each ``(nb, L, r)``) from the core's randomised factorisation ``M ~ X Y^T``."""
+    nb = hb.shape[0]
+    mr = min(L - 1, 1024) if max_rank is None else int(max_rank)
+    if mr < 1:
+        raise InvalidArgumentError(f"max_rank: must be >= 1, got {max_rank}")
+    seed = _args.integer(seed, "seed", lo=0, hi=2**64 - 1)
+    r_all = 1
+    parts = []
+    for j in range(nb):
+        gj = np.zeros(L - 1)
+        gj[: k - 1] = hb[j, 1:]
+        if not np.any(gj):
+            parts.append((np.zeros((L - 1, 1)), np.zeros((L - 1, 1))))
+            continue
+        # randomised range finder in the core (FFT Hankel products, faer QR/SVD); kernel j
+        # draws from its own stream of the seed
+        X, Y, err, s1 = _core.hankel_lowrank(gj, accuracy, mr, seed, j)
+        if err > accuracy * s1:
+            raise NumericalError(
+                f"conv_ess: the fast path reached rank {X.shape[1]} (max_rank) with error bound "
+                f"{err:.3g} > accuracy * ||M|| = {accuracy * s1:.3g} for kernel {j}; use path='exact' "
+                "or a larger max_rank"
+            )
+        parts.append((X, Y))
+        r_all = max(r_all, X.shape[1])
+    Bf = np.zeros((nb, L, r_all))
+    Cf = np.zeros((nb, L, r_all))
+    for j, (X, Y) in enumerate(parts):
+        r = X.shape[1]
+        Bf[j, : L - 1, :r] = Y  # b_s = Y[s], s < L-1
+        Cf[j, 1:, :r] = X[::-1]  # c_i = X[L-1-i], i >= 1
+    return Bf, Cf
+
+
 def conv_ess(
     h: npt.ArrayLike,
     L: int,
@@ -702,8 +707,9 @@ def conv_ess(
     Exact up to rounding (same guarantees as :func:`ssm_ess`), cost ``O(L k^3)``, memory
     ``O(n_positions k^2)``. Meant for short kernels.
 
-    ``"fast"``: a randomised low-rank factorisation ``M ~ X Y^T`` (range finder with power
-    iterations, Hankel products by FFT in ``O(L log L)``, rank doubled until the a
+    ``"fast"``: a randomised low-rank factorisation ``M ~ X Y^T``, computed in the Rust core
+    (range finder with power iterations, Hankel products by real FFTs in ``O(L log L)``, faer
+    QR and SVD; rank doubled until the a
     posteriori error estimate is below ``accuracy * ||M||_2`` or ``max_rank`` is reached),
     then the structured kernel with a state of size ``r = rank(X)``. Not available with the
     gates ``x1``, ``x2`` (:class:`InvalidArgumentError`). Cost
@@ -725,7 +731,8 @@ def conv_ess(
     x1, x2 : optional gates, ``(..., L)`` broadcasting against the kernels' leading dims.
     accuracy : relative target of the fast path (default ``1e-12``).
     max_rank : largest rank tried by the fast path (default ``min(L - 1, 1024)``).
-    seed : seed of the fast path's random numbers (results are reproducible).
+    seed : seed of the fast path's random numbers, an integer in ``[0, 2**64)`` (results are
+        reproducible; kernel ``j`` uses stream ``j`` of the seed).
     method, atol, rtol, positions : as in :func:`ssm_ess`.
 
     Examples
@@ -794,45 +801,9 @@ def conv_ess(
     if path == "exact" and gated:
         return _conv_gated(hb, g1, g2, L, k, batch, method, atol, rtol, positions)
     if path == "exact":
-        n = k - 1
-        # M = E Hk E^T with Hk[i, j] = h[i + j + 1] (i + j + 1 < k): X = E Hk, Y = E.
-        idx = np.arange(n)[:, None] + np.arange(n)[None, :] + 1
-        Hk = np.where(idx < k, hb[:, np.minimum(idx, k - 1)], 0.0)  # (nb, n, n)
-        Bf = np.zeros((nb, L, n))
-        m = min(n, L - 1)
-        Bf[:, np.arange(m), np.arange(m)] = 1.0  # b_s = e_s, s < min(n, L-1)
-        Cf = np.zeros((nb, L, n))
-        # c_i = X[L-1-i] = Hk[L-1-i] for L-1-i < n, i >= 1.
-        for i in range(max(1, L - n), L):
-            Cf[:, i, :] = Hk[:, L - 1 - i, :]
+        Bf, Cf = _conv_exact_factors(hb, L, k)
     else:
-        mr = min(L - 1, 1024) if max_rank is None else int(max_rank)
-        if mr < 1:
-            raise InvalidArgumentError(f"max_rank: must be >= 1, got {max_rank}")
-        rng = np.random.default_rng(seed)
-        r_all = 1
-        parts = []
-        for j in range(nb):
-            gj = np.zeros(L - 1)
-            gj[: k - 1] = hb[j, 1:]
-            if not np.any(gj):
-                parts.append((np.zeros((L - 1, 1)), np.zeros((L - 1, 1))))
-                continue
-            X, Y, err, s1 = _lowrank_hankel(gj, accuracy, mr, rng)
-            if err > accuracy * s1:
-                raise NumericalError(
-                    f"conv_ess: the fast path reached rank {X.shape[1]} (max_rank) with error bound "
-                    f"{err:.3g} > accuracy * ||M|| = {accuracy * s1:.3g} for kernel {j}; use path='exact' "
-                    "or a larger max_rank"
-                )
-            parts.append((X, Y))
-            r_all = max(r_all, X.shape[1])
-        Bf = np.zeros((nb, L, r_all))
-        Cf = np.zeros((nb, L, r_all))
-        for j, (X, Y) in enumerate(parts):
-            r = X.shape[1]
-            Bf[j, : L - 1, :r] = Y  # b_s = Y[s], s < L-1
-            Cf[j, 1:, :r] = X[::-1]  # c_i = X[L-1-i], i >= 1
+        Bf, Cf = _conv_fast_factors(hb, L, k, accuracy, max_rank, seed)
     tol, ent = _core.ssm_ess_curves(None, "identity", Bf, Cf, method, atol, rtol, _positions_list(positions))
     shape = batch + (tol if tol is not None else ent).shape[-1:]  # type: ignore[union-attr]
     tol = None if tol is None else tol.reshape(shape)

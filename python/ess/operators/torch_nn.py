@@ -418,8 +418,8 @@ class RecurrentJacobianExtractor(_Captures):
 
     Operator ``i`` (output unit ``i`` of the last layer) is ``T_i[t, s] = sum_j d y_t[i] / d u_s[j]``
     at the captured input and initial state. Computed exactly by forward-mode AD, one tangent per
-    source position ``s`` batched along the batch dimension (``jacobian_mode="forward"``), or by
-    reverse mode, one backward pass per target position (``"reverse"``); ``"auto"`` tries forward
+    source position ``s`` (``torch.func.jvp`` under ``vmap``, chunked; ``jacobian_mode="forward"``),
+    or by reverse mode, one backward pass per target position (``"reverse"``); ``"auto"`` tries forward
     and falls back to reverse. It runs in float64 (through a float64 copy of a float32/bf16 module,
     at the captured input), with cuDNN disabled and dropout between layers off (the module is put in
     eval mode for the computation and restored).
@@ -522,26 +522,31 @@ class RecurrentJacobianExtractor(_Captures):
         return self._hx[:, sample : sample + 1].to(dtype).expand(-1, nb, -1).contiguous()
 
     def _forward_mode(self, u: torch.Tensor, sample: int) -> np.ndarray:
-        import torch.autograd.forward_ad as fwAD
+        """Jacobian columns by ``torch.func``: ``jvp`` of the module at ``u`` under ``vmap`` over
+        tangents, the tangent of source position ``s`` being 1 on every input feature of ``u_s``.
+        The primal pass runs once per chunk and only the tangents are batched; a chunk holds at
+        most ``chunk_elements`` (tangents x length x width) elements."""
+        from torch.func import jvp, vmap
 
         L, I = u.shape
         n_out = self._n_out()
         width = I + 4 * max(self.module.hidden_size, n_out) * self.module.num_layers
         chunk = max(1, min(L, self.chunk_elements // max(1, L * width)))
+        hx = self._hx_for(sample, 1, u.dtype)
+
+        def column(tangent: torch.Tensor) -> torch.Tensor:
+            # (L, n_out): sum_j d y_t[h] / d u_s[j] for the source position s of `tangent`
+            return jvp(lambda x: self._run(x.unsqueeze(0), hx)[0], (u,), (tangent,))[1]
+
+        columns = vmap(column)
         ops = np.zeros((n_out, L, L), dtype=np.float64)
         for s0 in range(0, L, chunk):
             s1 = min(L, s0 + chunk)
             nb = s1 - s0
-            primal = u.unsqueeze(0).expand(nb, L, I).contiguous()
-            tangent = torch.zeros_like(primal)
+            tangent = torch.zeros((nb, L, I), dtype=u.dtype, device=u.device)
             idx = torch.arange(nb, device=u.device)
             tangent[idx, s0 + idx, :] = 1.0
-            with fwAD.dual_level():
-                out = self._run(fwAD.make_dual(primal, tangent), self._hx_for(sample, nb, u.dtype))
-                tan = fwAD.unpack_dual(out).tangent
-            if tan is None:
-                raise RuntimeError("forward-mode AD produced no tangent")
-            # tan[i, t, h] = sum_j d y_t[h] / d u_{s0+i}[j]
+            tan = columns(tangent)  # tan[i, t, h] = sum_j d y_t[h] / d u_{s0+i}[j]
             ops[:, :, s0:s1] = tan.detach().to(torch.float64).permute(2, 1, 0).cpu().numpy()
         return ops
 

@@ -17,6 +17,7 @@
 pub mod error;
 pub mod ess;
 pub mod graph;
+pub mod hankel;
 pub mod interrupt;
 pub mod markov;
 pub mod mem;

@@ -7,6 +7,7 @@ mod arrays;
 mod dense;
 mod errors;
 mod graph;
+mod hankel;
 mod interrupt;
 mod markov;
 mod structured;
@@ -18,5 +19,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     structured::register(m)?;
     markov::register(m)?;
     graph::register(m)?;
+    hankel::register(m)?;
     Ok(())
 }

@@ -254,150 +254,217 @@ pub(crate) fn csr_bucketed<I: NodeId>(
         let empty = Csr { n_nodes: 0, indptr: vec![0], indices: Vec::new() };
         return Ok((empty.clone(), transpose.then_some(empty)));
     }
-    // Buckets of 2^shift consecutive rows, at most 256 of them.
-    let bits = usize::BITS - (n_nodes - 1).leading_zeros();
-    let shift = bits.saturating_sub(8);
-    let nb = ((n_nodes - 1) >> shift) + 1;
-    let sides = if transpose { 2 } else { 1 };
-    let threads = rayon::current_num_threads().max(1);
-    let n_chunks = (threads * 2).clamp(1, 64).min(m.div_ceil(1 << 14).max(1));
-    let chunk = m.div_ceil(n_chunks).max(1);
-    let bounds = |c: usize| ((c * chunk).min(m), ((c + 1) * chunk).min(m));
-
-    // Pass 0: bucket counts per chunk (rows by src; for the transpose, rows by dst), with
-    // id validation.
-    let counts: Vec<Option<Vec<usize>>> = (0..n_chunks)
-        .into_par_iter()
-        .map(|c| {
-            let (lo, hi) = bounds(c);
-            let mut h = vec![0usize; nb * sides];
-            for (&s, &d) in src[lo..hi].iter().zip(&dst[lo..hi]) {
-                match (s.index(), d.index()) {
-                    (Some(s), Some(d)) if s < n_nodes && d < n_nodes => {
-                        h[s >> shift] += 1;
-                        if transpose {
-                            h[nb + (d >> shift)] += 1;
-                        }
-                    }
-                    _ => return None,
-                }
-            }
-            Some(h)
-        })
-        .collect();
-    if counts.iter().any(|h| h.is_none()) {
+    let geo = Buckets::new(n_nodes, m, transpose);
+    // Pass 0: bucket counts per chunk, with id validation.
+    let Some(mut cursors) = geo.count(src, dst) else {
         check_ids("src", src, 0, n_nodes)?;
         check_ids("dst", dst, 0, n_nodes)?;
         return Err(Error::Numerical("CSR construction: inconsistent id validation".into()));
-    }
-    let mut cursors: Vec<Vec<usize>> = counts.into_iter().map(|h| h.unwrap_or_default()).collect();
-    // Exclusive prefix sum in (side, bucket, chunk) order: every chunk gets a private
-    // write cursor per bucket; bucket b of a side occupies [bstart[b], bstart[b + 1]).
-    let mut bstart = vec![0usize; sides * (nb + 1)];
-    for side in 0..sides {
-        let mut total = 0usize;
-        for b in 0..nb {
-            bstart[side * (nb + 1) + b] = total;
-            for cur in cursors.iter_mut() {
-                let k = cur[side * nb + b];
-                cur[side * nb + b] = total;
-                total += k;
-            }
-        }
-        bstart[side * (nb + 1) + nb] = total;
-    }
-
-    // Pass 1: partition the edges into the buckets, as (row, column) pairs.
-    let mut bufs: Vec<Vec<[u32; 2]>> = (0..sides)
-        .map(|_| {
-            let mut b = Vec::with_capacity(m);
-            crate::mem::advise_vec(&mut b);
-            b
-        })
-        .collect();
-    let ptrs: Vec<SyncPtrPair> = bufs.iter_mut().map(|b| SyncPtrPair(b.as_mut_ptr())).collect();
-    cursors.par_iter_mut().enumerate().for_each(|(c, cur)| {
-        let (lo, hi) = bounds(c);
-        let p0 = ptrs[0];
-        let p1 = ptrs[sides - 1];
-        for (&s, &d) in src[lo..hi].iter().zip(&dst[lo..hi]) {
-            // Ids were validated in pass 0.
-            let s = s.index().unwrap_or(0);
-            let d = d.index().unwrap_or(0);
-            let k = &mut cur[s >> shift];
-            // SAFETY: every (bucket, chunk) pair owns the disjoint slot range assigned by
-            // the prefix sum above; each of the m slots is written exactly once.
-            unsafe { p0.0.add(*k).write([s as u32, d as u32]) };
-            *k += 1;
-            if transpose {
-                let k = &mut cur[nb + (d >> shift)];
-                // SAFETY: as above, for the transpose's buckets.
-                unsafe { p1.0.add(*k).write([d as u32, s as u32]) };
-                *k += 1;
-            }
-        }
-    });
-    for b in bufs.iter_mut() {
-        // SAFETY: all m slots were written exactly once in pass 1.
-        unsafe { b.set_len(m) };
-    }
-
-    // Pass 2: counting sort of every bucket by its row (stable), writing row pointers and
-    // columns of the final CSR.
-    let mut out: Vec<(Vec<usize>, Vec<u32>)> = (0..sides)
-        .map(|_| {
-            let mut ip: Vec<usize> = Vec::with_capacity(n_nodes + 1);
-            crate::mem::advise_vec(&mut ip);
-            ip.push(0); // entries 1..=n_nodes are written by the buckets of pass 2
-            let mut ix = Vec::with_capacity(m);
-            crate::mem::advise_vec(&mut ix);
-            (ip, ix)
-        })
-        .collect();
-    let optrs: Vec<(SyncPtrUsize, SyncPtr)> =
-        out.iter_mut().map(|(ip, ix)| (SyncPtrUsize(ip.as_mut_ptr()), SyncPtr(ix.as_mut_ptr()))).collect();
-    let width = 1usize << shift;
-    (0..sides * nb).into_par_iter().for_each_init(
-        || vec![0usize; width + 1],
-        |cnt, task| {
-            let (side, b) = (task / nb, task % nb);
-            let (a, z) = (bstart[side * (nb + 1) + b], bstart[side * (nb + 1) + b + 1]);
-            let row0 = b << shift;
-            let rows = width.min(n_nodes - row0);
-            let pairs = &bufs[side][a..z];
-            cnt[..=rows].iter_mut().for_each(|x| *x = 0);
-            for e in pairs {
-                cnt[e[0] as usize - row0 + 1] += 1;
-            }
-            let (ip, ix) = optrs[side];
-            let mut acc = a;
-            for r in 0..rows {
-                acc += cnt[r + 1];
-                cnt[r + 1] = acc;
-                // SAFETY: rows row0..row0 + rows belong to this bucket alone.
-                unsafe { ip.0.add(row0 + r + 1).write(acc) };
-            }
-            cnt[0] = a;
-            for e in pairs {
-                let k = &mut cnt[e[0] as usize - row0];
-                // SAFETY: slot in [a, z), owned by this bucket; written once.
-                unsafe { ix.0.add(*k).write(e[1]) };
-                *k += 1;
-            }
-        },
-    );
+    };
+    let bstart = geo.cursors(&mut cursors);
+    // Pass 1: partition the edges into the buckets; pass 2: sort every bucket by row.
+    let bufs = geo.partition(src, dst, &mut cursors);
+    let mut graphs = geo.sort(&bufs, &bstart).into_iter();
     drop(bufs);
-    let mut graphs = out.into_iter().map(|(mut indptr, mut indices)| {
-        // SAFETY: every slot of [0, m) belongs to exactly one bucket and was written once;
-        // so was every row pointer 1..=n_nodes (the buckets cover the rows 0..n_nodes).
-        unsafe {
-            indices.set_len(m);
-            indptr.set_len(n_nodes + 1);
-        }
-        Csr { n_nodes, indptr, indices }
-    });
     let g = graphs.next().ok_or_else(|| Error::Numerical("CSR construction".into()))?;
     Ok((g, graphs.next()))
+}
+
+/// Geometry of the bucketed sort of [`csr_bucketed`]: `sides` graphs (the graph, and its
+/// transpose when asked), buckets of `2^shift` consecutive rows (at most 256 per side), and
+/// `n_chunks` chunks of `chunk` edges for the parallel passes over the edge list.
+#[derive(Clone, Copy)]
+struct Buckets {
+    n_nodes: usize,
+    m: usize,
+    transpose: bool,
+    sides: usize,
+    shift: u32,
+    nb: usize,
+    n_chunks: usize,
+    chunk: usize,
+}
+
+impl Buckets {
+    /// `n_nodes >= 1`.
+    fn new(n_nodes: usize, m: usize, transpose: bool) -> Buckets {
+        let bits = usize::BITS - (n_nodes - 1).leading_zeros();
+        let shift = bits.saturating_sub(8);
+        let nb = ((n_nodes - 1) >> shift) + 1;
+        let sides = if transpose { 2 } else { 1 };
+        let threads = rayon::current_num_threads().max(1);
+        let n_chunks = (threads * 2).clamp(1, 64).min(m.div_ceil(1 << 14).max(1));
+        let chunk = m.div_ceil(n_chunks).max(1);
+        Buckets { n_nodes, m, transpose, sides, shift, nb, n_chunks, chunk }
+    }
+
+    /// Edge range `[lo, hi)` of chunk `c`.
+    #[inline]
+    fn bounds(&self, c: usize) -> (usize, usize) {
+        ((c * self.chunk).min(self.m), ((c + 1) * self.chunk).min(self.m))
+    }
+
+    /// Pass 0: per chunk, the edge count of every bucket (`sides * nb` entries: rows by
+    /// `src`, then for the transpose rows by `dst`). `None` when some id is invalid.
+    fn count<I: NodeId>(&self, src: &[I], dst: &[I]) -> Option<Vec<Vec<usize>>> {
+        let Buckets { n_nodes, nb, shift, transpose, .. } = *self;
+        (0..self.n_chunks)
+            .into_par_iter()
+            .map(|c| {
+                let (lo, hi) = self.bounds(c);
+                let mut h = vec![0usize; nb * self.sides];
+                for (&s, &d) in src[lo..hi].iter().zip(&dst[lo..hi]) {
+                    match (s.index(), d.index()) {
+                        (Some(s), Some(d)) if s < n_nodes && d < n_nodes => {
+                            h[s >> shift] += 1;
+                            if transpose {
+                                h[nb + (d >> shift)] += 1;
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                Some(h)
+            })
+            .collect()
+    }
+
+    /// Exclusive prefix sum in (side, bucket, chunk) order: the counts become every chunk's
+    /// private write cursor per bucket. Returns the bucket starts: bucket `b` of side `s`
+    /// occupies `[bstart[s * (nb + 1) + b], bstart[s * (nb + 1) + b + 1])`.
+    fn cursors(&self, cursors: &mut [Vec<usize>]) -> Vec<usize> {
+        let nb = self.nb;
+        let mut bstart = vec![0usize; self.sides * (nb + 1)];
+        for side in 0..self.sides {
+            let mut total = 0usize;
+            for b in 0..nb {
+                bstart[side * (nb + 1) + b] = total;
+                for cur in cursors.iter_mut() {
+                    let k = cur[side * nb + b];
+                    cur[side * nb + b] = total;
+                    total += k;
+                }
+            }
+            bstart[side * (nb + 1) + nb] = total;
+        }
+        bstart
+    }
+
+    /// Pass 1: partition the (validated) edges into the buckets of every side, as
+    /// `(row, column)` pairs, each chunk writing at its cursors.
+    fn partition<I: NodeId>(&self, src: &[I], dst: &[I], cursors: &mut [Vec<usize>]) -> Vec<Vec<[u32; 2]>> {
+        let Buckets { m, nb, shift, transpose, sides, .. } = *self;
+        let mut bufs: Vec<Vec<[u32; 2]>> = (0..sides)
+            .map(|_| {
+                let mut b = Vec::with_capacity(m);
+                crate::mem::advise_vec(&mut b);
+                b
+            })
+            .collect();
+        let ptrs: Vec<SyncPtrPair> = bufs.iter_mut().map(|b| SyncPtrPair(b.as_mut_ptr())).collect();
+        cursors.par_iter_mut().enumerate().for_each(|(c, cur)| {
+            let (lo, hi) = self.bounds(c);
+            let p0 = ptrs[0];
+            let p1 = ptrs[sides - 1];
+            for (&s, &d) in src[lo..hi].iter().zip(&dst[lo..hi]) {
+                // Ids were validated in pass 0.
+                let s = s.index().unwrap_or(0);
+                let d = d.index().unwrap_or(0);
+                let k = &mut cur[s >> shift];
+                // SAFETY: every (bucket, chunk) pair owns the disjoint slot range assigned by
+                // the prefix sum above; each of the m slots is written exactly once.
+                unsafe { p0.0.add(*k).write([s as u32, d as u32]) };
+                *k += 1;
+                if transpose {
+                    let k = &mut cur[nb + (d >> shift)];
+                    // SAFETY: as above, for the transpose's buckets.
+                    unsafe { p1.0.add(*k).write([d as u32, s as u32]) };
+                    *k += 1;
+                }
+            }
+        });
+        for b in bufs.iter_mut() {
+            // SAFETY: all m slots were written exactly once above.
+            unsafe { b.set_len(m) };
+        }
+        bufs
+    }
+
+    /// Pass 2: counting sort of every bucket by its row (stable), in parallel over the
+    /// buckets of all sides, writing the row pointers and columns of the final graphs.
+    fn sort(&self, bufs: &[Vec<[u32; 2]>], bstart: &[usize]) -> Vec<Csr> {
+        let Buckets { n_nodes, m, nb, .. } = *self;
+        let mut out: Vec<(Vec<usize>, Vec<u32>)> = (0..self.sides)
+            .map(|_| {
+                let mut ip: Vec<usize> = Vec::with_capacity(n_nodes + 1);
+                crate::mem::advise_vec(&mut ip);
+                ip.push(0); // entries 1..=n_nodes are written by the buckets below
+                let mut ix = Vec::with_capacity(m);
+                crate::mem::advise_vec(&mut ix);
+                (ip, ix)
+            })
+            .collect();
+        let optrs: Vec<(SyncPtrUsize, SyncPtr)> =
+            out.iter_mut().map(|(ip, ix)| (SyncPtrUsize(ip.as_mut_ptr()), SyncPtr(ix.as_mut_ptr()))).collect();
+        (0..self.sides * nb).into_par_iter().for_each_init(
+            || vec![0usize; (1usize << self.shift) + 1],
+            |cnt, task| {
+                let (side, b) = (task / nb, task % nb);
+                let (a, z) = (bstart[side * (nb + 1) + b], bstart[side * (nb + 1) + b + 1]);
+                let (ip, ix) = optrs[side];
+                // SAFETY: the rows of bucket b and the slots [a, z) belong to this task alone.
+                unsafe { self.sort_bucket(b, a, &bufs[side][a..z], cnt, ip, ix) };
+            },
+        );
+        out.into_iter()
+            .map(|(mut indptr, mut indices)| {
+                // SAFETY: every slot of [0, m) belongs to exactly one bucket and was written
+                // once; so was every row pointer 1..=n_nodes (the buckets cover all rows).
+                unsafe {
+                    indices.set_len(m);
+                    indptr.set_len(n_nodes + 1);
+                }
+                Csr { n_nodes, indptr, indices }
+            })
+            .collect()
+    }
+
+    /// Counting sort of bucket `b` (its `pairs`, which start at slot `a` of the output) by
+    /// row, with `cnt` (`2^shift + 1` entries) as scratch.
+    ///
+    /// # Safety
+    /// `ip` and `ix` point to row pointers (`n_nodes + 1`) and columns (`m`) of which the
+    /// rows of bucket `b` and the slots `[a, a + pairs.len())` are written by this call only.
+    #[inline]
+    unsafe fn sort_bucket(
+        &self,
+        b: usize,
+        a: usize,
+        pairs: &[[u32; 2]],
+        cnt: &mut [usize],
+        ip: SyncPtrUsize,
+        ix: SyncPtr,
+    ) {
+        let width = 1usize << self.shift;
+        let row0 = b << self.shift;
+        let rows = width.min(self.n_nodes - row0);
+        cnt[..=rows].iter_mut().for_each(|x| *x = 0);
+        for e in pairs {
+            cnt[e[0] as usize - row0 + 1] += 1;
+        }
+        let mut acc = a;
+        for r in 0..rows {
+            acc += cnt[r + 1];
+            cnt[r + 1] = acc;
+            ip.0.add(row0 + r + 1).write(acc);
+        }
+        cnt[0] = a;
+        for e in pairs {
+            let k = &mut cnt[e[0] as usize - row0];
+            ix.0.add(*k).write(e[1]);
+            *k += 1;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -80,50 +80,10 @@ pub fn simulate(
     seed: u64,
 ) -> Result<Simulation> {
     ChainRef::Dense { n: v, p }.validate("P")?;
-    if prompt.is_empty() {
-        return Err(Error::shape("prompt", "the prompt is empty"));
-    }
-    for &t in prompt {
-        if t < 0 || t >= v as i64 {
-            return Err(Error::out_of_range("prompt", format!("token {t} is outside the vocabulary [0, {v})")));
-        }
-    }
-    let total_len = prompt.len() + n_steps;
-    if let Some(w) = weights {
-        if w.len() != total_len {
-            return Err(Error::shape(
-                "position_weights",
-                format!("needs len(prompt) + n_steps = {total_len} entries, got {}", w.len()),
-            ));
-        }
-        check_finite("position_weights", w)?;
-        if let Some(i) = w.iter().position(|&x| !(x > 0.0)) {
-            return Err(Error::invalid("position_weights", format!("weights must be > 0; entry {i} is {}", w[i])));
-        }
-    }
-    // name the argument that makes the request large
-    let arg = if n_traj >= n_steps { "n_traj" } else { "n_steps" };
-    let size = checked_size(arg, &[n_traj, n_steps])?;
-    // tokens (i64), support sizes and winner shares (f64) per step of every trajectory
-    crate::mem::gate(arg, (size as u64).checked_mul(24), &format!("{n_traj} trajectories of {n_steps} steps"))?;
-    if size > (1usize << 31) {
-        return Err(Error::too_large("n_steps", format!("n_traj * n_steps = {size} outputs is too many")));
-    }
-    let wt = |t: usize| weights.map(|w| w[t]).unwrap_or(1.0);
-    // support and initial counts
-    let mut init = vec![0.0; v];
-    for (t, &x) in prompt.iter().enumerate() {
-        init[x as usize] += wt(t);
-    }
-    let support: Vec<usize> = (0..v).filter(|&j| init[j] > 0.0).collect();
-    let ns = support.len();
-    let init_c: Vec<f64> = support.iter().map(|&j| init[j]).collect();
-    let mut slot = vec![usize::MAX; v];
-    for (s, &j) in support.iter().enumerate() {
-        slot[j] = s;
-    }
-    let last0 = slot[*prompt.last().unwrap_or(&0) as usize];
-    let p0: f64 = init_c.iter().sum();
+    check_prompt(prompt, v)?;
+    check_weights(weights, prompt.len() + n_steps)?;
+    let size = output_size(n_traj, n_steps)?;
+    let start = Start::new(v, prompt, weights);
     let mut tokens = vec![0i64; size];
     let mut supp = vec![0.0; size];
     let mut win = vec![0.0; size];
@@ -137,62 +97,163 @@ pub fn simulate(
                 return Ok(());
             }
             let mut rng = Xoshiro256pp::seed(seed, traj as u64);
-            let mut c = init_c.clone();
-            let mut total = p0;
-            let mut k = last0;
-            let mut w = vec![0.0; ns];
-            for step in 0..n_steps {
-                if step % 1024 == 0 {
-                    crate::interrupt::check()?;
-                }
-                let row = &p[support[k] * v..(support[k] + 1) * v];
-                let mut z = 0.0;
-                for s in 0..ns {
-                    w[s] = c[s] * row[support[s]];
-                    z += w[s];
-                }
-                if !(z > 0.0) {
-                    return Err(Error::invalid(
-                        "P",
-                        format!("token {} gives zero probability to every token of the prompt", support[k]),
-                    ));
-                }
-                let mut h = 0.0;
-                for &x in &w {
-                    if x > 0.0 {
-                        let q = x / z;
-                        h -= q * q.ln();
-                    }
-                }
-                let u = rng.next_f64() * z;
-                let mut acc = 0.0;
-                let mut pick = ns - 1;
-                for (s, &x) in w.iter().enumerate() {
-                    acc += x;
-                    if u < acc {
-                        pick = s;
-                        break;
-                    }
-                }
-                while w[pick] == 0.0 && pick > 0 {
-                    pick -= 1; // rounding at the top end: the last token with mass
-                }
-                let add = wt(prompt.len() + step);
-                c[pick] += add;
-                total += add;
-                k = pick;
-                tk[step] = support[pick] as i64;
-                sp[step] = h.exp();
-                let mx = c.iter().cloned().fold(0.0, f64::max);
-                wn[step] = mx / total;
-            }
-            Ok(())
+            start.trajectory(p, v, &mut rng, tk, sp, wn)
         })
         .collect();
     for r in results {
         r?;
     }
     Ok(Simulation { tokens, support: supp, winner_share: win })
+}
+
+fn check_prompt(prompt: &[i64], v: usize) -> Result<()> {
+    if prompt.is_empty() {
+        return Err(Error::shape("prompt", "the prompt is empty"));
+    }
+    for &t in prompt {
+        if t < 0 || t >= v as i64 {
+            return Err(Error::out_of_range("prompt", format!("token {t} is outside the vocabulary [0, {v})")));
+        }
+    }
+    Ok(())
+}
+
+/// `total_len` finite positive weights, when given.
+fn check_weights(weights: Option<&[f64]>, total_len: usize) -> Result<()> {
+    let Some(w) = weights else { return Ok(()) };
+    if w.len() != total_len {
+        return Err(Error::shape(
+            "position_weights",
+            format!("needs len(prompt) + n_steps = {total_len} entries, got {}", w.len()),
+        ));
+    }
+    check_finite("position_weights", w)?;
+    if let Some(i) = w.iter().position(|&x| !(x > 0.0)) {
+        return Err(Error::invalid("position_weights", format!("weights must be > 0; entry {i} is {}", w[i])));
+    }
+    Ok(())
+}
+
+/// `n_traj * n_steps`, after the memory gate for the three outputs.
+fn output_size(n_traj: usize, n_steps: usize) -> Result<usize> {
+    // name the argument that makes the request large
+    let arg = if n_traj >= n_steps { "n_traj" } else { "n_steps" };
+    let size = checked_size(arg, &[n_traj, n_steps])?;
+    // tokens (i64), support sizes and winner shares (f64) per step of every trajectory
+    crate::mem::gate(arg, (size as u64).checked_mul(24), &format!("{n_traj} trajectories of {n_steps} steps"))?;
+    if size > (1usize << 31) {
+        return Err(Error::too_large("n_steps", format!("n_traj * n_steps = {size} outputs is too many")));
+    }
+    Ok(size)
+}
+
+/// What every trajectory starts from: the support (the distinct prompt tokens), their
+/// initial (weighted) counts, the slot of the last prompt token, and the position weights.
+struct Start<'a> {
+    support: Vec<usize>,
+    init_c: Vec<f64>,
+    last0: usize,
+    p0: f64,
+    prompt_len: usize,
+    weights: Option<&'a [f64]>,
+}
+
+impl<'a> Start<'a> {
+    /// `prompt` non-empty with tokens in `[0, v)`.
+    fn new(v: usize, prompt: &[i64], weights: Option<&'a [f64]>) -> Start<'a> {
+        let wt = |t: usize| weights.map(|w| w[t]).unwrap_or(1.0);
+        let mut init = vec![0.0; v];
+        for (t, &x) in prompt.iter().enumerate() {
+            init[x as usize] += wt(t);
+        }
+        let support: Vec<usize> = (0..v).filter(|&j| init[j] > 0.0).collect();
+        let init_c: Vec<f64> = support.iter().map(|&j| init[j]).collect();
+        let mut slot = vec![usize::MAX; v];
+        for (s, &j) in support.iter().enumerate() {
+            slot[j] = s;
+        }
+        let last0 = slot[*prompt.last().unwrap_or(&0) as usize];
+        let p0: f64 = init_c.iter().sum();
+        Start { support, init_c, last0, p0, prompt_len: prompt.len(), weights }
+    }
+
+    /// One trajectory of `tk.len()` steps: sampled tokens into `tk`, the effective support
+    /// before each step into `sp`, the winner share after it into `wn`.
+    fn trajectory(
+        &self,
+        p: &[f64],
+        v: usize,
+        rng: &mut Xoshiro256pp,
+        tk: &mut [i64],
+        sp: &mut [f64],
+        wn: &mut [f64],
+    ) -> Result<()> {
+        let support = &self.support;
+        let ns = support.len();
+        let mut c = self.init_c.clone();
+        let mut total = self.p0;
+        let mut k = self.last0;
+        let mut w = vec![0.0; ns];
+        for step in 0..tk.len() {
+            if step % 1024 == 0 {
+                crate::interrupt::check()?;
+            }
+            let row = &p[support[k] * v..(support[k] + 1) * v];
+            let mut z = 0.0;
+            for s in 0..ns {
+                w[s] = c[s] * row[support[s]];
+                z += w[s];
+            }
+            if !(z > 0.0) {
+                return Err(Error::invalid(
+                    "P",
+                    format!("token {} gives zero probability to every token of the prompt", support[k]),
+                ));
+            }
+            let h = entropy(&w, z);
+            let pick = sample(&w, rng.next_f64() * z);
+            let add = self.weights.map(|w| w[self.prompt_len + step]).unwrap_or(1.0);
+            c[pick] += add;
+            total += add;
+            k = pick;
+            tk[step] = support[pick] as i64;
+            sp[step] = h.exp();
+            let mx = c.iter().cloned().fold(0.0, f64::max);
+            wn[step] = mx / total;
+        }
+        Ok(())
+    }
+}
+
+/// Entropy (nats) of the law `w / z`.
+#[inline]
+fn entropy(w: &[f64], z: f64) -> f64 {
+    let mut h = 0.0;
+    for &x in w {
+        if x > 0.0 {
+            let q = x / z;
+            h -= q * q.ln();
+        }
+    }
+    h
+}
+
+/// Inverse-CDF draw from the unnormalised weights `w` (not all zero) at `u` in `[0, sum w)`.
+#[inline]
+fn sample(w: &[f64], u: f64) -> usize {
+    let mut acc = 0.0;
+    let mut pick = w.len() - 1;
+    for (s, &x) in w.iter().enumerate() {
+        acc += x;
+        if u < acc {
+            pick = s;
+            break;
+        }
+    }
+    while w[pick] == 0.0 && pick > 0 {
+        pick -= 1; // rounding at the top end: the last token with mass
+    }
+    pick
 }
 
 #[cfg(test)]

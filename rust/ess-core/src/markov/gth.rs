@@ -178,45 +178,50 @@ fn trsm(l: MatRef<'_, f64>, mut b: MatMut<'_, f64>) {
     trsm(l.submatrix(h, h, k - h, k - h), bot);
 }
 
+/// Unblocked elimination of the columns `c0..c1` (at most [`LEAF`]): the leaf of [`rec`].
+unsafe fn leaf(a: *mut f64, ld: usize, r: usize, c0: usize, c1: usize, x: &mut [f64], d: &mut [f64]) -> Result<()> {
+    crate::interrupt::check()?;
+    for p in c0..c1 {
+        let mut s = x[p];
+        for j in p + 1..c1 {
+            s += *a.add(j * ld + p);
+        }
+        if !(s > 0.0) || !s.is_finite() {
+            return Err(Error::Numerical(format!(
+                "zero pivot in state reduction (a state with no path out of the reduced set); pivot = {s:e}"
+            )));
+        }
+        d[p] = s;
+        let inv = 1.0 / s;
+        let lcol = std::slice::from_raw_parts_mut(a.add(p * ld + p + 1), r - p - 1);
+        for v in lcol.iter_mut() {
+            *v *= inv;
+        }
+        let lcol: &[f64] = lcol;
+        for j in p + 1..c1 {
+            let u = *a.add(j * ld + p);
+            if u != 0.0 {
+                let dst = std::slice::from_raw_parts_mut(a.add(j * ld + p + 1), r - p - 1);
+                for (v, &l) in dst.iter_mut().zip(lcol) {
+                    *v += l * u;
+                }
+            }
+        }
+        let xp = x[p];
+        if xp != 0.0 {
+            for (v, &l) in x[p + 1..r].iter_mut().zip(lcol) {
+                *v += l * xp;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Eliminate columns `c0..c1` (rows `c0..r`), all earlier pivots already applied; `x` is
 /// the aggregated exit of each row towards the columns `>= c1` (including the exit).
 unsafe fn rec(a: *mut f64, ld: usize, r: usize, c0: usize, c1: usize, x: &mut [f64], d: &mut [f64]) -> Result<()> {
     if c1 - c0 <= LEAF {
-        crate::interrupt::check()?;
-        for p in c0..c1 {
-            let mut s = x[p];
-            for j in p + 1..c1 {
-                s += *a.add(j * ld + p);
-            }
-            if !(s > 0.0) || !s.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "zero pivot in state reduction (a state with no path out of the reduced set); pivot = {s:e}"
-                )));
-            }
-            d[p] = s;
-            let inv = 1.0 / s;
-            let lcol = std::slice::from_raw_parts_mut(a.add(p * ld + p + 1), r - p - 1);
-            for v in lcol.iter_mut() {
-                *v *= inv;
-            }
-            let lcol: &[f64] = lcol;
-            for j in p + 1..c1 {
-                let u = *a.add(j * ld + p);
-                if u != 0.0 {
-                    let dst = std::slice::from_raw_parts_mut(a.add(j * ld + p + 1), r - p - 1);
-                    for (v, &l) in dst.iter_mut().zip(lcol) {
-                        *v += l * u;
-                    }
-                }
-            }
-            let xp = x[p];
-            if xp != 0.0 {
-                for (v, &l) in x[p + 1..r].iter_mut().zip(lcol) {
-                    *v += l * xp;
-                }
-            }
-        }
-        return Ok(());
+        return leaf(a, ld, r, c0, c1, x, d);
     }
     let h = c0 + ((c1 - c0) / 2).next_multiple_of(8).min(c1 - c0 - 1);
     // left half: the columns h..c1 join the aggregated exit
@@ -369,127 +374,200 @@ fn amd_order(red: &Reduced) -> Result<Vec<usize>> {
 /// dense engine from the start. Sparse-phase right-hand-side updates are applied in place.
 fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> Result<Factor> {
     let m = red.m;
-    let c = red.c;
     let order: Vec<usize> = if dense || m <= 2 * NB { (0..m).collect() } else { amd_order(red)? };
-    let mut steps: Vec<Step> = Vec::new();
-    let mut elim = vec![false; m];
-    let mut pos = vec![usize::MAX; m];
-    let mut nnz: usize = red.nnz();
-    let mut stored: usize = 0;
-    let mut rows: Vec<Vec<(usize, f64)>> = Vec::new();
-    let mut step = 0;
-    if !dense {
-        let mut cols: Vec<Vec<usize>> = vec![Vec::new(); m];
-        rows = (0..m)
+    if dense {
+        let tail = dense_tail(red, order, None, keep_last)?;
+        return Ok(Factor { steps: Vec::new(), tail });
+    }
+    let (steps, mut rows) = sparse_phase(red, &order, keep_last, fill_max)?;
+    let states = order[steps.len()..].to_vec();
+    let tail = dense_tail(red, states, Some(&mut rows), keep_last)?;
+    Ok(Factor { steps, tail })
+}
+
+/// Working state of the sparse engine: the live rows of the censored chain, the rows that
+/// hold an entry in every column (a superset: eliminated rows are skipped), and the entry
+/// counts checked against the fill budget.
+struct SparseElim {
+    rows: Vec<Vec<(usize, f64)>>,
+    cols: Vec<Vec<usize>>,
+    elim: Vec<bool>,
+    /// Scratch: position of column `j` in the row being updated, `usize::MAX` elsewhere.
+    pos: Vec<usize>,
+    /// Live off-diagonal entries of the censored chain.
+    nnz: usize,
+    /// Entries of the stored factor (pivot rows and multiplier columns).
+    stored: usize,
+}
+
+impl SparseElim {
+    fn new(red: &Reduced) -> SparseElim {
+        let m = red.m;
+        let rows: Vec<Vec<(usize, f64)>> = (0..m)
             .map(|i| {
                 let (ix, vs) = red.row(i);
                 ix.iter().copied().zip(vs.iter().copied()).collect()
             })
             .collect();
+        let mut cols: Vec<Vec<usize>> = vec![Vec::new(); m];
         for (i, row) in rows.iter().enumerate() {
             for &(j, _) in row {
                 cols[j].push(i);
             }
         }
-        let last = if keep_last { m.saturating_sub(1) } else { m };
-        while step < last {
-            if step % 256 == 0 {
-                crate::interrupt::check()?;
-            }
-            let rem = m - step;
-            if rem <= DENSE_MAX && (nnz as f64) > DENSE_FRACTION * (rem as f64) * (rem as f64) && rem > 32 {
-                break;
-            }
-            let k = order[step];
-            let rowk = std::mem::take(&mut rows[k]);
-            let mut s = red.exit[k];
-            for &(_, v) in &rowk {
-                s += v;
-            }
-            if !(s > 0.0) || !s.is_finite() {
-                return Err(Error::Numerical(format!(
-                    "zero pivot in state reduction at a state with no path out of the reduced set (pivot {s:e})"
-                )));
-            }
-            let colk = std::mem::take(&mut cols[k]);
-            let mut lcol = Vec::with_capacity(colk.len());
-            let exitk = red.exit[k];
-            for &i in &colk {
-                if elim[i] || i == k {
-                    continue;
-                }
-                let ri = &mut rows[i];
-                for (t, &(j, _)) in ri.iter().enumerate() {
-                    pos[j] = t;
-                }
-                let pk = pos[k];
-                if pk == usize::MAX {
-                    for &(j, _) in ri.iter() {
-                        pos[j] = usize::MAX;
-                    }
-                    continue;
-                }
-                let qik = ri[pk].1;
-                pos[k] = usize::MAX;
-                ri.swap_remove(pk);
-                if pk < ri.len() {
-                    pos[ri[pk].0] = pk;
-                }
-                nnz = nnz.saturating_sub(1);
-                let mult = qik / s;
-                for &(j, v) in &rowk {
-                    if j == i {
-                        continue; // self-loop of the censored chain: dropped
-                    }
-                    let pj = pos[j];
-                    if pj != usize::MAX {
-                        ri[pj].1 += mult * v;
-                    } else {
-                        pos[j] = ri.len();
-                        ri.push((j, mult * v));
-                        cols[j].push(i);
-                        nnz += 1;
-                    }
-                }
-                for &(j, _) in ri.iter() {
-                    pos[j] = usize::MAX;
-                }
-                red.exit[i] += mult * exitk;
-                for t in 0..c {
-                    let add = mult * red.rhs[k * c + t];
-                    red.rhs[i * c + t] += add;
-                }
-                lcol.push((i, mult));
-            }
-            nnz = nnz.saturating_sub(rowk.len());
-            elim[k] = true;
-            stored += rowk.len() + lcol.len();
-            if nnz + stored > fill_max {
-                return Err(Error::too_large(
-                    "P",
-                    format!(
-                        "exact elimination needs more than {fill_max} stored entries (fill-in) after \
-                         {step} of {m} states; the chain's graph is too well connected for a \
-                         direct method at this size"
-                    ),
-                ));
-            }
-            steps.push(Step { k, row: rowk, d: s, lcol });
-            step += 1;
-        }
+        SparseElim { rows, cols, elim: vec![false; m], pos: vec![usize::MAX; m], nnz: red.nnz(), stored: 0 }
     }
-    // dense tail on the remaining states, in order
-    let states: Vec<usize> = order[step..].to_vec();
+
+    /// Whether the `rem` remaining states are dense enough to hand over to the dense engine.
+    fn dense_enough(&self, rem: usize) -> bool {
+        rem <= DENSE_MAX && (self.nnz as f64) > DENSE_FRACTION * (rem as f64) * (rem as f64) && rem > 32
+    }
+
+    /// Eliminate state `k`: censor it out of every live row that enters it, updating their
+    /// exits and right-hand sides, and return its pivot row and multiplier column.
+    fn eliminate(&mut self, red: &mut Reduced, k: usize) -> Result<Step> {
+        let c = red.c;
+        let rowk = std::mem::take(&mut self.rows[k]);
+        let mut s = red.exit[k];
+        for &(_, v) in &rowk {
+            s += v;
+        }
+        if !(s > 0.0) || !s.is_finite() {
+            return Err(Error::Numerical(format!(
+                "zero pivot in state reduction at a state with no path out of the reduced set (pivot {s:e})"
+            )));
+        }
+        let colk = std::mem::take(&mut self.cols[k]);
+        let mut lcol = Vec::with_capacity(colk.len());
+        let exitk = red.exit[k];
+        for &i in &colk {
+            if self.elim[i] || i == k {
+                continue;
+            }
+            let Some(mult) = self.update_row(i, k, &rowk, s) else { continue };
+            red.exit[i] += mult * exitk;
+            for t in 0..c {
+                let add = mult * red.rhs[k * c + t];
+                red.rhs[i * c + t] += add;
+            }
+            lcol.push((i, mult));
+        }
+        self.nnz = self.nnz.saturating_sub(rowk.len());
+        self.elim[k] = true;
+        self.stored += rowk.len() + lcol.len();
+        Ok(Step { k, row: rowk, d: s, lcol })
+    }
+
+    /// Row `i` of the censored chain after eliminating `k` (pivot `s`, row `rowk`):
+    /// `Q_ij += (Q_ik / s) Q_kj`, with the entry `Q_ik` removed and new fill appended.
+    /// Returns the multiplier `Q_ik / s`, or `None` when row `i` no longer enters `k`.
+    fn update_row(&mut self, i: usize, k: usize, rowk: &[(usize, f64)], s: f64) -> Option<f64> {
+        let SparseElim { rows, cols, pos, nnz, .. } = self;
+        let ri = &mut rows[i];
+        for (t, &(j, _)) in ri.iter().enumerate() {
+            pos[j] = t;
+        }
+        let pk = pos[k];
+        if pk == usize::MAX {
+            for &(j, _) in ri.iter() {
+                pos[j] = usize::MAX;
+            }
+            return None;
+        }
+        let qik = ri[pk].1;
+        pos[k] = usize::MAX;
+        ri.swap_remove(pk);
+        if pk < ri.len() {
+            pos[ri[pk].0] = pk;
+        }
+        *nnz = nnz.saturating_sub(1);
+        let mult = qik / s;
+        for &(j, v) in rowk {
+            if j == i {
+                continue; // self-loop of the censored chain: dropped
+            }
+            let pj = pos[j];
+            if pj != usize::MAX {
+                ri[pj].1 += mult * v;
+            } else {
+                pos[j] = ri.len();
+                ri.push((j, mult * v));
+                cols[j].push(i);
+                *nnz += 1;
+            }
+        }
+        for &(j, _) in ri.iter() {
+            pos[j] = usize::MAX;
+        }
+        Some(mult)
+    }
+}
+
+/// Sparse phase of [`factor`]: eliminate the states of `order` one by one until the
+/// remaining chain is dense enough (or all are done). Returns the steps and the live rows.
+fn sparse_phase(
+    red: &mut Reduced,
+    order: &[usize],
+    keep_last: bool,
+    fill_max: usize,
+) -> Result<(Vec<Step>, Vec<Vec<(usize, f64)>>)> {
+    let m = red.m;
+    let mut st = SparseElim::new(red);
+    let mut steps: Vec<Step> = Vec::new();
+    let last = if keep_last { m.saturating_sub(1) } else { m };
+    while steps.len() < last {
+        let step = steps.len();
+        if step % 256 == 0 {
+            crate::interrupt::check()?;
+        }
+        if st.dense_enough(m - step) {
+            break;
+        }
+        let done = st.eliminate(red, order[step])?;
+        if st.nnz + st.stored > fill_max {
+            return Err(Error::too_large(
+                "P",
+                format!(
+                    "exact elimination needs more than {fill_max} stored entries (fill-in) after \
+                     {step} of {m} states; the chain's graph is too well connected for a \
+                     direct method at this size"
+                ),
+            ));
+        }
+        steps.push(done);
+    }
+    Ok((steps, st.rows))
+}
+
+/// Dense phase of [`factor`] on `states` (in elimination order): assemble their chain,
+/// from the sparse engine's live `rows` (released as they are read) or, without them,
+/// from `red`, and eliminate it (all but the last state when `keep_last`).
+fn dense_tail(
+    red: &Reduced,
+    states: Vec<usize>,
+    rows: Option<&mut Vec<Vec<(usize, f64)>>>,
+    keep_last: bool,
+) -> Result<DenseTail> {
     let r = states.len();
-    let mut loc = vec![usize::MAX; m];
+    let mut a = dense_block(red, &states, rows)?;
+    let npiv = if keep_last { r.saturating_sub(1) } else { r };
+    let mut d = Vec::with_capacity(r);
+    dense_eliminate(&mut a, r, npiv, &mut d)?;
+    Ok(DenseTail { states, a, d, npiv })
+}
+
+/// The `r x (r + 1)` block of [`dense_eliminate`] for `states`: off-diagonal entries among
+/// them (entries towards other states are dropped) and the exit column.
+fn dense_block(red: &Reduced, states: &[usize], mut rows: Option<&mut Vec<Vec<(usize, f64)>>>) -> Result<Vec<f64>> {
+    let r = states.len();
+    let mut loc = vec![usize::MAX; red.m];
     for (t, &s) in states.iter().enumerate() {
         loc[s] = t;
     }
     let size = r.checked_mul(r + 1).ok_or_else(|| Error::too_large("P", "dense block too large"))?;
-    let a = crate::mem::filled(size, 0.0).map_err(|_| {
+    let mut a = crate::mem::filled(size, 0.0).map_err(|_| {
         Error::too_large("P", format!("the dense elimination block needs {r} x {r} doubles; not enough memory"))
     })?;
-    let mut a = a;
     for (t, &s) in states.iter().enumerate() {
         let mut put = |j: usize, v: f64| {
             let lj = loc[j];
@@ -497,23 +575,23 @@ fn factor(red: &mut Reduced, keep_last: bool, dense: bool, fill_max: usize) -> R
                 a[lj * r + t] += v;
             }
         };
-        if dense {
-            let (ix, vs) = red.row(s);
-            for (&j, &v) in ix.iter().zip(vs) {
-                put(j, v);
+        match rows.as_deref_mut() {
+            None => {
+                let (ix, vs) = red.row(s);
+                for (&j, &v) in ix.iter().zip(vs) {
+                    put(j, v);
+                }
             }
-        } else {
-            for &(j, v) in &rows[s] {
-                put(j, v);
+            Some(rows) => {
+                for &(j, v) in &rows[s] {
+                    put(j, v);
+                }
+                rows[s] = Vec::new();
             }
-            rows[s] = Vec::new();
         }
         a[r * r + t] = red.exit[s];
     }
-    let npiv = if keep_last { r.saturating_sub(1) } else { r };
-    let mut d = Vec::with_capacity(r);
-    dense_eliminate(&mut a, r, npiv, &mut d)?;
-    Ok(Factor { steps, tail: DenseTail { states, a, d, npiv } })
+    Ok(a)
 }
 
 /// Solve the reduced system: returns `x` (`m x c` row-major), every entry computed
