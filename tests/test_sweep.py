@@ -748,3 +748,23 @@ def test_pending_and_no_cluster_when_all_done(tmp_path, capsys, monkeypatch):
     (foreign / "x.txt").write_text("x")
     with pytest.raises(sweep.SweepResultsError):
         sweep.pending(jobs, foreign)
+
+
+def test_lost_task_whose_record_was_written_counts_as_finished(tmp_path):
+    """A broken pool can fail a future whose job had already written its record; the outcome
+    follows the disk (finished, skipped by the rerun), never 'lost' for a job that is done."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    class RunsThenBreaks:
+        def submit(self, fn, *args):
+            fn(*args)  # the job really runs and writes its record
+            f: Future = Future()
+            f.set_exception(BrokenProcessPool("a worker died"))
+            return f
+
+    js = [Job(f"t{i}", "sweep_factory:tiny", inputs={"random": {"length": 6, "seed": i}}) for i in range(2)]
+    out = sweep.run(js, tmp_path / "r", executor=RunsThenBreaks(), progress=False)
+    assert out.finished == ["t0", "t1"] and not out.lost and out.complete and not out.errors
+    again = sweep.run(js, tmp_path / "r", progress=False)
+    assert again.skipped == ["t0", "t1"] and not again.finished

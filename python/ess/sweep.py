@@ -1131,6 +1131,7 @@ def run(
             bar.close()
         if owned and ex is not None:
             ex.shutdown(wait=True, cancel_futures=True)
+    _reconcile_lost(out, root, todo)
     order = {j.name: i for i, j in enumerate(todo_jobs)}
     for lst in (out.finished, out.failed, out.lost):
         lst.sort(key=order.__getitem__)
@@ -1169,6 +1170,21 @@ def pending(
         return [j.name for j in todo_jobs]
     _check_marker(root)
     return [j.name for j in _plan(todo_jobs, _scan(root), retry_failed, SweepOutcome(results=root))]
+
+
+def _reconcile_lost(out: SweepOutcome, root: Path, todo: List[Job]) -> None:
+    """A task reported lost whose job is nevertheless recorded as done (a worker of a broken pool
+    wrote its record before the pool could deliver the result) counts as finished: the outcome
+    says what is on disk, and the next run skips that job."""
+    by_name = {j.name: j for j in todo}
+    for name in list(out.lost):
+        rec = _done_record(root, by_name[name]) if name in by_name else None
+        if rec is not None:
+            out.lost.remove(name)
+            out.errors.pop(name, None)
+            out.finished.append(name)
+            if isinstance(rec.get("seconds"), (int, float)):
+                out.seconds[name] = float(rec["seconds"])
 
 
 def _check_run_options(executor: Any, max_workers: Optional[int], threads: Optional[int]) -> None:
