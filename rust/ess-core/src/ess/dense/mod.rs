@@ -38,6 +38,7 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 mod inertia;
+mod symeig;
 
 use inertia::{inertia_route, InertiaOutcome, InertiaState};
 
@@ -517,7 +518,7 @@ struct Gram {
     off: usize,
     k: usize,
     /// Reusable workspace of the eigensolver.
-    mem: Option<(usize, MemBuffer)>,
+    work: Vec<f64>,
     /// Approximate top eigenvector (unit, length `k` or empty), the warm start of the power
     /// iterations of the inertia route; shifted along with `G`.
     top: Vec<f64>,
@@ -535,7 +536,7 @@ impl Gram {
                 buf[i * k + j] = g[(i, j)];
             }
         }
-        Gram { buf, k0: k, off: 0, k, mem: None, top: Vec::new() }
+        Gram { buf, k0: k, off: 0, k, work: Vec::new(), top: Vec::new() }
     }
 
     fn advance(&mut self, a: &[f64], l: usize, t: usize) {
@@ -611,25 +612,24 @@ impl Gram {
         s.sqrt()
     }
 
-    /// Eigenvalues, non-increasing.
+    /// Eigenvalues, non-increasing, by the interruptible solver of the `symeig` module (a
+    /// pending interrupt is seen within one panel of its reduction).
     fn eigenvalues(&mut self) -> Result<Vec<f64>> {
-        let k = self.k;
-        let g = self.to_mat(0.0);
-        let par = Par::Seq;
-        if self.mem.as_ref().map(|(n, _)| *n < k).unwrap_or(true) {
-            let scratch = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(
-                k,
-                faer::linalg::evd::ComputeEigenvectors::No,
-                par,
-                Default::default(),
-            );
-            self.mem = Some((k, MemBuffer::new(scratch)));
+        let (k, k0, off) = (self.k, self.k0, self.off);
+        // Column-major lower triangle of G: column j holds G(j.., j), i.e. the stored row-major
+        // lower triangle read down its columns.
+        let mut work = std::mem::take(&mut self.work);
+        work.clear();
+        work.resize(k * k, 0.0);
+        for i in 0..k {
+            let row = &self.buf[(i + off) * k0 + off..(i + off) * k0 + off + i + 1];
+            for (j, &g) in row.iter().enumerate() {
+                work[j * k + i] = g;
+            }
         }
-        let mem = &mut self.mem.as_mut().expect("allocated above").1;
-        let mut s = faer::diag::Diag::<f64>::zeros(k);
-        faer::linalg::evd::self_adjoint_evd(g.as_ref(), s.as_mut(), None, par, MemStack::new(mem), Default::default())
-            .map_err(|e| Error::Numerical(format!("symmetric eigensolver did not converge: {e:?}")))?;
-        let mut v: Vec<f64> = s.column_vector().iter().copied().collect();
+        let res = symeig::symmetric_eigenvalues(&mut work, k);
+        self.work = work;
+        let mut v = res?;
         v.sort_by(|x, y| y.total_cmp(x));
         Ok(v)
     }
@@ -776,7 +776,11 @@ fn sweep(
         // The Gram route is a shortcut: an eigensolver that does not converge on it (subnormal
         // entries can stall faer's QR iterations) sends the split to the SVD routes below.
         let quick = if try_gram {
-            gram.eigenvalues().ok().and_then(|lam| gram_route(&lam, t, k, tol, want_tol, want_ent))
+            match gram.eigenvalues() {
+                Ok(lam) => gram_route(&lam, t, k, tol, want_tol, want_ent),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(_) => None,
+            }
         } else {
             None
         };
