@@ -82,26 +82,6 @@ pub(crate) fn symmetric_eigenvalues(a: &mut [f64], n: usize) -> Result<Vec<f64>>
 /// Householder reduction `Q^T A Q = T`: `d` gets the diagonal of `T`, `e[..n-1]` its
 /// subdiagonal (`e[n-1] = 0`).
 fn tridiagonalise(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        if *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            // SAFETY: the features were detected at run time.
-            return unsafe { tridiagonalise_avx2(a, n, d, e) };
-        }
-    }
-    tridiagonalise_body(a, n, d, e)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tridiagonalise_avx2(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Result<()> {
-    tridiagonalise_body(a, n, d, e)
-}
-
-#[inline(always)]
-fn tridiagonalise_body(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Result<()> {
     e[n - 1] = 0.0;
     let mut w = vec![0.0; n * NB.max(NX)];
     let mut tmp = vec![0.0; NB.max(NX)];
@@ -150,7 +130,8 @@ fn panel(a: &mut [f64], n: usize, i0: usize, b: usize, w: &mut [f64], tmp: &mut 
             let wq = &w[q * m..(q + 1) * m];
             let (wjq, vjq) = (wq[p], vq[j]);
             let dst = &mut colj[j..];
-            axpy2(dst, &vq[j..], -wjq, &wq[p..], -vjq);
+            axpy(dst, &vq[j..], -wjq);
+            axpy(dst, &wq[p..], -vjq);
         }
         d[j] = colj[j];
         // Householder reflector annihilating A[j+2.., j].
@@ -203,54 +184,149 @@ fn symv_lower(t: &[f64], n: usize, r0: usize, len: usize, x: &[f64], y: &mut [f6
         let (diag, below) = col.split_first().expect("non-empty column");
         let xs = &x[jj + 1..len];
         let ys = &mut y[jj + 1..len];
-        // Fused: dot(below, xs) and ys += below * xj, four lanes per accumulator.
-        let mut acc = [0.0f64; 8];
-        let cut = below.len() - below.len() % 8;
-        for ((g, xv), yv) in below[..cut].chunks_exact(8).zip(xs[..cut].chunks_exact(8)).zip(ys[..cut].chunks_exact_mut(8)) {
-            for q in 0..8 {
-                acc[q] += g[q] * xv[q];
-                yv[q] += g[q] * xj;
-            }
-        }
-        let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        for ((g, xv), yv) in below[cut..].iter().zip(&xs[cut..]).zip(&mut ys[cut..]) {
-            s += g * xv;
-            *yv += g * xj;
-        }
+        let s = dot_axpy(below, &x[jj + 1..len], &mut y[jj + 1..len], xj);
         y[jj] += s + diag * xj;
     }
 }
 
+/// Whether the processor has AVX2 and FMA (checked once; the package is built for the
+/// baseline instruction set, so the inner kernels dispatch at run time).
 #[inline(always)]
-fn dot(x: &[f64], y: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let cut = x.len().min(y.len());
-    let cut8 = cut - cut % 8;
-    for (a, b) in x[..cut8].chunks_exact(8).zip(y[..cut8].chunks_exact(8)) {
-        for q in 0..8 {
-            acc[q] += a[q] * b[q];
-        }
+fn simd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (a, b) in x[cut8..cut].iter().zip(&y[cut8..cut]) {
-        s += a * b;
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dot(g, x)`, and `y += xj g` in the same pass over `g` (the fused step of the symmetric
+/// matrix-vector product). `x` and `y` have at least `g.len()` entries.
+#[inline]
+fn dot_axpy(g: &[f64], x: &[f64], y: &mut [f64], xj: f64) -> f64 {
+    let n = g.len();
+    let (x, y) = (&x[..n], &mut y[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA were detected at run time; the slices have equal lengths.
+        return unsafe { avx::dot_axpy(g, x, y, xj) };
+    }
+    let mut s = 0.0;
+    for ((g, xv), yv) in g.iter().zip(x).zip(y.iter_mut()) {
+        s += g * xv;
+        *yv += g * xj;
     }
     s
 }
 
+#[inline]
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &y[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA were detected at run time; the slices have equal lengths.
+        return unsafe { avx::dot(x, y) };
+    }
+    x.iter().zip(y).map(|(a, b)| a * b).sum()
+}
+
 /// `y += alpha x`.
-#[inline(always)]
+#[inline]
 fn axpy(y: &mut [f64], x: &[f64], alpha: f64) {
+    let n = x.len().min(y.len());
+    let (y, x) = (&mut y[..n], &x[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if simd() {
+        // SAFETY: AVX2 and FMA were detected at run time; the slices have equal lengths.
+        return unsafe { avx::axpy(y, x, alpha) };
+    }
     for (a, b) in y.iter_mut().zip(x) {
         *a += alpha * b;
     }
 }
 
-/// `y += alpha x + beta z`.
-#[inline(always)]
-fn axpy2(y: &mut [f64], x: &[f64], alpha: f64, z: &[f64], beta: f64) {
-    for ((a, b), c) in y.iter_mut().zip(x).zip(z) {
-        *a += alpha * b + beta * c;
+/// AVX2 + FMA kernels (4 lanes, two accumulators). Callers pass slices of equal length.
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256d) -> f64 {
+        let lo = _mm256_castpd256_pd128(v);
+        let hi = _mm256_extractf128_pd(v, 1);
+        let s = _mm_add_pd(lo, hi);
+        let h = _mm_unpackhi_pd(s, s);
+        _mm_cvtsd_f64(_mm_add_sd(s, h))
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_axpy(g: &[f64], x: &[f64], y: &mut [f64], xj: f64) -> f64 {
+        let n = g.len();
+        assert!(x.len() == n && y.len() == n);
+        let (pg, px, py) = (g.as_ptr(), x.as_ptr(), y.as_mut_ptr());
+        let vj = _mm256_set1_pd(xj);
+        let (mut a0, mut a1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i + 8 <= n {
+            let g0 = _mm256_loadu_pd(pg.add(i));
+            let g1 = _mm256_loadu_pd(pg.add(i + 4));
+            a0 = _mm256_fmadd_pd(g0, _mm256_loadu_pd(px.add(i)), a0);
+            a1 = _mm256_fmadd_pd(g1, _mm256_loadu_pd(px.add(i + 4)), a1);
+            _mm256_storeu_pd(py.add(i), _mm256_fmadd_pd(g0, vj, _mm256_loadu_pd(py.add(i))));
+            _mm256_storeu_pd(py.add(i + 4), _mm256_fmadd_pd(g1, vj, _mm256_loadu_pd(py.add(i + 4))));
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_pd(a0, a1));
+        while i < n {
+            s += g[i] * x[i];
+            y[i] += g[i] * xj;
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot(x: &[f64], y: &[f64]) -> f64 {
+        let n = x.len();
+        assert!(y.len() == n);
+        let (px, py) = (x.as_ptr(), y.as_ptr());
+        let (mut a0, mut a1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mut i = 0;
+        while i + 8 <= n {
+            a0 = _mm256_fmadd_pd(_mm256_loadu_pd(px.add(i)), _mm256_loadu_pd(py.add(i)), a0);
+            a1 = _mm256_fmadd_pd(_mm256_loadu_pd(px.add(i + 4)), _mm256_loadu_pd(py.add(i + 4)), a1);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_pd(a0, a1));
+        while i < n {
+            s += x[i] * y[i];
+            i += 1;
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy(y: &mut [f64], x: &[f64], alpha: f64) {
+        let n = y.len();
+        assert!(x.len() == n);
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let va = _mm256_set1_pd(alpha);
+        let mut i = 0;
+        while i + 4 <= n {
+            _mm256_storeu_pd(py.add(i), _mm256_fmadd_pd(va, _mm256_loadu_pd(px.add(i)), _mm256_loadu_pd(py.add(i))));
+            i += 4;
+        }
+        while i < n {
+            y[i] += alpha * x[i];
+            i += 1;
+        }
     }
 }
 
@@ -558,6 +634,17 @@ mod speed {
                 }
                 lo = symmetric_eigenvalues(&mut a, n).unwrap();
                 to = to.min(t0.elapsed().as_secs_f64());
+                for j in 0..n {
+                    for i in j..n {
+                        a[j * n + i] = g[(i, j)];
+                    }
+                }
+                let (mut d, mut e) = (vec![0.0; n], vec![0.0; n]);
+                let t0 = std::time::Instant::now();
+                tridiagonalise(&mut a, n, &mut d, &mut e).unwrap();
+                let t1 = t0.elapsed().as_secs_f64();
+                tridiagonal_ql(&mut d, &mut e).unwrap();
+                println!("  tridiagonalise {:.2} ms, QL {:.2} ms", t1 * 1e3, (t0.elapsed().as_secs_f64() - t1) * 1e3);
             }
             lf.sort_by(|x, y| y.total_cmp(x));
             lo.sort_by(|x, y| y.total_cmp(x));
