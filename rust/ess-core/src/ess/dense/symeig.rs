@@ -181,9 +181,7 @@ fn symv_lower(t: &[f64], n: usize, r0: usize, len: usize, x: &[f64], y: &mut [f6
     for jj in 0..len {
         let col = &t[jj * n + r0 + jj..jj * n + r0 + len];
         let xj = x[jj];
-        let (diag, below) = col.split_first().expect("non-empty column");
-        let xs = &x[jj + 1..len];
-        let ys = &mut y[jj + 1..len];
+        let Some((diag, below)) = col.split_first() else { continue };
         let s = dot_axpy(below, &x[jj + 1..len], &mut y[jj + 1..len], xj);
         y[jj] += s + diag * xj;
     }
