@@ -483,9 +483,45 @@ impl Carried {
     }
 }
 
+/// Order from which [`singular_values`] runs the SVD on a helper thread.
+const SVD_WATCH_MIN: usize = 256;
+
 /// Values-only SVD of a small square matrix, sequential (the caller is already parallel).
 /// Returned in non-increasing order.
+///
+/// The library SVD cannot be stopped midway, and on an order-1024 block (a split at L = 2048)
+/// it runs for up to a second. From order [`SVD_WATCH_MIN`] on it therefore runs on a helper
+/// thread while the calling thread sleeps and checks for an interrupt every 5 ms: on a request
+/// the call returns [`Error::Interrupted`] at once, and the helper finishes its one SVD in the
+/// background (at most about a second of one core) and discards it.
 fn singular_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    if m.nrows() < SVD_WATCH_MIN {
+        return svd_values(m);
+    }
+    crate::interrupt::check()?;
+    let owned = m.to_owned();
+    let (tx, rx) = channel();
+    let spawned = std::thread::Builder::new().name("ess-svd".into()).spawn(move || {
+        // The receiver is gone only after an interrupt: nothing to report then.
+        let _ = tx.send(svd_values(owned.as_ref()));
+    });
+    if spawned.is_err() {
+        return svd_values(m);
+    }
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(5)) {
+            Ok(r) => return r,
+            Err(RecvTimeoutError::Timeout) => crate::interrupt::check()?,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Numerical("the SVD thread stopped without a result".into()))
+            }
+        }
+    }
+}
+
+/// [`singular_values`] on the calling thread.
+fn svd_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
     let n = m.nrows();
     if n == 0 {
         return Ok(Vec::new());
@@ -713,7 +749,11 @@ fn gram_route(lam: &[f64], t: usize, k: usize, tol: &Tolerance, want_tol: bool, 
 fn fresh_sigma(a: &[f64], l: usize, t: usize, tol: &Tolerance, want_tol: bool) -> Result<(Carried, Vec<f64>)> {
     let k = l - t;
     let c = Carried::fresh_householder(a, l, t)?;
-    if let Ok(sigma) = singular_values(c.as_mat().as_ref()) {
+    let first = match singular_values(c.as_mat().as_ref()) {
+        Err(Error::Interrupted) => return Err(Error::Interrupted),
+        r => r.ok(),
+    };
+    if let Some(sigma) = first {
         let smax = sigma.first().copied().unwrap_or(0.0);
         let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
         let band = 8.0 * (t.max(k) as f64) * f64::EPSILON * smax + c.err;
@@ -773,8 +813,8 @@ fn sweep(
         }
         // After repeated misses, go straight to the SVD, retrying the Gram route now and then.
         let try_gram = misses < 4 || n % 16 == 0;
-        // The Gram route is a shortcut: an eigensolver that does not converge on it (subnormal
-        // entries can stall faer's QR iterations) sends the split to the SVD routes below.
+        // The Gram route is a shortcut: an eigensolver that does not converge on it sends the
+        // split to the SVD routes below (an interrupt request stops the sweep).
         let quick = if try_gram {
             match gram.eigenvalues() {
                 Ok(lam) => gram_route(&lam, t, k, tol, want_tol, want_ent),
@@ -797,7 +837,10 @@ fn sweep(
                 let sigma = if c.k0 != k && !(1e-150..=1e150).contains(&c.max_abs()) {
                     None
                 } else {
-                    singular_values(c.as_mat().as_ref()).ok()
+                    match singular_values(c.as_mat().as_ref()) {
+                        Err(Error::Interrupted) => return Err(Error::Interrupted),
+                        r => r.ok(),
+                    }
                 };
                 let sigma = sigma.filter(|sigma| {
                     let smax = sigma.first().copied().unwrap_or(0.0);
