@@ -399,7 +399,7 @@ impl Carried {
         let mut row = vec![0.0; k];
         // Row i of K_t is column i of H_t: (A[t + j, i])_j.
         for i in 0..t {
-            if i % 64 == 0 {
+            if i % 16 == 0 {
                 crate::interrupt::check()?;
             }
             for (j, r) in row.iter_mut().enumerate() {
@@ -770,7 +770,8 @@ fn fresh_sigma(a: &[f64], l: usize, t: usize, tol: &Tolerance, want_tol: bool) -
 /// Sweep `t` upward over the requested `targets` (`(t, output slot)`, increasing `t`, each
 /// with `L - t <= t`), returning the result of each slot.
 ///
-/// Per split, the Gram route runs first (one symmetric eigensolve of the carried `G_t`);
+/// Per split, the Gram route runs first (one symmetric eigensolve of the carried `G_t`, by the
+/// `symeig` module, which checks for an interrupt per panel of its reduction);
 /// when its squared resolution cannot settle the answer, the split is recomputed from the
 /// singular values of a triangular factor of `H_t` (fresh QR, or the carried factor once
 /// fallbacks repeat, which then advances along with the Gram matrix).
