@@ -89,7 +89,8 @@ fn tridiagonalise(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Resu
     while n - i0 > 1 {
         crate::interrupt::check()?;
         let m = n - i0;
-        // The last columns in one panel, without a trailing update.
+        // The last (at most NX) columns in one panel, whose trailing update is then only the
+        // last diagonal entry.
         let b = if m <= NX { m - 1 } else { NB };
         panel(a, n, i0, b, &mut w[..m * b], &mut tmp, d, e);
         if m > b {
@@ -99,8 +100,7 @@ fn tridiagonalise(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Resu
             let (left, right) = a.split_at_mut(r * n);
             let v = MatRef::from_column_major_slice_with_stride(&left[i0 * n + r..], m2, b, n);
             let wm = MatRef::from_column_major_slice_with_stride(&w[b..], m2, b, m);
-            let dst = MatMut::from_column_major_slice_with_stride_mut(&mut right[r..], m2, m2, n);
-            let mut dst = dst;
+            let mut dst = MatMut::from_column_major_slice_with_stride_mut(&mut right[r..], m2, m2, n);
             let lower = BlockStructure::TriangularLower;
             let rect = BlockStructure::Rectangular;
             tri_matmul(dst.as_mut(), lower, Accum::Add, v, rect, wm.transpose(), rect, -1.0, Par::Seq);
