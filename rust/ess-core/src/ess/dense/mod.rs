@@ -38,6 +38,7 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 mod inertia;
+mod symeig;
 
 use inertia::{inertia_route, InertiaOutcome, InertiaState};
 
@@ -398,7 +399,7 @@ impl Carried {
         let mut row = vec![0.0; k];
         // Row i of K_t is column i of H_t: (A[t + j, i])_j.
         for i in 0..t {
-            if i % 64 == 0 {
+            if i % 16 == 0 {
                 crate::interrupt::check()?;
             }
             for (j, r) in row.iter_mut().enumerate() {
@@ -482,9 +483,45 @@ impl Carried {
     }
 }
 
+/// Order from which [`singular_values`] runs the SVD on a helper thread.
+const SVD_WATCH_MIN: usize = 256;
+
 /// Values-only SVD of a small square matrix, sequential (the caller is already parallel).
 /// Returned in non-increasing order.
+///
+/// The library SVD cannot be stopped midway, and on an order-1024 block (a split at L = 2048)
+/// it runs for up to a second. From order [`SVD_WATCH_MIN`] on it therefore runs on a helper
+/// thread while the calling thread sleeps and checks for an interrupt every 5 ms: on a request
+/// the call returns [`Error::Interrupted`] at once, and the helper finishes its one SVD in the
+/// background (at most about a second of one core) and discards it.
 fn singular_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
+    use std::sync::mpsc::{channel, RecvTimeoutError};
+    if m.nrows() < SVD_WATCH_MIN {
+        return svd_values(m);
+    }
+    crate::interrupt::check()?;
+    let owned = m.to_owned();
+    let (tx, rx) = channel();
+    let spawned = std::thread::Builder::new().name("ess-svd".into()).spawn(move || {
+        // The receiver is gone only after an interrupt: nothing to report then.
+        let _ = tx.send(svd_values(owned.as_ref()));
+    });
+    if spawned.is_err() {
+        return svd_values(m);
+    }
+    loop {
+        match rx.recv_timeout(std::time::Duration::from_millis(5)) {
+            Ok(r) => return r,
+            Err(RecvTimeoutError::Timeout) => crate::interrupt::check()?,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Numerical("the SVD thread stopped without a result".into()))
+            }
+        }
+    }
+}
+
+/// [`singular_values`] on the calling thread.
+fn svd_values(m: MatRef<'_, f64>) -> Result<Vec<f64>> {
     let n = m.nrows();
     if n == 0 {
         return Ok(Vec::new());
@@ -517,7 +554,7 @@ struct Gram {
     off: usize,
     k: usize,
     /// Reusable workspace of the eigensolver.
-    mem: Option<(usize, MemBuffer)>,
+    work: Vec<f64>,
     /// Approximate top eigenvector (unit, length `k` or empty), the warm start of the power
     /// iterations of the inertia route; shifted along with `G`.
     top: Vec<f64>,
@@ -535,7 +572,7 @@ impl Gram {
                 buf[i * k + j] = g[(i, j)];
             }
         }
-        Gram { buf, k0: k, off: 0, k, mem: None, top: Vec::new() }
+        Gram { buf, k0: k, off: 0, k, work: Vec::new(), top: Vec::new() }
     }
 
     fn advance(&mut self, a: &[f64], l: usize, t: usize) {
@@ -611,25 +648,24 @@ impl Gram {
         s.sqrt()
     }
 
-    /// Eigenvalues, non-increasing.
+    /// Eigenvalues, non-increasing, by the interruptible solver of the `symeig` module (a
+    /// pending interrupt is seen within one panel of its reduction).
     fn eigenvalues(&mut self) -> Result<Vec<f64>> {
-        let k = self.k;
-        let g = self.to_mat(0.0);
-        let par = Par::Seq;
-        if self.mem.as_ref().map(|(n, _)| *n < k).unwrap_or(true) {
-            let scratch = faer::linalg::evd::self_adjoint_evd_scratch::<f64>(
-                k,
-                faer::linalg::evd::ComputeEigenvectors::No,
-                par,
-                Default::default(),
-            );
-            self.mem = Some((k, MemBuffer::new(scratch)));
+        let (k, k0, off) = (self.k, self.k0, self.off);
+        // Column-major lower triangle of G: column j holds G(j.., j), i.e. the stored row-major
+        // lower triangle read down its columns.
+        let mut work = std::mem::take(&mut self.work);
+        work.clear();
+        work.resize(k * k, 0.0);
+        for i in 0..k {
+            let row = &self.buf[(i + off) * k0 + off..(i + off) * k0 + off + i + 1];
+            for (j, &g) in row.iter().enumerate() {
+                work[j * k + i] = g;
+            }
         }
-        let mem = &mut self.mem.as_mut().expect("allocated above").1;
-        let mut s = faer::diag::Diag::<f64>::zeros(k);
-        faer::linalg::evd::self_adjoint_evd(g.as_ref(), s.as_mut(), None, par, MemStack::new(mem), Default::default())
-            .map_err(|e| Error::Numerical(format!("symmetric eigensolver did not converge: {e:?}")))?;
-        let mut v: Vec<f64> = s.column_vector().iter().copied().collect();
+        let res = symeig::symmetric_eigenvalues(&mut work, k);
+        self.work = work;
+        let mut v = res?;
         v.sort_by(|x, y| y.total_cmp(x));
         Ok(v)
     }
@@ -713,7 +749,11 @@ fn gram_route(lam: &[f64], t: usize, k: usize, tol: &Tolerance, want_tol: bool, 
 fn fresh_sigma(a: &[f64], l: usize, t: usize, tol: &Tolerance, want_tol: bool) -> Result<(Carried, Vec<f64>)> {
     let k = l - t;
     let c = Carried::fresh_householder(a, l, t)?;
-    if let Ok(sigma) = singular_values(c.as_mat().as_ref()) {
+    let first = match singular_values(c.as_mat().as_ref()) {
+        Err(Error::Interrupted) => return Err(Error::Interrupted),
+        r => r.ok(),
+    };
+    if let Some(sigma) = first {
         let smax = sigma.first().copied().unwrap_or(0.0);
         let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, t);
         let band = 8.0 * (t.max(k) as f64) * f64::EPSILON * smax + c.err;
@@ -730,7 +770,8 @@ fn fresh_sigma(a: &[f64], l: usize, t: usize, tol: &Tolerance, want_tol: bool) -
 /// Sweep `t` upward over the requested `targets` (`(t, output slot)`, increasing `t`, each
 /// with `L - t <= t`), returning the result of each slot.
 ///
-/// Per split, the Gram route runs first (one symmetric eigensolve of the carried `G_t`);
+/// Per split, the Gram route runs first (one symmetric eigensolve of the carried `G_t`, by the
+/// `symeig` module, which checks for an interrupt per panel of its reduction);
 /// when its squared resolution cannot settle the answer, the split is recomputed from the
 /// singular values of a triangular factor of `H_t` (fresh QR, or the carried factor once
 /// fallbacks repeat, which then advances along with the Gram matrix).
@@ -773,10 +814,14 @@ fn sweep(
         }
         // After repeated misses, go straight to the SVD, retrying the Gram route now and then.
         let try_gram = misses < 4 || n % 16 == 0;
-        // The Gram route is a shortcut: an eigensolver that does not converge on it (subnormal
-        // entries can stall faer's QR iterations) sends the split to the SVD routes below.
+        // The Gram route is a shortcut: an eigensolver that does not converge on it sends the
+        // split to the SVD routes below (an interrupt request stops the sweep).
         let quick = if try_gram {
-            gram.eigenvalues().ok().and_then(|lam| gram_route(&lam, t, k, tol, want_tol, want_ent))
+            match gram.eigenvalues() {
+                Ok(lam) => gram_route(&lam, t, k, tol, want_tol, want_ent),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(_) => None,
+            }
         } else {
             None
         };
@@ -793,7 +838,10 @@ fn sweep(
                 let sigma = if c.k0 != k && !(1e-150..=1e150).contains(&c.max_abs()) {
                     None
                 } else {
-                    singular_values(c.as_mat().as_ref()).ok()
+                    match singular_values(c.as_mat().as_ref()) {
+                        Err(Error::Interrupted) => return Err(Error::Interrupted),
+                        r => r.ok(),
+                    }
                 };
                 let sigma = sigma.filter(|sigma| {
                     let smax = sigma.first().copied().unwrap_or(0.0);
