@@ -100,59 +100,14 @@ class Report:
     ) -> "Report":
         import pandas as pd
 
-        df = pd.DataFrame(rows)
-        df["position"] = df["position"].astype(np.int64)
-        df["index"] = df["index"].astype(np.int64)
-        df["sample"] = df["sample"].astype(np.int64)
-        if token_ids is not None and len(df):
-            ids = np.asarray(token_ids)
-            ok = (df["sample"].to_numpy() < ids.shape[0]) & (df["position"].to_numpy() < ids.shape[1])
-            tok = np.full(len(df), -1, dtype=np.int64)
-            tok[ok] = ids[df["sample"].to_numpy()[ok], df["position"].to_numpy()[ok]]
-            df.insert(6, "token", tok)
+        df = _tidy_table(rows, token_ids)
         primary = "tolerance" if meta.get("method") in ("both", "tolerance") else "entropy"
         sat, col_thr = float(meta.get("saturation", 0.9)), float(meta.get("collapse", 0.1))
         recs = []
         for lm in layer_meta:
             d = df[df["layer"] == lm["layer"]]
-            if d.empty:
-                continue
-            per_op = d.groupby(["sample", "index"]).agg(
-                tol=("ess_tolerance", "mean"),
-                ent=("ess_entropy", "mean"),
-                tss=("tss", "first"),
-                shared=("shared", "first"),
-            )
-            att = d.assign(a=np.minimum(d["tss"].to_numpy(), d["bound"].to_numpy()))["a"].mean()
-            prim = per_op["tol"] if primary == "tolerance" else per_op["ent"]
-            avg = float(prim.mean())
-            n_samples = max(1, per_op.index.get_level_values(0).nunique())
-            total = float((prim * per_op["shared"]).sum()) / n_samples
-            total_tss = float((per_op["tss"] * per_op["shared"]).sum()) / n_samples
-            tss = float(per_op["tss"].mean())
-            fill = avg / att if att > 0 else float("nan")
-            recs.append(
-                {
-                    "layer": lm["layer"],
-                    "kind": lm["kind"],
-                    "module_type": lm.get("module_type", ""),
-                    "n_operators": int(per_op.groupby(level=1).ngroups),
-                    "channels": int(per_op["shared"].sum() // n_samples),
-                    "tss": tss,
-                    "avg_ess_tolerance": float(per_op["tol"].mean()),
-                    "avg_ess_entropy": float(per_op["ent"].mean()),
-                    "max_ess_tolerance": float(d["ess_tolerance"].max()),
-                    "total_ess": total,
-                    "total_tss": total_tss,
-                    "utilisation": avg / tss if tss > 0 else float("nan"),
-                    "attainable": float(att),
-                    "fill": fill,
-                    "saturated": bool(fill >= sat),
-                    "collapsed": bool(fill <= col_thr),
-                    "note": lm.get("note", ""),
-                    "route": lm.get("route", "dense"),
-                }
-            )
+            if not d.empty:
+                recs.append(_layer_summary(d, lm, primary, sat, col_thr))
         summary = pd.DataFrame(recs)
         caveats = [BOUNDARY_CAVEAT]
         if any("jacobian" in str(r["kind"]) or "lineari" in str(r["note"]) for r in recs):
@@ -288,15 +243,30 @@ class Report:
         s = self.summary
         if not len(s):
             return ["No layer was analysed."]
+        out = self._extreme_findings(s)
+        for more in (
+            self._least_used_finding(s),
+            self._entropy_finding(s),
+            self._marker_finding(),
+            self._total_finding(s),
+            self._samples_finding(),
+        ):
+            if more:
+                out.append(more)
+        if self.skipped:
+            out.append(f"<b>{len(self.skipped)} module(s) not analysed</b> (no extractor): listed below.")
+        return out
+
+    def _extreme_findings(self, s: Any) -> List[str]:
+        """What saturates and what collapses (two sentences, one each)."""
         p = self.primary
         sat_thr, col_thr = float(self.meta.get("saturation", 0.9)), float(self.meta.get("collapse", 0.1))
-        name = lambda r: f"<b>{html.escape(str(r['layer']))}</b> ({html.escape(str(r['kind']))})"  # noqa: E731
         out = []
         sat = s[s["saturated"]]
         if len(sat):
             out.append(
                 f"<b>Saturated</b> ({p}-ESS at least {sat_thr:.0%} of what the sequence lets a layer show): "
-                + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in sat.iterrows())
+                + ", ".join(f"{_layer_name(r)} at {_pct(r['fill'])}" for _, r in sat.iterrows())
                 + ". These layers use all the state that is attainable at this length; the ESS is bounded by "
                 "min(TSS, t, L - t), not by the inputs."
             )
@@ -306,79 +276,86 @@ class Report:
         if len(col):
             out.append(
                 f"<b>Collapsed</b> (fill at most {col_thr:.0%}): "
-                + ", ".join(f"{name(r)} at {_pct(r['fill'])}" for _, r in col.iterrows())
+                + ", ".join(f"{_layer_name(r)} at {_pct(r['fill'])}" for _, r in col.iterrows())
                 + ": these layers carry almost no information from past to future positions on these inputs."
             )
         else:
             out.append(f"<b>No layer collapses</b> (fill above {col_thr:.0%} everywhere).")
-        # ranked by fill (ESS / attainable), not by utilisation (ESS / TSS): an attention layer's TSS grows with L,
-        # so its utilisation is small at any length whatever it does
+        return out
+
+    def _least_used_finding(self, s: Any) -> Optional[str]:
+        """The layers that use their state least, ranked by fill (ESS / attainable), not by
+        utilisation (ESS / TSS): an attention layer's TSS grows with L, so its utilisation is small at
+        any length whatever it does."""
+        p = self.primary
         u = s.dropna(subset=["fill"]).sort_values("fill")
-        if len(u) and (u["saturated"].all() or u["collapsed"].all()):
-            pass  # said above
-        elif len(u) and float(u["fill"].max() - u["fill"].min()) < 0.02:
-            out.append(
+        if not len(u) or u["saturated"].all() or u["collapsed"].all():
+            return None  # nothing to rank, or said by the saturation/collapse sentences
+        if float(u["fill"].max() - u["fill"].min()) < 0.02:
+            return (
                 f"<b>Every layer fills about {_pct(u['fill'].mean())} of what is attainable</b> (average {p}-ESS / "
                 "mean of min(TSS, t, L - t))."
             )
-        elif len(u):
-            low = u.head(min(2, len(u)))
-            out.append(
-                f"<b>Least state used</b> (average {p}-ESS / attainable, the fill; TSS in brackets): "
-                + "; ".join(
-                    f"{name(r)}: {_num(r['avg_ess_' + p])} of {_num(r['attainable'])} attainable dims "
-                    f"({_pct(r['fill'])}; TSS {_int_or_num(r['tss'])})"
-                    for _, r in low.iterrows()
-                )
-                + (f". Most: {name(u.iloc[-1])} ({_pct(u.iloc[-1]['fill'])})." if len(u) > 2 else ".")
+        low = u.head(min(2, len(u)))
+        return (
+            f"<b>Least state used</b> (average {p}-ESS / attainable, the fill; TSS in brackets): "
+            + "; ".join(
+                f"{_layer_name(r)}: {_num(r['avg_ess_' + p])} of {_num(r['attainable'])} attainable dims "
+                f"({_pct(r['fill'])}; TSS {_int_or_num(r['tss'])})"
+                for _, r in low.iterrows()
             )
-        if p == "tolerance" and s["avg_ess_entropy"].notna().any():
-            att = s["attainable"].to_numpy(float)
-            ent = np.divide(s["avg_ess_entropy"].to_numpy(float), att, out=np.full(len(s), np.nan), where=att > 0)
-            order = np.argsort(ent)
-            parts = ", ".join(f"{name(s.iloc[i])} {_pct(ent[i])}" for i in order if np.isfinite(ent[i]))
-            if (s["fill"] >= 0.95).all():
-                out.append(
-                    "<b>The tolerance-ESS sits on its bound</b> min(TSS, t, L - t) in every layer, so it does not tell the "
-                    "layers apart here; the <b>entropy-ESS</b> (effective rank, how evenly the singular values spread) does. "
-                    f"Entropy-ESS as a share of attainable, lowest first: {parts}."
-                )
-            else:
-                out.append(f"<b>Entropy-ESS</b> (effective rank) as a share of attainable, lowest first: {parts}.")
-        mk = self._marker_finding()
-        if mk:
-            out.append(mk)
+            + (f". Most: {_layer_name(u.iloc[-1])} ({_pct(u.iloc[-1]['fill'])})." if len(u) > 2 else ".")
+        )
+
+    def _entropy_finding(self, s: Any) -> Optional[str]:
+        """What the entropy-ESS adds when the primary measure is the tolerance-ESS."""
+        if self.primary != "tolerance" or not s["avg_ess_entropy"].notna().any():
+            return None
+        att = s["attainable"].to_numpy(float)
+        ent = np.divide(s["avg_ess_entropy"].to_numpy(float), att, out=np.full(len(s), np.nan), where=att > 0)
+        order = np.argsort(ent)
+        parts = ", ".join(f"{_layer_name(s.iloc[i])} {_pct(ent[i])}" for i in order if np.isfinite(ent[i]))
+        if (s["fill"] >= 0.95).all():
+            return (
+                "<b>The tolerance-ESS sits on its bound</b> min(TSS, t, L - t) in every layer, so it does not tell the "
+                "layers apart here; the <b>entropy-ESS</b> (effective rank, how evenly the singular values spread) does. "
+                f"Entropy-ESS as a share of attainable, lowest first: {parts}."
+            )
+        return f"<b>Entropy-ESS</b> (effective rank) as a share of attainable, lowest first: {parts}."
+
+    @staticmethod
+    def _total_finding(s: Any) -> Optional[str]:
+        """The layer with the largest total state (summed over channels), when there are several."""
         tot = s.dropna(subset=["total_ess"])
-        if len(tot) > 1:
-            r = tot.loc[tot["total_ess"].idxmax()]
-            out.append(
-                f"<b>Largest total state</b> (summed over channels): {name(r)}, {_num(r['total_ess'])} of "
-                f"{_num(r['total_tss'])} dims."
+        if len(tot) <= 1:
+            return None
+        r = tot.loc[tot["total_ess"].idxmax()]
+        return (
+            f"<b>Largest total state</b> (summed over channels): {_layer_name(r)}, {_num(r['total_ess'])} of "
+            f"{_num(r['total_tss'])} dims."
+        )
+
+    def _samples_finding(self) -> Optional[str]:
+        """How much the samples differ, on the entropy-ESS where both measures were computed."""
+        if self.n_samples <= 1:
+            return None
+        both = self.table["ess_entropy"].notna().any() and self.table["ess_tolerance"].notna().any()
+        cmp_ = "entropy" if both else self.primary
+        per = self.table.groupby(["layer", "sample"], sort=False)[f"ess_{cmp_}"].mean().unstack()
+        spread = (per.max(axis=1) - per.min(axis=1)) / per.mean(axis=1).where(per.mean(axis=1) > 0)
+        if not spread.notna().any():
+            return None
+        if float(spread.max()) < 0.01:
+            return (
+                f"<b>The {self.n_samples} samples agree</b>: the average {cmp_}-ESS of every layer differs by less "
+                "than 1% between them (Figures 4 and 5)."
             )
-        if self.n_samples > 1:
-            cmp_ = (
-                "entropy"
-                if self.table["ess_entropy"].notna().any() and self.table["ess_tolerance"].notna().any()
-                else p
-            )
-            col_ = f"ess_{cmp_}"
-            per = self.table.groupby(["layer", "sample"], sort=False)[col_].mean().unstack()
-            spread = (per.max(axis=1) - per.min(axis=1)) / per.mean(axis=1).where(per.mean(axis=1) > 0)
-            if spread.notna().any() and float(spread.max()) < 0.01:
-                out.append(
-                    f"<b>The {self.n_samples} samples agree</b>: the average {cmp_}-ESS of every layer differs by less "
-                    "than 1% between them (Figures 4 and 5)."
-                )
-            elif spread.notna().any():
-                lay = spread.idxmax()
-                out.append(
-                    f"<b>Across the {self.n_samples} samples</b> the average {cmp_}-ESS differs most in "
-                    f"<b>{html.escape(str(lay))}</b>: {_num(per.loc[lay].min())} to {_num(per.loc[lay].max())} dims, "
-                    f"{_pct(spread.max())} of its mean (Figures 4 and 5)."
-                )
-        if self.skipped:
-            out.append(f"<b>{len(self.skipped)} module(s) not analysed</b> (no extractor): listed below.")
-        return out
+        lay = spread.idxmax()
+        return (
+            f"<b>Across the {self.n_samples} samples</b> the average {cmp_}-ESS differs most in "
+            f"<b>{html.escape(str(lay))}</b>: {_num(per.loc[lay].min())} to {_num(per.loc[lay].max())} dims, "
+            f"{_pct(spread.max())} of its mean (Figures 4 and 5)."
+        )
 
     def _marker_finding(self) -> Optional[str]:
         """How the ESS behaves at the marker tokens: per layer, the mean curve (over heads/channels) of the
@@ -883,6 +860,65 @@ def _int_or_num(v: Any) -> str:
     except (TypeError, ValueError):
         return _num(v)
     return f"{int(f):,}" if np.isfinite(f) and f == round(f) else _num(f)
+
+
+def _tidy_table(rows: Dict[str, List[Any]], token_ids: Optional[np.ndarray]) -> Any:
+    """The per-split table from analyze's columns: integer index columns, and the token id at each
+    split (-1 where the sample or position has none) when ``token_ids`` is given."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    for c in ("position", "index", "sample"):
+        df[c] = df[c].astype(np.int64)
+    if token_ids is not None and len(df):
+        ids = np.asarray(token_ids)
+        ok = (df["sample"].to_numpy() < ids.shape[0]) & (df["position"].to_numpy() < ids.shape[1])
+        tok = np.full(len(df), -1, dtype=np.int64)
+        tok[ok] = ids[df["sample"].to_numpy()[ok], df["position"].to_numpy()[ok]]
+        df.insert(6, "token", tok)
+    return df
+
+
+def _layer_summary(d: Any, lm: Dict[str, Any], primary: str, sat: float, col_thr: float) -> Dict[str, Any]:
+    """One layer's summary row from its rows ``d`` of the tidy table: averages per operator, totals
+    over channels (per sample), attainable ESS ``mean(min(TSS, bound))`` and the fill."""
+    per_op = d.groupby(["sample", "index"]).agg(
+        tol=("ess_tolerance", "mean"),
+        ent=("ess_entropy", "mean"),
+        tss=("tss", "first"),
+        shared=("shared", "first"),
+    )
+    att = d.assign(a=np.minimum(d["tss"].to_numpy(), d["bound"].to_numpy()))["a"].mean()
+    prim = per_op["tol"] if primary == "tolerance" else per_op["ent"]
+    avg = float(prim.mean())
+    n_samples = max(1, per_op.index.get_level_values(0).nunique())
+    tss = float(per_op["tss"].mean())
+    fill = avg / att if att > 0 else float("nan")
+    return {
+        "layer": lm["layer"],
+        "kind": lm["kind"],
+        "module_type": lm.get("module_type", ""),
+        "n_operators": int(per_op.groupby(level=1).ngroups),
+        "channels": int(per_op["shared"].sum() // n_samples),
+        "tss": tss,
+        "avg_ess_tolerance": float(per_op["tol"].mean()),
+        "avg_ess_entropy": float(per_op["ent"].mean()),
+        "max_ess_tolerance": float(d["ess_tolerance"].max()),
+        "total_ess": float((prim * per_op["shared"]).sum()) / n_samples,
+        "total_tss": float((per_op["tss"] * per_op["shared"]).sum()) / n_samples,
+        "utilisation": avg / tss if tss > 0 else float("nan"),
+        "attainable": float(att),
+        "fill": fill,
+        "saturated": bool(fill >= sat),
+        "collapsed": bool(fill <= col_thr),
+        "note": lm.get("note", ""),
+        "route": lm.get("route", "dense"),
+    }
+
+
+def _layer_name(r: Any) -> str:
+    """A summary row's layer and kind, HTML-escaped, the layer in bold."""
+    return f"<b>{html.escape(str(r['layer']))}</b> ({html.escape(str(r['kind']))})"
 
 
 def _pct(v: Any) -> str:
