@@ -17,8 +17,12 @@
 //! * Splits with `t < L/2` are the same computation on `J T^T J` (`J` the reversal), whose
 //!   block at `L - t` is `J H_t^T J`.
 //! * The two halves (and the operators of a batch) run in parallel on rayon.
-//! * Per requested split, the singular values of the small triangle come from a single
-//!   values-only SVD (no vectors).
+//! * Per requested split, a Gram route answers first: the eigenvalues of the carried
+//!   `G_t = H_t H_t^T` from the `symeig` module (blocked Householder tridiagonalisation, then
+//!   implicit QL; values only, an interrupt check per panel), accepted where the squaring's
+//!   rounding cannot change the count or the entropy beyond its bound. Otherwise the singular
+//!   values of the small triangle come from a single values-only SVD (no vectors); from order
+//!   256 that SVD runs on a helper thread so that an interrupt request returns at once.
 //! * Rounding accumulates along a sweep; its size is tracked, and a block whose
 //!   tolerance count could be changed by it (a singular value within the accumulated error
 //!   of the threshold) is recomputed from a fresh QR of `H_t` (Givens rotations: a library
