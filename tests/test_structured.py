@@ -373,8 +373,11 @@ def test_conv_fast_long_kernel():
 def test_conv_fast_guarantee_reported():
     # white-noise long kernel: full-rank Hankel; a small max_rank cannot meet the accuracy
     rng = np.random.default_rng(8)
-    with pytest.raises(ess.NumericalError, match="max_rank"):
+    with pytest.raises(ess.NumericalError, match=r"reached rank 8 \(max_rank\)"):
         S.conv_ess(rng.standard_normal(200), 200, path="fast", max_rank=8)
+    # a max_rank below the first sketch's rank is honoured too (it used to start at rank 16 + 10)
+    with pytest.raises(ess.NumericalError, match=r"reached rank 3 \(max_rank\)"):
+        S.conv_ess(rng.standard_normal(64) * np.exp(-np.arange(64) / 3), 4096, path="fast", max_rank=3)
 
 
 # The numpy route that conv_ess's fast path ran before the factorisation moved to the core:
@@ -442,8 +445,8 @@ def test_hankel_lowrank_matches_numpy_route(n, kind, log_scale, accuracy, max_ra
     X, Y, err, s1 = ess._core.hankel_lowrank(g, accuracy, max_rank, seed, 3)
     X0, Y0, err0, s10 = lowrank_hankel_numpy(g, accuracy, max_rank, np.random.default_rng(seed))
     rnd = 1e-13 * norm  # rounding of the FFT products, relative to ||M||
-    # the sketch has (rank tried) + 10 columns; the rank tried starts at min(n, 16)
-    assert X.shape == Y.shape and X.shape[0] == n and 1 <= X.shape[1] <= min(n, max(16, max_rank) + 10)
+    # the sketch oversamples, but the factors returned never exceed max_rank
+    assert X.shape == Y.shape and X.shape[0] == n and 1 <= X.shape[1] <= min(n, max_rank)
     np.testing.assert_allclose(Y.T @ Y, np.eye(Y.shape[1]), atol=1e-10)
     # the a posteriori bounds hold for both routes (probability >= 1 - 1e-10 each)
     assert np.linalg.norm(M - X @ Y.T, 2) <= err + rnd

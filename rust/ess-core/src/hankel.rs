@@ -11,11 +11,12 @@
 //!   `Q = orth(M Q)` (`M` is symmetric, so `M^T Q = M Q`);
 //! * error estimate (ibid., Lemma 4.1): with 10 Gaussian probes `w`,
 //!   `err = 10 sqrt(2 / pi) max_w ||(M - Q Q^T M) w||`;
-//! * the rank doubles (from `min(n, 16)`) until `err <= accuracy * sigma1`, `Q` spans
+//! * the rank doubles (from `min(n, 16, max_rank)`) until `err <= accuracy * sigma1`, `Q` spans
 //!   `R^n`, or the rank reaches `max_rank`; `sigma1 = ||Q^T M||_2 <= ||M||_2`;
 //! * compression: with `M Q = U S V^T` (thin SVD), `M ~ Q Q^T M = (Q V S) U^T`; singular
 //!   values at most `accuracy * sigma1 - err` are dropped (the largest one dropped is added
-//!   to `err`), so `X = Q V S`, `Y = U` restricted to the kept directions.
+//!   to `err`), so `X = Q V S`, `Y = U` restricted to the kept directions, at most
+//!   `max_rank` of them.
 //!
 //! Products `M B` cost `O(n log n)` per column: `(M b)_i = sum_j g[i + j] b_j` is entry
 //! `i + n - 1` of the linear convolution of `g` with `b` reversed, computed by real FFTs of
@@ -175,7 +176,8 @@ pub fn lowrank_hankel(g: &[f64], accuracy: f64, max_rank: usize, seed: u64, stre
     let mut rng = Xoshiro256pp::seed(seed, stream);
     let probes = gaussian(&mut rng, n, PROBES);
     let mp = op.apply(probes.as_ref())?;
-    let mut r = n.min(16);
+    // the sketch oversamples (r + OVERSAMPLE columns); the factors returned keep at most max_rank
+    let mut r = n.min(16).min(max_rank);
     loop {
         let omega = gaussian(&mut rng, n, r + OVERSAMPLE);
         let mut q = orth(&op.apply(omega.as_ref())?);
@@ -189,7 +191,8 @@ pub fn lowrank_hankel(g: &[f64], accuracy: f64, max_rank: usize, seed: u64, stre
         let sv: Vec<f64> = (0..s.nrows()).map(|i| s[i]).collect();
         let sigma1 = sv.first().copied().unwrap_or(0.0);
         if err <= accuracy * sigma1 || q.ncols() >= n || r >= max_rank {
-            return Ok(compress(&q, svd.U(), &sv, svd.V(), err, sigma1, accuracy));
+            let keep = kept_directions(&sv, (accuracy * sigma1 - err).max(0.0), max_rank);
+            return Ok(compress(&q, svd.U(), &sv, svd.V(), err, sigma1, keep));
         }
         r = (2 * r).min(n).min(max_rank);
     }
@@ -206,7 +209,14 @@ fn residual_bound(q: &Mat<f64>, mq: &Mat<f64>, probes: &Mat<f64>, mp: &Mat<f64>)
     10.0 * (2.0 / std::f64::consts::PI).sqrt() * worst
 }
 
-/// `X = Q V S`, `Y = U` on the singular directions kept within the error budget.
+/// How many leading singular directions to keep: those above `budget` (the error still allowed),
+/// at least one and at most `max_rank`. Singular values are sorted decreasingly; the largest one
+/// dropped is added to the bound by [`compress`].
+fn kept_directions(sv: &[f64], budget: f64, max_rank: usize) -> usize {
+    sv.iter().take_while(|&&s| s > budget).count().max(1).min(sv.len()).min(max_rank)
+}
+
+/// `X = Q V S`, `Y = U` on the first `keep` singular directions.
 fn compress(
     q: &Mat<f64>,
     u: MatRef<'_, f64>,
@@ -214,11 +224,8 @@ fn compress(
     v: MatRef<'_, f64>,
     mut err: f64,
     sigma1: f64,
-    accuracy: f64,
+    keep: usize,
 ) -> LowRank {
-    let budget = (accuracy * sigma1 - err).max(0.0);
-    // singular values are sorted decreasingly: keep a prefix, at least one direction
-    let keep = sv.iter().take_while(|&&s| s > budget).count().max(1).min(sv.len());
     if let Some(&dropped) = sv.get(keep) {
         err += dropped;
     }
@@ -245,6 +252,17 @@ mod tests {
                     assert!((y[(i, j)] - s).abs() <= 1e-12 * n as f64 * (1.0 + s.abs()), "n {n} ({i}, {j})");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn rank_never_exceeds_max_rank() {
+        // a slowly decaying sequence: far above rank 8 at this accuracy
+        let g: Vec<f64> = (0..300).map(|i| (-(i as f64) / 40.0).exp() * ((i as f64) * 0.3).cos()).collect();
+        for max_rank in [1usize, 3, 8, 17, 30] {
+            let lr = lowrank_hankel(&g, 1e-12, max_rank, 7, 0).unwrap();
+            assert!(lr.rank <= max_rank, "rank {} > max_rank {max_rank}", lr.rank);
+            assert!(lr.err > 1e-12 * lr.sigma1, "a truncated factorisation must report its larger error");
         }
     }
 
