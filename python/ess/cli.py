@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -140,28 +141,51 @@ def _vocab_size(model) -> Optional[int]:
     return None
 
 
-def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complexity limit; split by job (issue 17)
+@dataclass
+class _Source:
+    """The model an ``ess analyze`` run studies, its inputs (None: random tokens are drawn) and the labels the
+    report shows: the page's title, marker token ids, per-token text and the tolerance threshold ``rtol``."""
+
+    model: Any
+    inputs: Any = None
+    title: str = ""
+    markers: Optional[list] = None
+    tokens_text: Optional[list] = None
+    hf_tokenizer: Any = None
+    rtol: Optional[float] = None
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    """``ess analyze``: load the model and its inputs, check them, run :func:`ess.analyze`, save the report."""
     try:
-        import torch
+        import torch  # noqa: F401
     except ImportError:
         print("ess analyze needs PyTorch and pandas: pip install 'ess[analyze]'", file=sys.stderr)
         return 2
-    from . import analyze
-    from .errors import EssError
-
     _check_out(args.out)
-    tokens_text = None
-    hf_tokenizer = None
-    markers: Optional[list] = None
-    inputs = None
-    title = ""
-    rtol, atol = args.rtol, args.atol
-    if args.text:
-        try:
-            with open(args.text, encoding="utf-8") as f:
-                text_content = f.read()
-        except OSError as e:
-            raise SystemExit(f"ess analyze: cannot read --text {args.text!r}: {e.strerror}") from None
+    text_content = _read_text(args.text) if args.text else None
+    src = _load_source(args, text_content)
+    if src is None:
+        return 2
+    _resolve_inputs(args, src)
+    _check_vocab(src)
+    if args.device:
+        src.model = src.model.to(args.device)
+    return _run_analysis(args, src)
+
+
+def _read_text(path: str) -> str:
+    """The contents of the ``--text`` file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise SystemExit(f"ess analyze: cannot read --text {path!r}: {e.strerror}") from None
+
+
+def _load_source(args: argparse.Namespace, text_content: Optional[str]) -> Optional[_Source]:
+    """The model named by ``--hf``, ``--model`` or ``--builtin``; None when a needed package is missing
+    (the message is printed)."""
     if args.model and args.hf:
         raise SystemExit("ess analyze: give --model or --hf, not both")
     if args.hf and not os.path.isdir(args.hf):
@@ -169,114 +193,157 @@ def _analyze(args: argparse.Namespace) -> int:  # noqa: C901 -- over the complex
             f"ess analyze: --hf {args.hf!r}: no such directory (a local directory written by save_pretrained)"
         )
     if args.hf:
-        try:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError:
-            print("ess analyze --hf needs transformers: pip install transformers", file=sys.stderr)
-            return 2
-        try:  # any causal LM saved with save_pretrained (config.json + weights), never a download
-            model = AutoModelForCausalLM.from_pretrained(args.hf, local_files_only=True)
-        except (OSError, ValueError, KeyError) as e:
-            raise SystemExit(f"ess analyze: cannot load a causal language model from {args.hf!r}: {e}") from None
+        return _load_hf(args, text_content)
+    if args.model:
+        return _load_model(args)
+    if args.builtin == "mqar":
+        return _load_builtin_mqar(args)
+    return _load_builtin_delimiters(args)
+
+
+def _load_hf(args: argparse.Namespace, text_content: Optional[str]) -> Optional[_Source]:
+    """A causal language model (and its tokenizer, if any) from the local directory ``--hf``."""
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        print("ess analyze --hf needs transformers: pip install transformers", file=sys.stderr)
+        return None
+    try:  # any causal LM saved with save_pretrained (config.json + weights), never a download
+        model = AutoModelForCausalLM.from_pretrained(args.hf, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"ess analyze: cannot load a causal language model from {args.hf!r}: {e}") from None
+    tok = None
+    try:
+        tok = AutoTokenizer.from_pretrained(args.hf, local_files_only=True)
+    except Exception:  # a model directory without tokenizer files
         tok = None
-        try:
-            tok = AutoTokenizer.from_pretrained(args.hf, local_files_only=True)
-        except Exception:  # a model directory without tokenizer files
-            tok = None
-        hf_tokenizer = tok
-        eos = getattr(model.config, "eos_token_id", None)
-        markers = [eos] if isinstance(eos, int) else (list(eos) if eos else None)
-        if args.text:
-            if tok is None:
-                raise SystemExit(f"ess analyze: --text needs a tokenizer in {args.hf}; pass --tokens instead")
-            ids = tok(text_content, return_tensors="pt")["input_ids"][:, : args.length]
-            inputs = ids
-        title = f"Hugging Face model {args.hf}"
-    elif args.model:
-        obj = _load_factory(args.model)
-        model, inputs = obj if isinstance(obj, tuple) else (obj, None)
-        title = f"model {args.model}"
-        if args.text:
-            raise SystemExit("ess analyze: --text needs a tokenizer (use --hf); with --model pass --tokens")
-    elif args.builtin == "mqar":
-        from .models import SEP, builtin_info, builtin_inputs, load_builtin, token_names
+    src = _Source(model=model, hf_tokenizer=tok, rtol=args.rtol)
+    eos = getattr(model.config, "eos_token_id", None)
+    src.markers = [eos] if isinstance(eos, int) else (list(eos) if eos else None)
+    if args.text:
+        if tok is None:
+            raise SystemExit(f"ess analyze: --text needs a tokenizer in {args.hf}; pass --tokens instead")
+        ids = tok(text_content, return_tensors="pt")["input_ids"][:, : args.length]
+        src.inputs = ids
+    src.title = f"Hugging Face model {args.hf}"
+    return src
 
-        model = load_builtin(args.device or "cpu")
-        info = builtin_info()
-        inputs = builtin_inputs(args.samples)
-        markers = [SEP]
-        tokens_text = token_names(inputs[0])
-        title = f"built-in hybrid model (MQAR accuracy {info['accuracy']:.3f}), shipped MQAR inputs"
-    else:
-        from .models import (
-            DELIM,
-            builtin_delimiters_inputs,
-            builtin_delimiters_info,
-            delimiters_token_names,
-            load_builtin_delimiters,
-        )
 
-        model = load_builtin_delimiters(args.device or "cpu")
-        info = builtin_delimiters_info()
-        inputs = builtin_delimiters_inputs(args.samples)
-        markers = [DELIM]
-        tokens_text = delimiters_token_names(inputs[0], info["task"]["n_keys"])
-        if rtol is None and atol is None:
-            # at the default threshold (float32 machine epsilon) tolerance-ESS counts every nonzero
-            # singular value and sits on the rank bound; 1% of the largest shows memory use
-            rtol = 1e-2
-        title = (
-            f"built-in hybrid model 'delimiters' (multi-segment recall accuracy {info['accuracy']:.3f}), "
-            f"shipped inputs, delimiters at {info['delimiter_positions']}, tolerance rtol={rtol:g}"
-        )
+def _load_model(args: argparse.Namespace) -> _Source:
+    """The model (or ``(model, inputs)`` tuple) returned by the ``--model module:factory``."""
+    obj = _load_factory(args.model)
+    model, inputs = obj if isinstance(obj, tuple) else (obj, None)
+    src = _Source(model=model, inputs=inputs, title=f"model {args.model}", rtol=args.rtol)
+    if args.text:
+        raise SystemExit("ess analyze: --text needs a tokenizer (use --hf); with --model pass --tokens")
+    return src
+
+
+def _load_builtin_mqar(args: argparse.Namespace) -> _Source:
+    """The built-in MQAR model on its shipped inputs."""
+    from .models import SEP, builtin_info, builtin_inputs, load_builtin, token_names
+
+    model = load_builtin(args.device or "cpu")
+    info = builtin_info()
+    inputs = builtin_inputs(args.samples)
+    tokens_text = token_names(inputs[0])
+    title = f"built-in hybrid model (MQAR accuracy {info['accuracy']:.3f}), shipped MQAR inputs"
+    return _Source(model=model, inputs=inputs, title=title, markers=[SEP], tokens_text=tokens_text, rtol=args.rtol)
+
+
+def _load_builtin_delimiters(args: argparse.Namespace) -> _Source:
+    """The built-in 'delimiters' model on its shipped inputs (tolerance rtol 1e-2 unless a threshold is given)."""
+    from .models import (
+        DELIM,
+        builtin_delimiters_inputs,
+        builtin_delimiters_info,
+        delimiters_token_names,
+        load_builtin_delimiters,
+    )
+
+    model = load_builtin_delimiters(args.device or "cpu")
+    info = builtin_delimiters_info()
+    inputs = builtin_delimiters_inputs(args.samples)
+    tokens_text = delimiters_token_names(inputs[0], info["task"]["n_keys"])
+    rtol = args.rtol
+    if rtol is None and args.atol is None:
+        # at the default threshold (float32 machine epsilon) tolerance-ESS counts every nonzero
+        # singular value and sits on the rank bound; 1% of the largest shows memory use
+        rtol = 1e-2
+    title = (
+        f"built-in hybrid model 'delimiters' (multi-segment recall accuracy {info['accuracy']:.3f}), "
+        f"shipped inputs, delimiters at {info['delimiter_positions']}, tolerance rtol={rtol:g}"
+    )
+    return _Source(model=model, inputs=inputs, title=title, markers=[DELIM], tokens_text=tokens_text, rtol=rtol)
+
+
+def _resolve_inputs(args: argparse.Namespace, src: _Source) -> None:
+    """Settle the token ids: ``--tokens`` if given, else the model's own, else seeded random tokens; label
+    them with the Hugging Face tokenizer when there is one."""
+    import torch
+
     if not (args.model or args.hf) and (args.tokens or args.text):
         raise SystemExit(
             "ess analyze: --tokens/--text need --model or --hf (the built-in model runs on its shipped inputs)"
         )
     if args.tokens:
-        inputs = torch.tensor([_parse_tokens(args.tokens)], dtype=torch.long)
-    if inputs is None:
-        V = _vocab_size(model)
+        src.inputs = torch.tensor([_parse_tokens(args.tokens)], dtype=torch.long)
+    if src.inputs is None:
+        V = _vocab_size(src.model)
         if V is None:
             raise SystemExit("ess analyze: no inputs; pass --tokens (or --text with --hf)")
         g = torch.Generator().manual_seed(0)
-        inputs = torch.randint(0, V, (1, args.length), generator=g)
-        title += f", random tokens (L = {args.length})"
-    if hf_tokenizer is not None and tokens_text is None:
+        src.inputs = torch.randint(0, V, (1, args.length), generator=g)
+        src.title += f", random tokens (L = {args.length})"
+    if src.hf_tokenizer is not None and src.tokens_text is None:
         try:  # the decoded tokens of the first sequence, shown in the report
-            tokens_text = [str(t) for t in hf_tokenizer.convert_ids_to_tokens([int(i) for i in inputs[0]])]
+            ids = [int(i) for i in src.inputs[0]]
+            src.tokens_text = [str(t) for t in src.hf_tokenizer.convert_ids_to_tokens(ids)]
         except Exception:  # noqa: BLE001 - ids outside the tokenizer's vocabulary: no token labels
-            tokens_text = None
-    V = _vocab_size(model)
+            src.tokens_text = None
+
+
+def _check_vocab(src: _Source) -> None:
+    """Every token id must lie in the model's vocabulary (when the model states its size)."""
+    import torch
+
+    V = _vocab_size(src.model)
+    inputs = src.inputs
     if V is not None and isinstance(inputs, torch.Tensor) and inputs.numel():
         lo, hi = int(inputs.min()), int(inputs.max())
         if lo < 0 or hi >= V:
             raise SystemExit(
                 f"ess analyze: token id {hi if hi >= V else lo} is outside the model's vocabulary [0, {V})"
             )
-    if args.device:
-        model = model.to(args.device)
+
+
+def _run_analysis(args: argparse.Namespace, src: _Source) -> int:
+    """Run :func:`ess.analyze`, write the report directory ``--out`` and print the summary table."""
+    from . import analyze
+    from .errors import EssError
+
+    inputs = src.inputs
     L = int(inputs.shape[-1]) if hasattr(inputs, "shape") else args.length
     try:
         report = analyze(
-            model,
+            src.model,
             inputs,
             layers=args.layers,
             positions=_parse_positions(args.positions, L),
             method=args.method,
-            rtol=rtol,
-            atol=atol,
+            rtol=src.rtol,
+            atol=args.atol,
             progress=not args.no_progress,
-            tokens=tokens_text,
-            markers=markers,
+            tokens=src.tokens_text,
+            markers=src.markers,
             memory_budget=args.memory_budget,
         )
     except EssError as e:
         print(f"ess analyze: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    report.meta["title"] = title  # what the page's heading says the run was
+    report.meta["title"] = src.title  # what the page's heading says the run was
     out = report.save(args.out, figure_formats=args.figures)
-    _print_summary(report, title)
+    _print_summary(report, src.title)
     print(f"report written to {out}/ (report.html, ess.csv, summary.json, ...)")
     return 0
 
@@ -338,7 +405,19 @@ def _print_summary(report, title: str) -> None:
             print(f"note: {c}")
 
 
+class _SweepSettings(NamedTuple):
+    """Where and how ``ess sweep`` runs: each field from the command line, else the config file, else a default."""
+
+    results: str
+    kind: str
+    workers: Optional[int]
+    threads: Optional[int]
+    scheduler: Optional[str]
+    retry: bool
+
+
 def _sweep(args: argparse.Namespace) -> int:
+    """``ess sweep``: run the jobs of the config file not yet done, print the closing table, write the report."""
     try:
         import pandas  # noqa: F401
         import pyarrow  # noqa: F401
@@ -346,8 +425,6 @@ def _sweep(args: argparse.Namespace) -> int:
     except ImportError:
         print("ess sweep needs PyTorch, pandas and pyarrow: pip install 'ess[analyze]' pyarrow", file=sys.stderr)
         return 2
-    from pathlib import Path
-
     from . import sweep
     from .errors import EssError
 
@@ -356,6 +433,23 @@ def _sweep(args: argparse.Namespace) -> int:
     except EssError as e:
         print(f"ess sweep: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
+    settings = _sweep_settings(args, cfg)
+    if settings.kind not in ("serial", "processes", "dask", "ray"):
+        print(f"ess sweep: executor: expected serial, processes, dask or ray, got {settings.kind!r}", file=sys.stderr)
+        return 2
+    out = _run_sweep(args, cfg, settings)
+    if out is None:
+        return 2
+    _print_sweep(out, settings.kind)
+    if not args.no_report and not _sweep_report(out):
+        return 2
+    return 0 if out.complete else 1
+
+
+def _sweep_settings(args: argparse.Namespace, cfg: dict) -> _SweepSettings:
+    """The command line's settings over the config file's (results default: CONFIG-results beside the file)."""
+    from pathlib import Path
+
     results = (
         args.results
         or cfg["results"]
@@ -366,62 +460,78 @@ def _sweep(args: argparse.Namespace) -> int:
     threads = args.threads or cfg["threads"]
     scheduler = args.scheduler or cfg["scheduler"]
     retry = cfg["retry_failed"] if args.retry_failed is None else args.retry_failed
-    if kind not in ("serial", "processes", "dask", "ray"):
-        print(f"ess sweep: executor: expected serial, processes, dask or ray, got {kind!r}", file=sys.stderr)
-        return 2
+    return _SweepSettings(results, kind, workers, threads, scheduler, retry)
+
+
+def _run_sweep(args: argparse.Namespace, cfg: dict, s: _SweepSettings) -> Any:
+    """Start the executor, run the pending jobs and shut the executor down; None (message printed) on failure."""
+    from . import sweep
+    from .errors import EssError
+
     cleanup: List[Callable[[], Any]] = []
-    executor: object = None if kind == "serial" else kind
+    executor: object = None if s.kind == "serial" else s.kind
     try:
-        if kind in ("dask", "ray") and not sweep.pending(cfg["jobs"], results, retry_failed=retry):
+        if s.kind in ("dask", "ray") and not sweep.pending(cfg["jobs"], s.results, retry_failed=s.retry):
             executor = None  # every job is done: no cluster to start
-        elif kind == "dask":
-            try:
-                from dask.distributed import Client, LocalCluster
-            except ImportError:
-                print(
-                    "ess sweep --executor dask needs dask.distributed: pip install 'dask[distributed]'", file=sys.stderr
-                )
-                return 2
-            if scheduler:
-                client = Client(scheduler)
-            else:
-                cluster = LocalCluster(
-                    n_workers=workers or None, threads_per_worker=1, processes=True, dashboard_address=None
-                )
-                cleanup.append(cluster.close)
-                client = Client(cluster)
-            cleanup.insert(0, client.close)
-            executor = client.get_executor()
-        elif kind == "ray":
-            init = {"address": scheduler} if scheduler else ({"num_cpus": workers} if workers else {})
+        elif s.kind == "dask":
+            executor = _dask_executor(s, cleanup)
+            if executor is None:
+                return None
+        elif s.kind == "ray":
+            init = {"address": s.scheduler} if s.scheduler else ({"num_cpus": s.workers} if s.workers else {})
             executor = sweep.RayExecutor(init=init)
             cleanup.append(executor.shutdown)
-        out = sweep.run(
+        return sweep.run(
             cfg["jobs"],
-            results,
+            s.results,
             executor=executor,
-            max_workers=workers,
-            retry_failed=retry,
-            threads=threads,
+            max_workers=s.workers,
+            retry_failed=s.retry,
+            threads=s.threads,
             progress=not args.no_progress,
         )
     except EssError as e:
         print(f"ess sweep: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
+        return None
     finally:
         for fn in cleanup:
             fn()
-    _print_sweep(out, kind)
-    if not args.no_report:
-        try:
-            res = sweep.load(out.results)
-            if len(res.table):
-                rep = res.save_report(out.results / "report")
-                print(f"combined report written to {rep}/ (report.html, table.parquet, ...)")
-        except EssError as e:
-            print(f"ess sweep: report: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
-    return 0 if out.complete else 1
+
+
+def _dask_executor(s: _SweepSettings, cleanup: List[Callable[[], Any]]) -> Any:
+    """An executor of a Dask client: on ``--scheduler``, else on a local cluster of ``--workers`` processes.
+    Appends the closing calls to ``cleanup``; None (message printed) when dask.distributed is missing."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        print("ess sweep --executor dask needs dask.distributed: pip install 'dask[distributed]'", file=sys.stderr)
+        return None
+    if s.scheduler:
+        client = Client(s.scheduler)
+    else:
+        cluster = LocalCluster(
+            n_workers=s.workers or None, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        cleanup.append(cluster.close)
+        client = Client(cluster)
+    cleanup.insert(0, client.close)
+    return client.get_executor()
+
+
+def _sweep_report(out) -> bool:
+    """Write the combined report of a finished sweep to RESULTS/report; False (message printed) on failure."""
+    from . import sweep
+    from .errors import EssError
+
+    try:
+        res = sweep.load(out.results)
+        if len(res.table):
+            rep = res.save_report(out.results / "report")
+            print(f"combined report written to {rep}/ (report.html, table.parquet, ...)")
+    except EssError as e:
+        print(f"ess sweep: report: {type(e).__name__}: {e}", file=sys.stderr)
+        return False
+    return True
 
 
 def _print_sweep(out, kind: str) -> None:
@@ -485,11 +595,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Positions near the end are bounded by L - t (boundary effect); the means include them.
     0
     """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        args = parser.parse_args(["demo", *(argv or [])])
+    return _run(args)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The ``ess`` argument parser with one subparser per subcommand."""
     parser = argparse.ArgumentParser(prog="ess", description="Effective state size of sequence models.")
     sub = parser.add_subparsers(dest="command")
+    _add_demo_parser(sub)
+    _add_analyze_parser(sub)
+    _add_sweep_parser(sub)
+    _add_reproduce_parser(sub)
+    return parser
+
+
+def _add_demo_parser(sub: Any) -> None:
+    """``ess demo [--length L]``."""
     p_demo = sub.add_parser("demo", help="ESS of built-in example operators (softmax attention, SSM, convolution)")
     p_demo.add_argument("--length", "-L", type=_int_in(1, 1 << 16), default=256, help="sequence length (default 256)")
     p_demo.set_defaults(func=_demo)
+
+
+def _add_analyze_parser(sub: Any) -> None:
+    """``ess analyze``: the options choosing the model and its inputs, then those of the analysis and report."""
     p_an = sub.add_parser(
         "analyze",
         help="ESS of every sequence-mixing layer of a model; writes a report directory",
@@ -497,6 +629,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "attention, softmax attention) trained on three-segment recall with delimiters, on its shipped inputs "
         "(--builtin mqar: the MQAR model).",
     )
+    _add_analyze_inputs(p_an)
+    _add_analyze_options(p_an)
+    p_an.set_defaults(func=_analyze)
+
+
+def _add_analyze_inputs(p_an: argparse.ArgumentParser) -> None:
+    """The ``ess analyze`` options that choose the model and its token inputs."""
     p_an.add_argument("--model", help="module:factory returning a torch.nn.Module (or a (model, inputs) tuple)")
     p_an.add_argument("--hf", metavar="PATH", help="local Hugging Face model directory (no downloads)")
     p_an.add_argument("--text", metavar="FILE", help="text file to tokenise (with --hf)")
@@ -514,6 +653,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_an.add_argument(
         "--samples", type=_int_in(1, 8), default=2, help="built-in model: number of shipped sequences (1-8, default 2)"
     )
+
+
+def _add_analyze_options(p_an: argparse.ArgumentParser) -> None:
+    """The ``ess analyze`` options of the analysis (layers, split points, thresholds, device) and of the report."""
     p_an.add_argument("--layers", nargs="+", help="module names or fnmatch patterns to analyse (default all supported)")
     p_an.add_argument("--positions", type=_positions_arg, help="split points: 'start:stop:step' or a list of integers")
     p_an.add_argument("--method", choices=["both", "tolerance", "entropy"], default="both")
@@ -535,7 +678,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         metavar="FORMATS",
         help="formats of the figure files besides report.html, comma separated: png, svg, pdf, eps (default png)",
     )
-    p_an.set_defaults(func=_analyze)
+
+
+def _add_sweep_parser(sub: Any) -> None:
+    """``ess sweep CONFIG``: results directory, executor and its workers, retries, report and progress bar."""
     p_sw = sub.add_parser(
         "sweep",
         help="run the analyze jobs of a TOML file into a results directory (resumable; serial, processes, Dask or Ray)",
@@ -570,6 +716,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_sw.add_argument("--no-report", action="store_true", help="do not write RESULTS/report")
     p_sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_sw.set_defaults(func=_sweep)
+
+
+def _add_reproduce_parser(sub: Any) -> None:
+    """``ess reproduce NAME [--quick] [--out DIR] [--seed N]``."""
     p_re = sub.add_parser(
         "reproduce",
         help="rerun a published finding (figure, JSON of numbers, table beside the published value)",
@@ -581,10 +731,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p_re.add_argument("--out", "-o", default="ess-reproduce", help="output directory (default ./ess-reproduce)")
     p_re.add_argument("--seed", type=_int_in(0), default=0, help="base seed (default 0)")
     p_re.set_defaults(func=_reproduce)
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
-        args = parser.parse_args(["demo", *(argv or [])])
-    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
