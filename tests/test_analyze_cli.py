@@ -92,7 +92,29 @@ def test_analyze_builtin_default(default_run):
     assert js["tokens"][0] == "BOS" and [i for i, t in enumerate(js["tokens"]) if t == "DELIM"] == delims
     assert (out / "report.html").exists() and (out / "samples.png").exists()  # two samples: comparison figures
     assert (table.ess_tolerance <= table.bound + 1e-9).all()
-    assert secs < 120  # seconds on a CPU (about 3 s on an idle 2-core machine); generous for a loaded one
+
+
+def test_analyze_builtin_default_with_atol(tmp_path, capsys):
+    """An absolute threshold on the default model (no --rtol): the title names it (it used to raise
+    a TypeError formatting a missing rtol)."""
+    code = main(
+        [
+            "analyze",
+            "--out",
+            str(tmp_path / "rep"),
+            "--no-progress",
+            "--atol",
+            "1e-3",
+            "--samples",
+            "1",
+            "--positions",
+            "8:48:8",
+            "--method",
+            "tolerance",
+        ]
+    )
+    text = capsys.readouterr().out
+    assert code == 0 and "atol=0.001" in text and "rtol=" not in text  # (the title may wrap)
 
 
 def test_analyze_builtin_default_shows_mixers_differ(default_run):

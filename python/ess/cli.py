@@ -270,9 +270,10 @@ def _load_builtin_delimiters(args: argparse.Namespace) -> _Source:
         # at the default threshold (float32 machine epsilon) tolerance-ESS counts every nonzero
         # singular value and sits on the rank bound; 1% of the largest shows memory use
         rtol = 1e-2
+    thresholds = [f"{k}={v:g}" for k, v in (("atol", args.atol), ("rtol", rtol)) if v is not None]
     title = (
         f"built-in hybrid model 'delimiters' (multi-segment recall accuracy {info['accuracy']:.3f}), "
-        f"shipped inputs, delimiters at {info['delimiter_positions']}, tolerance rtol={rtol:g}"
+        f"shipped inputs, delimiters at {info['delimiter_positions']}, tolerance {', '.join(thresholds)}"
     )
     return _Source(model=model, inputs=inputs, title=title, markers=[DELIM], tokens_text=tokens_text, rtol=rtol)
 
