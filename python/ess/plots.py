@@ -182,9 +182,8 @@ def _draw_references(ax: Any, bound: Any, tss: float, top: float, marks: Sequenc
     """The boundary bound, the TSS (when within 1.25 ``top``) and the marker positions on ``ax``;
     returns the TSS part of the panel's title."""
     pos = bound.index.to_numpy()
-    (h,) = ax.plot(
-        pos, bound.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4
-    )  # on top: curves often sit on it
+    # the bound on top: curves often sit on it
+    (h,) = ax.plot(pos, bound.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4)
     handles.setdefault("boundary bound min(t, L - t)", h)
     if tss <= 1.25 * top:
         h = ax.axhline(tss, ls=":", lw=1.3, color="tab:red")
