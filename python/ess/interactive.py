@@ -114,6 +114,7 @@ class _Layer(NamedTuple):
 
 
 def _layer_data(report: "Report", layer: str, sample: int, ms: List[str]) -> _Layer:
+    """The rows of ``layer`` in ``sample`` and what the figure derives from them, for the measures ``ms``."""
     from .plots import _pivots
 
     t = report.table

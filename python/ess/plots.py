@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -132,7 +132,7 @@ def _reach(values: Sequence[Any], tss: float, top: float) -> float:
     return max(hi, min(tss, top), tss if tss <= 1.25 * top else 0.0, 1.0)
 
 
-def _pivots(d: Any, ms: Sequence[str]) -> Any:
+def _pivots(d: Any, ms: Sequence[str]) -> Tuple[Any, np.ndarray, Dict[str, Any]]:
     """One layer's rows ``d`` by position: ``(bound, pos, pivs)``, the boundary bound per position (a
     Series), the positions (array) and, per measure, the positions x heads/channels table of its ESS."""
     bound = d.groupby("position")["bound"].first()
@@ -223,14 +223,14 @@ def _curves_panel(
     return twin is not None
 
 
-def _curves_header(fig: Any, handles: dict, sample: Optional[int], twins: bool) -> None:
+def _curves_header(fig: Any, handles: dict, sample: Optional[int], any_twin: bool) -> None:
     """The title and the shared legend above the panels of :func:`curves`, then the panels moved up
     to just under the legend."""
     what = "sample %d" % sample if sample is not None else "mean over samples"
     H = fig.get_figheight()
     fig.suptitle(
         f"ESS per split position ({what})"
-        + (": entropy-ESS on the right axis where it is much smaller" if twins else ""),
+        + (": entropy-ESS on the right axis where it is much smaller" if any_twin else ""),
         fontsize=10,
         y=1.0 - 0.06 / H,
         va="top",
