@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -132,6 +132,129 @@ def _reach(values: Sequence[Any], tss: float, top: float) -> float:
     return max(hi, min(tss, top), tss if tss <= 1.25 * top else 0.0, 1.0)
 
 
+def _pivots(d: Any, ms: Sequence[str]) -> Tuple[Any, np.ndarray, Dict[str, Any]]:
+    """One layer's rows ``d`` by position: ``(bound, pos, pivs)``, the boundary bound per position (a
+    Series), the positions (array) and, per measure, the positions x heads/channels table of its ESS."""
+    bound = d.groupby("position")["bound"].first()
+    pos = bound.index.to_numpy()
+    pivs = {m: d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos) for m in ms}
+    return bound, pos, pivs
+
+
+def _entropy_on_right(pivs: Dict[str, Any], ms: Sequence[str]) -> bool:
+    """Whether the entropy-ESS gets its own (right) axis: both measures drawn and its maximum below
+    :data:`TWIN_AXIS_RATIO` of the tolerance-ESS's (else it would be a flat line at zero)."""
+    if len(ms) != 2:
+        return False
+    hi_t, hi_e = float(np.nanmax(pivs["tolerance"].to_numpy())), float(np.nanmax(pivs["entropy"].to_numpy()))
+    return hi_t > 0 and hi_e < TWIN_AXIS_RATIO * hi_t
+
+
+def _entropy_axis(ax: Any, pivs: Dict[str, Any], ms: Sequence[str]) -> Any:
+    """The right axis of a panel for a much smaller entropy-ESS (:func:`_entropy_on_right`), else ``None``."""
+    if not _entropy_on_right(pivs, ms):
+        return None
+    hi_e = float(np.nanmax(pivs["entropy"].to_numpy()))
+    twin = ax.twinx()
+    twin.set_ylim(0, 1.15 * max(hi_e, 1e-9))
+    twin.set_ylabel("entropy-ESS (right axis)", fontsize=8, color=MEASURE_COLORS["entropy"])
+    twin.tick_params(axis="y", labelsize=7, colors=MEASURE_COLORS["entropy"])
+    return twin
+
+
+def _draw_measure(a: Any, m: str, piv: Any, pos: Any, band: bool, max_lines: int, handles: dict) -> None:
+    """One measure on axis ``a``: the min-max band over heads/channels (with thin edges), up to
+    ``max_lines`` individual operators, then the mean; new legend entries go into ``handles``."""
+    c = MEASURE_COLORS[m]
+    if band and piv.shape[1] > 1:
+        lo, hi_ = piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy()
+        h = a.fill_between(pos, lo, hi_, color=c, alpha=0.15, lw=0)
+        for edge in (lo, hi_):  # thin edges: each band stays readable where the two overlap
+            a.plot(pos, edge, lw=0.5, alpha=0.6, color=c)
+        handles.setdefault(f"{m}: range over heads/channels", h)
+    for j in list(piv.columns)[: max(0, int(max_lines))]:
+        a.plot(pos, piv[j].to_numpy(), lw=0.5, alpha=0.45, color=c)
+    (h,) = a.plot(pos, piv.mean(axis=1).to_numpy(), lw=1.8, color=c)
+    handles.setdefault(f"{m}: mean over heads/channels", h)
+
+
+def _draw_references(ax: Any, bound: Any, tss: float, top: float, marks: Sequence[int], handles: dict) -> str:
+    """The boundary bound, the TSS (when within 1.25 ``top``) and the marker positions on ``ax``;
+    returns the TSS part of the panel's title."""
+    pos = bound.index.to_numpy()
+    # the bound on top: curves often sit on it
+    (h,) = ax.plot(pos, bound.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4)
+    handles.setdefault("boundary bound min(t, L - t)", h)
+    if tss <= 1.25 * top:
+        h = ax.axhline(tss, ls=":", lw=1.3, color="tab:red")
+        handles.setdefault("TSS (theoretical state size)", h)
+        suffix = f", TSS = {tss:g}"
+    else:
+        suffix = f", TSS = {tss:g} (above the range)"
+    for p in marks:
+        h = ax.axvline(p, color="0.55", lw=0.8, ls=(0, (1, 2)))
+        handles.setdefault("marker token (delimiter / EOS)", h)
+    return suffix
+
+
+def _curves_panel(
+    ax: Any, d: Any, layer: str, ms: Sequence[str], band: bool, max_lines: int, marks: Sequence[int], handles: dict
+) -> bool:
+    """One layer's panel of :func:`curves` on ``ax`` (``d``: the layer's rows); new legend entries go
+    into ``handles``. Returns whether the entropy-ESS got its own right axis."""
+    bound, pos, pivs = _pivots(d, ms)
+    top = float(bound.max()) if len(bound) else 1.0
+    twin = _entropy_axis(ax, pivs, ms)
+    for m, piv in pivs.items():
+        a = twin if (twin is not None and m == "entropy") else ax
+        _draw_measure(a, m, piv, pos, band, max_lines, handles)
+    tss = float(d["tss"].mean())
+    # the vertical range: the largest value any operator of the layer can reach, min(TSS, max bound), or the
+    # data if higher; a layer with a small TSS (a short convolution) is not flattened by a bound many times higher
+    hi = _reach([pivs[m].to_numpy() for m in ms if not (twin is not None and m == "entropy")], tss, top)
+    title = f"{layer} ({_kind(d, layer)})" + _draw_references(ax, bound, tss, top, marks, handles)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("split position t", fontsize=8)
+    ax.set_ylabel("ESS (state dimensions)" if twin is None else "tolerance-ESS, bound, TSS", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.set_xlim(pos.min(), pos.max())
+    ax.set_ylim(0, 1.1 * hi)
+    ax.grid(alpha=0.25, lw=0.5)
+    return twin is not None
+
+
+def _curves_header(fig: Any, handles: dict, sample: Optional[int], any_twin: bool) -> None:
+    """The title and the shared legend above the panels of :func:`curves`, then the panels moved up
+    to just under the legend."""
+    what = "sample %d" % sample if sample is not None else "mean over samples"
+    H = fig.get_figheight()
+    fig.suptitle(
+        f"ESS per split position ({what})"
+        + (": entropy-ESS on the right axis where it is much smaller" if any_twin else ""),
+        fontsize=10,
+        y=1.0 - 0.06 / H,
+        va="top",
+    )
+    ncl = min(3, len(handles))
+    leg = fig.legend(
+        list(handles.values()),
+        list(handles),
+        loc="upper center",
+        ncol=ncl,
+        fontsize=7,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1.0 - 0.28 / H),
+    )
+    leg.set_in_layout(False)
+    rows = (len(handles) + ncl - 1) // max(1, ncl)
+    fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.36 + 0.15 * rows) / H))
+    # then the panels (their titles included) are moved up to just under the legend, wherever its rows end
+    px = fig.dpi * H
+    gap = leg.get_window_extent().y0 - max(a.get_tightbbox().y1 for a in fig.axes if a.get_visible()) - 0.08 * fig.dpi
+    if gap > 0:
+        fig.subplots_adjust(top=fig.subplotpars.top + gap / px)
+
+
 def curves(
     report: "Report",
     *,
@@ -172,92 +295,15 @@ def curves(
     axes = fig.subplots(nrow, ncol, squeeze=False)
     marks = _marker_positions(report, sample)
     handles: dict = {}
-    twins: List[str] = []
+    twins: List[str] = []  # the layers whose entropy-ESS sits on a right axis
     for k, layer in enumerate(layers):
-        ax = axes[k // ncol][k % ncol]
-        d = df[df["layer"] == layer]
-        bound_s = d.groupby("position")["bound"].first()
-        pos = bound_s.index.to_numpy()
-        top = float(bound_s.max()) if len(bound_s) else 1.0
-        pivs = {m: d.pivot_table(index="position", columns="index", values=f"ess_{m}").reindex(pos) for m in ms}
-        # the entropy-ESS can be far below the tolerance-ESS (which often sits on the bound): then it gets its own
-        # axis on the right, or it would be a flat line at zero
-        twin = None
-        if len(ms) == 2:
-            hi_t, hi_e = float(np.nanmax(pivs["tolerance"].to_numpy())), float(np.nanmax(pivs["entropy"].to_numpy()))
-            if hi_t > 0 and hi_e < TWIN_AXIS_RATIO * hi_t:
-                twin = ax.twinx()
-                twin.set_ylim(0, 1.15 * max(hi_e, 1e-9))
-                twin.set_ylabel("entropy-ESS (right axis)", fontsize=8, color=MEASURE_COLORS["entropy"])
-                twin.tick_params(axis="y", labelsize=7, colors=MEASURE_COLORS["entropy"])
-                twins.append(layer)
-        for m, piv in pivs.items():
-            c = MEASURE_COLORS[m]
-            a = twin if (twin is not None and m == "entropy") else ax
-            if band and piv.shape[1] > 1:
-                lo, hi_ = piv.min(axis=1).to_numpy(), piv.max(axis=1).to_numpy()
-                h = a.fill_between(pos, lo, hi_, color=c, alpha=0.15, lw=0)
-                for edge in (lo, hi_):  # thin edges: each band stays readable where the two overlap
-                    a.plot(pos, edge, lw=0.5, alpha=0.6, color=c)
-                handles.setdefault(f"{m}: range over heads/channels", h)
-            for j in list(piv.columns)[: max(0, int(max_lines))]:
-                a.plot(pos, piv[j].to_numpy(), lw=0.5, alpha=0.45, color=c)
-            (h,) = a.plot(pos, piv.mean(axis=1).to_numpy(), lw=1.8, color=c)
-            handles.setdefault(f"{m}: mean over heads/channels", h)
-        (h,) = ax.plot(
-            pos, bound_s.to_numpy(), ls=(0, (4, 3)), lw=1.0, color="0.15", zorder=4
-        )  # on top: curves often sit on it
-        handles.setdefault("boundary bound min(t, L - t)", h)
-        tss = float(d["tss"].mean())
-        title = f"{layer} ({_kind(d, layer)})"
-        # the vertical range: the largest value any operator of the layer can reach, min(TSS, max bound), or the
-        # data if higher; a layer with a small TSS (a short convolution) is not flattened by a bound many times higher
-        hi = _reach([pivs[m].to_numpy() for m in ms if not (twin is not None and m == "entropy")], tss, top)
-        if tss <= 1.25 * top:
-            h = ax.axhline(tss, ls=":", lw=1.3, color="tab:red")
-            handles.setdefault("TSS (theoretical state size)", h)
-            title += f", TSS = {tss:g}"
-        else:
-            title += f", TSS = {tss:g} (above the range)"
-        for p in marks:
-            h = ax.axvline(p, color="0.55", lw=0.8, ls=(0, (1, 2)))
-            handles.setdefault("marker token (delimiter / EOS)", h)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("split position t", fontsize=8)
-        ax.set_ylabel("ESS (state dimensions)" if twin is None else "tolerance-ESS, bound, TSS", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_xlim(pos.min(), pos.max())
-        ax.set_ylim(0, 1.1 * hi)
-        ax.grid(alpha=0.25, lw=0.5)
+        if _curves_panel(
+            axes[k // ncol][k % ncol], df[df["layer"] == layer], layer, ms, band, max_lines, marks, handles
+        ):
+            twins.append(layer)
     for k in range(n, nrow * ncol):
         axes[k // ncol][k % ncol].set_visible(False)
-    what = "sample %d" % sample if sample is not None else "mean over samples"
-    H = fig.get_figheight()
-    fig.suptitle(
-        f"ESS per split position ({what})"
-        + (": entropy-ESS on the right axis where it is much smaller" if twins else ""),
-        fontsize=10,
-        y=1.0 - 0.06 / H,
-        va="top",
-    )
-    ncl = min(3, len(handles))
-    leg = fig.legend(
-        list(handles.values()),
-        list(handles),
-        loc="upper center",
-        ncol=ncl,
-        fontsize=7,
-        frameon=False,
-        bbox_to_anchor=(0.5, 1.0 - 0.28 / H),
-    )
-    leg.set_in_layout(False)
-    rows = (len(handles) + ncl - 1) // max(1, ncl)
-    fig.tight_layout(rect=(0, 0, 1, 1.0 - (0.36 + 0.15 * rows) / H))
-    # then the panels (their titles included) are moved up to just under the legend, wherever its rows end
-    px = fig.dpi * H
-    gap = leg.get_window_extent().y0 - max(a.get_tightbbox().y1 for a in fig.axes if a.get_visible()) - 0.08 * fig.dpi
-    if gap > 0:
-        fig.subplots_adjust(top=fig.subplotpars.top + gap / px)
+    _curves_header(fig, handles, sample, bool(twins))
     return fig
 
 
