@@ -639,22 +639,10 @@ class _EssPass:
         self.precision = precision
         self.progress = progress
         self.bar = bar
-        self.cols: Dict[str, List[np.ndarray]] = {
-            k: []
-            for k in (
-                "sample",
-                "layer",
-                "kind",
-                "operator",
-                "index",
-                "position",
-                "ess_tolerance",
-                "ess_entropy",
-                "tss",
-                "bound",
-                "shared",
-            )
-        }
+        from .report import TABLE_COLUMNS
+
+        # the table's columns; the token column is added by the report from the token ids
+        self.cols: Dict[str, List[np.ndarray]] = {k: [] for k in TABLE_COLUMNS if k != "token"}
         self.cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
         self.layer_meta: List[Dict[str, Any]] = []
         self.L_seen: Optional[int] = None

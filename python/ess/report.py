@@ -26,6 +26,22 @@ BOUNDARY_CAVEAT = (
     "average any operator of the layer could reach, and 'fill' = average ESS / attainable."
 )
 
+#: Columns of :attr:`Report.table`, in order (``token`` only when token ids were given).
+TABLE_COLUMNS = (
+    "sample",
+    "layer",
+    "kind",
+    "operator",
+    "index",
+    "position",
+    "token",
+    "ess_tolerance",
+    "ess_entropy",
+    "tss",
+    "bound",
+    "shared",
+)
+
 LINEARISATION_CAVEAT = (
     "Jacobian operators (kind 'rnn_jacobian' or a note saying so) are local linearisations at the given input: "
     "their ESS describes the sensitivity of the outputs to the inputs there, not a global state size."

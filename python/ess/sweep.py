@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from .errors import DTypeError, InvalidArgumentError
+from .report import TABLE_COLUMNS
 
 __all__ = [
     "Job",
@@ -87,21 +88,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 _TMP = re.compile(r"^\..+\.[0-9a-f]{8,}\.tmp$")
 _OPTIONS = ("layers", "positions", "method", "atol", "rtol", "memory_budget", "saturation", "collapse", "markers")
 _INPUT_KINDS = ("tokens", "mqar", "random", "npy", "builtin", "factory")
-_TABLE_COLUMNS = (
-    "job",
-    "sample",
-    "layer",
-    "kind",
-    "operator",
-    "index",
-    "position",
-    "token",
-    "ess_tolerance",
-    "ess_entropy",
-    "tss",
-    "bound",
-    "shared",
-)
+_TABLE_COLUMNS = ("job",) + TABLE_COLUMNS
 _SUMMARY_COLUMNS = (
     "module_type",
     "n_operators",

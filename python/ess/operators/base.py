@@ -16,7 +16,7 @@ import abc
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -428,6 +428,29 @@ class Extractor(abc.ABC):
 
         The caller removes every handle after the forward pass, also when it raises.
         """
+
+    @contextlib.contextmanager
+    def capturing(self) -> Iterator["Extractor"]:
+        """Hooks attached for the duration of the ``with`` block and removed afterwards, also when the
+        block raises: the protocol of :meth:`attach` in one statement.
+
+        Examples
+        --------
+        >>> import torch
+        >>> from ess.models.layers import ShortConv
+        >>> from ess.operators import find_extractor
+        >>> ex = find_extractor(ShortConv(d_model=2, kernel_size=3), "conv")
+        >>> with ex.capturing(), torch.no_grad():
+        ...     _ = ex.module(torch.randn(2, 5, 2))
+        >>> ex.n_samples(), len(ex.module._forward_hooks)
+        (2, 0)
+        """
+        handles = self.attach()
+        try:
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
 
     @abc.abstractmethod
     def n_samples(self) -> int:

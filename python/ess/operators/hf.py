@@ -410,11 +410,8 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
     ...                                expand=2, conv_kernel=4, time_step_rank=2)
     >>> model = transformers.MambaForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.backbone.layers[0].mixer, "backbone.layers.0.mixer")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.factors(0)
     >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.labels[:2]
     ('MambaMixerExtractor', 'selective_ssm', 'diagonal', (16, 6, 4), ['channel 0', 'channel 1'])
@@ -562,11 +559,8 @@ class Mamba2MixerExtractor(_StructuredMixin, _MixerBase):
     ...                                 n_groups=1, conv_kernel=4, chunk_size=4, num_hidden_layers=1)
     >>> model = transformers.Mamba2ForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.backbone.layers[0].mixer, "backbone.layers.0.mixer")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.factors(0)
     >>> type(ex).__name__, ops.factors.transition, ops.factors.shape, ops.labels, ops.shared
     ('Mamba2MixerExtractor', 'scalar', (2, 6, 4), ['head 0', 'head 1'], [8, 8])

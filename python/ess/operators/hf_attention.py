@@ -445,11 +445,8 @@ class InterfaceAttentionExtractor(_AttentionCapture):
     ...                                num_attention_heads=2, num_key_value_heads=1)
     >>> model = transformers.LlamaForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.model.layers[0].self_attn, "model.layers.0.self_attn")
-    >>> handles = ex.attach()                 # registers a capturing attention function for the model's key
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():   # a capturing attention function under the model's key
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.kind, ops.operators.shape, ops.labels, ops.shared
     ('InterfaceAttentionExtractor', 'softmax_attention', (2, 6, 6), ['head 0', 'head 1'], [8, 8])
@@ -753,11 +750,8 @@ class BloomAttentionExtractor(_FusedQKVAttention):
     >>> cfg = transformers.BloomConfig(vocab_size=32, hidden_size=16, n_layer=1, n_head=2)
     >>> model = transformers.BloomForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.transformer.h[0].self_attention, "transformer.h.0.self_attention")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.operators.shape, ops.note.split(";")[0]
     ('BloomAttentionExtractor', (2, 6, 6), 'BloomAttention (ALiBi)')
@@ -801,11 +795,8 @@ class FalconAttentionExtractor(_FusedQKVAttention):
     >>> cfg = transformers.FalconConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
     >>> model = transformers.FalconForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.transformer.h[0].self_attention, "transformer.h.0.self_attention")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.operators.shape, ops.note.split(";")[0]
     ('FalconAttentionExtractor', (2, 6, 6), 'FalconAttention (RoPE, sdpa branch)')

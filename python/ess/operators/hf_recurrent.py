@@ -112,11 +112,8 @@ class GatedShortConvExtractor(_RecurrentBase):
     ...                               num_attention_heads=2, num_key_value_heads=1, layer_types=["conv"])
     >>> model = transformers.Lfm2ForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.model.layers[0].conv, "model.layers.0.conv")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.factors(0)
     >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.tss[:2]
     ('GatedShortConvExtractor', 'gated_conv', 'dense', (16, 6, 3), [2.0, 2.0])
@@ -236,11 +233,8 @@ class RGLRUExtractor(_RecurrentBase):
     ...     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, lru_width=16, block_types=["recurrent"])
     >>> model = transformers.RecurrentGemmaForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.model.layers[0].temporal_block.rg_lru, "model.layers.0.temporal_block.rg_lru")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.factors(0)
     >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.tss[:2]
     ('RGLRUExtractor', 'rg_lru', 'scalar', (16, 6, 1), [1.0, 1.0])
@@ -437,11 +431,8 @@ class GatedDeltaRuleExtractor(_RecurrentBase):
     ...     num_experts=2, num_experts_per_tok=1, moe_intermediate_size=8, shared_expert_intermediate_size=8)
     >>> model = transformers.Qwen3NextForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.model.layers[0].linear_attn, "model.layers.0.linear_attn")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.factors(0)
     >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.shared
     ('GatedDeltaRuleExtractor', 'gated_delta_rule', 'dense', (2, 6, 4), [4, 4])
@@ -606,11 +597,8 @@ class RWKVTimeMixExtractor(_RecurrentBase):
     ...                               attention_hidden_size=8, intermediate_size=16)
     >>> model = transformers.RwkvForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.rwkv.blocks[0].attention, "rwkv.blocks.0.attention")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.factors(0)
     >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.tss[:2]
     ('RWKVTimeMixExtractor', 'rwkv_time_mix', 'scalar', (8, 6, 1), [1.0, 1.0])
@@ -759,11 +747,8 @@ class MLSTMExtractor(_RecurrentBase):
     ...                                num_blocks=1, num_heads=2, qk_dim_factor=0.5, chunk_size=4)
     >>> model = transformers.xLSTMForCausalLM(cfg).eval()
     >>> ex = find_extractor(model.backbone.blocks[0].mlstm_layer, "backbone.blocks.0.mlstm_layer")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.factors(0)
     >>> type(ex).__name__, ops.kind, ops.factors.transition, ops.factors.shape, ops.shared
     ('MLSTMExtractor', 'mlstm', 'scalar', (2, 6, 4), [8, 8])

@@ -45,11 +45,8 @@ class ReferenceExtractor(Extractor):
     >>> ex = find_extractor(layer, "conv")
     >>> isinstance(ex, ReferenceExtractor), ex.n_samples()
     (True, 0)
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = layer(torch.randn(2, 5, 2))
-    >>> for h in handles:
-    ...     h.remove()
     >>> ex.n_samples()
     2
     """
@@ -152,11 +149,8 @@ class SoftmaxAttentionExtractor(_AttentionBase):
     >>> from ess.operators import find_extractor
     >>> layer = SoftmaxAttention(d_model=8, n_heads=2)
     >>> ex = find_extractor(layer, "attn")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = layer(torch.randn(1, 5, 8))
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.operators.shape, ops.tss, float(ops.operators.sum(-1).round(12).min())
     ('SoftmaxAttentionExtractor', (2, 5, 5), [5.0, 5.0], 1.0)
@@ -183,11 +177,8 @@ class LinearAttentionExtractor(_AttentionBase):
     >>> from ess.operators import find_extractor
     >>> layer = LinearAttention(d_model=8, n_heads=2)
     >>> ex = find_extractor(layer, "attn")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = layer(torch.randn(1, 5, 8))
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.operators.shape, ops.tss
     ('LinearAttentionExtractor', (2, 5, 5), [4.0, 4.0])
@@ -220,11 +211,8 @@ class GatedLinearAttentionExtractor(_AttentionBase):
     >>> from ess.operators import find_extractor
     >>> layer = GatedLinearAttention(d_model=8, n_heads=2)
     >>> ex = find_extractor(layer, "gla")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = layer(torch.randn(1, 5, 8))
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.dense().shape, ops.tss
     ('GatedLinearAttentionExtractor', (2, 5, 5), [4.0, 4.0])
@@ -252,11 +240,8 @@ class SelectiveSSMExtractor(ReferenceExtractor):
     >>> from ess.operators import find_extractor
     >>> layer = SelectiveSSM(d_model=4, d_state=3, d_inner=2)
     >>> ex = find_extractor(layer, "ssm")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = layer(torch.randn(1, 6, 4))
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.dense().shape, ops.tss
     ('SelectiveSSMExtractor', (2, 6, 6), [3.0, 3.0])
@@ -302,11 +287,8 @@ class ShortConvExtractor(ReferenceExtractor):
     >>> from ess.operators import find_extractor
     >>> layer = ShortConv(d_model=2, kernel_size=3)
     >>> ex = find_extractor(layer, "conv")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = layer(torch.randn(1, 5, 2))
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.operators.shape, ops.tss
     ('ShortConvExtractor', (2, 5, 5), [2.0, 2.0])

@@ -144,13 +144,10 @@ class MultiheadAttentionExtractor(_Captures):
     >>> from ess.operators import find_extractor
     >>> mha = torch.nn.MultiheadAttention(8, 2, batch_first=True).eval()
     >>> ex = find_extractor(mha, "attn")
-    >>> handles = ex.attach()
     >>> x = torch.randn(1, 5, 8)
     >>> causal = torch.ones(5, 5, dtype=torch.bool).triu(1)          # True = masked
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = mha(x, x, x, attn_mask=causal)
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.kind, ops.operators.shape, ops.labels
     ('MultiheadAttentionExtractor', 'softmax_attention', (2, 5, 5), ['head 0', 'head 1'])
@@ -336,11 +333,8 @@ class CausalConv1dExtractor(_Captures):
     >>> from ess.operators import find_extractor
     >>> conv = torch.nn.Conv1d(3, 3, kernel_size=4, groups=3, padding=3)   # depthwise, padded to be causal
     >>> ex = find_extractor(conv, "conv")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = conv(torch.randn(1, 3, 6))[..., :6]                     # the caller crops the padding
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.operators.shape, ops.tss
     ('CausalConv1dExtractor', (3, 6, 6), [3.0, 3.0, 3.0])
@@ -431,11 +425,8 @@ class RecurrentJacobianExtractor(_Captures):
     >>> _ = torch.manual_seed(0)
     >>> gru = torch.nn.GRU(3, 4, batch_first=True)
     >>> ex = find_extractor(gru, "gru")
-    >>> handles = ex.attach()
-    >>> with torch.no_grad():
+    >>> with ex.capturing(), torch.no_grad():
     ...     _ = gru(torch.randn(1, 5, 3))
-    >>> for h in handles:
-    ...     h.remove()
     >>> ops = ex.operators(0)
     >>> type(ex).__name__, ops.kind, ops.operators.shape[1:]
     ('RecurrentJacobianExtractor', 'rnn_jacobian', (5, 5))
