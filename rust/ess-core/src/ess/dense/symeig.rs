@@ -223,7 +223,7 @@ fn dot_axpy(g: &[f64], x: &[f64], y: &mut [f64], xj: f64) -> f64 {
 }
 
 #[inline]
-fn dot(x: &[f64], y: &[f64]) -> f64 {
+pub(super) fn dot(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len().min(y.len());
     let (x, y) = (&x[..n], &y[..n]);
     #[cfg(target_arch = "x86_64")]
@@ -236,7 +236,7 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
 
 /// `y += alpha x`.
 #[inline]
-fn axpy(y: &mut [f64], x: &[f64], alpha: f64) {
+pub(super) fn axpy(y: &mut [f64], x: &[f64], alpha: f64) {
     let n = x.len().min(y.len());
     let (y, x) = (&mut y[..n], &x[..n]);
     #[cfg(target_arch = "x86_64")]
@@ -348,7 +348,7 @@ fn norm2(x: &[f64]) -> f64 {
 /// with `(I - tau v v^T) x = beta e_1`, `v = [1; rest']`, and stores `rest'` in place of `rest`.
 /// `tau = 0` (identity) when `rest` is zero.
 #[inline(always)]
-fn householder(x: &mut [f64]) -> (f64, f64) {
+pub(super) fn householder(x: &mut [f64]) -> (f64, f64) {
     let Some((alpha, rest)) = x.split_first_mut() else {
         return (0.0, 0.0);
     };
