@@ -55,6 +55,14 @@ SETUP = {
         T = np.tril(rng.random((8, 2048, 2048)))
         call = lambda: ess.effective_state_size(T, method="both")
     """,
+    "dense-4096-both": """
+        import numpy as np, ess
+        rng = np.random.default_rng(0)
+        # (2, 4096, 4096): blocks of order up to 2048, whose first Gram product, Householder QR
+        # and SVD fallback (each up to a second or more at this order) check per chunk or panel
+        T = np.tril(rng.random((2, 4096, 4096)))
+        call = lambda: ess.effective_state_size(T, method="both")
+    """,
     "structured": """
         import numpy as np, ess
         rng = np.random.default_rng(0)

@@ -422,14 +422,40 @@ impl Carried {
     /// large blocks, but its rounding can reach several `eps * sigma_max`, so its singular values
     /// only decide counts far from the threshold (see [`fresh_sigma`]).
     fn fresh_householder(a: &[f64], l: usize, t: usize) -> Result<Self> {
+        use faer::linalg::householder::{
+            apply_block_householder_sequence_transpose_on_the_left_in_place_scratch as apply_scratch,
+            apply_block_householder_sequence_transpose_on_the_left_in_place_with_conj as apply,
+        };
+        use faer::linalg::qr::no_pivoting::factor::{qr_in_place, qr_in_place_scratch};
         let k = l - t;
         let e = block_exponent(a, l, t);
-        let kmat = Mat::<f64>::from_fn(t, k, |i, j| mul_pow2(a[(t + j) * l + i], e));
-        let qr = kmat.qr();
-        let r = qr.thin_R();
+        let mut kmat = Mat::<f64>::from_fn(t, k, |i, j| mul_pow2(a[(t + j) * l + i], e));
+        // Blocked by panels of QR_PANEL columns (each panel's QR, then its block reflector on
+        // the columns right of it), with an interrupt check per panel.
+        let nb = QR_PANEL.min(k.max(1));
+        let req = faer::dyn_stack::StackReq::any_of(&[
+            qr_in_place_scratch::<f64>(t, nb, nb, Par::Seq, Default::default()),
+            apply_scratch::<f64>(t, nb, k),
+        ]);
+        let mut mem = MemBuffer::new(req);
+        let mut qc = Mat::<f64>::zeros(nb, nb);
+        let mut p0 = 0;
+        while p0 < k.min(t) {
+            crate::interrupt::check()?;
+            let w = nb.min(k - p0).min(t - p0);
+            let (mut left, right) = kmat.as_mut().submatrix_mut(p0, p0, t - p0, k - p0).split_at_col_mut(w);
+            let mut q = qc.as_mut().submatrix_mut(0, 0, w, w);
+            let stack = MemStack::new(&mut mem);
+            qr_in_place(left.as_mut(), q.as_mut(), Par::Seq, stack, Default::default());
+            if right.ncols() > 0 {
+                apply(left.as_ref(), q.as_ref(), faer::Conj::No, right, Par::Seq, MemStack::new(&mut mem));
+            }
+            p0 += w;
+        }
+        let r = kmat.as_ref();
         let mut buf = vec![0.0; k * k];
         let mut fro2 = 0.0;
-        for i in 0..k {
+        for i in 0..k.min(t) {
             for j in i..k {
                 let v = r[(i, j)];
                 buf[i * k + j] = v;
@@ -488,6 +514,12 @@ impl Carried {
         Mat::from_fn(k, k, |i, j| if j >= i { self.buf[i * self.k0 + self.off + j] } else { 0.0 })
     }
 }
+
+/// Columns of the block per interrupt check in the first Gram product of a sweep.
+const GRAM_CHUNK: usize = 256;
+
+/// Panel width of the blocked Householder QR of a fresh factor (one interrupt check per panel).
+const QR_PANEL: usize = 128;
 
 /// Order from which [`singular_values`] uses the kernel's own interruptible SVD (`bidiag`)
 /// instead of the library's.
@@ -561,18 +593,29 @@ struct Gram {
 }
 
 impl Gram {
-    fn fresh(a: &[f64], l: usize, t: usize) -> Self {
+    fn fresh(a: &[f64], l: usize, t: usize) -> Result<Self> {
+        use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
         let k = l - t;
         let h = MatRef::from_row_major_slice(&a[t * l..], k, l).subcols(0, t);
         let mut g = Mat::<f64>::zeros(k, k);
-        faer::linalg::matmul::matmul(g.as_mut(), faer::Accum::Replace, h, h.transpose(), 1.0, Par::Seq);
+        // Lower triangle only, summed over chunks of GRAM_CHUNK columns of H with an interrupt
+        // check per chunk.
+        let mut c0 = 0;
+        while c0 < t {
+            crate::interrupt::check()?;
+            let w = GRAM_CHUNK.min(t - c0);
+            let hc = h.subcols(c0, w);
+            let (lower, rect) = (BlockStructure::TriangularLower, BlockStructure::Rectangular);
+            tri_matmul(g.as_mut(), lower, faer::Accum::Add, hc, rect, hc.transpose(), rect, 1.0, Par::Seq);
+            c0 += w;
+        }
         let mut buf = vec![0.0; k * k];
         for i in 0..k {
             for j in 0..=i {
                 buf[i * k + j] = g[(i, j)];
             }
         }
-        Gram { buf, k0: k, off: 0, k, work: Vec::new(), top: Vec::new() }
+        Ok(Gram { buf, k0: k, off: 0, k, work: Vec::new(), top: Vec::new() })
     }
 
     fn advance(&mut self, a: &[f64], l: usize, t: usize) {
@@ -787,7 +830,7 @@ fn sweep(
     let Some(&(t_first, _)) = targets.first() else {
         return Ok(out);
     };
-    let mut gram = Gram::fresh(a, l, t_first);
+    let mut gram = Gram::fresh(a, l, t_first)?;
     let mut carried: Option<Carried> = None;
     let mut misses = 0usize;
     let mut inertia = InertiaState::new();
