@@ -146,24 +146,28 @@ def near_uniform_attention(rng: np.random.Generator, L: int, d: int = 64, scale:
     return P / P.sum(axis=1, keepdims=True)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(
     st.integers(0, 2**32 - 1),
     st.sampled_from(["ssm", "attention"]),
     st.sampled_from([None, 1e-10, 1e-3]),
 )
 def test_large_blocks_match_lapack(seed, kind, rtol):
-    """Blocks of order 64 to 120, where the fallback runs the kernel's own values-only SVD (blocked
-    bidiagonalisation, interruptible): counts equal LAPACK's at every split and entropy-ESS is
-    within 1e-7 relative of the singular values LAPACK gives."""
+    """Blocks of order 64 to 136, where the fallback runs the kernel's own values-only SVD (blocked
+    bidiagonalisation, interruptible) and the tolerance route's LDL^T takes two panels: counts
+    equal LAPACK's at every split and entropy-ESS is within 1e-7 relative of the singular values
+    LAPACK gives."""
     rng = np.random.default_rng(seed)
-    L = 240
+    L = 272  # blocks up to 136: two panels of the LDL^T
     if kind == "ssm":
         T = selective_ssm(rng, L, int(rng.integers(8, 90)), 15.0, 2.0)
     else:
         T = near_uniform_attention(rng, L)
     kw = {} if rtol is None else {"rtol": rtol}
-    assert_counts_match_lapack(T, **kw)
-    got = ess.effective_state_size(T, method="both", **kw)
-    _, ent, _ = ess_reference(T, **kw)
-    np.testing.assert_allclose(got.entropy[1:], np.asarray(ent)[1:], rtol=1e-7)
+    ref, ent, detail = ess_reference(T, **kw)
+    alone = ess.effective_state_size(T, method="tolerance", **kw)
+    both = ess.effective_state_size(T, method="both", **kw)
+    for name, counts in (("tolerance", alone), ("both", both.tolerance)):
+        bad = [t for t in range(1, L) if counts[t] != ref[t] and not near_threshold(*detail[t])]
+        assert not bad, f"{name}: splits {bad[:5]} differ from LAPACK ({[(counts[t], ref[t]) for t in bad[:5]]})"
+    np.testing.assert_allclose(both.entropy[1:], np.asarray(ent)[1:], rtol=1e-7)
