@@ -34,6 +34,11 @@
 //!   threshold's uncertainty; a positive definite certificate carries over to later splits of
 //!   the sweep, since `lambda_min(G_t)` never decreases along it (interlacing). See the `inertia` module
 //!   for the error bound that decides between this route and the accurate ones.
+//! * Interrupts: every step of more than a few milliseconds checks for a pending request at a
+//!   fine grain: the first Gram product of a sweep per 256 columns, the Householder QR per
+//!   128-column panel, the eigensolver and the SVD per 32-column panel of their reductions, the
+//!   tolerance route's `L D L^T` per 128-column panel, the Givens factor every 16 rows; all on
+//!   the calling thread, so nothing is left running once the call has returned.
 //! * Operators are rescaled by a power of two (exact) so that magnitudes from 1e-300 to
 //!   1e300 neither overflow nor underflow; each block that the SVD route handles is
 //!   rescaled again on its own.
