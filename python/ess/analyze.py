@@ -574,16 +574,22 @@ def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) 
 
 
 def _assemble(cols: Dict[str, List[np.ndarray]], cats: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
-    """The columns of the report: chunks concatenated, category codes turned into names."""
+    """The columns of the report: chunks concatenated (each column's chunks freed as soon as it is
+    joined, so the peak is the table plus one column), category codes turned into a
+    :class:`pandas.Categorical` of the names (:func:`ess.report.categorical_column`: categories in
+    sorted order, no string object per row). Empties ``cols``."""
+    from .report import categorical_column
+
     rows: Dict[str, Any] = {}
-    for k, parts in cols.items():
-        if k in cats:  # plain strings (object column) for every consumer of the table; one object per name
-            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-            names = np.empty(len(cats[k]), dtype=object)
-            names[:] = list(cats[k])
-            rows[k] = names[codes]
+    for k in list(cols):
+        parts = cols.pop(k)
+        joined = (parts[0] if len(parts) == 1 else np.concatenate(parts)) if parts else None
+        del parts
+        if k in cats:
+            codes = joined if joined is not None else np.zeros(0, dtype=np.int32)
+            rows[k] = categorical_column(codes, list(cats[k]))
         else:
-            rows[k] = np.concatenate(parts) if parts else np.zeros(0)
+            rows[k] = joined if joined is not None else np.zeros(0)
     return rows
 
 
@@ -943,7 +949,6 @@ def analyze(
             f"forward pass; not analysed: {skipped}"
         )
     rows = _assemble(ess.cols, ess.cats)
-    ess.cols.clear()
 
     tok_np, marker_pos = _tokens_and_markers(tok, markers)
     meta = {
