@@ -7,7 +7,7 @@ import os
 import re
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -573,24 +573,60 @@ def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) 
     )
 
 
-def _assemble(cols: Dict[str, List[np.ndarray]], cats: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
-    """The columns of the report: chunks concatenated (each column's chunks freed as soon as it is
-    joined, so the peak is the table plus one column), category codes turned into a
-    :class:`pandas.Categorical` of the names (:func:`ess.report.categorical_column`: categories in
-    sorted order, no string object per row). Empties ``cols``."""
-    from .report import categorical_column
+class _Rows(NamedTuple):
+    """The rows of one layer and sequence, kept as what they are made of until the table is built:
+    ``nops x npos`` rows, operator-major; names as codes into :attr:`_EssPass.cats`."""
+
+    sample: int
+    layer: int
+    kind: int
+    operators: np.ndarray  # (nops,) codes of the operator labels
+    positions: np.ndarray  # (npos,) split points, int64
+    length: int
+    tol: np.ndarray  # (nops, npos) float64
+    ent: np.ndarray  # (nops, npos) float64
+    tss: np.ndarray  # (nops,) float64
+    shared: np.ndarray  # (nops,) int64
+
+
+def _assemble(chunks: List[_Rows], cats: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
+    """The columns of the report (``TABLE_COLUMNS`` but ``token``) from the chunks of rows: each column
+    allocated once at its full length and filled chunk by chunk (no per-chunk columns, no
+    concatenation); the names as :class:`pandas.Categorical` columns, categories sorted
+    (:func:`ess.report.sorted_categories`), codes written in their final integer type. Empties
+    ``chunks`` (the curves are freed once copied)."""
+    import pandas as pd
+
+    from .report import TABLE_COLUMNS, sorted_categories
+
+    sizes = [len(c.operators) * len(c.positions) for c in chunks]
+    ends = np.cumsum([0] + sizes).tolist()
+    n = ends[-1]
+
+    def fill(dtype: Any, value: Any) -> np.ndarray:
+        out = np.empty(n, dtype=dtype)
+        for c, a, b in zip(chunks, ends[:-1], ends[1:]):
+            out[a:b].reshape(len(c.operators), len(c.positions))[...] = value(c)
+        return out
 
     rows: Dict[str, Any] = {}
-    for k in list(cols):
-        parts = cols.pop(k)
-        joined = (parts[0] if len(parts) == 1 else np.concatenate(parts)) if parts else None
-        del parts
-        if k in cats:
-            codes = joined if joined is not None else np.zeros(0, dtype=np.int32)
-            rows[k] = categorical_column(codes, list(cats[k]))
-        else:
-            rows[k] = joined if joined is not None else np.zeros(0)
-    return rows
+    for k in ("layer", "kind", "operator"):
+        rank, names = sorted_categories(list(cats[k]))
+        attr = "operators" if k == "operator" else k
+        codes = fill(rank.dtype, lambda c, attr=attr, rank=rank: rank[np.asarray(getattr(c, attr))].reshape(-1, 1))
+        rows[k] = pd.Categorical.from_codes(codes, categories=names)
+    rows["sample"] = fill(np.int64, lambda c: c.sample)
+    rows["index"] = fill(np.int64, lambda c: np.arange(len(c.operators))[:, None])
+    rows["position"] = fill(np.int64, lambda c: c.positions[None, :])
+    rows["ess_tolerance"] = fill(np.float64, lambda c: c.tol)
+    rows["ess_entropy"] = fill(np.float64, lambda c: c.ent)
+    none = np.zeros((0, 0))
+    chunks[:] = [c._replace(tol=none, ent=none) for c in chunks]  # the curves are in the table: freed
+    rows["tss"] = fill(np.float64, lambda c: c.tss[:, None])
+    rows["bound"] = fill(np.int64, lambda c: np.minimum(c.positions, c.length - c.positions)[None, :])
+    rows["shared"] = fill(np.int64, lambda c: c.shared[:, None])
+    chunks.clear()
+    return {k: rows[k] for k in TABLE_COLUMNS if k != "token"}
 
 
 def _tokens_and_markers(
@@ -645,10 +681,8 @@ class _EssPass:
         self.precision = precision
         self.progress = progress
         self.bar = bar
-        from .report import TABLE_COLUMNS
-
-        # the table's columns; the token column is added by the report from the token ids
-        self.cols: Dict[str, List[np.ndarray]] = {k: [] for k in TABLE_COLUMNS if k != "token"}
+        # the rows so far, one chunk per layer and sequence; the token column is added by the report
+        self.cols: List[_Rows] = []
         self.cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
         self.layer_meta: List[Dict[str, Any]] = []
         self.L_seen: Optional[int] = None
@@ -789,25 +823,25 @@ class _EssPass:
     def _append(
         self, name: str, s: int, ops: Any, tol: np.ndarray, ent: np.ndarray, P: np.ndarray, L: int, nops: int
     ) -> None:
-        """Append the rows of one layer and sequence: one numpy chunk per column (a Python object per cell
-        needs ~100 bytes per row: gigabytes for a large model at long L; names are codes until the end)."""
-        cols, cats = self.cols, self.cats
-        shared_ = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
-        bound = np.minimum(P, L - P)
+        """Keep the rows of one layer and sequence: the curves and the per-operator values, names as codes
+        (the table's columns, millions of rows for a large layer at long L, are built once at the end by
+        :func:`_assemble`; a Python object per cell would need ~100 bytes per row)."""
+        cats = self.cats
         npos = len(P)
-        cols["sample"].append(np.full(nops * npos, s, dtype=np.int64))
-        cols["layer"].append(np.full(nops * npos, _code(cats["layer"], name), dtype=np.int32))
-        cols["kind"].append(np.full(nops * npos, _code(cats["kind"], ops.kind), dtype=np.int32))
-        cols["operator"].append(
-            np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels], dtype=np.int32), npos)
+        self.cols.append(
+            _Rows(
+                sample=s,
+                layer=_code(cats["layer"], name),
+                kind=_code(cats["kind"], ops.kind),
+                operators=np.array([_code(cats["operator"], lb) for lb in ops.labels], dtype=np.int64),
+                positions=np.asarray(P, dtype=np.int64),
+                length=int(L),
+                tol=np.asarray(tol, dtype=float).reshape(nops, npos),
+                ent=np.asarray(ent, dtype=float).reshape(nops, npos),
+                tss=np.asarray(ops.tss, dtype=float).reshape(nops),
+                shared=np.asarray(ops.shared or [1] * nops, dtype=np.int64).reshape(nops),
+            )
         )
-        cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), npos))
-        cols["position"].append(np.tile(P.astype(np.int64), nops))
-        cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
-        cols["ess_entropy"].append(np.asarray(ent, dtype=float).reshape(-1))
-        cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), npos))
-        cols["bound"].append(np.tile(bound.astype(np.int64), nops))
-        cols["shared"].append(np.repeat(shared_, npos))
 
 
 def analyze(

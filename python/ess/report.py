@@ -17,7 +17,15 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Report", "BOUNDARY_CAVEAT"]
+__all__ = [
+    "Report",
+    "BOUNDARY_CAVEAT",
+    "TABLE_COLUMNS",
+    "CATEGORY_COLUMNS",
+    "categorical_column",
+    "sorted_categories",
+    "code_dtype",
+]
 
 BOUNDARY_CAVEAT = (
     "Boundary effect: the ESS at split t is at most min(t, L - t) (the block H_t has t columns and L - t rows), "
@@ -26,7 +34,8 @@ BOUNDARY_CAVEAT = (
     "average any operator of the layer could reach, and 'fill' = average ESS / attainable."
 )
 
-#: Columns of :attr:`Report.table`, in order (``token`` only when token ids were given).
+#: Columns of :attr:`Report.table`, in order (``token`` only when token ids were given); the types
+#: are given there (:data:`CATEGORY_COLUMNS` are ``category`` columns).
 TABLE_COLUMNS = (
     "sample",
     "layer",
@@ -57,6 +66,14 @@ class Report:
     table : tidy :class:`pandas.DataFrame`, one row per (sample, layer, operator, position), columns
         ``sample, layer, kind, operator, index, position, token, ess_tolerance, ess_entropy, tss,
         bound, shared`` (``bound = min(t, L - t)``; ``shared``: value channels using this operator).
+        Rows in the order computed: layer by layer, then sample, operator, position. Types: ``layer``,
+        ``kind`` and ``operator`` are ``category`` columns (:data:`CATEGORY_COLUMNS`; a few names repeated
+        over millions of rows: one small integer code per row), their categories in sorted order, so
+        sorting and grouping by them order the names as strings do (pass ``observed=True`` to
+        ``groupby`` on pandas before 3.0, which otherwise adds empty groups for unseen names;
+        ``.astype(str)`` gives plain strings); ``ess_tolerance``, ``ess_entropy`` and ``tss`` are float64,
+        the others int64 (``token`` is -1 where a position has no token id). ``ess.csv`` holds the names
+        as text; ``ess.parquet`` stores them dictionary-encoded and reads back as the same table.
     summary : one row per layer (averaged over samples): ``layer, kind, module_type, n_operators,
         channels, tss, avg_ess_tolerance, avg_ess_entropy, max_ess_tolerance, total_ess, total_tss,
         utilisation, attainable, fill, saturated, collapsed, note``.
@@ -894,20 +911,52 @@ def categorical_column(codes: Any, names: Sequence[str]) -> Any:
     >>> import numpy as np
     >>> from ess.report import categorical_column
     >>> c = categorical_column(np.array([0, 0, 1, 2]), ["b.1", "a", "b.0"])
-    >>> list(c), list(c.categories)
-    (['b.1', 'b.1', 'a', 'b.0'], ['a', 'b.0', 'b.1'])
+    >>> list(c), list(c.categories), c.codes.dtype
+    (['b.1', 'b.1', 'a', 'b.0'], ['a', 'b.0', 'b.1'], dtype('int8'))
     """
     import pandas as pd
 
+    rank, cats = sorted_categories(names)
+    return pd.Categorical.from_codes(rank[np.asarray(codes)], categories=cats)
+
+
+def sorted_categories(names: Sequence[Any]) -> Tuple[np.ndarray, List[Any]]:
+    """``(rank, categories)``: the distinct ``names`` in sorted order (the given order when they do not
+    compare), and ``rank[i]`` the position of ``names[i]`` there, in the integer type pandas keeps the
+    codes of that many categories in (:func:`code_dtype`), with ``rank[-1] = -1`` one past the end
+    (a missing value's code stays -1).
+
+    Examples
+    --------
+    >>> from ess.report import sorted_categories
+    >>> sorted_categories(["b", "c", "a"])
+    (array([ 1,  2,  0, -1], dtype=int8), ['a', 'b', 'c'])
+    """
     names = list(names)
     try:
         order = sorted(range(len(names)), key=names.__getitem__)
     except TypeError:  # names of mixed types: kept in the given order
         order = list(range(len(names)))
-    rank = np.empty(len(names) + 1, dtype=np.int32)
-    rank[order] = np.arange(len(names), dtype=np.int32)
-    rank[-1] = -1  # a missing value (code -1) stays missing
-    return pd.Categorical.from_codes(rank[np.asarray(codes)], categories=[names[i] for i in order])
+    rank = np.empty(len(names) + 1, dtype=code_dtype(len(names)))
+    rank[order] = np.arange(len(names))
+    rank[-1] = -1
+    return rank, [names[i] for i in order]
+
+
+def code_dtype(n_categories: int) -> Any:
+    """The integer type of the codes of a ``category`` column of ``n_categories`` names (what pandas
+    stores them in: codes of that type are taken without a copy).
+
+    Examples
+    --------
+    >>> from ess.report import code_dtype
+    >>> code_dtype(24), code_dtype(1536)
+    (<class 'numpy.int8'>, <class 'numpy.int16'>)
+    """
+    for t in (np.int8, np.int16, np.int32):
+        if n_categories < np.iinfo(t).max:
+            return t
+    return np.int64
 
 
 def _as_category(values: Any) -> Any:
@@ -927,28 +976,32 @@ def _as_category(values: Any) -> Any:
 def _tidy_table(rows: Dict[str, Any], token_ids: Optional[np.ndarray]) -> Any:
     """The per-split table from analyze's columns: integer index columns, ``category`` name columns
     (:data:`CATEGORY_COLUMNS`), and the token id at each split (-1 where the sample or position has
-    none) when ``token_ids`` is given. Numpy columns are used as they are (not copied)."""
+    none) when ``token_ids`` is given. Numpy columns are used as they are (not copied: the table of a
+    large model is gigabytes)."""
     import pandas as pd
 
-    rows = dict(rows)
-    for c in CATEGORY_COLUMNS:
-        if c in rows:
-            rows[c] = _as_category(rows[c])
-    df = pd.DataFrame(rows, copy=False)
-    for c in ("position", "index", "sample"):
-        if df[c].dtype != np.int64:
-            df[c] = df[c].astype(np.int64)
-    if token_ids is not None and len(df):
+    cols: Dict[str, Any] = {}
+    for k, v in rows.items():
+        if k in CATEGORY_COLUMNS:
+            v = _as_category(v)
+        elif k in ("position", "index", "sample"):
+            v = np.asarray(v)
+            if v.dtype != np.int64:
+                v = v.astype(np.int64)
+        cols[k] = v
+        if k == "position" and token_ids is not None and len(v):
+            cols["token"] = None  # its place: after the position
+    if "token" in cols:
+        smp, pos = cols["sample"], cols["position"]
         ids = np.asarray(token_ids)
-        smp, pos = df["sample"].to_numpy(), df["position"].to_numpy()
         ok = (smp < ids.shape[0]) & (pos < ids.shape[1])
         if ok.all():
             tok = ids[smp, pos].astype(np.int64, copy=False)
         else:
-            tok = np.full(len(df), -1, dtype=np.int64)
+            tok = np.full(len(smp), -1, dtype=np.int64)
             tok[ok] = ids[smp[ok], pos[ok]]
-        df.insert(6, "token", tok)
-    return df
+        cols["token"] = tok
+    return pd.DataFrame(cols, copy=False)
 
 
 def _layer_rows(df: Any) -> Dict[str, Any]:
