@@ -577,15 +577,16 @@ def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) 
 
 @contextlib.contextmanager
 def _small_pages() -> Iterator[None]:
-    """Within the block, numpy does not advise the kernel to back its large arrays with huge pages.
+    """Within the block, numpy does not advise the operating system to back its large arrays with huge
+    pages.
 
     numpy asks for transparent huge pages on every large allocation (``madvise(MADV_HUGEPAGE)``). Where
-    the kernel then compacts memory on the spot to find them (``/sys/kernel/mm/transparent_hugepage/defrag``
+    Linux then compacts memory on the spot to find them (``/sys/kernel/mm/transparent_hugepage/defrag``
     set to ``madvise``, the default of many distributions) and memory is fragmented, each fresh gigabyte
     costs seconds of cpu: measured on the 2-core development machine, 6 GB of fresh numpy arrays took
     23 s of cpu with the advice and 2.7 s without, and the report of a 24-layer Mamba-130m-shaped model at
     L = 2048 (75 M rows, 5.6 GB) 35 s against 5 s. analyze's arrays are written once and read a few times,
-    so huge pages gain them nothing. A no-op when ``NUMPY_MADVISE_HUGEPAGE`` is set (the user's choice
+    so huge pages gain them little. Only a performance hint: results are the same either way. A no-op when ``NUMPY_MADVISE_HUGEPAGE`` is set (the user's choice
     stands) or when this numpy has no such switch; numpy's setting is restored on exit."""
     switch = None
     if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
@@ -626,11 +627,11 @@ def _assemble(chunks: List[_Rows], cats: Dict[str, Dict[str, int]]) -> Dict[str,
     """The columns of the report (``TABLE_COLUMNS`` but ``token``) from the chunks of rows: each column
     allocated once at its full length and filled chunk by chunk (no per-chunk columns, no
     concatenation); the names as :class:`pandas.Categorical` columns, categories sorted
-    (:func:`ess.report.sorted_categories`), codes written in their final integer type. Empties
+    (:func:`ess.report._sorted_categories`), codes written in their final integer type. Empties
     ``chunks`` (the curves are freed once copied)."""
     import pandas as pd
 
-    from .report import TABLE_COLUMNS, sorted_categories
+    from .report import TABLE_COLUMNS, _sorted_categories
 
     sizes = [len(c.operators) * len(c.positions) for c in chunks]
     ends = np.cumsum([0] + sizes).tolist()
@@ -644,7 +645,7 @@ def _assemble(chunks: List[_Rows], cats: Dict[str, Dict[str, int]]) -> Dict[str,
 
     rows: Dict[str, Any] = {}
     for k in ("layer", "kind", "operator"):
-        rank, names = sorted_categories(list(cats[k]))
+        rank, names = _sorted_categories(list(cats[k]))
         attr = "operators" if k == "operator" else k
         codes = fill(rank.dtype, lambda c, attr=attr, rank=rank: rank[np.asarray(getattr(c, attr))].reshape(-1, 1))
         rows[k] = pd.Categorical.from_codes(codes, categories=names)

@@ -17,15 +17,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = [
-    "Report",
-    "BOUNDARY_CAVEAT",
-    "TABLE_COLUMNS",
-    "CATEGORY_COLUMNS",
-    "categorical_column",
-    "sorted_categories",
-    "code_dtype",
-]
+__all__ = ["Report", "BOUNDARY_CAVEAT", "TABLE_COLUMNS", "CATEGORY_COLUMNS"]
 
 BOUNDARY_CAVEAT = (
     "Boundary effect: the ESS at split t is at most min(t, L - t) (the block H_t has t columns and L - t rows), "
@@ -901,7 +893,7 @@ def _int_or_num(v: Any) -> str:
 CATEGORY_COLUMNS = ("layer", "kind", "operator")
 
 
-def categorical_column(codes: Any, names: Sequence[str]) -> Any:
+def _categorical_column(codes: Any, names: Sequence[str]) -> Any:
     """A ``category`` column from integer ``codes`` into ``names`` (distinct): the categories are the
     names in sorted order (so sorting and grouping by the column order the names as plain strings
     would), the codes renumbered to match and stored in the smallest integer type that holds them.
@@ -909,27 +901,27 @@ def categorical_column(codes: Any, names: Sequence[str]) -> Any:
     Examples
     --------
     >>> import numpy as np
-    >>> from ess.report import categorical_column
-    >>> c = categorical_column(np.array([0, 0, 1, 2]), ["b.1", "a", "b.0"])
+    >>> from ess.report import _categorical_column
+    >>> c = _categorical_column(np.array([0, 0, 1, 2]), ["b.1", "a", "b.0"])
     >>> list(c), list(c.categories), c.codes.dtype
     (['b.1', 'b.1', 'a', 'b.0'], ['a', 'b.0', 'b.1'], dtype('int8'))
     """
     import pandas as pd
 
-    rank, cats = sorted_categories(names)
+    rank, cats = _sorted_categories(names)
     return pd.Categorical.from_codes(rank[np.asarray(codes)], categories=cats)
 
 
-def sorted_categories(names: Sequence[Any]) -> Tuple[np.ndarray, List[Any]]:
+def _sorted_categories(names: Sequence[Any]) -> Tuple[np.ndarray, List[Any]]:
     """``(rank, categories)``: the distinct ``names`` in sorted order (the given order when they do not
     compare), and ``rank[i]`` the position of ``names[i]`` there, in the integer type pandas keeps the
-    codes of that many categories in (:func:`code_dtype`), with ``rank[-1] = -1`` one past the end
+    codes of that many categories in (:func:`_code_dtype`), with ``rank[-1] = -1`` one past the end
     (a missing value's code stays -1).
 
     Examples
     --------
-    >>> from ess.report import sorted_categories
-    >>> sorted_categories(["b", "c", "a"])
+    >>> from ess.report import _sorted_categories
+    >>> _sorted_categories(["b", "c", "a"])
     (array([ 1,  2,  0, -1], dtype=int8), ['a', 'b', 'c'])
     """
     names = list(names)
@@ -937,20 +929,20 @@ def sorted_categories(names: Sequence[Any]) -> Tuple[np.ndarray, List[Any]]:
         order = sorted(range(len(names)), key=names.__getitem__)
     except TypeError:  # names of mixed types: kept in the given order
         order = list(range(len(names)))
-    rank = np.empty(len(names) + 1, dtype=code_dtype(len(names)))
+    rank = np.empty(len(names) + 1, dtype=_code_dtype(len(names)))
     rank[order] = np.arange(len(names))
     rank[-1] = -1
     return rank, [names[i] for i in order]
 
 
-def code_dtype(n_categories: int) -> Any:
+def _code_dtype(n_categories: int) -> Any:
     """The integer type of the codes of a ``category`` column of ``n_categories`` names (what pandas
     stores them in: codes of that type are taken without a copy).
 
     Examples
     --------
-    >>> from ess.report import code_dtype
-    >>> code_dtype(24), code_dtype(1536)
+    >>> from ess.report import _code_dtype
+    >>> _code_dtype(24), _code_dtype(1536)
     (<class 'numpy.int8'>, <class 'numpy.int16'>)
     """
     for t in (np.int8, np.int16, np.int32):
@@ -961,16 +953,16 @@ def code_dtype(n_categories: int) -> Any:
 
 def _as_category(values: Any) -> Any:
     """``values`` (a list or array of names, or already a categorical) as a ``category`` column whose
-    categories are sorted (:func:`categorical_column`)."""
+    categories are sorted (:func:`_categorical_column`)."""
     import pandas as pd
 
     if isinstance(values, pd.Categorical):
         cats = list(values.categories)
         if cats == sorted(cats):
             return values
-        return categorical_column(values.codes, cats)
+        return _categorical_column(values.codes, cats)
     codes, uniques = pd.factorize(np.asarray(values, dtype=object))
-    return categorical_column(codes, list(uniques))
+    return _categorical_column(codes, list(uniques))
 
 
 def _tidy_table(rows: Dict[str, Any], token_ids: Optional[np.ndarray]) -> Any:
