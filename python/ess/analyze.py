@@ -8,6 +8,7 @@ import importlib
 import os
 import re
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -575,6 +576,25 @@ def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) 
     )
 
 
+def _hugepage_switch() -> Any:
+    """numpy's switch of its huge-page advice (``_set_madvise_hugepage``), or ``None`` when the user set
+    ``NUMPY_MADVISE_HUGEPAGE`` (their choice stands) or this numpy has no such switch."""
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return None
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            switch = getattr(importlib.import_module(mod), "_set_madvise_hugepage", None)
+        except ImportError:
+            continue
+        if switch is not None:
+            return switch
+    return None
+
+
+_PAGES_LOCK = threading.Lock()
+_PAGES_STATE: Dict[str, Any] = {"depth": 0, "before": None}
+
+
 @contextlib.contextmanager
 def _small_pages() -> Iterator[None]:
     """Within the block, numpy does not advise the operating system to back its large arrays with huge
@@ -583,28 +603,27 @@ def _small_pages() -> Iterator[None]:
     numpy asks for transparent huge pages on every large allocation (``madvise(MADV_HUGEPAGE)``). Where
     Linux then compacts memory on the spot to find them (``/sys/kernel/mm/transparent_hugepage/defrag``
     set to ``madvise``, the default of many distributions) and memory is fragmented, each fresh gigabyte
-    costs seconds of cpu: measured on the 2-core development machine, 6 GB of fresh numpy arrays took
-    23 s of cpu with the advice and 2.7 s without, and the report of a 24-layer Mamba-130m-shaped model at
-    L = 2048 (75 M rows, 5.6 GB) 35 s against 5 s. analyze's arrays are written once and read a few times,
-    so huge pages gain them little. Only a performance hint: results are the same either way. A no-op when ``NUMPY_MADVISE_HUGEPAGE`` is set (the user's choice
-    stands) or when this numpy has no such switch; numpy's setting is restored on exit."""
-    switch = None
-    if "NUMPY_MADVISE_HUGEPAGE" not in os.environ:
-        for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
-            try:
-                switch = getattr(importlib.import_module(mod), "_set_madvise_hugepage", None)
-            except ImportError:
-                continue
-            if switch is not None:
-                break
+    costs seconds of cpu. Measured on the 2-core development machine: 6 GB of fresh numpy arrays took
+    23 s of cpu with the advice and 2.7 s without, and the report of a 24-layer Mamba-130m-shaped model
+    at L = 2048 (75 M rows, 5.6 GB) 35 s against 5 s. analyze's arrays are written once and read a few
+    times, so huge pages gain them little; the advice is only a performance hint (results are the same
+    either way). A no-op when ``NUMPY_MADVISE_HUGEPAGE`` is set or this numpy has no switch. numpy's
+    setting is restored when the last block open in the process (any thread) exits."""
+    switch = _hugepage_switch()
     if switch is None:
         yield
         return
-    before = switch(False)
+    with _PAGES_LOCK:
+        if _PAGES_STATE["depth"] == 0:
+            _PAGES_STATE["before"] = switch(False)
+        _PAGES_STATE["depth"] += 1
     try:
         yield
     finally:
-        switch(before)
+        with _PAGES_LOCK:
+            _PAGES_STATE["depth"] -= 1
+            if _PAGES_STATE["depth"] == 0:
+                switch(_PAGES_STATE["before"])
 
 
 class _Rows(NamedTuple):
