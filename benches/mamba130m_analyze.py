@@ -5,9 +5,10 @@
 A random-weight transformers ``MambaForCausalLM`` (d_model 768, expand 2: 1536 channels, d_state 16;
 ``model layers`` of them, default 24) at length ``L`` (default 2048); ``ess.analyze`` on the first
 ``analysed layers`` mixers (default 1). Prints wall and process cpu time of the call and of its parts: the
-forward pass (from the report), the extraction with its run-time check (``MambaMixerExtractor.factors``),
-the structured kernel (``ess.analyze``'s ``_structured_curves``) and the rest (discovery, hooks, the report).
-The parts are timed by wrapping those two functions. Figures: docs/benchmarks.md.
+forward pass (``ess.analyze``'s ``_forward``), the extraction with its run-time check (``MambaMixerExtractor.factors``),
+the structured kernel (``ess.analyze``'s ``_structured_curves``), the report (``ess.analyze``'s
+``_assemble`` and ``Report.from_rows``: the table and the summary) and the rest (discovery, hooks, the
+rows of each layer). The parts are timed by wrapping those functions. Figures: docs/benchmarks.md.
 """
 
 import os
@@ -38,7 +39,7 @@ cfg = MambaConfig(
 torch.manual_seed(0)
 model = MambaForCausalLM(cfg).eval()
 tok = torch.randint(0, cfg.vocab_size, (1, L), generator=torch.Generator().manual_seed(1))
-acc = {"factors": [0.0, 0.0], "kernel": [0.0, 0.0]}
+acc = {"forward": [0.0, 0.0], "factors": [0.0, 0.0], "kernel": [0.0, 0.0], "report": [0.0, 0.0]}
 
 
 def timed(fn, key):
@@ -53,15 +54,18 @@ def timed(fn, key):
     return wrapper
 
 
+AZ._forward = timed(AZ._forward, "forward")
 AZ._structured_curves = timed(AZ._structured_curves, "kernel")
 hf.MambaMixerExtractor.factors = timed(hf.MambaMixerExtractor.factors, "factors")
+AZ._assemble = timed(AZ._assemble, "report")
+ess.Report.from_rows = classmethod(timed(ess.Report.from_rows.__func__, "report"))
 t0, c0 = time.perf_counter(), time.process_time()
 rep = ess.analyze(model, tok, progress=False, layers=[f"backbone.layers.{i}.mixer" for i in range(K)])
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-fw = rep.meta["seconds_forward"]
-(fa_w, fa_c), (k_w, k_c) = acc["factors"], acc["kernel"]
+(fw, fc), (fa_w, fa_c), (k_w, k_c), (r_w, r_c) = (acc[k] for k in ("forward", "factors", "kernel", "report"))
 print(
-    f"L={L}, {K} of {NL} layers: analyze {wall:.1f} s wall, {cpu:.1f} s cpu; forward {fw:.1f} s wall; "
+    f"L={L}, {K} of {NL} layers: analyze {wall:.1f} s wall, {cpu:.1f} s cpu; forward {fw:.1f} s wall, {fc:.1f} s cpu; "
     f"extraction + check {fa_w:.1f} s wall, {fa_c:.1f} s cpu; kernel {k_w:.1f} s wall, {k_c:.1f} s cpu; "
-    f"rest {wall - fw - fa_w - k_w:.1f} s wall; load average {os.getloadavg()[0]:.1f}"
+    f"report {r_w:.1f} s wall, {r_c:.1f} s cpu; rest {wall - fw - fa_w - k_w - r_w:.1f} s wall, "
+    f"{cpu - fc - fa_c - k_c - r_c:.1f} s cpu; load average {os.getloadavg()[0]:.1f}"
 )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import importlib
 import os
 import re
 import sys
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -573,18 +576,110 @@ def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) 
     )
 
 
-def _assemble(cols: Dict[str, List[np.ndarray]], cats: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
-    """The columns of the report: chunks concatenated, category codes turned into names."""
+def _hugepage_switch() -> Any:
+    """numpy's switch of its huge-page advice (``_set_madvise_hugepage``), or ``None`` when the user set
+    ``NUMPY_MADVISE_HUGEPAGE`` (their choice stands) or this numpy has no such switch."""
+    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
+        return None
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            switch = getattr(importlib.import_module(mod), "_set_madvise_hugepage", None)
+        except ImportError:
+            continue
+        if switch is not None:
+            return switch
+    return None
+
+
+_PAGES_LOCK = threading.Lock()
+_PAGES_STATE: Dict[str, Any] = {"depth": 0, "before": None}
+
+
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """Within the block, numpy does not advise the operating system to back its large arrays with huge
+    pages.
+
+    numpy asks for transparent huge pages on every large allocation (``madvise(MADV_HUGEPAGE)``). Where
+    Linux then compacts memory on the spot to find them (``/sys/kernel/mm/transparent_hugepage/defrag``
+    set to ``madvise``, the default of many distributions) and memory is fragmented, each fresh gigabyte
+    costs seconds of cpu. Measured on the 2-core development machine: 6 GB of fresh numpy arrays took
+    23 s of cpu with the advice and 2.7 s without, and the report of a 24-layer Mamba-130m-shaped model
+    at L = 2048 (75 M rows, 5.6 GB) 35 s against 5 s. analyze's arrays are written once and read a few
+    times, so huge pages gain them little; the advice is only a performance hint (results are the same
+    either way). A no-op when ``NUMPY_MADVISE_HUGEPAGE`` is set or this numpy has no switch. numpy's
+    setting is restored when the last block open in the process (any thread) exits."""
+    switch = _hugepage_switch()
+    if switch is None:
+        yield
+        return
+    with _PAGES_LOCK:
+        if _PAGES_STATE["depth"] == 0:
+            _PAGES_STATE["before"] = switch(False)
+        _PAGES_STATE["depth"] += 1
+    try:
+        yield
+    finally:
+        with _PAGES_LOCK:
+            _PAGES_STATE["depth"] -= 1
+            if _PAGES_STATE["depth"] == 0:
+                switch(_PAGES_STATE["before"])
+
+
+class _Rows(NamedTuple):
+    """The rows of one layer and sequence, kept as what they are made of until the table is built:
+    ``nops x npos`` rows, operator-major; names as codes into :attr:`_EssPass.cats`."""
+
+    sample: int
+    layer: int
+    kind: int
+    operators: np.ndarray  # (nops,) codes of the operator labels
+    positions: np.ndarray  # (npos,) split points, int64
+    length: int
+    tol: np.ndarray  # (nops, npos) float64
+    ent: np.ndarray  # (nops, npos) float64
+    tss: np.ndarray  # (nops,) float64
+    shared: np.ndarray  # (nops,) int64
+
+
+def _assemble(chunks: List[_Rows], cats: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
+    """The columns of the report (``TABLE_COLUMNS`` but ``token``) from the chunks of rows: each column
+    allocated once at its full length and filled chunk by chunk (no per-chunk columns, no
+    concatenation); the names as :class:`pandas.Categorical` columns, categories sorted
+    (:func:`ess.report._sorted_categories`), codes written in their final integer type. Empties
+    ``chunks`` (the curves are freed once copied)."""
+    import pandas as pd
+
+    from .report import TABLE_COLUMNS, _sorted_categories
+
+    sizes = [len(c.operators) * len(c.positions) for c in chunks]
+    ends = np.cumsum([0] + sizes).tolist()
+    n = ends[-1]
+
+    def fill(dtype: Any, value: Any) -> np.ndarray:
+        out = np.empty(n, dtype=dtype)
+        for c, a, b in zip(chunks, ends[:-1], ends[1:]):
+            out[a:b].reshape(len(c.operators), len(c.positions))[...] = value(c)
+        return out
+
     rows: Dict[str, Any] = {}
-    for k, parts in cols.items():
-        if k in cats:  # plain strings (object column) for every consumer of the table; one object per name
-            codes = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
-            names = np.empty(len(cats[k]), dtype=object)
-            names[:] = list(cats[k])
-            rows[k] = names[codes]
-        else:
-            rows[k] = np.concatenate(parts) if parts else np.zeros(0)
-    return rows
+    for k in ("layer", "kind", "operator"):
+        rank, names = _sorted_categories(list(cats[k]))
+        attr = "operators" if k == "operator" else k
+        codes = fill(rank.dtype, lambda c, attr=attr, rank=rank: rank[np.asarray(getattr(c, attr))].reshape(-1, 1))
+        rows[k] = pd.Categorical.from_codes(codes, categories=names)
+    rows["sample"] = fill(np.int64, lambda c: c.sample)
+    rows["index"] = fill(np.int64, lambda c: np.arange(len(c.operators))[:, None])
+    rows["position"] = fill(np.int64, lambda c: c.positions[None, :])
+    rows["ess_tolerance"] = fill(np.float64, lambda c: c.tol)
+    rows["ess_entropy"] = fill(np.float64, lambda c: c.ent)
+    none = np.zeros((0, 0))
+    chunks[:] = [c._replace(tol=none, ent=none) for c in chunks]  # the curves are in the table: freed
+    rows["tss"] = fill(np.float64, lambda c: c.tss[:, None])
+    rows["bound"] = fill(np.int64, lambda c: np.minimum(c.positions, c.length - c.positions)[None, :])
+    rows["shared"] = fill(np.int64, lambda c: c.shared[:, None])
+    chunks.clear()
+    return {k: rows[k] for k in TABLE_COLUMNS if k != "token"}
 
 
 def _tokens_and_markers(
@@ -639,10 +734,8 @@ class _EssPass:
         self.precision = precision
         self.progress = progress
         self.bar = bar
-        from .report import TABLE_COLUMNS
-
-        # the table's columns; the token column is added by the report from the token ids
-        self.cols: Dict[str, List[np.ndarray]] = {k: [] for k in TABLE_COLUMNS if k != "token"}
+        # the rows so far, one chunk per layer and sequence; the token column is added by the report
+        self.cols: List[_Rows] = []
         self.cats: Dict[str, Dict[str, int]] = {"layer": {}, "kind": {}, "operator": {}}
         self.layer_meta: List[Dict[str, Any]] = []
         self.L_seen: Optional[int] = None
@@ -783,25 +876,25 @@ class _EssPass:
     def _append(
         self, name: str, s: int, ops: Any, tol: np.ndarray, ent: np.ndarray, P: np.ndarray, L: int, nops: int
     ) -> None:
-        """Append the rows of one layer and sequence: one numpy chunk per column (a Python object per cell
-        needs ~100 bytes per row: gigabytes for a large model at long L; names are codes until the end)."""
-        cols, cats = self.cols, self.cats
-        shared_ = np.asarray(ops.shared or [1] * nops, dtype=np.int64)
-        bound = np.minimum(P, L - P)
+        """Keep the rows of one layer and sequence: the curves and the per-operator values, names as codes
+        (the table's columns, millions of rows for a large layer at long L, are built once at the end by
+        :func:`_assemble`; a Python object per cell would need ~100 bytes per row)."""
+        cats = self.cats
         npos = len(P)
-        cols["sample"].append(np.full(nops * npos, s, dtype=np.int64))
-        cols["layer"].append(np.full(nops * npos, _code(cats["layer"], name), dtype=np.int32))
-        cols["kind"].append(np.full(nops * npos, _code(cats["kind"], ops.kind), dtype=np.int32))
-        cols["operator"].append(
-            np.repeat(np.array([_code(cats["operator"], lb) for lb in ops.labels], dtype=np.int32), npos)
+        self.cols.append(
+            _Rows(
+                sample=s,
+                layer=_code(cats["layer"], name),
+                kind=_code(cats["kind"], ops.kind),
+                operators=np.array([_code(cats["operator"], lb) for lb in ops.labels], dtype=np.int64),
+                positions=np.asarray(P, dtype=np.int64),
+                length=int(L),
+                tol=np.asarray(tol, dtype=float).reshape(nops, npos),
+                ent=np.asarray(ent, dtype=float).reshape(nops, npos),
+                tss=np.asarray(ops.tss, dtype=float).reshape(nops),
+                shared=np.asarray(ops.shared or [1] * nops, dtype=np.int64).reshape(nops),
+            )
         )
-        cols["index"].append(np.repeat(np.arange(nops, dtype=np.int64), npos))
-        cols["position"].append(np.tile(P.astype(np.int64), nops))
-        cols["ess_tolerance"].append(np.asarray(tol, dtype=float).reshape(-1))
-        cols["ess_entropy"].append(np.asarray(ent, dtype=float).reshape(-1))
-        cols["tss"].append(np.repeat(np.asarray(ops.tss, dtype=float), npos))
-        cols["bound"].append(np.tile(bound.astype(np.int64), nops))
-        cols["shared"].append(np.repeat(shared_, npos))
 
 
 def analyze(
@@ -935,15 +1028,16 @@ def analyze(
         bar=bar,
     )
     t1 = time.perf_counter()
-    ess.run()
+    with _small_pages():
+        ess.run()
     t_ess = time.perf_counter() - t1
     if not ess.layer_meta:
         raise InvalidArgumentError(
             f"model: no layer was analysed: the supported layers {[n for n, _ in found]} were not called in the "
             f"forward pass; not analysed: {skipped}"
         )
-    rows = _assemble(ess.cols, ess.cats)
-    ess.cols.clear()
+    with _small_pages():
+        rows = _assemble(ess.cols, ess.cats)
 
     tok_np, marker_pos = _tokens_and_markers(tok, markers)
     meta = {
@@ -964,6 +1058,13 @@ def analyze(
         "ess_device": "host (Rust kernel)" if ess_device is None else str(ess_device),
         "precision": precision,
     }
-    return Report.from_rows(
-        rows, layer_meta=ess.layer_meta, skipped=skipped, tokens=tokens, token_ids=tok_np, markers=marker_pos, meta=meta
-    )
+    with _small_pages():
+        return Report.from_rows(
+            rows,
+            layer_meta=ess.layer_meta,
+            skipped=skipped,
+            tokens=tokens,
+            token_ids=tok_np,
+            markers=marker_pos,
+            meta=meta,
+        )

@@ -79,7 +79,7 @@ def recommend_state_size(report: Any, quantile: float = 0.95) -> Any:
         )
     recs = []
     t = table[table["position"] > 0]
-    for layer, d in t.groupby("layer", sort=False):
+    for layer, d in t.groupby("layer", sort=False, observed=True):
         e = d["ess_tolerance"].to_numpy(dtype=float)
         if e.size == 0:
             continue

@@ -451,7 +451,7 @@ def _per_sample(report: "Report", ms: Sequence[str]) -> Any:
     sample labels, in the form :mod:`ess.compare` draws."""
     t = report.table.assign(group="sample " + report.table["sample"].astype(str))
     agg = {f"avg_ess_{m}": (f"ess_{m}", "mean") for m in ms}
-    s = t.groupby(["group", "layer"], sort=False).agg(kind=("kind", "first"), **agg).reset_index()
+    s = t.groupby(["group", "layer"], sort=False, observed=True).agg(kind=("kind", "first"), **agg).reset_index()
     groups = ["sample %d" % k for k in sorted(int(v) for v in report.table["sample"].unique())]
     return t, s, groups
 

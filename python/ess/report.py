@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["Report", "BOUNDARY_CAVEAT"]
+__all__ = ["Report", "BOUNDARY_CAVEAT", "TABLE_COLUMNS", "CATEGORY_COLUMNS"]
 
 BOUNDARY_CAVEAT = (
     "Boundary effect: the ESS at split t is at most min(t, L - t) (the block H_t has t columns and L - t rows), "
@@ -26,7 +26,8 @@ BOUNDARY_CAVEAT = (
     "average any operator of the layer could reach, and 'fill' = average ESS / attainable."
 )
 
-#: Columns of :attr:`Report.table`, in order (``token`` only when token ids were given).
+#: Columns of :attr:`Report.table`, in order (``token`` only when token ids were given); the types
+#: are given there (:data:`CATEGORY_COLUMNS` are ``category`` columns).
 TABLE_COLUMNS = (
     "sample",
     "layer",
@@ -57,6 +58,14 @@ class Report:
     table : tidy :class:`pandas.DataFrame`, one row per (sample, layer, operator, position), columns
         ``sample, layer, kind, operator, index, position, token, ess_tolerance, ess_entropy, tss,
         bound, shared`` (``bound = min(t, L - t)``; ``shared``: value channels using this operator).
+        Rows in the order computed: layer by layer, then sample, operator, position. Types: ``layer``,
+        ``kind`` and ``operator`` are ``category`` columns (:data:`CATEGORY_COLUMNS`; a few names repeated
+        over millions of rows: one small integer code per row), their categories in sorted order, so
+        sorting and grouping by them order the names as strings do (pass ``observed=True`` to
+        ``groupby`` on pandas before 3.0, which otherwise adds empty groups for unseen names;
+        ``.astype(str)`` gives plain strings); ``ess_tolerance``, ``ess_entropy`` and ``tss`` are float64,
+        the others int64 (``token`` is -1 where a position has no token id). ``ess.csv`` holds the names
+        as text; ``ess.parquet`` stores them dictionary-encoded and reads back as the same table.
     summary : one row per layer (averaged over samples): ``layer, kind, module_type, n_operators,
         channels, tss, avg_ess_tolerance, avg_ess_entropy, max_ess_tolerance, total_ess, total_tss,
         utilisation, attainable, fill, saturated, collapsed, note``.
@@ -120,9 +129,11 @@ class Report:
         primary = "tolerance" if meta.get("method") in ("both", "tolerance") else "entropy"
         sat, col_thr = float(meta.get("saturation", 0.9)), float(meta.get("collapse", 0.1))
         recs = []
+        where = _layer_rows(df)
         for lm in layer_meta:
-            d = df[df["layer"] == lm["layer"]]
-            if not d.empty:
+            sel = where.get(lm["layer"])
+            if sel is not None:
+                d = df.iloc[sel] if isinstance(sel, slice) else df[sel]
                 recs.append(_layer_summary(d, lm, primary, sat, col_thr))
         summary = pd.DataFrame(recs)
         caveats = [BOUNDARY_CAVEAT]
@@ -357,7 +368,7 @@ class Report:
             return None
         both = self.table["ess_entropy"].notna().any() and self.table["ess_tolerance"].notna().any()
         cmp_ = "entropy" if both else self.primary
-        per = self.table.groupby(["layer", "sample"], sort=False)[f"ess_{cmp_}"].mean().unstack()
+        per = self.table.groupby(["layer", "sample"], sort=False, observed=True)[f"ess_{cmp_}"].mean().unstack()
         spread = (per.max(axis=1) - per.min(axis=1)) / per.mean(axis=1).where(per.mean(axis=1) > 0)
         if not spread.notna().any():
             return None
@@ -382,8 +393,8 @@ class Report:
         if not self.markers or not len(self.table):
             return None
         p = self.primary
-        mean = self.table.groupby(["layer", "sample", "position"])[f"ess_{p}"].mean()
-        curves = {key: g.droplevel([0, 1]) for key, g in mean.groupby(level=[0, 1])}
+        mean = self.table.groupby(["layer", "sample", "position"], observed=True)[f"ess_{p}"].mean()
+        curves = {key: g.droplevel([0, 1]) for key, g in mean.groupby(level=[0, 1], observed=True)}
         L = int(self.meta.get("length") or int(self.table["position"].max()) + 1)
         rows = []
         for layer in self.summary["layer"]:
@@ -878,43 +889,170 @@ def _int_or_num(v: Any) -> str:
     return f"{int(f):,}" if np.isfinite(f) and f == round(f) else _num(f)
 
 
-def _tidy_table(rows: Dict[str, List[Any]], token_ids: Optional[np.ndarray]) -> Any:
-    """The per-split table from analyze's columns: integer index columns, and the token id at each
-    split (-1 where the sample or position has none) when ``token_ids`` is given."""
+#: The table's string columns: :class:`pandas.Categorical` (``category`` dtype), categories in sorted order.
+CATEGORY_COLUMNS = ("layer", "kind", "operator")
+
+
+def _categorical_column(codes: Any, names: Sequence[str]) -> Any:
+    """A ``category`` column from integer ``codes`` into ``names`` (distinct): the categories are the
+    names in sorted order (so sorting and grouping by the column order the names as plain strings
+    would), the codes renumbered to match and stored in the smallest integer type that holds them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.report import _categorical_column
+    >>> c = _categorical_column(np.array([0, 0, 1, 2]), ["b.1", "a", "b.0"])
+    >>> list(c), list(c.categories), c.codes.dtype
+    (['b.1', 'b.1', 'a', 'b.0'], ['a', 'b.0', 'b.1'], dtype('int8'))
+    """
     import pandas as pd
 
-    df = pd.DataFrame(rows)
-    for c in ("position", "index", "sample"):
-        df[c] = df[c].astype(np.int64)
-    if token_ids is not None and len(df):
+    rank, cats = _sorted_categories(names)
+    return pd.Categorical.from_codes(rank[np.asarray(codes)], categories=cats)
+
+
+def _sorted_categories(names: Sequence[Any]) -> Tuple[np.ndarray, List[Any]]:
+    """``(rank, categories)``: the distinct ``names`` in sorted order (the given order when they do not
+    compare), and ``rank[i]`` the position of ``names[i]`` there, in the integer type pandas keeps the
+    codes of that many categories in (:func:`_code_dtype`), with ``rank[-1] = -1`` one past the end
+    (a missing value's code stays -1).
+
+    Examples
+    --------
+    >>> from ess.report import _sorted_categories
+    >>> _sorted_categories(["b", "c", "a"])
+    (array([ 1,  2,  0, -1], dtype=int8), ['a', 'b', 'c'])
+    """
+    names = list(names)
+    try:
+        order = sorted(range(len(names)), key=names.__getitem__)
+    except TypeError:  # names of mixed types: kept in the given order
+        order = list(range(len(names)))
+    rank = np.empty(len(names) + 1, dtype=_code_dtype(len(names)))
+    rank[order] = np.arange(len(names))
+    rank[-1] = -1
+    return rank, [names[i] for i in order]
+
+
+def _code_dtype(n_categories: int) -> Any:
+    """The integer type of the codes of a ``category`` column of ``n_categories`` names (what pandas
+    stores them in: codes of that type are taken without a copy).
+
+    Examples
+    --------
+    >>> from ess.report import _code_dtype
+    >>> _code_dtype(24), _code_dtype(1536)
+    (<class 'numpy.int8'>, <class 'numpy.int16'>)
+    """
+    for t in (np.int8, np.int16, np.int32):
+        if n_categories < np.iinfo(t).max:
+            return t
+    return np.int64
+
+
+def _as_category(values: Any) -> Any:
+    """``values`` (a list or array of names, or already a categorical) as a ``category`` column whose
+    categories are sorted (:func:`_categorical_column`)."""
+    import pandas as pd
+
+    if isinstance(values, pd.Categorical):
+        cats = list(values.categories)
+        if cats == sorted(cats):
+            return values
+        return _categorical_column(values.codes, cats)
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    return _categorical_column(codes, list(uniques))
+
+
+def _tidy_table(rows: Dict[str, Any], token_ids: Optional[np.ndarray]) -> Any:
+    """The per-split table from analyze's columns: integer index columns, ``category`` name columns
+    (:data:`CATEGORY_COLUMNS`), and the token id at each split (-1 where the sample or position has
+    none) when ``token_ids`` is given. Numpy columns are used as they are (not copied: the table of a
+    large model is gigabytes)."""
+    import pandas as pd
+
+    cols: Dict[str, Any] = {}
+    for k, v in rows.items():
+        if k in CATEGORY_COLUMNS:
+            v = _as_category(v)
+        elif k in ("position", "index", "sample"):
+            v = np.asarray(v)
+            if v.dtype != np.int64:
+                v = v.astype(np.int64)
+        cols[k] = v
+        if k == "position" and token_ids is not None and len(v):
+            cols["token"] = None  # its place: after the position
+    if "token" in cols:
+        smp, pos = cols["sample"], cols["position"]
         ids = np.asarray(token_ids)
-        ok = (df["sample"].to_numpy() < ids.shape[0]) & (df["position"].to_numpy() < ids.shape[1])
-        tok = np.full(len(df), -1, dtype=np.int64)
-        tok[ok] = ids[df["sample"].to_numpy()[ok], df["position"].to_numpy()[ok]]
-        df.insert(6, "token", tok)
-    return df
+        ok = (smp < ids.shape[0]) & (pos < ids.shape[1])
+        if ok.all():
+            tok = ids[smp, pos].astype(np.int64, copy=False)
+        else:
+            tok = np.full(len(smp), -1, dtype=np.int64)
+            tok[ok] = ids[smp[ok], pos[ok]]
+        cols["token"] = tok
+    return pd.DataFrame(cols, copy=False)
+
+
+def _layer_rows(df: Any) -> Dict[str, Any]:
+    """Where each layer's rows are: layer name -> a ``slice`` when they are contiguous (as
+    :func:`ess.analyze` writes them: layer by layer), else a boolean mask. One pass over the codes."""
+    col = df["layer"]
+    codes = col.cat.codes.to_numpy()
+    names = list(col.cat.categories)
+    if not len(codes):
+        return {}
+    starts = np.concatenate(([0], np.flatnonzero(codes[1:] != codes[:-1]) + 1))
+    ends = np.append(starts[1:], len(codes))
+    runs: Dict[int, List[Tuple[int, int]]] = {}
+    for a, b in zip(starts.tolist(), ends.tolist()):
+        runs.setdefault(int(codes[a]), []).append((a, b))
+    out: Dict[str, Any] = {}
+    for c, rs in runs.items():
+        if c < 0:
+            continue
+        out[names[c]] = slice(rs[0][0], rs[0][1]) if len(rs) == 1 else codes == c
+    return out
 
 
 def _layer_summary(d: Any, lm: Dict[str, Any], primary: str, sat: float, col_thr: float) -> Dict[str, Any]:
     """One layer's summary row from its rows ``d`` of the tidy table: averages per operator, totals
-    over channels (per sample), attainable ESS ``mean(min(TSS, bound))`` and the fill."""
-    per_op = d.groupby(["sample", "index"]).agg(
-        tol=("ess_tolerance", "mean"),
-        ent=("ess_entropy", "mean"),
-        tss=("tss", "first"),
-        shared=("shared", "first"),
-    )
-    att = d.assign(a=np.minimum(d["tss"].to_numpy(), d["bound"].to_numpy()))["a"].mean()
+    over channels (per sample), attainable ESS ``mean(min(TSS, bound))`` and the fill.
+
+    The operators are grouped by one integer key ``sample * (max index + 1) + index`` (same groups,
+    same order and same sums as grouping by the pair, at a fraction of the cost)."""
+    import pandas as pd
+
+    smp, idx = d["sample"].to_numpy(), d["index"].to_numpy()
+    cols = {
+        "tol": d["ess_tolerance"].to_numpy(),
+        "ent": d["ess_entropy"].to_numpy(),
+        "tss": d["tss"].to_numpy(),
+        "shared": d["shared"].to_numpy(),
+    }
+    agg = {"tol": "mean", "ent": "mean", "tss": "first", "shared": "first"}
+    if len(idx) and (smp.min() < 0 or idx.min() < 0):  # not as analyze writes them: group by the pair
+        per_op = pd.DataFrame({"sample": smp, "index": idx, **cols}).groupby(["sample", "index"]).agg(agg)
+        n_samples = max(1, per_op.index.get_level_values(0).nunique())
+        n_operators = int(per_op.groupby(level=1).ngroups)
+    else:
+        stride = int(idx.max()) + 1 if len(idx) else 1
+        per_op = pd.DataFrame(cols, copy=False).groupby(smp * stride + idx).agg(agg)
+        keys = per_op.index.to_numpy()
+        n_samples = max(1, len(np.unique(keys // stride)))
+        n_operators = len(np.unique(keys % stride))
+    att = pd.Series(np.minimum(cols["tss"], d["bound"].to_numpy())).mean()
     prim = per_op["tol"] if primary == "tolerance" else per_op["ent"]
     avg = float(prim.mean())
-    n_samples = max(1, per_op.index.get_level_values(0).nunique())
     tss = float(per_op["tss"].mean())
     fill = avg / att if att > 0 else float("nan")
     return {
         "layer": lm["layer"],
         "kind": lm["kind"],
         "module_type": lm.get("module_type", ""),
-        "n_operators": int(per_op.groupby(level=1).ngroups),
+        "n_operators": n_operators,
         "channels": int(per_op["shared"].sum() // n_samples),
         "tss": tss,
         "avg_ess_tolerance": float(per_op["tol"].mean()),

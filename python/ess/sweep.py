@@ -64,7 +64,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from .errors import DTypeError, InvalidArgumentError
-from .report import TABLE_COLUMNS
+from .report import CATEGORY_COLUMNS, TABLE_COLUMNS
 
 __all__ = [
     "Job",
@@ -1358,6 +1358,7 @@ def load(results: Union[str, "os.PathLike[str]"]) -> SweepResults:
     """
     import pandas as pd
     import pyarrow.parquet as pq
+    from pandas.api.types import union_categoricals
 
     root = Path(results).absolute()
     records = _scan(root)
@@ -1395,6 +1396,9 @@ def load(results: Union[str, "os.PathLike[str]"]) -> SweepResults:
         tables.append(parts["table"])
         summaries.append(parts["summary"])
     table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(_TABLE_COLUMNS))
+    for col in CATEGORY_COLUMNS:  # one ``category`` column over all jobs (as in ess.Report.table), sorted names
+        if tables and all(col in t.columns for t in tables):
+            table[col] = union_categoricals([t[col].astype("category") for t in tables], sort_categories=True)
     summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(columns=["job"])
     if "token" in table.columns:
         table["token"] = table["token"].fillna(-1).astype("int64")
