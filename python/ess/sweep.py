@@ -668,9 +668,14 @@ def _write_parquet(path: Path, df: Any) -> str:
 
 
 def _with_labels(df: Any, labels: Mapping[str, Any]) -> Any:
+    """``df`` with the (scalar) labels as leading constant columns; the same dtypes as a column
+    built from a list of the value, without forming that list (a large table has tens of millions
+    of rows)."""
+    import pandas as pd
+
     df = df.copy()
     for i, (k, v) in enumerate(labels.items()):
-        df.insert(i, k, [v] * len(df))
+        df.insert(i, k, pd.Series(v, index=df.index, dtype=object if v is None else None))
     return df
 
 
