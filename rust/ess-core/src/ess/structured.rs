@@ -62,6 +62,8 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
+mod lanes;
+
 use super::dense::{split_positions, EssCurves, Scalar};
 use super::{entropy_ess, tolerance_count, Tolerance};
 use crate::error::{check_finite, checked_size, Error, Result};
@@ -285,22 +287,90 @@ fn run(
             Transition::Diagonal => checked_size("B", &[l, n])?,
             Transition::Dense => checked_size("A", &[l, n, n])?,
         };
-        let in_flight = rayon::current_num_threads().min(batch).max(1) as u64;
+        let threads = rayon::current_num_threads();
+        let in_flight = threads.min(batch).max(1) as u64;
         let budget = window_budget(in_flight);
-        let per_worker = checked_size("B", &[l, n, 2])?
-            .checked_add(a_len)
-            .and_then(|x| x.checked_add(plan_window(np, n, budget).1))
-            .and_then(|x| x.checked_mul(8));
+        // Groups of LANES channels in lockstep (see `lanes`) when the backward factors of every
+        // split of a group fit in the window budget of its channels; the same results bit for bit.
+        let grouped = kind != Transition::Dense
+            && n <= SMALL_SVD_MAX
+            && batch >= GROUP_MIN_BATCH
+            && !GROUP_PATH_OFF.load(std::sync::atomic::Ordering::Relaxed)
+            && plan_window(np, n, budget / LANES).0 >= np;
+        let (per_worker, in_flight, unit) = if grouped {
+            // LANES channels, their interleaved copy, and all splits' factors of the group.
+            let per = checked_size("B", &[l, n, 2])?
+                .checked_add(a_len)
+                .and_then(|x| x.checked_mul(2 * LANES))
+                .and_then(|x| x.checked_add(plan_window(np, n, usize::MAX).1.checked_mul(LANES)?))
+                .and_then(|x| x.checked_mul(8));
+            (per, threads.min(batch.div_ceil(LANES)).max(1) as u64, "group(s) of 8 channels")
+        } else {
+            let per = checked_size("B", &[l, n, 2])?
+                .checked_add(a_len)
+                .and_then(|x| x.checked_add(plan_window(np, n, budget).1))
+                .and_then(|x| x.checked_mul(8));
+            (per, in_flight, "channel(s)")
+        };
         crate::mem::gate(
             "B",
             per_worker.and_then(|x| (x as u64).checked_mul(in_flight)),
-            &format!("the working buffers of {in_flight} channel(s) in flight (L = {l}, N = {n})"),
+            &format!("the working buffers of {in_flight} {unit} in flight (L = {l}, N = {n})"),
         )?;
         let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(batch);
         let mut ti = if want_tol { Some(tol_out.chunks_mut(np)) } else { None };
         let mut ei = if want_ent { Some(ent_out.chunks_mut(np)) } else { None };
         for b in 0..batch {
             rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
+        }
+        if grouped {
+            rows.par_chunks_mut(LANES).try_for_each_init(lanes::GroupWorkspace::default, |ws, grp| {
+                crate::interrupt::check()?;
+                if ws.chans.len() != LANES {
+                    ws.chans = (0..LANES).map(|_| Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() }).collect();
+                }
+                for (q, chan) in ws.chans.iter_mut().enumerate() {
+                    chan.kind = kind;
+                    chan.n = n;
+                    // A short last group repeats its last channel in the spare lanes (discarded).
+                    if q < grp.len() {
+                        fill(grp[q].0, chan)?;
+                    }
+                }
+                for q in grp.len()..LANES {
+                    let (done, rest) = ws.chans.split_at_mut(q);
+                    let (src, dst) = (&done[q - 1], &mut rest[0]);
+                    dst.a.clone_from(&src.a);
+                    dst.b.clone_from(&src.b);
+                    dst.c.clone_from(&src.c);
+                }
+                ws.interleave(kind, l, n);
+                let mut out = std::mem::take(&mut ws.out);
+                out.resize_with(LANES, Vec::new);
+                let res = lanes::group(ws, kind, l, n, &positions, &tol, want_tol, want_ent, &mut out);
+                if res.is_ok() {
+                    for ((_, tr, er), res) in grp.iter_mut().zip(&out) {
+                        if let Some(tr) = tr {
+                            for (o, r) in tr.iter_mut().zip(res) {
+                                *o = r.0;
+                            }
+                        }
+                        if let Some(er) = er {
+                            for (o, r) in er.iter_mut().zip(res) {
+                                *o = r.1;
+                            }
+                        }
+                    }
+                }
+                ws.out = out;
+                res
+            })?;
+            return Ok(EssCurves {
+                batch,
+                n_positions: np,
+                tolerance: want_tol.then_some(tol_out),
+                entropy: want_ent.then_some(ent_out),
+            });
         }
         // Channels are independent small problems: one workspace per worker thread, reused across the
         // channels it takes (no allocation or page faults per channel or split).
@@ -359,6 +429,12 @@ fn window_budget(in_flight: u64) -> usize {
     let avail = crate::mem::available().map_or(u64::MAX, |a| a / 4 / in_flight.max(1));
     (64u64 << 20).min(avail) as usize
 }
+
+/// Smallest batch that takes the grouped path ([`lanes`]); smaller batches go channel by channel.
+const GROUP_MIN_BATCH: usize = 4;
+
+/// Test hook: `true` sends every batch through the per-channel path.
+static GROUP_PATH_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Test hook: a nonzero value replaces [`window_budget`] (the results do not depend on it).
 static WINDOW_BYTES_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -844,22 +920,9 @@ fn one_channel(
         if pending.is_empty() {
             return Ok(());
         }
-        let sv = svd.values(lanes_a, pending.len())?;
+        let mut sv = svd.values(lanes_a, pending.len())?;
         for (lane, &(t, o, gmax)) in pending.iter().enumerate() {
-            let mut sigma = sv[lane].clone();
-            // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
-            // (what the N x N product shows there is rounding).
-            sigma.truncate(t.min(l - t));
-            let smax = sigma.first().copied().unwrap_or(0.0);
-            let tol_s = match tol.atol {
-                Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
-                None => *tol,
-            };
-            let tau = tol_s.threshold(smax, l - t, t);
-            out[o] = (
-                if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
-                if want_ent { entropy_ess(&sigma) } else { 0.0 },
-            );
+            out[o] = split_result(&mut sv[lane], t, l, Some(gmax), tol, want_tol, want_ent);
         }
         pending.clear();
         Ok(())
@@ -906,13 +969,7 @@ fn one_channel(
         }
         match gmax {
             None => {
-                // a zero block: no singular value
-                let sigma: [f64; 0] = [];
-                let tau = tol.threshold(0.0, l - tq, tq);
-                out[o] = (
-                    if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
-                    if want_ent { entropy_ess(&sigma) } else { 0.0 },
-                );
+                out[o] = split_result(&mut Vec::new(), tq, l, None, tol, want_tol, want_ent);
             }
             Some(gmax) => {
                 // W = S_O^T diag(2^(g - gmax)) S_R into the next lane of the batch:
@@ -948,6 +1005,41 @@ fn one_channel(
     debug_assert!(t <= t_max);
     flush(&mut pending, lanes_a, svd, &mut out)?;
     Ok(out)
+}
+
+/// `(tolerance, entropy)` at split `t` from the singular values `sigma` (decreasing, `N` of them;
+/// truncated here) of the scaled product `W`, `sigma(H_t) = 2^gmax sigma(W)`. `gmax = None`: a
+/// zero block (no singular value; `sigma` is not read).
+fn split_result(
+    sigma: &mut Vec<f64>,
+    t: usize,
+    l: usize,
+    gmax: Option<i64>,
+    tol: &Tolerance,
+    want_tol: bool,
+    want_ent: bool,
+) -> (f64, f64) {
+    let Some(gmax) = gmax else {
+        let sigma: [f64; 0] = [];
+        let tau = tol.threshold(0.0, l - t, t);
+        return (
+            if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+            if want_ent { entropy_ess(&sigma) } else { 0.0 },
+        );
+    };
+    // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
+    // (what the N x N product shows there is rounding).
+    sigma.truncate(t.min(l - t));
+    let smax = sigma.first().copied().unwrap_or(0.0);
+    let tol_s = match tol.atol {
+        Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
+        None => *tol,
+    };
+    let tau = tol_s.threshold(smax, l - t, t);
+    (
+        if want_tol { tolerance_count(sigma, tau) as f64 } else { 0.0 },
+        if want_ent { entropy_ess(sigma) } else { 0.0 },
+    )
 }
 
 /// Singular values of a small square matrix held in `a` (column-major, `n x n`): a
@@ -1232,6 +1324,8 @@ struct BatchSvd {
     w: Vec<f64>,
     rv1: Vec<f64>,
     single: SmallSvd,
+    /// Copy of the input of [`Self::values_interleaved`] (for a lane that falls back).
+    backup: Vec<[f64; LANES]>,
 }
 
 impl BatchSvd {
@@ -1242,7 +1336,32 @@ impl BatchSvd {
             w: vec![0.0; n * LANES],
             rv1: vec![0.0; n * LANES],
             single: SmallSvd::new(n),
+            backup: Vec::new(),
         }
+    }
+
+    /// Singular values (decreasing) of the lanes `q < m` of the matrices already interleaved in
+    /// `self.a` (destroyed) into `out[q]`; `n <= SMALL_SVD_MAX`.
+    fn values_interleaved(&mut self, m: usize, out: &mut [Vec<f64>]) -> Result<()> {
+        let n = self.n;
+        let nn = n * n;
+        debug_assert!(n <= SMALL_SVD_MAX && m <= LANES);
+        self.backup.clear();
+        self.backup.extend_from_slice(&self.a[..nn]);
+        let ok = self.bidiagonalise_and_chase();
+        for (q, o) in out.iter_mut().enumerate().take(m) {
+            if ok[q] {
+                o.clear();
+                o.extend((0..n).map(|i| self.w[i * LANES + q].abs()));
+                o.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+            } else {
+                for (d, x) in self.single.a.iter_mut().zip(&self.backup) {
+                    *d = x[q];
+                }
+                *o = self.single.values()?;
+            }
+        }
+        Ok(())
     }
 
     /// Singular values (decreasing) of the `m <= LANES` column-major matrices in `src` (lane `q` at
