@@ -1576,202 +1576,235 @@ impl BatchSvd {
                 anorm[q] = anorm[q].max(w[i * K + q].abs() + rv1[i * K + q].abs());
             }
         }
-        // QR on the bidiagonals; the chases of the lanes are interleaved step by step.
-        let mut ok = [true; K];
-        let mut kk = [0usize; K];
-        let mut its = [0usize; K];
-        let mut done = [false; K];
-        for q in 0..K {
-            if !anorm[q].is_finite() {
-                ok[q] = false;
-                done[q] = true;
-            } else if anorm[q] == 0.0 {
-                done[q] = true;
-                for i in 0..n {
-                    w[i * K + q] = 0.0;
-                }
-            }
-            kk[q] = n - 1;
-        }
-        let wi = |i: usize, q: usize| i * K + q;
-        let mut lo = [0usize; K];
-        let mut cnt = [0usize; K]; // chase steps of this round (0: no sweep)
-        let mut cc = [0.0f64; K];
-        let mut sn = [0.0f64; K];
-        let mut ff = [0.0f64; K];
-        let mut xx = [0.0f64; K];
-        while done.iter().any(|d| !d) {
-            let mut maxcnt = 0usize;
-            for q in 0..K {
-                cnt[q] = 0;
-                if done[q] {
-                    continue;
-                }
-                let an = anorm[q];
-                let k = kk[q];
-                let mut flag = true;
-                let mut l = k;
-                loop {
-                    if l == 0 || rv1[wi(l, q)].abs() + an == an {
-                        flag = false;
-                        break;
-                    }
-                    if w[wi(l - 1, q)].abs() + an == an {
-                        break;
-                    }
-                    l -= 1;
-                }
-                if flag {
-                    let (mut c, mut s) = (0.0f64, 1.0f64);
-                    for i in l..=k {
-                        let f = s * rv1[wi(i, q)];
-                        rv1[wi(i, q)] *= c;
-                        if f.abs() + an == an {
-                            break;
-                        }
-                        let gg = w[wi(i, q)];
-                        let h = fast_hypot(f, gg);
-                        w[wi(i, q)] = h;
-                        let hi = 1.0 / h;
-                        c = gg * hi;
-                        s = -f * hi;
-                    }
-                }
-                let z = w[wi(k, q)];
-                if l == k {
-                    if z < 0.0 {
-                        w[wi(k, q)] = -z;
-                    }
-                    its[q] = 0;
-                    if k == 0 {
-                        done[q] = true;
-                    } else {
-                        kk[q] = k - 1;
-                    }
-                    continue;
-                }
-                its[q] += 1;
-                let x = w[wi(l, q)];
-                let y = w[wi(k - 1, q)];
-                let gq = rv1[wi(k - 1, q)];
-                let h = rv1[wi(k, q)];
-                if its[q] > 75 || x == 0.0 || h == 0.0 || y == 0.0 {
-                    ok[q] = false;
-                    done[q] = true;
-                    continue;
-                }
-                let mut f = ((y - z) * (y + z) + (gq - h) * (gq + h)) / (2.0 * h * y);
-                let g1 = pythag(f, 1.0);
-                f = ((x - z) * (x + z) + h * ((y / (f + g1.copysign(f))) - h)) / x;
-                lo[q] = l;
-                cnt[q] = k - l; // steps j = l..k-1
-                cc[q] = 1.0;
-                sn[q] = 1.0;
-                ff[q] = f;
-                xx[q] = x;
-                maxcnt = maxcnt.max(cnt[q]);
-            }
-            // The steps of the lanes' chases, all lanes at once (lane-parallel arithmetic, the
-            // square roots and divisions included); a lane past its last step keeps its state.
-            for step in 0..maxcnt {
-                let mut act = [false; K];
-                let mut gg = [0.0f64; K];
-                let mut y = [0.0f64; K];
-                for q in 0..K {
-                    act[q] = step < cnt[q];
-                    if act[q] {
-                        let i = lo[q] + step + 1;
-                        gg[q] = rv1[wi(i, q)];
-                        y[q] = w[wi(i, q)];
-                    }
-                }
-                let (mut c, mut s, mut f, mut x) = (cc, sn, ff, xx);
-                let mut h = [0.0f64; K];
-                let mut z1 = [0.0f64; K];
-                let mut z2 = [0.0f64; K];
-                let mut risky = false;
-                for q in 0..K {
-                    h[q] = s[q] * gg[q];
-                    gg[q] *= c[q];
-                    let sq = f[q] * f[q] + h[q] * h[q];
-                    z1[q] = sq.sqrt();
-                    risky |= !(sq > 1e-290 && sq < 1e290);
-                }
-                if risky {
-                    for q in 0..K {
-                        z1[q] = fast_hypot(f[q], h[q]);
-                    }
-                }
-                for q in 0..K {
-                    let iz = 1.0 / z1[q];
-                    c[q] = f[q] * iz;
-                    s[q] = h[q] * iz;
-                    f[q] = x[q] * c[q] + gg[q] * s[q];
-                    gg[q] = gg[q] * c[q] - x[q] * s[q];
-                    h[q] = y[q] * s[q];
-                    y[q] *= c[q];
-                }
-                let mut risky = false;
-                for q in 0..K {
-                    let sq = f[q] * f[q] + h[q] * h[q];
-                    z2[q] = sq.sqrt();
-                    risky |= !(sq > 1e-290 && sq < 1e290);
-                }
-                if risky {
-                    for q in 0..K {
-                        z2[q] = fast_hypot(f[q], h[q]);
-                    }
-                }
-                for q in 0..K {
-                    if z2[q] != 0.0 {
-                        let iz = 1.0 / z2[q];
-                        c[q] = f[q] * iz;
-                        s[q] = h[q] * iz;
-                    }
-                    f[q] = c[q] * gg[q] + s[q] * y[q];
-                    x[q] = c[q] * y[q] - s[q] * gg[q];
-                }
-                for q in 0..K {
-                    if !act[q] {
-                        continue;
-                    }
-                    if z1[q] == 0.0 {
-                        // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
-                        ok[q] = false;
-                        done[q] = true;
-                        cnt[q] = 0;
-                        continue;
-                    }
-                    let j = lo[q] + step;
-                    rv1[wi(j, q)] = z1[q];
-                    w[wi(j, q)] = z2[q];
-                    cc[q] = c[q];
-                    sn[q] = s[q];
-                    ff[q] = f[q];
-                    xx[q] = x[q];
-                }
-            }
-            for q in 0..K {
-                if cnt[q] == 0 || done[q] {
-                    continue;
-                }
-                let (l, k) = (lo[q], kk[q]);
-                rv1[wi(l, q)] = 0.0;
-                rv1[wi(k, q)] = ff[q];
-                w[wi(k, q)] = xx[q];
-                if !(ff[q].is_finite() && xx[q].is_finite()) {
-                    ok[q] = false;
-                    done[q] = true;
-                }
-            }
-        }
-        for q in 0..K {
-            if ok[q] && !(0..n).all(|i| w[wi(i, q)].is_finite()) {
-                ok[q] = false;
-            }
-        }
-        ok
+        // QR on the bidiagonals, the lanes advancing independently.
+        chase_lanes(n, w, rv1, &anorm)
     }
+}
+
+/// State of the QR iterations of the lanes of [`BatchSvd`]: the sweep in progress of lane `q`
+/// runs from `lo[q]` to `kk[q]` (`cnt[q]` steps, the next one `pos[q]`) with the rotation
+/// `(cc, sn)` and the bulge values `ff, xx` carried between steps.
+struct Chase {
+    ok: [bool; LANES],
+    done: [bool; LANES],
+    kk: [usize; LANES],
+    its: [usize; LANES],
+    lo: [usize; LANES],
+    pos: [usize; LANES],
+    cnt: [usize; LANES],
+    cc: [f64; LANES],
+    sn: [f64; LANES],
+    ff: [f64; LANES],
+    xx: [f64; LANES],
+}
+
+impl Chase {
+    /// Lane `q` between sweeps: deflate and test for convergence from `kk[q]` down (as
+    /// [`SmallSvd::golub_reinsch`]), then set up the next sweep, or mark the lane done (`ok`
+    /// false when the iteration fails).
+    #[inline(always)]
+    fn start(&mut self, q: usize, w: &mut [f64], rv1: &mut [f64], an: f64) {
+        let wi = |i: usize| i * LANES + q;
+        loop {
+            let k = self.kk[q];
+            let mut flag = true;
+            let mut l = k;
+            loop {
+                if l == 0 || rv1[wi(l)].abs() + an == an {
+                    flag = false;
+                    break;
+                }
+                if w[wi(l - 1)].abs() + an == an {
+                    break;
+                }
+                l -= 1;
+            }
+            if flag {
+                let (mut c, mut s) = (0.0f64, 1.0f64);
+                for i in l..=k {
+                    let f = s * rv1[wi(i)];
+                    rv1[wi(i)] *= c;
+                    if f.abs() + an == an {
+                        break;
+                    }
+                    let gg = w[wi(i)];
+                    let h = fast_hypot(f, gg);
+                    w[wi(i)] = h;
+                    let hi = 1.0 / h;
+                    c = gg * hi;
+                    s = -f * hi;
+                }
+            }
+            let z = w[wi(k)];
+            if l == k {
+                if z < 0.0 {
+                    w[wi(k)] = -z;
+                }
+                self.its[q] = 0;
+                if k == 0 {
+                    self.done[q] = true;
+                    return;
+                }
+                self.kk[q] = k - 1;
+                continue;
+            }
+            self.its[q] += 1;
+            let x = w[wi(l)];
+            let y = w[wi(k - 1)];
+            let gq = rv1[wi(k - 1)];
+            let h = rv1[wi(k)];
+            if self.its[q] > 75 || x == 0.0 || h == 0.0 || y == 0.0 {
+                self.ok[q] = false;
+                self.done[q] = true;
+                return;
+            }
+            let mut f = ((y - z) * (y + z) + (gq - h) * (gq + h)) / (2.0 * h * y);
+            let g1 = pythag(f, 1.0);
+            f = ((x - z) * (x + z) + h * ((y / (f + g1.copysign(f))) - h)) / x;
+            self.lo[q] = l;
+            self.pos[q] = 0;
+            self.cnt[q] = k - l;
+            self.cc[q] = 1.0;
+            self.sn[q] = 1.0;
+            self.ff[q] = f;
+            self.xx[q] = x;
+            return;
+        }
+    }
+}
+
+/// Implicit-shift QR on the [`LANES`] bidiagonals (`w`: diagonals, `rv1[1..]`: superdiagonals,
+/// lane-minor), values only, into `w`. Every lane performs the operations of
+/// [`SmallSvd::golub_reinsch`]'s iteration in the same order; the lanes advance independently
+/// (a lane that ends its sweep tests for convergence and starts the next one while the others go
+/// on), one chase step of every lane per vector step (lane-parallel square roots and divisions).
+/// Returns per lane whether it converged to finite values.
+#[inline(always)]
+fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> [bool; LANES] {
+    const K: usize = LANES;
+    let mut ch = Chase {
+        ok: [true; K],
+        done: [false; K],
+        kk: [n - 1; K],
+        its: [0; K],
+        lo: [0; K],
+        pos: [0; K],
+        cnt: [0; K],
+        cc: [0.0; K],
+        sn: [0.0; K],
+        ff: [0.0; K],
+        xx: [0.0; K],
+    };
+    for q in 0..K {
+        if !anorm[q].is_finite() {
+            ch.ok[q] = false;
+            ch.done[q] = true;
+        } else if anorm[q] == 0.0 {
+            ch.done[q] = true;
+            for i in 0..n {
+                w[i * K + q] = 0.0;
+            }
+        } else {
+            ch.start(q, w, rv1, anorm[q]);
+        }
+    }
+    while ch.done.iter().any(|d| !d) {
+        let mut act = [false; K];
+        let mut gg = [0.0f64; K];
+        let mut y = [0.0f64; K];
+        for q in 0..K {
+            act[q] = !ch.done[q];
+            if act[q] {
+                let i = ch.lo[q] + ch.pos[q] + 1;
+                gg[q] = rv1[i * K + q];
+                y[q] = w[i * K + q];
+            }
+        }
+        let (mut c, mut s, mut f, mut x) = (ch.cc, ch.sn, ch.ff, ch.xx);
+        let mut h = [0.0f64; K];
+        let mut z1 = [0.0f64; K];
+        let mut z2 = [0.0f64; K];
+        let mut risky = false;
+        for q in 0..K {
+            h[q] = s[q] * gg[q];
+            gg[q] *= c[q];
+            let sq = f[q] * f[q] + h[q] * h[q];
+            z1[q] = sq.sqrt();
+            risky |= act[q] & !(sq > 1e-290 && sq < 1e290);
+        }
+        if risky {
+            for q in 0..K {
+                z1[q] = fast_hypot(f[q], h[q]);
+            }
+        }
+        for q in 0..K {
+            let iz = 1.0 / z1[q];
+            c[q] = f[q] * iz;
+            s[q] = h[q] * iz;
+            f[q] = x[q] * c[q] + gg[q] * s[q];
+            gg[q] = gg[q] * c[q] - x[q] * s[q];
+            h[q] = y[q] * s[q];
+            y[q] *= c[q];
+        }
+        let mut risky = false;
+        for q in 0..K {
+            let sq = f[q] * f[q] + h[q] * h[q];
+            z2[q] = sq.sqrt();
+            risky |= act[q] & !(sq > 1e-290 && sq < 1e290);
+        }
+        if risky {
+            for q in 0..K {
+                z2[q] = fast_hypot(f[q], h[q]);
+            }
+        }
+        for q in 0..K {
+            if z2[q] != 0.0 {
+                let iz = 1.0 / z2[q];
+                c[q] = f[q] * iz;
+                s[q] = h[q] * iz;
+            }
+            f[q] = c[q] * gg[q] + s[q] * y[q];
+            x[q] = c[q] * y[q] - s[q] * gg[q];
+        }
+        for q in 0..K {
+            if !act[q] {
+                continue;
+            }
+            if z1[q] == 0.0 {
+                // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
+                ch.ok[q] = false;
+                ch.done[q] = true;
+                continue;
+            }
+            let j = ch.lo[q] + ch.pos[q];
+            rv1[j * K + q] = z1[q];
+            w[j * K + q] = z2[q];
+            ch.cc[q] = c[q];
+            ch.sn[q] = s[q];
+            ch.ff[q] = f[q];
+            ch.xx[q] = x[q];
+            ch.pos[q] += 1;
+            if ch.pos[q] == ch.cnt[q] {
+                // End of the sweep.
+                let (l, k) = (ch.lo[q], ch.kk[q]);
+                rv1[l * K + q] = 0.0;
+                rv1[k * K + q] = f[q];
+                w[k * K + q] = x[q];
+                if !(f[q].is_finite() && x[q].is_finite()) {
+                    ch.ok[q] = false;
+                    ch.done[q] = true;
+                    continue;
+                }
+                ch.start(q, w, rv1, anorm[q]);
+            }
+        }
+    }
+    for q in 0..K {
+        if ch.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
+            ch.ok[q] = false;
+        }
+    }
+    ch.ok
 }
 
 /// Largest state size handled by [`SmallSvd`]'s own Golub-Reinsch (faer above).
