@@ -1599,6 +1599,19 @@ struct Chase {
 }
 
 impl Chase {
+    /// Benign values for the lanes that are done (they keep computing with the others).
+    #[inline(always)]
+    fn retire(&mut self) {
+        for q in 0..LANES {
+            if self.done[q] {
+                self.cc[q] = 1.0;
+                self.sn[q] = 0.0;
+                self.ff[q] = 1.0;
+                self.xx[q] = 1.0;
+            }
+        }
+    }
+
     /// Lane `q` between sweeps: deflate and test for convergence from `kk[q]` down (as
     /// [`SmallSvd::golub_reinsch`]), then set up the next sweep, or mark the lane done (`ok`
     /// false when the iteration fails).
@@ -1708,6 +1721,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
             ch.start(q, w, rv1, anorm[q]);
         }
     }
+    ch.retire();
     while ch.done.iter().any(|d| !d) {
         let mut act = [false; K];
         let mut gg = [0.0f64; K];
@@ -1720,6 +1734,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
                 y[q] = w[i * K + q];
             }
         }
+        // (A done lane computes on benign constants, see `retire`, which never look risky.)
         let (mut c, mut s, mut f, mut x) = (ch.cc, ch.sn, ch.ff, ch.xx);
         let mut h = [0.0f64; K];
         let mut z1 = [0.0f64; K];
@@ -1730,7 +1745,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
             gg[q] *= c[q];
             let sq = f[q] * f[q] + h[q] * h[q];
             z1[q] = sq.sqrt();
-            risky |= act[q] & !(sq > 1e-290 && sq < 1e290);
+            risky |= !(sq > 1e-290 && sq < 1e290);
         }
         if risky {
             for q in 0..K {
@@ -1750,7 +1765,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
         for q in 0..K {
             let sq = f[q] * f[q] + h[q] * h[q];
             z2[q] = sq.sqrt();
-            risky |= act[q] & !(sq > 1e-290 && sq < 1e290);
+            risky |= !(sq > 1e-290 && sq < 1e290);
         }
         if risky {
             for q in 0..K {
@@ -1798,6 +1813,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
                 ch.start(q, w, rv1, anorm[q]);
             }
         }
+        ch.retire();
     }
     for q in 0..K {
         if ch.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
