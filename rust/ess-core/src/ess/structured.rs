@@ -296,21 +296,21 @@ fn run(
             && n <= SMALL_SVD_MAX
             && batch >= GROUP_MIN_BATCH
             && !GROUP_PATH_OFF.load(std::sync::atomic::Ordering::Relaxed)
-            && plan_window(np, n, budget / LANES).0 >= np;
+            && lanes::group_bytes(np, n) <= budget;
         let (per_worker, in_flight, unit) = if grouped {
             // LANES channels, their interleaved copy, and all splits' factors of the group.
             let per = checked_size("B", &[l, n, 2])?
                 .checked_add(a_len)
                 .and_then(|x| x.checked_mul(2 * LANES))
-                .and_then(|x| x.checked_add(plan_window(np, n, usize::MAX).1.checked_mul(LANES)?))
-                .and_then(|x| x.checked_mul(8));
-            (per, threads.min(batch.div_ceil(LANES)).max(1) as u64, "group(s) of 8 channels")
+                .and_then(|x| x.checked_mul(8))
+                .and_then(|x| x.checked_add(lanes::group_bytes(np, n)));
+            (per, threads.min(batch.div_ceil(LANES)).max(1) as u64, format!("group(s) of {LANES} channels"))
         } else {
             let per = checked_size("B", &[l, n, 2])?
                 .checked_add(a_len)
                 .and_then(|x| x.checked_add(plan_window(np, n, budget).1))
                 .and_then(|x| x.checked_mul(8));
-            (per, in_flight, "channel(s)")
+            (per, in_flight, "channel(s)".to_string())
         };
         crate::mem::gate(
             "B",
@@ -1310,7 +1310,7 @@ impl SmallSvd {
 }
 
 /// Splits whose singular values are computed together (interleaved, see [`BatchSvd`]).
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// Singular values of up to [`LANES`] small square matrices at once: the same Golub-Reinsch as
 /// [`SmallSvd`], with the matrices interleaved lane-minor (`a[(j * n + i) * LANES + lane]`), so that

@@ -264,6 +264,12 @@ impl LaneFactor {
     }
 }
 
+/// Bytes of the stored backward factors of a group at `np` splits (saturating).
+pub(super) fn group_bytes(np: usize, n: usize) -> usize {
+    let per = (n * (n + 1) / 2 + n).saturating_mul(8 * K).saturating_add(n * K);
+    np.saturating_mul(per)
+}
+
 /// Buffers of one worker of the group path, reused across groups.
 #[derive(Default)]
 pub(super) struct GroupWorkspace {
