@@ -324,7 +324,16 @@ fn run(
             rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
         }
         if grouped {
-            rows.par_chunks_mut(LANES).try_for_each_init(lanes::GroupWorkspace::default, |ws, grp| {
+            // rayon calls the init once per piece of work it splits off, not once per thread: the
+            // workspaces (tens of MB at long L) come from a pool so that they are allocated (and
+            // their pages faulted in) once per worker.
+            let pool = std::sync::Mutex::new(Vec::<lanes::GroupWorkspace>::new());
+            let take = || {
+                let ws = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+                Pooled { ws: Some(ws), pool: &pool }
+            };
+            rows.par_chunks_mut(LANES).try_for_each_init(take, |pooled, grp| {
+                let ws = pooled.ws.as_mut().expect("pooled workspace");
                 crate::interrupt::check()?;
                 if ws.chans.len() != LANES {
                     ws.chans = (0..LANES).map(|_| Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() }).collect();
@@ -402,6 +411,20 @@ fn run(
         tolerance: want_tol.then_some(tol_out),
         entropy: want_ent.then_some(ent_out),
     })
+}
+
+/// A workspace of the grouped path, returned to its pool when dropped.
+struct Pooled<'p> {
+    ws: Option<lanes::GroupWorkspace>,
+    pool: &'p std::sync::Mutex<Vec<lanes::GroupWorkspace>>,
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(ws) = self.ws.take() {
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(ws);
+        }
+    }
 }
 
 /// Backward factors kept at once per channel: `(window, f64 values)`. All of them when they fit
