@@ -327,6 +327,8 @@ fn run(
             // rayon calls the init once per piece of work it splits off, not once per thread: the
             // workspaces (tens of MB at long L) come from a pool so that they are allocated (and
             // their pages faulted in) once per worker.
+            #[cfg(test)]
+            GROUPED_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let pool = std::sync::Mutex::new(Vec::<lanes::GroupWorkspace>::new());
             let take = || {
                 let ws = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
@@ -455,6 +457,10 @@ fn window_budget(in_flight: u64) -> usize {
 
 /// Smallest batch that takes the grouped path ([`lanes`]); smaller batches go channel by channel.
 const GROUP_MIN_BATCH: usize = 4;
+
+/// Test counter of the calls that took the grouped path.
+#[cfg(test)]
+static GROUPED_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Test hook: `true` sends every batch through the per-channel path.
 static GROUP_PATH_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -1599,6 +1605,7 @@ impl BatchSvd {
                 anorm[q] = anorm[q].max(w[i * K + q].abs() + rv1[i * K + q].abs());
             }
         }
+        if SKIP_CHASE.load(std::sync::atomic::Ordering::Relaxed) { return [true; K]; }
         // QR on the bidiagonals, the lanes advancing independently.
         chase_lanes(n, w, rv1, &anorm)
     }
@@ -1846,6 +1853,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
     ch.ok
 }
 
+pub static SKIP_CHASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Largest state size handled by [`SmallSvd`]'s own Golub-Reinsch (faer above).
 const SMALL_SVD_MAX: usize = 64;
 
@@ -2155,6 +2163,87 @@ mod tests {
         }
         let per = (thread_cpu_s() - c0) * 1e6 / (reps * mats) as f64;
         eprintln!("batched GR, n = 16, {LANES} lanes: {per:.2} us cpu per matrix ({acc})");
+        SKIP_CHASE.store(true, std::sync::atomic::Ordering::Relaxed);
+        let c0 = thread_cpu_s();
+        for _ in 0..reps {
+            for blk in src.chunks(LANES * n * n) {
+                acc += b.values(blk, LANES).unwrap()[0][0];
+            }
+        }
+        let per = (thread_cpu_s() - c0) * 1e6 / (reps * mats) as f64;
+        SKIP_CHASE.store(false, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("no chase: {per:.2} us cpu per matrix ({acc})");
+    }
+
+    /// Channels in lockstep (`lanes`) give the per-channel path's curves bit for bit: every
+    /// transition kind the grouped path takes, a short last group, zero / unit / huge / tiny /
+    /// subnormal transitions, zero inputs and outputs, `atol`, `rtol` and `positions`.
+    #[test]
+    fn grouped_path_equals_per_channel() {
+        let mut seed = 23u64;
+        let batch = LANES + 3;
+        for kind in [Transition::Identity, Transition::Scalar, Transition::Diagonal] {
+            for (l, n) in [(37usize, 5usize), (20, 1), (24, 17)] {
+                let na = match kind {
+                    Transition::Identity => 0,
+                    Transition::Scalar => batch * l,
+                    _ => batch * l * n,
+                };
+                let mut a: Vec<f64> = (0..na).map(|_| 0.6 + 0.8 * lcg(&mut seed)).collect();
+                let mut b: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+                let mut c: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+                for (i, x) in a.iter_mut().enumerate() {
+                    match i % 29 {
+                        3 => *x = 0.0,
+                        5 => *x = 1.0,
+                        7 => *x = ldexp(*x, 700),
+                        11 => *x = ldexp(*x, -700),
+                        13 => *x = 3.0e-310,
+                        17 => *x = -*x,
+                        _ => {}
+                    }
+                }
+                for (i, x) in b.iter_mut().enumerate() {
+                    if i % 7 == 2 {
+                        *x = 0.0;
+                    } else if i % 31 == 4 {
+                        *x = ldexp(*x, 900);
+                    }
+                }
+                for (i, x) in c.iter_mut().enumerate() {
+                    if i % 5 == 1 {
+                        *x = 0.0;
+                    } else if i % 37 == 8 {
+                        *x = ldexp(*x, -900);
+                    }
+                }
+                // a channel with all-zero inputs (zero blocks at every split)
+                b[2 * l * n..3 * l * n].iter_mut().for_each(|x| *x = 0.0);
+                let f = SsmFactors { batch, l, n, kind, a: &a, b: &b, c: &c };
+                for (atol, rtol, positions) in [
+                    (None, None, None),
+                    (Some(1e-3), None, Some(vec![0usize, 1, 5, l / 2, l - 1])),
+                    (Some(1e-200), Some(1e-9), Some((2..l).step_by(3).collect())),
+                ] {
+                    let opts =
+                        StructuredOptions { method: super::super::Method::Both, atol, rtol, positions: positions.clone() };
+                    let runs = GROUPED_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+                    let grouped = ssm_ess(&f, &opts).unwrap();
+                    assert!(GROUPED_RUNS.load(std::sync::atomic::Ordering::Relaxed) > runs, "grouped path not taken");
+                    GROUP_PATH_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let single = ssm_ess(&f, &opts);
+                    GROUP_PATH_OFF.store(false, std::sync::atomic::Ordering::Relaxed);
+                    let single = single.unwrap();
+                    let what = format!("{kind:?} L={l} N={n} atol={atol:?} rtol={rtol:?} positions={positions:?}");
+                    assert_eq!(grouped.tolerance, single.tolerance, "{what}");
+                    let (ge, se) = (grouped.entropy.unwrap(), single.entropy.unwrap());
+                    for (x, y) in ge.iter().zip(&se) {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{what}: {x} vs {y}");
+                    }
+                    assert!(grouped.tolerance.unwrap().iter().any(|&x| x > 0.0), "{what}");
+                }
+            }
+        }
     }
 
     /// The checkpointed backward sweep (a window smaller than the requested splits) gives the
