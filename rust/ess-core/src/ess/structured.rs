@@ -2175,11 +2175,15 @@ mod tests {
         eprintln!("no chase: {per:.2} us cpu per matrix ({acc})");
     }
 
+    /// Serialises the tests that set the module's test hooks (the hooks are process-wide).
+    static HOOKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     /// Channels in lockstep (`lanes`) give the per-channel path's curves bit for bit: every
     /// transition kind the grouped path takes, a short last group, zero / unit / huge / tiny /
     /// subnormal transitions, zero inputs and outputs, `atol`, `rtol` and `positions`.
     #[test]
     fn grouped_path_equals_per_channel() {
+        let _hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
         let mut seed = 23u64;
         let batch = LANES + 3;
         for kind in [Transition::Identity, Transition::Scalar, Transition::Diagonal] {
@@ -2250,6 +2254,7 @@ mod tests {
     /// same curves, bit for bit, as storing every split; with and without `positions`.
     #[test]
     fn windowed_backward_factors_equal_stored() {
+        let _hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
         let (batch, l, n) = (3usize, 150usize, 5usize);
         let mut seed = 11u64;
         let a: Vec<f64> = (0..batch * l * n).map(|_| 0.5 + 0.5 * lcg(&mut seed).abs()).collect();
