@@ -1096,6 +1096,19 @@ fn fast_hypot(a: f64, b: f64) -> f64 {
     }
 }
 
+/// [`pythag`]`(a, 1.0)` with the exact operations by `1.0` left out (the same value, bit for bit,
+/// without a division on the chain of dependent operations).
+#[inline(always)]
+fn pythag_one(a: f64) -> f64 {
+    let x = a.abs();
+    if x > 1.0 {
+        let r = 1.0 / x;
+        x * (1.0 + r * r).sqrt()
+    } else {
+        (1.0 + x * x).sqrt()
+    }
+}
+
 #[inline]
 fn pythag(a: f64, b: f64) -> f64 {
     let (x, y) = (a.abs(), b.abs());
@@ -1702,7 +1715,7 @@ impl Chase {
                 return;
             }
             let mut f = ((y - z) * (y + z) + (gq - h) * (gq + h)) / (2.0 * h * y);
-            let g1 = pythag(f, 1.0);
+            let g1 = pythag_one(f);
             f = ((x - z) * (x + z) + h * ((y / (f + g1.copysign(f))) - h)) / x;
             self.lo[q] = l;
             self.pos[q] = 0;
@@ -1811,6 +1824,8 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
             f[q] = c[q] * gg[q] + s[q] * y[q];
             x[q] = c[q] * y[q] - s[q] * gg[q];
         }
+        // Whether a lane ended its sweep (or failed) in this step.
+        let mut ended = false;
         for q in 0..K {
             if !act[q] {
                 continue;
@@ -1819,6 +1834,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
                 // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
                 ch.ok[q] = false;
                 ch.done[q] = true;
+                ended = true;
                 continue;
             }
             let j = ch.lo[q] + ch.pos[q];
@@ -1838,12 +1854,16 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
                 if !(f[q].is_finite() && x[q].is_finite()) {
                     ch.ok[q] = false;
                     ch.done[q] = true;
+                    ended = true;
                     continue;
                 }
                 ch.start(q, w, rv1, anorm[q]);
+                ended = true;
             }
         }
-        ch.retire();
+        if ended {
+            ch.retire();
+        }
     }
     for q in 0..K {
         if ch.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
