@@ -1619,7 +1619,7 @@ impl BatchSvd {
             }
         }
         #[cfg(test)]
-        if SKIP_CHASE.load(std::sync::atomic::Ordering::Relaxed) {
+        if SKIP_CHASE.with(|x| x.get()) {
             return [true; K];
         }
         // QR on the bidiagonals, the lanes advancing independently.
@@ -1876,9 +1876,12 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
     ch.ok
 }
 
-/// Test hook of the timing test: the bidiagonalisation alone (no QR iteration, values unused).
 #[cfg(test)]
-static SKIP_CHASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+thread_local! {
+    /// Test hook of the timing test (this thread only): the bidiagonalisation alone, no QR
+    /// iteration (the values are not used).
+    static SKIP_CHASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 /// Largest state size handled by [`SmallSvd`]'s own Golub-Reinsch (faer above).
 const SMALL_SVD_MAX: usize = 64;
@@ -2189,7 +2192,7 @@ mod tests {
         }
         let per = (thread_cpu_s() - c0) * 1e6 / (reps * mats) as f64;
         eprintln!("batched GR, n = 16, {LANES} lanes: {per:.2} us cpu per matrix ({acc})");
-        SKIP_CHASE.store(true, std::sync::atomic::Ordering::Relaxed);
+        SKIP_CHASE.with(|x| x.set(true));
         let c0 = thread_cpu_s();
         for _ in 0..reps {
             for blk in src.chunks(LANES * n * n) {
@@ -2197,7 +2200,7 @@ mod tests {
             }
         }
         let per = (thread_cpu_s() - c0) * 1e6 / (reps * mats) as f64;
-        SKIP_CHASE.store(false, std::sync::atomic::Ordering::Relaxed);
+        SKIP_CHASE.with(|x| x.set(false));
         eprintln!("of which the bidiagonalisation (and copies, sorting): {per:.2} us cpu per matrix ({acc})");
     }
 
