@@ -287,6 +287,8 @@ pub(super) struct GroupWorkspace {
     sr: Option<LaneFactor>,
     svd: Option<BatchSvd>,
     sv: Vec<Vec<f64>>,
+    /// `2^(g_r - gmax) S_R[r, j]` of the current split, packed by rows as `st_s`.
+    srs: Vec<V>,
     /// Curves of the lanes (moved out by the caller during [`group`]).
     pub(super) out: Vec<Vec<(f64, f64)>>,
 }
@@ -384,7 +386,9 @@ fn group_body(
     }
     let nn = n * n;
     let nt = n * (n + 1) / 2;
-    let GroupWorkspace { a, b, c, st_s, st_e, st_rz, so, sr, svd, sv, .. } = ws;
+    let GroupWorkspace { a, b, c, st_s, st_e, st_rz, so, sr, svd, sv, srs, .. } = ws;
+    srs.clear();
+    srs.resize(nt, [0.0; K]);
     st_s.resize(ts.len() * nt, [0.0; K]);
     st_e.resize(ts.len() * n, [0; K]);
     st_rz.resize(ts.len() * n, [true; K]);
@@ -467,36 +471,38 @@ fn group_body(
                 }
             }
         }
-        // W = S_O^T diag(2^(g - gmax)) S_R of every lane, interleaved into the SVD's input;
-        // lanes and rows that the per-channel path skips contribute exact zeros.
-        let wa = &mut svd.a[..nn];
-        wa.iter_mut().for_each(|x| *x = [0.0; K]);
+        // W = S_O^T diag(2^(g - gmax)) S_R of every lane, interleaved into the SVD's input:
+        // W[i, j] = sum over r >= max(i, j), ascending (the per-channel path's order), of
+        // S_O[r, i] (2^(g_r - gmax) S_R[r, j]), accumulated in registers. Lanes and rows that the
+        // per-channel path skips contribute exact zeros (which leave the sums unchanged).
         for r in 0..n {
             let mut sc = [0.0f64; K];
-            let mut anysc = false;
             for q in 0..K {
                 if let Some(gm) = gmax[q] {
                     if !sr.rz[r][q] && !so_rz[r][q] {
                         sc[q] = ldexp(1.0, sr.e[r][q] + so_e[r][q] - gm);
-                        anysc |= sc[q] != 0.0;
                     }
                 }
             }
-            if !anysc {
-                continue;
-            }
-            let orow = &so_t[r * (r + 1) / 2..r * (r + 1) / 2 + r + 1];
+            let base = r * (r + 1) / 2;
             for j in 0..=r {
-                let srj = mul(sr.s[j * n + r], sc);
-                let wcol = &mut wa[j * n..j * n + r + 1];
-                for i in 0..=r {
-                    let (x, p) = (wcol[i], mul(orow[i], srj));
-                    let mut y = [0.0f64; K];
+                srs[base + j] = mul(sr.s[j * n + r], sc);
+            }
+        }
+        let wa = &mut svd.a[..nn];
+        for j in 0..n {
+            for i in 0..n {
+                let r0 = i.max(j);
+                let mut acc = [0.0f64; K];
+                let mut base = r0 * (r0 + 1) / 2;
+                for r in r0..n {
+                    let p = mul(so_t[base + i], srs[base + j]);
                     for q in 0..K {
-                        y[q] = x[q] + p[q];
+                        acc[q] += p[q];
                     }
-                    wcol[i] = y;
+                    base += r + 1;
                 }
+                wa[j * n + i] = acc;
             }
         }
         let o = first + idx;
