@@ -26,14 +26,24 @@
 //! to a triangular factor; a Householder QR after a dense transition). Diagonal and scalar
 //! transitions keep the factor triangular, so a step costs `O(N^2)`; a dense `A_t` costs
 //! `O(N^3)`. Each split then needs the `N x N` product `S_O^T S_R` and its singular values
-//! (`O(N^3)`). For `N <= 64` these small problems are batched, eight splits of a channel at a
-//! time, through an allocation-free Golub-Reinsch whose bidiagonalisation runs in lockstep over
-//! the eight matrices (lane vectors `[f64; 8]`, AVX2/FMA by runtime dispatch) and whose QR
-//! chases advance all eight lanes together, one chase step at a time (lane-parallel square roots
-//! and divisions); larger `N` (and any lane that does not converge) go to faer's SVD. Every
-//! worker thread keeps its buffers across the channels it takes. Nothing is squared, so small
-//! singular values keep the accuracy of an SVD of `S_O^T S_R`, i.e. about
-//! `eps * ||S_O|| ||S_R||` absolute.
+//! (`O(N^3)`). For `N <= 64` these small problems go, sixteen at a time, through an
+//! allocation-free values-only Golub-Reinsch on lane vectors `[f64; 16]` (AVX2/FMA by runtime
+//! dispatch): the Householder bidiagonalisation runs in lockstep over the lanes, and in the
+//! implicit-shift QR iteration every lane advances on its own (a lane that ends its sweep tests
+//! for convergence and sets up its next sweep while the others go on; one chase step of every
+//! lane per vector step, with lane-parallel square roots and divisions). Larger `N` (and any
+//! lane that does not converge) go to faer's SVD.
+//!
+//! For diagonal, scalar and identity transitions, sixteen channels run in lockstep (module
+//! `lanes`): lane `q` of every vector belongs to channel `q` of the group, so the Givens
+//! updates, normalisations and products of the group are vector operations, and the lanes of
+//! the batched SVD are the group's channels at one split. Otherwise (dense transitions, batches
+//! of fewer than eight channels, or a group whose factors do not fit the budget below) the
+//! channels go one by one, sixteen splits of a channel per batched SVD. Every lane performs
+//! exactly the floating-point operations of the one-by-one path, in the same order, so the two
+//! give the same curves bit for bit. Every worker thread keeps its buffers across the channels
+//! it takes. Nothing is squared, so small singular values keep the accuracy of an SVD of
+//! `S_O^T S_R`, i.e. about `eps * ||S_O|| ||S_R||` absolute.
 //!
 //! # Memory
 //!
@@ -43,8 +53,10 @@
 //! checkpoint per block of about `sqrt(n_splits)` splits, and each block is recomputed from its
 //! checkpoint when the forward sweep reaches it (one more backward sweep of work, about
 //! `2 sqrt(n_splits)` factors held). The recomputation repeats the same operations, so the
-//! results do not depend on the budget. Per worker the kernel also holds the channel's factors
-//! (`O(L N)` for diagonal transitions); [`mamba_ess`] forms them from the native Mamba
+//! results do not depend on the budget. A group of sixteen channels in lockstep stores the
+//! factors of all its splits (packed lower triangles) when they fit in the same budget, and
+//! otherwise leaves its channels to the one-by-one path. Per worker the kernel also holds the
+//! channel's factors (`O(L N)` for diagonal transitions); [`mamba_ess`] forms them from the native Mamba
 //! parameters per channel, so no `(D, L, N)` array exists anywhere.
 //!
 //! # Scaling
@@ -338,7 +350,8 @@ fn run(
                 let ws = pooled.ws.as_mut().expect("pooled workspace");
                 crate::interrupt::check()?;
                 if ws.chans.len() != LANES {
-                    ws.chans = (0..LANES).map(|_| Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() }).collect();
+                    ws.chans =
+                        (0..LANES).map(|_| Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() }).collect();
                 }
                 for (q, chan) in ws.chans.iter_mut().enumerate() {
                     chan.kind = kind;
@@ -455,8 +468,9 @@ fn window_budget(in_flight: u64) -> usize {
     (64u64 << 20).min(avail) as usize
 }
 
-/// Smallest batch that takes the grouped path ([`lanes`]); smaller batches go channel by channel.
-const GROUP_MIN_BATCH: usize = 4;
+/// Smallest batch that takes the grouped path ([`lanes`]); smaller batches go channel by channel
+/// (a group costs about as much as `LANES / 2` channels taken one by one).
+const GROUP_MIN_BATCH: usize = LANES / 2;
 
 /// Test counter of the calls that took the grouped path.
 #[cfg(test)]
@@ -1065,10 +1079,7 @@ fn split_result(
         None => *tol,
     };
     let tau = tol_s.threshold(smax, l - t, t);
-    (
-        if want_tol { tolerance_count(sigma, tau) as f64 } else { 0.0 },
-        if want_ent { entropy_ess(sigma) } else { 0.0 },
-    )
+    (if want_tol { tolerance_count(sigma, tau) as f64 } else { 0.0 }, if want_ent { entropy_ess(sigma) } else { 0.0 })
 }
 
 /// Singular values of a small square matrix held in `a` (column-major, `n x n`): a
@@ -1395,7 +1406,8 @@ impl BatchSvd {
             if ok[q] {
                 o.clear();
                 o.extend((0..n).map(|i| self.w[i * LANES + q].abs()));
-                o.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+                // (finite and nonnegative: values that compare equal have the same bits)
+                o.sort_unstable_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
             } else {
                 for (d, x) in self.single.a.iter_mut().zip(&self.backup) {
                     *d = x[q];
@@ -2258,8 +2270,12 @@ mod tests {
                     (Some(1e-3), None, Some(vec![0usize, 1, 5, l / 2, l - 1])),
                     (Some(1e-200), Some(1e-9), Some((2..l).step_by(3).collect())),
                 ] {
-                    let opts =
-                        StructuredOptions { method: super::super::Method::Both, atol, rtol, positions: positions.clone() };
+                    let opts = StructuredOptions {
+                        method: super::super::Method::Both,
+                        atol,
+                        rtol,
+                        positions: positions.clone(),
+                    };
                     let runs = GROUPED_RUNS.load(std::sync::atomic::Ordering::Relaxed);
                     let grouped = ssm_ess(&f, &opts).unwrap();
                     assert!(GROUPED_RUNS.load(std::sync::atomic::Ordering::Relaxed) > runs, "grouped path not taken");

@@ -1,4 +1,4 @@
-//! Eight channels of a diagonal, scalar or identity system in lockstep.
+//! [`LANES`] (sixteen) channels of a diagonal, scalar or identity system in lockstep.
 //!
 //! The per-channel sweep of [`super::one_channel`] spends much of its time in short chains of
 //! dependent square roots and divisions (one Givens rotation per state coordinate and step) and
@@ -17,8 +17,8 @@
 use super::{
     exponent, fast_hypot, ldexp, scale_pow2, split_result, BatchSvd, Channel, Transition, LANES, SMALL_SVD_MAX,
 };
-use crate::ess::Tolerance;
 use crate::error::Result;
+use crate::ess::Tolerance;
 
 const K: usize = LANES;
 type V = [f64; K];
