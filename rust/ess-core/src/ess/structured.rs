@@ -303,7 +303,8 @@ fn run(
         let in_flight = threads.min(batch).max(1) as u64;
         let budget = window_budget(in_flight);
         // Groups of LANES channels in lockstep (see `lanes`) when the backward factors of every
-        // split of a group fit in the window budget of its channels; the same results bit for bit.
+        // split of a group fit in the window budget (that of one channel on the other path);
+        // the same results bit for bit.
         let grouped = kind != Transition::Dense
             && n <= SMALL_SVD_MAX
             && batch >= GROUP_MIN_BATCH
