@@ -26,14 +26,24 @@
 //! to a triangular factor; a Householder QR after a dense transition). Diagonal and scalar
 //! transitions keep the factor triangular, so a step costs `O(N^2)`; a dense `A_t` costs
 //! `O(N^3)`. Each split then needs the `N x N` product `S_O^T S_R` and its singular values
-//! (`O(N^3)`). For `N <= 64` these small problems are batched, eight splits of a channel at a
-//! time, through an allocation-free Golub-Reinsch whose bidiagonalisation runs in lockstep over
-//! the eight matrices (lane vectors `[f64; 8]`, AVX2/FMA by runtime dispatch) and whose QR
-//! chases advance all eight lanes together, one chase step at a time (lane-parallel square roots
-//! and divisions); larger `N` (and any lane that does not converge) go to faer's SVD. Every
-//! worker thread keeps its buffers across the channels it takes. Nothing is squared, so small
-//! singular values keep the accuracy of an SVD of `S_O^T S_R`, i.e. about
-//! `eps * ||S_O|| ||S_R||` absolute.
+//! (`O(N^3)`). For `N <= 64` these small problems go, sixteen at a time, through an
+//! allocation-free values-only Golub-Reinsch on lane vectors `[f64; 16]` (AVX2/FMA by runtime
+//! dispatch): the Householder bidiagonalisation runs in lockstep over the lanes, and in the
+//! implicit-shift QR iteration every lane advances on its own (a lane that ends its sweep tests
+//! for convergence and sets up its next sweep while the others go on; one chase step of every
+//! lane per vector step, with lane-parallel square roots and divisions). Larger `N` (and any
+//! lane that does not converge) go to faer's SVD.
+//!
+//! For diagonal, scalar and identity transitions, sixteen channels run in lockstep (module
+//! `lanes`): lane `q` of every vector belongs to channel `q` of the group, so the Givens
+//! updates, normalisations and products of the group are vector operations, and the lanes of
+//! the batched SVD are the group's channels at one split. Otherwise (dense transitions, batches
+//! of fewer than eight channels, or a group whose factors do not fit the budget below) the
+//! channels go one by one, sixteen splits of a channel per batched SVD. Every lane performs
+//! exactly the floating-point operations of the one-by-one path, in the same order, so the two
+//! give the same curves bit for bit. Every worker thread keeps its buffers across the channels
+//! it takes. Nothing is squared, so small singular values keep the accuracy of an SVD of
+//! `S_O^T S_R`, i.e. about `eps * ||S_O|| ||S_R||` absolute.
 //!
 //! # Memory
 //!
@@ -43,8 +53,10 @@
 //! checkpoint per block of about `sqrt(n_splits)` splits, and each block is recomputed from its
 //! checkpoint when the forward sweep reaches it (one more backward sweep of work, about
 //! `2 sqrt(n_splits)` factors held). The recomputation repeats the same operations, so the
-//! results do not depend on the budget. Per worker the kernel also holds the channel's factors
-//! (`O(L N)` for diagonal transitions); [`mamba_ess`] forms them from the native Mamba
+//! results do not depend on the budget. A group of sixteen channels in lockstep stores the
+//! factors of all its splits (packed lower triangles) when they fit in the same budget, and
+//! otherwise leaves its channels to the one-by-one path. Per worker the kernel also holds the
+//! channel's factors (`O(L N)` for diagonal transitions); [`mamba_ess`] forms them from the native Mamba
 //! parameters per channel, so no `(D, L, N)` array exists anywhere.
 //!
 //! # Scaling
@@ -61,6 +73,8 @@
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
+
+mod lanes;
 
 use super::dense::{split_positions, EssCurves, Scalar};
 use super::{entropy_ess, tolerance_count, Tolerance};
@@ -285,22 +299,103 @@ fn run(
             Transition::Diagonal => checked_size("B", &[l, n])?,
             Transition::Dense => checked_size("A", &[l, n, n])?,
         };
-        let in_flight = rayon::current_num_threads().min(batch).max(1) as u64;
+        let threads = rayon::current_num_threads();
+        let in_flight = threads.min(batch).max(1) as u64;
         let budget = window_budget(in_flight);
-        let per_worker = checked_size("B", &[l, n, 2])?
-            .checked_add(a_len)
-            .and_then(|x| x.checked_add(plan_window(np, n, budget).1))
-            .and_then(|x| x.checked_mul(8));
+        // Groups of LANES channels in lockstep (see `lanes`) when the backward factors of every
+        // split of a group fit in the window budget (that of one channel on the other path);
+        // the same results bit for bit.
+        let grouped = kind != Transition::Dense
+            && n <= SMALL_SVD_MAX
+            && batch >= GROUP_MIN_BATCH
+            && !GROUP_PATH_OFF.load(std::sync::atomic::Ordering::Relaxed)
+            && lanes::group_bytes(np, n) <= budget;
+        let (per_worker, in_flight, unit) = if grouped {
+            // LANES channels, their interleaved copy, and all splits' factors of the group.
+            let per = checked_size("B", &[l, n, 2])?
+                .checked_add(a_len)
+                .and_then(|x| x.checked_mul(2 * LANES))
+                .and_then(|x| x.checked_mul(8))
+                .and_then(|x| x.checked_add(lanes::group_bytes(np, n)));
+            (per, threads.min(batch.div_ceil(LANES)).max(1) as u64, format!("group(s) of {LANES} channels"))
+        } else {
+            let per = checked_size("B", &[l, n, 2])?
+                .checked_add(a_len)
+                .and_then(|x| x.checked_add(plan_window(np, n, budget).1))
+                .and_then(|x| x.checked_mul(8));
+            (per, in_flight, "channel(s)".to_string())
+        };
         crate::mem::gate(
             "B",
             per_worker.and_then(|x| (x as u64).checked_mul(in_flight)),
-            &format!("the working buffers of {in_flight} channel(s) in flight (L = {l}, N = {n})"),
+            &format!("the working buffers of {in_flight} {unit} in flight (L = {l}, N = {n})"),
         )?;
         let mut rows: Vec<(usize, Option<&mut [f64]>, Option<&mut [f64]>)> = Vec::with_capacity(batch);
         let mut ti = if want_tol { Some(tol_out.chunks_mut(np)) } else { None };
         let mut ei = if want_ent { Some(ent_out.chunks_mut(np)) } else { None };
         for b in 0..batch {
             rows.push((b, ti.as_mut().and_then(|it| it.next()), ei.as_mut().and_then(|it| it.next())));
+        }
+        if grouped {
+            // rayon calls the init once per piece of work it splits off, not once per thread: the
+            // workspaces (tens of MB at long L) come from a pool so that they are allocated (and
+            // their pages faulted in) once per worker.
+            #[cfg(test)]
+            GROUPED_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let pool = std::sync::Mutex::new(Vec::<lanes::GroupWorkspace>::new());
+            let take = || {
+                let ws = pool.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default();
+                Pooled { ws: Some(ws), pool: &pool }
+            };
+            rows.par_chunks_mut(LANES).try_for_each_init(take, |pooled, grp| {
+                let ws = pooled.ws.as_mut().expect("pooled workspace");
+                crate::interrupt::check()?;
+                if ws.chans.len() != LANES {
+                    ws.chans =
+                        (0..LANES).map(|_| Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() }).collect();
+                }
+                for (q, chan) in ws.chans.iter_mut().enumerate() {
+                    chan.kind = kind;
+                    chan.n = n;
+                    // A short last group repeats its last channel in the spare lanes (discarded).
+                    if q < grp.len() {
+                        fill(grp[q].0, chan)?;
+                    }
+                }
+                for q in grp.len()..LANES {
+                    let (done, rest) = ws.chans.split_at_mut(q);
+                    let (src, dst) = (&done[q - 1], &mut rest[0]);
+                    dst.a.clone_from(&src.a);
+                    dst.b.clone_from(&src.b);
+                    dst.c.clone_from(&src.c);
+                }
+                ws.interleave(kind, l, n);
+                let mut out = std::mem::take(&mut ws.out);
+                out.resize_with(LANES, Vec::new);
+                let res = lanes::group(ws, kind, l, n, &positions, &tol, want_tol, want_ent, &mut out);
+                if res.is_ok() {
+                    for ((_, tr, er), res) in grp.iter_mut().zip(&out) {
+                        if let Some(tr) = tr {
+                            for (o, r) in tr.iter_mut().zip(res) {
+                                *o = r.0;
+                            }
+                        }
+                        if let Some(er) = er {
+                            for (o, r) in er.iter_mut().zip(res) {
+                                *o = r.1;
+                            }
+                        }
+                    }
+                }
+                ws.out = out;
+                res
+            })?;
+            return Ok(EssCurves {
+                batch,
+                n_positions: np,
+                tolerance: want_tol.then_some(tol_out),
+                entropy: want_ent.then_some(ent_out),
+            });
         }
         // Channels are independent small problems: one workspace per worker thread, reused across the
         // channels it takes (no allocation or page faults per channel or split).
@@ -334,6 +429,20 @@ fn run(
     })
 }
 
+/// A workspace of the grouped path, returned to its pool when dropped.
+struct Pooled<'p> {
+    ws: Option<lanes::GroupWorkspace>,
+    pool: &'p std::sync::Mutex<Vec<lanes::GroupWorkspace>>,
+}
+
+impl Drop for Pooled<'_> {
+    fn drop(&mut self) {
+        if let Some(ws) = self.ws.take() {
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(ws);
+        }
+    }
+}
+
 /// Backward factors kept at once per channel: `(window, f64 values)`. All of them when they fit
 /// in `budget` bytes; otherwise a window of about `sqrt(np)` splits, recomputed block by block
 /// from checkpoints taken in one first backward sweep (about `2 sqrt(np)` factors in all, and
@@ -359,6 +468,17 @@ fn window_budget(in_flight: u64) -> usize {
     let avail = crate::mem::available().map_or(u64::MAX, |a| a / 4 / in_flight.max(1));
     (64u64 << 20).min(avail) as usize
 }
+
+/// Smallest batch that takes the grouped path ([`lanes`]); smaller batches go channel by channel
+/// (a group costs about as much as `LANES / 2` channels taken one by one).
+const GROUP_MIN_BATCH: usize = LANES / 2;
+
+/// Test counter of the calls that took the grouped path.
+#[cfg(test)]
+static GROUPED_RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Test hook: `true` sends every batch through the per-channel path.
+static GROUP_PATH_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Test hook: a nonzero value replaces [`window_budget`] (the results do not depend on it).
 static WINDOW_BYTES_OVERRIDE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -844,22 +964,9 @@ fn one_channel(
         if pending.is_empty() {
             return Ok(());
         }
-        let sv = svd.values(lanes_a, pending.len())?;
+        let mut sv = svd.values(lanes_a, pending.len())?;
         for (lane, &(t, o, gmax)) in pending.iter().enumerate() {
-            let mut sigma = sv[lane].clone();
-            // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
-            // (what the N x N product shows there is rounding).
-            sigma.truncate(t.min(l - t));
-            let smax = sigma.first().copied().unwrap_or(0.0);
-            let tol_s = match tol.atol {
-                Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
-                None => *tol,
-            };
-            let tau = tol_s.threshold(smax, l - t, t);
-            out[o] = (
-                if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
-                if want_ent { entropy_ess(&sigma) } else { 0.0 },
-            );
+            out[o] = split_result(&mut sv[lane], t, l, Some(gmax), tol, want_tol, want_ent);
         }
         pending.clear();
         Ok(())
@@ -906,13 +1013,7 @@ fn one_channel(
         }
         match gmax {
             None => {
-                // a zero block: no singular value
-                let sigma: [f64; 0] = [];
-                let tau = tol.threshold(0.0, l - tq, tq);
-                out[o] = (
-                    if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
-                    if want_ent { entropy_ess(&sigma) } else { 0.0 },
-                );
+                out[o] = split_result(&mut Vec::new(), tq, l, None, tol, want_tol, want_ent);
             }
             Some(gmax) => {
                 // W = S_O^T diag(2^(g - gmax)) S_R into the next lane of the batch:
@@ -950,6 +1051,38 @@ fn one_channel(
     Ok(out)
 }
 
+/// `(tolerance, entropy)` at split `t` from the singular values `sigma` (decreasing, `N` of them;
+/// truncated here) of the scaled product `W`, `sigma(H_t) = 2^gmax sigma(W)`. `gmax = None`: a
+/// zero block (no singular value; `sigma` is not read).
+fn split_result(
+    sigma: &mut Vec<f64>,
+    t: usize,
+    l: usize,
+    gmax: Option<i64>,
+    tol: &Tolerance,
+    want_tol: bool,
+    want_ent: bool,
+) -> (f64, f64) {
+    let Some(gmax) = gmax else {
+        let sigma: [f64; 0] = [];
+        let tau = tol.threshold(0.0, l - t, t);
+        return (
+            if want_tol { tolerance_count(&sigma, tau) as f64 } else { 0.0 },
+            if want_ent { entropy_ess(&sigma) } else { 0.0 },
+        );
+    };
+    // H_t is (L-t) x t: singular values beyond min(t, L-t) are exactly zero
+    // (what the N x N product shows there is rounding).
+    sigma.truncate(t.min(l - t));
+    let smax = sigma.first().copied().unwrap_or(0.0);
+    let tol_s = match tol.atol {
+        Some(a) => Tolerance { atol: Some(ldexp(a, -gmax)), ..*tol },
+        None => *tol,
+    };
+    let tau = tol_s.threshold(smax, l - t, t);
+    (if want_tol { tolerance_count(sigma, tau) as f64 } else { 0.0 }, if want_ent { entropy_ess(sigma) } else { 0.0 })
+}
+
 /// Singular values of a small square matrix held in `a` (column-major, `n x n`): a
 /// Householder bidiagonalisation and implicit-shift QR on the bidiagonal (Golub-Reinsch, values
 /// only), without allocation per call. Absolute accuracy about `eps * ||a||`, as the dense
@@ -972,6 +1105,19 @@ fn fast_hypot(a: f64, b: f64) -> f64 {
         s.sqrt()
     } else {
         pythag(a, b)
+    }
+}
+
+/// [`pythag`]`(a, 1.0)` with the exact operations by `1.0` left out (the same value, bit for bit,
+/// without a division on the chain of dependent operations).
+#[inline(always)]
+fn pythag_one(a: f64) -> f64 {
+    let x = a.abs();
+    if x > 1.0 {
+        let r = 1.0 / x;
+        x * (1.0 + r * r).sqrt()
+    } else {
+        (1.0 + x * x).sqrt()
     }
 }
 
@@ -1218,7 +1364,7 @@ impl SmallSvd {
 }
 
 /// Splits whose singular values are computed together (interleaved, see [`BatchSvd`]).
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// Singular values of up to [`LANES`] small square matrices at once: the same Golub-Reinsch as
 /// [`SmallSvd`], with the matrices interleaved lane-minor (`a[(j * n + i) * LANES + lane]`), so that
@@ -1232,6 +1378,8 @@ struct BatchSvd {
     w: Vec<f64>,
     rv1: Vec<f64>,
     single: SmallSvd,
+    /// Copy of the input of [`Self::values_interleaved`] (for a lane that falls back).
+    backup: Vec<[f64; LANES]>,
 }
 
 impl BatchSvd {
@@ -1242,7 +1390,33 @@ impl BatchSvd {
             w: vec![0.0; n * LANES],
             rv1: vec![0.0; n * LANES],
             single: SmallSvd::new(n),
+            backup: Vec::new(),
         }
+    }
+
+    /// Singular values (decreasing) of the lanes `q < m` of the matrices already interleaved in
+    /// `self.a` (destroyed) into `out[q]`; `n <= SMALL_SVD_MAX`.
+    fn values_interleaved(&mut self, m: usize, out: &mut [Vec<f64>]) -> Result<()> {
+        let n = self.n;
+        let nn = n * n;
+        debug_assert!(n <= SMALL_SVD_MAX && m <= LANES);
+        self.backup.clear();
+        self.backup.extend_from_slice(&self.a[..nn]);
+        let ok = self.bidiagonalise_and_chase();
+        for (q, o) in out.iter_mut().enumerate().take(m) {
+            if ok[q] {
+                o.clear();
+                o.extend((0..n).map(|i| self.w[i * LANES + q].abs()));
+                // (finite and nonnegative: values that compare equal have the same bits)
+                o.sort_unstable_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+            } else {
+                for (d, x) in self.single.a.iter_mut().zip(&self.backup) {
+                    *d = x[q];
+                }
+                *o = self.single.values()?;
+            }
+        }
+        Ok(())
     }
 
     /// Singular values (decreasing) of the `m <= LANES` column-major matrices in `src` (lane `q` at
@@ -1457,202 +1631,269 @@ impl BatchSvd {
                 anorm[q] = anorm[q].max(w[i * K + q].abs() + rv1[i * K + q].abs());
             }
         }
-        // QR on the bidiagonals; the chases of the lanes are interleaved step by step.
-        let mut ok = [true; K];
-        let mut kk = [0usize; K];
-        let mut its = [0usize; K];
-        let mut done = [false; K];
-        for q in 0..K {
-            if !anorm[q].is_finite() {
-                ok[q] = false;
-                done[q] = true;
-            } else if anorm[q] == 0.0 {
-                done[q] = true;
-                for i in 0..n {
-                    w[i * K + q] = 0.0;
-                }
-            }
-            kk[q] = n - 1;
+        #[cfg(test)]
+        if SKIP_CHASE.with(|x| x.get()) {
+            return [true; K];
         }
-        let wi = |i: usize, q: usize| i * K + q;
-        let mut lo = [0usize; K];
-        let mut cnt = [0usize; K]; // chase steps of this round (0: no sweep)
-        let mut cc = [0.0f64; K];
-        let mut sn = [0.0f64; K];
-        let mut ff = [0.0f64; K];
-        let mut xx = [0.0f64; K];
-        while done.iter().any(|d| !d) {
-            let mut maxcnt = 0usize;
-            for q in 0..K {
-                cnt[q] = 0;
-                if done[q] {
-                    continue;
-                }
-                let an = anorm[q];
-                let k = kk[q];
-                let mut flag = true;
-                let mut l = k;
-                loop {
-                    if l == 0 || rv1[wi(l, q)].abs() + an == an {
-                        flag = false;
-                        break;
-                    }
-                    if w[wi(l - 1, q)].abs() + an == an {
-                        break;
-                    }
-                    l -= 1;
-                }
-                if flag {
-                    let (mut c, mut s) = (0.0f64, 1.0f64);
-                    for i in l..=k {
-                        let f = s * rv1[wi(i, q)];
-                        rv1[wi(i, q)] *= c;
-                        if f.abs() + an == an {
-                            break;
-                        }
-                        let gg = w[wi(i, q)];
-                        let h = fast_hypot(f, gg);
-                        w[wi(i, q)] = h;
-                        let hi = 1.0 / h;
-                        c = gg * hi;
-                        s = -f * hi;
-                    }
-                }
-                let z = w[wi(k, q)];
-                if l == k {
-                    if z < 0.0 {
-                        w[wi(k, q)] = -z;
-                    }
-                    its[q] = 0;
-                    if k == 0 {
-                        done[q] = true;
-                    } else {
-                        kk[q] = k - 1;
-                    }
-                    continue;
-                }
-                its[q] += 1;
-                let x = w[wi(l, q)];
-                let y = w[wi(k - 1, q)];
-                let gq = rv1[wi(k - 1, q)];
-                let h = rv1[wi(k, q)];
-                if its[q] > 75 || x == 0.0 || h == 0.0 || y == 0.0 {
-                    ok[q] = false;
-                    done[q] = true;
-                    continue;
-                }
-                let mut f = ((y - z) * (y + z) + (gq - h) * (gq + h)) / (2.0 * h * y);
-                let g1 = pythag(f, 1.0);
-                f = ((x - z) * (x + z) + h * ((y / (f + g1.copysign(f))) - h)) / x;
-                lo[q] = l;
-                cnt[q] = k - l; // steps j = l..k-1
-                cc[q] = 1.0;
-                sn[q] = 1.0;
-                ff[q] = f;
-                xx[q] = x;
-                maxcnt = maxcnt.max(cnt[q]);
-            }
-            // The steps of the lanes' chases, all lanes at once (lane-parallel arithmetic, the
-            // square roots and divisions included); a lane past its last step keeps its state.
-            for step in 0..maxcnt {
-                let mut act = [false; K];
-                let mut gg = [0.0f64; K];
-                let mut y = [0.0f64; K];
-                for q in 0..K {
-                    act[q] = step < cnt[q];
-                    if act[q] {
-                        let i = lo[q] + step + 1;
-                        gg[q] = rv1[wi(i, q)];
-                        y[q] = w[wi(i, q)];
-                    }
-                }
-                let (mut c, mut s, mut f, mut x) = (cc, sn, ff, xx);
-                let mut h = [0.0f64; K];
-                let mut z1 = [0.0f64; K];
-                let mut z2 = [0.0f64; K];
-                let mut risky = false;
-                for q in 0..K {
-                    h[q] = s[q] * gg[q];
-                    gg[q] *= c[q];
-                    let sq = f[q] * f[q] + h[q] * h[q];
-                    z1[q] = sq.sqrt();
-                    risky |= !(sq > 1e-290 && sq < 1e290);
-                }
-                if risky {
-                    for q in 0..K {
-                        z1[q] = fast_hypot(f[q], h[q]);
-                    }
-                }
-                for q in 0..K {
-                    let iz = 1.0 / z1[q];
-                    c[q] = f[q] * iz;
-                    s[q] = h[q] * iz;
-                    f[q] = x[q] * c[q] + gg[q] * s[q];
-                    gg[q] = gg[q] * c[q] - x[q] * s[q];
-                    h[q] = y[q] * s[q];
-                    y[q] *= c[q];
-                }
-                let mut risky = false;
-                for q in 0..K {
-                    let sq = f[q] * f[q] + h[q] * h[q];
-                    z2[q] = sq.sqrt();
-                    risky |= !(sq > 1e-290 && sq < 1e290);
-                }
-                if risky {
-                    for q in 0..K {
-                        z2[q] = fast_hypot(f[q], h[q]);
-                    }
-                }
-                for q in 0..K {
-                    if z2[q] != 0.0 {
-                        let iz = 1.0 / z2[q];
-                        c[q] = f[q] * iz;
-                        s[q] = h[q] * iz;
-                    }
-                    f[q] = c[q] * gg[q] + s[q] * y[q];
-                    x[q] = c[q] * y[q] - s[q] * gg[q];
-                }
-                for q in 0..K {
-                    if !act[q] {
-                        continue;
-                    }
-                    if z1[q] == 0.0 {
-                        // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
-                        ok[q] = false;
-                        done[q] = true;
-                        cnt[q] = 0;
-                        continue;
-                    }
-                    let j = lo[q] + step;
-                    rv1[wi(j, q)] = z1[q];
-                    w[wi(j, q)] = z2[q];
-                    cc[q] = c[q];
-                    sn[q] = s[q];
-                    ff[q] = f[q];
-                    xx[q] = x[q];
-                }
-            }
-            for q in 0..K {
-                if cnt[q] == 0 || done[q] {
-                    continue;
-                }
-                let (l, k) = (lo[q], kk[q]);
-                rv1[wi(l, q)] = 0.0;
-                rv1[wi(k, q)] = ff[q];
-                w[wi(k, q)] = xx[q];
-                if !(ff[q].is_finite() && xx[q].is_finite()) {
-                    ok[q] = false;
-                    done[q] = true;
-                }
-            }
-        }
-        for q in 0..K {
-            if ok[q] && !(0..n).all(|i| w[wi(i, q)].is_finite()) {
-                ok[q] = false;
-            }
-        }
-        ok
+        // QR on the bidiagonals, the lanes advancing independently.
+        chase_lanes(n, w, rv1, &anorm)
     }
+}
+
+/// State of the QR iterations of the lanes of [`BatchSvd`]: the sweep in progress of lane `q`
+/// runs from `lo[q]` to `kk[q]` (`cnt[q]` steps, the next one `pos[q]`) with the rotation
+/// `(cc, sn)` and the bulge values `ff, xx` carried between steps.
+struct Chase {
+    ok: [bool; LANES],
+    done: [bool; LANES],
+    kk: [usize; LANES],
+    its: [usize; LANES],
+    lo: [usize; LANES],
+    pos: [usize; LANES],
+    cnt: [usize; LANES],
+    cc: [f64; LANES],
+    sn: [f64; LANES],
+    ff: [f64; LANES],
+    xx: [f64; LANES],
+}
+
+impl Chase {
+    /// Benign values for the lanes that are done (they keep computing with the others).
+    #[inline(always)]
+    fn retire(&mut self) {
+        for q in 0..LANES {
+            if self.done[q] {
+                self.cc[q] = 1.0;
+                self.sn[q] = 0.0;
+                self.ff[q] = 1.0;
+                self.xx[q] = 1.0;
+            }
+        }
+    }
+
+    /// Lane `q` between sweeps: deflate and test for convergence from `kk[q]` down (as
+    /// [`SmallSvd::golub_reinsch`]), then set up the next sweep, or mark the lane done (`ok`
+    /// false when the iteration fails).
+    #[inline(always)]
+    fn start(&mut self, q: usize, w: &mut [f64], rv1: &mut [f64], an: f64) {
+        let wi = |i: usize| i * LANES + q;
+        loop {
+            let k = self.kk[q];
+            let mut flag = true;
+            let mut l = k;
+            loop {
+                if l == 0 || rv1[wi(l)].abs() + an == an {
+                    flag = false;
+                    break;
+                }
+                if w[wi(l - 1)].abs() + an == an {
+                    break;
+                }
+                l -= 1;
+            }
+            if flag {
+                let (mut c, mut s) = (0.0f64, 1.0f64);
+                for i in l..=k {
+                    let f = s * rv1[wi(i)];
+                    rv1[wi(i)] *= c;
+                    if f.abs() + an == an {
+                        break;
+                    }
+                    let gg = w[wi(i)];
+                    let h = fast_hypot(f, gg);
+                    w[wi(i)] = h;
+                    let hi = 1.0 / h;
+                    c = gg * hi;
+                    s = -f * hi;
+                }
+            }
+            let z = w[wi(k)];
+            if l == k {
+                if z < 0.0 {
+                    w[wi(k)] = -z;
+                }
+                self.its[q] = 0;
+                if k == 0 {
+                    self.done[q] = true;
+                    return;
+                }
+                self.kk[q] = k - 1;
+                continue;
+            }
+            self.its[q] += 1;
+            let x = w[wi(l)];
+            let y = w[wi(k - 1)];
+            let gq = rv1[wi(k - 1)];
+            let h = rv1[wi(k)];
+            if self.its[q] > 75 || x == 0.0 || h == 0.0 || y == 0.0 {
+                self.ok[q] = false;
+                self.done[q] = true;
+                return;
+            }
+            let mut f = ((y - z) * (y + z) + (gq - h) * (gq + h)) / (2.0 * h * y);
+            let g1 = pythag_one(f);
+            f = ((x - z) * (x + z) + h * ((y / (f + g1.copysign(f))) - h)) / x;
+            self.lo[q] = l;
+            self.pos[q] = 0;
+            self.cnt[q] = k - l;
+            self.cc[q] = 1.0;
+            self.sn[q] = 1.0;
+            self.ff[q] = f;
+            self.xx[q] = x;
+            return;
+        }
+    }
+}
+
+/// Implicit-shift QR on the [`LANES`] bidiagonals (`w`: diagonals, `rv1[1..]`: superdiagonals,
+/// lane-minor), values only, into `w`. Every lane performs the operations of
+/// [`SmallSvd::golub_reinsch`]'s iteration in the same order; the lanes advance independently
+/// (a lane that ends its sweep tests for convergence and starts the next one while the others go
+/// on), one chase step of every lane per vector step (lane-parallel square roots and divisions).
+/// Returns per lane whether it converged to finite values.
+#[inline(always)]
+fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> [bool; LANES] {
+    const K: usize = LANES;
+    let mut ch = Chase {
+        ok: [true; K],
+        done: [false; K],
+        kk: [n - 1; K],
+        its: [0; K],
+        lo: [0; K],
+        pos: [0; K],
+        cnt: [0; K],
+        cc: [0.0; K],
+        sn: [0.0; K],
+        ff: [0.0; K],
+        xx: [0.0; K],
+    };
+    for q in 0..K {
+        if !anorm[q].is_finite() {
+            ch.ok[q] = false;
+            ch.done[q] = true;
+        } else if anorm[q] == 0.0 {
+            ch.done[q] = true;
+            for i in 0..n {
+                w[i * K + q] = 0.0;
+            }
+        } else {
+            ch.start(q, w, rv1, anorm[q]);
+        }
+    }
+    ch.retire();
+    while ch.done.iter().any(|d| !d) {
+        let mut act = [false; K];
+        let mut gg = [0.0f64; K];
+        let mut y = [0.0f64; K];
+        for q in 0..K {
+            act[q] = !ch.done[q];
+            if act[q] {
+                let i = ch.lo[q] + ch.pos[q] + 1;
+                gg[q] = rv1[i * K + q];
+                y[q] = w[i * K + q];
+            }
+        }
+        // (A done lane computes on benign constants, see `retire`, which never look risky.)
+        let (mut c, mut s, mut f, mut x) = (ch.cc, ch.sn, ch.ff, ch.xx);
+        let mut h = [0.0f64; K];
+        let mut z1 = [0.0f64; K];
+        let mut z2 = [0.0f64; K];
+        let mut risky = false;
+        for q in 0..K {
+            h[q] = s[q] * gg[q];
+            gg[q] *= c[q];
+            let sq = f[q] * f[q] + h[q] * h[q];
+            z1[q] = sq.sqrt();
+            risky |= !(sq > 1e-290 && sq < 1e290);
+        }
+        if risky {
+            for q in 0..K {
+                z1[q] = fast_hypot(f[q], h[q]);
+            }
+        }
+        for q in 0..K {
+            let iz = 1.0 / z1[q];
+            c[q] = f[q] * iz;
+            s[q] = h[q] * iz;
+            f[q] = x[q] * c[q] + gg[q] * s[q];
+            gg[q] = gg[q] * c[q] - x[q] * s[q];
+            h[q] = y[q] * s[q];
+            y[q] *= c[q];
+        }
+        let mut risky = false;
+        for q in 0..K {
+            let sq = f[q] * f[q] + h[q] * h[q];
+            z2[q] = sq.sqrt();
+            risky |= !(sq > 1e-290 && sq < 1e290);
+        }
+        if risky {
+            for q in 0..K {
+                z2[q] = fast_hypot(f[q], h[q]);
+            }
+        }
+        for q in 0..K {
+            if z2[q] != 0.0 {
+                let iz = 1.0 / z2[q];
+                c[q] = f[q] * iz;
+                s[q] = h[q] * iz;
+            }
+            f[q] = c[q] * gg[q] + s[q] * y[q];
+            x[q] = c[q] * y[q] - s[q] * gg[q];
+        }
+        // Whether a lane ended its sweep (or failed) in this step.
+        let mut ended = false;
+        for q in 0..K {
+            if !act[q] {
+                continue;
+            }
+            if z1[q] == 0.0 {
+                // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
+                ch.ok[q] = false;
+                ch.done[q] = true;
+                ended = true;
+                continue;
+            }
+            let j = ch.lo[q] + ch.pos[q];
+            rv1[j * K + q] = z1[q];
+            w[j * K + q] = z2[q];
+            ch.cc[q] = c[q];
+            ch.sn[q] = s[q];
+            ch.ff[q] = f[q];
+            ch.xx[q] = x[q];
+            ch.pos[q] += 1;
+            if ch.pos[q] == ch.cnt[q] {
+                // End of the sweep.
+                let (l, k) = (ch.lo[q], ch.kk[q]);
+                rv1[l * K + q] = 0.0;
+                rv1[k * K + q] = f[q];
+                w[k * K + q] = x[q];
+                if !(f[q].is_finite() && x[q].is_finite()) {
+                    ch.ok[q] = false;
+                    ch.done[q] = true;
+                    ended = true;
+                    continue;
+                }
+                ch.start(q, w, rv1, anorm[q]);
+                ended = true;
+            }
+        }
+        if ended {
+            ch.retire();
+        }
+    }
+    for q in 0..K {
+        if ch.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
+            ch.ok[q] = false;
+        }
+    }
+    ch.ok
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test hook of the timing test (this thread only): the bidiagonalisation alone, no QR
+    /// iteration (the values are not used).
+    static SKIP_CHASE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Largest state size handled by [`SmallSvd`]'s own Golub-Reinsch (faer above).
@@ -1964,12 +2205,102 @@ mod tests {
         }
         let per = (thread_cpu_s() - c0) * 1e6 / (reps * mats) as f64;
         eprintln!("batched GR, n = 16, {LANES} lanes: {per:.2} us cpu per matrix ({acc})");
+        SKIP_CHASE.with(|x| x.set(true));
+        let c0 = thread_cpu_s();
+        for _ in 0..reps {
+            for blk in src.chunks(LANES * n * n) {
+                acc += b.values(blk, LANES).unwrap()[0][0];
+            }
+        }
+        let per = (thread_cpu_s() - c0) * 1e6 / (reps * mats) as f64;
+        SKIP_CHASE.with(|x| x.set(false));
+        eprintln!("of which the bidiagonalisation (and copies, sorting): {per:.2} us cpu per matrix ({acc})");
+    }
+
+    /// Serialises the tests that set the module's test hooks (the hooks are process-wide).
+    static HOOKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Channels in lockstep (`lanes`) give the per-channel path's curves bit for bit: every
+    /// transition kind the grouped path takes, a short last group, zero / unit / huge / tiny /
+    /// subnormal transitions, zero inputs and outputs, `atol`, `rtol` and `positions`.
+    #[test]
+    fn grouped_path_equals_per_channel() {
+        let _hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seed = 23u64;
+        let batch = LANES + 3;
+        for kind in [Transition::Identity, Transition::Scalar, Transition::Diagonal] {
+            for (l, n) in [(37usize, 5usize), (20, 1), (24, 17)] {
+                let na = match kind {
+                    Transition::Identity => 0,
+                    Transition::Scalar => batch * l,
+                    _ => batch * l * n,
+                };
+                let mut a: Vec<f64> = (0..na).map(|_| 0.6 + 0.8 * lcg(&mut seed)).collect();
+                let mut b: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+                let mut c: Vec<f64> = (0..batch * l * n).map(|_| lcg(&mut seed)).collect();
+                for (i, x) in a.iter_mut().enumerate() {
+                    match i % 29 {
+                        3 => *x = 0.0,
+                        5 => *x = 1.0,
+                        7 => *x = ldexp(*x, 700),
+                        11 => *x = ldexp(*x, -700),
+                        13 => *x = 3.0e-310,
+                        17 => *x = -*x,
+                        _ => {}
+                    }
+                }
+                for (i, x) in b.iter_mut().enumerate() {
+                    if i % 7 == 2 {
+                        *x = 0.0;
+                    } else if i % 31 == 4 {
+                        *x = ldexp(*x, 900);
+                    }
+                }
+                for (i, x) in c.iter_mut().enumerate() {
+                    if i % 5 == 1 {
+                        *x = 0.0;
+                    } else if i % 37 == 8 {
+                        *x = ldexp(*x, -900);
+                    }
+                }
+                // a channel with all-zero inputs (zero blocks at every split)
+                b[2 * l * n..3 * l * n].iter_mut().for_each(|x| *x = 0.0);
+                let f = SsmFactors { batch, l, n, kind, a: &a, b: &b, c: &c };
+                for (atol, rtol, positions) in [
+                    (None, None, None),
+                    (Some(1e-3), None, Some(vec![0usize, 1, 5, l / 2, l - 1])),
+                    (Some(1e-200), Some(1e-9), Some((2..l).step_by(3).collect())),
+                ] {
+                    let opts = StructuredOptions {
+                        method: super::super::Method::Both,
+                        atol,
+                        rtol,
+                        positions: positions.clone(),
+                    };
+                    let runs = GROUPED_RUNS.load(std::sync::atomic::Ordering::Relaxed);
+                    let grouped = ssm_ess(&f, &opts).unwrap();
+                    assert!(GROUPED_RUNS.load(std::sync::atomic::Ordering::Relaxed) > runs, "grouped path not taken");
+                    GROUP_PATH_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let single = ssm_ess(&f, &opts);
+                    GROUP_PATH_OFF.store(false, std::sync::atomic::Ordering::Relaxed);
+                    let single = single.unwrap();
+                    let what = format!("{kind:?} L={l} N={n} atol={atol:?} rtol={rtol:?} positions={positions:?}");
+                    assert_eq!(grouped.tolerance, single.tolerance, "{what}");
+                    let (ge, se) = (grouped.entropy.unwrap(), single.entropy.unwrap());
+                    for (x, y) in ge.iter().zip(&se) {
+                        assert_eq!(x.to_bits(), y.to_bits(), "{what}: {x} vs {y}");
+                    }
+                    assert!(grouped.tolerance.unwrap().iter().any(|&x| x > 0.0), "{what}");
+                }
+            }
+        }
     }
 
     /// The checkpointed backward sweep (a window smaller than the requested splits) gives the
     /// same curves, bit for bit, as storing every split; with and without `positions`.
     #[test]
     fn windowed_backward_factors_equal_stored() {
+        let _hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
         let (batch, l, n) = (3usize, 150usize, 5usize);
         let mut seed = 11u64;
         let a: Vec<f64> = (0..batch * l * n).map(|_| 0.5 + 0.5 * lcg(&mut seed).abs()).collect();
