@@ -9,11 +9,9 @@ keeping each layer's rows (``_append``), building the columns (``_assemble``), a
 and the per-layer summary (``Report.from_rows``, with token ids). A warm-up on a short length comes
 first (imports, first calls). Prints the process-cpu and wall time of each step in the first run and
 the best over the repeats, and the peak resident memory. Run it with ``PYTHONPATH`` on two trees to
-compare them (the script uses only what both have; the steps run inside ``analyze._small_pages`` where
-the tree has it, as ``ess.analyze`` runs them). Figures: docs/benchmarks.md.
+compare them (the script uses only what both have). Figures: docs/benchmarks.md.
 """
 
-import contextlib
 import resource
 import sys
 import time
@@ -44,18 +42,15 @@ def once(L: int, K: int, tol: np.ndarray, ent: np.ndarray, tokens: np.ndarray) -
     kw = dict.fromkeys(("method", "atol", "rtol", "positions", "budget", "materialize"), None)
     p = AZ._EssPass([], [], **kw, ess_device=None, precision="float64", progress=False, bar=None)
     curves = [(tol.copy(), ent.copy()) for _ in range(K)]  # what the kernel returns, one pair per layer
-    small = getattr(AZ, "_small_pages", contextlib.nullcontext)  # as analyze runs them (where it has that)
     t0, c0 = time.perf_counter(), time.process_time()
     for i in range(K):
         p._append(f"backbone.layers.{i}.mixer", 0, ops, *curves[i], P, L, C)
     del curves
     t1, c1 = time.perf_counter(), time.process_time()
-    with small():
-        rows = AZ._assemble(p.cols, p.cats)
+    rows = AZ._assemble(p.cols, p.cats)
     p.cols.clear()
     t2, c2 = time.perf_counter(), time.process_time()
-    with small():
-        ess.Report.from_rows(rows, layer_meta=lm, skipped=[], tokens=None, token_ids=tokens, markers={}, meta=meta)
+    ess.Report.from_rows(rows, layer_meta=lm, skipped=[], tokens=None, token_ids=tokens, markers={}, meta=meta)
     t3, c3 = time.perf_counter(), time.process_time()
     return [c1 - c0, t1 - t0, c2 - c1, t2 - t1, c3 - c2, t3 - t2]
 

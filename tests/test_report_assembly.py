@@ -181,37 +181,3 @@ def test_from_rows_with_plain_lists_and_interleaved_layers():
     assert list(rep.table["layer"].cat.categories) == ["a.mixer", "z.mixer"]
     pd.testing.assert_frame_equal(rep.table.astype({c: ref[c].dtype for c in CATEGORY_COLUMNS}), ref, check_exact=True)
     pd.testing.assert_frame_equal(rep.summary, _reference_summary(ref, lm, "tolerance", 0.9, 0.1), check_exact=True)
-
-
-def test_no_hugepage_advice_during_the_pass(monkeypatch):
-    """numpy's huge-page advice is off while analyze computes and assembles (it made fresh memory cost seconds
-    of cpu per gigabyte here), back as it was afterwards, and left alone when NUMPY_MADVISE_HUGEPAGE is set."""
-    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
-    switch = AZ._hugepage_switch()
-    assert switch is not None  # numpy >= 1.24 (the project's floor) has it
-
-    def state():
-        v = switch(False)
-        switch(v)
-        return bool(v)
-
-    seen = []
-    append = AZ._EssPass._append
-
-    def spy(self, *a):
-        seen.append(state())
-        return append(self, *a)
-
-    monkeypatch.setattr(AZ._EssPass, "_append", spy)
-    model = _hybrid(2)
-    ids = torch.randint(0, 40, (1, 8), generator=torch.Generator().manual_seed(0))
-    before = switch(True)
-    try:
-        ess.analyze(model, ids, progress=False)
-        assert seen == [False, False] and state() is True
-        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")
-        seen.clear()
-        ess.analyze(model, ids, progress=False)
-        assert seen == [True, True] and state() is True
-    finally:
-        switch(before)

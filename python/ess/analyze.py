@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
-import importlib
 import os
 import re
 import sys
-import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -576,56 +573,6 @@ def _nonfinite_operator_error(name: str, T: Any, labels: Sequence[str], s: int) 
     )
 
 
-def _hugepage_switch() -> Any:
-    """numpy's switch of its huge-page advice (``_set_madvise_hugepage``), or ``None`` when the user set
-    ``NUMPY_MADVISE_HUGEPAGE`` (their choice stands) or this numpy has no such switch."""
-    if "NUMPY_MADVISE_HUGEPAGE" in os.environ:
-        return None
-    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
-        try:
-            switch = getattr(importlib.import_module(mod), "_set_madvise_hugepage", None)
-        except ImportError:
-            continue
-        if switch is not None:
-            return switch
-    return None
-
-
-_PAGES_LOCK = threading.Lock()
-_PAGES_STATE: Dict[str, Any] = {"depth": 0, "before": None}
-
-
-@contextlib.contextmanager
-def _small_pages() -> Iterator[None]:
-    """Within the block, numpy does not advise the operating system to back its large arrays with huge
-    pages.
-
-    numpy asks for transparent huge pages on every large allocation (``madvise(MADV_HUGEPAGE)``). Where
-    Linux then compacts memory on the spot to find them (``/sys/kernel/mm/transparent_hugepage/defrag``
-    set to ``madvise``, the default of many distributions) and memory is fragmented, each fresh gigabyte
-    costs seconds of cpu. Measured on the 2-core development machine: 6 GB of fresh numpy arrays took
-    23 s of cpu with the advice and 2.7 s without, and the report of a 24-layer Mamba-130m-shaped model
-    at L = 2048 (75 M rows, 5.6 GB) 35 s against 5 s. analyze's arrays are written once and read a few
-    times, so huge pages gain them little; the advice is only a performance hint (results are the same
-    either way). A no-op when ``NUMPY_MADVISE_HUGEPAGE`` is set or this numpy has no switch. numpy's
-    setting is restored when the last block open in the process (any thread) exits."""
-    switch = _hugepage_switch()
-    if switch is None:
-        yield
-        return
-    with _PAGES_LOCK:
-        if _PAGES_STATE["depth"] == 0:
-            _PAGES_STATE["before"] = switch(False)
-        _PAGES_STATE["depth"] += 1
-    try:
-        yield
-    finally:
-        with _PAGES_LOCK:
-            _PAGES_STATE["depth"] -= 1
-            if _PAGES_STATE["depth"] == 0:
-                switch(_PAGES_STATE["before"])
-
-
 class _Rows(NamedTuple):
     """The rows of one layer and sequence, kept as what they are made of until the table is built:
     ``nops x npos`` rows, operator-major; names as codes into :attr:`_EssPass.cats`."""
@@ -1028,16 +975,14 @@ def analyze(
         bar=bar,
     )
     t1 = time.perf_counter()
-    with _small_pages():
-        ess.run()
+    ess.run()
     t_ess = time.perf_counter() - t1
     if not ess.layer_meta:
         raise InvalidArgumentError(
             f"model: no layer was analysed: the supported layers {[n for n, _ in found]} were not called in the "
             f"forward pass; not analysed: {skipped}"
         )
-    with _small_pages():
-        rows = _assemble(ess.cols, ess.cats)
+    rows = _assemble(ess.cols, ess.cats)
 
     tok_np, marker_pos = _tokens_and_markers(tok, markers)
     meta = {
@@ -1058,13 +1003,12 @@ def analyze(
         "ess_device": "host (Rust kernel)" if ess_device is None else str(ess_device),
         "precision": precision,
     }
-    with _small_pages():
-        return Report.from_rows(
-            rows,
-            layer_meta=ess.layer_meta,
-            skipped=skipped,
-            tokens=tokens,
-            token_ids=tok_np,
-            markers=marker_pos,
-            meta=meta,
-        )
+    return Report.from_rows(
+        rows,
+        layer_meta=ess.layer_meta,
+        skipped=skipped,
+        tokens=tokens,
+        token_ids=tok_np,
+        markers=marker_pos,
+        meta=meta,
+    )
