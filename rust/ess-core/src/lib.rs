@@ -14,6 +14,7 @@
 //! * [`error`]: the one error enum; [`mem`]: the memory gate (estimate before allocating);
 //!   [`interrupt`]: the cooperative cancellation flag polled by long loops.
 
+mod cpu;
 pub mod error;
 pub mod ess;
 pub mod graph;

@@ -1108,6 +1108,23 @@ fn fast_hypot(a: f64, b: f64) -> f64 {
     }
 }
 
+/// `out[q] = hypot(x[q], y[q])` for every lane: `sqrt(x^2 + y^2)` (vectorisable), redone with
+/// [`fast_hypot`] for all lanes when any square sum leaves `(1e-290, 1e290)`.
+#[inline(always)]
+fn lane_hypot(x: &[f64; LANES], y: &[f64; LANES], out: &mut [f64; LANES]) {
+    let mut risky = false;
+    for q in 0..LANES {
+        let sq = x[q] * x[q] + y[q] * y[q];
+        out[q] = sq.sqrt();
+        risky |= !(sq > 1e-290 && sq < 1e290);
+    }
+    if risky {
+        for q in 0..LANES {
+            out[q] = fast_hypot(x[q], y[q]);
+        }
+    }
+}
+
 /// [`pythag`]`(a, 1.0)` with the exact operations by `1.0` left out (the same value, bit for bit,
 /// without a division on the chain of dependent operations).
 #[inline(always)]
@@ -1458,9 +1475,7 @@ impl BatchSvd {
     fn bidiagonalise_and_chase(&mut self) -> [bool; LANES] {
         #[cfg(target_arch = "x86_64")]
         {
-            use std::sync::OnceLock;
-            static HAS: OnceLock<bool> = OnceLock::new();
-            if *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+            if crate::cpu::has_avx2_fma() {
                 // SAFETY: the features were detected at run time.
                 return unsafe { self.body_avx2() };
             }
@@ -1798,19 +1813,11 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
         let mut h = [0.0f64; K];
         let mut z1 = [0.0f64; K];
         let mut z2 = [0.0f64; K];
-        let mut risky = false;
         for q in 0..K {
             h[q] = s[q] * gg[q];
             gg[q] *= c[q];
-            let sq = f[q] * f[q] + h[q] * h[q];
-            z1[q] = sq.sqrt();
-            risky |= !(sq > 1e-290 && sq < 1e290);
         }
-        if risky {
-            for q in 0..K {
-                z1[q] = fast_hypot(f[q], h[q]);
-            }
-        }
+        lane_hypot(&f, &h, &mut z1);
         for q in 0..K {
             let iz = 1.0 / z1[q];
             c[q] = f[q] * iz;
@@ -1820,17 +1827,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
             h[q] = y[q] * s[q];
             y[q] *= c[q];
         }
-        let mut risky = false;
-        for q in 0..K {
-            let sq = f[q] * f[q] + h[q] * h[q];
-            z2[q] = sq.sqrt();
-            risky |= !(sq > 1e-290 && sq < 1e290);
-        }
-        if risky {
-            for q in 0..K {
-                z2[q] = fast_hypot(f[q], h[q]);
-            }
-        }
+        lane_hypot(&f, &h, &mut z2);
         for q in 0..K {
             if z2[q] != 0.0 {
                 let iz = 1.0 / z2[q];

@@ -187,20 +187,10 @@ fn symv_lower(t: &[f64], n: usize, r0: usize, len: usize, x: &[f64], y: &mut [f6
     }
 }
 
-/// Whether the processor has AVX2 and FMA (checked once; the package is built for the
-/// baseline instruction set, so the inner kernels dispatch at run time).
+/// Whether the AVX2 + FMA kernels below can run.
 #[inline(always)]
 fn simd() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    crate::cpu::has_avx2_fma()
 }
 
 /// `dot(g, x)`, and `y += xj g` in the same pass over `g` (the fused step of the symmetric

@@ -15,7 +15,7 @@
 //! the window budget; otherwise the per-channel path with its checkpoints runs.
 
 use super::{
-    exponent, fast_hypot, ldexp, scale_pow2, split_result, BatchSvd, Channel, Transition, LANES, SMALL_SVD_MAX,
+    exponent, lane_hypot, ldexp, scale_pow2, split_result, BatchSvd, Channel, Transition, LANES, SMALL_SVD_MAX,
 };
 use crate::error::Result;
 use crate::ess::Tolerance;
@@ -174,17 +174,7 @@ impl LaneFactor {
             }
             let x = self.s[j * n + j];
             let mut r = [0.0f64; K];
-            let mut risky = false;
-            for q in 0..K {
-                let sq = x[q] * x[q] + y[q] * y[q];
-                r[q] = sq.sqrt();
-                risky |= !(sq > 1e-290 && sq < 1e290);
-            }
-            if risky {
-                for q in 0..K {
-                    r[q] = fast_hypot(x[q], y[q]);
-                }
-            }
+            lane_hypot(&x, &y, &mut r);
             let mut c = [0.0f64; K];
             let mut s = [0.0f64; K];
             for q in 0..K {
@@ -334,9 +324,7 @@ pub(super) fn group(
 ) -> Result<()> {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        if *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
+        if crate::cpu::has_avx2_fma() {
             // SAFETY: the features were detected at run time.
             return unsafe { group_avx2(ws, kind, l, n, positions, tol, want_tol, want_ent, out) };
         }
