@@ -11,10 +11,15 @@
 //!    The matrix-vector products are fused passes over contiguous columns, compiled for
 //!    AVX2 + FMA when available (the kernels of the `symeig` module). A pending interrupt
 //!    is checked once per panel: at most `~4 NB n^2` flops between checks.
-//! 3. The singular values of `B` are the non-negative eigenvalues of its Golub–Kahan form,
-//!    the `2n x 2n` symmetric tridiagonal matrix with zero diagonal and off-diagonal
-//!    `(d_1, e_1, d_2, e_2, ..., d_n)`, found by the implicit QL iteration of `symeig`
-//!    (values only, `O(n^2)`).
+//! 3. The singular values of `B` come from the implicit-shift QR iteration on the bidiagonal
+//!    itself (Golub–Reinsch, values only, `O(n^2)`; the routine the structured kernel uses for
+//!    its small problems, `structured::bidiagonal_qr`), with an interrupt check every 32
+//!    values. Where that iteration stalls (an exactly zero entry where its shift divides; not
+//!    seen), the non-negative eigenvalues of the Golub–Kahan form answer: the `2n x 2n`
+//!    symmetric tridiagonal matrix with zero diagonal and off-diagonal
+//!    `(d_1, e_1, d_2, e_2, ..., d_n)`, by the implicit QL iteration of `symeig`. The QR
+//!    iteration is about three times faster (order 128: 0.32 against 0.98 ms; 1024: 18.6
+//!    against 56.8 ms), having half the values to find on sweeps of half the length.
 //!
 //! Both reductions are orthogonal and backward stable: the computed singular values are exact
 //! for a matrix within a small multiple of `n eps |A|` of the input, the accuracy class of
@@ -61,7 +66,18 @@ pub(crate) fn singular_values(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
     let mut d = vec![0.0; n];
     let mut e = vec![0.0; n];
     bidiagonalise(a, n, &mut d, &mut e)?;
-    // Golub–Kahan form: zero diagonal, off-diagonal d_0, e_0, d_1, e_1, ..., d_{n-1}.
+    // The bidiagonal QR iteration (Golub–Reinsch, values only): superdiagonal shifted by one.
+    let mut w = d.clone();
+    let mut rv1 = vec![0.0; n];
+    rv1[1..].copy_from_slice(&e[..n - 1]);
+    let anorm = (0..n).fold(0.0f64, |m, i| m.max(w[i].abs() + rv1[i].abs()));
+    if anorm > 0.0 && crate::ess::structured::bidiagonal_qr(&mut w, &mut rv1, anorm, true)? {
+        let mut s: Vec<f64> = w.iter().map(|v| mul_pow2(v.abs(), -e2)).collect();
+        s.sort_by(|x, y| y.total_cmp(x));
+        return Ok(s);
+    }
+    // Else (an exactly zero entry stalls that iteration's shift): the symmetric QL iteration on
+    // the Golub–Kahan form: zero diagonal, off-diagonal d_0, e_0, d_1, e_1, ..., d_{n-1}.
     let mut td = vec![0.0; 2 * n];
     let mut te = vec![0.0; 2 * n];
     for i in 0..n {
@@ -326,13 +342,79 @@ mod tests {
         assert!(singular_values(&mut a, 2).is_err());
     }
 
+    /// Exact zeros in the bidiagonal (zero columns and rows, a strictly triangular matrix, a shift
+    /// matrix, sparse patterns): the bidiagonal QR iteration deflates or cancels them, and the
+    /// Golub–Kahan QL answers where it stalls; either way the values are faer's.
+    #[test]
+    fn exact_zeros_in_the_bidiagonal() {
+        let mut seed = 13u64;
+        for &n in &[2usize, 3, 8, 33, 65, 100] {
+            let m = Mat::<f64>::from_fn(n, n, |i, j| if j == n / 2 || i == n / 3 { 0.0 } else { lcg(&mut seed) });
+            check(&m, None, &format!("zero row and column {n}"));
+            let strict = Mat::<f64>::from_fn(n, n, |i, j| if j > i { lcg(&mut seed) } else { 0.0 });
+            check(&strict, None, &format!("strictly upper {n}"));
+            let shift = Mat::<f64>::from_fn(n, n, |i, j| if j == i + 1 { 1.0 + i as f64 } else { 0.0 });
+            check(&shift, None, &format!("shift {n}"));
+            let sparse = Mat::<f64>::from_fn(n, n, |i, j| if (3 * i + 5 * j) % 7 == 0 { lcg(&mut seed) } else { 0.0 });
+            check(&sparse, None, &format!("sparse {n}"));
+        }
+    }
+
+    /// The bidiagonal QR iteration alone against faer on explicit bidiagonals: random, with exact
+    /// zeros on either diagonal, graded over 30 decades, and with equal entries.
+    #[test]
+    fn bidiagonal_qr_matches_faer() {
+        let mut seed = 21u64;
+        for &n in &[1usize, 2, 3, 4, 7, 16, 40, 129] {
+            for case in 0..5 {
+                let mut d: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let mut e: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+                match case {
+                    1 => (0..n).step_by(3).for_each(|i| d[i] = 0.0),
+                    2 => (0..n).step_by(2).for_each(|i| e[i] = 0.0),
+                    3 => (0..n).for_each(|i| d[i] *= 10f64.powf(-30.0 * i as f64 / n as f64)),
+                    4 => (0..n).for_each(|i| (d[i], e[i]) = (1.0, 1.0)),
+                    _ => {}
+                }
+                e[n - 1] = 0.0;
+                let m = Mat::<f64>::from_fn(n, n, |i, j| {
+                    if i == j {
+                        d[i]
+                    } else if j == i + 1 {
+                        e[i]
+                    } else {
+                        0.0
+                    }
+                });
+                let f = faers(&m);
+                let mut w = d.clone();
+                let mut rv1 = vec![0.0; n];
+                rv1[1..].copy_from_slice(&e[..n - 1]);
+                let anorm = (0..n).fold(0.0f64, |a, i| a.max(w[i].abs() + rv1[i].abs()));
+                if anorm == 0.0 {
+                    continue;
+                }
+                let ok = crate::ess::structured::bidiagonal_qr(&mut w, &mut rv1, anorm, false).unwrap();
+                assert!(ok, "n {n} case {case}: no convergence");
+                let mut s: Vec<f64> = w.iter().map(|x| x.abs()).collect();
+                s.sort_by(|x, y| y.total_cmp(x));
+                for (i, (a, b)) in s.iter().zip(&f).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 8.0 * (n as f64).sqrt() * f64::EPSILON * f[0],
+                        "n {n} case {case}: sigma_{i} {a} vs faer {b}"
+                    );
+                }
+            }
+        }
+    }
+
     /// Speed against faer's values-only SVD (`cargo test --profile fastrelease -p ess-core --lib
     /// bidiag_speed -- --ignored --nocapture`).
     #[test]
     #[ignore]
     fn bidiag_speed() {
         let mut seed = 11u64;
-        for &n in &[256usize, 512, 1024] {
+        for &n in &[128usize, 256, 512, 1024] {
             let m = Mat::<f64>::from_fn(n, n, |i, j| if j >= i { lcg(&mut seed) } else { 0.0 });
             let t0 = std::time::Instant::now();
             let f = faers(&m);

@@ -23,7 +23,7 @@
 //!   rounding cannot change the count or the entropy beyond its bound. Otherwise the singular
 //!   values of the small triangle come from a single values-only SVD (no vectors): from order
 //!   64 the kernel's own (the `bidiag` module: blocked Householder bidiagonalisation with an
-//!   interrupt check per panel, then QL on the Golub–Kahan form), below it the library's.
+//!   interrupt check per panel, then the bidiagonal QR iteration), below it the library's.
 //! * Rounding accumulates along a sweep; its size is tracked, and a block whose
 //!   tolerance count could be changed by it (a singular value within the accumulated error
 //!   of the threshold) is recomputed from a fresh QR of `H_t` (Givens rotations: a library
@@ -47,7 +47,7 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
-mod bidiag;
+pub(crate) mod bidiag;
 mod inertia;
 mod symeig;
 
