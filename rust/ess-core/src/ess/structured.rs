@@ -32,9 +32,8 @@
 //! implicit-shift QR iteration every lane advances on its own (a lane that ends its sweep tests
 //! for convergence and sets up its next sweep while the others go on; one chase step of every
 //! lane per vector step, with lane-parallel square roots and divisions). Larger `N` go to the
-//! dense kernel's blocked SVD (`dense::bidiag`, from `N = 96`; 1.9 times faster than faer's on a
-//! Mamba-2-shaped layer with `N = 128`) or, between 65 and 95 and for any lane that does not
-//! converge, to faer's SVD.
+//! dense kernel's blocked SVD (`dense::bidiag`; 1.9 times faster than faer's on a Mamba-2-shaped
+//! layer with `N = 128`), and any lane that does not converge to faer's SVD.
 //!
 //! For diagonal, scalar and identity transitions, sixteen channels run in lockstep (module
 //! `lanes`): lane `q` of every vector belongs to channel `q` of the group, so the Givens
@@ -401,7 +400,7 @@ fn run(
         }
         // Channels are independent small problems: one workspace per worker thread, reused across the
         // channels it takes (no allocation or page faults per channel or split).
-        rows.into_par_iter().with_min_len(4).try_for_each_init(Workspace::default, |ws, (ch, tr, er)| {
+        rows.into_par_iter().with_min_len(1).try_for_each_init(Workspace::default, |ws, (ch, tr, er)| {
             crate::interrupt::check()?;
             let mut chan = ws.chan.take().unwrap_or(Channel { kind, n, a: Vec::new(), b: Vec::new(), c: Vec::new() });
             chan.kind = kind;
@@ -1931,8 +1930,8 @@ thread_local! {
 const SMALL_SVD_MAX: usize = 64;
 
 /// From this state size up, [`SmallSvd`] takes the dense kernel's blocked SVD
-/// (`dense::bidiag`) instead of faer's (below it the two cost about the same).
-const OWN_SVD_MIN: usize = 96;
+/// (`dense::bidiag`: 1.6x faer's at order 96, 2.5x at 128) instead of faer's.
+const OWN_SVD_MIN: usize = SMALL_SVD_MAX + 1;
 
 /// Values-only SVD of a small square matrix, sequential (the caller is already parallel),
 /// sorted decreasingly.
