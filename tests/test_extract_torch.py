@@ -259,7 +259,46 @@ def test_conv_reconstruction(dtype: torch.dtype, k: int, dil: int, L: int) -> No
         assert np.all(np.triu(s.operators, 1) == 0)
         rec = np.einsum("cts,cs->ct", s.operators, x[b].double().numpy())
         assert rel_err(rec, y[b]) <= tol(dtype)
-    assert ext.estimate_bytes(0) == 8 * C * L * L
+        # the structured form: checked against the captured output, same curves as the dense kernel
+        f = ext.factors(b)
+        assert ext.structured and f.operators is None and f.check_error is not None and f.check_error <= tol(dtype)
+        assert "checked" in f.note
+        np.testing.assert_array_equal(f.factors.materialize(), s.operators)
+        got = f.factors.ess_curves("both", None, None, None)
+        want = ess.effective_state_size(s.operators, method="both")
+        np.testing.assert_array_equal(got.tolerance, want.tolerance)
+        np.testing.assert_allclose(got.entropy, want.entropy, rtol=1e-9, atol=1e-12)
+        sf = ess.structured.ssm_ess(f.factors.A, f.factors.B, f.factors.C, transition="dense")
+        np.testing.assert_array_equal(sf, want.tolerance)
+    assert ext.estimate_bytes(0) >= 8 * C * L * L
+    assert 0 < ext.estimate_factor_bytes(0) < 8 * C * L * L or L <= 4
+
+
+def test_conv_refused_when_its_weights_changed() -> None:
+    """The run-time check: kernels that no longer produce the captured output are refused, naming the layer."""
+    m = causal_conv(3, 4)
+    ext = CausalConv1dExtractor(m, "blocks.0.conv")
+    with torch.no_grad(), attached(ext):
+        m(torch.randn(1, 3, 8, dtype=torch.float64))
+    with torch.no_grad():
+        m.weight.mul_(1.5)
+    with pytest.raises(InvalidArgumentError, match=r"blocks\.0\.conv: refused.*relative error"):
+        ext.factors(0)
+    with pytest.raises(InvalidArgumentError, match=r"blocks\.0\.conv: refused"):
+        ext.operators(0)
+
+
+def test_conv_of_a_long_span_takes_the_dense_route() -> None:
+    from ess.operators.torch_nn import CONV_STRUCTURED_MAX_SPAN
+
+    m = causal_conv(2, 3, dil=CONV_STRUCTURED_MAX_SPAN // 2 + 1)
+    ext = CausalConv1dExtractor(m, "c")
+    assert not ext.structured
+    x = torch.randn(1, 2, 150, dtype=torch.float64)
+    with torch.no_grad(), attached(ext):
+        y = m(x)[..., :150] - m.bias.detach()[:, None]
+    rec = np.einsum("cts,cs->ct", ext.operators(0).operators, x[0].numpy())
+    assert rel_err(rec, y[0].numpy()) <= 1e-12
 
 
 @settings(max_examples=30, deadline=None)

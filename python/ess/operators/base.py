@@ -25,6 +25,7 @@ __all__ = [
     "OperatorSet",
     "Factors",
     "SelectiveFactors",
+    "ConvFactors",
     "Extractor",
     "register",
     "find_extractor",
@@ -323,6 +324,103 @@ class SelectiveFactors(Factors):
 
         fn = structured.mamba2_ess if self.scalar else structured.mamba_ess
         return fn(self.a, self.delta, self.b, self.c, method=method, atol=atol, rtol=rtol, positions=positions)
+
+
+class ConvFactors(Factors):
+    """Depthwise causal convolutions ``T_i[t, s] = h[i, t - s]`` for ``0 <= t - s < K`` (``h[i, 0]`` on
+    the diagonal), kept as their kernels ``h`` ``(n_ops, K)``.
+
+    ``ess.analyze`` hands the kernels to :func:`ess.structured.conv_ess` (its exact path: every Hankel
+    block is a corner of one ``(K - 1) x (K - 1)`` Hankel matrix of the kernel, state ``K - 1``), through
+    :meth:`ess_curves`. The arrays :attr:`A`, :attr:`B`, :attr:`C` are the shift-register realisation
+    (state ``K``: the last ``K`` inputs; ``A_t`` the down-shift, ``b_t = e_0``, ``c_t = h``), broadcast views
+    formed when read (:meth:`materialize`, :func:`ess.structured.ssm_ess`); :meth:`apply` convolves
+    directly.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ess.operators.base import ConvFactors
+    >>> f = ConvFactors(np.array([[1.0, 0.5, 0.25]]), 5)       # one channel, taps at lags 0, 1, 2
+    >>> f.shape, f.transition
+    ((1, 5, 3), 'dense')
+    >>> f.materialize()[0]
+    array([[1.  , 0.  , 0.  , 0.  , 0.  ],
+           [0.5 , 1.  , 0.  , 0.  , 0.  ],
+           [0.25, 0.5 , 1.  , 0.  , 0.  ],
+           [0.  , 0.25, 0.5 , 1.  , 0.  ],
+           [0.  , 0.  , 0.25, 0.5 , 1.  ]])
+    >>> f.ess_curves("tolerance", None, None, None)           # rank of each Hankel block, at most K - 1 = 2
+    array([[0., 1., 2., 2., 1.]])
+    """
+
+    def __init__(self, h: npt.NDArray[np.float64], L: int) -> None:
+        self.h = np.ascontiguousarray(h, dtype=np.float64)
+        if self.h.ndim != 2 or self.h.shape[1] < 1:
+            raise ValueError(f"ConvFactors: kernels of shape (n_ops, K >= 1) expected, got {self.h.shape}")
+        self.L = int(L)
+        self.transition = "dense"
+
+    def __repr__(self) -> str:
+        n, L, K = self.shape
+        return f"ConvFactors(n_ops={n}, L={L}, K={K})"
+
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        return int(self.h.shape[0]), self.L, int(self.h.shape[1])
+
+    @property
+    def A(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
+        n, L, K = self.shape
+        return np.broadcast_to(np.eye(K, k=-1), (n, L, K, K))
+
+    @property
+    def B(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
+        n, L, K = self.shape
+        return np.broadcast_to(np.eye(1, K), (n, L, K))
+
+    @property
+    def C(self) -> npt.NDArray[np.float64]:  # type: ignore[override]  # noqa: N802
+        n, L, K = self.shape
+        return np.broadcast_to(self.h[:, None, :], (n, L, K))
+
+    @property
+    def D(self) -> Optional[npt.NDArray[np.float64]]:  # type: ignore[override]  # noqa: N802
+        return None
+
+    def nbytes(self) -> int:
+        return int(self.h.nbytes)
+
+    def materialize(self) -> npt.NDArray[np.float64]:
+        """The banded Toeplitz operators ``(n_ops, L, L)`` (float64)."""
+        n, L, K = self.shape
+        out = np.zeros((n, L, L), dtype=np.float64)
+        for j in range(min(K, L)):
+            t = np.arange(j, L)
+            out[:, t, t - j] = self.h[:, j : j + 1]
+        return out
+
+    def apply(self, u: Any) -> Any:
+        """``y = T u`` for inputs ``u`` (``(n_ops, L, m)``): ``y[:, t] = sum_j h[:, j] u[:, t - j]`` in
+        float64; returns a torch tensor."""
+        import torch
+
+        u = torch.as_tensor(u).to(torch.float64)
+        h = torch.from_numpy(self.h)
+        y = h[:, 0, None, None] * u
+        for j in range(1, min(self.h.shape[1], self.L)):
+            y[:, j:] += h[:, j, None, None] * u[:, :-j]
+        return y
+
+    def ess_curves(
+        self, method: str, atol: Optional[float], rtol: Optional[float], positions: Optional[npt.ArrayLike]
+    ) -> Any:
+        """The ESS curves of every operator by :func:`ess.structured.conv_ess` (exact path; taps at lags
+        of ``L`` or more never act and are left out)."""
+        from .. import structured
+
+        h = self.h[:, : min(self.h.shape[1], self.L)]
+        return structured.conv_ess(h, self.L, path="exact", method=method, atol=atol, rtol=rtol, positions=positions)
 
 
 @dataclass

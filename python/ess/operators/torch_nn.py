@@ -38,6 +38,7 @@ __all__ = [
     "CausalConv1dExtractor",
     "RecurrentJacobianExtractor",
     "is_causal_depthwise_conv1d",
+    "CONV_STRUCTURED_MAX_SPAN",
 ]
 
 
@@ -320,12 +321,24 @@ def is_causal_depthwise_conv1d(m: Any) -> bool:
     return tuple(m.padding) == (m.dilation[0] * (m.kernel_size[0] - 1),)
 
 
+#: Largest span ``dilation * (kernel_size - 1)`` handed to the structured kernel (its exact path costs
+#: ``O(L span^3)``); a longer one (a strongly dilated convolution) takes the dense route.
+CONV_STRUCTURED_MAX_SPAN = 64
+
+
 class CausalConv1dExtractor(_Captures):
-    """Banded Toeplitz operator of each channel of a causal depthwise :class:`torch.nn.Conv1d`.
+    """Each channel of a causal depthwise :class:`torch.nn.Conv1d`: a banded Toeplitz operator.
 
     ``T_c[t, s] = w[c, 0, k-1-(t-s)/dil]`` when ``t-s`` is a multiple of ``dil`` below ``k*dil``,
     else 0: the map from channel ``c`` of the input to the first ``L`` outputs of the channel. The bias is
     an additive offset, not part of the operator (``y - bias = T u``).
+
+    The kernels are handed over as :class:`~ess.operators.base.ConvFactors` (:meth:`factors`), which
+    ``ess.analyze`` sends to the structured kernel (:func:`ess.structured.conv_ess`); :meth:`operators`
+    materialises them (``materialize=True``, or a span ``dil * (k - 1)`` above
+    :data:`CONV_STRUCTURED_MAX_SPAN`). Either way the run-time check convolves the captured input with the
+    kernels and refuses the layer unless that reproduces the captured output (its first ``L`` positions,
+    less the bias) to the tolerance of the layer's dtype.
 
     Examples
     --------
@@ -335,66 +348,88 @@ class CausalConv1dExtractor(_Captures):
     >>> ex = find_extractor(conv, "conv")
     >>> with ex.capturing(), torch.no_grad():
     ...     _ = conv(torch.randn(1, 3, 6))[..., :6]                     # the caller crops the padding
-    >>> ops = ex.operators(0)
-    >>> type(ex).__name__, ops.operators.shape, ops.tss
-    ('CausalConv1dExtractor', (3, 6, 6), [3.0, 3.0, 3.0])
+    >>> ops = ex.factors(0)
+    >>> type(ex).__name__, ex.structured, ops.factors.shape, ops.tss, ops.check_error < 1e-6
+    ('CausalConv1dExtractor', True, (3, 6, 4), [3.0, 3.0, 3.0], True)
+    >>> ex.operators(0).operators.shape                                # the dense form
+    (3, 6, 6)
     """
 
     kind = "conv"
 
     def __init__(self, module: Any, name: str) -> None:
         super().__init__(module, name)
-        self._shape: Optional[Tuple[int, int]] = None  # (batch, length)
+        self._span = int(module.dilation[0]) * (int(module.kernel_size[0]) - 1)
+        self.structured = self._span <= CONV_STRUCTURED_MAX_SPAN
+        self._x: Optional[torch.Tensor] = None  # (batch, channels, length)
+        self._y: Optional[torch.Tensor] = None  # (batch, channels, length + padding)
 
     def attach(self) -> List[Any]:
-        def pre(mod: Any, args: Tuple[Any, ...]) -> None:
+        def hook(mod: Any, args: Tuple[Any, ...], out: Any) -> None:
             x = args[0]
             if x.dim() == 2:  # unbatched (C, L)
-                self._shape = (1, int(x.shape[-1]))
-            else:
-                self._shape = (int(x.shape[0]), int(x.shape[-1]))
+                x, out = x[None], out[None]
+            self._x, self._y = x.detach(), out.detach()
 
-        return [self.module.register_forward_pre_hook(self._guard(pre))]
+        return [self.module.register_forward_hook(self._guard(hook))]
 
     def _count(self) -> int:
-        return 0 if self._shape is None else self._shape[0]
+        return 0 if self._x is None else int(self._x.shape[0])
 
     def clear(self) -> None:
         self._capture_error = None
-        self._shape = None
+        self._x = self._y = None
+
+    def _length(self) -> int:
+        return 0 if self._x is None else int(self._x.shape[-1])
+
+    def estimate_factor_bytes(self, sample: int = 0) -> int:
+        C, L = self.module.out_channels, self._length()
+        return 8 * C * (self._span + 1) + 8 * 3 * C * L  # kernels + input, output and check in float64
 
     def estimate_bytes(self, sample: int = 0) -> int:
-        if self._shape is None:
-            return 0
-        L = self._shape[1]
-        return 8 * self.module.out_channels * L * L
+        C, L = self.module.out_channels, self._length()
+        return 8 * C * L * L + self.estimate_factor_bytes(sample)
 
-    def operators(self, sample: int = 0) -> OperatorSet:
+    def factors(self, sample: int = 0) -> OperatorSet:
+        from .base import ConvFactors
+        from .hf import verify
+
         self._check_sample(sample)
-        assert self._shape is not None
+        assert self._x is not None and self._y is not None
         m = self.module
-        L = self._shape[1]
+        f64 = torch.float64
+        L = self._length()
         C = m.out_channels
         k = m.kernel_size[0]
         dil = m.dilation[0]
-        w = m.weight.detach().to(torch.float64).cpu().numpy()[:, 0, :]  # (C, k)
-        ops = np.zeros((C, L, L), dtype=np.float64)
+        w = m.weight.detach().to(f64).cpu()[:, 0, :]  # (C, k)
+        h = torch.zeros(C, self._span + 1, dtype=f64)
         for j in range(k):
-            lag = (k - 1 - j) * dil
-            if lag >= L:
-                continue
-            t = np.arange(lag, L)
-            ops[:, t, t - lag] = w[:, j : j + 1]
+            h[:, (k - 1 - j) * dil] = w[:, j]  # tap j acts at lag (k - 1 - j) dil
+        fac = ConvFactors(h.numpy(), L)
+        rec = fac.apply(self._x[sample].to(f64).cpu()[:, :, None])[:, :, 0]  # (C, L)
+        ref = self._y[sample, :, :L].to(f64).cpu()
+        if m.bias is not None:
+            ref = ref - m.bias.detach().to(f64).cpu()[:, None]
+        err = verify(self.name, rec, ref, self._y.dtype, "convolution output (first L positions, less the bias)")
         bias = " (the bias is an additive offset, not part of the operator)" if m.bias is not None else ""
         return OperatorSet(
             layer=self.name,
             kind=self.kind,
-            operators=ops,
+            operators=None,
             labels=[f"channel {c}" for c in range(C)],
-            tss=[float((k - 1) * dil)] * C,
+            tss=[float(self._span)] * C,
             shared=None,
-            note=f"causal depthwise convolution, {k} taps, dilation {dil}{bias}",
+            factors=fac,
+            check_error=err,
+            note=f"causal depthwise convolution, {k} taps, dilation {dil}{bias}; checked (rel. err {err:.1e})",
         )
+
+    def operators(self, sample: int = 0) -> OperatorSet:
+        ops = self.factors(sample)
+        ops.operators = ops.dense()
+        return ops
 
 
 # ----------------------------------------------------------------------------------------------
