@@ -477,6 +477,26 @@ class OperatorSet:
         return self.factors.materialize()
 
 
+class _StructuredMixin:
+    """An extractor that hands over :class:`~ess.operators.base.Factors`; :meth:`operators` materialises
+    them (``materialize=True`` in ``analyze``)."""
+
+    structured = True
+
+    def operators(self, sample: int = 0) -> OperatorSet:
+        ops = self.factors(sample)  # type: ignore[attr-defined]
+        ops.operators = ops.dense()
+        return ops
+
+    def estimate_bytes(self, sample: int = 0) -> int:
+        n_ops, L, N = self._dims()  # type: ignore[attr-defined]
+        return 8 * n_ops * L * L * 2 + self.estimate_factor_bytes(sample)
+
+    def estimate_factor_bytes(self, sample: int = 0) -> int:
+        n_ops, L, N = self._dims()  # type: ignore[attr-defined]
+        return 8 * n_ops * L * (3 * N + 1) + 8 * n_ops * L * N  # factors + the recurrence of the check
+
+
 class Extractor(abc.ABC):
     """Abstract base. Subclasses set :attr:`kind` and implement :meth:`attach`,
     :meth:`n_samples`, :meth:`operators` and :meth:`estimate_bytes`.

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
-from .base import OperatorSet, SelectiveFactors, register
+from .base import OperatorSet, SelectiveFactors, _StructuredMixin, register
 from .torch_nn import _bind, _Captures
 
 __all__ = [
@@ -307,26 +307,6 @@ def refuse_unless(
             f"{name}: refused: {what} (relative error {err:.2e} > {tol:.0e} for {dtype}); {hint}"
         )
     return err
-
-
-class _StructuredMixin:
-    """An extractor that hands over :class:`~ess.operators.base.Factors`; :meth:`operators` materialises
-    them (``materialize=True`` in ``analyze``)."""
-
-    structured = True
-
-    def operators(self, sample: int = 0) -> OperatorSet:
-        ops = self.factors(sample)  # type: ignore[attr-defined]
-        ops.operators = ops.dense()
-        return ops
-
-    def estimate_bytes(self, sample: int = 0) -> int:
-        n_ops, L, N = self._dims()  # type: ignore[attr-defined]
-        return 8 * n_ops * L * L * 2 + self.estimate_factor_bytes(sample)
-
-    def estimate_factor_bytes(self, sample: int = 0) -> int:
-        n_ops, L, N = self._dims()  # type: ignore[attr-defined]
-        return 8 * n_ops * L * (3 * N + 1) + 8 * n_ops * L * N  # factors + the recurrence of the check
 
 
 def _has(m: Any, *names: str) -> bool:

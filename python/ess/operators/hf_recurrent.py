@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
-from .base import Factors, OperatorSet, register
-from .hf import _continuation_problem, _LayerCaptures, _StructuredMixin, verify
+from .base import Factors, OperatorSet, _StructuredMixin, register
+from .hf import _continuation_problem, _LayerCaptures, verify
 from .torch_nn import _bind
 
 __all__ = [

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError, OutOfRangeError, ShapeError
-from .base import Extractor, OperatorSet, operator_array, register
+from .base import Extractor, OperatorSet, _StructuredMixin, operator_array, register
 
 __all__ = [
     "MultiheadAttentionExtractor",
@@ -326,7 +326,7 @@ def is_causal_depthwise_conv1d(m: Any) -> bool:
 CONV_STRUCTURED_MAX_SPAN = 64
 
 
-class CausalConv1dExtractor(_Captures):
+class CausalConv1dExtractor(_StructuredMixin, _Captures):
     """Each channel of a causal depthwise :class:`torch.nn.Conv1d`: a banded Toeplitz operator.
 
     ``T_c[t, s] = w[c, 0, k-1-(t-s)/dil]`` when ``t-s`` is a multiple of ``dil`` below ``k*dil``,
@@ -425,11 +425,6 @@ class CausalConv1dExtractor(_Captures):
             check_error=err,
             note=f"causal depthwise convolution, {k} taps, dilation {dil}{bias}; checked (rel. err {err:.1e})",
         )
-
-    def operators(self, sample: int = 0) -> OperatorSet:
-        ops = self.factors(sample)
-        ops.operators = ops.dense()
-        return ops
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1168,8 +1168,8 @@ impl SmallSvd {
         self.backup.copy_from_slice(&self.a);
         let ok = n <= SMALL_SVD_MAX && self.golub_reinsch();
         let own = if !ok && n >= OWN_SVD_MIN {
-            // the dense kernel's blocked SVD (1.5x faer's at order 128, 1.9x at 256); faer's
-            // answers if its QL iteration fails (never seen)
+            // the dense kernel's blocked SVD (2.5x faer's at order 128); faer's answers if it
+            // fails to converge (never seen)
             match crate::ess::dense::bidiag::singular_values(&mut self.a, n) {
                 Err(Error::Interrupted) => return Err(Error::Interrupted),
                 r => r.ok(),

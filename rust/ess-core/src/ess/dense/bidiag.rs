@@ -66,13 +66,8 @@ pub(crate) fn singular_values(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
     let mut d = vec![0.0; n];
     let mut e = vec![0.0; n];
     bidiagonalise(a, n, &mut d, &mut e)?;
-    // The bidiagonal QR iteration (Golub–Reinsch, values only): superdiagonal shifted by one.
-    let mut w = d.clone();
-    let mut rv1 = vec![0.0; n];
-    rv1[1..].copy_from_slice(&e[..n - 1]);
-    let anorm = (0..n).fold(0.0f64, |m, i| m.max(w[i].abs() + rv1[i].abs()));
-    if anorm > 0.0 && crate::ess::structured::bidiagonal_qr(&mut w, &mut rv1, anorm, true)? {
-        let mut s: Vec<f64> = w.iter().map(|v| mul_pow2(v.abs(), -e2)).collect();
+    if let Some(w) = bidiagonal_values(&d, &e, true)? {
+        let mut s: Vec<f64> = w.iter().map(|v| mul_pow2(*v, -e2)).collect();
         s.sort_by(|x, y| y.total_cmp(x));
         return Ok(s);
     }
@@ -93,6 +88,23 @@ pub(crate) fn singular_values(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
     let mut s: Vec<f64> = td[..n].iter().map(|v| mul_pow2(v.abs(), -e2)).collect();
     s.sort_by(|x, y| y.total_cmp(x));
     Ok(s)
+}
+
+/// Singular values (non-negative, unordered) of the upper bidiagonal matrix with diagonal `d`
+/// and superdiagonal `e[..n-1]`, by the bidiagonal QR iteration
+/// ([`crate::ess::structured::bidiagonal_qr`]); `None` where that iteration stalls (or the
+/// matrix is zero).
+fn bidiagonal_values(d: &[f64], e: &[f64], interruptible: bool) -> Result<Option<Vec<f64>>> {
+    let n = d.len();
+    let mut w = d.to_vec();
+    let mut rv1 = vec![0.0; n];
+    rv1[1..].copy_from_slice(&e[..n - 1]);
+    let anorm = (0..n).fold(0.0f64, |m, i| m.max(w[i].abs() + rv1[i].abs()));
+    if anorm > 0.0 && crate::ess::structured::bidiagonal_qr(&mut w, &mut rv1, anorm, interruptible)? {
+        w.iter_mut().for_each(|v| *v = v.abs());
+        return Ok(Some(w));
+    }
+    Ok(None)
 }
 
 /// Householder reduction `Q^T A P = B`, upper bidiagonal: `d` gets its diagonal, `e[..n-1]` its
@@ -387,16 +399,12 @@ mod tests {
                     }
                 });
                 let f = faers(&m);
-                let mut w = d.clone();
-                let mut rv1 = vec![0.0; n];
-                rv1[1..].copy_from_slice(&e[..n - 1]);
-                let anorm = (0..n).fold(0.0f64, |a, i| a.max(w[i].abs() + rv1[i].abs()));
-                if anorm == 0.0 {
+                if d.iter().chain(&e).all(|x| *x == 0.0) {
                     continue;
                 }
-                let ok = crate::ess::structured::bidiagonal_qr(&mut w, &mut rv1, anorm, false).unwrap();
-                assert!(ok, "n {n} case {case}: no convergence");
-                let mut s: Vec<f64> = w.iter().map(|x| x.abs()).collect();
+                let mut s = bidiagonal_values(&d, &e, false)
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("n {n} case {case}: no convergence"));
                 s.sort_by(|x, y| y.total_cmp(x));
                 for (i, (a, b)) in s.iter().zip(&f).enumerate() {
                     assert!(

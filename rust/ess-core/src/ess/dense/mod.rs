@@ -22,7 +22,7 @@
 //!   implicit QL; values only, an interrupt check per panel), accepted where the squaring's
 //!   rounding cannot change the count or the entropy beyond its bound. Otherwise the singular
 //!   values of the small triangle come from a single values-only SVD (no vectors): from order
-//!   64 the kernel's own (the `bidiag` module: blocked Householder bidiagonalisation with an
+//!   16 the kernel's own (the `bidiag` module: blocked Householder bidiagonalisation with an
 //!   interrupt check per panel, then the bidiagonal QR iteration), below it the library's.
 //! * Rounding accumulates along a sweep; its size is tracked, and a block whose
 //!   tolerance count could be changed by it (a singular value within the accumulated error
