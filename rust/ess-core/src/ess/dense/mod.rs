@@ -19,7 +19,7 @@
 //! * The two halves (and the operators of a batch) run in parallel on rayon.
 //! * Per requested split, a Gram route answers first: the eigenvalues of the carried
 //!   `G_t = H_t H_t^T` from the `symeig` module (blocked Householder tridiagonalisation, then
-//!   implicit QL; values only, an interrupt check per panel), accepted where the squaring's
+//!   root-free QL; values only, an interrupt check per panel), accepted where the squaring's
 //!   rounding cannot change the count or the entropy beyond its bound. Otherwise the singular
 //!   values of the small triangle come from a single values-only SVD (no vectors): from order
 //!   16 the kernel's own (the `bidiag` module: blocked Householder bidiagonalisation with an

@@ -14,9 +14,14 @@
 //!    symmetric matrix-vector product of each column, half of all flops, is a fused pass over
 //!    the lower triangle (each entry read once), compiled for AVX2 + FMA when available.
 //!    A pending interrupt is checked once per panel: at most `~4 NB n^2` flops between checks.
-//! 3. Eigenvalues of the tridiagonal matrix by the implicit QL algorithm with Wilkinson
-//!    shifts (values only, `O(n^2)`), deflating an off-diagonal entry once it is below `eps`
-//!    times its two diagonal neighbours.
+//! 3. Eigenvalues of the tridiagonal matrix by the root-free implicit QL algorithm with
+//!    Wilkinson-type shifts (values only, `O(n^2)`; Pal–Walker–Kahan, as LAPACK's `dsterf`,
+//!    see [`tridiagonal_ql`]): it works on the squared off-diagonal entries, with no square
+//!    root and one division per rotation, runs QL or QR per unreduced block depending on
+//!    which end has the smaller diagonal entry, rescales blocks by a power of two where the
+//!    squares could over- or underflow, deflates an off-diagonal entry once it is below `eps`
+//!    times the geometric mean of its two diagonal neighbours, and solves `2 x 2` blocks in
+//!    closed form.
 //!
 //! Orthogonal reductions are backward stable: the computed eigenvalues are exact for a
 //! matrix within a small multiple of `n eps |A|` of the input, as LAPACK's and faer's.
@@ -371,10 +376,180 @@ fn pythag(a: f64, b: f64) -> f64 {
     }
 }
 
+/// Block maxima outside `[2^-QL_RANGE, 2^QL_RANGE]` are rescaled to near 1 before the squares of
+/// the root-free iteration are formed (so that `e^2`, `eps^2 d_m d_{m+1}` and the squared
+/// sweep quantities neither over- nor underflow).
+const QL_RANGE: i32 = 100;
+
+/// Outside `[RP_MIN, RP_MAX)` (or where it is NaN), the product `r p` of a rotation is not
+/// inverted: that step takes the quotients one by one (two or three divisions).
+const RP_MIN: f64 = 1e-270;
+const RP_MAX: f64 = 1e270;
+
 /// Eigenvalues of the symmetric tridiagonal matrix with diagonal `d` and subdiagonal
-/// `e[..n-1]` by the implicit QL algorithm with Wilkinson shifts; `d` is overwritten with
-/// them (unordered), `e` is destroyed.
+/// `e[..n-1]`; `d` is overwritten with them (unordered), `e` is destroyed.
+///
+/// Root-free implicit QL with a Wilkinson-type shift (Reinsch; the Pal–Walker–Kahan form, as
+/// in EISPACK's `tqlrat` and LAPACK's `dsterf`). The matrix is first cut into unreduced
+/// blocks where `|e_m| <= eps sqrt|d_m| sqrt|d_{m+1}|`. Each block is rescaled by a power of
+/// two if its largest entry is outside `2^±100`, oriented so that its end of smaller diagonal
+/// magnitude comes first (reversing a block is the QR iteration on it; the values are the
+/// same, only the speed of convergence differs) and iterated on with the squared
+/// off-diagonals. A sweep carries the squared cosines and sines of its rotations
+/// `c = p / r`, `s = e^2 / r` (`r = p + e^2`) and `p = gamma^2 / c`: no square root, and
+/// the three quotients of a step come from the single division `1 / (r p)`, which keeps the
+/// step's dependency chain short (the iteration is latency-bound). Where `r p` is not of
+/// moderate size the step divides one quotient at a time. A leading entry is deflated once
+/// `e_m^2 <= eps^2 |d_m d_{m+1}|`; a leading `2 x 2` block is solved in closed form.
+///
+/// About 2x faster than the square-root QL it replaced (random tridiagonals of order 128 to
+/// 1024; 2.4x on the tridiagonal form of a rank-deficient Gram matrix), agreeing with it and
+/// with faer to a small multiple of `n eps |T|`.
+///
+/// Fails with [`Error::Numerical`] on a non-finite entry or value, or if the iteration does
+/// not converge within `30 n` sweeps in all (not seen).
 pub(crate) fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) -> Result<()> {
+    let n = d.len();
+    if n <= 1 {
+        return Ok(());
+    }
+    if e.len() + 1 < n {
+        return Err(Error::Numerical(format!("tridiagonal QL: {} off-diagonal entries for order {n}", e.len())));
+    }
+    let e = &mut e[..n - 1];
+    if d.iter().chain(e.iter()).any(|v| !v.is_finite()) {
+        return Err(Error::Numerical("tridiagonal QL: non-finite entry".into()));
+    }
+    let eps = f64::EPSILON;
+    let cap = 30 * n;
+    let mut sweeps = 0usize;
+    let mut l = 0;
+    while l < n {
+        // The unreduced block l..=m.
+        let mut m = l;
+        while m + 1 < n {
+            let t = e[m].abs();
+            if t == 0.0 || t <= eps * d[m].abs().sqrt() * d[m + 1].abs().sqrt() {
+                e[m] = 0.0;
+                break;
+            }
+            m += 1;
+        }
+        let (db, eb) = (&mut d[l..=m], &mut e[l..m]);
+        l = m + 1;
+        if db.len() == 1 {
+            continue;
+        }
+        let amax = db.iter().chain(eb.iter()).fold(0.0f64, |a, v| a.max(v.abs()));
+        let k = if amax > mul_pow2(1.0, QL_RANGE) || amax < mul_pow2(1.0, -QL_RANGE) { pow2_exponent(amax) } else { 0 };
+        if k != 0 {
+            db.iter_mut().chain(eb.iter_mut()).for_each(|v| *v = mul_pow2(*v, k));
+        }
+        if db[db.len() - 1].abs() < db[0].abs() {
+            db.reverse();
+            eb.reverse();
+        }
+        eb.iter_mut().for_each(|v| *v *= *v);
+        ql_root_free(db, eb, &mut sweeps, cap)?;
+        if k != 0 {
+            db.iter_mut().for_each(|v| *v = mul_pow2(*v, -k));
+        }
+    }
+    if d.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Numerical("tridiagonal QL: non-finite eigenvalue".into()));
+    }
+    Ok(())
+}
+
+/// The root-free QL iteration on one block: diagonal `d`, squared off-diagonal `e2`
+/// (`e2.len() == d.len() - 1`, entries positive), entries of moderate magnitude. `sweeps`
+/// counts the sweeps of all blocks against `cap`.
+fn ql_root_free(d: &mut [f64], e2: &mut [f64], sweeps: &mut usize, cap: usize) -> Result<()> {
+    let n = d.len();
+    let eps2 = f64::EPSILON * f64::EPSILON;
+    let mut l = 0;
+    while l < n {
+        let mut m = l;
+        while m + 1 < n && e2[m] > eps2 * (d[m] * d[m + 1]).abs() {
+            m += 1;
+        }
+        if m + 1 < n {
+            e2[m] = 0.0;
+        }
+        if m == l {
+            l += 1;
+            continue;
+        }
+        if m == l + 1 {
+            (d[l], d[l + 1]) = eig2(d[l], e2[l].sqrt(), d[l + 1]);
+            e2[l] = 0.0;
+            l += 2;
+            continue;
+        }
+        *sweeps += 1;
+        if *sweeps > cap {
+            return Err(Error::Numerical("symmetric tridiagonal QL iteration did not converge".into()));
+        }
+        // Shift: the eigenvalue of the leading 2 x 2 block nearer to d[l].
+        let rte = e2[l].sqrt();
+        let g = (d[l + 1] - d[l]) / (2.0 * rte);
+        let sigma = d[l] - rte / (g + pythag(g, 1.0).copysign(g));
+        // Sweep from the bottom of the active block l..=m up to l, squared quantities only.
+        let (mut c, mut s) = (1.0f64, 0.0f64);
+        let mut gamma = d[m] - sigma;
+        let mut p = gamma * gamma;
+        for i in (l..m).rev() {
+            let bb = e2[i];
+            let r = p + bb;
+            if i + 1 != m {
+                e2[i + 1] = s * r;
+            }
+            let oldgam = gamma;
+            let alpha = d[i];
+            let rp = r * p;
+            if (RP_MIN..RP_MAX).contains(&rp) {
+                // c = p / r, s = bb / r, gamma = c (alpha - sigma) - s oldgam, p' = gamma^2 / c,
+                // with the one division 1 / (r p).
+                let inv = 1.0 / rp;
+                let rinv = p * inv;
+                let num = p * (alpha - sigma) - bb * oldgam;
+                c = p * rinv;
+                s = bb * rinv;
+                gamma = num * rinv;
+                p = num * num * inv;
+            } else {
+                let oldc = c;
+                c = p / r;
+                s = bb / r;
+                gamma = c * (alpha - sigma) - s * oldgam;
+                p = if c != 0.0 { gamma * gamma / c } else { oldc * bb };
+            }
+            d[i + 1] = oldgam + (alpha - gamma);
+        }
+        e2[l] = s * p;
+        d[l] = sigma + gamma;
+    }
+    Ok(())
+}
+
+/// Eigenvalues of `[a b; b c]`, the larger in magnitude first; the smaller comes from the
+/// determinant, so it keeps its accuracy when the two have very different magnitudes.
+#[inline]
+fn eig2(a: f64, b: f64, c: f64) -> (f64, f64) {
+    let sum = a + c;
+    let rt = pythag(a - c, 2.0 * b);
+    if sum == 0.0 {
+        return (0.5 * rt, -0.5 * rt);
+    }
+    let big = 0.5 * (sum + rt.copysign(sum));
+    let (hi, lo) = if a.abs() >= c.abs() { (a, c) } else { (c, a) };
+    (big, (hi / big) * lo - (b / big) * b)
+}
+
+/// The previous routine, kept as a reference for the tests and the timing: the implicit QL
+/// algorithm with Wilkinson shifts and a square root per rotation (`e[n-1]` is written).
+#[cfg(test)]
+pub(crate) fn tridiagonal_ql_sqrt(d: &mut [f64], e: &mut [f64]) -> Result<()> {
     let n = d.len();
     if n <= 1 {
         return Ok(());
@@ -566,10 +741,308 @@ mod tests {
     }
 }
 
+/// The root-free tridiagonal iteration against faer's dense solver and the previous (square
+/// root) QL routine.
+#[cfg(test)]
+mod tridiagonal_tests {
+    use super::*;
+    use faer::Mat;
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
+    }
+
+    fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+        v.sort_by(|x, y| y.total_cmp(x));
+        v
+    }
+
+    fn dense(d: &[f64], e: &[f64]) -> Mat<f64> {
+        let n = d.len();
+        Mat::<f64>::from_fn(n, n, |i, j| {
+            if i == j {
+                d[i]
+            } else if i == j + 1 {
+                e[j]
+            } else if j == i + 1 {
+                e[i]
+            } else {
+                0.0
+            }
+        })
+    }
+
+    /// Checks the new routine against faer (and, where it converges, the old one) within
+    /// `4 n eps |T|`, and against `exact` if given; returns the values, non-increasing.
+    fn check(d: &[f64], e: &[f64], exact: Option<&[f64]>, what: &str) -> Vec<f64> {
+        let n = d.len();
+        let mut dn = d.to_vec();
+        let mut en = e[..n.saturating_sub(1)].to_vec();
+        tridiagonal_ql(&mut dn, &mut en).unwrap_or_else(|err| panic!("{what} n = {n}: {err}"));
+        let got = sorted(dn);
+        assert!(got.iter().all(|v| v.is_finite()), "{what} n = {n}: {got:?}");
+        // faer's dense solver does not converge on some matrices graded over 300 decades; the
+        // old routine then has to.
+        let faer = dense(d, e).self_adjoint_eigenvalues(faer::Side::Lower).ok().map(sorted);
+        let (mut dold, mut eold) = (d.to_vec(), e[..n.saturating_sub(1)].to_vec());
+        eold.push(0.0);
+        let old = tridiagonal_ql_sqrt(&mut dold, &mut eold).ok().map(|_| sorted(dold));
+        assert!(faer.is_some() || old.is_some(), "{what} n = {n}: no reference converged");
+        let norm = faer.as_ref().or(old.as_ref()).unwrap().iter().fold(0.0f64, |a, b| a.max(b.abs()));
+        let tol = 4.0 * n.max(1) as f64 * f64::EPSILON * norm;
+        for (name, reference) in [("faer", &faer), ("old QL", &old)] {
+            for (x, y) in got.iter().zip(reference.iter().flatten()) {
+                assert!((x - y).abs() <= tol, "{what} n = {n}: {x} vs {name} {y} (tol {tol:.1e})");
+            }
+        }
+        if let Some(ex) = exact {
+            for (x, y) in got.iter().zip(&sorted(ex.to_vec())) {
+                assert!((x - y).abs() <= tol, "{what} n = {n}: {x} vs exact {y} (tol {tol:.1e})");
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn small_orders_and_bad_input() {
+        tridiagonal_ql(&mut [], &mut []).unwrap();
+        let mut d = [-3.5];
+        tridiagonal_ql(&mut d, &mut []).unwrap();
+        assert_eq!(d, [-3.5]);
+        check(&[1.0, 1.0], &[0.0], Some(&[1.0, 1.0]), "2x2 diagonal");
+        check(&[2.0, 2.0], &[1.0], Some(&[3.0, 1.0]), "2x2");
+        check(&[0.0, 0.0], &[-1.0], Some(&[1.0, -1.0]), "2x2 zero diagonal");
+        check(&[1e300, -1e300], &[1e300], None, "2x2 huge");
+        check(&[1.0, 1e-300], &[1e-160], None, "2x2 graded");
+        check(&[-1.0, 1.0], &[1e-9], None, "2x2 sum zero");
+        // Too short an off-diagonal and non-finite entries: errors, not panics.
+        assert!(tridiagonal_ql(&mut [1.0, 2.0, 3.0], &mut [1.0]).is_err());
+        assert!(tridiagonal_ql(&mut [1.0, f64::NAN], &mut [1.0]).is_err());
+        assert!(tridiagonal_ql(&mut [1.0, 2.0], &mut [f64::INFINITY]).is_err());
+        // e[n-1] is neither needed nor read.
+        let mut d = [1.0, 2.0, 3.0];
+        tridiagonal_ql(&mut d, &mut [0.5, 0.5]).unwrap();
+    }
+
+    #[test]
+    fn random_and_known_spectra() {
+        let mut seed = 17u64;
+        for n in [3usize, 4, 5, 8, 17, 64, 127, 300] {
+            let d: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+            let e: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+            check(&d, &e, None, "random");
+            // Positive definite and negative definite shifts, and a scaled copy.
+            let dp: Vec<f64> = d.iter().map(|v| v + 2.0).collect();
+            check(&dp, &e, None, "positive definite");
+            let dm: Vec<f64> = d.iter().map(|v| -v - 2.0).collect();
+            check(&dm, &e, None, "negative definite");
+            // Toeplitz (a, b): a + 2 b cos(k pi / (n + 1)).
+            let (a, b) = (0.3, -1.7);
+            let exact: Vec<f64> =
+                (1..=n).map(|k| a + 2.0 * b * (k as f64 * std::f64::consts::PI / (n + 1) as f64).cos()).collect();
+            check(&vec![a; n], &vec![b; n], Some(&exact), "Toeplitz");
+            // Huge and tiny magnitudes, scaled by powers of two (exact): the same values scaled.
+            let base = sorted(check(&d, &e, None, "base"));
+            for k in [-1070, -1000, -700, -450, 450, 700, 1000, 1020] {
+                let s = mul_pow2(1.0, k);
+                let ds: Vec<f64> = d.iter().map(|v| v * s).collect();
+                let es: Vec<f64> = e.iter().map(|v| v * s).collect();
+                let mut dn = ds.clone();
+                let mut en = es.clone();
+                tridiagonal_ql(&mut dn, &mut en).unwrap();
+                // Entries rounded to the subnormal grid lose precision: allow their rounding.
+                let rounding = if k < -1000 { 2f64.powi(-1074) / s * n as f64 * 4.0 } else { 0.0 };
+                let tol = 4.0 * n as f64 * f64::EPSILON * base[0].abs().max(base[n - 1].abs()) + rounding;
+                for (x, y) in sorted(dn).iter().zip(&base) {
+                    assert!(x.is_finite() && (x / s - y).abs() <= tol, "2^{k}, n = {n}: {x} vs {}", y * s);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn graded_entries() {
+        let mut seed = 23u64;
+        for n in [5usize, 20, 75, 200] {
+            let mag = |i: usize| 10f64.powf(-150.0 + 300.0 * i as f64 / (n - 1) as f64);
+            for flip in [false, true] {
+                let idx = |i: usize| if flip { n - 1 - i } else { i };
+                let d: Vec<f64> = (0..n).map(|i| mag(idx(i)) * (1.0 + lcg(&mut seed))).collect();
+                let e: Vec<f64> = (0..n).map(|i| mag(idx(i)) * lcg(&mut seed)).collect();
+                check(&d, &e, None, "graded");
+                // Geometric mean of neighbours on the off-diagonal, random signs on the diagonal.
+                let d: Vec<f64> = (0..n).map(|i| mag(idx(i)) * lcg(&mut seed)).collect();
+                let e: Vec<f64> = (0..n).map(|i| (mag(idx(i)) * mag(idx((i + 1).min(n - 1)))).sqrt()).collect();
+                check(&d, &e, None, "graded indefinite");
+            }
+            // Magnitudes alternating between 1e-150 and 1e150.
+            let d: Vec<f64> =
+                (0..n).map(|i| if i % 2 == 0 { 1e150 } else { 1e-150 } * (1.0 + lcg(&mut seed))).collect();
+            let e: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+            check(&d, &e, None, "alternating");
+        }
+    }
+
+    #[test]
+    fn zero_off_diagonals_and_two_by_two_blocks() {
+        let mut seed = 29u64;
+        for n in [2usize, 3, 6, 9, 40, 101] {
+            let d: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+            // Diagonal.
+            check(&d, &vec![0.0; n], Some(&d), "diagonal");
+            // Independent 2 x 2 blocks.
+            let e: Vec<f64> = (0..n).map(|i| if i % 2 == 0 { lcg(&mut seed) } else { 0.0 }).collect();
+            check(&d, &e, None, "2x2 blocks");
+            // Blocks of 3 and zeros at random places, one block scaled far away.
+            let e: Vec<f64> = (0..n).map(|i| if i % 3 == 2 { 0.0 } else { lcg(&mut seed) }).collect();
+            check(&d, &e, None, "3x3 blocks");
+            let ds: Vec<f64> = (0..n).map(|i| if i < n / 2 { d[i] * 1e200 } else { d[i] * 1e-200 }).collect();
+            let mut es: Vec<f64> = (0..n).map(|i| if i < n / 2 { e[i] * 1e200 } else { e[i] * 1e-200 }).collect();
+            if n > 2 {
+                es[n / 2 - 1] = 0.0;
+            }
+            check(&ds, &es, None, "blocks of very different scale");
+            // Off-diagonal entries tiny against the diagonal (deflation on the first test).
+            let e: Vec<f64> = (0..n).map(|_| 1e-20 * lcg(&mut seed)).collect();
+            check(&d, &e, None, "nearly diagonal");
+        }
+    }
+
+    #[test]
+    fn clustered_repeated_and_wilkinson() {
+        let mut seed = 31u64;
+        for n in [7usize, 21, 50, 151] {
+            // Repeated eigenvalues: a direct sum of copies of one block (zero couplings), and the
+            // same with couplings below rounding.
+            let k = 5.min(n);
+            let bd: Vec<f64> = (0..k).map(|_| lcg(&mut seed)).collect();
+            let be: Vec<f64> = (0..k).map(|_| lcg(&mut seed)).collect();
+            let d: Vec<f64> = (0..n).map(|i| bd[i % k]).collect();
+            let e: Vec<f64> = (0..n).map(|i| if i % k == k - 1 { 0.0 } else { be[i % k] }).collect();
+            check(&d, &e, None, "repeated");
+            let e2: Vec<f64> = (0..n).map(|i| if i % k == k - 1 { 1e-17 } else { be[i % k] }).collect();
+            check(&d, &e2, None, "repeated, weakly coupled");
+            // A cluster: constant diagonal, tiny off-diagonal.
+            let e: Vec<f64> = (0..n).map(|_| 1e-13 * lcg(&mut seed)).collect();
+            check(&vec![1.0; n], &e, None, "cluster");
+            // Identity plus a rank-one-like coupling at the end.
+            let mut e: Vec<f64> = vec![1e-15; n];
+            e[n - 2] = 1.0;
+            check(&vec![1.0; n], &e, None, "identity with one coupling");
+            // Wilkinson W+ and W- (pairs of nearly equal eigenvalues, and a symmetric spectrum).
+            let h = (n / 2) as f64;
+            let wp: Vec<f64> = (0..n).map(|i| (h - i as f64).abs()).collect();
+            let wm: Vec<f64> = (0..n).map(|i| h - i as f64).collect();
+            check(&wp, &vec![1.0; n], None, "W+");
+            check(&wm, &vec![1.0; n], None, "W-");
+        }
+    }
+
+    /// The Golub–Kahan form of a bidiagonal (zero diagonal, off-diagonal `d_0, e_0, d_1, ...`), as
+    /// `bidiag` uses it: the spectrum is the singular values and their negatives.
+    #[test]
+    fn golub_kahan_form() {
+        let mut seed = 37u64;
+        for n in [1usize, 2, 3, 10, 64, 200] {
+            for case in 0..4 {
+                let mut bd: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let mut be: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+                match case {
+                    1 => (0..n).step_by(3).for_each(|i| bd[i] = 0.0),
+                    2 => (0..n).step_by(2).for_each(|i| be[i] = 0.0),
+                    3 => (0..n).for_each(|i| bd[i] *= 10f64.powf(-30.0 * i as f64 / n as f64)),
+                    _ => {}
+                }
+                let mut te = vec![0.0; 2 * n];
+                for i in 0..n {
+                    te[2 * i] = bd[i];
+                    if i + 1 < n {
+                        te[2 * i + 1] = be[i];
+                    }
+                }
+                let got = check(&vec![0.0; 2 * n], &te, None, "Golub-Kahan");
+                let b = Mat::<f64>::from_fn(n, n, |i, j| {
+                    if i == j {
+                        bd[i]
+                    } else if j == i + 1 {
+                        be[i]
+                    } else {
+                        0.0
+                    }
+                });
+                let sv = b.singular_values().unwrap();
+                let tol = 8.0 * n as f64 * f64::EPSILON * sv[0];
+                for (x, s) in got[..n].iter().zip(&sv) {
+                    assert!((x - s).abs() <= tol, "Golub-Kahan n = {n} case {case}: {x} vs sigma {s}");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod speed {
     use super::*;
     use faer::Mat;
+
+    /// The tridiagonal iteration alone, root-free against the previous square-root QL:
+    /// `cargo test --profile fastrelease -p ess-core --lib tridiagonal_ql_speed -- --ignored
+    /// --nocapture`. Random tridiagonals (entries uniform in `[-0.5, 0.5)`) and the tridiagonal
+    /// form of a rank-deficient Gram matrix (`H H^T`, `H` of `n x n/8`, as the dense kernel sees).
+    #[test]
+    #[ignore]
+    fn tridiagonal_ql_speed() {
+        let mut seed = 3u64;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
+        };
+        for n in [128usize, 512, 1024] {
+            let mut cases = vec![];
+            let d: Vec<f64> = (0..n).map(|_| rnd()).collect();
+            let e: Vec<f64> = (0..n).map(|_| rnd()).collect();
+            cases.push(("random", d, e));
+            let h = Mat::<f64>::from_fn(n, n / 8, |_, _| rnd());
+            let g = &h * h.transpose();
+            let mut a = vec![0.0; n * n];
+            for j in 0..n {
+                for i in j..n {
+                    a[j * n + i] = g[(i, j)];
+                }
+            }
+            let (mut d, mut e) = (vec![0.0; n], vec![0.0; n]);
+            tridiagonalise(&mut a, n, &mut d, &mut e).unwrap();
+            cases.push(("gram", d, e));
+            for (what, d, e) in cases {
+                let reps = (20_000_000 / (n * n)).max(3);
+                let (mut t_new, mut t_old) = (f64::INFINITY, f64::INFINITY);
+                let (mut v_new, mut v_old) = (vec![], vec![]);
+                for _ in 0..reps {
+                    let (mut dd, mut ee) = (d.clone(), e.clone());
+                    let t0 = std::time::Instant::now();
+                    tridiagonal_ql(&mut dd, &mut ee).unwrap();
+                    t_new = t_new.min(t0.elapsed().as_secs_f64());
+                    v_new = dd;
+                    let (mut dd, mut ee) = (d.clone(), e.clone());
+                    let t0 = std::time::Instant::now();
+                    tridiagonal_ql_sqrt(&mut dd, &mut ee).unwrap();
+                    t_old = t_old.min(t0.elapsed().as_secs_f64());
+                    v_old = dd;
+                }
+                v_new.sort_by(|x, y| y.total_cmp(x));
+                v_old.sort_by(|x, y| y.total_cmp(x));
+                let scale = v_old.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+                let diff = v_new.iter().zip(&v_old).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale;
+                println!(
+                    "{what:6} n = {n:5}: root-free {:8.3} ms, sqrt QL {:8.3} ms, old/new {:.2}x, max diff {diff:.1e} |T|",
+                    t_new * 1e3,
+                    t_old * 1e3,
+                    t_old / t_new
+                );
+            }
+        }
+    }
 
     /// Timing against faer (not a test of correctness beyond agreement):
     /// `cargo test --profile fastrelease -p ess-core --lib symeig_speed -- --ignored --nocapture`
