@@ -77,7 +77,7 @@ use rayon::prelude::*;
 
 mod lanes;
 
-use super::dense::{split_positions, EssCurves, Scalar};
+use super::dense::{mul_pow2, split_positions, EssCurves, Scalar};
 use super::{entropy_ess, tolerance_count, Tolerance};
 use crate::error::{check_finite, checked_size, Error, Result};
 
@@ -1475,12 +1475,7 @@ impl BatchSvd {
         let n = self.n;
         let nn = n * n;
         if n > SMALL_SVD_MAX {
-            let mut out = Vec::with_capacity(m);
-            for q in 0..m {
-                self.single.a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
-                out.push(self.single.values()?);
-            }
-            return Ok(out);
+            return self.values_wide(src, m);
         }
         const K: usize = LANES;
         for (e, x) in self.a[..nn].iter_mut().enumerate() {
@@ -1494,6 +1489,54 @@ impl BatchSvd {
             if ok[q] {
                 let mut v: Vec<f64> = (0..n).map(|i| self.w[i * K + q].abs()).collect();
                 v.sort_by(|x, y| y.partial_cmp(x).unwrap_or(std::cmp::Ordering::Equal));
+                out.push(v);
+            } else {
+                self.single.a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
+                out.push(self.single.values()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Self::values`] for `n > SMALL_SVD_MAX`: each matrix is reduced to bidiagonal form by the
+    /// dense kernel's blocked reduction (`dense::bidiag`), and the QR iterations of the
+    /// bidiagonals then run together on the lanes ([`chase_lanes`]: the operations of
+    /// [`bidiagonal_qr`], the same values bit for bit, with the latency-bound chases of the
+    /// lanes overlapping). A matrix that is zero, not finite, or whose iteration does not
+    /// converge takes [`SmallSvd`].
+    fn values_wide(&mut self, src: &[f64], m: usize) -> Result<Vec<Vec<f64>>> {
+        const K: usize = LANES;
+        let n = self.n;
+        let nn = n * n;
+        let mut anorm = [0.0f64; K];
+        let mut scale = [0i32; K];
+        self.w.iter_mut().for_each(|v| *v = 0.0);
+        self.rv1.iter_mut().for_each(|v| *v = 0.0);
+        for q in 0..m {
+            let a = &mut self.single.a;
+            a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
+            let amax = a.iter().fold(0.0f64, |x, v| x.max(v.abs()));
+            if !(amax.is_finite() && amax > 0.0) {
+                continue;
+            }
+            let (d, e, e2) = crate::ess::dense::bidiag::scaled_bidiagonal(a, n, amax)?;
+            let mut an = 0.0f64;
+            for i in 0..n {
+                let sup = if i > 0 { e[i - 1] } else { 0.0 };
+                self.w[i * K + q] = d[i];
+                self.rv1[i * K + q] = sup;
+                an = an.max(d[i].abs() + sup.abs());
+            }
+            anorm[q] = an;
+            scale[q] = e2;
+        }
+        crate::interrupt::check()?;
+        let ok = chase_dispatch(n, &mut self.w, &mut self.rv1, &anorm);
+        let mut out = Vec::with_capacity(m);
+        for q in 0..m {
+            if ok[q] && anorm[q] > 0.0 {
+                let mut v: Vec<f64> = (0..n).map(|i| mul_pow2(self.w[i * K + q].abs(), -scale[q])).collect();
+                v.sort_by(|x, y| y.total_cmp(x));
                 out.push(v);
             } else {
                 self.single.a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
@@ -1791,6 +1834,22 @@ impl Chase {
             return;
         }
     }
+}
+
+/// [`chase_lanes`], compiled for AVX2 + FMA when the processor has them (runtime dispatch).
+fn chase_dispatch(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> [bool; LANES] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> [bool; LANES] {
+            chase_lanes(n, w, rv1, anorm)
+        }
+        if crate::cpu::has_avx2_fma() {
+            // SAFETY: the features were detected at run time.
+            return unsafe { avx2(n, w, rv1, anorm) };
+        }
+    }
+    chase_lanes(n, w, rv1, anorm)
 }
 
 /// Implicit-shift QR on the [`LANES`] bidiagonals (`w`: diagonals, `rv1[1..]`: superdiagonals,
@@ -2115,6 +2174,39 @@ mod tests {
                 let s1 = want[0].max(1e-300);
                 for (x, y) in got.iter().zip(&want) {
                     assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} case={case}: {got:?} vs {want:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wide_batch_svd_equals_single_bit_for_bit() {
+        // n > SMALL_SVD_MAX: the blocked reduction per matrix, then the lanes' QR iterations
+        // together; the values must be those of SmallSvd (the same operations).
+        let mut seed = 29u64;
+        for (n, m) in [(65usize, LANES), (80, 5), (128, LANES)] {
+            let mut src: Vec<f64> = (0..LANES * n * n).map(|_| lcg(&mut seed)).collect();
+            // lane 1: zero; lane 2: rank two; lane 3: graded columns (1e-150 .. 1)
+            for e in 0..n * n {
+                src[n * n + e] = 0.0;
+            }
+            for j in 0..n {
+                for i in 0..n {
+                    src[2 * n * n + j * n + i] =
+                        (i as f64 + 1.0) * (j as f64 - 0.5) + (i as f64).sin() * (j as f64).cos();
+                    src[3 * n * n + j * n + i] *= 10f64.powf(-150.0 * j as f64 / n as f64);
+                }
+            }
+            let mut b = BatchSvd::new(n);
+            let got = b.values(&src, m).unwrap();
+            assert_eq!(got.len(), m);
+            for q in 0..m {
+                let mut s = SmallSvd::new(n);
+                s.a.copy_from_slice(&src[q * n * n..(q + 1) * n * n]);
+                let want = s.values().unwrap();
+                assert_eq!(got[q].len(), n);
+                for (x, y) in got[q].iter().zip(&want) {
+                    assert_eq!(x.to_bits(), y.to_bits(), "n={n} lane={q}: {x} vs {y}");
                 }
             }
         }
