@@ -31,9 +31,11 @@
 //! dispatch): the Householder bidiagonalisation runs in lockstep over the lanes, and in the
 //! implicit-shift QR iteration every lane advances on its own (a lane that ends its sweep tests
 //! for convergence and sets up its next sweep while the others go on; one chase step of every
-//! lane per vector step, with lane-parallel square roots and divisions). Larger `N` go to the
-//! dense kernel's blocked SVD (`dense::bidiag`; 1.9 times faster than faer's on a Mamba-2-shaped
-//! layer with `N = 128`), and any lane that does not converge to faer's SVD.
+//! lane per vector step, with lane-parallel square roots and divisions). For larger `N` each
+//! matrix is reduced by the dense kernel's blocked bidiagonalisation (`dense::bidiag`), and the
+//! QR iterations of the batch's bidiagonals then run together on the lanes in the same way (the
+//! same values as the dense kernel's SVD, bit for bit); any lane that does not converge takes
+//! the dense kernel's SVD, and faer's if that fails.
 //!
 //! For diagonal, scalar and identity transitions, sixteen channels run in lockstep (module
 //! `lanes`): lane `q` of every vector belongs to channel `q` of the group, so the Givens
