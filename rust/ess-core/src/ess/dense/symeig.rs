@@ -619,12 +619,12 @@ mod tests {
     use super::*;
     use faer::Mat;
 
-    fn lcg(seed: &mut u64) -> f64 {
+    pub(super) fn lcg(seed: &mut u64) -> f64 {
         *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
     }
 
-    fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    pub(super) fn sorted(mut v: Vec<f64>) -> Vec<f64> {
         v.sort_by(|x, y| y.total_cmp(x));
         v
     }
@@ -745,18 +745,9 @@ mod tests {
 /// root) QL routine.
 #[cfg(test)]
 mod tridiagonal_tests {
+    use super::tests::{lcg, sorted};
     use super::*;
     use faer::Mat;
-
-    fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
-    }
-
-    fn sorted(mut v: Vec<f64>) -> Vec<f64> {
-        v.sort_by(|x, y| y.total_cmp(x));
-        v
-    }
 
     fn dense(d: &[f64], e: &[f64]) -> Mat<f64> {
         let n = d.len();
