@@ -1476,6 +1476,15 @@ impl BatchSvd {
     fn values(&mut self, src: &[f64], m: usize) -> Result<Vec<Vec<f64>>> {
         let n = self.n;
         let nn = n * n;
+        if n > WIDE_SVD_MAX {
+            // One by one, with the dense kernel's interrupt checks inside each QR iteration.
+            let mut out = Vec::with_capacity(m);
+            for q in 0..m {
+                self.single.a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
+                out.push(self.single.values()?);
+            }
+            return Ok(out);
+        }
         if n > SMALL_SVD_MAX {
             return self.values_wide(src, m);
         }
@@ -1989,6 +1998,10 @@ thread_local! {
 
 /// Largest state size handled by [`SmallSvd`]'s own Golub-Reinsch (above: see [`OWN_SVD_MIN`]).
 const SMALL_SVD_MAX: usize = 64;
+
+/// Largest state size whose batches run their QR iterations together ([`BatchSvd::values_wide`],
+/// no interrupt check inside: sixteen iterations of order 512 take tens of milliseconds).
+const WIDE_SVD_MAX: usize = 512;
 
 /// From this state size up, [`SmallSvd`] takes the dense kernel's blocked SVD
 /// (`dense::bidiag`: 1.6x faer's at order 96, 2.5x at 128) instead of faer's.
