@@ -1526,11 +1526,12 @@ impl BatchSvd {
         for q in 0..m {
             let a = &mut self.single.a;
             a.copy_from_slice(&src[q * nn..(q + 1) * nn]);
-            let amax = a.iter().fold(0.0f64, |x, v| x.max(v.abs()));
-            if !(amax.is_finite() && amax > 0.0) {
-                continue;
-            }
-            let (d, e, e2) = crate::ess::dense::bidiag::scaled_bidiagonal(a, n, amax)?;
+            // A zero or non-finite matrix is left to SmallSvd (anorm stays 0).
+            let (d, e, e2) = match crate::ess::dense::bidiag::scaled_bidiagonal(a, n) {
+                Ok(Some(f)) => f,
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                _ => continue,
+            };
             let mut an = 0.0f64;
             for i in 0..n {
                 let sup = if i > 0 { e[i - 1] } else { 0.0 };

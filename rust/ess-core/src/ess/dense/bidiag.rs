@@ -53,14 +53,9 @@ pub(crate) fn singular_values(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let amax = a[..n * n].iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    if !amax.is_finite() {
-        return Err(Error::Numerical("bidiagonal SVD: non-finite entry".into()));
-    }
-    if amax == 0.0 {
+    let Some((d, e, e2)) = scaled_bidiagonal(a, n)? else {
         return Ok(vec![0.0; n]);
-    }
-    let (d, e, e2) = scaled_bidiagonal(a, n, amax)?;
+    };
     if let Some(w) = bidiagonal_values(&d, &e, true)? {
         let mut s: Vec<f64> = w.iter().map(|v| mul_pow2(*v, -e2)).collect();
         s.sort_by(|x, y| y.total_cmp(x));
@@ -85,11 +80,19 @@ pub(crate) fn singular_values(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
     Ok(s)
 }
 
-/// The upper bidiagonal form of the `n x n` column-major `a` (overwritten), whose largest
-/// magnitude `amax` is finite and nonzero, rescaled by an exact power of two: `(d, e, e2)`,
-/// diagonal `d`, superdiagonal `e[..n-1]`, the singular values of `a` being those of the
-/// bidiagonal times `2^-e2`. Fails only with [`Error::Interrupted`].
-pub(crate) fn scaled_bidiagonal(a: &mut [f64], n: usize, amax: f64) -> Result<(Vec<f64>, Vec<f64>, i32)> {
+/// The upper bidiagonal form of the `n x n` column-major `a` (overwritten), rescaled by an exact
+/// power of two: `Some((d, e, e2))`, diagonal `d`, superdiagonal `e[..n-1]`, the singular values
+/// of `a` being those of the bidiagonal times `2^-e2`; `None` for a zero matrix. Fails with
+/// [`Error::Numerical`] on a non-finite entry (NaN included) and with [`Error::Interrupted`].
+pub(crate) fn scaled_bidiagonal(a: &mut [f64], n: usize) -> Result<Option<(Vec<f64>, Vec<f64>, i32)>> {
+    let a = &mut a[..n * n];
+    if !a.iter().all(|v| v.is_finite()) {
+        return Err(Error::Numerical("bidiagonal SVD: non-finite entry".into()));
+    }
+    let amax = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if amax == 0.0 {
+        return Ok(None);
+    }
     let e2 = pow2_exponent(amax);
     if e2 != 0 {
         a[..n * n].iter_mut().for_each(|v| *v = mul_pow2(*v, e2));
@@ -97,7 +100,7 @@ pub(crate) fn scaled_bidiagonal(a: &mut [f64], n: usize, amax: f64) -> Result<(V
     let mut d = vec![0.0; n];
     let mut e = vec![0.0; n];
     bidiagonalise(a, n, &mut d, &mut e)?;
-    Ok((d, e, e2))
+    Ok(Some((d, e, e2)))
 }
 
 /// Singular values (non-negative, unordered) of the upper bidiagonal matrix with diagonal `d`
