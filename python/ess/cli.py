@@ -208,8 +208,9 @@ def _load_hf(args: argparse.Namespace, text_content: Optional[str]) -> Optional[
     except ImportError:
         print("ess analyze --hf needs transformers: pip install transformers", file=sys.stderr)
         return None
-    try:  # any causal LM saved with save_pretrained (config.json + weights), never a download
-        model = AutoModelForCausalLM.from_pretrained(args.hf, local_files_only=True)
+    try:  # any causal LM saved with save_pretrained (config.json + weights), never a download; the
+        # reference modules, not hub kernels (transformers >= 5.25 swaps some layers for them by default)
+        model = AutoModelForCausalLM.from_pretrained(args.hf, local_files_only=True, use_kernels=False)
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"ess analyze: cannot load a causal language model from {args.hf!r}: {e}") from None
     tok = None

@@ -247,7 +247,7 @@ class Job:
     model : ``"builtin"`` (the shipped hybrid MQAR model), an importable ``"module:function"``
         factory (or such a module-level function itself) returning a ``torch.nn.Module`` or a
         ``(module, inputs)`` tuple, or the path of a local Hugging Face model directory (loaded
-        with ``AutoModelForCausalLM.from_pretrained(path, local_files_only=True)``).
+        with ``AutoModelForCausalLM.from_pretrained(path, local_files_only=True, use_kernels=False)``).
     model_kwargs : keyword arguments of the factory (or of ``from_pretrained``).
     inputs : ``None`` (the factory's own inputs; for ``"builtin"`` two shipped MQAR sequences),
         token ids (a list, or a list of lists for a batch), a ``"module:function"`` returning
@@ -438,7 +438,10 @@ def _build_model(job: Job) -> Any:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one bar per job in a worker's log helps nobody
-        model = AutoModelForCausalLM.from_pretrained(job.model, local_files_only=True, **job.model_kwargs)
+        # the reference modules unless the job asks otherwise: transformers >= 5.25 swaps some layers for hub
+        # kernels by default, which need the network and which no extractor reads
+        kw = {"use_kernels": False, **job.model_kwargs}
+        model = AutoModelForCausalLM.from_pretrained(job.model, local_files_only=True, **kw)
     else:
         out = _resolve(job.model, f"jobs[{job.name!r}].model")(**job.model_kwargs)
         model, inputs = out if isinstance(out, tuple) else (out, None)

@@ -731,11 +731,16 @@ class _FusedQKVAttention(_AttentionCapture):
 
 
 def _is_bloom_attention(m: Any) -> bool:
-    return _is_class(m, "transformers.models.bloom.modeling_bloom", "BloomAttention")
+    # (should a release route it through the attention interface, as Falcon's since 5.25, that extractor takes it)
+    return _is_class(m, "transformers.models.bloom.modeling_bloom", "BloomAttention") and not uses_attention_interface(m)
 
 
 def _is_falcon_attention(m: Any) -> bool:
-    return _is_class(m, "transformers.models.falcon.modeling_falcon", "FalconAttention")
+    # transformers >= 5.25 routes FalconAttention through the attention interface (ALiBi as part of the
+    # additive mask): that class is the interface extractor's; only the older one, with its own code, is ours.
+    return _is_class(m, "transformers.models.falcon.modeling_falcon", "FalconAttention") and not (
+        uses_attention_interface(m)
+    )
 
 
 class BloomAttentionExtractor(_FusedQKVAttention):
@@ -783,9 +788,10 @@ class BloomAttentionExtractor(_FusedQKVAttention):
 
 
 class FalconAttentionExtractor(_FusedQKVAttention):
-    """``FalconAttention`` (its own code, no attention interface): RoPE or ALiBi, multi-query or grouped
-    keys, and the sdpa or eager branch the forward takes (``config._attn_implementation == 'sdpa'`` and
-    no ``output_attentions``).
+    """``FalconAttention`` of transformers before 5.25 (its own code, no attention interface): RoPE or ALiBi,
+    multi-query or grouped keys, and the sdpa or eager branch the forward takes
+    (``config._attn_implementation == 'sdpa'`` and no ``output_attentions``). From 5.25 the class calls the
+    attention interface (ALiBi travels in the additive mask) and :class:`InterfaceAttentionExtractor` takes it.
 
     Examples
     --------
@@ -798,8 +804,10 @@ class FalconAttentionExtractor(_FusedQKVAttention):
     >>> with ex.capturing(), torch.no_grad():
     ...     _ = model(torch.arange(1, 7)[None], use_cache=False)
     >>> ops = ex.operators(0)
-    >>> type(ex).__name__, ops.operators.shape, ops.note.split(";")[0]
-    ('FalconAttentionExtractor', (2, 6, 6), 'FalconAttention (RoPE, sdpa branch)')
+    >>> type(ex).__name__ in ("FalconAttentionExtractor", "InterfaceAttentionExtractor"), ops.operators.shape
+    (True, (2, 6, 6))
+    >>> "sdpa" in ops.note.split(";")[0]
+    True
     >>> bool(np.allclose(ops.operators.sum(axis=-1), 1)), bool((np.triu(ops.operators, 1) == 0).all())
     (True, True)
     """
