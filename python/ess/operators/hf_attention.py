@@ -732,7 +732,9 @@ class _FusedQKVAttention(_AttentionCapture):
 
 def _is_bloom_attention(m: Any) -> bool:
     # (should a release route it through the attention interface, as Falcon's since 5.25, that extractor takes it)
-    return _is_class(m, "transformers.models.bloom.modeling_bloom", "BloomAttention") and not uses_attention_interface(m)
+    return _is_class(m, "transformers.models.bloom.modeling_bloom", "BloomAttention") and not uses_attention_interface(
+        m
+    )
 
 
 def _is_falcon_attention(m: Any) -> bool:
