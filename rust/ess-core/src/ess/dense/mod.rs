@@ -701,6 +701,14 @@ impl Gram {
     /// Eigenvalues, non-increasing, by the interruptible solver of the `symeig` module (a
     /// pending interrupt is seen within one panel of its reduction).
     fn eigenvalues(&mut self) -> Result<Vec<f64>> {
+        let form = self.tridiagonal_form()?;
+        let mut v = symeig::eigenvalues_of_form(form)?;
+        v.sort_by(|x, y| y.total_cmp(x));
+        Ok(v)
+    }
+
+    /// The tridiagonal form of `G_t` (see [`symeig::tridiagonal_form`]).
+    fn tridiagonal_form(&mut self) -> Result<symeig::TridiagonalForm> {
         let (k, k0, off) = (self.k, self.k0, self.off);
         // Column-major lower triangle of G: column j holds G(j.., j), i.e. the stored row-major
         // lower triangle read down its columns.
@@ -713,11 +721,9 @@ impl Gram {
                 work[j * k + i] = g;
             }
         }
-        let res = symeig::symmetric_eigenvalues(&mut work, k);
+        let res = symeig::tridiagonal_form(&mut work, k);
         self.work = work;
-        let mut v = res?;
-        v.sort_by(|x, y| y.total_cmp(x));
-        Ok(v)
+        res
     }
 }
 
@@ -842,15 +848,29 @@ fn sweep(
     let mut misses = 0usize;
     let mut inertia = InertiaState::new();
     let mut t = t_first;
+    // With entropy wanted, G_t serves only the Gram route's eigenvalues, and those of the next
+    // few splits are computed together (their tridiagonal QL iterations share the vector
+    // lanes, see `symeig::lanes`): G runs ahead of `t` (it is at split `tg`), and `ahead` holds
+    // the eigenvalues of the coming targets (target index, result).
+    let batched = want_ent;
+    let mut tg = t_first;
+    let mut ahead: std::collections::VecDeque<(usize, Result<Vec<f64>>)> = std::collections::VecDeque::new();
     for (n, &(target, slot)) in targets.iter().enumerate() {
         crate::interrupt::check()?;
         while t < target {
-            gram.advance(a, l, t);
+            if !batched {
+                gram.advance(a, l, t);
+                tg += 1;
+            }
             if let Some(c) = carried.as_mut() {
                 c.advance(a, l, t);
             }
             t += 1;
         }
+        let mine = match ahead.front() {
+            Some(&(j, _)) if j == n => ahead.pop_front().map(|x| x.1),
+            _ => None,
+        };
         let k = l - t;
         // Tolerance alone, threshold well above the Gram route's noise floor: the count is
         // the inertia of G - tau^2 I (see `inertia_route`), no eigenvalues.
@@ -867,7 +887,41 @@ fn sweep(
         // The Gram route is a shortcut: an eigensolver that does not converge on it sends the
         // split to the SVD routes below (an interrupt request stops the sweep).
         let quick = if try_gram {
-            match gram.eigenvalues() {
+            let lam = match mine {
+                Some(lam) => lam,
+                None if batched => {
+                    // This split and, while the Gram route answers, the next LANES - 1.
+                    let count = if misses == 0 { symeig::lanes::LANES } else { 1 };
+                    let mut forms = Vec::with_capacity(count);
+                    let mut idx = Vec::with_capacity(count);
+                    let mut failed = Vec::new();
+                    for (j, &(tj, _)) in targets.iter().enumerate().skip(n).take(count) {
+                        while tg < tj {
+                            gram.advance(a, l, tg);
+                            tg += 1;
+                        }
+                        match gram.tridiagonal_form() {
+                            Ok(f) => {
+                                forms.push(f);
+                                idx.push(j);
+                            }
+                            Err(Error::Interrupted) => return Err(Error::Interrupted),
+                            Err(e) => failed.push((j, e)),
+                        }
+                    }
+                    let mut res: Vec<(usize, Result<Vec<f64>>)> =
+                        idx.into_iter().zip(symeig::eigenvalues_of_forms(forms)).collect();
+                    res.extend(failed.into_iter().map(|(j, e)| (j, Err(e))));
+                    res.sort_by_key(|x| x.0);
+                    for v in res.iter_mut().filter_map(|(_, r)| r.as_mut().ok()) {
+                        v.sort_by(|x, y| y.total_cmp(x));
+                    }
+                    ahead.extend(res);
+                    ahead.pop_front().map(|x| x.1).unwrap_or_else(|| Ok(Vec::new()))
+                }
+                None => gram.eigenvalues(),
+            };
+            match lam {
                 Ok(lam) => gram_route(&lam, t, k, tol, want_tol, want_ent),
                 Err(Error::Interrupted) => return Err(Error::Interrupted),
                 Err(_) => None,

@@ -32,6 +32,8 @@ use faer::{Accum, MatMut, MatRef, Par};
 use super::{mul_pow2, pow2_exponent};
 use crate::error::{Error, Result};
 
+pub(crate) mod lanes;
+
 /// Panel width of the blocked reduction.
 const NB: usize = 32;
 
@@ -44,13 +46,45 @@ const NX: usize = 64;
 ///
 /// Fails with [`Error::Interrupted`] when an interrupt is pending (checked per panel) and with
 /// [`Error::Numerical`] if the tridiagonal QL iteration does not converge (not seen in practice;
-/// the cap is `30 n` iterations).
+/// the cap is `30 n` iterations). (The kernel calls the steps separately: [`tridiagonal_form`],
+/// then [`eigenvalues_of_form`] or [`eigenvalues_of_forms`].)
+#[cfg(test)]
 pub(crate) fn symmetric_eigenvalues(a: &mut [f64], n: usize) -> Result<Vec<f64>> {
+    eigenvalues_of_form(tridiagonal_form(a, n)?)
+}
+
+/// Eigenvalues (unordered) of a tridiagonal form: step 3 of [`symmetric_eigenvalues`].
+pub(crate) fn eigenvalues_of_form(mut form: TridiagonalForm) -> Result<Vec<f64>> {
+    tridiagonal_ql(&mut form.d, &mut form.e)?;
+    Ok(form.values())
+}
+
+/// A symmetric matrix reduced to tridiagonal form (steps 1 and 2 of
+/// [`symmetric_eigenvalues`]): diagonal `d`, subdiagonal `e[..n-1]`, of the matrix scaled by
+/// `2^exp2`.
+pub(crate) struct TridiagonalForm {
+    pub(crate) d: Vec<f64>,
+    pub(crate) e: Vec<f64>,
+    exp2: i32,
+}
+
+impl TridiagonalForm {
+    /// `d` (the eigenvalues once the QL iteration has run on it) scaled back.
+    fn values(mut self) -> Vec<f64> {
+        if self.exp2 != 0 {
+            for v in &mut self.d {
+                *v = mul_pow2(*v, -self.exp2);
+            }
+        }
+        self.d
+    }
+}
+
+/// Steps 1 and 2 of [`symmetric_eigenvalues`] (same arguments and errors): the rescaled
+/// matrix's tridiagonal form.
+pub(crate) fn tridiagonal_form(a: &mut [f64], n: usize) -> Result<TridiagonalForm> {
     if a.len() < n * n {
         return Err(Error::Numerical(format!("symmetric eigensolver: buffer of {} for order {n}", a.len())));
-    }
-    if n == 0 {
-        return Ok(Vec::new());
     }
     let mut amax = 0.0f64;
     for j in 0..n {
@@ -58,8 +92,8 @@ pub(crate) fn symmetric_eigenvalues(a: &mut [f64], n: usize) -> Result<Vec<f64>>
             amax = amax.max(v.abs());
         }
     }
-    if amax == 0.0 {
-        return Ok(vec![0.0; n]);
+    if n == 0 || amax == 0.0 {
+        return Ok(TridiagonalForm { d: vec![0.0; n], e: vec![0.0; n], exp2: 0 });
     }
     if !amax.is_finite() {
         return Err(Error::Numerical("symmetric eigensolver: non-finite entry".into()));
@@ -75,13 +109,26 @@ pub(crate) fn symmetric_eigenvalues(a: &mut [f64], n: usize) -> Result<Vec<f64>>
     let mut d = vec![0.0; n];
     let mut e = vec![0.0; n];
     tridiagonalise(a, n, &mut d, &mut e)?;
-    tridiagonal_ql(&mut d, &mut e)?;
-    if e2 != 0 {
-        for v in &mut d {
-            *v = mul_pow2(*v, -e2);
-        }
+    Ok(TridiagonalForm { d, e, exp2: e2 })
+}
+
+/// Eigenvalues (unordered) of several tridiagonal forms, by the QL iteration of
+/// [`tridiagonal_ql`] run on [`lanes::LANES`] of them at once (the same values bit for bit as
+/// [`symmetric_eigenvalues`] on each matrix); one result per form.
+pub(crate) fn eigenvalues_of_forms(forms: Vec<TridiagonalForm>) -> Vec<Result<Vec<f64>>> {
+    let mut ds = Vec::with_capacity(forms.len());
+    let mut es = Vec::with_capacity(forms.len());
+    let mut exps = Vec::with_capacity(forms.len());
+    for f in forms {
+        ds.push(f.d);
+        es.push(f.e);
+        exps.push(f.exp2);
     }
-    Ok(d)
+    let res = lanes::tridiagonal_ql_batch(&mut ds, &mut es);
+    res.into_iter()
+        .zip(ds.into_iter().zip(exps))
+        .map(|(r, (d, exp2))| r.map(|()| TridiagonalForm { d, e: Vec::new(), exp2 }.values()))
+        .collect()
 }
 
 /// Householder reduction `Q^T A Q = T`: `d` gets the diagonal of `T`, `e[..n-1]` its
@@ -410,8 +457,22 @@ const RP_MAX: f64 = 1e270;
 /// not converge within `30 n` sweeps in all (not seen).
 pub(crate) fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) -> Result<()> {
     let n = d.len();
-    if n <= 1 {
+    let Some(blocks) = prepare_root_free(d, e)? else {
         return Ok(());
+    };
+    let mut sweeps = 0usize;
+    ql_root_free(d, &mut e[..n - 1], &mut sweeps, 30 * n)?;
+    finish_root_free(d, &blocks)
+}
+
+/// The preparation of [`tridiagonal_ql`]: checks the input, cuts it into unreduced blocks,
+/// rescales, orients and squares each block in place (`e[..n-1]` then holds the squared
+/// off-diagonals, zero between blocks). Returns the rescaled blocks `(first, last, exponent)`,
+/// or `None` when there is nothing to iterate (`n <= 1`).
+pub(super) fn prepare_root_free(d: &mut [f64], e: &mut [f64]) -> Result<Option<Vec<(usize, usize, i32)>>> {
+    let n = d.len();
+    if n <= 1 {
+        return Ok(None);
     }
     if e.len() + 1 < n {
         return Err(Error::Numerical(format!("tridiagonal QL: {} off-diagonal entries for order {n}", e.len())));
@@ -421,8 +482,7 @@ pub(crate) fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) -> Result<()> {
         return Err(Error::Numerical("tridiagonal QL: non-finite entry".into()));
     }
     let eps = f64::EPSILON;
-    let cap = 30 * n;
-    let mut sweeps = 0usize;
+    let mut blocks = Vec::new();
     let mut l = 0;
     while l < n {
         // The unreduced block l..=m.
@@ -436,6 +496,7 @@ pub(crate) fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) -> Result<()> {
             m += 1;
         }
         let (db, eb) = (&mut d[l..=m], &mut e[l..m]);
+        let first = l;
         l = m + 1;
         if db.len() == 1 {
             continue;
@@ -444,16 +505,22 @@ pub(crate) fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) -> Result<()> {
         let k = if amax > mul_pow2(1.0, QL_RANGE) || amax < mul_pow2(1.0, -QL_RANGE) { pow2_exponent(amax) } else { 0 };
         if k != 0 {
             db.iter_mut().chain(eb.iter_mut()).for_each(|v| *v = mul_pow2(*v, k));
+            blocks.push((first, m, k));
         }
         if db[db.len() - 1].abs() < db[0].abs() {
             db.reverse();
             eb.reverse();
         }
         eb.iter_mut().for_each(|v| *v *= *v);
-        ql_root_free(db, eb, &mut sweeps, cap)?;
-        if k != 0 {
-            db.iter_mut().for_each(|v| *v = mul_pow2(*v, -k));
-        }
+    }
+    Ok(Some(blocks))
+}
+
+/// The end of [`tridiagonal_ql`]: the rescaled blocks scaled back, and a check that every
+/// value is finite.
+pub(super) fn finish_root_free(d: &mut [f64], blocks: &[(usize, usize, i32)]) -> Result<()> {
+    for &(first, last, k) in blocks {
+        d[first..=last].iter_mut().for_each(|v| *v = mul_pow2(*v, -k));
     }
     if d.iter().any(|v| !v.is_finite()) {
         return Err(Error::Numerical("tridiagonal QL: non-finite eigenvalue".into()));
@@ -461,9 +528,9 @@ pub(crate) fn tridiagonal_ql(d: &mut [f64], e: &mut [f64]) -> Result<()> {
     Ok(())
 }
 
-/// The root-free QL iteration on one block: diagonal `d`, squared off-diagonal `e2`
-/// (`e2.len() == d.len() - 1`, entries positive), entries of moderate magnitude. `sweeps`
-/// counts the sweeps of all blocks against `cap`.
+/// The root-free QL iteration on prepared blocks (see [`prepare_root_free`]): diagonal `d`,
+/// squared off-diagonal `e2` (`e2.len() == d.len() - 1`, entries nonnegative, zero between
+/// blocks), entries of moderate magnitude. `sweeps` counts the sweeps against `cap`.
 fn ql_root_free(d: &mut [f64], e2: &mut [f64], sweeps: &mut usize, cap: usize) -> Result<()> {
     let n = d.len();
     let eps2 = f64::EPSILON * f64::EPSILON;
