@@ -127,26 +127,36 @@ mod avx2 {
 
     #[inline(always)]
     unsafe fn ld(a: &[f64; K]) -> [__m256d; H] {
-        [_mm256_loadu_pd(a.as_ptr()), _mm256_loadu_pd(a.as_ptr().add(4))]
+        let mut v = [_mm256_setzero_pd(); H];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm256_loadu_pd(a.as_ptr().add(4 * h));
+        }
+        v
     }
 
     #[inline(always)]
     unsafe fn st(v: [__m256d; H], a: &mut [f64; K]) {
-        _mm256_storeu_pd(a.as_mut_ptr(), v[0]);
-        _mm256_storeu_pd(a.as_mut_ptr().add(4), v[1]);
+        for (h, x) in v.iter().enumerate() {
+            _mm256_storeu_pd(a.as_mut_ptr().add(4 * h), *x);
+        }
     }
 
     #[inline(always)]
     unsafe fn ldi(a: &[usize; K]) -> [__m256i; H] {
         let p = a.as_ptr() as *const __m256i;
-        [_mm256_loadu_si256(p), _mm256_loadu_si256(p.add(1))]
+        let mut v = [_mm256_setzero_si256(); H];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm256_loadu_si256(p.add(h));
+        }
+        v
     }
 
     #[inline(always)]
     unsafe fn sti(v: [__m256i; H], a: &mut [usize; K]) {
         let p = a.as_mut_ptr() as *mut __m256i;
-        _mm256_storeu_si256(p, v[0]);
-        _mm256_storeu_si256(p.add(1), v[1]);
+        for (h, x) in v.iter().enumerate() {
+            _mm256_storeu_si256(p.add(h), *x);
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -169,10 +179,11 @@ mod avx2 {
         let eps2v = _mm256_set1_pd(eps2);
         let absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(i64::MAX));
         let kv = _mm256_set1_epi64x(K as i64);
-        let trashv = [
-            _mm256_setr_epi64x(trash as i64, trash as i64 + 1, trash as i64 + 2, trash as i64 + 3),
-            _mm256_setr_epi64x(trash as i64 + 4, trash as i64 + 5, trash as i64 + 6, trash as i64 + 7),
-        ];
+        let mut trashv = [_mm256_setzero_si256(); H];
+        for (h, v) in trashv.iter_mut().enumerate() {
+            let t0 = (trash + 4 * h) as i64;
+            *v = _mm256_setr_epi64x(t0, t0 + 1, t0 + 2, t0 + 3);
+        }
         let (dp, ep) = (d.as_mut_ptr(), e2.as_mut_ptr());
         while sta.done.iter().any(|x| !x) {
             let (mut c, mut s, mut gamma, mut p) = (ld(&sta.c), ld(&sta.s), ld(&sta.gamma), ld(&sta.p));
@@ -183,7 +194,7 @@ mod avx2 {
                 donei[q] = if sta.done[q] { usize::MAX } else { 0 };
             }
             let donem = ldi(&donei);
-            let done = [_mm256_castsi256_pd(donem[0]), _mm256_castsi256_pd(donem[1])];
+            let done = donem.map(|x| _mm256_castsi256_pd(x));
             let mut small = [0usize; K];
             let mut ended = [0usize; K];
             let mut below = [0usize; K];
