@@ -77,6 +77,8 @@ use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod chase;
 mod lanes;
 
 use super::dense::{mul_pow2, split_positions, EssCurves, Scalar};
@@ -1439,8 +1441,9 @@ impl BatchSvd {
         BatchSvd {
             n,
             a: vec![[0.0; LANES]; n * n],
-            w: vec![0.0; n * LANES],
-            rv1: vec![0.0; n * LANES],
+            // (two spare rows for the AVX2 chase, see `chase`)
+            w: vec![0.0; (n + 2) * LANES],
+            rv1: vec![0.0; (n + 2) * LANES],
             single: SmallSvd::new(n),
             backup: Vec::new(),
         }
@@ -1739,7 +1742,7 @@ impl BatchSvd {
             return [true; K];
         }
         // QR on the bidiagonals, the lanes advancing independently.
-        chase_lanes(n, w, rv1, &anorm)
+        chase_dispatch(n, w, rv1, &anorm)
     }
 }
 
@@ -1848,17 +1851,15 @@ impl Chase {
     }
 }
 
-/// [`chase_lanes`], compiled for AVX2 + FMA when the processor has them (runtime dispatch).
+/// [`chase_lanes`]: its AVX2 form ([`chase::chase`], the same values bit for bit) when the processor
+/// has AVX2 and the buffers their two spare rows, else the portable one.
+#[inline(always)]
 fn chase_dispatch(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> [bool; LANES] {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> [bool; LANES] {
-            chase_lanes(n, w, rv1, anorm)
-        }
-        if crate::cpu::has_avx2_fma() {
+        if crate::cpu::has_avx2_fma() && n >= 1 && w.len() >= (n + 2) * LANES && rv1.len() >= (n + 2) * LANES {
             // SAFETY: the features were detected at run time.
-            return unsafe { avx2(n, w, rv1, anorm) };
+            return unsafe { chase::chase(n, w, rv1, anorm) };
         }
     }
     chase_lanes(n, w, rv1, anorm)

@@ -194,7 +194,10 @@ mod avx2 {
                 donei[q] = if sta.done[q] { usize::MAX } else { 0 };
             }
             let donem = ldi(&donei);
-            let done = donem.map(|x| _mm256_castsi256_pd(x));
+            let mut done = [_mm256_setzero_pd(); H];
+            for h in 0..H {
+                done[h] = _mm256_castsi256_pd(donem[h]);
+            }
             let mut small = [0usize; K];
             let mut ended = [0usize; K];
             let mut below = [0usize; K];
