@@ -123,22 +123,44 @@ fn bidiagonal_values(d: &[f64], e: &[f64], interruptible: bool) -> Result<Option
 /// Householder reduction `Q^T A P = B`, upper bidiagonal: `d` gets its diagonal, `e[..n-1]` its
 /// superdiagonal (`e[n-1] = 0`). `A` is destroyed.
 fn bidiagonalise(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Result<()> {
-    e[n - 1] = 0.0;
+    // The workspace (`3 n x 64` and more) is kept by the thread between calls: fresh buffers per
+    // split cost a page fault per page every time.
+    thread_local! {
+        static WS: std::cell::RefCell<Option<Workspace>> = const { std::cell::RefCell::new(None) };
+    }
     let w = NB.max(NX);
-    let mut ws = Workspace {
-        x: vec![0.0; n * w],
-        y: vec![0.0; n * w],
-        row: vec![0.0; n],
-        t1: vec![0.0; w],
-        t2: vec![0.0; w],
-        u: vec![0.0; NB * n],
-    };
+    let mut ws = WS.with(|c| c.borrow_mut().take()).unwrap_or_else(|| Workspace {
+        x: Vec::new(),
+        y: Vec::new(),
+        row: Vec::new(),
+        t1: Vec::new(),
+        t2: Vec::new(),
+        u: Vec::new(),
+    });
+    for (v, len) in [
+        (&mut ws.x, n * w),
+        (&mut ws.y, n * w),
+        (&mut ws.row, n),
+        (&mut ws.t1, w),
+        (&mut ws.t2, w),
+        (&mut ws.u, NB * n),
+    ] {
+        v.clear();
+        v.resize(len, 0.0);
+    }
+    let res = bidiagonalise_with(a, n, d, e, &mut ws);
+    WS.with(|c| *c.borrow_mut() = Some(ws));
+    res
+}
+
+fn bidiagonalise_with(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], ws: &mut Workspace) -> Result<()> {
+    e[n - 1] = 0.0;
     let mut i0 = 0;
     while i0 < n {
         crate::interrupt::check()?;
         let m = n - i0;
         let b = if m <= NX { m } else { NB };
-        panel(a, n, i0, b, &mut ws, d, e);
+        panel(a, n, i0, b, ws, d, e);
         let r = i0 + b;
         if r < n {
             // A[r:, r:] -= A[r:, i0:r] Y[r:, :b]^T + X[r:, :b] A[i0:r, r:].

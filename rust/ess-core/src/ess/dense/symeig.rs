@@ -21,7 +21,10 @@
 //!    which end has the smaller diagonal entry, rescales blocks by a power of two where the
 //!    squares could over- or underflow, deflates an off-diagonal entry once it is below `eps`
 //!    times the geometric mean of its two diagonal neighbours, and solves `2 x 2` blocks in
-//!    closed form.
+//!    closed form. The dense kernel runs this step for eight splits at a time
+//!    ([`eigenvalues_of_forms`], [`lanes`]): one problem per vector lane, the same values bit
+//!    for bit, about 2.5x faster than one by one (the iteration is a chain of dependent
+//!    divisions, which the lanes overlap).
 //!
 //! Orthogonal reductions are backward stable: the computed eigenvalues are exact for a
 //! matrix within a small multiple of `n eps |A|` of the input, as LAPACK's and faer's.
@@ -134,8 +137,22 @@ pub(crate) fn eigenvalues_of_forms(forms: Vec<TridiagonalForm>) -> Vec<Result<Ve
 /// Householder reduction `Q^T A Q = T`: `d` gets the diagonal of `T`, `e[..n-1]` its
 /// subdiagonal (`e[n-1] = 0`).
 fn tridiagonalise(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Result<()> {
+    // The panel products (`n x 64`) in a buffer this thread keeps between calls: a fresh one per
+    // split (256 KiB at n = 512, beyond the allocator's mmap threshold) cost a page fault per
+    // page every time.
+    thread_local! {
+        static W: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let mut w = W.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    w.clear();
+    w.resize(n * NB.max(NX), 0.0);
+    let res = tridiagonalise_with(a, n, d, e, &mut w);
+    W.with(|c| *c.borrow_mut() = w);
+    res
+}
+
+fn tridiagonalise_with(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], w: &mut [f64]) -> Result<()> {
     e[n - 1] = 0.0;
-    let mut w = vec![0.0; n * NB.max(NX)];
     let mut tmp = vec![0.0; NB.max(NX)];
     let mut i0 = 0;
     while n - i0 > 1 {
