@@ -194,14 +194,16 @@ fn panel(a: &mut [f64], n: usize, i0: usize, b: usize, w: &mut [f64], tmp: &mut 
         let (colj, trail) = rest.split_at_mut(n);
         // Update column j (rows j..n) with the panel's earlier transformations:
         // A[j:, j] -= A[j:, i0..j] W[j, :p]^T + W[j:, :p] A[j, i0..j]^T.
+        // (one pass over the column for all 2p updates, in the order of the axpy loop)
+        let mut cols: [&[f64]; 2 * NX] = [&[]; 2 * NX];
+        let mut coef = [0.0f64; 2 * NX];
         for q in 0..p {
             let vq = &prev[(i0 + q) * n..(i0 + q + 1) * n];
             let wq = &w[q * m..(q + 1) * m];
-            let (wjq, vjq) = (wq[p], vq[j]);
-            let dst = &mut colj[j..];
-            axpy(dst, &vq[j..], -wjq);
-            axpy(dst, &wq[p..], -vjq);
+            (cols[2 * q], coef[2 * q]) = (&vq[j..], -wq[p]);
+            (cols[2 * q + 1], coef[2 * q + 1]) = (&wq[p..], -vq[j]);
         }
+        axpy_many(&mut colj[j..], &cols[..2 * p], &coef[..2 * p]);
         d[j] = colj[j];
         // Householder reflector annihilating A[j+2.., j].
         let (beta, tau) = householder(&mut colj[j + 1..]);
@@ -218,22 +220,26 @@ fn panel(a: &mut [f64], n: usize, i0: usize, b: usize, w: &mut [f64], tmp: &mut 
         // W[j+1:, p] = A[j+1:, j+1:] v (the trailing matrix as the panel left it).
         symv_lower(trail, n, j + 1, len, v, wcol);
         if p > 0 {
-            // wcol -= A[j+1:, i0..j] (W[j+1:, :p]^T v) + W[j+1:, :p] (A[j+1:, i0..j]^T v).
+            // wcol -= A[j+1:, i0..j] (W[j+1:, :p]^T v) + W[j+1:, :p] (A[j+1:, i0..j]^T v), the
+            // dot products of a group of columns in one pass over v, the updates in one pass
+            // over wcol (the same values as one dot or axpy per column).
+            let mut vcols: [&[f64]; NX] = [&[]; NX];
+            let mut wcols: [&[f64]; NX] = [&[]; NX];
             for q in 0..p {
-                tmp[q] = dot(&wlo[q * m + p + 1..q * m + p + 1 + len], v);
+                vcols[q] = &prev[(i0 + q) * n + j + 1..(i0 + q + 1) * n];
+                wcols[q] = &wlo[q * m + p + 1..q * m + p + 1 + len];
             }
+            let mut coef = [0.0f64; NX];
+            dot_many(&wcols[..p], v, &mut tmp[..p]);
             for q in 0..p {
-                let vq = &prev[(i0 + q) * n + j + 1..(i0 + q + 1) * n];
-                axpy(wcol, vq, -tmp[q]);
+                coef[q] = -tmp[q];
             }
+            axpy_many(wcol, &vcols[..p], &coef[..p]);
+            dot_many(&vcols[..p], v, &mut tmp[..p]);
             for q in 0..p {
-                let vq = &prev[(i0 + q) * n + j + 1..(i0 + q + 1) * n];
-                tmp[q] = dot(vq, v);
+                coef[q] = -tmp[q];
             }
-            for q in 0..p {
-                let wq = &wlo[q * m + p + 1..q * m + p + 1 + len];
-                axpy(wcol, wq, -tmp[q]);
-            }
+            axpy_many(wcol, &wcols[..p], &coef[..p]);
         }
         wcol.iter_mut().for_each(|x| *x *= tau);
         let alpha = -0.5 * tau * dot(wcol, v);
@@ -305,6 +311,34 @@ pub(super) fn axpy(y: &mut [f64], x: &[f64], alpha: f64) {
     }
     for (a, b) in y.iter_mut().zip(x) {
         *a += alpha * b;
+    }
+}
+
+/// `y += alphas[q] xs[q]` for every `q` in order: the values of one [`axpy`] per column, bit for
+/// bit, in one pass over `y` (each `xs[q]` has at least `y.len()` entries).
+#[inline]
+fn axpy_many(y: &mut [f64], xs: &[&[f64]], alphas: &[f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() && xs.iter().all(|x| x.len() >= y.len()) && alphas.len() >= xs.len() {
+        // SAFETY: AVX2 and FMA were detected at run time; the lengths were checked.
+        return unsafe { avx::axpy_many(y, xs, alphas) };
+    }
+    for (x, &a) in xs.iter().zip(alphas) {
+        axpy(y, x, a);
+    }
+}
+
+/// `out[q] = dot(xs[q], v)` for every `q`: the values of one [`dot`] per column, bit for bit, the
+/// columns four at a time in one pass over `v` (each `xs[q]` has at least `v.len()` entries).
+#[inline]
+fn dot_many(xs: &[&[f64]], v: &[f64], out: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd() && xs.iter().all(|x| x.len() >= v.len()) && out.len() >= xs.len() {
+        // SAFETY: AVX2 and FMA were detected at run time; the lengths were checked.
+        return unsafe { avx::dot_many(xs, v, out) };
+    }
+    for (x, o) in xs.iter().zip(out.iter_mut()) {
+        *o = dot(&x[..v.len().min(x.len())], v);
     }
 }
 
@@ -383,6 +417,83 @@ mod avx {
         while i < n {
             y[i] += alpha * x[i];
             i += 1;
+        }
+    }
+
+    /// [`axpy`] for each column in turn, in one pass over `y` (per entry, the same operations in
+    /// the same order). Each `xs[q]` has at least `y.len()` entries.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy_many(y: &mut [f64], xs: &[&[f64]], alphas: &[f64]) {
+        let n = y.len();
+        assert!(xs.iter().all(|x| x.len() >= n) && alphas.len() >= xs.len());
+        let py = y.as_mut_ptr();
+        // Four columns per pass (each entry still gets the columns in order).
+        let mut q0 = 0;
+        while q0 + 4 <= xs.len() {
+            let p = [xs[q0].as_ptr(), xs[q0 + 1].as_ptr(), xs[q0 + 2].as_ptr(), xs[q0 + 3].as_ptr()];
+            let a = [
+                _mm256_set1_pd(alphas[q0]),
+                _mm256_set1_pd(alphas[q0 + 1]),
+                _mm256_set1_pd(alphas[q0 + 2]),
+                _mm256_set1_pd(alphas[q0 + 3]),
+            ];
+            let mut i = 0;
+            while i + 4 <= n {
+                let mut acc = _mm256_loadu_pd(py.add(i));
+                acc = _mm256_fmadd_pd(a[0], _mm256_loadu_pd(p[0].add(i)), acc);
+                acc = _mm256_fmadd_pd(a[1], _mm256_loadu_pd(p[1].add(i)), acc);
+                acc = _mm256_fmadd_pd(a[2], _mm256_loadu_pd(p[2].add(i)), acc);
+                acc = _mm256_fmadd_pd(a[3], _mm256_loadu_pd(p[3].add(i)), acc);
+                _mm256_storeu_pd(py.add(i), acc);
+                i += 4;
+            }
+            while i < n {
+                for c in 0..4 {
+                    y[i] += alphas[q0 + c] * xs[q0 + c][i];
+                }
+                i += 1;
+            }
+            q0 += 4;
+        }
+        for q in q0..xs.len() {
+            axpy(y, &xs[q][..n], alphas[q]);
+        }
+    }
+
+    /// [`dot`] of each column with `v`, four columns per pass over `v` (per column, the same
+    /// accumulators and order). Each `xs[q]` has at least `v.len()` entries.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_many(xs: &[&[f64]], v: &[f64], out: &mut [f64]) {
+        let n = v.len();
+        assert!(xs.iter().all(|x| x.len() >= n) && out.len() >= xs.len());
+        let pv = v.as_ptr();
+        let mut q0 = 0;
+        while q0 + 4 <= xs.len() {
+            let p = [xs[q0].as_ptr(), xs[q0 + 1].as_ptr(), xs[q0 + 2].as_ptr(), xs[q0 + 3].as_ptr()];
+            let mut a0 = [_mm256_setzero_pd(); 4];
+            let mut a1 = [_mm256_setzero_pd(); 4];
+            let mut i = 0;
+            while i + 8 <= n {
+                let v0 = _mm256_loadu_pd(pv.add(i));
+                let v1 = _mm256_loadu_pd(pv.add(i + 4));
+                for c in 0..4 {
+                    a0[c] = _mm256_fmadd_pd(_mm256_loadu_pd(p[c].add(i)), v0, a0[c]);
+                    a1[c] = _mm256_fmadd_pd(_mm256_loadu_pd(p[c].add(i + 4)), v1, a1[c]);
+                }
+                i += 8;
+            }
+            for c in 0..4 {
+                let x = xs[q0 + c];
+                let mut s = hsum(_mm256_add_pd(a0[c], a1[c]));
+                for k in i..n {
+                    s += x[k] * v[k];
+                }
+                out[q0 + c] = s;
+            }
+            q0 += 4;
+        }
+        for q in q0..xs.len() {
+            out[q] = dot(&xs[q][..n], v);
         }
     }
 }
@@ -701,6 +812,32 @@ pub(crate) fn tridiagonal_ql_sqrt(d: &mut [f64], e: &mut [f64]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The grouped products are the per-column loops, bit for bit, for every length and column
+    /// count around the vector widths.
+    #[test]
+    fn grouped_axpy_and_dot_match_the_loops() {
+        let mut seed = 21u64;
+        for n in 0..21usize {
+            for k in 0..10usize {
+                let cols: Vec<Vec<f64>> = (0..k).map(|_| (0..n + 3).map(|_| lcg(&mut seed)).collect()).collect();
+                let refs: Vec<&[f64]> = cols.iter().map(|c| &c[..]).collect();
+                let alphas: Vec<f64> = (0..k).map(|_| lcg(&mut seed) * 1e3).collect();
+                let y0: Vec<f64> = (0..n).map(|_| lcg(&mut seed)).collect();
+                let (mut y1, mut y2) = (y0.clone(), y0.clone());
+                for (c, &a) in refs.iter().zip(&alphas) {
+                    axpy(&mut y1, &c[..n], a);
+                }
+                axpy_many(&mut y2, &refs, &alphas);
+                assert!(y1.iter().zip(&y2).all(|(a, b)| a.to_bits() == b.to_bits()), "axpy n = {n}, k = {k}");
+                let mut d2 = vec![0.0; k];
+                dot_many(&refs, &y0, &mut d2);
+                for q in 0..k {
+                    assert_eq!(dot(&refs[q][..n], &y0).to_bits(), d2[q].to_bits(), "dot n = {n}, k = {k}, q = {q}");
+                }
+            }
+        }
+    }
     use faer::Mat;
 
     pub(super) fn lcg(seed: &mut u64) -> f64 {
