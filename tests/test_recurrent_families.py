@@ -397,9 +397,12 @@ def test_selective_factors_native_parameters(scalar: bool, shared: bool) -> None
                 T[i, t, s] = np.sum(cc[i, t] * np.prod(ai[s + 1 : t + 1], axis=0) * dl[s, i] * bb[i, s])
             T[i, t, t] += d[i]
     assert np.allclose(f.materialize(), T, rtol=1e-12, atol=1e-12 * np.abs(T).max())
-    u = rng.standard_normal((n, Lx, 2))
-    ref = np.einsum("its,isp->itp", T, u)
-    assert np.abs(f.apply(u).numpy() - ref).max() <= 1e-12 * np.abs(ref).max()
+    for m in (1, 2):  # one input column (Mamba-1's channels: the core's own loop) and several
+        u = rng.standard_normal((n, Lx, m))
+        ref = np.einsum("its,isp->itp", T, u)
+        assert np.abs(f.apply(u).numpy() - ref).max() <= 1e-12 * np.abs(ref).max()
+    with pytest.raises(ess.errors.ShapeError, match="u"):
+        f.apply(rng.standard_normal((n, Lx + 1, 1)))
     got = f.ess_curves("both", None, None, None)
     plain = Factors(f.transition, f.A, f.B, f.C)
     want = ssm_ess(plain.A, plain.B, plain.C, transition=plain.transition, method="both")

@@ -46,6 +46,15 @@ def mamba_ess_curves(
     rtol: Optional[float] = None,
     positions: Optional[Sequence[int]] = None,
 ) -> Tuple[Optional[npt.NDArray[np.float64]], Optional[npt.NDArray[np.float64]]]: ...
+def selective_apply_f64(
+    a: npt.NDArray[np.float64],
+    delta: npt.NDArray[np.float64],
+    b: npt.NDArray[np.float64],
+    c: npt.NDArray[np.float64],
+    d: Optional[npt.NDArray[np.float64]],
+    u: npt.NDArray[np.float64],
+    scalar: bool,
+) -> npt.NDArray[np.float64]: ...
 
 # --- markov (ess.markov) ------------------------------------------------------------------
 # A chain is a float64 (n, n) array or the CSR tuple (n, indptr, indices, data) with int32 or

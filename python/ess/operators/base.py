@@ -278,42 +278,24 @@ class SelectiveFactors(Factors):
 
     def apply(self, u: Any) -> Any:
         """``y = T u`` for inputs ``u`` (``(n_ops, L, m)``) by the recurrence in float64, from the native
-        parameters: the decays and inputs of a block of steps are formed at once, then one fused
-        multiply-add per step (no ``(n_ops, L, N)`` array); returns a float64 torch tensor."""
+        parameters (the Rust core, operators in parallel, no ``(n_ops, L, N)`` array); returns a float64
+        torch tensor on the CPU.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from ess.operators.base import SelectiveFactors
+        >>> f = SelectiveFactors(-np.ones((1, 1)), np.full((3, 1), 1.0), np.ones((3, 1)), np.ones((3, 1)))
+        >>> f.apply(np.ones((1, 3, 1)))[0, :, 0].numpy().round(4)   # 1, 1 + e^-1, 1 + e^-1 + e^-2
+        array([1.    , 1.3679, 1.5032])
+        """
         import torch
 
-        f = torch.float64
-        u = torch.as_tensor(u).to(f)
-        n, L, N = self.shape
-        m = int(u.shape[-1])
-        a = torch.from_numpy(self.a)
-        dl = torch.from_numpy(self.delta)  # (L, n)
-        b = torch.from_numpy(self.b)
-        c = torch.from_numpy(self.c)
-        shared = b.dim() == 2
-        ut = u.permute(1, 0, 2)  # (L, n, m)
-        y = torch.empty(L, n, m, dtype=f)
-        h = torch.zeros(n, N, m, dtype=f)
-        step = max(1, min(L, (1 << 22) // max(1, n * N * m)))  # steps per block (about 32 MiB per array)
-        for t0 in range(0, L, step):
-            t1 = min(L, t0 + step)
-            d = dl[t0:t1]  # (T, n)
-            decay = torch.exp(d * a) if self.scalar else torch.exp(d[:, :, None] * a)  # (T, n) or (T, n, N)
-            bt = d[:, :, None] * (b[t0:t1, None, :] if shared else b[t0:t1])  # (T, n, N)
-            inp = bt[:, :, :, None] * ut[t0:t1, :, None, :]  # (T, n, N, m)
-            dec = decay[:, :, None, None] if self.scalar else decay[:, :, :, None]
-            hs = torch.empty(t1 - t0, n, N, m, dtype=f)
-            for k in range(t1 - t0):
-                if t0 + k == 0:
-                    hs[k] = inp[k]
-                else:
-                    torch.addcmul(inp[k], dec[k], h, out=hs[k])
-                h = hs[k]
-            ct = c[t0:t1, None, :, None] if shared else c[t0:t1, :, :, None]  # (T, 1 or n, N, 1)
-            y[t0:t1] = (ct * hs).sum(2)
-        if self.d is not None:
-            y += torch.from_numpy(self.d)[None, :, None] * ut
-        return y.permute(1, 0, 2)
+        from .. import _core
+
+        u64 = np.ascontiguousarray(torch.as_tensor(u).detach().to("cpu", torch.float64).numpy())
+        y = _core.selective_apply_f64(self.a, self.delta, self.b, self.c, self.d, u64, self.scalar)
+        return torch.from_numpy(y)
 
     def ess_curves(
         self, method: str, atol: Optional[float], rtol: Optional[float], positions: Optional[npt.ArrayLike]

@@ -1,8 +1,9 @@
 //! Binding of the structured (state-space) ESS kernel.
 
-use numpy::PyUntypedArrayMethods;
+use numpy::{IntoPyArray, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
+use ess_core::ess::selective::{selective_apply, SelectiveParams};
 use ess_core::ess::structured::{mamba_ess, ssm_ess, MambaFactors, SsmFactors, StructuredOptions, Transition};
 use ess_core::ess::{EssCurves, Method};
 
@@ -165,7 +166,57 @@ pub fn mamba_ess_curves<'py>(
     curves_to_py(py, curves, &[d])
 }
 
+/// Output of a selective SSM layer from its native parameters (`ess.operators.base.SelectiveFactors.apply`):
+/// `a` `(ops, N)` or `(ops,)` (`scalar`), `delta` `(L, ops)`, `b`, `c` `(L, N)` or `(L, ops, N)`,
+/// `d` `(ops,)` or `None`, `u` `(ops, L, m)`, all float64. Returns `y` float64 `(ops, L, m)`.
+#[pyfunction]
+#[pyo3(signature = (a, delta, b, c, d, u, scalar))]
+#[allow(clippy::too_many_arguments)]
+pub fn selective_apply_f64<'py>(
+    py: Python<'py>,
+    a: &Bound<'py, PyAny>,
+    delta: &Bound<'py, PyAny>,
+    b: &Bound<'py, PyAny>,
+    c: &Bound<'py, PyAny>,
+    d: Option<&Bound<'py, PyAny>>,
+    u: &Bound<'py, PyAny>,
+    scalar: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let f64_of = |x: &Bound<'py, PyAny>, name: &str| -> PyResult<_> {
+        match float_array(x, name)? {
+            FloatArray::F64(v) => Ok(v),
+            FloatArray::F32(_) => Err(dtype_error(name, "must be float64 here")),
+        }
+    };
+    let (aa, dl, bb, cc, uu) =
+        (f64_of(a, "a")?, f64_of(delta, "delta")?, f64_of(b, "b")?, f64_of(c, "c")?, f64_of(u, "u")?);
+    let dd = match d {
+        Some(x) => Some(f64_of(x, "d")?),
+        None => None,
+    };
+    let dsh = dl.shape().to_vec();
+    if dsh.len() != 2 {
+        return Err(shape_error("delta", format!("expected shape (L, ops), got {dsh:?}")));
+    }
+    let (l, ops) = (dsh[0], dsh[1]);
+    let bsh = bb.shape().to_vec();
+    let Some(&n) = bsh.last() else {
+        return Err(shape_error("b", "expected shape (L, N) or (L, ops, N), got a scalar"));
+    };
+    let ush = uu.shape().to_vec();
+    if ush.len() != 3 || ush[0] != ops || ush[1] != l {
+        return Err(shape_error("u", format!("expected shape ({ops}, {l}, m), got {ush:?}")));
+    }
+    let m = ush[2];
+    let (av, dv, bv, cv, uv) = (contiguous(&aa), contiguous(&dl), contiguous(&bb), contiguous(&cc), contiguous(&uu));
+    let dvec = dd.as_ref().map(contiguous);
+    let p = SelectiveParams { ops, l, n, a: &av, delta: &dv, b: &bv, c: &cv, d: dvec.as_deref(), scalar };
+    let y = crate::interrupt::detach(py, || selective_apply(&p, &uv, m))?;
+    Ok(y.into_pyarray(py).reshape([ops, l, m])?.into_any())
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(selective_apply_f64, m)?)?;
     m.add_function(wrap_pyfunction!(ssm_ess_curves, m)?)?;
     m.add_function(wrap_pyfunction!(mamba_ess_curves, m)?)?;
     Ok(())

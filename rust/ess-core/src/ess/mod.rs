@@ -11,6 +11,7 @@
 //!   (Roy & Vetterli effective rank on the singular values); `0` for a zero block.
 
 pub mod dense;
+pub mod selective;
 pub mod structured;
 
 pub use dense::{dense_ess, DenseOptions, EssCurves};

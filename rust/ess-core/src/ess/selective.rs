@@ -1,0 +1,199 @@
+//! The output of a selective state-space layer (Mamba-1, Mamba-2) from its native parameters:
+//! the recurrence `h_t = exp(delta_t a) h_{t-1} + delta_t b_t u_t`, `y_t = c_t . h_t + d u_t`
+//! run in float64, one operator per task. This is what `ess.analyze` uses to check at run time
+//! that the parameters it extracted reproduce the layer's own output (the ESS itself comes from
+//! [`super::structured`]).
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// The native parameters of a selective SSM layer (row-major arrays).
+#[derive(Clone, Copy, Debug)]
+pub struct SelectiveParams<'a> {
+    /// Operators (channels of Mamba-1, heads of Mamba-2).
+    pub ops: usize,
+    /// Sequence length `L`.
+    pub l: usize,
+    /// State size `N`.
+    pub n: usize,
+    /// `a`: `ops x N` (diagonal transitions) or `ops` (`scalar`: one decay per operator).
+    pub a: &'a [f64],
+    /// Step sizes: `L x ops`.
+    pub delta: &'a [f64],
+    /// `b`, `c`: `L x N` (shared by all operators) or `L x ops x N`.
+    pub b: &'a [f64],
+    pub c: &'a [f64],
+    /// Skip term per operator (`ops`), or none.
+    pub d: Option<&'a [f64]>,
+    /// Mamba-2's scalar decay `exp(delta a)` per operator and step.
+    pub scalar: bool,
+}
+
+/// `y = T u` for the inputs `u` (`ops x L x m`, `m` input columns per operator: 1 for Mamba-1,
+/// the head dimension for Mamba-2), by the recurrence in float64: `ops x L x m`. Operators run
+/// in parallel; a pending interrupt is noticed between operators.
+///
+/// Errors: `Shape` for inconsistent lengths, `TooLarge` when the output cannot be allocated.
+pub fn selective_apply(p: &SelectiveParams<'_>, u: &[f64], m: usize) -> Result<Vec<f64>> {
+    let (ops, l, n) = (p.ops, p.l, p.n);
+    let want = |arg: &str, got: usize, len: Option<usize>, what: &str| -> Result<()> {
+        match len {
+            Some(len) if len == got => Ok(()),
+            _ => Err(Error::shape(arg, format!("expected {what}, got {got} values"))),
+        }
+    };
+    let alen = if p.scalar { Some(ops) } else { ops.checked_mul(n) };
+    want("a", p.a.len(), alen, "one value per operator (scalar) or ops x N")?;
+    want("delta", p.delta.len(), l.checked_mul(ops), "L x ops")?;
+    let shared = l.checked_mul(n);
+    for (arg, x) in [("b", p.b), ("c", p.c)] {
+        if Some(x.len()) != shared {
+            want(arg, x.len(), shared.and_then(|s| s.checked_mul(ops)), "L x N or L x ops x N")?;
+        }
+    }
+    let bshared = Some(p.b.len()) == shared;
+    let cshared = Some(p.c.len()) == shared;
+    if let Some(d) = p.d {
+        want("d", d.len(), Some(ops), "one value per operator")?;
+    }
+    let per = l.checked_mul(m).ok_or_else(|| Error::too_large("u", "L x m overflows"))?;
+    want("u", u.len(), per.checked_mul(ops), "ops x L x m")?;
+    let mut y = crate::mem::try_filled("u", u.len(), 0.0f64, "the layer output")?;
+    if per == 0 || (n == 0 && p.d.is_none()) {
+        return Ok(y);
+    }
+    y.par_chunks_mut(per).enumerate().try_for_each(|(o, yo)| -> Result<()> {
+        crate::interrupt::check()?;
+        let uo = &u[o * per..(o + 1) * per];
+        let mut h = vec![0.0f64; n * m];
+        let mut dec = vec![0.0f64; n];
+        for t in 0..l {
+            let dl = p.delta[t * ops + o];
+            if p.scalar {
+                dec.fill((dl * p.a[o]).exp());
+            } else {
+                for (k, x) in dec.iter_mut().enumerate() {
+                    *x = (dl * p.a[o * n + k]).exp();
+                }
+            }
+            let bt = if bshared { &p.b[t * n..(t + 1) * n] } else { &p.b[(t * ops + o) * n..(t * ops + o + 1) * n] };
+            let ct = if cshared { &p.c[t * n..(t + 1) * n] } else { &p.c[(t * ops + o) * n..(t * ops + o + 1) * n] };
+            let ut = &uo[t * m..(t + 1) * m];
+            let yt = &mut yo[t * m..(t + 1) * m];
+            if m == 1 {
+                // (one input column: Mamba-1's channels)
+                let (u0, mut acc) = (ut[0], 0.0);
+                for k in 0..n {
+                    let hk = dec[k] * h[k] + dl * bt[k] * u0;
+                    h[k] = hk;
+                    acc += ct[k] * hk;
+                }
+                yt[0] = acc + p.d.map_or(0.0, |d| d[o] * u0);
+                continue;
+            }
+            for k in 0..n {
+                let (g, w, ck) = (dec[k], dl * bt[k], ct[k]);
+                let hk = &mut h[k * m..(k + 1) * m];
+                for ((hv, &uv), yv) in hk.iter_mut().zip(ut).zip(yt.iter_mut()) {
+                    *hv = g * *hv + w * uv;
+                    *yv += ck * *hv;
+                }
+            }
+            if let Some(d) = p.d {
+                for (yv, &uv) in yt.iter_mut().zip(ut) {
+                    *yv += d[o] * uv;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
+    }
+
+    /// Against the operator formed entry by entry: `T[t, s] = c_t . (prod_{r=s+1..t} A_r) b_s`
+    /// (plus `d` on the diagonal), applied as a matrix.
+    #[test]
+    fn matches_the_materialised_operator() {
+        let mut seed = 4u64;
+        for &(ops, l, n, m, scalar, shared, skip) in &[
+            (3usize, 7usize, 4usize, 1usize, false, true, true),
+            (2, 9, 3, 2, true, false, false),
+            (1, 1, 2, 3, false, false, true),
+            (4, 5, 1, 1, true, true, true),
+        ] {
+            let a: Vec<f64> = (0..if scalar { ops } else { ops * n }).map(|_| -1.0 - lcg(&mut seed)).collect();
+            let delta: Vec<f64> = (0..l * ops).map(|_| 0.3 + 0.2 * lcg(&mut seed)).collect();
+            let bl = if shared { l * n } else { l * ops * n };
+            let b: Vec<f64> = (0..bl).map(|_| lcg(&mut seed)).collect();
+            let c: Vec<f64> = (0..bl).map(|_| lcg(&mut seed)).collect();
+            let d: Vec<f64> = (0..ops).map(|_| lcg(&mut seed)).collect();
+            let u: Vec<f64> = (0..ops * l * m).map(|_| lcg(&mut seed)).collect();
+            let p = SelectiveParams {
+                ops,
+                l,
+                n,
+                a: &a,
+                delta: &delta,
+                b: &b,
+                c: &c,
+                d: if skip { Some(&d) } else { None },
+                scalar,
+            };
+            let y = selective_apply(&p, &u, m).unwrap();
+            let row = |x: &[f64], t: usize, o: usize| -> Vec<f64> {
+                let s = if shared { t * n } else { (t * ops + o) * n };
+                x[s..s + n].to_vec()
+            };
+            for o in 0..ops {
+                for t in 0..l {
+                    for j in 0..m {
+                        let mut want = if skip { d[o] * u[(o * l + t) * m + j] } else { 0.0 };
+                        for s in 0..=t {
+                            let (bs, ct) = (row(&b, s, o), row(&c, t, o));
+                            for k in 0..n {
+                                let ak = if scalar { a[o] } else { a[o * n + k] };
+                                let decay: f64 = (s + 1..=t).map(|r| (delta[r * ops + o] * ak).exp()).product();
+                                want += ct[k] * decay * delta[s * ops + o] * bs[k] * u[(o * l + s) * m + j];
+                            }
+                        }
+                        let got = y[(o * l + t) * m + j];
+                        assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_are_checked() {
+        let p = SelectiveParams {
+            ops: 2,
+            l: 3,
+            n: 2,
+            a: &[0.0; 4],
+            delta: &[0.0; 6],
+            b: &[0.0; 6],
+            c: &[0.0; 6],
+            d: None,
+            scalar: false,
+        };
+        assert!(selective_apply(&p, &[0.0; 6], 1).is_ok());
+        assert!(matches!(selective_apply(&p, &[0.0; 5], 1), Err(Error::Shape { .. })));
+        let bad = SelectiveParams { a: &[0.0; 3], ..p };
+        assert!(matches!(selective_apply(&bad, &[0.0; 6], 1), Err(Error::Shape { .. })));
+        let bad = SelectiveParams { b: &[0.0; 7], ..p };
+        assert!(matches!(selective_apply(&bad, &[0.0; 6], 1), Err(Error::Shape { .. })));
+        let bad = SelectiveParams { d: Some(&[1.0; 3]), ..p };
+        assert!(matches!(selective_apply(&bad, &[0.0; 6], 1), Err(Error::Shape { .. })));
+    }
+}
