@@ -15,3 +15,51 @@ pub(crate) fn has_avx2_fma() -> bool {
         false
     }
 }
+
+/// Moves between lane arrays (`[f64; K]`, `[i64; K]`, `[usize; K]`, lane `q` at index `q`) and
+/// `H = K / 4` AVX2 registers, for the lane kernels written with intrinsics. Inlined into their
+/// AVX2 callers (which is where the intrinsics are compiled), never called on their own.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod lanes {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    pub(crate) unsafe fn load<const K: usize, const H: usize>(a: &[f64; K]) -> [__m256d; H] {
+        debug_assert_eq!(K, 4 * H);
+        let mut v = [_mm256_setzero_pd(); H];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm256_loadu_pd(a.as_ptr().add(4 * h));
+        }
+        v
+    }
+
+    #[inline(always)]
+    pub(crate) unsafe fn store<const K: usize, const H: usize>(v: &[__m256d; H], a: &mut [f64; K]) {
+        debug_assert_eq!(K, 4 * H);
+        for (h, x) in v.iter().enumerate() {
+            _mm256_storeu_pd(a.as_mut_ptr().add(4 * h), *x);
+        }
+    }
+
+    /// `T` is a 64-bit integer (`i64`, `u64`, `usize` on x86_64).
+    #[inline(always)]
+    pub(crate) unsafe fn load_i<T: Copy, const K: usize, const H: usize>(a: &[T; K]) -> [__m256i; H] {
+        debug_assert!(K == 4 * H && std::mem::size_of::<T>() == 8);
+        let p = a.as_ptr() as *const __m256i;
+        let mut v = [_mm256_setzero_si256(); H];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm256_loadu_si256(p.add(h));
+        }
+        v
+    }
+
+    /// `T` is a 64-bit integer (`i64`, `u64`, `usize` on x86_64).
+    #[inline(always)]
+    pub(crate) unsafe fn store_i<T: Copy, const K: usize, const H: usize>(v: &[__m256i; H], a: &mut [T; K]) {
+        debug_assert!(K == 4 * H && std::mem::size_of::<T>() == 8);
+        let p = a.as_mut_ptr() as *mut __m256i;
+        for (h, x) in v.iter().enumerate() {
+            _mm256_storeu_si256(p.add(h), *x);
+        }
+    }
+}

@@ -1764,6 +1764,53 @@ struct Chase {
 }
 
 impl Chase {
+    /// The lanes' state before their first sweeps: a lane with a non-finite norm fails, a zero
+    /// bidiagonal is done (its values zero), the others start their first sweep.
+    #[inline(always)]
+    fn begin(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> Self {
+        const K: usize = LANES;
+        let mut ch = Chase {
+            ok: [true; K],
+            done: [false; K],
+            kk: [n - 1; K],
+            its: [0; K],
+            lo: [0; K],
+            pos: [0; K],
+            cnt: [0; K],
+            cc: [0.0; K],
+            sn: [0.0; K],
+            ff: [0.0; K],
+            xx: [0.0; K],
+        };
+        for q in 0..K {
+            if !anorm[q].is_finite() {
+                ch.ok[q] = false;
+                ch.done[q] = true;
+            } else if anorm[q] == 0.0 {
+                ch.done[q] = true;
+                for i in 0..n {
+                    w[i * K + q] = 0.0;
+                }
+            } else {
+                ch.start(q, w, rv1, anorm[q]);
+            }
+        }
+        ch.retire();
+        ch
+    }
+
+    /// Per lane, whether it converged to finite values.
+    #[inline(always)]
+    fn finish(mut self, n: usize, w: &[f64]) -> [bool; LANES] {
+        const K: usize = LANES;
+        for q in 0..K {
+            if self.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
+                self.ok[q] = false;
+            }
+        }
+        self.ok
+    }
+
     /// Benign values for the lanes that are done (they keep computing with the others).
     #[inline(always)]
     fn retire(&mut self) {
@@ -1874,33 +1921,7 @@ fn chase_dispatch(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]
 #[inline(always)]
 fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> [bool; LANES] {
     const K: usize = LANES;
-    let mut ch = Chase {
-        ok: [true; K],
-        done: [false; K],
-        kk: [n - 1; K],
-        its: [0; K],
-        lo: [0; K],
-        pos: [0; K],
-        cnt: [0; K],
-        cc: [0.0; K],
-        sn: [0.0; K],
-        ff: [0.0; K],
-        xx: [0.0; K],
-    };
-    for q in 0..K {
-        if !anorm[q].is_finite() {
-            ch.ok[q] = false;
-            ch.done[q] = true;
-        } else if anorm[q] == 0.0 {
-            ch.done[q] = true;
-            for i in 0..n {
-                w[i * K + q] = 0.0;
-            }
-        } else {
-            ch.start(q, w, rv1, anorm[q]);
-        }
-    }
-    ch.retire();
+    let mut ch = Chase::begin(n, w, rv1, anorm);
     while ch.done.iter().any(|d| !d) {
         let mut act = [false; K];
         let mut gg = [0.0f64; K];
@@ -1983,12 +2004,7 @@ fn chase_lanes(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -
             ch.retire();
         }
     }
-    for q in 0..K {
-        if ch.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
-            ch.ok[q] = false;
-        }
-    }
-    ch.ok
+    ch.finish(n, w)
 }
 
 #[cfg(test)]

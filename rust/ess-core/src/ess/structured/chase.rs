@@ -19,38 +19,26 @@ use std::arch::x86_64::*;
 const K: usize = LANES;
 const H: usize = LANES / 4;
 
+use crate::cpu::lanes::{load, load_i, store, store_i};
+
 #[inline(always)]
 unsafe fn ld(a: &[f64; K]) -> [__m256d; H] {
-    let mut v = [_mm256_setzero_pd(); H];
-    for (h, x) in v.iter_mut().enumerate() {
-        *x = _mm256_loadu_pd(a.as_ptr().add(4 * h));
-    }
-    v
+    load(a)
 }
 
 #[inline(always)]
 unsafe fn st(v: &[__m256d; H], a: &mut [f64; K]) {
-    for (h, x) in v.iter().enumerate() {
-        _mm256_storeu_pd(a.as_mut_ptr().add(4 * h), *x);
-    }
+    store(v, a)
 }
 
 #[inline(always)]
 unsafe fn ldi(a: &[i64; K]) -> [__m256i; H] {
-    let p = a.as_ptr() as *const __m256i;
-    let mut v = [_mm256_setzero_si256(); H];
-    for (h, x) in v.iter_mut().enumerate() {
-        *x = _mm256_loadu_si256(p.add(h));
-    }
-    v
+    load_i(a)
 }
 
 #[inline(always)]
 unsafe fn sti(v: &[__m256i; H], a: &mut [i64; K]) {
-    let p = a.as_mut_ptr() as *mut __m256i;
-    for (h, x) in v.iter().enumerate() {
-        _mm256_storeu_si256(p.add(h), *x);
-    }
+    store_i(v, a)
 }
 
 /// `sqrt(x^2 + y^2)` of every lane as [`super::lane_hypot`] computes it: the plain formula, and
@@ -91,33 +79,7 @@ unsafe fn hypot(x: &[__m256d; H], y: &[__m256d; H], done: &[__m256d; H]) -> [__m
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn chase(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; K]) -> [bool; K] {
     assert!(n >= 1 && w.len() >= (n + 2) * K && rv1.len() >= (n + 2) * K);
-    let mut ch = Chase {
-        ok: [true; K],
-        done: [false; K],
-        kk: [n - 1; K],
-        its: [0; K],
-        lo: [0; K],
-        pos: [0; K],
-        cnt: [0; K],
-        cc: [0.0; K],
-        sn: [0.0; K],
-        ff: [0.0; K],
-        xx: [0.0; K],
-    };
-    for q in 0..K {
-        if !anorm[q].is_finite() {
-            ch.ok[q] = false;
-            ch.done[q] = true;
-        } else if anorm[q] == 0.0 {
-            ch.done[q] = true;
-            for i in 0..n {
-                w[i * K + q] = 0.0;
-            }
-        } else {
-            ch.start(q, w, rv1, anorm[q]);
-        }
-    }
-    ch.retire();
+    let mut ch = Chase::begin(n, w, rv1, anorm);
     let (one, zero) = (_mm256_set1_pd(1.0), _mm256_setzero_pd());
     let kv = _mm256_set1_epi64x(K as i64);
     let (wp, rp) = (w.as_mut_ptr(), rv1.as_mut_ptr());
@@ -248,12 +210,7 @@ pub(super) unsafe fn chase(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f6
             place(&ch, q, &mut ia, &mut la);
         }
     }
-    for q in 0..K {
-        if ch.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
-            ch.ok[q] = false;
-        }
-    }
-    ch.ok
+    ch.finish(n, w)
 }
 
 #[cfg(test)]

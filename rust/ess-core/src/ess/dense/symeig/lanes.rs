@@ -125,38 +125,26 @@ mod avx2 {
     const K: usize = LANES;
     const H: usize = LANES / 4;
 
+    use crate::cpu::lanes::{load, load_i, store, store_i};
+
     #[inline(always)]
     unsafe fn ld(a: &[f64; K]) -> [__m256d; H] {
-        let mut v = [_mm256_setzero_pd(); H];
-        for (h, x) in v.iter_mut().enumerate() {
-            *x = _mm256_loadu_pd(a.as_ptr().add(4 * h));
-        }
-        v
+        load(a)
     }
 
     #[inline(always)]
     unsafe fn st(v: [__m256d; H], a: &mut [f64; K]) {
-        for (h, x) in v.iter().enumerate() {
-            _mm256_storeu_pd(a.as_mut_ptr().add(4 * h), *x);
-        }
+        store(&v, a)
     }
 
     #[inline(always)]
     unsafe fn ldi(a: &[usize; K]) -> [__m256i; H] {
-        let p = a.as_ptr() as *const __m256i;
-        let mut v = [_mm256_setzero_si256(); H];
-        for (h, x) in v.iter_mut().enumerate() {
-            *x = _mm256_loadu_si256(p.add(h));
-        }
-        v
+        load_i(a)
     }
 
     #[inline(always)]
     unsafe fn sti(v: [__m256i; H], a: &mut [usize; K]) {
-        let p = a.as_mut_ptr() as *mut __m256i;
-        for (h, x) in v.iter().enumerate() {
-            _mm256_storeu_si256(p.add(h), *x);
-        }
+        store_i(&v, a)
     }
 
     #[target_feature(enable = "avx2,fma")]
