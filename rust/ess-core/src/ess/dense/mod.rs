@@ -916,8 +916,14 @@ fn sweep(
                     for v in res.iter_mut().filter_map(|(_, r)| r.as_mut().ok()) {
                         v.sort_by(|x, y| y.total_cmp(x));
                     }
+                    ahead.clear();
                     ahead.extend(res);
-                    ahead.pop_front().map(|x| x.1).unwrap_or_else(|| Ok(Vec::new()))
+                    // (never empty: this split's own result comes first; an error here would
+                    // only send the split to the SVD routes)
+                    ahead
+                        .pop_front()
+                        .map(|x| x.1)
+                        .unwrap_or_else(|| Err(Error::Numerical("Gram route: no eigenvalues for this split".into())))
                 }
                 None => gram.eigenvalues(),
             };
