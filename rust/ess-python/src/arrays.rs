@@ -25,6 +25,14 @@ impl<'py> FloatArray<'py> {
     }
 }
 
+/// Accept a float64 numpy array only (a float32 one is a `DTypeError` naming `arg`).
+pub fn f64_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, f64>> {
+    match float_array(obj, arg)? {
+        FloatArray::F64(v) => Ok(v),
+        FloatArray::F32(_) => Err(dtype_error(arg, "must be float64 here")),
+    }
+}
+
 /// Accept a numpy array of float32 or float64; anything else is a `DTypeError`.
 pub fn float_array<'py>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<FloatArray<'py>> {
     let arr = obj

@@ -7,7 +7,7 @@ use ess_core::ess::selective::{selective_apply, SelectiveParams};
 use ess_core::ess::structured::{mamba_ess, ssm_ess, MambaFactors, SsmFactors, StructuredOptions, Transition};
 use ess_core::ess::{EssCurves, Method};
 
-use crate::arrays::{contiguous, curves_to_py, float_array, positions_arg, FloatArray};
+use crate::arrays::{contiguous, curves_to_py, f64_array, float_array, positions_arg, FloatArray};
 use crate::errors::{dtype_error, shape_error, IntoPy};
 
 /// Structured ESS curves of state-space operators.
@@ -135,13 +135,7 @@ pub fn mamba_ess_curves<'py>(
     positions: Option<Vec<i64>>,
 ) -> PyResult<CurvePair<'py>> {
     let method = Method::parse("method", method).py_err()?;
-    let f64_of = |x: &Bound<'py, PyAny>, name: &str| -> PyResult<_> {
-        match float_array(x, name)? {
-            FloatArray::F64(v) => Ok(v),
-            FloatArray::F32(_) => Err(dtype_error(name, "must be float64 here")),
-        }
-    };
-    let (aa, dd, bb, cc) = (f64_of(a, "A")?, f64_of(delta, "delta")?, f64_of(b, "B")?, f64_of(c, "C")?);
+    let (aa, dd, bb, cc) = (f64_array(a, "A")?, f64_array(delta, "delta")?, f64_array(b, "B")?, f64_array(c, "C")?);
     let ash = aa.shape().to_vec();
     if ash.len() != 2 {
         return Err(shape_error("A", format!("expected shape (D, N), got {ash:?}")));
@@ -182,16 +176,10 @@ pub fn selective_apply_f64<'py>(
     u: &Bound<'py, PyAny>,
     scalar: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let f64_of = |x: &Bound<'py, PyAny>, name: &str| -> PyResult<_> {
-        match float_array(x, name)? {
-            FloatArray::F64(v) => Ok(v),
-            FloatArray::F32(_) => Err(dtype_error(name, "must be float64 here")),
-        }
-    };
     let (aa, dl, bb, cc, uu) =
-        (f64_of(a, "a")?, f64_of(delta, "delta")?, f64_of(b, "b")?, f64_of(c, "c")?, f64_of(u, "u")?);
+        (f64_array(a, "a")?, f64_array(delta, "delta")?, f64_array(b, "b")?, f64_array(c, "c")?, f64_array(u, "u")?);
     let dd = match d {
-        Some(x) => Some(f64_of(x, "d")?),
+        Some(x) => Some(f64_array(x, "d")?),
         None => None,
     };
     let dsh = dl.shape().to_vec();

@@ -129,14 +129,7 @@ fn bidiagonalise(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64]) -> Resul
         static WS: std::cell::RefCell<Option<Workspace>> = const { std::cell::RefCell::new(None) };
     }
     let w = NB.max(NX);
-    let mut ws = WS.with(|c| c.borrow_mut().take()).unwrap_or_else(|| Workspace {
-        x: Vec::new(),
-        y: Vec::new(),
-        row: Vec::new(),
-        t1: Vec::new(),
-        t2: Vec::new(),
-        u: Vec::new(),
-    });
+    let mut ws = WS.with(|c| c.borrow_mut().take()).unwrap_or_default();
     for (v, len) in [
         (&mut ws.x, n * w),
         (&mut ws.y, n * w),
@@ -187,6 +180,7 @@ fn bidiagonalise_with(a: &mut [f64], n: usize, d: &mut [f64], e: &mut [f64], ws:
 /// Work arrays of [`bidiagonalise`]: `x`, `y` are `n x b` column-major with rows indexed like
 /// the matrix's; `row` holds the row being reduced, `t1`, `t2` short products, `u` a copy of
 /// the panel's row reflectors.
+#[derive(Default)]
 struct Workspace {
     x: Vec<f64>,
     y: Vec<f64>,

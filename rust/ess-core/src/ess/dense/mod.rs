@@ -707,6 +707,45 @@ impl Gram {
         Ok(v)
     }
 
+    /// Eigenvalues (non-increasing) of `G` at each of the splits `ts` (increasing, from `*tg`
+    /// on; `G` advances to the last and `*tg` with it), their QL iterations run together on the
+    /// vector lanes ([`symeig::eigenvalues_of_forms`]). One result per split; only an interrupt
+    /// is returned as an error of the whole.
+    fn eigenvalues_ahead(
+        &mut self,
+        a: &[f64],
+        l: usize,
+        tg: &mut usize,
+        ts: impl Iterator<Item = usize>,
+    ) -> Result<Vec<Result<Vec<f64>>>> {
+        // Per split, its form's place in the batch, or the error of its reduction.
+        let mut forms = Vec::new();
+        let mut slots: Vec<std::result::Result<(), Error>> = Vec::new();
+        for tj in ts {
+            while *tg < tj {
+                self.advance(a, l, *tg);
+                *tg += 1;
+            }
+            match self.tridiagonal_form() {
+                Ok(f) => {
+                    forms.push(f);
+                    slots.push(Ok(()));
+                }
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        let mut values = symeig::eigenvalues_of_forms(forms).into_iter();
+        Ok(slots
+            .into_iter()
+            .map(|slot| {
+                let mut v = slot.and_then(|()| values.next().unwrap_or_else(|| Err(no_eigenvalues())))?;
+                v.sort_by(|x, y| y.total_cmp(x));
+                Ok(v)
+            })
+            .collect())
+    }
+
     /// The tridiagonal form of `G_t` (see [`symeig::tridiagonal_form`]).
     fn tridiagonal_form(&mut self) -> Result<symeig::TridiagonalForm> {
         let (k, k0, off) = (self.k, self.k0, self.off);
@@ -725,6 +764,11 @@ impl Gram {
         self.work = work;
         res
     }
+}
+
+/// A batched Gram-route result that is missing (not expected): the split takes the SVD routes.
+fn no_eigenvalues() -> Error {
+    Error::Numerical("Gram route: no eigenvalues for this split".into())
 }
 
 /// Results from singular values.
@@ -892,38 +936,13 @@ fn sweep(
                 None if batched => {
                     // This split and, while the Gram route answers, the next LANES - 1.
                     let count = if misses == 0 { symeig::lanes::LANES } else { 1 };
-                    let mut forms = Vec::with_capacity(count);
-                    let mut idx = Vec::with_capacity(count);
-                    let mut failed = Vec::new();
-                    for (j, &(tj, _)) in targets.iter().enumerate().skip(n).take(count) {
-                        while tg < tj {
-                            gram.advance(a, l, tg);
-                            tg += 1;
-                        }
-                        match gram.tridiagonal_form() {
-                            Ok(f) => {
-                                forms.push(f);
-                                idx.push(j);
-                            }
-                            Err(Error::Interrupted) => return Err(Error::Interrupted),
-                            Err(e) => failed.push((j, e)),
-                        }
-                    }
-                    let mut res: Vec<(usize, Result<Vec<f64>>)> =
-                        idx.into_iter().zip(symeig::eigenvalues_of_forms(forms)).collect();
-                    res.extend(failed.into_iter().map(|(j, e)| (j, Err(e))));
-                    res.sort_by_key(|x| x.0);
-                    for v in res.iter_mut().filter_map(|(_, r)| r.as_mut().ok()) {
-                        v.sort_by(|x, y| y.total_cmp(x));
-                    }
+                    let ts = targets[n..].iter().take(count).map(|x| x.0);
+                    let res = gram.eigenvalues_ahead(a, l, &mut tg, ts)?;
                     ahead.clear();
-                    ahead.extend(res);
+                    ahead.extend(res.into_iter().enumerate().map(|(i, r)| (n + i, r)));
                     // (never empty: this split's own result comes first; an error here would
                     // only send the split to the SVD routes)
-                    ahead
-                        .pop_front()
-                        .map(|x| x.1)
-                        .unwrap_or_else(|| Err(Error::Numerical("Gram route: no eigenvalues for this split".into())))
+                    ahead.pop_front().map(|x| x.1).unwrap_or_else(|| Err(no_eigenvalues()))
                 }
                 None => gram.eigenvalues(),
             };

@@ -845,6 +845,21 @@ mod tests {
         ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
     }
 
+    /// The tridiagonal form `(d, e)` of the Gram matrix `H H^T` (as the dense kernel sees them).
+    pub(super) fn gram_tridiagonal(h: &Mat<f64>) -> (Vec<f64>, Vec<f64>) {
+        let n = h.nrows();
+        let g = h * h.transpose();
+        let mut a = vec![0.0; n * n];
+        for j in 0..n {
+            for i in j..n {
+                a[j * n + i] = g[(i, j)];
+            }
+        }
+        let (mut d, mut e) = (vec![0.0; n], vec![0.0; n]);
+        tridiagonalise(&mut a, n, &mut d, &mut e).unwrap();
+        (d, e)
+    }
+
     pub(super) fn sorted(mut v: Vec<f64>) -> Vec<f64> {
         v.sort_by(|x, y| y.total_cmp(x));
         v
@@ -1215,16 +1230,7 @@ mod speed {
             let d: Vec<f64> = (0..n).map(|_| rnd()).collect();
             let e: Vec<f64> = (0..n).map(|_| rnd()).collect();
             cases.push(("random", d, e));
-            let h = Mat::<f64>::from_fn(n, n / 8, |_, _| rnd());
-            let g = &h * h.transpose();
-            let mut a = vec![0.0; n * n];
-            for j in 0..n {
-                for i in j..n {
-                    a[j * n + i] = g[(i, j)];
-                }
-            }
-            let (mut d, mut e) = (vec![0.0; n], vec![0.0; n]);
-            tridiagonalise(&mut a, n, &mut d, &mut e).unwrap();
+            let (d, e) = super::tests::gram_tridiagonal(&Mat::<f64>::from_fn(n, n / 8, |_, _| rnd()));
             cases.push(("gram", d, e));
             for (what, d, e) in cases {
                 let reps = (20_000_000 / (n * n)).max(3);

@@ -27,12 +27,17 @@ type V = [f64; LANES];
 /// destroyed. One result per problem, with the errors of [`super::tridiagonal_ql`].
 pub(crate) fn tridiagonal_ql_batch(ds: &mut [Vec<f64>], es: &mut [Vec<f64>]) -> Vec<Result<()>> {
     assert_eq!(ds.len(), es.len());
+    // The interleaved arrays are kept by the thread between calls (the kernel calls this once per
+    // eight splits; at order 2048 and above a fresh pair would page-fault every time).
+    thread_local! {
+        static BUF: std::cell::RefCell<(Vec<f64>, Vec<f64>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    let (mut d_lanes, mut e_lanes) = BUF.with(|c| std::mem::take(&mut *c.borrow_mut()));
     let mut out = Vec::with_capacity(ds.len());
-    let mut d_lanes = Vec::new();
-    let mut e_lanes = Vec::new();
     for (dc, ec) in ds.chunks_mut(LANES).zip(es.chunks_mut(LANES)) {
         out.extend(batch(dc, ec, &mut d_lanes, &mut e_lanes));
     }
+    BUF.with(|c| *c.borrow_mut() = (d_lanes, e_lanes));
     out
 }
 
@@ -455,13 +460,9 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{gram_tridiagonal, lcg};
     use super::super::tridiagonal_ql;
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f64 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
-    }
 
     /// The problems one by one through the scalar routine, and as batches: the same values bit
     /// for bit, and the same errors.
@@ -568,17 +569,7 @@ mod tests {
                         if what == "random" {
                             random(n, &mut seed)
                         } else {
-                            let h = Mat::<f64>::from_fn(n, n / 2, |_, _| lcg(&mut seed));
-                            let g = &h * h.transpose();
-                            let mut a = vec![0.0; n * n];
-                            for j in 0..n {
-                                for i in j..n {
-                                    a[j * n + i] = g[(i, j)];
-                                }
-                            }
-                            let (mut d, mut e) = (vec![0.0; n], vec![0.0; n]);
-                            super::super::tridiagonalise(&mut a, n, &mut d, &mut e).unwrap();
-                            (d, e)
+                            gram_tridiagonal(&Mat::<f64>::from_fn(n, n / 2, |_, _| lcg(&mut seed)))
                         }
                     })
                     .collect();
