@@ -16,6 +16,29 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
+/// Whether the processor has AVX-512 F/DQ/VL besides AVX2 and FMA (checked once per process),
+/// and the environment variable `ESS_NO_AVX512` is unset (set, the AVX-512 kernels are not used;
+/// the AVX2 ones give the same values bit for bit, so the switch is for timing and debugging).
+#[inline(always)]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            has_avx2_fma()
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512vl")
+                && std::env::var_os("ESS_NO_AVX512").is_none()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Moves between lane arrays (`[f64; K]`, `[i64; K]`, `[usize; K]`, lane `q` at index `q`) and
 /// `H = K / 4` AVX2 registers, for the lane kernels written with intrinsics. Inlined into their
 /// AVX2 callers (which is where the intrinsics are compiled), never called on their own.

@@ -78,6 +78,8 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod chase;
 mod lanes;
 
@@ -883,7 +885,7 @@ fn store(st_s: &mut [f64], st_e: &mut [i64], st_rz: &mut [bool], st_tri: &mut [b
 fn sweep_back(chan: &Channel, so: &mut Factor, hi: usize, lo: usize, mut on: impl FnMut(usize, &Factor)) -> Result<()> {
     let n = chan.n;
     for t in (lo..=hi).rev() {
-        if (hi - t) % 64 == 0 {
+        if (hi - t).is_multiple_of(64) {
             crate::interrupt::check()?;
         }
         so.append(&chan.c[t * n..(t + 1) * n]);
@@ -996,7 +998,7 @@ fn one_channel(
             }
         }
         while t < tq {
-            if t % 64 == 0 {
+            if t.is_multiple_of(64) {
                 crate::interrupt::check()?;
             }
             chan.apply(&mut sr, t, false);
@@ -1561,27 +1563,47 @@ impl BatchSvd {
         Ok(out)
     }
 
-    /// [`Self::body`], compiled for AVX2 + FMA when the processor has them (runtime dispatch; the
-    /// package is built for the baseline instruction set).
+    /// Bidiagonalisation of the lanes' matrices in `self.a` (destroyed), then the QR iterations
+    /// on the bidiagonals; returns per lane whether it converged.
     fn bidiagonalise_and_chase(&mut self) -> [bool; LANES] {
+        let anorm = self.bidiagonalise();
+        #[cfg(test)]
+        if SKIP_CHASE.with(|x| x.get()) {
+            return [true; LANES];
+        }
+        // QR on the bidiagonals, the lanes advancing independently.
+        chase_dispatch(self.n, &mut self.w, &mut self.rv1, &anorm)
+    }
+
+    /// [`Self::bidiagonalise_portable`] in its fastest form for the processor (runtime dispatch;
+    /// the package is built for the baseline instruction set): written with AVX-512 intrinsics
+    /// ([`avx512::bidiagonalise`]), or compiled for AVX2 + FMA. The same values bit for bit.
+    fn bidiagonalise(&mut self) -> [f64; LANES] {
         #[cfg(target_arch = "x86_64")]
         {
+            if crate::cpu::has_avx512() {
+                // SAFETY: the features were detected at run time.
+                return unsafe { avx512::bidiagonalise(self.n, &mut self.a, &mut self.w, &mut self.rv1) };
+            }
             if crate::cpu::has_avx2_fma() {
                 // SAFETY: the features were detected at run time.
-                return unsafe { self.body_avx2() };
+                return unsafe { self.bidiagonalise_avx2() };
             }
         }
-        self.body()
+        self.bidiagonalise_portable()
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn body_avx2(&mut self) -> [bool; LANES] {
-        self.body()
+    unsafe fn bidiagonalise_avx2(&mut self) -> [f64; LANES] {
+        self.bidiagonalise_portable()
     }
 
+    /// Householder bidiagonalisation of the `n x n` matrices of the lanes in `self.a`
+    /// (destroyed), in lockstep: diagonal into `w`, superdiagonal into `rv1[1..]` (lane-minor);
+    /// returns per lane the largest `|w[i]| + |rv1[i]|`.
     #[inline(always)]
-    fn body(&mut self) -> [bool; LANES] {
+    fn bidiagonalise_portable(&mut self) -> [f64; LANES] {
         const K: usize = LANES;
         type V = [f64; LANES];
         let n = self.n;
@@ -1737,12 +1759,7 @@ impl BatchSvd {
                 anorm[q] = anorm[q].max(w[i * K + q].abs() + rv1[i * K + q].abs());
             }
         }
-        #[cfg(test)]
-        if SKIP_CHASE.with(|x| x.get()) {
-            return [true; K];
-        }
-        // QR on the bidiagonals, the lanes advancing independently.
-        chase_dispatch(n, w, rv1, &anorm)
+        anorm
     }
 }
 

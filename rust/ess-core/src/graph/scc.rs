@@ -500,7 +500,7 @@ fn reach_bitmap(g: &Csr, gr: &Csr, s: usize) -> Vec<u64> {
             // Bottom-up: every unvisited node looks for a visited predecessor.
             for k in 0..words {
                 let mut free = !seen[k];
-                if k == words - 1 && n % 64 != 0 {
+                if k == words - 1 && !n.is_multiple_of(64) {
                     free &= (1u64 << (n % 64)) - 1;
                 }
                 while free != 0 {

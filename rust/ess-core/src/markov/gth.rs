@@ -517,7 +517,7 @@ fn sparse_phase(
     let last = if keep_last { m.saturating_sub(1) } else { m };
     while steps.len() < last {
         let step = steps.len();
-        if step % 256 == 0 {
+        if step.is_multiple_of(256) {
             crate::interrupt::check()?;
         }
         if st.dense_enough(m - step) {

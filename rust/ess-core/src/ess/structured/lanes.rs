@@ -399,7 +399,7 @@ fn group_body(
     // Backward from S_O(L) = 0, storing the factor at every requested split.
     let mut k = ts.len();
     for t in (ts[0]..l).rev() {
-        if (l - 1 - t) % 64 == 0 {
+        if (l - 1 - t).is_multiple_of(64) {
             crate::interrupt::check()?;
         }
         so.append(&c[t * n..(t + 1) * n]);
@@ -428,7 +428,7 @@ fn group_body(
     let mut t = 1usize;
     for (idx, &tq) in ts.iter().enumerate() {
         while t < tq {
-            if t % 64 == 0 {
+            if t.is_multiple_of(64) {
                 crate::interrupt::check()?;
             }
             if diag {
@@ -478,21 +478,15 @@ fn group_body(
             }
         }
         let wa = &mut svd.a[..nn];
-        for j in 0..n {
-            for i in 0..n {
-                let r0 = i.max(j);
-                let mut acc = [0.0f64; K];
-                let mut base = r0 * (r0 + 1) / 2;
-                for r in r0..n {
-                    let p = mul(so_t[base + i], srs[base + j]);
-                    for q in 0..K {
-                        acc[q] += p[q];
-                    }
-                    base += r + 1;
-                }
-                wa[j * n + i] = acc;
-            }
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_avx512() {
+            // SAFETY: the features were detected at run time.
+            unsafe { super::avx512::split_product(n, so_t, &srs[..nt], wa) };
+        } else {
+            split_product(n, so_t, &srs[..nt], wa);
         }
+        #[cfg(not(target_arch = "x86_64"))]
+        split_product(n, so_t, &srs[..nt], wa);
         let o = first + idx;
         if gmax.iter().any(|g| g.is_some()) {
             svd.values_interleaved(K, sv)?;
@@ -502,4 +496,28 @@ fn group_body(
         }
     }
     Ok(())
+}
+
+/// The split product `W = S_O^T diag(2^(g - gmax)) S_R` of every lane into the SVD's input:
+/// `wa[j * n + i]` = sum over `r >= max(i, j)`, ascending (the per-channel path's order), of
+/// `so[r (r + 1) / 2 + i] * sr[r (r + 1) / 2 + j]` (both packed by rows), accumulated in
+/// registers. Lanes and rows that the per-channel path skips contribute exact zeros (which leave
+/// the sums unchanged).
+#[inline(always)]
+pub(super) fn split_product(n: usize, so_t: &[V], srs: &[V], wa: &mut [V]) {
+    for j in 0..n {
+        for i in 0..n {
+            let r0 = i.max(j);
+            let mut acc = [0.0f64; K];
+            let mut base = r0 * (r0 + 1) / 2;
+            for r in r0..n {
+                let p = mul(so_t[base + i], srs[base + j]);
+                for q in 0..K {
+                    acc[q] += p[q];
+                }
+                base += r + 1;
+            }
+            wa[j * n + i] = acc;
+        }
+    }
 }
