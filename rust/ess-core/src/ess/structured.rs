@@ -78,8 +78,8 @@ use faer::{Mat, MatRef, Par};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-#[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
 mod chase;
 mod lanes;
 

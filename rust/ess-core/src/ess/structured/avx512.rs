@@ -110,11 +110,12 @@ unsafe fn max_keep(anorm: Z, v: Z) -> Z {
 /// `|w[i]| + |rv1[i]|`.
 ///
 /// # Safety
-/// The processor must have AVX-512 F and DQ (checked by the caller).
+/// The processor must have AVX-512 F, DQ and VL ([`crate::cpu::has_avx512`], checked by the caller).
 #[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl")]
 pub(super) unsafe fn bidiagonalise(n: usize, a: &mut [V], w: &mut [f64], rv1: &mut [f64]) -> V {
     assert!(n <= SMALL_SVD_MAX && a.len() >= n * n && w.len() >= n * K && rv1.len() >= n * K);
-    let wv = |x: &mut [f64], i: usize| -> *mut f64 { x.as_mut_ptr().add(i * K) };
+    // Lane vector `i` of a lane-minor array (`w`, `rv1`).
+    let wv = |x: &mut [f64], i: usize| -> *mut V { x.as_mut_ptr().add(i * K) as *mut V };
     let (mut g, mut scale, mut anorm) = (zero(), zero(), zero());
     let mut dots = [zero(); SMALL_SVD_MAX];
     let ap = a.as_mut_ptr();
@@ -123,7 +124,7 @@ pub(super) unsafe fn bidiagonalise(n: usize, a: &mut [V], w: &mut [f64], rv1: &m
     for i in 0..n {
         let l = i + 1;
         let sg = mul(scale, g);
-        st(sg, &mut *(wv(rv1, i) as *mut V));
+        st(sg, &mut *wv(rv1, i));
         // Left Householder on column i (rows i..n: flat indices i n + i ..).
         let c0 = i * n;
         let mut sc = zero();
@@ -139,45 +140,34 @@ pub(super) unsafe fn bidiagonalise(n: usize, a: &mut [V], w: &mut [f64], rv1: &m
         }
         let (gl, hinv, piv) = pivot(ld(&*at(c0 + i)), ss);
         st(piv, &mut *at(c0 + i));
-        // Columns j > i: s_j = (column i . column j) / h, column j += s_j column i; four
+        // Columns j > i: s_j = (column i . column j) / h, column j += s_j column i; up to four
         // columns at a time (each column's sum in the portable order).
         let mut j = l;
-        while j + 4 <= n {
+        while j < n {
+            let cnt = (n - j).min(4);
             let mut s4 = [zero(); 4];
             for k in i..n {
                 let x = ld(&*at(c0 + k));
-                for (u, s) in s4.iter_mut().enumerate() {
+                for (u, s) in s4.iter_mut().enumerate().take(cnt) {
                     *s = mul_add(*s, x, ld(&*at((j + u) * n + k)));
                 }
             }
-            for s in s4.iter_mut() {
+            for s in s4.iter_mut().take(cnt) {
                 *s = mul(*s, hinv);
             }
             for k in i..n {
                 let x = ld(&*at(c0 + k));
-                for (u, s) in s4.iter().enumerate() {
+                for (u, s) in s4.iter().enumerate().take(cnt) {
                     let p = at((j + u) * n + k);
                     st(add(ld(&*p), mul(*s, x)), &mut *p);
                 }
             }
-            j += 4;
-        }
-        while j < n {
-            let mut s = zero();
-            for k in i..n {
-                s = mul_add(s, ld(&*at(c0 + k)), ld(&*at(j * n + k)));
-            }
-            s = mul(s, hinv);
-            for k in i..n {
-                let p = at(j * n + k);
-                st(add(ld(&*p), mul(s, ld(&*at(c0 + k)))), &mut *p);
-            }
-            j += 1;
+            j += cnt;
         }
         for k in i..n {
             st(mul(ld(&*at(c0 + k)), sc), &mut *at(c0 + k));
         }
-        st(mul(sc, gl), &mut *(wv(w, i) as *mut V));
+        st(mul(sc, gl), &mut *wv(w, i));
         g = zero();
         scale = zero();
         // Right Householder on row i, columns l..n (flat indices k n + i).
@@ -197,7 +187,7 @@ pub(super) unsafe fn bidiagonalise(n: usize, a: &mut [V], w: &mut [f64], rv1: &m
             st(piv, &mut *at(l * n + i));
             g = gr;
             for k in l..n {
-                st(mul(ld(&*at(k * n + i)), hinv), &mut *(wv(rv1, k) as *mut V));
+                st(mul(ld(&*at(k * n + i)), hinv), &mut *wv(rv1, k));
             }
             // rows j > i: A[j][l..] += (A[j][l..] . A[i][l..]) rv1[l..]
             for d in dots[l..n].iter_mut() {
@@ -210,7 +200,7 @@ pub(super) unsafe fn bidiagonalise(n: usize, a: &mut [V], w: &mut [f64], rv1: &m
                 }
             }
             for k in l..n {
-                let r = ld(&*(wv(rv1, k) as *const V));
+                let r = ld(&*wv(rv1, k));
                 for (jj, d) in (l..n).zip(dots[l..n].iter()) {
                     let p = at(k * n + jj);
                     st(add(ld(&*p), mul(*d, r)), &mut *p);
@@ -221,7 +211,7 @@ pub(super) unsafe fn bidiagonalise(n: usize, a: &mut [V], w: &mut [f64], rv1: &m
             }
             scale = sc;
         }
-        let v = add(abs(ld(&*(wv(w, i) as *const V))), abs(ld(&*(wv(rv1, i) as *const V))));
+        let v = add(abs(ld(&*wv(w, i))), abs(ld(&*wv(rv1, i))));
         anorm = max_keep(anorm, v);
     }
     let mut out = [0.0; K];
@@ -237,7 +227,7 @@ pub(super) unsafe fn bidiagonalise(n: usize, a: &mut [V], w: &mut [f64], rv1: &m
 /// it) share their range of `r` and go four at a time.
 ///
 /// # Safety
-/// The processor must have AVX-512 F and DQ (checked by the caller).
+/// The processor must have AVX-512 F, DQ and VL ([`crate::cpu::has_avx512`], checked by the caller).
 #[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl")]
 pub(super) unsafe fn split_product(n: usize, so: &[V], sr: &[V], wa: &mut [V]) {
     let nt = n * (n + 1) / 2;
@@ -360,7 +350,7 @@ mod tests {
                 let mut sr: Vec<V> = (0..nt).map(|e| value(&mut seed, kind + 4, e)).collect();
                 sr[0][1] = -0.0;
                 let (mut w1, mut w2) = (vec![[1.0; K]; n * n], vec![[2.0; K]; n * n]);
-                super::super::lanes::split_product(n, &so, &sr, &mut w1);
+                super::super::lanes::split_product_portable(n, &so, &sr, &mut w1);
                 // SAFETY: AVX-512 checked above.
                 unsafe { split_product(n, &so, &sr, &mut w2) };
                 same(w1.as_flattened(), w2.as_flattened(), &format!("n = {n}, kind {kind}"));

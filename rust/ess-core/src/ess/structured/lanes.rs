@@ -459,10 +459,7 @@ fn group_body(
                 }
             }
         }
-        // W = S_O^T diag(2^(g - gmax)) S_R of every lane, interleaved into the SVD's input:
-        // W[i, j] = sum over r >= max(i, j), ascending (the per-channel path's order), of
-        // S_O[r, i] (2^(g_r - gmax) S_R[r, j]), accumulated in registers. Lanes and rows that the
-        // per-channel path skips contribute exact zeros (which leave the sums unchanged).
+        // The rows of S_R scaled by 2^(g_r - gmax), for the split product.
         for r in 0..n {
             let mut sc = [0.0f64; K];
             for q in 0..K {
@@ -477,16 +474,7 @@ fn group_body(
                 srs[base + j] = mul(sr.s[j * n + r], sc);
             }
         }
-        let wa = &mut svd.a[..nn];
-        #[cfg(target_arch = "x86_64")]
-        if crate::cpu::has_avx512() {
-            // SAFETY: the features were detected at run time.
-            unsafe { super::avx512::split_product(n, so_t, &srs[..nt], wa) };
-        } else {
-            split_product(n, so_t, &srs[..nt], wa);
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        split_product(n, so_t, &srs[..nt], wa);
+        split_product(n, so_t, &srs[..nt], &mut svd.a[..nn]);
         let o = first + idx;
         if gmax.iter().any(|g| g.is_some()) {
             svd.values_interleaved(K, sv)?;
@@ -502,9 +490,21 @@ fn group_body(
 /// `wa[j * n + i]` = sum over `r >= max(i, j)`, ascending (the per-channel path's order), of
 /// `so[r (r + 1) / 2 + i] * sr[r (r + 1) / 2 + j]` (both packed by rows), accumulated in
 /// registers. Lanes and rows that the per-channel path skips contribute exact zeros (which leave
-/// the sums unchanged).
+/// the sums unchanged). Written with AVX-512 intrinsics when the processor has them
+/// ([`super::avx512::split_product`], the same values bit for bit).
 #[inline(always)]
-pub(super) fn split_product(n: usize, so_t: &[V], srs: &[V], wa: &mut [V]) {
+fn split_product(n: usize, so_t: &[V], srs: &[V], wa: &mut [V]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu::has_avx512() {
+        // SAFETY: the features were detected at run time.
+        return unsafe { super::avx512::split_product(n, so_t, srs, wa) };
+    }
+    split_product_portable(n, so_t, srs, wa);
+}
+
+/// [`split_product`] as loops over lane arrays (compiled within the caller's features).
+#[inline(always)]
+pub(super) fn split_product_portable(n: usize, so_t: &[V], srs: &[V], wa: &mut [V]) {
     for j in 0..n {
         for i in 0..n {
             let r0 = i.max(j);
