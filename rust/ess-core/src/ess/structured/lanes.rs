@@ -47,18 +47,35 @@ fn split_normal(x: f64) -> Option<(i64, f64)> {
 }
 
 /// [`super::Factor`] of [`LANES`] channels (always lower triangular): lane `q` of `s[j * n + i]` is
-/// `S[i, j]` of channel `q`, with per-row exponents `e` and zero-row flags `rz`.
+/// `S[i, j]` of channel `q`, with per-row exponents `e` and zero-row flags `rz`. Its updates run
+/// as AVX-512 intrinsics ([`super::avx512`]) when the processor has them (`v512`), else as the
+/// portable loops below; the two give the same values bit for bit.
 pub(super) struct LaneFactor {
-    n: usize,
-    s: Vec<V>,
-    e: Vec<[i64; K]>,
-    rz: Vec<[bool; K]>,
-    w: Vec<V>,
+    pub(super) n: usize,
+    pub(super) s: Vec<V>,
+    pub(super) e: Vec<[i64; K]>,
+    pub(super) rz: Vec<[bool; K]>,
+    pub(super) w: Vec<V>,
+    v512: bool,
 }
 
 impl LaneFactor {
     fn zeros(n: usize) -> Self {
-        LaneFactor { n, s: vec![[0.0; K]; n * n], e: vec![[0; K]; n], rz: vec![[true; K]; n], w: vec![[0.0; K]; n] }
+        LaneFactor {
+            n,
+            s: vec![[0.0; K]; n * n],
+            e: vec![[0; K]; n],
+            rz: vec![[true; K]; n],
+            w: vec![[0.0; K]; n],
+            v512: crate::cpu::has_avx512(),
+        }
+    }
+
+    /// The same factor with the portable updates (`v512` false) or, where the processor has
+    /// AVX-512, the vector ones (`v512` true); for tests.
+    #[cfg(test)]
+    pub(super) fn zeros_with(n: usize, v512: bool) -> Self {
+        LaneFactor { v512: v512 && crate::cpu::has_avx512(), ..Self::zeros(n) }
     }
 
     fn reset(&mut self) {
@@ -67,98 +84,39 @@ impl LaneFactor {
         self.rz.iter_mut().for_each(|x| *x = [true; K]);
     }
 
-    /// `S[i, :] *= f[i]` (lane-wise) for every row.
-    #[inline(always)]
-    fn scale_rows(&mut self, f: &[V]) {
-        let n = self.n;
-        for j in 0..n {
-            let col = &mut self.s[j * n..(j + 1) * n];
-            for i in j..n {
-                col[i] = mul(col[i], f[i]);
-            }
-        }
-    }
-
     /// [`super::Factor::mul_diag`]: `S <- diag(a) S`, `a` one lane vector per row (or one for all
     /// rows).
     #[inline(always)]
-    fn mul_diag(&mut self, a: &[V]) {
+    pub(super) fn mul_diag(&mut self, a: &[V]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.v512 {
+            // SAFETY: `v512` is set only when the processor has AVX-512 F, DQ and VL.
+            return unsafe { super::avx512::mul_diag(self.n, &mut self.s, &mut self.e, &mut self.rz, a) };
+        }
         let n = self.n;
         let mut f = [[1.0f64; K]; SMALL_SVD_MAX];
         for i in 0..n {
             let ai = if a.len() == 1 { &a[0] } else { &a[i] };
-            for q in 0..K {
-                let x = ai[q];
-                match split_normal(x) {
-                    // x = 1 gives (0, 1): the per-channel path's "unchanged" case.
-                    Some((k, m)) => {
-                        f[i][q] = m;
-                        self.e[i][q] += k;
-                    }
-                    None => {
-                        if x == 0.0 {
-                            f[i][q] = 0.0;
-                            self.e[i][q] = 0;
-                            self.rz[i][q] = true;
-                        } else {
-                            let k = exponent(x);
-                            f[i][q] = ldexp(x, -k);
-                            self.e[i][q] += k;
-                        }
-                    }
-                }
-            }
+            f[i] = mul_diag_row(ai, &mut self.e[i], &mut self.rz[i]);
         }
-        self.scale_rows(&f[..n]);
+        scale_rows(n, &mut self.s, &f[..n]);
     }
 
     /// [`super::Factor::append`]: `S S^T <- S S^T + v v^T` by Givens rotations, then
     /// [`Self::normalise`].
     #[inline(always)]
-    fn append(&mut self, v: &[V]) {
+    pub(super) fn append(&mut self, v: &[V]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.v512 {
+            // SAFETY: as in `mul_diag`.
+            return unsafe { super::avx512::append(self.n, &mut self.s, &mut self.e, &mut self.rz, &mut self.w, v) };
+        }
         let n = self.n;
         let mut w = std::mem::take(&mut self.w);
         let mut first = n;
         for i in 0..n {
-            let mut fr = [1.0f64; K];
-            let mut any = false;
-            for q in 0..K {
-                w[i][q] = 0.0;
-                let vi = v[i][q];
-                if vi == 0.0 {
-                    continue;
-                }
+            if append_row(n, &mut self.s, i, &v[i], &mut self.e[i], &self.rz[i], &mut w[i]) {
                 first = first.min(i);
-                let ev = exponent(vi);
-                if self.rz[i][q] {
-                    self.e[i][q] = ev;
-                } else if ev > self.e[i][q] {
-                    let d = self.e[i][q] - ev;
-                    match scale_pow2(-d) {
-                        Some(f) => {
-                            fr[q] = f;
-                            any = true;
-                        }
-                        None => {
-                            for j in 0..=i {
-                                self.s[j * n + i][q] = ldexp(self.s[j * n + i][q], d);
-                            }
-                        }
-                    }
-                    self.e[i][q] = ev;
-                }
-                w[i][q] = match scale_pow2(self.e[i][q]) {
-                    Some(f) => vi * f,
-                    None => ldexp(vi, -self.e[i][q]),
-                };
-            }
-            if any {
-                for j in 0..=i {
-                    let x = &mut self.s[j * n + i];
-                    for q in 0..K {
-                        x[q] *= fr[q];
-                    }
-                }
             }
         }
         for j in first..n {
@@ -226,31 +184,136 @@ impl LaneFactor {
             }
         }
         for (i, mi) in m[..n].iter_mut().enumerate() {
-            for q in 0..K {
-                if mi[q] == 0.0 {
-                    self.e[i][q] = 0;
-                    self.rz[i][q] = true;
-                    mi[q] = 1.0;
-                    continue;
-                }
-                self.rz[i][q] = false;
-                let k = exponent(mi[q]);
-                mi[q] = 1.0;
-                if k == 0 {
-                    continue;
-                }
-                self.e[i][q] += k;
-                match scale_pow2(k) {
-                    Some(f) => mi[q] = f,
-                    None => {
-                        for j in 0..=i {
-                            self.s[j * n + i][q] = ldexp(self.s[j * n + i][q], -k);
-                        }
-                    }
+            normalise_row(n, &mut self.s, i, mi, &mut self.e[i], &mut self.rz[i]);
+        }
+        scale_rows(n, &mut self.s, &m[..n]);
+    }
+}
+
+/// `S[i, :] *= f[i]` (lane-wise) for every row of the lower triangle `s` (`s[j * n + i]`).
+#[inline(always)]
+fn scale_rows(n: usize, s: &mut [V], f: &[V]) {
+    for j in 0..n {
+        let col = &mut s[j * n..(j + 1) * n];
+        for i in j..n {
+            col[i] = mul(col[i], f[i]);
+        }
+    }
+}
+
+/// Row `i` of [`LaneFactor::mul_diag`] by the entries `ai` of the lanes: the exponents `e` and
+/// zero flags `rz` of the row updated; returns the factors the row is then scaled by.
+#[inline(always)]
+pub(super) fn mul_diag_row(ai: &V, e: &mut [i64; K], rz: &mut [bool; K]) -> V {
+    let mut f = [1.0f64; K];
+    for q in 0..K {
+        let x = ai[q];
+        match split_normal(x) {
+            // x = 1 gives (0, 1): the per-channel path's "unchanged" case.
+            Some((k, m)) => {
+                f[q] = m;
+                e[q] += k;
+            }
+            None => {
+                if x == 0.0 {
+                    f[q] = 0.0;
+                    e[q] = 0;
+                    rz[q] = true;
+                } else {
+                    let k = exponent(x);
+                    f[q] = ldexp(x, -k);
+                    e[q] += k;
                 }
             }
         }
-        self.scale_rows(&m[..n]);
+    }
+    f
+}
+
+/// Row `i` of [`LaneFactor::append`] before its rotations: the new column's entries `vi` in the
+/// row's scale into `wi` (the row's exponents `e` raised to those of `vi` where they are larger,
+/// the row of `s` rescaled to match); returns whether any lane's entry is nonzero.
+#[inline(always)]
+pub(super) fn append_row(
+    n: usize,
+    s: &mut [V],
+    i: usize,
+    vi: &V,
+    e: &mut [i64; K],
+    rz: &[bool; K],
+    wi: &mut V,
+) -> bool {
+    let mut fr = [1.0f64; K];
+    let mut any = false;
+    let mut nonzero = false;
+    for q in 0..K {
+        wi[q] = 0.0;
+        let x = vi[q];
+        if x == 0.0 {
+            continue;
+        }
+        nonzero = true;
+        let ev = exponent(x);
+        if rz[q] {
+            e[q] = ev;
+        } else if ev > e[q] {
+            let d = e[q] - ev;
+            match scale_pow2(-d) {
+                Some(f) => {
+                    fr[q] = f;
+                    any = true;
+                }
+                None => {
+                    for j in 0..=i {
+                        s[j * n + i][q] = ldexp(s[j * n + i][q], d);
+                    }
+                }
+            }
+            e[q] = ev;
+        }
+        wi[q] = match scale_pow2(e[q]) {
+            Some(f) => x * f,
+            None => ldexp(x, -e[q]),
+        };
+    }
+    if any {
+        for j in 0..=i {
+            let x = &mut s[j * n + i];
+            for q in 0..K {
+                x[q] *= fr[q];
+            }
+        }
+    }
+    nonzero
+}
+
+/// Row `i` of [`LaneFactor::normalise`], whose largest magnitudes per lane are `mi`: the
+/// exponents `e` and zero flags `rz` of the row updated, and `mi` replaced by the factors the
+/// row is then scaled by (scalings beyond the common range are applied here, leaving `1`).
+#[inline(always)]
+pub(super) fn normalise_row(n: usize, s: &mut [V], i: usize, mi: &mut V, e: &mut [i64; K], rz: &mut [bool; K]) {
+    for q in 0..K {
+        if mi[q] == 0.0 {
+            e[q] = 0;
+            rz[q] = true;
+            mi[q] = 1.0;
+            continue;
+        }
+        rz[q] = false;
+        let k = exponent(mi[q]);
+        mi[q] = 1.0;
+        if k == 0 {
+            continue;
+        }
+        e[q] += k;
+        match scale_pow2(k) {
+            Some(f) => mi[q] = f,
+            None => {
+                for j in 0..=i {
+                    s[j * n + i][q] = ldexp(s[j * n + i][q], -k);
+                }
+            }
+        }
     }
 }
 
