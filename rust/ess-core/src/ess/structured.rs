@@ -1436,6 +1436,9 @@ struct BatchSvd {
     single: SmallSvd,
     /// Copy of the input of [`Self::values_interleaved`] (for a lane that falls back).
     backup: Vec<[f64; LANES]>,
+    /// The bidiagonals of a pair of batches, 32 lanes ([`Self::values_pair`]).
+    pair_w: Vec<f64>,
+    pair_rv1: Vec<f64>,
 }
 
 impl BatchSvd {
@@ -1448,6 +1451,8 @@ impl BatchSvd {
             rv1: vec![0.0; (n + 2) * LANES],
             single: SmallSvd::new(n),
             backup: Vec::new(),
+            pair_w: Vec::new(),
+            pair_rv1: Vec::new(),
         }
     }
 
@@ -1460,6 +1465,14 @@ impl BatchSvd {
         self.backup.clear();
         self.backup.extend_from_slice(&self.a[..nn]);
         let ok = self.bidiagonalise_and_chase();
+        self.finish_lanes(&ok, m, out)
+    }
+
+    /// The values of the lanes `q < m` after the chase (`ok[q]`: lane `q` converged, its values
+    /// in `self.w`), sorted, into `out[q]`; a lane that did not converge is redone from
+    /// `self.backup` by [`SmallSvd`].
+    fn finish_lanes(&mut self, ok: &[bool; LANES], m: usize, out: &mut [Vec<f64>]) -> Result<()> {
+        let n = self.n;
         for (q, o) in out.iter_mut().enumerate().take(m) {
             if ok[q] {
                 o.clear();
@@ -1474,6 +1487,61 @@ impl BatchSvd {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::values_interleaved`] of all lanes of `self` and of `other` (the same order) at
+    /// once: both batches are bidiagonalised, and their QR iterations run together as one chase
+    /// of 32 lanes ([`avx512::chase`]: twice the independent work in flight of a sixteen-lane
+    /// chase, the same values bit for bit). Needs AVX-512 (checked here; without it the two
+    /// batches go one after the other).
+    fn values_pair(&mut self, other: &mut BatchSvd, out: &mut [Vec<f64>], out2: &mut [Vec<f64>]) -> Result<()> {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::has_avx512() && other.n == self.n && self.n <= SMALL_SVD_MAX {
+            const K2: usize = 2 * LANES;
+            let n = self.n;
+            let nn = n * n;
+            for b in [&mut *self, &mut *other] {
+                b.backup.clear();
+                b.backup.extend_from_slice(&b.a[..nn]);
+            }
+            let an1 = self.bidiagonalise();
+            let an2 = other.bidiagonalise();
+            let (mut ok1, mut ok2) = ([true; LANES], [true; LANES]);
+            #[cfg(test)]
+            let skip = SKIP_CHASE.with(|x| x.get());
+            #[cfg(not(test))]
+            let skip = false;
+            if !skip {
+                let (w, rv1) = (&mut self.pair_w, &mut self.pair_rv1);
+                w.clear();
+                w.resize((n + 2) * K2, 0.0);
+                rv1.clear();
+                rv1.resize((n + 2) * K2, 0.0);
+                let mut an = [0.0; K2];
+                an[..LANES].copy_from_slice(&an1);
+                an[LANES..].copy_from_slice(&an2);
+                for i in 0..n {
+                    let (r, s) = (i * K2, i * LANES..(i + 1) * LANES);
+                    w[r..r + LANES].copy_from_slice(&self.w[s.clone()]);
+                    w[r + LANES..r + K2].copy_from_slice(&other.w[s.clone()]);
+                    rv1[r..r + LANES].copy_from_slice(&self.rv1[s.clone()]);
+                    rv1[r + LANES..r + K2].copy_from_slice(&other.rv1[s]);
+                }
+                // SAFETY: AVX-512 detected at run time; the buffers have their two spare rows.
+                let ok = unsafe { avx512::chase::<K2, 4>(n, w, rv1, &an) };
+                ok1.copy_from_slice(&ok[..LANES]);
+                ok2.copy_from_slice(&ok[LANES..]);
+                for i in 0..n {
+                    let (r, s) = (i * K2, i * LANES..(i + 1) * LANES);
+                    self.w[s.clone()].copy_from_slice(&w[r..r + LANES]);
+                    other.w[s].copy_from_slice(&w[r + LANES..r + K2]);
+                }
+            }
+            self.finish_lanes(&ok1, LANES, out)?;
+            return other.finish_lanes(&ok2, LANES, out2);
+        }
+        self.values_interleaved(LANES, out)?;
+        other.values_interleaved(LANES, out2)
     }
 
     /// Singular values (decreasing) of the `m <= LANES` column-major matrices in `src` (lane `q` at
@@ -1766,26 +1834,25 @@ impl BatchSvd {
 /// State of the QR iterations of the lanes of [`BatchSvd`]: the sweep in progress of lane `q`
 /// runs from `lo[q]` to `kk[q]` (`cnt[q]` steps, the next one `pos[q]`) with the rotation
 /// `(cc, sn)` and the bulge values `ff, xx` carried between steps.
-struct Chase {
-    ok: [bool; LANES],
-    done: [bool; LANES],
-    kk: [usize; LANES],
-    its: [usize; LANES],
-    lo: [usize; LANES],
-    pos: [usize; LANES],
-    cnt: [usize; LANES],
-    cc: [f64; LANES],
-    sn: [f64; LANES],
-    ff: [f64; LANES],
-    xx: [f64; LANES],
+struct Chase<const K: usize> {
+    ok: [bool; K],
+    done: [bool; K],
+    kk: [usize; K],
+    its: [usize; K],
+    lo: [usize; K],
+    pos: [usize; K],
+    cnt: [usize; K],
+    cc: [f64; K],
+    sn: [f64; K],
+    ff: [f64; K],
+    xx: [f64; K],
 }
 
-impl Chase {
+impl<const K: usize> Chase<K> {
     /// The lanes' state before their first sweeps: a lane with a non-finite norm fails, a zero
     /// bidiagonal is done (its values zero), the others start their first sweep.
     #[inline(always)]
-    fn begin(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; LANES]) -> Self {
-        const K: usize = LANES;
+    fn begin(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; K]) -> Self {
         let mut ch = Chase {
             ok: [true; K],
             done: [false; K],
@@ -1818,8 +1885,7 @@ impl Chase {
 
     /// Per lane, whether it converged to finite values.
     #[inline(always)]
-    fn finish(mut self, n: usize, w: &[f64]) -> [bool; LANES] {
-        const K: usize = LANES;
+    fn finish(mut self, n: usize, w: &[f64]) -> [bool; K] {
         for q in 0..K {
             if self.ok[q] && !(0..n).all(|i| w[i * K + q].is_finite()) {
                 self.ok[q] = false;
@@ -1831,7 +1897,7 @@ impl Chase {
     /// Benign values for the lanes that are done (they keep computing with the others).
     #[inline(always)]
     fn retire(&mut self) {
-        for q in 0..LANES {
+        for q in 0..K {
             if self.done[q] {
                 self.cc[q] = 1.0;
                 self.sn[q] = 0.0;
@@ -1846,7 +1912,7 @@ impl Chase {
     /// false when the iteration fails).
     #[inline(always)]
     fn start(&mut self, q: usize, w: &mut [f64], rv1: &mut [f64], an: f64) {
-        let wi = |i: usize| i * LANES + q;
+        let wi = |i: usize| i * K + q;
         loop {
             let k = self.kk[q];
             let mut flag = true;

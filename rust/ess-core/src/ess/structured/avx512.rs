@@ -529,6 +529,202 @@ unsafe fn normalise(n: usize, s: &mut [V], e: &mut [[i64; K]], rz: &mut [[bool; 
     scale_rows(n, s, &m[..n]);
 }
 
+/// `sqrt(x^2 + y^2)` of every lane as the chase's `lane_hypot`: the plain formula, and
+/// [`super::fast_hypot`] for the active lanes (not in `done`) whose square sum leaves
+/// `(1e-290, 1e290)`.
+#[inline(always)]
+unsafe fn chase_hypot<const HZ: usize>(x: &[__m512d; HZ], y: &[__m512d; HZ], done: &[__mmask8; HZ]) -> [__m512d; HZ] {
+    let (lo, hi) = (_mm512_set1_pd(1e-290), _mm512_set1_pd(1e290));
+    let mut z = [_mm512_setzero_pd(); HZ];
+    let mut risky = 0u64;
+    for h in 0..HZ {
+        let sq = _mm512_add_pd(_mm512_mul_pd(x[h], x[h]), _mm512_mul_pd(y[h], y[h]));
+        z[h] = _mm512_sqrt_pd(sq);
+        let ok = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(sq, lo) & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(sq, hi);
+        risky |= ((!(ok | done[h])) as u64) << (8 * h);
+    }
+    if risky != 0 {
+        for h in 0..HZ {
+            let m = (risky >> (8 * h)) as u8;
+            if m == 0 {
+                continue;
+            }
+            let (mut xa, mut ya, mut za) = ([0.0; 8], [0.0; 8], [0.0; 8]);
+            _mm512_storeu_pd(xa.as_mut_ptr(), x[h]);
+            _mm512_storeu_pd(ya.as_mut_ptr(), y[h]);
+            _mm512_storeu_pd(za.as_mut_ptr(), z[h]);
+            for e in 0..8 {
+                if m & (1 << e) != 0 {
+                    za[e] = super::fast_hypot(xa[e], ya[e]);
+                }
+            }
+            z[h] = _mm512_loadu_pd(za.as_ptr());
+        }
+    }
+    z
+}
+
+/// The chase of [`super::chase_lanes`] for `K = 8 HZ` lanes on AVX-512 (the bidiagonals
+/// lane-minor with stride `K`, two spare rows after the `n` of them as in
+/// [`super::chase::chase`]): the same operations per lane as the portable chase, so the same
+/// values bit for bit whatever the number of lanes. With 32 lanes (four registers per quantity)
+/// twice as many independent chains are in flight as in the sixteen-lane AVX2 chase, whose
+/// steps wait on the latency of their square roots and divisions.
+///
+/// # Safety
+/// The processor must have AVX-512 F, DQ and VL.
+#[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl")]
+pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
+    n: usize,
+    w: &mut [f64],
+    rv1: &mut [f64],
+    anorm: &[f64; K],
+) -> [bool; K] {
+    assert!(K == 8 * HZ && K <= 64 && n >= 1 && w.len() >= (n + 2) * K && rv1.len() >= (n + 2) * K);
+    let mut ch = super::Chase::<K>::begin(n, w, rv1, anorm);
+    let (one, zero) = (_mm512_set1_pd(1.0), _mm512_setzero_pd());
+    let kv = _mm512_set1_epi64(K as i64);
+    let (wp, rp) = (w.as_mut_ptr(), rv1.as_mut_ptr());
+    let (mut ia, mut la) = ([0i64; K], [0i64; K]);
+    let place = |ch: &super::Chase<K>, q: usize, ia: &mut [i64; K], la: &mut [i64; K]| {
+        if ch.done[q] {
+            ia[q] = ((n + 1) * K + q) as i64;
+            la[q] = -1;
+        } else {
+            ia[q] = ((ch.lo[q] + ch.pos[q] + 1) * K + q) as i64;
+            la[q] = (ch.kk[q] * K + q) as i64;
+        }
+    };
+    for q in 0..K {
+        place(&ch, q, &mut ia, &mut la);
+    }
+    let ldv = |a: &[f64; K]| -> [__m512d; HZ] {
+        let mut v = [_mm512_setzero_pd(); HZ];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm512_loadu_pd(a.as_ptr().add(8 * h));
+        }
+        v
+    };
+    let stv = |v: &[__m512d; HZ], a: &mut [f64; K]| {
+        for (h, x) in v.iter().enumerate() {
+            _mm512_storeu_pd(a.as_mut_ptr().add(8 * h), *x);
+        }
+    };
+    let ldvi = |a: &[i64; K]| -> [__m512i; HZ] {
+        let mut v = [_mm512_setzero_si512(); HZ];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm512_loadu_epi64(a.as_ptr().add(8 * h));
+        }
+        v
+    };
+    while ch.done.iter().any(|d| !d) {
+        let mut done = [0u8; HZ];
+        for q in 0..K {
+            if ch.done[q] {
+                done[q / 8] |= 1 << (q % 8);
+            }
+        }
+        let (mut idx, last) = (ldvi(&ia), ldvi(&la));
+        let (mut c, mut s, mut f, mut x) = (ldv(&ch.cc), ldv(&ch.sn), ldv(&ch.ff), ldv(&ch.xx));
+        let mut z1: [__m512d; HZ];
+        let mut ended = [0u8; HZ];
+        let pending: u64;
+        loop {
+            let mut gg = [zero; HZ];
+            let mut y = [zero; HZ];
+            let mut hh = [zero; HZ];
+            for h in 0..HZ {
+                // (a done lane computes on benign constants)
+                let g0 = _mm512_i64gather_pd::<8>(idx[h], rp);
+                let y0 = _mm512_i64gather_pd::<8>(idx[h], wp);
+                gg[h] = _mm512_mask_blend_pd(done[h], g0, zero);
+                y[h] = _mm512_mask_blend_pd(done[h], y0, one);
+                hh[h] = _mm512_mul_pd(s[h], gg[h]);
+                gg[h] = _mm512_mul_pd(gg[h], c[h]);
+            }
+            z1 = chase_hypot(&f, &hh, &done);
+            let mut f2 = [zero; HZ];
+            for h in 0..HZ {
+                let iz = _mm512_div_pd(one, z1[h]);
+                c[h] = _mm512_mul_pd(f[h], iz);
+                s[h] = _mm512_mul_pd(hh[h], iz);
+                f2[h] = _mm512_add_pd(_mm512_mul_pd(x[h], c[h]), _mm512_mul_pd(gg[h], s[h]));
+                gg[h] = _mm512_sub_pd(_mm512_mul_pd(gg[h], c[h]), _mm512_mul_pd(x[h], s[h]));
+                hh[h] = _mm512_mul_pd(y[h], s[h]);
+                y[h] = _mm512_mul_pd(y[h], c[h]);
+            }
+            let z2 = chase_hypot(&f2, &hh, &done);
+            let mut event = 0u64;
+            for h in 0..HZ {
+                let nz = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(z2[h], zero);
+                let iz = _mm512_div_pd(one, z2[h]);
+                c[h] = _mm512_mask_blend_pd(nz, c[h], _mm512_mul_pd(f2[h], iz));
+                s[h] = _mm512_mask_blend_pd(nz, s[h], _mm512_mul_pd(hh[h], iz));
+                let fnew = _mm512_add_pd(_mm512_mul_pd(c[h], gg[h]), _mm512_mul_pd(s[h], y[h]));
+                let xnew = _mm512_sub_pd(_mm512_mul_pd(c[h], y[h]), _mm512_mul_pd(s[h], gg[h]));
+                // Stores of the step (row j = i - 1; a done lane's go to the spare row n).
+                let j = _mm512_sub_epi64(idx[h], kv);
+                _mm512_i64scatter_pd::<8>(rp, j, z1[h]);
+                _mm512_i64scatter_pd::<8>(wp, j, z2[h]);
+                c[h] = _mm512_mask_blend_pd(done[h], c[h], one);
+                s[h] = _mm512_mask_blend_pd(done[h], s[h], zero);
+                f[h] = _mm512_mask_blend_pd(done[h], fnew, one);
+                x[h] = _mm512_mask_blend_pd(done[h], xnew, one);
+                let en = _mm512_cmpeq_epi64_mask(idx[h], last[h]);
+                let fail = !done[h] & _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(z1[h], zero);
+                ended[h] = en;
+                event |= ((en | fail) as u64) << (8 * h);
+                idx[h] = _mm512_mask_add_epi64(idx[h], !(en | done[h]), idx[h], kv);
+            }
+            if event != 0 {
+                pending = event;
+                break;
+            }
+        }
+        // Back to the scalar state; the bookkeeping of the lanes that failed or ended their
+        // sweep.
+        stv(&c, &mut ch.cc);
+        stv(&s, &mut ch.sn);
+        stv(&f, &mut ch.ff);
+        stv(&x, &mut ch.xx);
+        let mut za = [0.0f64; K];
+        stv(&z1, &mut za);
+        for (h, v) in idx.iter().enumerate() {
+            _mm512_storeu_epi64(ia.as_mut_ptr().add(8 * h), *v);
+        }
+        let mut lanes = pending;
+        while lanes != 0 {
+            let q = lanes.trailing_zeros() as usize;
+            lanes &= lanes - 1;
+            if za[q] == 0.0 {
+                // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
+                ch.ok[q] = false;
+                ch.done[q] = true;
+            } else if ended[q / 8] & (1 << (q % 8)) != 0 {
+                // End of the sweep (the step at row kk was the last).
+                let (l, k) = (ch.lo[q], ch.kk[q]);
+                rv1[l * K + q] = 0.0;
+                rv1[k * K + q] = ch.ff[q];
+                w[k * K + q] = ch.xx[q];
+                if !(ch.ff[q].is_finite() && ch.xx[q].is_finite()) {
+                    ch.ok[q] = false;
+                    ch.done[q] = true;
+                } else {
+                    ch.start(q, w, rv1, anorm[q]);
+                }
+            }
+            if ch.done[q] {
+                ch.cc[q] = 1.0;
+                ch.sn[q] = 0.0;
+                ch.ff[q] = 1.0;
+                ch.xx[q] = 1.0;
+            }
+            place(&ch, q, &mut ia, &mut la);
+        }
+    }
+    ch.finish(n, w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,6 +871,119 @@ mod tests {
                     assert_eq!(f1.e, f2.e, "{what}: exponents");
                     assert_eq!(f1.rz, f2.rz, "{what}: zero rows");
                 }
+            }
+        }
+    }
+
+    /// Bidiagonals of every kind for the chase tests: lane `q` of row `i` at `i * k + q`, with
+    /// two spare rows; and the lanes' norms as the bidiagonalisation gives them.
+    fn bidiagonals(seed: &mut u64, n: usize, k: usize, round: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (mut w, mut rv1) = (vec![0.0; (n + 2) * k], vec![0.0; (n + 2) * k]);
+        for q in 0..k {
+            let kind = (q + round) % 9;
+            for i in 0..n {
+                let (mut d, mut e) = (lcg(seed), if i > 0 { lcg(seed) } else { 0.0 });
+                match kind {
+                    1 => (d, e) = (0.0, 0.0),
+                    2 => (d, e) = (d * 1e200, e * 1e200),
+                    3 => (d, e) = (d * 1e-200, e * 1e-200),
+                    4 => {
+                        let g = 10f64.powf(100.0 - 200.0 * i as f64 / n as f64);
+                        (d, e) = (d * g, e * g);
+                    }
+                    5 if i % 3 == 1 => e = 0.0,
+                    6 if i == n / 2 => d = f64::NAN,
+                    7 => {
+                        let g = 10f64.powf(-(i as f64));
+                        (d, e) = (d * g, e * g * 1e-3);
+                    }
+                    _ => {}
+                }
+                w[i * k + q] = d;
+                rv1[i * k + q] = e;
+            }
+        }
+        let mut anorm = vec![0.0f64; k];
+        for q in 0..k {
+            for i in 0..n {
+                anorm[q] = anorm[q].max(w[i * k + q].abs() + rv1[i * k + q].abs());
+            }
+            if (0..n).any(|i| w[i * k + q].is_nan()) {
+                anorm[q] = f64::NAN;
+            }
+        }
+        (w, rv1, anorm)
+    }
+
+    /// The AVX-512 chase with 16 and 32 lanes against the portable sixteen-lane chase on the
+    /// same bidiagonals: the same lanes converge, to the same values bit for bit (orders 1 to
+    /// 100; random, zero, huge, tiny, graded, split and NaN lanes).
+    #[test]
+    fn chase_same_as_portable() {
+        if !crate::cpu::has_avx512() {
+            return;
+        }
+        let mut seed = 41u64;
+        for n in [1usize, 2, 3, 5, 16, 33, 64, 100] {
+            for round in 0..5 {
+                let (w, rv1, an) = bidiagonals(&mut seed, n, 32, round);
+                // the portable chase on each half
+                let mut want_w = vec![0.0; n * 32];
+                let mut want_ok = [false; 32];
+                for half in 0..2 {
+                    let (mut w1, mut r1) = (vec![0.0; (n + 2) * K], vec![0.0; (n + 2) * K]);
+                    let mut a1 = [0.0; K];
+                    for q in 0..K {
+                        for i in 0..n {
+                            w1[i * K + q] = w[i * 32 + half * K + q];
+                            r1[i * K + q] = rv1[i * 32 + half * K + q];
+                        }
+                        a1[q] = an[half * K + q];
+                    }
+                    let ok = super::super::chase_lanes(n, &mut w1, &mut r1, &a1);
+                    for q in 0..K {
+                        want_ok[half * K + q] = ok[q];
+                        for i in 0..n {
+                            want_w[i * 32 + half * K + q] = w1[i * K + q];
+                        }
+                    }
+                    // sixteen lanes on AVX-512
+                    let (mut w2, mut r2) = (vec![0.0; (n + 2) * K], vec![0.0; (n + 2) * K]);
+                    for q in 0..K {
+                        for i in 0..n {
+                            w2[i * K + q] = w[i * 32 + half * K + q];
+                            r2[i * K + q] = rv1[i * 32 + half * K + q];
+                        }
+                    }
+                    // SAFETY: AVX-512 checked above.
+                    let ok2 = unsafe { chase::<16, 2>(n, &mut w2, &mut r2, &a1) };
+                    assert_eq!(ok, ok2, "16 lanes, n = {n}, round {round}");
+                    for q in (0..K).filter(|&q| ok[q]) {
+                        for i in 0..n {
+                            assert_eq!(
+                                w1[i * K + q].to_bits(),
+                                w2[i * K + q].to_bits(),
+                                "16 lanes, n = {n}, lane {q}, value {i}"
+                            );
+                        }
+                    }
+                }
+                let (mut w3, mut r3) = (w.clone(), rv1.clone());
+                let a3: [f64; 32] = an.clone().try_into().unwrap();
+                // SAFETY: AVX-512 checked above.
+                let ok3 = unsafe { chase::<32, 4>(n, &mut w3, &mut r3, &a3) };
+                assert_eq!(want_ok, ok3, "32 lanes, n = {n}, round {round}");
+                for q in (0..32).filter(|&q| want_ok[q]) {
+                    for i in 0..n {
+                        let (a, b) = (want_w[i * 32 + q], w3[i * 32 + q]);
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "32 lanes, n = {n}, round {round}, lane {q}, value {i}: {a} vs {b}"
+                        );
+                    }
+                }
+                assert!(ok3.iter().filter(|&&x| x).count() >= 16, "n = {n}: most lanes converge");
             }
         }
     }

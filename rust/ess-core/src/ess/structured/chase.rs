@@ -86,7 +86,7 @@ pub(super) unsafe fn chase(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f6
     // Per lane, the row of its next step as a flat index (`(lo + pos + 1) K + q`; the spare row
     // n + 1 for a lane that is done) and that of its sweep's last step.
     let (mut ia, mut la) = ([0i64; K], [0i64; K]);
-    let place = |ch: &Chase, q: usize, ia: &mut [i64; K], la: &mut [i64; K]| {
+    let place = |ch: &Chase<K>, q: usize, ia: &mut [i64; K], la: &mut [i64; K]| {
         if ch.done[q] {
             ia[q] = ((n + 1) * K + q) as i64;
             la[q] = -1;

@@ -340,6 +340,9 @@ pub(super) struct GroupWorkspace {
     sr: Option<LaneFactor>,
     svd: Option<BatchSvd>,
     sv: Vec<Vec<f64>>,
+    /// The second batch of a pair of splits (see [`BatchSvd::values_pair`]) and its values.
+    svd2: Option<BatchSvd>,
+    sv2: Vec<Vec<f64>>,
     /// `2^(g_r - gmax) S_R[r, j]` of the current split, packed by rows as `st_s`.
     srs: Vec<V>,
     /// Curves of the lanes (moved out by the caller during [`group`]).
@@ -437,7 +440,7 @@ fn group_body(
     }
     let nn = n * n;
     let nt = n * (n + 1) / 2;
-    let GroupWorkspace { a, b, c, st_s, st_e, st_rz, so, sr, svd, sv, srs, .. } = ws;
+    let GroupWorkspace { a, b, c, st_s, st_e, st_rz, so, sr, svd, sv, svd2, sv2, srs, .. } = ws;
     srs.clear();
     srs.resize(nt, [0.0; K]);
     st_s.resize(ts.len() * nt, [0.0; K]);
@@ -488,6 +491,14 @@ fn group_body(
     }
     let svd = svd.as_mut().expect("workspace SVD");
     sv.resize_with(K, Vec::new);
+    // With AVX-512 the splits go in pairs: the product of the first waits in `svd` until the
+    // second is in `svd2`, and the two batches are chased together (32 lanes).
+    let pairs = crate::cpu::has_avx512();
+    if pairs && svd2.as_ref().is_none_or(|s| s.n != n) {
+        *svd2 = Some(BatchSvd::new(n));
+    }
+    sv2.resize_with(K, Vec::new);
+    let mut held: Option<(usize, usize, [Option<i64>; K])> = None;
     let mut t = 1usize;
     for (idx, &tq) in ts.iter().enumerate() {
         while t < tq {
@@ -537,13 +548,40 @@ fn group_body(
                 srs[base + j] = mul(sr.s[j * n + r], sc);
             }
         }
-        split_product(n, so_t, &srs[..nt], &mut svd.a[..nn]);
         let o = first + idx;
-        if gmax.iter().any(|g| g.is_some()) {
-            svd.values_interleaved(K, sv)?;
+        let any = gmax.iter().any(|g| g.is_some());
+        if pairs && any {
+            if let Some((o0, t0, g0)) = held.take() {
+                let svd2 = svd2.as_mut().expect("workspace SVD");
+                split_product(n, so_t, &srs[..nt], &mut svd2.a[..nn]);
+                svd.values_pair(svd2, sv, sv2)?;
+                for q in 0..K {
+                    out[q][o0] = split_result(&mut sv[q], t0, l, g0[q], tol, want_tol, want_ent);
+                    out[q][o] = split_result(&mut sv2[q], tq, l, gmax[q], tol, want_tol, want_ent);
+                }
+            } else {
+                split_product(n, so_t, &srs[..nt], &mut svd.a[..nn]);
+                held = Some((o, tq, gmax));
+            }
+            continue;
         }
+        if !any {
+            // (no values needed: `split_result` reads none for a lane without `gmax`)
+            for q in 0..K {
+                out[q][o] = split_result(&mut sv2[q], tq, l, None, tol, want_tol, want_ent);
+            }
+            continue;
+        }
+        split_product(n, so_t, &srs[..nt], &mut svd.a[..nn]);
+        svd.values_interleaved(K, sv)?;
         for q in 0..K {
             out[q][o] = split_result(&mut sv[q], tq, l, gmax[q], tol, want_tol, want_ent);
+        }
+    }
+    if let Some((o0, t0, g0)) = held {
+        svd.values_interleaved(K, sv)?;
+        for q in 0..K {
+            out[q][o0] = split_result(&mut sv[q], t0, l, g0[q], tol, want_tol, want_ent);
         }
     }
     Ok(())
