@@ -40,7 +40,8 @@
 //! For diagonal, scalar and identity transitions, sixteen channels run in lockstep (module
 //! `lanes`): lane `q` of every vector belongs to channel `q` of the group, so the Givens
 //! updates, normalisations and products of the group are vector operations, and the lanes of
-//! the batched SVD are the group's channels at one split. Otherwise (dense transitions, batches
+//! the batched SVD are the group's channels at one split (with AVX-512 the splits go in pairs,
+//! and the QR iterations of a pair's 32 bidiagonals run together). Otherwise (dense transitions, batches
 //! of fewer than eight channels, or a group whose factors do not fit the budget below) the
 //! channels go one by one, sixteen splits of a channel per batched SVD. Every lane performs
 //! exactly the floating-point operations of the one-by-one path, in the same order, so the two

@@ -1,5 +1,7 @@
 //! Lockstep kernels written with AVX-512 intrinsics: the Householder bidiagonalisation of
-//! [`super::BatchSvd`] and the split products of [`super::lanes`].
+//! [`super::BatchSvd`], the split products and factor updates of [`super::lanes`], and the QR
+//! chase for any multiple of eight lanes (the group path chases the bidiagonals of two splits,
+//! 32 lanes, together).
 //!
 //! The portable forms are written as loops over lane arrays `[f64; 16]` for the compiler to
 //! vectorise. Compiled for AVX2 they use four 256-bit registers per lane vector; compiled for
