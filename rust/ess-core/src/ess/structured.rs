@@ -1895,6 +1895,46 @@ impl<const K: usize> Chase<K> {
         self.ok
     }
 
+    /// The flat indices (`row K + q`) of lane `q`'s next chase step and of its sweep's last step,
+    /// for the vector chases; a lane that is done steps on the spare row `n + 1` and never ends.
+    #[inline(always)]
+    fn step_rows(&self, n: usize, q: usize) -> (i64, i64) {
+        if self.done[q] {
+            (((n + 1) * K + q) as i64, -1)
+        } else {
+            (((self.lo[q] + self.pos[q] + 1) * K + q) as i64, (self.kk[q] * K + q) as i64)
+        }
+    }
+
+    /// Lane `q` after a vector chase stopped for it: it failed (a zero rotation norm `z1`), or it
+    /// ended its sweep (`ended`; the sweep's last entries are written, then [`Self::start`]);
+    /// a lane that is then done gets benign values.
+    #[inline(always)]
+    fn stop(&mut self, q: usize, failed: bool, ended: bool, w: &mut [f64], rv1: &mut [f64], an: f64) {
+        if failed {
+            // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
+            self.ok[q] = false;
+            self.done[q] = true;
+        } else if ended {
+            let (l, k) = (self.lo[q], self.kk[q]);
+            rv1[l * K + q] = 0.0;
+            rv1[k * K + q] = self.ff[q];
+            w[k * K + q] = self.xx[q];
+            if !(self.ff[q].is_finite() && self.xx[q].is_finite()) {
+                self.ok[q] = false;
+                self.done[q] = true;
+            } else {
+                self.start(q, w, rv1, an);
+            }
+        }
+        if self.done[q] {
+            self.cc[q] = 1.0;
+            self.sn[q] = 0.0;
+            self.ff[q] = 1.0;
+            self.xx[q] = 1.0;
+        }
+    }
+
     /// Benign values for the lanes that are done (they keep computing with the others).
     #[inline(always)]
     fn retire(&mut self) {

@@ -588,17 +588,8 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
     let kv = _mm512_set1_epi64(K as i64);
     let (wp, rp) = (w.as_mut_ptr(), rv1.as_mut_ptr());
     let (mut ia, mut la) = ([0i64; K], [0i64; K]);
-    let place = |ch: &super::Chase<K>, q: usize, ia: &mut [i64; K], la: &mut [i64; K]| {
-        if ch.done[q] {
-            ia[q] = ((n + 1) * K + q) as i64;
-            la[q] = -1;
-        } else {
-            ia[q] = ((ch.lo[q] + ch.pos[q] + 1) * K + q) as i64;
-            la[q] = (ch.kk[q] * K + q) as i64;
-        }
-    };
     for q in 0..K {
-        place(&ch, q, &mut ia, &mut la);
+        (ia[q], la[q]) = ch.step_rows(n, q);
     }
     let ldv = |a: &[f64; K]| -> [__m512d; HZ] {
         let mut v = [_mm512_setzero_pd(); HZ];
@@ -698,30 +689,9 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
         while lanes != 0 {
             let q = lanes.trailing_zeros() as usize;
             lanes &= lanes - 1;
-            if za[q] == 0.0 {
-                // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
-                ch.ok[q] = false;
-                ch.done[q] = true;
-            } else if ended[q / 8] & (1 << (q % 8)) != 0 {
-                // End of the sweep (the step at row kk was the last).
-                let (l, k) = (ch.lo[q], ch.kk[q]);
-                rv1[l * K + q] = 0.0;
-                rv1[k * K + q] = ch.ff[q];
-                w[k * K + q] = ch.xx[q];
-                if !(ch.ff[q].is_finite() && ch.xx[q].is_finite()) {
-                    ch.ok[q] = false;
-                    ch.done[q] = true;
-                } else {
-                    ch.start(q, w, rv1, anorm[q]);
-                }
-            }
-            if ch.done[q] {
-                ch.cc[q] = 1.0;
-                ch.sn[q] = 0.0;
-                ch.ff[q] = 1.0;
-                ch.xx[q] = 1.0;
-            }
-            place(&ch, q, &mut ia, &mut la);
+            // (ended: the step at row kk was the sweep's last)
+            ch.stop(q, za[q] == 0.0, ended[q / 8] & (1 << (q % 8)) != 0, w, rv1, anorm[q]);
+            (ia[q], la[q]) = ch.step_rows(n, q);
         }
     }
     ch.finish(n, w)

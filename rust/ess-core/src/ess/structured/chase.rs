@@ -86,17 +86,8 @@ pub(super) unsafe fn chase(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f6
     // Per lane, the row of its next step as a flat index (`(lo + pos + 1) K + q`; the spare row
     // n + 1 for a lane that is done) and that of its sweep's last step.
     let (mut ia, mut la) = ([0i64; K], [0i64; K]);
-    let place = |ch: &Chase<K>, q: usize, ia: &mut [i64; K], la: &mut [i64; K]| {
-        if ch.done[q] {
-            ia[q] = ((n + 1) * K + q) as i64;
-            la[q] = -1;
-        } else {
-            ia[q] = ((ch.lo[q] + ch.pos[q] + 1) * K + q) as i64;
-            la[q] = (ch.kk[q] * K + q) as i64;
-        }
-    };
     for q in 0..K {
-        place(&ch, q, &mut ia, &mut la);
+        (ia[q], la[q]) = ch.step_rows(n, q);
     }
     while ch.done.iter().any(|d| !d) {
         let mut dn = [0i64; K];
@@ -184,30 +175,9 @@ pub(super) unsafe fn chase(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f6
         while lanes != 0 {
             let q = lanes.trailing_zeros() as usize;
             lanes &= lanes - 1;
-            if za[q] == 0.0 {
-                // cannot happen for a nonzero superdiagonal; the lane is redone by SmallSvd
-                ch.ok[q] = false;
-                ch.done[q] = true;
-            } else if ea[q] != 0 {
-                // End of the sweep (the step at row kk was the last).
-                let (l, k) = (ch.lo[q], ch.kk[q]);
-                rv1[l * K + q] = 0.0;
-                rv1[k * K + q] = ch.ff[q];
-                w[k * K + q] = ch.xx[q];
-                if !(ch.ff[q].is_finite() && ch.xx[q].is_finite()) {
-                    ch.ok[q] = false;
-                    ch.done[q] = true;
-                } else {
-                    ch.start(q, w, rv1, anorm[q]);
-                }
-            }
-            if ch.done[q] {
-                ch.cc[q] = 1.0;
-                ch.sn[q] = 0.0;
-                ch.ff[q] = 1.0;
-                ch.xx[q] = 1.0;
-            }
-            place(&ch, q, &mut ia, &mut la);
+            // (ended: the step at row kk was the sweep's last)
+            ch.stop(q, za[q] == 0.0, ea[q] != 0, w, rv1, anorm[q]);
+            (ia[q], la[q]) = ch.step_rows(n, q);
         }
     }
     ch.finish(n, w)
