@@ -21,6 +21,22 @@ pub(crate) fn has_avx2_fma() -> bool {
 /// the AVX2 ones give the same values bit for bit, so the switch is for timing and debugging).
 #[inline(always)]
 pub(crate) fn has_avx512() -> bool {
+    #[cfg(test)]
+    if AVX512_OFF_FOR_TESTS.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    avx512_available()
+}
+
+/// Tests: the AVX-512 kernels switched off for the whole process (as `ESS_NO_AVX512`), so that the
+/// dispatching code's AVX2 forms are tested on machines that have AVX-512 too.
+#[cfg(test)]
+pub(crate) static AVX512_OFF_FOR_TESTS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// [`has_avx512`] without the tests' switch: what the processor and the environment allow (the
+/// tests that compare the AVX-512 kernels with the portable ones call those kernels directly).
+#[inline(always)]
+pub(crate) fn avx512_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         use std::sync::OnceLock;

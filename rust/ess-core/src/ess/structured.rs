@@ -2505,10 +2505,19 @@ mod tests {
 
     /// Channels in lockstep (`lanes`) give the per-channel path's curves bit for bit: every
     /// transition kind the grouped path takes, a short last group, zero / unit / huge / tiny /
-    /// subnormal transitions, zero inputs and outputs, `atol`, `rtol` and `positions`.
+    /// subnormal transitions, zero inputs and outputs, `atol`, `rtol` and `positions`; with the
+    /// AVX-512 kernels (splits in pairs) where the processor has them, and without.
     #[test]
     fn grouped_path_equals_per_channel() {
         let _hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+        for off in [false, true] {
+            crate::cpu::AVX512_OFF_FOR_TESTS.store(off, std::sync::atomic::Ordering::Relaxed);
+            grouped_equals_per_channel_once();
+        }
+        crate::cpu::AVX512_OFF_FOR_TESTS.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn grouped_equals_per_channel_once() {
         let mut seed = 23u64;
         let batch = LANES + 3;
         for kind in [Transition::Identity, Transition::Scalar, Transition::Diagonal] {

@@ -740,7 +740,7 @@ mod tests {
     /// every kind.
     #[test]
     fn bidiagonalisation_same_as_portable() {
-        if !crate::cpu::has_avx512() {
+        if !crate::cpu::avx512_available() {
             return;
         }
         let mut seed = 3u64;
@@ -768,7 +768,7 @@ mod tests {
     /// signed zeros, huge, tiny, subnormal and non-finite entries).
     #[test]
     fn split_product_same_as_portable() {
-        if !crate::cpu::has_avx512() {
+        if !crate::cpu::avx512_available() {
             return;
         }
         let mut seed = 11u64;
@@ -794,7 +794,7 @@ mod tests {
     #[test]
     fn factor_updates_same_as_portable() {
         use super::super::lanes::LaneFactor;
-        if !crate::cpu::has_avx512() {
+        if !crate::cpu::avx512_available() {
             return;
         }
         let mut seed = 29u64;
@@ -892,7 +892,7 @@ mod tests {
     /// 100; random, zero, huge, tiny, graded, split and NaN lanes).
     #[test]
     fn chase_same_as_portable() {
-        if !crate::cpu::has_avx512() {
+        if !crate::cpu::avx512_available() {
             return;
         }
         let mut seed = 41u64;

@@ -75,7 +75,7 @@ impl LaneFactor {
     /// AVX-512, the vector ones (`v512` true); for tests.
     #[cfg(test)]
     pub(super) fn zeros_with(n: usize, v512: bool) -> Self {
-        LaneFactor { v512: v512 && crate::cpu::has_avx512(), ..Self::zeros(n) }
+        LaneFactor { v512: v512 && crate::cpu::avx512_available(), ..Self::zeros(n) }
     }
 
     fn reset(&mut self) {
