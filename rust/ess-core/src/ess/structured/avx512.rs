@@ -610,12 +610,16 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
         }
         v
     };
-    while ch.done.iter().any(|d| !d) {
+    // The lanes that are done, bit q = lane q (kept up to date by the stops below).
+    let all = if K == 64 { u64::MAX } else { (1u64 << K) - 1 };
+    let mut donem = 0u64;
+    for q in 0..K {
+        donem |= (ch.done[q] as u64) << q;
+    }
+    while donem != all {
         let mut done = [0u8; HZ];
-        for q in 0..K {
-            if ch.done[q] {
-                done[q / 8] |= 1 << (q % 8);
-            }
+        for (h, d) in done.iter_mut().enumerate() {
+            *d = (donem >> (8 * h)) as u8;
         }
         let (mut idx, last) = (ldvi(&ia), ldvi(&la));
         let (mut c, mut s, mut f, mut x) = (ldv(&ch.cc), ldv(&ch.sn), ldv(&ch.ff), ldv(&ch.xx));
@@ -692,6 +696,7 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
             // (ended: the step at row kk was the sweep's last)
             ch.stop(q, za[q] == 0.0, ended[q / 8] & (1 << (q % 8)) != 0, w, rv1, anorm[q]);
             (ia[q], la[q]) = ch.step_rows(n, q);
+            donem |= (ch.done[q] as u64) << q;
         }
     }
     ch.finish(n, w)
