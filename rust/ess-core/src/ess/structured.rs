@@ -1437,8 +1437,10 @@ struct BatchSvd {
     single: SmallSvd,
     /// Copy of the input of [`Self::values_interleaved`] (for a lane that falls back).
     backup: Vec<[f64; LANES]>,
-    /// The bidiagonals of a pair of batches, 32 lanes ([`Self::values_pair`]).
+    /// The bidiagonals of a pair of batches, 32 lanes ([`Self::values_pair`]; x86-64 only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pair_w: Vec<f64>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pair_rv1: Vec<f64>,
 }
 
@@ -1897,6 +1899,7 @@ impl<const K: usize> Chase<K> {
 
     /// The flat indices (`row K + q`) of lane `q`'s next chase step and of its sweep's last step,
     /// for the vector chases; a lane that is done steps on the spare row `n + 1` and never ends.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     fn step_rows(&self, n: usize, q: usize) -> (i64, i64) {
         if self.done[q] {
@@ -1909,6 +1912,7 @@ impl<const K: usize> Chase<K> {
     /// Lane `q` after a vector chase stopped for it: it failed (a zero rotation norm `z1`), or it
     /// ended its sweep (`ended`; the sweep's last entries are written, then [`Self::start`]);
     /// a lane that is then done gets benign values.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     fn stop(&mut self, q: usize, failed: bool, ended: bool, w: &mut [f64], rv1: &mut [f64], an: f64) {
         if failed {

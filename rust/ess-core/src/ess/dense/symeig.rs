@@ -264,6 +264,7 @@ fn symv_lower(t: &[f64], n: usize, r0: usize, len: usize, x: &[f64], y: &mut [f6
 
 /// Whether the AVX2 + FMA kernels below can run.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn simd() -> bool {
     crate::cpu::has_avx2_fma()
 }

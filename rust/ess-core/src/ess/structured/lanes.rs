@@ -56,6 +56,7 @@ pub(super) struct LaneFactor {
     pub(super) e: Vec<[i64; K]>,
     pub(super) rz: Vec<[bool; K]>,
     pub(super) w: Vec<V>,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     v512: bool,
 }
 
@@ -74,6 +75,7 @@ impl LaneFactor {
     /// The same factor with the portable updates (`v512` false) or, where the processor has
     /// AVX-512, the vector ones (`v512` true); for tests.
     #[cfg(test)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(super) fn zeros_with(n: usize, v512: bool) -> Self {
         LaneFactor { v512: v512 && crate::cpu::avx512_available(), ..Self::zeros(n) }
     }

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 /// chains of eight problems are in flight together.
 pub(crate) const LANES: usize = 8;
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 type V = [f64; LANES];
 
 /// Eigenvalues of the symmetric tridiagonal problems `(d, e)` (diagonal `d`, subdiagonal
@@ -345,7 +346,9 @@ mod avx2 {
 }
 
 /// Per-lane state of the iteration: the integer state of `ql_root_free` (rows as flat indices
-/// `row * LANES + lane`) and the floating-point state of each lane's sweep.
+/// `row * LANES + lane`) and the floating-point state of each lane's sweep (used by the AVX2
+/// iteration only).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct State {
     /// Order of each lane's problem (0: no problem).
     n: [usize; LANES],
@@ -370,6 +373,7 @@ struct State {
     read: usize,
 }
 
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 impl State {
     fn new(order: &[usize; LANES], read: usize) -> Self {
         const K: usize = LANES;
