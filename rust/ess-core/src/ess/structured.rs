@@ -1515,10 +1515,9 @@ impl BatchSvd {
             #[cfg(not(test))]
             let skip = false;
             if !skip {
+                // (rows 0..n are copied in below; the two spare rows need no values)
                 let (w, rv1) = (&mut self.pair_w, &mut self.pair_rv1);
-                w.clear();
                 w.resize((n + 2) * K2, 0.0);
-                rv1.clear();
                 rv1.resize((n + 2) * K2, 0.0);
                 let mut an = [0.0; K2];
                 an[..LANES].copy_from_slice(&an1);

@@ -373,34 +373,6 @@ pub(super) unsafe fn mul_diag(n: usize, s: &mut [V], e: &mut [[i64; K]], rz: &mu
     scale_rows(n, s, &f[..n]);
 }
 
-/// `sqrt(x^2 + y^2)` lane-wise as the portable `lane_hypot`: the plain formula, and
-/// [`super::fast_hypot`] for the lanes whose square sum leaves `(1e-290, 1e290)` (elsewhere the
-/// two agree).
-#[inline(always)]
-unsafe fn hypot(x: Z, y: Z) -> Z {
-    let sq = add(mul(x, x), mul(y, y));
-    let mut r = [_mm512_sqrt_pd(sq[0]), _mm512_sqrt_pd(sq[1])];
-    let (lo, hi) = (_mm512_set1_pd(1e-290), _mm512_set1_pd(1e290));
-    let mut risky = 0u16;
-    for h in 0..2 {
-        let ok = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(sq[h], lo) & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(sq[h], hi);
-        risky |= ((!ok) as u16) << (8 * h);
-    }
-    if risky != 0 {
-        let (mut xa, mut ya, mut ra) = ([0.0; K], [0.0; K], [0.0; K]);
-        st(x, &mut xa);
-        st(y, &mut ya);
-        st(r, &mut ra);
-        for q in 0..K {
-            if risky & (1 << q) != 0 {
-                ra[q] = super::fast_hypot(xa[q], ya[q]);
-            }
-        }
-        r = ld(&ra);
-    }
-    r
-}
-
 /// [`super::lanes::LaneFactor::append`] (with its normalisation) on AVX-512: `S S^T <- S S^T + v
 /// v^T`. The exponent bookkeeping of a row runs as vectors when its lanes are in the common
 /// range (normal entries, scalings within `2^+-1000`), else as the portable
@@ -466,7 +438,7 @@ pub(super) unsafe fn append(n: usize, s: &mut [V], e: &mut [[i64; K]], rz: &mut 
             continue;
         }
         let x = ld(&s[j * n + j]);
-        let r = hypot(x, y);
+        let r = hypot::<2>(&x, &y, &[0; 2]);
         let c = [_mm512_div_pd(x[0], r[0]), _mm512_div_pd(x[1], r[1])];
         let sn = [_mm512_div_pd(y[0], r[0]), _mm512_div_pd(y[1], r[1])];
         st([_mm512_mask_blend_pd(act[0], x[0], r[0]), _mm512_mask_blend_pd(act[1], x[1], r[1])], &mut s[j * n + j]);
@@ -531,11 +503,12 @@ unsafe fn normalise(n: usize, s: &mut [V], e: &mut [[i64; K]], rz: &mut [[bool; 
     scale_rows(n, s, &m[..n]);
 }
 
-/// `sqrt(x^2 + y^2)` of every lane as the chase's `lane_hypot`: the plain formula, and
-/// [`super::fast_hypot`] for the active lanes (not in `done`) whose square sum leaves
-/// `(1e-290, 1e290)`.
+/// `sqrt(x^2 + y^2)` of every lane as the portable `lane_hypot`: the plain formula, and
+/// [`super::fast_hypot`] for the lanes whose square sum leaves `(1e-290, 1e290)` (elsewhere the
+/// two agree), except the lanes set in `done` (the chase's finished lanes, whose values are
+/// discarded).
 #[inline(always)]
-unsafe fn chase_hypot<const HZ: usize>(x: &[__m512d; HZ], y: &[__m512d; HZ], done: &[__mmask8; HZ]) -> [__m512d; HZ] {
+unsafe fn hypot<const HZ: usize>(x: &[__m512d; HZ], y: &[__m512d; HZ], done: &[__mmask8; HZ]) -> [__m512d; HZ] {
     let (lo, hi) = (_mm512_set1_pd(1e-290), _mm512_set1_pd(1e290));
     let mut z = [_mm512_setzero_pd(); HZ];
     let mut risky = 0u64;
@@ -639,7 +612,7 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
                 hh[h] = _mm512_mul_pd(s[h], gg[h]);
                 gg[h] = _mm512_mul_pd(gg[h], c[h]);
             }
-            z1 = chase_hypot(&f, &hh, &done);
+            z1 = hypot(&f, &hh, &done);
             let mut f2 = [zero; HZ];
             for h in 0..HZ {
                 let iz = _mm512_div_pd(one, z1[h]);
@@ -650,7 +623,7 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
                 hh[h] = _mm512_mul_pd(y[h], s[h]);
                 y[h] = _mm512_mul_pd(y[h], c[h]);
             }
-            let z2 = chase_hypot(&f2, &hh, &done);
+            let z2 = hypot(&f2, &hh, &done);
             let mut event = 0u64;
             for h in 0..HZ {
                 let nz = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(z2[h], zero);

@@ -570,7 +570,7 @@ fn group_body(
         if !any {
             // (no values needed: `split_result` reads none for a lane without `gmax`)
             for q in 0..K {
-                out[q][o] = split_result(&mut sv2[q], tq, l, None, tol, want_tol, want_ent);
+                out[q][o] = split_result(&mut Vec::new(), tq, l, None, tol, want_tol, want_ent);
             }
             continue;
         }
