@@ -16,7 +16,7 @@ pub(crate) fn has_avx2_fma() -> bool {
     }
 }
 
-/// Whether the processor has AVX-512 F/DQ/VL besides AVX2 and FMA (checked once per process),
+/// Whether the processor has AVX-512 F/DQ/VL/CD besides AVX2 and FMA (checked once per process),
 /// and the environment variable `ESS_NO_AVX512` is unset (set, the AVX-512 kernels are not used;
 /// the AVX2 ones give the same values bit for bit, so the switch is for timing and debugging).
 #[inline(always)]
@@ -46,6 +46,7 @@ pub(crate) fn avx512_available() -> bool {
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512dq")
                 && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512cd")
                 && std::env::var_os("ESS_NO_AVX512").is_none()
         })
     }

@@ -1494,8 +1494,9 @@ impl BatchSvd {
 
     /// [`Self::values_interleaved`] of all lanes of `self` and of `other` (the same order) at
     /// once: both batches are bidiagonalised, and their QR iterations run together as one chase
-    /// of 32 lanes ([`avx512::chase`]: twice the independent work in flight of a sixteen-lane
-    /// chase, the same values bit for bit). Needs AVX-512 (checked here; without it the two
+    /// of 32 lanes with the sweeps in lockstep ([`avx512::chase_lockstep`]: twice the independent
+    /// work in flight of a sixteen-lane chase, the bookkeeping between sweeps in vectors; the
+    /// same values bit for bit). Needs AVX-512 (checked here; without it the two
     /// batches go one after the other).
     fn values_pair(&mut self, other: &mut BatchSvd, out: &mut [Vec<f64>], out2: &mut [Vec<f64>]) -> Result<()> {
         #[cfg(target_arch = "x86_64")]
@@ -1530,7 +1531,7 @@ impl BatchSvd {
                     rv1[r + LANES..r + K2].copy_from_slice(&other.rv1[s]);
                 }
                 // SAFETY: AVX-512 detected at run time; the buffers have their two spare rows.
-                let ok = unsafe { avx512::chase::<K2, 4>(n, w, rv1, &an) };
+                let ok = unsafe { avx512::chase_lockstep::<K2, 4>(n, w, rv1, &an) };
                 ok1.copy_from_slice(&ok[..LANES]);
                 ok2.copy_from_slice(&ok[LANES..]);
                 for i in 0..n {

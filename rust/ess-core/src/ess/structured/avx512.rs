@@ -675,6 +675,397 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
     ch.finish(n, w)
 }
 
+/// The lanes `0..K` as `i64`, eight to a register.
+#[inline(always)]
+unsafe fn lane_ids<const HZ: usize>() -> [__m512i; HZ] {
+    let mut v = [_mm512_setzero_si512(); HZ];
+    for (h, x) in v.iter_mut().enumerate() {
+        let b = 8 * h as i64;
+        *x = _mm512_setr_epi64(b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7);
+    }
+    v
+}
+
+/// The lanes set in `m`, lowest first.
+#[inline(always)]
+fn bits(mut m: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        (m != 0).then(|| {
+            let q = m.trailing_zeros() as usize;
+            m &= m - 1;
+            q
+        })
+    })
+}
+
+/// The `usize` lane array `a` (64-bit) as `i64` vectors.
+#[inline(always)]
+unsafe fn ld_usize<const K: usize, const HZ: usize>(a: &[usize; K]) -> [__m512i; HZ] {
+    let mut v = [_mm512_setzero_si512(); HZ];
+    for (h, x) in v.iter_mut().enumerate() {
+        *x = _mm512_loadu_epi64(a.as_ptr().add(8 * h) as *const i64);
+    }
+    v
+}
+
+/// `|x| + an == an`, lane by lane: the entry is negligible against the norm (the test of
+/// [`super::Chase::start`]).
+#[inline(always)]
+unsafe fn negligible(x: __m512d, an: __m512d) -> __mmask8 {
+    _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(_mm512_add_pd(_mm512_abs_pd(x), an), an)
+}
+
+/// Per lane, the rows `i` (bit `i`, `1 <= i <= kk`) where `rv1[i]` (`r1`) or `w[i - 1]` (`r2`) is
+/// negligible: what the deflation scan of [`super::Chase::start`] looks for, kept up to date by
+/// the lockstep chase as it writes the entries.
+struct Negligible<const K: usize> {
+    r1: [u64; K],
+    r2: [u64; K],
+}
+
+impl<const K: usize> Negligible<K> {
+    /// Lane `q`'s bits from its entries, rows `1..=kk`.
+    fn scan(&mut self, q: usize, kk: usize, w: &[f64], rv1: &[f64], an: f64) {
+        let (mut a, mut b) = (0u64, 0u64);
+        for i in 1..=kk {
+            if rv1[i * K + q].abs() + an == an {
+                a |= 1 << i;
+            }
+            if w[(i - 1) * K + q].abs() + an == an {
+                b |= 1 << i;
+            }
+        }
+        (self.r1[q], self.r2[q]) = (a, b);
+    }
+}
+
+/// [`chase`] with the lanes' sweeps in lockstep. Every lane that is not done runs one sweep; the
+/// vector loop runs as many steps as the longest of them (a lane whose sweep is shorter, or that
+/// is done, computes on benign values and stores nothing); then the lanes do their bookkeeping
+/// together ([`lockstep_bookkeeping`]: the deflation scans on bit masks kept up to date by the
+/// steps, the shifts in vectors). The same operations per lane as [`chase`] and the portable
+/// chase, so the same values bit for bit; what changes is that the per-sweep bookkeeping, about
+/// half of the free-running chase's time, is done for all lanes at once.
+///
+/// # Safety
+/// The processor must have AVX-512 F, DQ, VL and CD ([`crate::cpu::has_avx512`] checks all four).
+#[target_feature(enable = "avx2,fma,avx512f,avx512dq,avx512vl,avx512cd")]
+pub(super) unsafe fn chase_lockstep<const K: usize, const HZ: usize>(
+    n: usize,
+    w: &mut [f64],
+    rv1: &mut [f64],
+    anorm: &[f64; K],
+) -> [bool; K] {
+    assert!(K == 8 * HZ && K <= 64 && n >= 1 && w.len() >= (n + 2) * K && rv1.len() >= (n + 2) * K);
+    if n > 64 {
+        // (the row masks of the deflation scans have 64 bits)
+        return chase::<K, HZ>(n, w, rv1, anorm);
+    }
+    let mut ch = super::Chase::<K>::begin(n, w, rv1, anorm);
+
+    let (one, zero) = (_mm512_set1_pd(1.0), _mm512_setzero_pd());
+    let kv = _mm512_set1_epi64(K as i64);
+    let ids = lane_ids::<HZ>();
+    let (wp, rp) = (w.as_mut_ptr(), rv1.as_mut_ptr());
+    let mut an = [zero; HZ];
+    for (h, v) in an.iter_mut().enumerate() {
+        *v = _mm512_loadu_pd(anorm.as_ptr().add(8 * h));
+    }
+    let ldv = |a: &[f64; K]| -> [__m512d; HZ] {
+        let mut v = [_mm512_setzero_pd(); HZ];
+        for (h, x) in v.iter_mut().enumerate() {
+            *x = _mm512_loadu_pd(a.as_ptr().add(8 * h));
+        }
+        v
+    };
+    let all = if K == 64 { u64::MAX } else { (1u64 << K) - 1 };
+    let mut donem = 0u64;
+    for q in 0..K {
+        donem |= (ch.done[q] as u64) << q;
+    }
+    let mut neg = Negligible::<K> { r1: [0; K], r2: [0; K] };
+    for q in bits(!donem & all) {
+        neg.scan(q, ch.kk[q], w, rv1, anorm[q]);
+    }
+    while donem != all {
+        // One sweep of every lane that is not done: lane q writes rows lo .. kk - 1, then kk.
+        let (mut cnt, mut lo) = ([0i64; K], [0i64; K]);
+        let mut steps = 0;
+        for q in bits(!donem & all) {
+            cnt[q] = ch.cnt[q] as i64;
+            lo[q] = ch.lo[q] as i64;
+            steps = steps.max(ch.cnt[q]);
+        }
+        let mut cntv = [_mm512_setzero_si512(); HZ];
+        let mut idx = [_mm512_setzero_si512(); HZ];
+        for h in 0..HZ {
+            cntv[h] = _mm512_loadu_epi64(cnt.as_ptr().add(8 * h));
+            let l1 = _mm512_add_epi64(_mm512_loadu_epi64(lo.as_ptr().add(8 * h)), _mm512_set1_epi64(1));
+            idx[h] = _mm512_add_epi64(_mm512_mullo_epi64(l1, kv), ids[h]);
+        }
+        let (mut c, mut s, mut f, mut x) = (ldv(&ch.cc), ldv(&ch.sn), ldv(&ch.ff), ldv(&ch.xx));
+        let mut failm = 0u64;
+
+        for j in 0..steps {
+            let jv = _mm512_set1_epi64(j as i64);
+            let mut off = [0u8; HZ];
+            let (mut gg, mut y, mut hh) = ([zero; HZ], [zero; HZ], [zero; HZ]);
+            let (mut xb, mut fb) = ([zero; HZ], [zero; HZ]);
+            for h in 0..HZ {
+                // (a lane off this step computes on benign values and stores nothing)
+                off[h] = !_mm512_cmpgt_epi64_mask(cntv[h], jv) | (failm >> (8 * h)) as u8;
+                let on = !off[h];
+                let g0 = _mm512_mask_i64gather_pd::<8>(zero, on, idx[h], rp);
+                y[h] = _mm512_mask_i64gather_pd::<8>(one, on, idx[h], wp);
+                let cb = _mm512_mask_blend_pd(off[h], c[h], one);
+                let sb = _mm512_mask_blend_pd(off[h], s[h], zero);
+                fb[h] = _mm512_mask_blend_pd(off[h], f[h], one);
+                xb[h] = _mm512_mask_blend_pd(off[h], x[h], one);
+                hh[h] = _mm512_mul_pd(sb, g0);
+                gg[h] = _mm512_mul_pd(g0, cb);
+            }
+            let z1 = hypot(&fb, &hh, &off);
+            let mut f2 = [zero; HZ];
+            let (mut cn, mut sn) = ([zero; HZ], [zero; HZ]);
+            for h in 0..HZ {
+                let iz = _mm512_div_pd(one, z1[h]);
+                cn[h] = _mm512_mul_pd(fb[h], iz);
+                sn[h] = _mm512_mul_pd(hh[h], iz);
+                f2[h] = _mm512_add_pd(_mm512_mul_pd(xb[h], cn[h]), _mm512_mul_pd(gg[h], sn[h]));
+                gg[h] = _mm512_sub_pd(_mm512_mul_pd(gg[h], cn[h]), _mm512_mul_pd(xb[h], sn[h]));
+                hh[h] = _mm512_mul_pd(y[h], sn[h]);
+                y[h] = _mm512_mul_pd(y[h], cn[h]);
+            }
+            let z2 = hypot(&f2, &hh, &off);
+            let (mut m1, mut m2) = (0u64, 0u64);
+            for h in 0..HZ {
+                let on = !off[h];
+                let nz = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(z2[h], zero);
+                let iz = _mm512_div_pd(one, z2[h]);
+                cn[h] = _mm512_mask_blend_pd(nz, cn[h], _mm512_mul_pd(f2[h], iz));
+                sn[h] = _mm512_mask_blend_pd(nz, sn[h], _mm512_mul_pd(hh[h], iz));
+                let fnew = _mm512_add_pd(_mm512_mul_pd(cn[h], gg[h]), _mm512_mul_pd(sn[h], y[h]));
+                let xnew = _mm512_sub_pd(_mm512_mul_pd(cn[h], y[h]), _mm512_mul_pd(sn[h], gg[h]));
+                // Stores of the step (row lo + j): rv1 = z1, w = z2.
+                let jr = _mm512_sub_epi64(idx[h], kv);
+                _mm512_mask_i64scatter_pd::<8>(rp, on, jr, z1[h]);
+                _mm512_mask_i64scatter_pd::<8>(wp, on, jr, z2[h]);
+                m1 |= ((on & negligible(z1[h], an[h])) as u64) << (8 * h);
+                m2 |= ((on & negligible(z2[h], an[h])) as u64) << (8 * h);
+                // (a zero rotation norm cannot happen for a nonzero superdiagonal: the lane fails)
+                let fail = on & _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(z1[h], zero);
+                failm |= (fail as u64) << (8 * h);
+                let go = on & !fail;
+                c[h] = _mm512_mask_blend_pd(go, c[h], cn[h]);
+                s[h] = _mm512_mask_blend_pd(go, s[h], sn[h]);
+                f[h] = _mm512_mask_blend_pd(go, f[h], fnew);
+                x[h] = _mm512_mask_blend_pd(go, x[h], xnew);
+                idx[h] = _mm512_mask_add_epi64(idx[h], go, idx[h], kv);
+            }
+            // (rare: an entry of the block became negligible, the deflation scan's business)
+            for q in bits(m1) {
+                neg.r1[q] |= 1 << (lo[q] as usize + j);
+            }
+            for q in bits(m2) {
+                neg.r2[q] |= 1 << (lo[q] as usize + j + 1);
+            }
+        }
+        lockstep_bookkeeping::<K, HZ>(&mut ch, &mut neg, w, rv1, anorm, failm & !donem & all, &f, &x, &mut donem);
+        let _ = (c, s);
+    }
+    ch.finish(n, w)
+}
+
+/// What [`super::Chase::stop`] does after a sweep, for all the lanes of a lockstep sweep at once:
+/// the lanes in `failed_in_sweep` fail; the others (not done) write their sweep's last entries
+/// (`f`, `x`: the rotation state after it) and start their next sweep as
+/// [`super::Chase::start`] does: the deflation scan and the convergence tests on the bits of
+/// `neg`, lane by lane, and the shifts in vectors over the lanes. A lane whose scan stops at a
+/// negligible diagonal entry (the cancellation branch, rare) goes through the scalar start. The
+/// same operations per lane, so the same values bit for bit.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn lockstep_bookkeeping<const K: usize, const HZ: usize>(
+    ch: &mut super::Chase<K>,
+    neg: &mut Negligible<K>,
+    w: &mut [f64],
+    rv1: &mut [f64],
+    anorm: &[f64; K],
+    failed_in_sweep: u64,
+    f: &[__m512d; HZ],
+    x: &[__m512d; HZ],
+    donem: &mut u64,
+) {
+    let all = if K == 64 { u64::MAX } else { (1u64 << K) - 1 };
+    let (one, zero) = (_mm512_set1_pd(1.0), _mm512_setzero_pd());
+    let sign = _mm512_set1_pd(-0.0);
+    let kv = _mm512_set1_epi64(K as i64);
+    let ids = lane_ids::<HZ>();
+    let (wp, rp) = (w.as_mut_ptr(), rv1.as_mut_ptr());
+    let live = !*donem & all;
+    let mut failed = failed_in_sweep;
+    let ends = live & !failed_in_sweep;
+    // The sweep's last entries: rv1[lo] = 0, rv1[kk] = f, w[kk] = x; non-finite ones fail the lane.
+    let (kkv, lov) = (ld_usize::<K, HZ>(&ch.kk), ld_usize::<K, HZ>(&ch.lo));
+    let mut negf = 0u64;
+    for h in 0..HZ {
+        let m = (ends >> (8 * h)) as u8;
+        if m == 0 {
+            continue;
+        }
+        let ik = _mm512_add_epi64(_mm512_mullo_epi64(kkv[h], kv), ids[h]);
+        let il = _mm512_add_epi64(_mm512_mullo_epi64(lov[h], kv), ids[h]);
+        _mm512_mask_i64scatter_pd::<8>(rp, m, il, zero);
+        _mm512_mask_i64scatter_pd::<8>(rp, m, ik, f[h]);
+        _mm512_mask_i64scatter_pd::<8>(wp, m, ik, x[h]);
+        // (QNaN, +-inf, SNaN)
+        let bad = _mm512_fpclass_pd_mask::<0x99>(f[h]) | _mm512_fpclass_pd_mask::<0x99>(x[h]);
+        failed |= ((m & bad) as u64) << (8 * h);
+        let an = _mm512_loadu_pd(anorm.as_ptr().add(8 * h));
+        negf |= ((m & negligible(f[h], an)) as u64) << (8 * h);
+    }
+    for q in bits(failed) {
+        ch.ok[q] = false;
+        ch.done[q] = true;
+    }
+    *donem |= failed;
+    for q in bits(negf & !failed) {
+        neg.r1[q] |= 1 << ch.kk[q];
+    }
+    // Per lane: the deflation scan (the highest negligible row at or below kk, else row 0) and
+    // the convergence test, until a sweep is set up or the lane is done; in vectors over the
+    // lanes, on the bits of `neg`.
+    let mut shm = 0u64;
+    let mut lsh = [0i64; K];
+    let (mut kk, mut its) = (ld_usize::<K, HZ>(&ch.kk), ld_usize::<K, HZ>(&ch.its));
+    let (mut flagm, mut finished) = (0u64, 0u64);
+    let (one_i, zero_i) = (_mm512_set1_epi64(1), _mm512_setzero_si512());
+    let mut pend = live & !failed;
+    while pend != 0 {
+        let mut again = 0u64;
+        for h in 0..HZ {
+            let pm = (pend >> (8 * h)) as u8;
+            if pm == 0 {
+                continue;
+            }
+            let r1 = _mm512_loadu_epi64(neg.r1.as_ptr().add(8 * h) as *const i64);
+            let r2 = _mm512_loadu_epi64(neg.r2.as_ptr().add(8 * h) as *const i64);
+            // rows 0..=kk (a shift by 64 gives 0: all rows)
+            let below = _mm512_sub_epi64(_mm512_sllv_epi64(one_i, _mm512_add_epi64(kk[h], one_i)), one_i);
+            let rm = _mm512_and_si512(_mm512_or_si512(r1, r2), below);
+            let l = _mm512_max_epi64(_mm512_sub_epi64(_mm512_set1_epi64(63), _mm512_lzcnt_epi64(rm)), zero_i);
+            let in_r1 = _mm512_test_epi64_mask(_mm512_srlv_epi64(r1, l), one_i);
+            // (a negligible diagonal entry: the scalar start below)
+            let flag = pm & _mm512_cmpgt_epi64_mask(l, zero_i) & !in_r1;
+            let conv = pm & !flag & _mm512_cmpeq_epi64_mask(l, kk[h]);
+            let other = pm & !flag & !conv;
+            flagm |= (flag as u64) << (8 * h);
+            shm |= (other as u64) << (8 * h);
+            _mm512_mask_storeu_epi64(lsh.as_mut_ptr().add(8 * h), other, l);
+            if conv != 0 {
+                // converged: w[k] = |w[k]| (a negative value negated), its = 0, k - 1 or done
+                let ik = _mm512_add_epi64(_mm512_mullo_epi64(kk[h], kv), ids[h]);
+                let z = _mm512_mask_i64gather_pd::<8>(zero, conv, ik, wp);
+                let negz = conv & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(z, zero);
+                _mm512_mask_i64scatter_pd::<8>(wp, negz, ik, _mm512_xor_pd(z, sign));
+                its[h] = _mm512_mask_mov_epi64(its[h], conv, zero_i);
+                let last = conv & _mm512_cmpeq_epi64_mask(kk[h], zero_i);
+                finished |= (last as u64) << (8 * h);
+                let more = conv & !last;
+                kk[h] = _mm512_mask_sub_epi64(kk[h], more, kk[h], one_i);
+                again |= (more as u64) << (8 * h);
+            }
+        }
+        pend = again;
+    }
+    for h in 0..HZ {
+        let m = (shm >> (8 * h)) as u8;
+        its[h] = _mm512_mask_add_epi64(its[h], m, its[h], one_i);
+        _mm512_storeu_epi64(ch.kk.as_mut_ptr().add(8 * h) as *mut i64, kk[h]);
+        _mm512_storeu_epi64(ch.its.as_mut_ptr().add(8 * h) as *mut i64, its[h]);
+    }
+    for q in bits(finished) {
+        ch.done[q] = true;
+    }
+    *donem |= finished;
+    for q in bits(flagm) {
+        // (the scalar start from the top, which changes the block's entries; their bits
+        // afterwards from the entries)
+        ch.start(q, w, rv1, anorm[q]);
+        if ch.done[q] {
+            *donem |= 1 << q;
+        } else {
+            neg.scan(q, ch.kk[q], w, rv1, anorm[q]);
+        }
+    }
+    if shm == 0 {
+        return;
+    }
+    // The shifts of the lanes that start a sweep.
+    let (kkv, itsv) = (kk, its);
+    let (mut ff, mut xx) = ([0.0f64; K], [0.0f64; K]);
+    let mut bad = 0u64;
+    let two = _mm512_set1_pd(2.0);
+    for h in 0..HZ {
+        let m = (shm >> (8 * h)) as u8;
+        if m == 0 {
+            continue;
+        }
+        let lvh = _mm512_loadu_epi64(lsh.as_ptr().add(8 * h));
+        let il = _mm512_add_epi64(_mm512_mullo_epi64(lvh, kv), ids[h]);
+        let ik = _mm512_add_epi64(_mm512_mullo_epi64(kkv[h], kv), ids[h]);
+        let ik1 = _mm512_sub_epi64(ik, kv);
+        let xv = _mm512_mask_i64gather_pd::<8>(one, m, il, wp);
+        let y = _mm512_mask_i64gather_pd::<8>(one, m, ik1, wp);
+        let gq = _mm512_mask_i64gather_pd::<8>(zero, m, ik1, rp);
+        let hq = _mm512_mask_i64gather_pd::<8>(one, m, ik, rp);
+        let z = _mm512_mask_i64gather_pd::<8>(zero, m, ik, wp);
+        let fails = _mm512_cmpgt_epi64_mask(itsv[h], _mm512_set1_epi64(75))
+            | _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(xv, zero)
+            | _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(hq, zero)
+            | _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(y, zero);
+        bad |= ((m & fails) as u64) << (8 * h);
+        // f = ((y - z)(y + z) + (g - h)(g + h)) / (2 h y)
+        let num = _mm512_add_pd(
+            _mm512_mul_pd(_mm512_sub_pd(y, z), _mm512_add_pd(y, z)),
+            _mm512_mul_pd(_mm512_sub_pd(gq, hq), _mm512_add_pd(gq, hq)),
+        );
+        let fv = _mm512_div_pd(num, _mm512_mul_pd(_mm512_mul_pd(two, hq), y));
+        // pythag_one(f): |f| sqrt(1 + (1/|f|)^2) above one, sqrt(1 + f^2) else
+        let ax = _mm512_abs_pd(fv);
+        let big = _mm512_cmp_pd_mask::<_CMP_GT_OQ>(ax, one);
+        let r = _mm512_div_pd(one, ax);
+        let t = _mm512_mask_blend_pd(big, _mm512_mul_pd(ax, ax), _mm512_mul_pd(r, r));
+        let sq = _mm512_sqrt_pd(_mm512_add_pd(one, t));
+        let g1 = _mm512_mask_blend_pd(big, sq, _mm512_mul_pd(ax, sq));
+        let cs = _mm512_or_pd(_mm512_andnot_pd(sign, g1), _mm512_and_pd(sign, fv));
+        // f = ((x - z)(x + z) + h (y / (f + copysign(g1, f)) - h)) / x
+        let inner = _mm512_sub_pd(_mm512_div_pd(y, _mm512_add_pd(fv, cs)), hq);
+        let f2 = _mm512_div_pd(
+            _mm512_add_pd(_mm512_mul_pd(_mm512_sub_pd(xv, z), _mm512_add_pd(xv, z)), _mm512_mul_pd(hq, inner)),
+            xv,
+        );
+        _mm512_storeu_pd(ff.as_mut_ptr().add(8 * h), f2);
+        _mm512_storeu_pd(xx.as_mut_ptr().add(8 * h), xv);
+    }
+    for q in bits(shm) {
+        if bad & (1 << q) != 0 {
+            ch.ok[q] = false;
+            ch.done[q] = true;
+            *donem |= 1 << q;
+        } else {
+            let l = lsh[q] as usize;
+            ch.lo[q] = l;
+            ch.pos[q] = 0;
+            ch.cnt[q] = ch.kk[q] - l;
+            ch.cc[q] = 1.0;
+            ch.sn[q] = 1.0;
+            ch.ff[q] = ff[q];
+            ch.xx[q] = xx[q];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -934,6 +1325,128 @@ mod tests {
                     }
                 }
                 assert!(ok3.iter().filter(|&&x| x).count() >= 16, "n = {n}: most lanes converge");
+                // the sweeps in lockstep, 32 and 16 lanes
+                let (mut w4, mut r4) = (w.clone(), rv1.clone());
+                // SAFETY: AVX-512 checked above.
+                let ok4 = unsafe { chase_lockstep::<32, 4>(n, &mut w4, &mut r4, &a3) };
+                assert_eq!(want_ok, ok4, "lockstep, 32 lanes, n = {n}, round {round}");
+                for half in 0..2 {
+                    let (mut w5, mut r5) = (vec![0.0; (n + 2) * K], vec![0.0; (n + 2) * K]);
+                    let mut a5 = [0.0; K];
+                    for q in 0..K {
+                        for i in 0..n {
+                            w5[i * K + q] = w[i * 32 + half * K + q];
+                            r5[i * K + q] = rv1[i * 32 + half * K + q];
+                        }
+                        a5[q] = an[half * K + q];
+                    }
+                    // SAFETY: AVX-512 checked above.
+                    let ok5 = unsafe { chase_lockstep::<16, 2>(n, &mut w5, &mut r5, &a5) };
+                    assert_eq!(
+                        &want_ok[half * K..(half + 1) * K],
+                        &ok5[..],
+                        "lockstep, 16 lanes, n = {n}, round {round}"
+                    );
+                    for q in (0..K).filter(|&q| ok5[q]) {
+                        for i in 0..n {
+                            let (a, b) = (want_w[i * 32 + half * K + q], w5[i * K + q]);
+                            assert_eq!(a.to_bits(), b.to_bits(), "lockstep, 16 lanes, n = {n}, lane {q}, value {i}");
+                        }
+                    }
+                }
+                for q in (0..32).filter(|&q| want_ok[q]) {
+                    for i in 0..n {
+                        let (a, b) = (want_w[i * 32 + q], w4[i * 32 + q]);
+                        assert_eq!(
+                            a.to_bits(),
+                            b.to_bits(),
+                            "lockstep, 32 lanes, n = {n}, round {round}, lane {q}, value {i}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// CPU time of the 32-lane chase alone, per matrix, free-running against lockstep sweeps, on
+    /// the bidiagonals of products of two random triangular factors (`--ignored --nocapture`).
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[ignore]
+    fn bench_pair_chase() {
+        if !crate::cpu::avx512_available() {
+            return;
+        }
+        fn cpu_s() -> f64 {
+            let mut ts = libc_timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a valid out-pointer; CLOCK_THREAD_CPUTIME_ID = 3 on Linux.
+            unsafe { clock_gettime(3, &mut ts) };
+            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+        }
+        #[repr(C)]
+        struct libc_timespec {
+            tv_sec: i64,
+            tv_nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clk: i32, ts: *mut libc_timespec) -> i32;
+        }
+        let n = 16;
+        let mut seed = 5u64;
+        let batches = 64;
+        let mut sets = Vec::new();
+        for _ in 0..batches {
+            let (mut b1, mut b2) = (super::super::BatchSvd::new(n), super::super::BatchSvd::new(n));
+            for b in [&mut b1, &mut b2] {
+                let lo: Vec<V> = (0..n * n).map(|_| std::array::from_fn(|_| lcg(&mut seed))).collect();
+                let up: Vec<V> = (0..n * n).map(|_| std::array::from_fn(|_| lcg(&mut seed))).collect();
+                for j in 0..n {
+                    for i in 0..n {
+                        for q in 0..K {
+                            b.a[j * n + i][q] = (i.max(j)..n).map(|r| up[r * n + i][q] * lo[j * n + r][q]).sum::<f64>();
+                        }
+                    }
+                }
+            }
+            let (a1, a2) = (b1.bidiagonalise_portable(), b2.bidiagonalise_portable());
+            let (mut w, mut r) = (vec![0.0; (n + 2) * 32], vec![0.0; (n + 2) * 32]);
+            for i in 0..n {
+                for q in 0..K {
+                    w[i * 32 + q] = b1.w[i * K + q];
+                    w[i * 32 + K + q] = b2.w[i * K + q];
+                    r[i * 32 + q] = b1.rv1[i * K + q];
+                    r[i * 32 + K + q] = b2.rv1[i * K + q];
+                }
+            }
+            let mut an = [0.0; 32];
+            an[..K].copy_from_slice(&a1);
+            an[K..].copy_from_slice(&a2);
+            sets.push((w, r, an));
+        }
+        let reps = 100;
+        for round in 0..3 {
+            for lockstep in [false, true] {
+                let mut acc = 0.0;
+                let c0 = cpu_s();
+                for _ in 0..reps {
+                    for (w0, r0, an) in &sets {
+                        let (mut w, mut r) = (w0.clone(), r0.clone());
+                        // SAFETY: AVX-512 checked above.
+                        let ok = unsafe {
+                            if lockstep {
+                                chase_lockstep::<32, 4>(n, &mut w, &mut r, an)
+                            } else {
+                                chase::<32, 4>(n, &mut w, &mut r, an)
+                            }
+                        };
+                        acc += w[0] + ok[0] as u8 as f64;
+                    }
+                }
+                let per = (cpu_s() - c0) * 1e6 / (reps * batches * 32) as f64;
+                eprintln!(
+                    "round {round}, {}: {per:.3} us cpu per matrix ({acc})",
+                    if lockstep { "lockstep" } else { "free-running" }
+                );
             }
         }
     }
