@@ -1856,6 +1856,21 @@ impl<const K: usize> Chase<K> {
     /// bidiagonal is done (its values zero), the others start their first sweep.
     #[inline(always)]
     fn begin(n: usize, w: &mut [f64], rv1: &mut [f64], anorm: &[f64; K]) -> Self {
+        let mut ch = Self::begin_idle(n, w, anorm);
+        for q in 0..K {
+            if !ch.done[q] {
+                ch.start(q, w, rv1, anorm[q]);
+            }
+        }
+        ch.retire();
+        ch
+    }
+
+    /// [`Self::begin`] without the first sweeps: a lane with a non-finite norm fails, a zero
+    /// bidiagonal is done (its values zero); the others are left at `kk = n - 1` for a start.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[inline(always)]
+    fn begin_idle(n: usize, w: &mut [f64], anorm: &[f64; K]) -> Self {
         let mut ch = Chase {
             ok: [true; K],
             done: [false; K],
@@ -1878,11 +1893,8 @@ impl<const K: usize> Chase<K> {
                 for i in 0..n {
                     w[i * K + q] = 0.0;
                 }
-            } else {
-                ch.start(q, w, rv1, anorm[q]);
             }
         }
-        ch.retire();
         ch
     }
 

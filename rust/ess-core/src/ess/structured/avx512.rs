@@ -761,8 +761,7 @@ pub(super) unsafe fn chase_lockstep<const K: usize, const HZ: usize>(
         // (the row masks of the deflation scans have 64 bits)
         return chase::<K, HZ>(n, w, rv1, anorm);
     }
-    let mut ch = super::Chase::<K>::begin(n, w, rv1, anorm);
-
+    let mut ch = super::Chase::<K>::begin_idle(n, w, anorm);
     let (one, zero) = (_mm512_set1_pd(1.0), _mm512_setzero_pd());
     let kv = _mm512_set1_epi64(K as i64);
     let ids = lane_ids::<HZ>();
@@ -783,10 +782,25 @@ pub(super) unsafe fn chase_lockstep<const K: usize, const HZ: usize>(
     for q in 0..K {
         donem |= (ch.done[q] as u64) << q;
     }
+    // The negligible entries of the lanes' bidiagonals, row by row, then their first sweeps.
     let mut neg = Negligible::<K> { r1: [0; K], r2: [0; K] };
-    for q in bits(!donem & all) {
-        neg.scan(q, ch.kk[q], w, rv1, anorm[q]);
+    let live = !donem & all;
+    for i in 1..n {
+        let (mut m1, mut m2) = (0u64, 0u64);
+        for h in 0..HZ {
+            let c1 = negligible(_mm512_loadu_pd(rp.add(i * K + 8 * h)), an[h]);
+            let c2 = negligible(_mm512_loadu_pd(wp.add((i - 1) * K + 8 * h)), an[h]);
+            m1 |= (c1 as u64) << (8 * h);
+            m2 |= (c2 as u64) << (8 * h);
+        }
+        for q in bits(m1 & live) {
+            neg.r1[q] |= 1 << i;
+        }
+        for q in bits(m2 & live) {
+            neg.r2[q] |= 1 << i;
+        }
     }
+    lockstep_starts::<K, HZ>(&mut ch, &mut neg, w, rv1, anorm, live, &mut donem);
     while donem != all {
         // One sweep of every lane that is not done: lane q writes rows lo .. kk - 1, then kk.
         let (mut cnt, mut lo) = ([0i64; K], [0i64; K]);
@@ -897,8 +911,7 @@ unsafe fn lockstep_bookkeeping<const K: usize, const HZ: usize>(
     donem: &mut u64,
 ) {
     let all = if K == 64 { u64::MAX } else { (1u64 << K) - 1 };
-    let (one, zero) = (_mm512_set1_pd(1.0), _mm512_setzero_pd());
-    let sign = _mm512_set1_pd(-0.0);
+    let zero = _mm512_setzero_pd();
     let kv = _mm512_set1_epi64(K as i64);
     let ids = lane_ids::<HZ>();
     let (wp, rp) = (w.as_mut_ptr(), rv1.as_mut_ptr());
@@ -932,6 +945,29 @@ unsafe fn lockstep_bookkeeping<const K: usize, const HZ: usize>(
     for q in bits(negf & !failed) {
         neg.r1[q] |= 1 << ch.kk[q];
     }
+    lockstep_starts::<K, HZ>(ch, neg, w, rv1, anorm, live & !failed, donem);
+}
+
+/// [`super::Chase::start`] for the lanes in `lanes`, all at once: the deflation scan (the
+/// highest negligible row at or below `kk`, else row 0) and the convergence test on the bits of
+/// `neg`, repeated while lanes converge, in vectors over the lanes; then the shifts in vectors.
+/// A lane whose scan stops at a negligible diagonal entry (the cancellation branch, rare) goes
+/// through the scalar start. The same operations per lane, so the same values bit for bit.
+#[inline(always)]
+unsafe fn lockstep_starts<const K: usize, const HZ: usize>(
+    ch: &mut super::Chase<K>,
+    neg: &mut Negligible<K>,
+    w: &mut [f64],
+    rv1: &mut [f64],
+    anorm: &[f64; K],
+    lanes: u64,
+    donem: &mut u64,
+) {
+    let (one, zero) = (_mm512_set1_pd(1.0), _mm512_setzero_pd());
+    let sign = _mm512_set1_pd(-0.0);
+    let kv = _mm512_set1_epi64(K as i64);
+    let ids = lane_ids::<HZ>();
+    let (wp, rp) = (w.as_mut_ptr(), rv1.as_mut_ptr());
     // Per lane: the deflation scan (the highest negligible row at or below kk, else row 0) and
     // the convergence test, until a sweep is set up or the lane is done; in vectors over the
     // lanes, on the bits of `neg`.
@@ -940,7 +976,7 @@ unsafe fn lockstep_bookkeeping<const K: usize, const HZ: usize>(
     let (mut kk, mut its) = (ld_usize::<K, HZ>(&ch.kk), ld_usize::<K, HZ>(&ch.its));
     let (mut flagm, mut finished) = (0u64, 0u64);
     let (one_i, zero_i) = (_mm512_set1_epi64(1), _mm512_setzero_si512());
-    let mut pend = live & !failed;
+    let mut pend = lanes;
     while pend != 0 {
         let mut again = 0u64;
         for h in 0..HZ {
