@@ -5,13 +5,15 @@
 Feeds ``analyze``'s own row keeper (``_EssPass._append``) with ``layers`` layers of 1536 channels
 (``channel d`` labels, TSS 16, kind ``selective_ssm``, curves drawn at random) at length ``L``
 (default 2048, 1 layer, 3 repeats), then times the steps of ``ess.analyze`` that follow the kernel:
-keeping each layer's rows (``_append``), building the columns (``_assemble``), and building the table
-and the per-layer summary (``Report.from_rows``, with token ids). A warm-up on a short length comes
+keeping each layer's rows (``_append``), building the columns (``_assemble``, with the token column where
+it takes the token ids), and building the table and the per-layer summary (``Report.from_rows``, with
+token ids). A warm-up on a short length comes
 first (imports, first calls). Prints the process-cpu and wall time of each step in the first run and
 the best over the repeats, and the peak resident memory. Run it with ``PYTHONPATH`` on two trees to
 compare them (the script uses only what both have). Figures: docs/benchmarks.md.
 """
 
+import inspect
 import resource
 import sys
 import time
@@ -22,6 +24,7 @@ import numpy as np
 import ess
 
 AZ = sys.modules["ess.analyze"]  # the module (``ess.analyze`` is the function)
+TOKENS_IN_ASSEMBLE = "token_ids" in inspect.signature(AZ._assemble).parameters
 L = int(sys.argv[1]) if len(sys.argv) > 1 else 2048
 K = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 R = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -47,7 +50,8 @@ def once(L: int, K: int, tol: np.ndarray, ent: np.ndarray, tokens: np.ndarray) -
         p._append(f"backbone.layers.{i}.mixer", 0, ops, *curves[i], P, L, C)
     del curves
     t1, c1 = time.perf_counter(), time.process_time()
-    rows = AZ._assemble(p.cols, p.cats)
+    # (a tree whose _assemble takes the token ids fills the token column with the others)
+    rows = AZ._assemble(p.cols, p.cats, tokens) if TOKENS_IN_ASSEMBLE else AZ._assemble(p.cols, p.cats)
     p.cols.clear()
     t2, c2 = time.perf_counter(), time.process_time()
     ess.Report.from_rows(rows, layer_meta=lm, skipped=[], tokens=None, token_ids=tokens, markers={}, meta=meta)

@@ -589,12 +589,33 @@ class _Rows(NamedTuple):
     shared: np.ndarray  # (nops,) int64
 
 
-def _assemble(chunks: List[_Rows], cats: Dict[str, Dict[str, int]]) -> Dict[str, Any]:
-    """The columns of the report (``TABLE_COLUMNS`` but ``token``) from the chunks of rows: each column
-    allocated once at its full length and filled chunk by chunk (no per-chunk columns, no
-    concatenation); the names as :class:`pandas.Categorical` columns, categories sorted
+#: threads that fill the report's columns (the first touch of gigabytes of fresh memory is most of
+#: the report's time on a large model, and it goes faster on several cores)
+ASSEMBLY_THREADS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _token_row(token_ids: Optional[np.ndarray], c: _Rows) -> np.ndarray:
+    """The token id at each split point of chunk ``c`` (``-1`` where its sequence or position has none)."""
+    P = c.positions
+    out = np.full(len(P), -1, dtype=np.int64)
+    if token_ids is not None and c.sample < token_ids.shape[0]:
+        ids = token_ids[c.sample]
+        ok = P < len(ids)
+        out[ok] = ids[P[ok]]
+    return out
+
+
+def _assemble(
+    chunks: List[_Rows], cats: Dict[str, Dict[str, int]], token_ids: Optional[np.ndarray] = None
+) -> Dict[str, Any]:
+    """The columns of the report (``TABLE_COLUMNS``; ``token`` only when ``token_ids`` is given) from the
+    chunks of rows: each column allocated once at its full length and filled chunk by chunk (no
+    per-chunk columns, no concatenation), several columns at a time on :data:`ASSEMBLY_THREADS`
+    threads; the names as :class:`pandas.Categorical` columns, categories sorted
     (:func:`ess.report._sorted_categories`), codes written in their final integer type. Empties
-    ``chunks`` (the curves are freed once copied)."""
+    ``chunks`` (the curves are freed once copied, before the last columns are allocated)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import pandas as pd
 
     from .report import TABLE_COLUMNS, _sorted_categories
@@ -609,24 +630,36 @@ def _assemble(chunks: List[_Rows], cats: Dict[str, Dict[str, int]]) -> Dict[str,
             out[a:b].reshape(len(c.operators), len(c.positions))[...] = value(c)
         return out
 
-    rows: Dict[str, Any] = {}
-    for k in ("layer", "kind", "operator"):
-        rank, names = _sorted_categories(list(cats[k]))
+    def filled(pool: Any, jobs: Dict[str, Tuple[Any, Any]]) -> Dict[str, np.ndarray]:
+        futures = {k: pool.submit(fill, dtype, value) for k, (dtype, value) in jobs.items()}
+        return {k: f.result() for k, f in futures.items()}
+
+    ranks = {k: _sorted_categories(list(cats[k])) for k in ("layer", "kind", "operator")}
+    jobs: Dict[str, Tuple[Any, Any]] = {}
+    for k, (rank, _) in ranks.items():
         attr = "operators" if k == "operator" else k
-        codes = fill(rank.dtype, lambda c, attr=attr, rank=rank: rank[np.asarray(getattr(c, attr))].reshape(-1, 1))
-        rows[k] = pd.Categorical.from_codes(codes, categories=names)
-    rows["sample"] = fill(np.int64, lambda c: c.sample)
-    rows["index"] = fill(np.int64, lambda c: np.arange(len(c.operators))[:, None])
-    rows["position"] = fill(np.int64, lambda c: c.positions[None, :])
-    rows["ess_tolerance"] = fill(np.float64, lambda c: c.tol)
-    rows["ess_entropy"] = fill(np.float64, lambda c: c.ent)
-    none = np.zeros((0, 0))
-    chunks[:] = [c._replace(tol=none, ent=none) for c in chunks]  # the curves are in the table: freed
-    rows["tss"] = fill(np.float64, lambda c: c.tss[:, None])
-    rows["bound"] = fill(np.int64, lambda c: np.minimum(c.positions, c.length - c.positions)[None, :])
-    rows["shared"] = fill(np.int64, lambda c: c.shared[:, None])
+        jobs[k] = (rank.dtype, lambda c, attr=attr, rank=rank: rank[np.asarray(getattr(c, attr))].reshape(-1, 1))
+    jobs["sample"] = (np.int64, lambda c: c.sample)
+    jobs["index"] = (np.int64, lambda c: np.arange(len(c.operators))[:, None])
+    jobs["position"] = (np.int64, lambda c: c.positions[None, :])
+    jobs["ess_tolerance"] = (np.float64, lambda c: c.tol)
+    jobs["ess_entropy"] = (np.float64, lambda c: c.ent)
+    with ThreadPoolExecutor(max_workers=ASSEMBLY_THREADS) as pool:
+        rows: Dict[str, Any] = filled(pool, jobs)
+        none = np.zeros((0, 0))
+        chunks[:] = [c._replace(tol=none, ent=none) for c in chunks]  # the curves are in the table: freed
+        jobs = {
+            "tss": (np.float64, lambda c: c.tss[:, None]),
+            "bound": (np.int64, lambda c: np.minimum(c.positions, c.length - c.positions)[None, :]),
+            "shared": (np.int64, lambda c: c.shared[:, None]),
+        }
+        if token_ids is not None and n:
+            jobs["token"] = (np.int64, lambda c: _token_row(token_ids, c)[None, :])
+        rows.update(filled(pool, jobs))
     chunks.clear()
-    return {k: rows[k] for k in TABLE_COLUMNS if k != "token"}
+    for k, (_, names) in ranks.items():
+        rows[k] = pd.Categorical.from_codes(rows[k], categories=names)
+    return {k: rows[k] for k in TABLE_COLUMNS if k in rows}
 
 
 def _tokens_and_markers(
@@ -982,9 +1015,8 @@ def analyze(
             f"model: no layer was analysed: the supported layers {[n for n, _ in found]} were not called in the "
             f"forward pass; not analysed: {skipped}"
         )
-    rows = _assemble(ess.cols, ess.cats)
-
     tok_np, marker_pos = _tokens_and_markers(tok, markers)
+    rows = _assemble(ess.cols, ess.cats, tok_np)
     meta = {
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "device": str(device),

@@ -973,6 +973,7 @@ def _tidy_table(rows: Dict[str, Any], token_ids: Optional[np.ndarray]) -> Any:
     import pandas as pd
 
     cols: Dict[str, Any] = {}
+    have_token = "token" in rows  # (ess.analyze fills it with the other columns)
     for k, v in rows.items():
         if k in CATEGORY_COLUMNS:
             v = _as_category(v)
@@ -981,9 +982,9 @@ def _tidy_table(rows: Dict[str, Any], token_ids: Optional[np.ndarray]) -> Any:
             if v.dtype != np.int64:
                 v = v.astype(np.int64)
         cols[k] = v
-        if k == "position" and token_ids is not None and len(v):
+        if k == "position" and token_ids is not None and len(v) and not have_token:
             cols["token"] = None  # its place: after the position
-    if "token" in cols:
+    if "token" in cols and not have_token:
         smp, pos = cols["sample"], cols["position"]
         ids = np.asarray(token_ids)
         ok = (smp < ids.shape[0]) & (pos < ids.shape[1])

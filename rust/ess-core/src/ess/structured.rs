@@ -31,7 +31,9 @@
 //! dispatch): the Householder bidiagonalisation runs in lockstep over the lanes, and in the
 //! implicit-shift QR iteration every lane advances on its own (a lane that ends its sweep tests
 //! for convergence and sets up its next sweep while the others go on; one chase step of every
-//! lane per vector step, with lane-parallel square roots and divisions). For larger `N` each
+//! lane per vector step, with lane-parallel square roots and divisions; with AVX-512 the group
+//! path chases two batches, 32 lanes, together, their sweeps in lockstep and the bookkeeping
+//! between sweeps in vectors, `avx512::chase_lockstep`). For larger `N` each
 //! matrix is reduced by the dense kernel's blocked bidiagonalisation (`dense::bidiag`), and the
 //! QR iterations of the batch's bidiagonals then run together on the lanes in the same way (the
 //! same values as the dense kernel's SVD, bit for bit); any lane that does not converge takes

@@ -1,7 +1,11 @@
 //! Lockstep kernels written with AVX-512 intrinsics: the Householder bidiagonalisation of
 //! [`super::BatchSvd`], the split products and factor updates of [`super::lanes`], and the QR
 //! chase for any multiple of eight lanes (the group path chases the bidiagonals of two splits,
-//! 32 lanes, together).
+//! 32 lanes, together). The chase comes in two forms: [`chase`], where each lane starts its next
+//! sweep as soon as it ends one (scalar bookkeeping per lane; the reference, and the form for
+//! orders above 64), and [`chase_lockstep`], the one the group path uses, where all lanes run one
+//! sweep per round and then do their bookkeeping together in vectors (about half the chase's time
+//! was that bookkeeping, done lane by lane).
 //!
 //! The portable forms are written as loops over lane arrays `[f64; 16]` for the compiler to
 //! vectorise. Compiled for AVX2 they use four 256-bit registers per lane vector; compiled for
