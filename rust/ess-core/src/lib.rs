@@ -17,6 +17,7 @@
 mod cpu;
 pub mod error;
 pub mod ess;
+pub mod exp;
 pub mod graph;
 pub mod hankel;
 pub mod interrupt;

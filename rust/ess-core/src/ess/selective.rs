@@ -68,14 +68,16 @@ pub fn selective_apply(p: &SelectiveParams<'_>, u: &[f64], m: usize) -> Result<V
         let uo = &u[o * per..(o + 1) * per];
         let mut h = vec![0.0f64; n * m];
         let mut dec = vec![0.0f64; n];
+        let mut arg = vec![0.0f64; n];
         for t in 0..l {
             let dl = p.delta[t * ops + o];
             if p.scalar {
-                dec.fill((dl * p.a[o]).exp());
+                dec.fill(crate::exp::exp(dl * p.a[o]));
             } else {
-                for (k, x) in dec.iter_mut().enumerate() {
-                    *x = (dl * p.a[o * n + k]).exp();
+                for (x, &a) in arg.iter_mut().zip(&p.a[o * n..(o + 1) * n]) {
+                    *x = dl * a;
                 }
+                crate::exp::exp_into(&arg, &mut dec);
             }
             let bt = if bshared { &p.b[t * n..(t + 1) * n] } else { &p.b[(t * ops + o) * n..(t * ops + o + 1) * n] };
             let ct = if cshared { &p.c[t * n..(t + 1) * n] } else { &p.c[(t * ops + o) * n..(t * ops + o + 1) * n] };
