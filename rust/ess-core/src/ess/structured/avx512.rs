@@ -543,6 +543,82 @@ unsafe fn hypot<const HZ: usize>(x: &[__m512d; HZ], y: &[__m512d; HZ], done: &[_
     z
 }
 
+/// The `f64` lane array `a` as `HZ` registers.
+#[inline(always)]
+unsafe fn ld_lanes<const K: usize, const HZ: usize>(a: &[f64; K]) -> [__m512d; HZ] {
+    let mut v = [_mm512_setzero_pd(); HZ];
+    for (h, x) in v.iter_mut().enumerate() {
+        *x = _mm512_loadu_pd(a.as_ptr().add(8 * h));
+    }
+    v
+}
+
+/// `HZ` registers into the `f64` lane array `a`.
+#[inline(always)]
+unsafe fn st_lanes<const K: usize, const HZ: usize>(v: &[__m512d; HZ], a: &mut [f64; K]) {
+    for (h, x) in v.iter().enumerate() {
+        _mm512_storeu_pd(a.as_mut_ptr().add(8 * h), *x);
+    }
+}
+
+/// The lanes of a chase that are done, as a bit mask (bit `q` = lane `q`), and the mask of all
+/// `K` lanes.
+#[inline(always)]
+fn done_mask<const K: usize>(ch: &super::Chase<K>) -> (u64, u64) {
+    let all = if K == 64 { u64::MAX } else { (1u64 << K) - 1 };
+    let mut donem = 0u64;
+    for q in 0..K {
+        donem |= (ch.done[q] as u64) << q;
+    }
+    (donem, all)
+}
+
+/// One chase step's two rotations of every lane (the arithmetic of the portable chase's step,
+/// in the same order): from the gathered `g = rv1[i]`, `y = w[i]` and the rotation state
+/// `c, s, f, x`, the new entries `z1` (for `rv1[i - 1]`) and `z2` (for `w[i - 1]`), the new
+/// `c, s` and the next `f, x`. Lanes in `off` are left out of `hypot`'s careful path (their values
+/// are discarded).
+#[allow(clippy::type_complexity)]
+#[inline(always)]
+unsafe fn rotations<const HZ: usize>(
+    g: &[__m512d; HZ],
+    y: &[__m512d; HZ],
+    c: &[__m512d; HZ],
+    s: &[__m512d; HZ],
+    f: &[__m512d; HZ],
+    x: &[__m512d; HZ],
+    off: &[__mmask8; HZ],
+) -> [[__m512d; HZ]; 6] {
+    let (one, zero) = (_mm512_set1_pd(1.0), _mm512_setzero_pd());
+    let (mut gg, mut hh, mut yy) = ([zero; HZ], [zero; HZ], *y);
+    for h in 0..HZ {
+        hh[h] = _mm512_mul_pd(s[h], g[h]);
+        gg[h] = _mm512_mul_pd(g[h], c[h]);
+    }
+    let z1 = hypot(f, &hh, off);
+    let (mut cn, mut sn, mut f2) = ([zero; HZ], [zero; HZ], [zero; HZ]);
+    for h in 0..HZ {
+        let iz = _mm512_div_pd(one, z1[h]);
+        cn[h] = _mm512_mul_pd(f[h], iz);
+        sn[h] = _mm512_mul_pd(hh[h], iz);
+        f2[h] = _mm512_add_pd(_mm512_mul_pd(x[h], cn[h]), _mm512_mul_pd(gg[h], sn[h]));
+        gg[h] = _mm512_sub_pd(_mm512_mul_pd(gg[h], cn[h]), _mm512_mul_pd(x[h], sn[h]));
+        hh[h] = _mm512_mul_pd(yy[h], sn[h]);
+        yy[h] = _mm512_mul_pd(yy[h], cn[h]);
+    }
+    let z2 = hypot(&f2, &hh, off);
+    let (mut fnew, mut xnew) = ([zero; HZ], [zero; HZ]);
+    for h in 0..HZ {
+        let nz = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(z2[h], zero);
+        let iz = _mm512_div_pd(one, z2[h]);
+        cn[h] = _mm512_mask_blend_pd(nz, cn[h], _mm512_mul_pd(f2[h], iz));
+        sn[h] = _mm512_mask_blend_pd(nz, sn[h], _mm512_mul_pd(hh[h], iz));
+        fnew[h] = _mm512_add_pd(_mm512_mul_pd(cn[h], gg[h]), _mm512_mul_pd(sn[h], yy[h]));
+        xnew[h] = _mm512_sub_pd(_mm512_mul_pd(cn[h], yy[h]), _mm512_mul_pd(sn[h], gg[h]));
+    }
+    [z1, z2, cn, sn, fnew, xnew]
+}
+
 /// The chase of [`super::chase_lanes`] for `K = 8 HZ` lanes on AVX-512 (the bidiagonals
 /// lane-minor with stride `K`, two spare rows after the `n` of them as in
 /// [`super::chase::chase`]): the same operations per lane as the portable chase, so the same
@@ -568,18 +644,6 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
     for q in 0..K {
         (ia[q], la[q]) = ch.step_rows(n, q);
     }
-    let ldv = |a: &[f64; K]| -> [__m512d; HZ] {
-        let mut v = [_mm512_setzero_pd(); HZ];
-        for (h, x) in v.iter_mut().enumerate() {
-            *x = _mm512_loadu_pd(a.as_ptr().add(8 * h));
-        }
-        v
-    };
-    let stv = |v: &[__m512d; HZ], a: &mut [f64; K]| {
-        for (h, x) in v.iter().enumerate() {
-            _mm512_storeu_pd(a.as_mut_ptr().add(8 * h), *x);
-        }
-    };
     let ldvi = |a: &[i64; K]| -> [__m512i; HZ] {
         let mut v = [_mm512_setzero_si512(); HZ];
         for (h, x) in v.iter_mut().enumerate() {
@@ -588,62 +652,41 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
         v
     };
     // The lanes that are done, bit q = lane q (kept up to date by the stops below).
-    let all = if K == 64 { u64::MAX } else { (1u64 << K) - 1 };
-    let mut donem = 0u64;
-    for q in 0..K {
-        donem |= (ch.done[q] as u64) << q;
-    }
+    let (mut donem, all) = done_mask(&ch);
     while donem != all {
         let mut done = [0u8; HZ];
         for (h, d) in done.iter_mut().enumerate() {
             *d = (donem >> (8 * h)) as u8;
         }
         let (mut idx, last) = (ldvi(&ia), ldvi(&la));
-        let (mut c, mut s, mut f, mut x) = (ldv(&ch.cc), ldv(&ch.sn), ldv(&ch.ff), ldv(&ch.xx));
+        let (mut c, mut s, mut f, mut x) = (
+            ld_lanes::<K, HZ>(&ch.cc),
+            ld_lanes::<K, HZ>(&ch.sn),
+            ld_lanes::<K, HZ>(&ch.ff),
+            ld_lanes::<K, HZ>(&ch.xx),
+        );
         let mut z1: [__m512d; HZ];
         let mut ended = [0u8; HZ];
         let pending: u64;
         loop {
-            let mut gg = [zero; HZ];
-            let mut y = [zero; HZ];
-            let mut hh = [zero; HZ];
+            let (mut g, mut y) = ([zero; HZ], [zero; HZ]);
             for h in 0..HZ {
                 // (a done lane computes on benign constants)
-                let g0 = _mm512_i64gather_pd::<8>(idx[h], rp);
-                let y0 = _mm512_i64gather_pd::<8>(idx[h], wp);
-                gg[h] = _mm512_mask_blend_pd(done[h], g0, zero);
-                y[h] = _mm512_mask_blend_pd(done[h], y0, one);
-                hh[h] = _mm512_mul_pd(s[h], gg[h]);
-                gg[h] = _mm512_mul_pd(gg[h], c[h]);
+                g[h] = _mm512_mask_blend_pd(done[h], _mm512_i64gather_pd::<8>(idx[h], rp), zero);
+                y[h] = _mm512_mask_blend_pd(done[h], _mm512_i64gather_pd::<8>(idx[h], wp), one);
             }
-            z1 = hypot(&f, &hh, &done);
-            let mut f2 = [zero; HZ];
-            for h in 0..HZ {
-                let iz = _mm512_div_pd(one, z1[h]);
-                c[h] = _mm512_mul_pd(f[h], iz);
-                s[h] = _mm512_mul_pd(hh[h], iz);
-                f2[h] = _mm512_add_pd(_mm512_mul_pd(x[h], c[h]), _mm512_mul_pd(gg[h], s[h]));
-                gg[h] = _mm512_sub_pd(_mm512_mul_pd(gg[h], c[h]), _mm512_mul_pd(x[h], s[h]));
-                hh[h] = _mm512_mul_pd(y[h], s[h]);
-                y[h] = _mm512_mul_pd(y[h], c[h]);
-            }
-            let z2 = hypot(&f2, &hh, &done);
+            let [r1, z2, cn, sn, fnew, xnew] = rotations(&g, &y, &c, &s, &f, &x, &done);
+            z1 = r1;
             let mut event = 0u64;
             for h in 0..HZ {
-                let nz = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(z2[h], zero);
-                let iz = _mm512_div_pd(one, z2[h]);
-                c[h] = _mm512_mask_blend_pd(nz, c[h], _mm512_mul_pd(f2[h], iz));
-                s[h] = _mm512_mask_blend_pd(nz, s[h], _mm512_mul_pd(hh[h], iz));
-                let fnew = _mm512_add_pd(_mm512_mul_pd(c[h], gg[h]), _mm512_mul_pd(s[h], y[h]));
-                let xnew = _mm512_sub_pd(_mm512_mul_pd(c[h], y[h]), _mm512_mul_pd(s[h], gg[h]));
                 // Stores of the step (row j = i - 1; a done lane's go to the spare row n).
                 let j = _mm512_sub_epi64(idx[h], kv);
                 _mm512_i64scatter_pd::<8>(rp, j, z1[h]);
                 _mm512_i64scatter_pd::<8>(wp, j, z2[h]);
-                c[h] = _mm512_mask_blend_pd(done[h], c[h], one);
-                s[h] = _mm512_mask_blend_pd(done[h], s[h], zero);
-                f[h] = _mm512_mask_blend_pd(done[h], fnew, one);
-                x[h] = _mm512_mask_blend_pd(done[h], xnew, one);
+                c[h] = _mm512_mask_blend_pd(done[h], cn[h], one);
+                s[h] = _mm512_mask_blend_pd(done[h], sn[h], zero);
+                f[h] = _mm512_mask_blend_pd(done[h], fnew[h], one);
+                x[h] = _mm512_mask_blend_pd(done[h], xnew[h], one);
                 let en = _mm512_cmpeq_epi64_mask(idx[h], last[h]);
                 let fail = !done[h] & _mm512_cmp_pd_mask::<_CMP_EQ_OQ>(z1[h], zero);
                 ended[h] = en;
@@ -657,12 +700,12 @@ pub(super) unsafe fn chase<const K: usize, const HZ: usize>(
         }
         // Back to the scalar state; the bookkeeping of the lanes that failed or ended their
         // sweep.
-        stv(&c, &mut ch.cc);
-        stv(&s, &mut ch.sn);
-        stv(&f, &mut ch.ff);
-        stv(&x, &mut ch.xx);
+        st_lanes(&c, &mut ch.cc);
+        st_lanes(&s, &mut ch.sn);
+        st_lanes(&f, &mut ch.ff);
+        st_lanes(&x, &mut ch.xx);
         let mut za = [0.0f64; K];
-        stv(&z1, &mut za);
+        st_lanes(&z1, &mut za);
         for (h, v) in idx.iter().enumerate() {
             _mm512_storeu_epi64(ia.as_mut_ptr().add(8 * h), *v);
         }
@@ -774,18 +817,7 @@ pub(super) unsafe fn chase_lockstep<const K: usize, const HZ: usize>(
     for (h, v) in an.iter_mut().enumerate() {
         *v = _mm512_loadu_pd(anorm.as_ptr().add(8 * h));
     }
-    let ldv = |a: &[f64; K]| -> [__m512d; HZ] {
-        let mut v = [_mm512_setzero_pd(); HZ];
-        for (h, x) in v.iter_mut().enumerate() {
-            *x = _mm512_loadu_pd(a.as_ptr().add(8 * h));
-        }
-        v
-    };
-    let all = if K == 64 { u64::MAX } else { (1u64 << K) - 1 };
-    let mut donem = 0u64;
-    for q in 0..K {
-        donem |= (ch.done[q] as u64) << q;
-    }
+    let (mut donem, all) = done_mask(&ch);
     // The negligible entries of the lanes' bidiagonals, row by row, then their first sweeps.
     let mut neg = Negligible::<K> { r1: [0; K], r2: [0; K] };
     let live = !donem & all;
@@ -821,49 +853,34 @@ pub(super) unsafe fn chase_lockstep<const K: usize, const HZ: usize>(
             let l1 = _mm512_add_epi64(_mm512_loadu_epi64(lo.as_ptr().add(8 * h)), _mm512_set1_epi64(1));
             idx[h] = _mm512_add_epi64(_mm512_mullo_epi64(l1, kv), ids[h]);
         }
-        let (mut c, mut s, mut f, mut x) = (ldv(&ch.cc), ldv(&ch.sn), ldv(&ch.ff), ldv(&ch.xx));
+        let (mut c, mut s, mut f, mut x) = (
+            ld_lanes::<K, HZ>(&ch.cc),
+            ld_lanes::<K, HZ>(&ch.sn),
+            ld_lanes::<K, HZ>(&ch.ff),
+            ld_lanes::<K, HZ>(&ch.xx),
+        );
         let mut failm = 0u64;
 
         for j in 0..steps {
             let jv = _mm512_set1_epi64(j as i64);
             let mut off = [0u8; HZ];
-            let (mut gg, mut y, mut hh) = ([zero; HZ], [zero; HZ], [zero; HZ]);
-            let (mut xb, mut fb) = ([zero; HZ], [zero; HZ]);
+            let (mut g, mut y) = ([zero; HZ], [zero; HZ]);
+            let (mut cb, mut sb, mut fb, mut xb) = ([zero; HZ], [zero; HZ], [zero; HZ], [zero; HZ]);
             for h in 0..HZ {
                 // (a lane off this step computes on benign values and stores nothing)
                 off[h] = !_mm512_cmpgt_epi64_mask(cntv[h], jv) | (failm >> (8 * h)) as u8;
                 let on = !off[h];
-                let g0 = _mm512_mask_i64gather_pd::<8>(zero, on, idx[h], rp);
+                g[h] = _mm512_mask_i64gather_pd::<8>(zero, on, idx[h], rp);
                 y[h] = _mm512_mask_i64gather_pd::<8>(one, on, idx[h], wp);
-                let cb = _mm512_mask_blend_pd(off[h], c[h], one);
-                let sb = _mm512_mask_blend_pd(off[h], s[h], zero);
+                cb[h] = _mm512_mask_blend_pd(off[h], c[h], one);
+                sb[h] = _mm512_mask_blend_pd(off[h], s[h], zero);
                 fb[h] = _mm512_mask_blend_pd(off[h], f[h], one);
                 xb[h] = _mm512_mask_blend_pd(off[h], x[h], one);
-                hh[h] = _mm512_mul_pd(sb, g0);
-                gg[h] = _mm512_mul_pd(g0, cb);
             }
-            let z1 = hypot(&fb, &hh, &off);
-            let mut f2 = [zero; HZ];
-            let (mut cn, mut sn) = ([zero; HZ], [zero; HZ]);
-            for h in 0..HZ {
-                let iz = _mm512_div_pd(one, z1[h]);
-                cn[h] = _mm512_mul_pd(fb[h], iz);
-                sn[h] = _mm512_mul_pd(hh[h], iz);
-                f2[h] = _mm512_add_pd(_mm512_mul_pd(xb[h], cn[h]), _mm512_mul_pd(gg[h], sn[h]));
-                gg[h] = _mm512_sub_pd(_mm512_mul_pd(gg[h], cn[h]), _mm512_mul_pd(xb[h], sn[h]));
-                hh[h] = _mm512_mul_pd(y[h], sn[h]);
-                y[h] = _mm512_mul_pd(y[h], cn[h]);
-            }
-            let z2 = hypot(&f2, &hh, &off);
+            let [z1, z2, cn, sn, fnew, xnew] = rotations(&g, &y, &cb, &sb, &fb, &xb, &off);
             let (mut m1, mut m2) = (0u64, 0u64);
             for h in 0..HZ {
                 let on = !off[h];
-                let nz = _mm512_cmp_pd_mask::<_CMP_NEQ_UQ>(z2[h], zero);
-                let iz = _mm512_div_pd(one, z2[h]);
-                cn[h] = _mm512_mask_blend_pd(nz, cn[h], _mm512_mul_pd(f2[h], iz));
-                sn[h] = _mm512_mask_blend_pd(nz, sn[h], _mm512_mul_pd(hh[h], iz));
-                let fnew = _mm512_add_pd(_mm512_mul_pd(cn[h], gg[h]), _mm512_mul_pd(sn[h], y[h]));
-                let xnew = _mm512_sub_pd(_mm512_mul_pd(cn[h], y[h]), _mm512_mul_pd(sn[h], gg[h]));
                 // Stores of the step (row lo + j): rv1 = z1, w = z2.
                 let jr = _mm512_sub_epi64(idx[h], kv);
                 _mm512_mask_i64scatter_pd::<8>(rp, on, jr, z1[h]);
@@ -876,8 +893,8 @@ pub(super) unsafe fn chase_lockstep<const K: usize, const HZ: usize>(
                 let go = on & !fail;
                 c[h] = _mm512_mask_blend_pd(go, c[h], cn[h]);
                 s[h] = _mm512_mask_blend_pd(go, s[h], sn[h]);
-                f[h] = _mm512_mask_blend_pd(go, f[h], fnew);
-                x[h] = _mm512_mask_blend_pd(go, x[h], xnew);
+                f[h] = _mm512_mask_blend_pd(go, f[h], fnew[h]);
+                x[h] = _mm512_mask_blend_pd(go, x[h], xnew[h]);
                 idx[h] = _mm512_mask_add_epi64(idx[h], go, idx[h], kv);
             }
             // (rare: an entry of the block became negligible, the deflation scan's business)
@@ -1296,9 +1313,10 @@ mod tests {
         (w, rv1, anorm)
     }
 
-    /// The AVX-512 chase with 16 and 32 lanes against the portable sixteen-lane chase on the
-    /// same bidiagonals: the same lanes converge, to the same values bit for bit (orders 1 to
-    /// 100; random, zero, huge, tiny, graded, split and NaN lanes).
+    /// The AVX-512 chases (free-running and in lockstep, 16 and 32 lanes) against the portable
+    /// sixteen-lane chase on the same bidiagonals: the same lanes converge, to the same values bit
+    /// for bit (orders 1 to 100, the lockstep chase handing those above 64 to the free-running
+    /// one; random, zero, huge, tiny, graded, split and NaN lanes).
     #[test]
     fn chase_same_as_portable() {
         if !crate::cpu::avx512_available() {
@@ -1308,10 +1326,8 @@ mod tests {
         for n in [1usize, 2, 3, 5, 16, 33, 64, 100] {
             for round in 0..5 {
                 let (w, rv1, an) = bidiagonals(&mut seed, n, 32, round);
-                // the portable chase on each half
-                let mut want_w = vec![0.0; n * 32];
-                let mut want_ok = [false; 32];
-                for half in 0..2 {
+                // half `half` of the 32 lanes as sixteen-lane buffers (two spare rows)
+                let half_of = |half: usize| -> (Vec<f64>, Vec<f64>, [f64; K]) {
                     let (mut w1, mut r1) = (vec![0.0; (n + 2) * K], vec![0.0; (n + 2) * K]);
                     let mut a1 = [0.0; K];
                     for q in 0..K {
@@ -1321,6 +1337,13 @@ mod tests {
                         }
                         a1[q] = an[half * K + q];
                     }
+                    (w1, r1, a1)
+                };
+                // the portable chase on each half: the values wanted, 32 lanes wide
+                let mut want_w = vec![0.0; n * 32];
+                let mut want_ok = [false; 32];
+                for half in 0..2 {
+                    let (mut w1, mut r1, a1) = half_of(half);
                     let ok = super::super::chase_lanes(n, &mut w1, &mut r1, &a1);
                     for q in 0..K {
                         want_ok[half * K + q] = ok[q];
@@ -1328,82 +1351,36 @@ mod tests {
                             want_w[i * 32 + half * K + q] = w1[i * K + q];
                         }
                     }
-                    // sixteen lanes on AVX-512
-                    let (mut w2, mut r2) = (vec![0.0; (n + 2) * K], vec![0.0; (n + 2) * K]);
-                    for q in 0..K {
-                        for i in 0..n {
-                            w2[i * K + q] = w[i * 32 + half * K + q];
-                            r2[i * K + q] = rv1[i * 32 + half * K + q];
-                        }
-                    }
-                    // SAFETY: AVX-512 checked above.
-                    let ok2 = unsafe { chase::<16, 2>(n, &mut w2, &mut r2, &a1) };
-                    assert_eq!(ok, ok2, "16 lanes, n = {n}, round {round}");
-                    for q in (0..K).filter(|&q| ok[q]) {
-                        for i in 0..n {
-                            assert_eq!(
-                                w1[i * K + q].to_bits(),
-                                w2[i * K + q].to_bits(),
-                                "16 lanes, n = {n}, lane {q}, value {i}"
-                            );
-                        }
-                    }
                 }
-                let (mut w3, mut r3) = (w.clone(), rv1.clone());
+                let same = |what: &str, lanes: usize, half: usize, ok: &[bool], got: &[f64]| {
+                    assert_eq!(&want_ok[half * K..half * K + lanes], ok, "{what}, n = {n}, round {round}");
+                    for q in (0..lanes).filter(|&q| ok[q]) {
+                        for i in 0..n {
+                            let (a, b) = (want_w[i * 32 + half * K + q], got[i * lanes + q]);
+                            assert_eq!(a.to_bits(), b.to_bits(), "{what}, n = {n}, round {round}, lane {q}, value {i}");
+                        }
+                    }
+                };
+                for half in 0..2 {
+                    let (mut w2, mut r2, a2) = half_of(half);
+                    // SAFETY: AVX-512 checked above.
+                    let ok = unsafe { chase::<16, 2>(n, &mut w2, &mut r2, &a2) };
+                    same("16 lanes", K, half, &ok, &w2);
+                    let (mut w2, mut r2, a2) = half_of(half);
+                    // SAFETY: AVX-512 checked above.
+                    let ok = unsafe { chase_lockstep::<16, 2>(n, &mut w2, &mut r2, &a2) };
+                    same("lockstep, 16 lanes", K, half, &ok, &w2);
+                }
                 let a3: [f64; 32] = an.clone().try_into().unwrap();
+                let (mut w3, mut r3) = (w.clone(), rv1.clone());
                 // SAFETY: AVX-512 checked above.
                 let ok3 = unsafe { chase::<32, 4>(n, &mut w3, &mut r3, &a3) };
-                assert_eq!(want_ok, ok3, "32 lanes, n = {n}, round {round}");
-                for q in (0..32).filter(|&q| want_ok[q]) {
-                    for i in 0..n {
-                        let (a, b) = (want_w[i * 32 + q], w3[i * 32 + q]);
-                        assert_eq!(
-                            a.to_bits(),
-                            b.to_bits(),
-                            "32 lanes, n = {n}, round {round}, lane {q}, value {i}: {a} vs {b}"
-                        );
-                    }
-                }
+                same("32 lanes", 32, 0, &ok3, &w3);
                 assert!(ok3.iter().filter(|&&x| x).count() >= 16, "n = {n}: most lanes converge");
-                // the sweeps in lockstep, 32 and 16 lanes
                 let (mut w4, mut r4) = (w.clone(), rv1.clone());
                 // SAFETY: AVX-512 checked above.
                 let ok4 = unsafe { chase_lockstep::<32, 4>(n, &mut w4, &mut r4, &a3) };
-                assert_eq!(want_ok, ok4, "lockstep, 32 lanes, n = {n}, round {round}");
-                for half in 0..2 {
-                    let (mut w5, mut r5) = (vec![0.0; (n + 2) * K], vec![0.0; (n + 2) * K]);
-                    let mut a5 = [0.0; K];
-                    for q in 0..K {
-                        for i in 0..n {
-                            w5[i * K + q] = w[i * 32 + half * K + q];
-                            r5[i * K + q] = rv1[i * 32 + half * K + q];
-                        }
-                        a5[q] = an[half * K + q];
-                    }
-                    // SAFETY: AVX-512 checked above.
-                    let ok5 = unsafe { chase_lockstep::<16, 2>(n, &mut w5, &mut r5, &a5) };
-                    assert_eq!(
-                        &want_ok[half * K..(half + 1) * K],
-                        &ok5[..],
-                        "lockstep, 16 lanes, n = {n}, round {round}"
-                    );
-                    for q in (0..K).filter(|&q| ok5[q]) {
-                        for i in 0..n {
-                            let (a, b) = (want_w[i * 32 + half * K + q], w5[i * K + q]);
-                            assert_eq!(a.to_bits(), b.to_bits(), "lockstep, 16 lanes, n = {n}, lane {q}, value {i}");
-                        }
-                    }
-                }
-                for q in (0..32).filter(|&q| want_ok[q]) {
-                    for i in 0..n {
-                        let (a, b) = (want_w[i * 32 + q], w4[i * 32 + q]);
-                        assert_eq!(
-                            a.to_bits(),
-                            b.to_bits(),
-                            "lockstep, 32 lanes, n = {n}, round {round}, lane {q}, value {i}: {a} vs {b}"
-                        );
-                    }
-                }
+                same("lockstep, 32 lanes", 32, 0, &ok4, &w4);
             }
         }
     }
