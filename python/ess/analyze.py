@@ -590,8 +590,11 @@ class _Rows(NamedTuple):
 
 
 #: threads that fill the report's columns (the first touch of gigabytes of fresh memory is most of
-#: the report's time on a large model, and it goes faster on several cores)
-ASSEMBLY_THREADS = max(1, min(4, os.cpu_count() or 1))
+#: the report's time on a large model, and it goes faster on several cores): the cores this process
+#: may run on, at most four
+ASSEMBLY_THREADS = max(
+    1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+)
 
 
 def _token_row(token_ids: Optional[np.ndarray], c: _Rows) -> np.ndarray:
