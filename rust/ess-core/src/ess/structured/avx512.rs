@@ -906,7 +906,6 @@ pub(super) unsafe fn chase_lockstep<const K: usize, const HZ: usize>(
             }
         }
         lockstep_bookkeeping::<K, HZ>(&mut ch, &mut neg, w, rv1, anorm, failm & !donem & all, &f, &x, &mut donem);
-        let _ = (c, s);
     }
     ch.finish(n, w)
 }
