@@ -181,3 +181,35 @@ def test_from_rows_with_plain_lists_and_interleaved_layers():
     assert list(rep.table["layer"].cat.categories) == ["a.mixer", "z.mixer"]
     pd.testing.assert_frame_equal(rep.table.astype({c: ref[c].dtype for c in CATEGORY_COLUMNS}), ref, check_exact=True)
     pd.testing.assert_frame_equal(rep.summary, _reference_summary(ref, lm, "tolerance", 0.9, 0.1), check_exact=True)
+
+
+def test_assemble_frees_each_curve_and_writes_every_sample():
+    """``_assemble`` consumes the chunks (no curve is left alive: each is dropped once its rows are copied, so the
+    columns' pages can reuse its memory; the peak RSS this saves is measured in benches/report_assembly.py), the
+    curves land in order, and the ``sample`` column, which starts from lazily zeroed memory and is written only
+    where a chunk's sample is not zero, holds every chunk's sample."""
+    import weakref
+
+    rng = np.random.default_rng(3)
+    cats = {"layer": {"b": 0, "a": 1}, "kind": {"conv": 0}, "operator": {"op 0": 0, "op 1": 1, "op 2": 2}}
+    chunks, refs, want = [], [], []
+    for layer, s, nops, L in ((0, 0, 3, 7), (0, 2, 3, 7), (1, 0, 2, 5), (1, 1, 2, 5)):
+        P = np.arange(1, L, dtype=np.int64)
+        tol = rng.integers(0, 4, (nops, len(P))).astype(float)
+        ent = rng.random((nops, len(P)))
+        refs += [weakref.ref(tol), weakref.ref(ent)]
+        want.append((s, tol.copy(), ent.copy()))
+        chunks.append(
+            AZ._Rows(s, layer, 0, np.arange(nops), P, L, tol, ent, np.full(nops, 4.0), np.ones(nops, np.int64))
+        )
+        del tol, ent
+    cols = AZ._assemble(chunks, cats)
+    assert chunks == [] and all(r() is None for r in refs)
+    at = 0
+    for s, tol, ent in want:
+        k = tol.size
+        assert (cols["sample"][at : at + k] == s).all()
+        np.testing.assert_array_equal(cols["ess_tolerance"][at : at + k], tol.ravel())
+        np.testing.assert_array_equal(cols["ess_entropy"][at : at + k], ent.ravel())
+        at += k
+    assert at == len(cols["sample"]) and cols["sample"].dtype == np.int64

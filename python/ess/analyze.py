@@ -616,7 +616,7 @@ def _assemble(
     per-chunk columns, no concatenation), several columns at a time on :data:`ASSEMBLY_THREADS`
     threads; the names as :class:`pandas.Categorical` columns, categories sorted
     (:func:`ess.report._sorted_categories`), codes written in their final integer type. Empties
-    ``chunks`` (the curves are freed once copied, before the last columns are allocated)."""
+    ``chunks`` (each curve is freed once copied, before the last columns are allocated)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import pandas as pd
@@ -627,31 +627,44 @@ def _assemble(
     ends = np.cumsum([0] + sizes).tolist()
     n = ends[-1]
 
-    def fill(dtype: Any, value: Any) -> np.ndarray:
-        out = np.empty(n, dtype=dtype)
-        for c, a, b in zip(chunks, ends[:-1], ends[1:]):
-            out[a:b].reshape(len(c.operators), len(c.positions))[...] = value(c)
+    def fill(dtype: Any, value: Any, zero: Any = None) -> np.ndarray:
+        # Fresh memory is most of the report's cost on a large model (its first touch, gigabytes of
+        # rows). So a column whose chunks are mostly zero (``sample`` of a one-sequence analysis)
+        # starts from ``np.zeros`` (lazily zeroed pages, never written where a chunk is zero), and a
+        # ``value`` that is a list of per-chunk arrays (the curves) is consumed: each array is
+        # dropped once copied, so the column's next pages can reuse its memory.
+        out = np.zeros(n, dtype=dtype) if zero is not None else np.empty(n, dtype=dtype)
+        for i, (c, a, b) in enumerate(zip(chunks, ends[:-1], ends[1:])):
+            if zero is not None and zero(c):
+                continue
+            dst = out[a:b].reshape(len(c.operators), len(c.positions))
+            if isinstance(value, list):
+                dst[...] = value[i]
+                value[i] = None
+            else:
+                dst[...] = value(c)
         return out
 
-    def filled(pool: Any, jobs: Dict[str, Tuple[Any, Any]]) -> Dict[str, np.ndarray]:
-        futures = {k: pool.submit(fill, dtype, value) for k, (dtype, value) in jobs.items()}
+    def filled(pool: Any, jobs: Dict[str, Tuple[Any, ...]]) -> Dict[str, np.ndarray]:
+        futures = {k: pool.submit(fill, *job) for k, job in jobs.items()}
         return {k: f.result() for k, f in futures.items()}
 
     ranks = {k: _sorted_categories(list(cats[k])) for k in ("layer", "kind", "operator")}
-    jobs: Dict[str, Tuple[Any, Any]] = {}
+    jobs: Dict[str, Tuple[Any, ...]] = {}
     for k, (rank, _) in ranks.items():
         attr = "operators" if k == "operator" else k
         jobs[k] = (rank.dtype, lambda c, attr=attr, rank=rank: rank[np.asarray(getattr(c, attr))].reshape(-1, 1))
-    jobs["sample"] = (np.int64, lambda c: c.sample)
+    jobs["sample"] = (np.int64, lambda c: c.sample, lambda c: c.sample == 0)
     jobs["index"] = (np.int64, lambda c: np.arange(len(c.operators))[:, None])
     jobs["position"] = (np.int64, lambda c: c.positions[None, :])
-    jobs["ess_tolerance"] = (np.float64, lambda c: c.tol)
-    jobs["ess_entropy"] = (np.float64, lambda c: c.ent)
+    # the curves leave the chunks (their only other holder) and are freed one by one as they are copied
+    jobs["ess_tolerance"] = (np.float64, [c.tol for c in chunks])
+    jobs["ess_entropy"] = (np.float64, [c.ent for c in chunks])
+    none = np.zeros((0, 0))
+    chunks[:] = [c._replace(tol=none, ent=none) for c in chunks]
     with ThreadPoolExecutor(max_workers=ASSEMBLY_THREADS) as pool:
         rows: Dict[str, Any] = filled(pool, jobs)
-        none = np.zeros((0, 0))
-        chunks[:] = [c._replace(tol=none, ent=none) for c in chunks]  # the curves are in the table: freed
-        jobs = {
+        jobs = {  # (after the curves are freed: peak memory stays that of the table and the curves)
             "tss": (np.float64, lambda c: c.tss[:, None]),
             "bound": (np.int64, lambda c: np.minimum(c.positions, c.length - c.positions)[None, :]),
             "shared": (np.int64, lambda c: c.shared[:, None]),
