@@ -30,6 +30,55 @@ pub struct SelectiveParams<'a> {
     pub scalar: bool,
 }
 
+/// Channels per block of the Mamba-1 path of [`selective_apply`].
+const LANES: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn block_avx2(p: &SelectiveParams<'_>, o0: usize, u: &[f64], y: &mut [f64]) {
+    block_body(p, o0, u, y)
+}
+
+/// Channels `o0 .. o0 + LANES` of a Mamba-1 layer (`m = 1`, diagonal transitions, shared `b`, `c`):
+/// `u` and `y` hold their `LANES x L` inputs and outputs. Per channel, the operations of the
+/// one-by-one loop of [`selective_apply`] in the same order.
+#[inline(always)]
+fn block_body(p: &SelectiveParams<'_>, o0: usize, u: &[f64], y: &mut [f64]) {
+    let (ops, l, n) = (p.ops, p.l, p.n);
+    let mut h = vec![[0.0f64; LANES]; n];
+    // (state-major, lane-minor: arg[k * LANES + q] = delta_t[o0 + q] * a[o0 + q, k])
+    let mut arg = vec![0.0f64; n * LANES];
+    let mut dec = vec![0.0f64; n * LANES];
+    for t in 0..l {
+        let mut dl = [0.0f64; LANES];
+        dl.copy_from_slice(&p.delta[t * ops + o0..t * ops + o0 + LANES]);
+        for k in 0..n {
+            for q in 0..LANES {
+                arg[k * LANES + q] = dl[q] * p.a[(o0 + q) * n + k];
+            }
+        }
+        crate::exp::exp_into(&arg, &mut dec);
+        let bt = &p.b[t * n..(t + 1) * n];
+        let ct = &p.c[t * n..(t + 1) * n];
+        let mut u0 = [0.0f64; LANES];
+        for (q, x) in u0.iter_mut().enumerate() {
+            *x = u[q * l + t];
+        }
+        let mut acc = [0.0f64; LANES];
+        for k in 0..n {
+            let (hk, dk) = (&mut h[k], &dec[k * LANES..(k + 1) * LANES]);
+            for q in 0..LANES {
+                let v = dk[q] * hk[q] + dl[q] * bt[k] * u0[q];
+                hk[q] = v;
+                acc[q] += ct[k] * v;
+            }
+        }
+        for q in 0..LANES {
+            y[q * l + t] = acc[q] + p.d.map_or(0.0, |d| d[o0 + q] * u0[q]);
+        }
+    }
+}
+
 /// `y = T u` for the inputs `u` (`ops x L x m`, `m` input columns per operator: 1 for Mamba-1,
 /// the head dimension for Mamba-2), by the recurrence in float64: `ops x L x m`. Operators run
 /// in parallel; a pending interrupt is noticed between operators.
@@ -63,7 +112,28 @@ pub fn selective_apply(p: &SelectiveParams<'_>, u: &[f64], m: usize) -> Result<V
     if per == 0 || (n == 0 && p.d.is_none()) {
         return Ok(y);
     }
-    y.par_chunks_mut(per).enumerate().try_for_each(|(o, yo)| -> Result<()> {
+    // Mamba-1 (one input column, diagonal transitions, `b` and `c` shared by the channels): eight
+    // channels at a time, lane `q` of every vector is channel `o0 + q`, with the same operations per
+    // channel as below (so the same values bit for bit); the channels left over go one by one.
+    let blocked = if m == 1 && !p.scalar && bshared && cshared { ops - ops % LANES } else { 0 };
+    if blocked > 0 {
+        let (yb, _) = y.split_at_mut(blocked * per);
+        yb.par_chunks_mut(LANES * per).enumerate().try_for_each(|(blk, yo)| -> Result<()> {
+            crate::interrupt::check()?;
+            let o0 = blk * LANES;
+            let uo = &u[o0 * per..(o0 + LANES) * per];
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::has_avx2_fma() {
+                // SAFETY: the processor has AVX2 (the body uses no fused multiply-add).
+                unsafe { block_avx2(p, o0, uo, yo) };
+                return Ok(());
+            }
+            block_body(p, o0, uo, yo);
+            Ok(())
+        })?;
+    }
+    y[blocked * per..].par_chunks_mut(per).enumerate().try_for_each(|(i, yo)| -> Result<()> {
+        let o = blocked + i;
         crate::interrupt::check()?;
         let uo = &u[o * per..(o + 1) * per];
         let mut h = vec![0.0f64; n * m];
@@ -171,6 +241,49 @@ mod tests {
                         let got = y[(o * l + t) * m + j];
                         assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()), "{got} vs {want}");
                     }
+                }
+            }
+        }
+    }
+
+    /// The Mamba-1 path (eight channels a block) gives each channel the values of the channel alone
+    /// (the one-by-one loop), bit for bit, with the leftover channels and with and without `d`.
+    #[test]
+    fn blocks_of_channels_equal_each_channel_alone() {
+        let mut seed = 9u64;
+        for &(ops, l, n, skip) in
+            &[(19usize, 13usize, 5usize, true), (8, 1, 16, false), (16, 40, 3, true), (9, 7, 1, false)]
+        {
+            let a: Vec<f64> = (0..ops * n).map(|_| -1.0 - 3.0 * lcg(&mut seed)).collect();
+            let delta: Vec<f64> = (0..l * ops).map(|_| 0.3 + 0.5 * lcg(&mut seed)).collect();
+            let b: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+            let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
+            let d: Vec<f64> = (0..ops).map(|_| lcg(&mut seed)).collect();
+            let u: Vec<f64> = (0..ops * l).map(|_| 1e3 * lcg(&mut seed)).collect();
+            let p = SelectiveParams {
+                ops,
+                l,
+                n,
+                a: &a,
+                delta: &delta,
+                b: &b,
+                c: &c,
+                d: if skip { Some(&d) } else { None },
+                scalar: false,
+            };
+            let y = selective_apply(&p, &u, 1).unwrap();
+            for o in 0..ops {
+                let dl: Vec<f64> = (0..l).map(|t| delta[t * ops + o]).collect();
+                let one = SelectiveParams {
+                    ops: 1,
+                    a: &a[o * n..(o + 1) * n],
+                    delta: &dl,
+                    d: if skip { Some(&d[o..o + 1]) } else { None },
+                    ..p
+                };
+                let yo = selective_apply(&one, &u[o * l..(o + 1) * l], 1).unwrap();
+                for t in 0..l {
+                    assert_eq!(y[o * l + t].to_bits(), yo[t].to_bits(), "channel {o} of {ops}, t = {t}");
                 }
             }
         }
