@@ -426,7 +426,8 @@ class MambaMixerExtractor(_StructuredMixin, _MixerBase):
             self._xo = out.detach()
 
         def on_in_proj(mod: Any, args: Tuple[Any, ...], out: torch.Tensor) -> None:
-            self._gate = out[..., Dn : 2 * Dn].detach()
+            # (a copy of the gate half: a view would hold in_proj's whole output until the analysis ends)
+            self._gate = out[..., Dn : 2 * Dn].detach().clone()
 
         def on_out_proj(mod: Any, args: Tuple[Any, ...]) -> None:
             self._y = args[0].detach()
