@@ -89,6 +89,17 @@ pub fn advise_vec<T>(v: &mut Vec<T>) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge(_ptr: *mut u8, _bytes: usize) {}
 
+/// `v.resize(n, x)`, where a growth that needs a new allocation asks for huge pages for it
+/// before its first touch (a scratch buffer of tens of MB that a kernel streams through: one
+/// fault and one TLB entry per 2 MiB instead of per 4 KiB).
+pub fn resize_advised<T: Clone>(v: &mut Vec<T>, n: usize, x: T) {
+    if n > v.capacity() {
+        v.reserve_exact(n - v.len());
+        advise_vec(v);
+    }
+    v.resize(n, x);
+}
+
 /// An empty vector with room for `n` elements, backed by huge pages where possible.
 /// `TooLarge` (naming `P`, the transition matrix whose work needs it) when the
 /// allocation fails.

@@ -307,8 +307,8 @@ fn run(
     let out_len = checked_size("B", &[batch, np])?;
     let want_tol = opts.method.wants_tolerance();
     let want_ent = opts.method.wants_entropy();
-    let mut tol_out = vec![0.0; if want_tol { out_len } else { 0 }];
-    let mut ent_out = vec![0.0; if want_ent { out_len } else { 0 }];
+    let mut tol_out = crate::mem::try_filled("B", if want_tol { out_len } else { 0 }, 0.0, "the tolerance curves")?;
+    let mut ent_out = crate::mem::try_filled("B", if want_ent { out_len } else { 0 }, 0.0, "the entropy curves")?;
     if np > 0 && batch > 0 {
         // Per worker: the channel's factors (3 x L x N at most for diagonal transitions) and a
         // bounded window of backward factors (see `plan_window`).
@@ -933,7 +933,7 @@ fn one_channel(
     let w = w.min(ts.len());
     let nblocks = ts.len().div_ceil(w);
     let Workspace { st_s, st_e, st_rz, st_tri, cps, lanes_a, svd, chan: _ } = ws;
-    st_s.resize(checked_size("B", &[w, nn])?, 0.0);
+    crate::mem::resize_advised(st_s, checked_size("B", &[w, nn])?, 0.0);
     st_e.resize(w * n, 0);
     st_rz.resize(w * n, true);
     st_tri.resize(w, true);

@@ -445,9 +445,9 @@ fn group_body(
     let GroupWorkspace { a, b, c, st_s, st_e, st_rz, so, sr, svd, sv, svd2, sv2, srs, .. } = ws;
     srs.clear();
     srs.resize(nt, [0.0; K]);
-    st_s.resize(ts.len() * nt, [0.0; K]);
-    st_e.resize(ts.len() * n, [0; K]);
-    st_rz.resize(ts.len() * n, [true; K]);
+    crate::mem::resize_advised(st_s, ts.len() * nt, [0.0; K]);
+    crate::mem::resize_advised(st_e, ts.len() * n, [0; K]);
+    crate::mem::resize_advised(st_rz, ts.len() * n, [true; K]);
     if so.as_ref().is_none_or(|f| f.n != n) {
         *so = Some(LaneFactor::zeros(n));
         *sr = Some(LaneFactor::zeros(n));
