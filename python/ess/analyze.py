@@ -664,7 +664,7 @@ def _assemble(
     chunks[:] = [c._replace(tol=none, ent=none) for c in chunks]
     with ThreadPoolExecutor(max_workers=ASSEMBLY_THREADS) as pool:
         rows: Dict[str, Any] = filled(pool, jobs)
-        jobs = {  # (after the curves are freed: peak memory stays that of the table and the curves)
+        jobs = {  # (allocated once every curve has been copied and freed)
             "tss": (np.float64, lambda c: c.tss[:, None]),
             "bound": (np.int64, lambda c: np.minimum(c.positions, c.length - c.positions)[None, :]),
             "shared": (np.int64, lambda c: c.shared[:, None]),

@@ -192,6 +192,18 @@ mod tests {
         ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
     }
 
+    /// The parameters of a layer of `ops` operators, length `l`, state size `n`.
+    fn params<'a>(
+        (ops, l, n): (usize, usize, usize),
+        a: &'a [f64],
+        delta: &'a [f64],
+        (b, c): (&'a [f64], &'a [f64]),
+        d: Option<&'a [f64]>,
+        scalar: bool,
+    ) -> SelectiveParams<'a> {
+        SelectiveParams { ops, l, n, a, delta, b, c, d, scalar }
+    }
+
     /// Against the operator formed entry by entry: `T[t, s] = c_t . (prod_{r=s+1..t} A_r) b_s`
     /// (plus `d` on the diagonal), applied as a matrix.
     #[test]
@@ -210,17 +222,7 @@ mod tests {
             let c: Vec<f64> = (0..bl).map(|_| lcg(&mut seed)).collect();
             let d: Vec<f64> = (0..ops).map(|_| lcg(&mut seed)).collect();
             let u: Vec<f64> = (0..ops * l * m).map(|_| lcg(&mut seed)).collect();
-            let p = SelectiveParams {
-                ops,
-                l,
-                n,
-                a: &a,
-                delta: &delta,
-                b: &b,
-                c: &c,
-                d: if skip { Some(&d) } else { None },
-                scalar,
-            };
+            let p = params((ops, l, n), &a, &delta, (&b, &c), skip.then_some(&d[..]), scalar);
             let y = selective_apply(&p, &u, m).unwrap();
             let row = |x: &[f64], t: usize, o: usize| -> Vec<f64> {
                 let s = if shared { t * n } else { (t * ops + o) * n };
@@ -260,17 +262,7 @@ mod tests {
             let c: Vec<f64> = (0..l * n).map(|_| lcg(&mut seed)).collect();
             let d: Vec<f64> = (0..ops).map(|_| lcg(&mut seed)).collect();
             let u: Vec<f64> = (0..ops * l).map(|_| 1e3 * lcg(&mut seed)).collect();
-            let p = SelectiveParams {
-                ops,
-                l,
-                n,
-                a: &a,
-                delta: &delta,
-                b: &b,
-                c: &c,
-                d: if skip { Some(&d) } else { None },
-                scalar: false,
-            };
+            let p = params((ops, l, n), &a, &delta, (&b, &c), skip.then_some(&d[..]), false);
             let y = selective_apply(&p, &u, 1).unwrap();
             for o in 0..ops {
                 let dl: Vec<f64> = (0..l).map(|t| delta[t * ops + o]).collect();
