@@ -8,7 +8,10 @@ A random-weight transformers ``MambaForCausalLM`` (d_model 768, expand 2: 1536 c
 forward pass (``ess.analyze``'s ``_forward``), the extraction with its run-time check (``MambaMixerExtractor.factors``),
 the structured kernel (``ess.analyze``'s ``_structured_curves``), the report (``ess.analyze``'s
 ``_assemble`` and ``Report.from_rows``: the table and the summary) and the rest (discovery, hooks, the
-rows of each layer). The parts are timed by wrapping those functions. Figures: docs/benchmarks.md.
+rows of each layer). The parts are timed by wrapping those functions. On Linux it also prints the page faults
+of each part (``/proc/vmstat``, so counted for the whole system: run it on an otherwise idle machine): on a
+virtual machine whose host reclaims freed memory the first touch of fresh pages is a large part of the forward
+pass and of the report (docs/benchmarks.md, twelfth session). Figures: docs/benchmarks.md.
 """
 
 import os
@@ -40,16 +43,31 @@ torch.manual_seed(0)
 model = MambaForCausalLM(cfg).eval()
 tok = torch.randint(0, cfg.vocab_size, (1, L), generator=torch.Generator().manual_seed(1))
 acc = {"forward": [0.0, 0.0], "factors": [0.0, 0.0], "kernel": [0.0, 0.0], "report": [0.0, 0.0]}
+faults = {k: [0, 0] for k in acc}  # (huge-page faults, 4 KiB page faults) per part
+
+
+def vmstat():
+    """The system's (huge-page, all) page fault counts so far, or None where /proc/vmstat is missing."""
+    try:
+        with open("/proc/vmstat") as f:
+            d = dict(line.split() for line in f)
+        return int(d.get("thp_fault_alloc", 0)), int(d.get("pgfault", 0))
+    except (OSError, ValueError):
+        return None
 
 
 def timed(fn, key):
     def wrapper(*a, **k):
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, v0 = time.perf_counter(), time.process_time(), vmstat()
         try:
             return fn(*a, **k)
         finally:
             acc[key][0] += time.perf_counter() - t0
             acc[key][1] += time.process_time() - c0
+            v1 = vmstat()
+            if v0 is not None and v1 is not None:
+                faults[key][0] += v1[0] - v0[0]
+                faults[key][1] += v1[1] - v0[1]
 
     return wrapper
 
@@ -69,3 +87,10 @@ print(
     f"report {r_w:.1f} s wall, {r_c:.1f} s cpu; rest {wall - fw - fa_w - k_w - r_w:.1f} s wall, "
     f"{cpu - fc - fa_c - k_c - r_c:.1f} s cpu; load average {os.getloadavg()[0]:.1f}"
 )
+if vmstat() is not None:
+    print(
+        "page faults (whole system): "
+        + "; ".join(
+            f"{k} {h} of 2 MiB ({h * 2 / 1024:.2f} GiB) and {p / 1e3:.0f} k in all" for k, (h, p) in faults.items()
+        )
+    )
