@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, NamedTuple, Optiona
 
 import numpy as np
 
+from . import _heap
 from .errors import DTypeError, InvalidArgumentError, NonFiniteError, OutOfRangeError, ShapeError, TooLargeError
 
 if TYPE_CHECKING:
@@ -917,7 +918,9 @@ def analyze(
 
     One forward pass runs with extractor hooks on each supported layer (the model in eval mode,
     under ``torch.no_grad``, on its own device; its training flags are restored and every hook is
-    removed afterwards, also when the forward raises). Then, one layer at a time and one sequence at
+    removed afterwards, also when the forward raises). On Linux with glibc, freed memory stays in the
+    C heap from the forward pass to the end of the ESS computation and is given back afterwards
+    (``ESS_KEEP_HEAP=0`` turns this off; see ``ess._heap``). Then, one layer at a time and one sequence at
     a time, the layer's causal operators (per head or channel; channels sharing an operator are
     computed once) are materialised and their ESS curves computed by the dense kernel
     (:func:`ess.effective_state_size`), then freed.
@@ -1006,26 +1009,29 @@ def analyze(
     device = _model_device(model)  # inputs follow the model
     payload = _to_device(payload, device)
     ess_device = _ess_device(device_arg, device)
-    t_forward = _forward(model, found, style, payload)
+    # freed memory stays in the C heap until the curves are computed (ess._heap: glibc otherwise maps
+    # and unmaps the forward pass's large temporaries layer after layer, each a fresh first touch)
+    with _heap.retained():
+        t_forward = _forward(model, found, style, payload)
 
-    bar = _progress_bar(progress, len(found))
-    ess = _EssPass(
-        found,
-        skipped,
-        method=method,
-        atol=atol,
-        rtol=rtol,
-        positions=positions,
-        budget=budget,
-        materialize=materialize,
-        ess_device=ess_device,
-        precision=precision,
-        progress=progress,
-        bar=bar,
-    )
-    t1 = time.perf_counter()
-    ess.run()
-    t_ess = time.perf_counter() - t1
+        bar = _progress_bar(progress, len(found))
+        ess = _EssPass(
+            found,
+            skipped,
+            method=method,
+            atol=atol,
+            rtol=rtol,
+            positions=positions,
+            budget=budget,
+            materialize=materialize,
+            ess_device=ess_device,
+            precision=precision,
+            progress=progress,
+            bar=bar,
+        )
+        t1 = time.perf_counter()
+        ess.run()
+        t_ess = time.perf_counter() - t1
     if not ess.layer_meta:
         raise InvalidArgumentError(
             f"model: no layer was analysed: the supported layers {[n for n, _ in found]} were not called in the "
