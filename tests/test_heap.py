@@ -147,3 +147,47 @@ def test_analyze_keeps_the_heap_for_the_forward_and_the_kernels_only():
     finally:
         h.remove()
     assert not _heap.active()
+
+
+_GATE_PROBE = textwrap.dedent(
+    """
+    import json, numpy as np
+    from ess import _args, _heap
+    from ess.errors import TooLargeError
+
+    with _heap.retained():
+        a = np.ones(2**27)  # 1 GiB, written, then freed into the heap (kept: not in MemAvailable)
+        del a
+        held = _args._available_bytes()
+        try:
+            _args.gate("x", held + 2**29, "half a GiB more than MemAvailable shows")  # fits once given back
+            passed = True
+        except TooLargeError:
+            passed = False
+        after = _args._available_bytes()
+    try:
+        _args.gate("y", 2**62, "an impossible buffer")
+        refused = ""
+    except TooLargeError as e:
+        refused = str(e)
+    print(json.dumps({"passed": passed, "freed": after - held, "refused": refused}))
+    """
+)
+
+
+@glibc_only
+def test_memory_gate_gives_the_kept_heap_back_before_refusing():
+    e = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k not in ("ESS_KEEP_HEAP", "GLIBC_TUNABLES")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _GATE_PROBE], env=e, capture_output=True, text=True, timeout=120, check=True
+    )
+    import json
+
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["freed"] > 2**29  # the kept GiB went back to the system when the gate looked again
+    assert r["passed"]
+    assert r["refused"].startswith("y: an impossible buffer needs")

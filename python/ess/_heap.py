@@ -27,8 +27,9 @@ Nothing is changed (a no-op context) when:
 
 The settings are global to the process; nested and concurrent uses (threads running analyses at
 the same time) are counted, and the defaults come back when the last one leaves. While it is active,
-free memory held in the heap is not counted in the system's ``MemAvailable``; the Rust core's memory
-gate adds the heap's free bytes (``mallinfo2``) to it for that reason.
+free memory held in the heap is not counted in the system's ``MemAvailable``: the memory gates (the
+Rust core's and :func:`ess._args.gate`) call ``malloc_trim(0)`` (:func:`release`) and look again before
+they refuse a request, and the CPU torch route gives the heap back before it sizes its chunks.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import sys
 import threading
 from typing import Any, Iterator, Optional, Tuple
 
-__all__ = ["retained", "active"]
+__all__ = ["retained", "active", "release"]
 
 # mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -85,6 +86,16 @@ def _wanted() -> bool:
     if any(v in os.environ for v in _USER_VARS) or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return False
     return _glibc() is not None
+
+
+def release() -> bool:
+    """Give the free memory of the C heap back to the system now (glibc's ``malloc_trim(0)``), e.g. before
+    a memory check refuses a request; whether that was possible."""
+    funcs = _glibc()
+    if funcs is None:
+        return False
+    funcs[1](0)
+    return True
 
 
 def active() -> bool:

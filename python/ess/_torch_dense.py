@@ -72,6 +72,10 @@ def _free_bytes(dev: Any) -> Optional[int]:
             return int(free)
         except Exception:  # noqa: BLE001 - no estimate: no gate
             return None
+    from . import _heap
+
+    if _heap.active():  # free memory kept in the C heap during ess.analyze is not in MemAvailable
+        _heap.release()
     return _args._available_bytes()
 
 
