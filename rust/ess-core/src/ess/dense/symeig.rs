@@ -318,7 +318,7 @@ pub(super) fn axpy(y: &mut [f64], x: &[f64], alpha: f64) {
 /// `y += alphas[q] xs[q]` for every `q` in order: the values of one [`axpy`] per column, bit for
 /// bit, in one pass over `y` (each `xs[q]` has at least `y.len()` entries).
 #[inline]
-fn axpy_many(y: &mut [f64], xs: &[&[f64]], alphas: &[f64]) {
+pub(super) fn axpy_many(y: &mut [f64], xs: &[&[f64]], alphas: &[f64]) {
     #[cfg(target_arch = "x86_64")]
     if simd() && xs.iter().all(|x| x.len() >= y.len()) && alphas.len() >= xs.len() {
         // SAFETY: AVX2 and FMA were detected at run time; the lengths were checked.
@@ -332,7 +332,7 @@ fn axpy_many(y: &mut [f64], xs: &[&[f64]], alphas: &[f64]) {
 /// `out[q] = dot(xs[q], v)` for every `q`: the values of one [`dot`] per column, bit for bit, the
 /// columns four at a time in one pass over `v` (each `xs[q]` has at least `v.len()` entries).
 #[inline]
-fn dot_many(xs: &[&[f64]], v: &[f64], out: &mut [f64]) {
+pub(super) fn dot_many(xs: &[&[f64]], v: &[f64], out: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     if simd() && xs.iter().all(|x| x.len() >= v.len()) && out.len() >= xs.len() {
         // SAFETY: AVX2 and FMA were detected at run time; the lengths were checked.
@@ -510,10 +510,15 @@ fn norm2(x: &[f64]) -> f64 {
     if xmax == 0.0 || !xmax.is_finite() {
         return xmax;
     }
-    let r = 1.0 / xmax;
-    let s: f64 = x.iter().map(|v| (v * r) * (v * r)).sum();
-    xmax * s.sqrt()
+    // Rescale by an exact power of two (`1 / xmax` overflows for a subnormal `xmax`).
+    let e = pow2_exponent(xmax);
+    let s: f64 = x.iter().map(|v| mul_pow2(*v, e) * mul_pow2(*v, e)).sum();
+    mul_pow2(s.sqrt(), -e)
 }
+
+/// Below this, a reflector's `beta` is computed again from the vector rescaled (LAPACK's `safmin /
+/// eps`, about `2e-292`).
+const SAFE_MIN: f64 = f64::MIN_POSITIVE / f64::EPSILON;
 
 /// Householder reflector (LAPACK's `dlarfg`) for `x = [alpha; rest]`: returns `(beta, tau)`
 /// with `(I - tau v v^T) x = beta e_1`, `v = [1; rest']`, and stores `rest'` in place of `rest`.
@@ -523,12 +528,25 @@ pub(super) fn householder(x: &mut [f64]) -> (f64, f64) {
     let Some((alpha, rest)) = x.split_first_mut() else {
         return (0.0, 0.0);
     };
-    let alpha = *alpha;
+    let alpha0 = *alpha;
     let xnorm = norm2(rest);
     if xnorm == 0.0 {
-        return (alpha, 0.0);
+        return (alpha0, 0.0);
     }
-    let beta = -alpha.hypot(xnorm).copysign(alpha);
+    let beta = -alpha0.hypot(xnorm).copysign(alpha0);
+    if beta.abs() < SAFE_MIN {
+        // A vector this small has few significant bits left in beta (LAPACK's `dlarfg` rescales
+        // it too): scale it by an exact power of two, reflect, and scale beta back.
+        let k = pow2_exponent(beta.abs());
+        rest.iter_mut().for_each(|v| *v = mul_pow2(*v, k));
+        let alpha = mul_pow2(alpha0, k);
+        let beta = -alpha.hypot(norm2(rest)).copysign(alpha);
+        let tau = (beta - alpha) / beta;
+        let den = alpha - beta;
+        rest.iter_mut().for_each(|v| *v /= den);
+        return (mul_pow2(beta, -k), tau);
+    }
+    let alpha = alpha0;
     let tau = (beta - alpha) / beta;
     let scale = 1.0 / (alpha - beta);
     if scale.is_finite() {
@@ -932,6 +950,24 @@ mod tests {
             // A Gram matrix (positive semidefinite, as the dense kernel uses).
             let h = Mat::<f64>::from_fn(n, n / 2 + 1, |_, _| lcg(&mut seed));
             check(&(&h * h.transpose()), None, "gram");
+        }
+    }
+
+    #[test]
+    fn subnormal_column_next_to_entries_of_order_one() {
+        // Column 0 below the diagonal far below the smallest normal number, the rest of order
+        // one: its reflector's norm is subnormal. Before the vector was rescaled, `1 / xmax`
+        // overflowed in the norm (NaN), and beta kept a few significant bits (eigenvalues off
+        // by about 1e-7).
+        let mut seed = 31u64;
+        for n in [3usize, 5, 40, 70] {
+            let r = Mat::<f64>::from_fn(n, n, |_, _| lcg(&mut seed));
+            let m = Mat::<f64>::from_fn(n, n, |i, j| match (i, j) {
+                (0, 0) => 1.0,
+                (0, k) | (k, 0) => 1e-318 * (k as f64 + 0.5),
+                _ => r[(i, j)] + r[(j, i)],
+            });
+            check(&m, None, "subnormal column");
         }
     }
 
