@@ -2049,6 +2049,44 @@ impl<const K: usize> Chase<K> {
     }
 }
 
+/// Singular values of up to [`LANES`] upper bidiagonals of any orders (diagonal `d`,
+/// superdiagonal `e[..n-1]` each), by their QR iterations run together on the lanes
+/// ([`chase_dispatch`]), the shorter ones padded with zeros to the longest order. A zero row
+/// and column at the end of a bidiagonal leave its iteration unchanged (the padding deflates at
+/// once, and nothing couples it to the rest), so each lane's values are those of
+/// [`bidiagonal_qr`] alone, bit for bit. Per bidiagonal: its values (non-negative, unsorted),
+/// or `None` where the iteration did not converge or the bidiagonal is zero (the caller then
+/// takes another route).
+pub(crate) fn bidiagonal_qr_lanes(items: &[(&[f64], &[f64])]) -> Vec<Option<Vec<f64>>> {
+    const K: usize = LANES;
+    let mut out = Vec::with_capacity(items.len());
+    for group in items.chunks(K) {
+        let n = group.iter().map(|(d, _)| d.len()).max().unwrap_or(0);
+        if n == 0 {
+            out.extend(group.iter().map(|_| None));
+            continue;
+        }
+        let mut w = vec![0.0; (n + 2) * K];
+        let mut rv1 = vec![0.0; (n + 2) * K];
+        let mut anorm = [0.0f64; K];
+        for (q, (d, e)) in group.iter().enumerate() {
+            let mut an = 0.0f64;
+            for (i, &di) in d.iter().enumerate() {
+                let sup = if i > 0 { e[i - 1] } else { 0.0 };
+                w[i * K + q] = di;
+                rv1[i * K + q] = sup;
+                an = an.max(di.abs() + sup.abs());
+            }
+            anorm[q] = an;
+        }
+        let ok = chase_dispatch(n, &mut w, &mut rv1, &anorm);
+        for (q, (d, _)) in group.iter().enumerate() {
+            out.push((ok[q] && anorm[q] > 0.0).then(|| (0..d.len()).map(|i| w[i * K + q].abs()).collect()));
+        }
+    }
+    out
+}
+
 /// [`chase_lanes`]: its AVX2 form ([`chase::chase`], the same values bit for bit) when the processor
 /// has AVX2 and the buffers their two spare rows, else the portable one.
 #[inline(always)]
@@ -2358,6 +2396,47 @@ mod tests {
                 let s1 = want[0].max(1e-300);
                 for (x, y) in got.iter().zip(&want) {
                     assert!((x - y).abs() <= 1e-13 * s1 * n as f64, "n={n} case={case}: {got:?} vs {want:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bidiagonals_of_several_orders_on_lanes_equal_each_alone() {
+        // Zero padding to the longest order leaves each lane's iteration as it is alone.
+        let mut seed = 41u64;
+        for orders in [vec![1usize, 2, 3], vec![40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23]]
+        {
+            let mut mats: Vec<(Vec<f64>, Vec<f64>)> = orders
+                .iter()
+                .map(|&n| ((0..n).map(|_| lcg(&mut seed)).collect(), (0..n).map(|_| lcg(&mut seed)).collect()))
+                .collect();
+            // A graded one, one with an exactly zero diagonal entry, and a zero one.
+            if mats.len() > 3 {
+                for (i, v) in mats[1].0.iter_mut().enumerate() {
+                    *v *= 10f64.powi(-(i as i32) * 8);
+                }
+                mats[2].0[3] = 0.0;
+                let (d3, e3) = &mut mats[3];
+                d3.iter_mut().chain(e3.iter_mut()).for_each(|v| *v = 0.0);
+            }
+            let items: Vec<(&[f64], &[f64])> = mats.iter().map(|(d, e)| (&d[..], &e[..])).collect();
+            let got = bidiagonal_qr_lanes(&items);
+            for (q, (d, e)) in mats.iter().enumerate() {
+                let n = d.len();
+                let mut w = d.clone();
+                let mut rv1 = vec![0.0; n];
+                rv1[1..].copy_from_slice(&e[..n - 1]);
+                let anorm = (0..n).fold(0.0f64, |m, i| m.max(w[i].abs() + rv1[i].abs()));
+                let alone = anorm > 0.0 && bidiagonal_qr(&mut w, &mut rv1, anorm, false).unwrap();
+                match &got[q] {
+                    Some(v) => {
+                        assert!(alone, "order {n}: lanes converged, alone did not");
+                        for (x, y) in v.iter().zip(&w) {
+                            assert_eq!(x.to_bits(), y.abs().to_bits(), "order {n}: {x} vs {y}");
+                        }
+                    }
+                    None => assert!(!alone, "order {n}: alone converged, lanes did not"),
                 }
             }
         }

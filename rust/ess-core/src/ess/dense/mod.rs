@@ -520,6 +520,20 @@ impl Carried {
         let k = self.k;
         Mat::from_fn(k, k, |i, j| if j >= i { self.buf[i * self.k0 + self.off + j] } else { 0.0 })
     }
+
+    /// The factor column-major into `out` (`k * k` values, zeros below the diagonal), as
+    /// [`singular_values`] copies [`Carried::as_mat`].
+    fn column_major_into(&self, out: &mut Vec<f64>) {
+        let k = self.k;
+        out.clear();
+        out.resize(k * k, 0.0);
+        for i in 0..k {
+            let row = &self.buf[i * self.k0 + self.off..i * self.k0 + self.off + k];
+            for j in i..k {
+                out[j * k + i] = row[j];
+            }
+        }
+    }
 }
 
 /// Columns of the block per interrupt check in the first Gram product of a sweep.
@@ -867,6 +881,113 @@ fn fresh_sigma(a: &[f64], l: usize, t: usize, tol: &Tolerance, want_tol: bool) -
     Ok((c, sigma))
 }
 
+/// After repeated misses, the Gram route is tried again at every `GRAM_RETRY`-th target only.
+const GRAM_RETRY: usize = 16;
+
+/// The SVD route for a run of consecutive targets `batch` (increasing `t`, from `*t` on) with
+/// the carried factor `c`: per split, the factor advanced to it and reduced to bidiagonal form
+/// (`bidiag::scaled_bidiagonal`), then the QR iterations of all the forms together on vector
+/// lanes (`bidiag::values_of_forms`: each split's values are those of [`singular_values`] on the
+/// factor, bit for bit). A split that the carried factor cannot settle (its entries out of
+/// range, or a count within its accumulated rounding of the threshold) is recomputed from a
+/// fresh factor, as in [`sweep`]; the last such factor, advanced to the end of the run, then
+/// replaces the carried one. `*t` and `c` end at the last target.
+#[allow(clippy::too_many_arguments)]
+fn svd_batch(
+    a: &[f64],
+    l: usize,
+    batch: &[(usize, usize)],
+    t: &mut usize,
+    c: &mut Carried,
+    tol: &Tolerance,
+    want_tol: bool,
+    want_ent: bool,
+) -> Result<Vec<(usize, SplitResult)>> {
+    enum Item {
+        /// The next of the bidiagonal forms.
+        Form,
+        Sigma(Vec<f64>),
+        Fresh,
+    }
+    let mut forms = Vec::new();
+    let mut items = Vec::with_capacity(batch.len());
+    let mut buf = Vec::new();
+    for &(target, _) in batch {
+        while *t < target {
+            c.advance(a, l, *t);
+            *t += 1;
+        }
+        let k = l - *t;
+        let fresh_here = c.k0 == k;
+        let item = if !fresh_here && !(1e-150..=1e150).contains(&c.max_abs()) {
+            Item::Fresh
+        } else if k < OWN_SVD_MIN {
+            match singular_values(c.as_mat().as_ref()) {
+                Ok(s) => Item::Sigma(s),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(_) => Item::Fresh,
+            }
+        } else {
+            c.column_major_into(&mut buf);
+            match bidiag::scaled_bidiagonal(&mut buf, k) {
+                Ok(Some(f)) => {
+                    forms.push(f);
+                    Item::Form
+                }
+                Ok(None) => Item::Sigma(vec![0.0; k]),
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                // (as `singular_values`: the library SVD answers)
+                Err(_) => match svd_values(c.as_mat().as_ref()) {
+                    Ok(s) => Item::Sigma(s),
+                    Err(_) => Item::Fresh,
+                },
+            }
+        };
+        items.push((item, c.err, fresh_here));
+    }
+    crate::interrupt::check()?;
+    let mut values = bidiag::values_of_forms(&forms).into_iter();
+    let mut out = Vec::with_capacity(batch.len());
+    let mut last_fresh: Option<(Carried, usize)> = None;
+    for (&(target, slot), (item, err, fresh_here)) in batch.iter().zip(items) {
+        let k = l - target;
+        let sigma = match item {
+            Item::Form => match values.next() {
+                Some(Ok(s)) => Some(s),
+                // (as `singular_values`: the library SVD of the factor would answer; the factor
+                // has moved on, so a fresh one does)
+                _ => None,
+            },
+            Item::Sigma(s) => Some(s),
+            Item::Fresh => None,
+        };
+        let sigma = sigma.filter(|sigma| {
+            let smax = sigma.first().copied().unwrap_or(0.0);
+            let tau = tol.scaled_pow2(c.exp2).threshold(smax, k, target);
+            let ambiguous = want_tol && sigma.iter().any(|&s| (s - tau).abs() <= err);
+            !ambiguous || fresh_here
+        });
+        let (sigma, scale) = match sigma {
+            Some(sigma) => (sigma, c.exp2),
+            None => {
+                let (fresh, sigma) = fresh_sigma(a, l, target, tol, want_tol)?;
+                let scale = fresh.exp2;
+                last_fresh = Some((fresh, target));
+                (sigma, scale)
+            }
+        };
+        out.push((slot, from_sigma(&sigma, scale, target, k, tol, want_tol, want_ent)));
+    }
+    if let Some((mut fresh, mut tf)) = last_fresh {
+        while tf < *t {
+            fresh.advance(a, l, tf);
+            tf += 1;
+        }
+        *c = fresh;
+    }
+    Ok(out)
+}
+
 /// Sweep `t` upward over the requested `targets` (`(t, output slot)`, increasing `t`, each
 /// with `L - t <= t`), returning the result of each slot.
 ///
@@ -899,7 +1020,15 @@ fn sweep(
     let batched = want_ent;
     let mut tg = t_first;
     let mut ahead: std::collections::VecDeque<(usize, Result<Vec<f64>>)> = std::collections::VecDeque::new();
+    // Targets before this index were answered by a batch of SVD-route splits.
+    let mut skip_until = 0usize;
     for (n, &(target, slot)) in targets.iter().enumerate() {
+        if n < skip_until {
+            if matches!(ahead.front(), Some(&(j, _)) if j == n) {
+                ahead.pop_front();
+            }
+            continue;
+        }
         crate::interrupt::check()?;
         while t < target {
             if !batched {
@@ -916,8 +1045,6 @@ fn sweep(
             _ => None,
         };
         let k = l - t;
-        // Tolerance alone, threshold well above the Gram route's noise floor: the count is
-        // the inertia of G - tau^2 I (see `inertia_route`), no eigenvalues.
         // Tolerance alone: the count from the inertia of G - tau^2 I (see `inertia`), with
         // no eigenvalues; the routes below decide what it cannot certify.
         if want_tol && !want_ent && k > 0 {
@@ -927,7 +1054,19 @@ fn sweep(
             }
         }
         // After repeated misses, go straight to the SVD, retrying the Gram route now and then.
-        let try_gram = misses < 4 || n % 16 == 0;
+        let try_gram = misses < 4 || n % GRAM_RETRY == 0;
+        if batched && !try_gram && k >= OWN_SVD_MIN {
+            if let Some(c) = carried.as_mut() {
+                // The splits up to the next retry of the Gram route all take the SVD route:
+                // their singular values together (see `svd_batch`).
+                let end = ((n / GRAM_RETRY + 1) * GRAM_RETRY).min(targets.len());
+                let res = svd_batch(a, l, &targets[n..end], &mut t, c, tol, want_tol, want_ent)?;
+                misses += res.len();
+                out.extend(res);
+                skip_until = end;
+                continue;
+            }
+        }
         // The Gram route is a shortcut: an eigensolver that does not converge on it sends the
         // split to the SVD routes below (an interrupt request stops the sweep).
         let quick = if try_gram {
