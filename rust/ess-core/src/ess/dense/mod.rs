@@ -24,6 +24,8 @@
 //!   values of the small triangle come from a single values-only SVD (no vectors): from order
 //!   16 the kernel's own (the `bidiag` module: blocked Householder bidiagonalisation with an
 //!   interrupt check per panel, then the bidiagonal QR iteration), below it the library's.
+//!   Once the fallback repeats, the splits up to the next retry of the Gram route are reduced
+//!   one by one and their QR iterations run together on the vector lanes (see `svd_batch`).
 //! * Rounding accumulates along a sweep; its size is tracked, and a block whose
 //!   tolerance count could be changed by it (a singular value within the accumulated error
 //!   of the threshold) is recomputed from a fresh QR of `H_t` (Givens rotations: a library
