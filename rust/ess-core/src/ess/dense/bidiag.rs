@@ -241,6 +241,24 @@ struct Workspace {
     ut: Vec<f64>,
 }
 
+/// Step 1 of a panel's row and column `i = i0 + p`: column `i` (rows `i..n`) with the panel's
+/// earlier transformations, `A[i:, i] -= A[i:, i0..i] Y[i, :p]^T + X[i:, :p] A[i0..i, i]`, then
+/// its reflector (`d[i]` gets `beta`, the column its vector with the unit in place); returns `tau`.
+#[inline(always)]
+fn reflect_column(a: &mut [f64], n: usize, i0: usize, p: usize, x: &[f64], y: &[f64], d: &mut [f64]) -> f64 {
+    let i = i0 + p;
+    let (prev, rest) = a.split_at_mut(i * n);
+    let (above, col) = rest[..n].split_at_mut(i);
+    for q in 0..p {
+        axpy(col, &prev[(i0 + q) * n + i..(i0 + q + 1) * n], -y[q * n + i]);
+        axpy(col, &x[q * n + i..(q + 1) * n], -above[i0 + q]);
+    }
+    let (beta, tau) = householder(col);
+    d[i] = beta;
+    col[0] = 1.0;
+    tau
+}
+
 /// Reduce rows and columns `i0..i0+b` (LAPACK's `dlabrd` for a square matrix): the column
 /// reflectors stay in `A` on and below the diagonal (unit on the diagonal), the row reflectors
 /// right of the superdiagonal (unit on the superdiagonal); `X` and `Y` get the panel's update
@@ -249,20 +267,7 @@ fn panel(a: &mut [f64], n: usize, i0: usize, b: usize, ws: &mut Workspace, d: &m
     let Workspace { x, y, row, t1, t2, ai, xi, ut, .. } = ws;
     for p in 0..b {
         let i = i0 + p;
-        // 1. Column i (rows i..n) with the panel's earlier transformations:
-        //    A[i:, i] -= A[i:, i0..i] Y[i, :p]^T + X[i:, :p] A[i0..i, i].
-        let tauq = {
-            let (prev, rest) = a.split_at_mut(i * n);
-            let (above, col) = rest[..n].split_at_mut(i);
-            for q in 0..p {
-                axpy(col, &prev[(i0 + q) * n + i..(i0 + q + 1) * n], -y[q * n + i]);
-                axpy(col, &x[q * n + i..(q + 1) * n], -above[i0 + q]);
-            }
-            let (beta, tau) = householder(col);
-            d[i] = beta;
-            col[0] = 1.0;
-            tau
-        };
+        let tauq = reflect_column(a, n, i0, p, x, y, d);
         if i + 1 == n {
             break;
         }
@@ -402,20 +407,7 @@ fn panel_unfused(a: &mut [f64], n: usize, i0: usize, b: usize, ws: &mut Workspac
     let Workspace { x, y, row, t1, t2, .. } = ws;
     for p in 0..b {
         let i = i0 + p;
-        // 1. Column i (rows i..n) with the panel's earlier transformations:
-        //    A[i:, i] -= A[i:, i0..i] Y[i, :p]^T + X[i:, :p] A[i0..i, i].
-        let tauq = {
-            let (prev, rest) = a.split_at_mut(i * n);
-            let (above, col) = rest[..n].split_at_mut(i);
-            for q in 0..p {
-                axpy(col, &prev[(i0 + q) * n + i..(i0 + q + 1) * n], -y[q * n + i]);
-                axpy(col, &x[q * n + i..(q + 1) * n], -above[i0 + q]);
-            }
-            let (beta, tau) = householder(col);
-            d[i] = beta;
-            col[0] = 1.0;
-            tau
-        };
+        let tauq = reflect_column(a, n, i0, p, x, y, d);
         if i + 1 == n {
             break;
         }
