@@ -724,15 +724,11 @@ mod tests {
     #[ignore]
     fn bidiag_reduce_speed() {
         let mut seed = 11u64;
-        let mut lcg = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
-        };
         for &n in &[128usize, 256, 384, 512] {
             let mut m = vec![0.0; n * n];
             for j in 0..n {
                 for i in 0..=j {
-                    m[i + j * n] = lcg();
+                    m[i + j * n] = lcg(&mut seed);
                 }
             }
             let reps = (1usize << 26) / (n * n * n) + 3;

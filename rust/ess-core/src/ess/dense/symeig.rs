@@ -528,25 +528,20 @@ pub(super) fn householder(x: &mut [f64]) -> (f64, f64) {
     let Some((alpha, rest)) = x.split_first_mut() else {
         return (0.0, 0.0);
     };
-    let alpha0 = *alpha;
+    let mut alpha = *alpha;
     let xnorm = norm2(rest);
     if xnorm == 0.0 {
-        return (alpha0, 0.0);
+        return (alpha, 0.0);
     }
-    let beta = -alpha0.hypot(xnorm).copysign(alpha0);
-    if beta.abs() < SAFE_MIN {
-        // A vector this small has few significant bits left in beta (LAPACK's `dlarfg` rescales
-        // it too): scale it by an exact power of two, reflect, and scale beta back.
-        let k = pow2_exponent(beta.abs());
+    let mut beta = -alpha.hypot(xnorm).copysign(alpha);
+    // A vector this small has few significant bits left in beta (LAPACK's `dlarfg` rescales it
+    // too): scale it by an exact power of two, reflect, and scale beta back.
+    let k = if beta.abs() < SAFE_MIN { pow2_exponent(beta.abs()) } else { 0 };
+    if k != 0 {
         rest.iter_mut().for_each(|v| *v = mul_pow2(*v, k));
-        let alpha = mul_pow2(alpha0, k);
-        let beta = -alpha.hypot(norm2(rest)).copysign(alpha);
-        let tau = (beta - alpha) / beta;
-        let den = alpha - beta;
-        rest.iter_mut().for_each(|v| *v /= den);
-        return (mul_pow2(beta, -k), tau);
+        alpha = mul_pow2(alpha, k);
+        beta = -alpha.hypot(norm2(rest)).copysign(alpha);
     }
-    let alpha = alpha0;
     let tau = (beta - alpha) / beta;
     let scale = 1.0 / (alpha - beta);
     if scale.is_finite() {
@@ -555,7 +550,7 @@ pub(super) fn householder(x: &mut [f64]) -> (f64, f64) {
         let den = alpha - beta;
         rest.iter_mut().for_each(|v| *v /= den);
     }
-    (beta, tau)
+    (mul_pow2(beta, -k), tau)
 }
 
 /// `sqrt(a^2 + b^2)`, with the cheap formula where no square can over- or underflow.
