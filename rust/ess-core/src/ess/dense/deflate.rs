@@ -1,0 +1,553 @@
+//! The deflated Gram route: singular values of a triangular factor whose spectrum has a few
+//! dominant values, to the accuracy of an SVD, for the price of one symmetric eigensolve and
+//! one symmetric product.
+//!
+//! # Why
+//!
+//! The Gram route squares the block: its eigenvalues carry an absolute error of order
+//! `eps * sigma_1^2`, so singular values below about `sqrt(eps) * sigma_1` are lost. Blocks
+//! with one or a few dominant singular values above a bulk that spans several decades (near
+//! uniform attention, the heads of randomly initialised models) then go to the SVD route,
+//! whose reduction costs `8/3 k^3` flops against `4/3 k^3` for the Gram route's.
+//!
+//! # How
+//!
+//! For the `k x k` factor `R` (same singular values as the block):
+//!
+//! 1. `X` (`k x m`): the top-`m` right singular subspace of `R`, by subspace iteration
+//!    `X <- R^T (R X)` (warm-started from the previous split's subspace, its first rows
+//!    dropped as the factor's leading rows are).
+//! 2. `Q = [Q_1 Q_2]`: `m` Householder reflectors whose first `m` columns span `X`, and
+//!    `Y = R Q = [Y_1 Y_2]`, orthogonal, so `Y` has the singular values of `R` up to the
+//!    rounding of `m` reflections (a few `m eps ||R||_F`).
+//! 3. `A = Y_1^T Y_1` (`m x m`), `S = Y_2^T Y_2` and `C = Y_1^T Y_2`, formed from `Y`: `S` is
+//!    the Gram matrix of the bulk alone, so its rounding is of order `eps * sigma_{m+1}^2`,
+//!    not `eps * sigma_1^2`.
+//! 4. Eigenvalues of `A` and `S` (the `symeig` solver). `Y^T Y = [[A, C], [C^T, S]]`; when the
+//!    spectra of `A` and `S` are separated by `gap > 0`, every eigenvalue of `Y^T Y` lies
+//!    within `||C||^2 / gap` of the matching one of `A` or `S` (the quadratic residual bound
+//!    of Mathias and of Li and Li for block-diagonal perturbations). `C` is measured, with
+//!    the rounding bound of its own products added, so the bound is a posteriori: a poor
+//!    subspace shows up as a large `C` and the route declines.
+//!
+//! Each singular value comes back with an interval (eigensolver and product rounding,
+//! coupling, and the reflections), and the caller accepts the values only where those
+//! intervals cannot change the tolerance count or move the entropy-ESS beyond the Gram
+//! route's own bound; otherwise the split goes to the SVD route as before.
+
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::linalg::householder::{
+    apply_block_householder_sequence_on_the_right_in_place_scratch as apply_scratch,
+    apply_block_householder_sequence_on_the_right_in_place_with_conj as apply_right,
+};
+use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
+use faer::linalg::qr::no_pivoting::factor::{qr_in_place, qr_in_place_scratch};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+
+use super::symeig;
+use crate::error::{Error, Result};
+
+/// Most dominant directions deflated.
+pub(super) const MAX_M: usize = 8;
+
+/// Smallest ratio `lambda_m / lambda_{m+1}` of Gram eigenvalues at which deflating the top
+/// `m` directions is tried (the subspace iteration converges by this factor per step).
+const MIN_RATIO: f64 = 1e4;
+
+/// State of the route along one sweep.
+#[derive(Default)]
+pub(super) struct Deflation {
+    /// Directions to deflate; 0: the route is off until the next choice.
+    m: usize,
+    /// `lambda_m / lambda_{m+1}` at the choice (sets the number of iterations).
+    ratio: f64,
+    /// Warm start: `warm_k x m`, column-major, the subspace of the factor of order `warm_k`.
+    warm: Vec<f64>,
+    warm_k: usize,
+    /// Whether the route has settled a split since it was last chosen.
+    proven: bool,
+}
+
+/// Singular values (non-increasing) with the interval each is known to lie in.
+pub(super) struct Deflated {
+    pub(super) sigma: Vec<f64>,
+    pub(super) lo: Vec<f64>,
+    pub(super) hi: Vec<f64>,
+}
+
+/// Test hooks: how many splits the route has answered (all threads); a switch that keeps it off
+/// (for tests of the routes behind it); a lock for the tests that read or set either.
+#[cfg(test)]
+pub(super) static DEFLATED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+#[cfg(test)]
+pub(super) static OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+#[cfg(test)]
+pub(super) static HOOKS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Deflation {
+    /// Whether the route is on.
+    pub(super) fn active(&self) -> bool {
+        #[cfg(test)]
+        if OFF.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
+        self.m > 0
+    }
+
+    /// Choose how many directions to deflate from the Gram eigenvalues `lam` (non-increasing)
+    /// of a split the Gram route could not settle: the `m <= MAX_M` with the largest ratio
+    /// `lambda_m / lambda_{m+1}`, if that is at least `MIN_RATIO`; else the route is off.
+    pub(super) fn choose(&mut self, lam: &[f64]) {
+        let (mut best, mut best_ratio) = (0usize, MIN_RATIO);
+        for m in 1..=MAX_M.min(lam.len().saturating_sub(1)) {
+            let (a, b) = (lam[m - 1], lam[m]);
+            if a.is_nan() || a <= 0.0 {
+                break;
+            }
+            let ratio = if b > 0.0 { a / b } else { f64::INFINITY };
+            if ratio >= best_ratio {
+                best = m;
+                best_ratio = ratio;
+                if ratio == f64::INFINITY {
+                    // The rest is zero to working precision.
+                    break;
+                }
+            }
+        }
+        if best != self.m {
+            self.warm.clear();
+            self.warm_k = 0;
+        }
+        self.m = best;
+        self.ratio = best_ratio;
+        self.proven = false;
+    }
+
+    /// Whether the route has settled a split since it was chosen (the caller then batches
+    /// its eigensolves, see [`Deflation::prepare`]).
+    pub(super) fn proven(&self) -> bool {
+        self.proven
+    }
+
+    /// Record that the route settled a split.
+    pub(super) fn settled(&mut self) {
+        self.proven = true;
+    }
+
+    /// Turn the route off (after a split it could not settle).
+    pub(super) fn stop(&mut self) {
+        self.m = 0;
+        self.proven = false;
+        self.warm.clear();
+        self.warm_k = 0;
+    }
+
+    /// Subspace iterations needed to bring the subspace from angle `theta0` to about
+    /// `1e-15` at the chosen ratio.
+    fn iterations(&self, theta0: f64) -> usize {
+        let per = self.ratio.log10().max(1.0);
+        (((1e-15f64 / theta0).log10().abs() / per).ceil() as usize).clamp(1, 8)
+    }
+
+    /// The singular values of the upper-triangular `k x k` factor `r` (column-major, zeros
+    /// below the diagonal) by the deflated route, or `None` where it does not apply (no
+    /// separated dominant subspace, a rank-deficient subspace, an eigensolve that failed).
+    pub(super) fn values(&mut self, r: &[f64], k: usize) -> Result<Option<Deflated>> {
+        let Some((p, form)) = self.prepare(r, k)? else {
+            return Ok(None);
+        };
+        let lam_s = match symeig::eigenvalues_of_form(form) {
+            Ok(v) => v,
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(_) => {
+                self.stop();
+                return Ok(None);
+            }
+        };
+        let out = p.finish(lam_s);
+        if out.is_none() {
+            self.stop();
+        }
+        Ok(out)
+    }
+
+    /// Steps 1 to 3 of [`Deflation::values`] and the reduction of `S`: the tridiagonal form of
+    /// `S`, whose eigenvalues [`Prepared::finish`] takes (so that those of several splits can
+    /// share the vector lanes, see [`symeig::eigenvalues_of_forms`]).
+    pub(super) fn prepare(&mut self, r: &[f64], k: usize) -> Result<Option<(Prepared, symeig::TridiagonalForm)>> {
+        let m = self.m;
+        if m == 0 || k < m + 2 || r.len() < k * k {
+            return Ok(None);
+        }
+        crate::interrupt::check()?;
+        let rm = MatRef::from_column_major_slice(&r[..k * k], k, k);
+        let upper = BlockStructure::TriangularUpper;
+        let lower = BlockStructure::TriangularLower;
+        let rect = BlockStructure::Rectangular;
+
+        // 1. Subspace iteration, warm-started where the previous split's subspace exists.
+        let mut x = Mat::<f64>::zeros(k, m);
+        let warm = self.warm_k >= k && self.warm.len() == self.warm_k * m;
+        if warm {
+            let drop = self.warm_k - k;
+            for j in 0..m {
+                for i in 0..k {
+                    x[(i, j)] = self.warm[j * self.warm_k + drop + i];
+                }
+            }
+        } else {
+            // A fixed start with no special direction: R^T applied to a pseudo-random block.
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+            let mut g = Mat::<f64>::zeros(k, m);
+            for j in 0..m {
+                for i in 0..k {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    g[(i, j)] = ((seed >> 11) as f64 / (1u64 << 53) as f64) - 0.5;
+                }
+            }
+            tri_matmul(x.as_mut(), rect, Accum::Replace, rm.transpose(), lower, g.as_ref(), rect, 1.0, Par::Seq);
+        }
+        if !orthonormalise(&mut x) {
+            self.stop();
+            return Ok(None);
+        }
+        let iters = self.iterations(if warm { 1e-6 } else { 1.0 });
+        let mut z = Mat::<f64>::zeros(k, m);
+        for _ in 0..iters {
+            tri_matmul(z.as_mut(), rect, Accum::Replace, rm, upper, x.as_ref(), rect, 1.0, Par::Seq);
+            tri_matmul(x.as_mut(), rect, Accum::Replace, rm.transpose(), lower, z.as_ref(), rect, 1.0, Par::Seq);
+            if !orthonormalise(&mut x) {
+                self.stop();
+                return Ok(None);
+            }
+        }
+        self.warm.clear();
+        self.warm.extend((0..m).flat_map(|j| x.col(j).iter().copied().collect::<Vec<_>>()));
+        self.warm_k = k;
+
+        // 2. Reflectors spanning X, and Y = R Q.
+        let mut coeff = Mat::<f64>::zeros(m, m);
+        let req = StackReq::any_of(&[
+            qr_in_place_scratch::<f64>(k, m, m, Par::Seq, Default::default()),
+            apply_scratch::<f64>(k, m, k),
+        ]);
+        let mut mem = MemBuffer::new(req);
+        qr_in_place(x.as_mut(), coeff.as_mut(), Par::Seq, MemStack::new(&mut mem), Default::default());
+        let mut y = rm.to_owned();
+        apply_right(x.as_ref(), coeff.as_ref(), faer::Conj::No, y.as_mut(), Par::Seq, MemStack::new(&mut mem));
+        let (y1, y2) = y.as_ref().split_at_col(m);
+
+        // 3. The blocks of Y^T Y: S (lower triangle, column-major, for the eigensolver), A, C.
+        let n2 = k - m;
+        crate::interrupt::check()?;
+        let mut s = vec![0.0; n2 * n2];
+        tri_matmul(
+            MatMut::from_column_major_slice_mut(&mut s, n2, n2),
+            lower,
+            Accum::Replace,
+            y2.transpose(),
+            rect,
+            y2,
+            rect,
+            1.0,
+            Par::Seq,
+        );
+        let mut a = vec![0.0; m * m];
+        tri_matmul(
+            MatMut::from_column_major_slice_mut(&mut a, m, m),
+            lower,
+            Accum::Replace,
+            y1.transpose(),
+            rect,
+            y1,
+            rect,
+            1.0,
+            Par::Seq,
+        );
+        let mut c = Mat::<f64>::zeros(m, n2);
+        faer::linalg::matmul::matmul(c.as_mut(), Accum::Replace, y1.transpose(), y2, 1.0, Par::Seq);
+        let tr_a: f64 = (0..m).map(|i| a[i * m + i]).sum();
+        let tr_s: f64 = (0..n2).map(|i| s[i * n2 + i]).sum();
+        let c_fro = c.norm_l2();
+        if !(tr_a.is_finite() && tr_s.is_finite() && c_fro.is_finite()) {
+            self.stop();
+            return Ok(None);
+        }
+
+        // 4. Eigenvalues of A; the tridiagonal form of S.
+        let lam_a = match symeig::tridiagonal_form(&mut a, m).and_then(symeig::eigenvalues_of_form) {
+            Ok(mut v) => {
+                v.sort_by(|p, q| q.total_cmp(p));
+                v
+            }
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(_) => {
+                self.stop();
+                return Ok(None);
+            }
+        };
+        let form = match symeig::tridiagonal_form(&mut s, n2) {
+            Ok(f) => f,
+            Err(Error::Interrupted) => return Err(Error::Interrupted),
+            Err(_) => {
+                self.stop();
+                return Ok(None);
+            }
+        };
+        Ok(Some((Prepared { k, lam_a, tr_a, tr_s, c_fro }, form)))
+    }
+}
+
+/// What [`Deflation::prepare`] leaves for [`Prepared::finish`].
+pub(super) struct Prepared {
+    k: usize,
+    /// Eigenvalues of `A`, non-increasing.
+    lam_a: Vec<f64>,
+    tr_a: f64,
+    tr_s: f64,
+    c_fro: f64,
+}
+
+impl Prepared {
+    /// Step 5 of [`Deflation::values`]: the values and their intervals from the eigenvalues of
+    /// `S` (any order); `None` where the spectra of `A` and `S` are not separated.
+    pub(super) fn finish(&self, mut lam_s: Vec<f64>) -> Option<Deflated> {
+        let Prepared { k, ref lam_a, tr_a, tr_s, c_fro } = *self;
+        let m = lam_a.len();
+        let n2 = lam_s.len();
+        if m == 0 || n2 == 0 || lam_s.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        lam_s.sort_by(|p, q| q.total_cmp(p));
+        // Rounding of the eigensolver and of the k-term products (as the Gram route's bound),
+        // per block at its own scale.
+        let eps = f64::EPSILON;
+        let err_a = 2.0 * eps * (k + m) as f64 * lam_a[0].max(0.0);
+        let err_s = 2.0 * eps * (k + n2) as f64 * lam_s[0].max(0.0);
+        // ||C|| of the exact product of the computed Y: measured plus its own rounding.
+        let c_bound = c_fro + k as f64 * eps * tr_a.max(0.0).sqrt() * tr_s.max(0.0).sqrt();
+        let gap = (lam_a[m - 1] - err_a) - (lam_s[0] + err_s);
+        if !(gap > 0.0) {
+            return None;
+        }
+        let coupling = c_bound * c_bound / gap;
+        // The m reflections: each singular value of the computed Y is within this of R's.
+        let reflect = 4.0 * (m + 1) as f64 * eps * (tr_a + tr_s).max(0.0).sqrt();
+        let mut out = Deflated { sigma: Vec::with_capacity(k), lo: Vec::with_capacity(k), hi: Vec::with_capacity(k) };
+        for (lam, err) in [(lam_a, err_a), (&lam_s, err_s)] {
+            let e = err + coupling;
+            for &v in lam.iter() {
+                out.sigma.push(v.max(0.0).sqrt());
+                out.lo.push(((v - e).max(0.0).sqrt() - reflect).max(0.0));
+                out.hi.push((v + e).sqrt() + reflect);
+            }
+        }
+        #[cfg(test)]
+        DEFLATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(out)
+    }
+}
+
+/// Modified Gram-Schmidt, twice, on the columns of `x`; false if a column is (numerically) in
+/// the span of the previous ones.
+fn orthonormalise(x: &mut Mat<f64>) -> bool {
+    let m = x.ncols();
+    for j in 0..m {
+        let before = x.col(j).norm_l2();
+        if !(before > 0.0) || !before.is_finite() {
+            return false;
+        }
+        for _ in 0..2 {
+            for p in 0..j {
+                let d: f64 = x.col(p).iter().zip(x.col(j).iter()).map(|(u, v)| u * v).sum();
+                for i in 0..x.nrows() {
+                    let xp = x[(i, p)];
+                    x[(i, j)] -= d * xp;
+                }
+            }
+        }
+        let nrm = x.col(j).norm_l2();
+        if !(nrm > 1e-8 * before) {
+            return false;
+        }
+        let inv = 1.0 / nrm;
+        for i in 0..x.nrows() {
+            x[(i, j)] *= inv;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f64 {
+        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((*seed >> 11) as f64) / ((1u64 << 53) as f64) - 0.5
+    }
+
+    fn orthogonal(n: usize, seed: &mut u64) -> Mat<f64> {
+        let g = Mat::<f64>::from_fn(n, n, |_, _| lcg(seed));
+        g.qr().compute_Q()
+    }
+
+    /// The upper-triangular factor (column-major, zeros below) of `U diag(sigma) V^T`, and its
+    /// singular values by the library SVD.
+    fn factor(sigma: &[f64], seed: &mut u64) -> (Vec<f64>, Vec<f64>) {
+        let n = sigma.len();
+        let u = orthogonal(n, seed);
+        let v = orthogonal(n, seed);
+        let m = Mat::<f64>::from_fn(n, n, |i, j| (0..n).map(|p| u[(i, p)] * sigma[p] * v[(j, p)]).sum());
+        let r = m.qr().R().to_owned();
+        let mut buf = vec![0.0; n * n];
+        for j in 0..n {
+            for i in 0..=j {
+                buf[j * n + i] = r[(i, j)];
+            }
+        }
+        let mut s = r.singular_values().unwrap();
+        s.sort_by(|a, b| b.total_cmp(a));
+        (buf, s)
+    }
+
+    #[test]
+    fn dominant_values_over_a_bulk_of_many_decades() {
+        // One to three dominant values above a bulk that spans six decades: the Gram route
+        // cannot resolve the bulk; the deflated one does, to about eps * sigma_1.
+        let mut seed = 5u64;
+        for (m, n) in [(1usize, 60usize), (2, 90), (3, 140)] {
+            let mut sigma: Vec<f64> = (0..m).map(|i| 1.0 / (1 + i) as f64).collect();
+            let bulk = n - m;
+            sigma.extend((0..bulk).map(|i| 1e-4 * 10f64.powf(-6.0 * i as f64 / (bulk - 1) as f64)));
+            let (r, exact) = factor(&sigma, &mut seed);
+            let mut d = Deflation::default();
+            let lam: Vec<f64> = sigma.iter().map(|s| s * s).collect();
+            d.choose(&lam);
+            assert_eq!(d.m, m);
+            let got = d.values(&r, n).unwrap().expect("the route applies");
+            for i in 0..n {
+                assert!(
+                    got.lo[i] <= exact[i] + 1e-15 && exact[i] <= got.hi[i] + 1e-15,
+                    "m {m}: sigma_{i} = {} outside [{}, {}]",
+                    exact[i],
+                    got.lo[i],
+                    got.hi[i]
+                );
+                assert!((got.sigma[i] - exact[i]).abs() <= 64.0 * f64::EPSILON * exact[0], "m {m}, i {i}");
+            }
+            // The intervals are tight enough for the entropy bound.
+            let bound: f64 = got.lo.iter().zip(&got.hi).map(|(a, b)| b - a).sum();
+            assert!(bound < 1e-9, "m {m}: total width {bound}");
+            // Warm start at a factor one order smaller: the trailing block of the same matrix
+            // has other values, but the route still answers and brackets them.
+            let n1 = n - 1;
+            let r1: Vec<f64> = (1..n).flat_map(|j| (1..n).map(move |i| (i, j))).map(|(i, j)| r[j * n + i]).collect();
+            let mut s1 = MatRef::from_column_major_slice(&r1, n1, n1).singular_values().unwrap();
+            s1.sort_by(|a, b| b.total_cmp(a));
+            if let Some(got) = d.values(&r1, n1).unwrap() {
+                for i in 0..n1 {
+                    assert!(got.lo[i] <= s1[i] + 1e-15 && s1[i] <= got.hi[i] + 1e-15, "warm, m {m}, i {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declines_without_a_separated_subspace() {
+        let mut seed = 9u64;
+        // No gap: geometric decay by 0.9 per value.
+        let sigma: Vec<f64> = (0..40).map(|i| 0.9f64.powi(i)).collect();
+        let lam: Vec<f64> = sigma.iter().map(|s| s * s).collect();
+        let mut d = Deflation::default();
+        d.choose(&lam);
+        assert!(!d.active());
+        assert!(d.values(&factor(&sigma, &mut seed).0, 40).unwrap().is_none());
+        // A claimed gap that is not there (a wrong choice): the intervals show it, or the
+        // route declines; it never returns values outside their intervals.
+        d.m = 2;
+        d.ratio = 1e8;
+        let (r, exact) = factor(&sigma, &mut seed);
+        if let Some(got) = d.values(&r, 40).unwrap() {
+            for i in 0..40 {
+                assert!(got.lo[i] <= exact[i] + 1e-15 && exact[i] <= got.hi[i] + 1e-15, "i {i}");
+            }
+        }
+        // Too small to deflate, and a zero factor.
+        d.m = 1;
+        assert!(d.values(&[1.0, 0.0, 0.0, 1.0], 2).unwrap().is_none());
+        d.m = 1;
+        assert!(d.values(&vec![0.0; 100], 10).unwrap().is_none());
+        assert!(!d.active());
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn syrk_speed() {
+        for &k in &[128usize, 256, 384, 512] {
+            let y = Mat::<f64>::from_fn(k, k, |i, j| ((i * 7 + j * 13) % 17) as f64 - 8.0);
+            let mut s = Mat::<f64>::zeros(k, k);
+            let reps = (2e9 / (k * k * k) as f64).ceil() as usize;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                tri_matmul(
+                    s.as_mut(),
+                    BlockStructure::TriangularLower,
+                    Accum::Replace,
+                    y.transpose(),
+                    BlockStructure::Rectangular,
+                    y.as_ref(),
+                    BlockStructure::Rectangular,
+                    1.0,
+                    Par::Seq,
+                );
+            }
+            let tt = t0.elapsed().as_secs_f64() / reps as f64;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                tri_matmul(
+                    s.as_mut(),
+                    BlockStructure::TriangularLower,
+                    Accum::Replace,
+                    y.transpose(),
+                    BlockStructure::TriangularLower,
+                    y.as_ref(),
+                    BlockStructure::TriangularUpper,
+                    1.0,
+                    Par::Seq,
+                );
+            }
+            let ttt = t0.elapsed().as_secs_f64() / reps as f64;
+            println!("k {k}: triangular R^T R {:.3} ms", ttt * 1e3);
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                faer::linalg::matmul::matmul(s.as_mut(), Accum::Replace, y.transpose(), y.as_ref(), 1.0, Par::Seq);
+            }
+            let tf = t0.elapsed().as_secs_f64() / reps as f64;
+            let yt = y.transpose().to_owned();
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                faer::linalg::matmul::matmul(s.as_mut(), Accum::Replace, yt.as_ref(), y.as_ref(), 1.0, Par::Seq);
+            }
+            let tc = t0.elapsed().as_secs_f64() / reps as f64;
+            let mut a = vec![0.0; k * k];
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps.div_ceil(2) {
+                for j in 0..k {
+                    for i in j..k {
+                        a[j * k + i] = s[(i, j)];
+                    }
+                }
+                let _ = symeig::tridiagonal_form(&mut a, k).unwrap();
+            }
+            let te = t0.elapsed().as_secs_f64() / reps.div_ceil(2) as f64;
+            let kk = (k * k * k) as f64;
+            println!("k {k}: tri {:.3} ms ({:.1} GF/s on k^3), full {:.3} ms ({:.1} GF/s on 2k^3), full contiguous {:.3} ms, tridiag {:.3} ms ({:.1} GF/s on 4/3k^3)",
+                tt * 1e3, kk / tt / 1e9, tf * 1e3, 2.0 * kk / tf / 1e9, tc * 1e3, te * 1e3, 4.0 / 3.0 * kk / te / 1e9);
+        }
+    }
+}
