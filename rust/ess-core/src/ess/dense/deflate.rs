@@ -1,6 +1,6 @@
 //! The deflated Gram route: singular values of a triangular factor whose spectrum has a few
 //! dominant values, to the accuracy of an SVD, for the price of one symmetric eigensolve and
-//! one symmetric product.
+//! one triangular product.
 //!
 //! # Why
 //!
@@ -12,36 +12,31 @@
 //!
 //! # How
 //!
-//! For the `k x k` factor `R` (same singular values as the block):
+//! For the `k x k` upper-triangular factor `R` (same singular values as the block):
 //!
 //! 1. `X` (`k x m`): the top-`m` right singular subspace of `R`, by subspace iteration
 //!    `X <- R^T (R X)` (warm-started from the previous split's subspace, its first rows
-//!    dropped as the factor's leading rows are).
-//! 2. `Q = [Q_1 Q_2]`: `m` Householder reflectors whose first `m` columns span `X`, and
-//!    `Y = R Q = [Y_1 Y_2]`, orthogonal, so `Y` has the singular values of `R` up to the
-//!    rounding of `m` reflections (a few `m eps ||R||_F`).
-//! 3. `A = Y_1^T Y_1` (`m x m`), `S = Y_2^T Y_2` and `C = Y_1^T Y_2`, formed from `Y`: `S` is
-//!    the Gram matrix of the bulk alone, so its rounding is of order `eps * sigma_{m+1}^2`,
-//!    not `eps * sigma_1^2`.
-//! 4. Eigenvalues of `A` and `S` (the `symeig` solver). `Y^T Y = [[A, C], [C^T, S]]`; when the
-//!    spectra of `A` and `S` are separated by `gap > 0`, every eigenvalue of `Y^T Y` lies
-//!    within `||C||^2 / gap` of the matching one of `A` or `S` (the quadratic residual bound
-//!    of Mathias and of Li and Li for block-diagonal perturbations). `C` is measured, with
-//!    the rounding bound of its own products added, so the bound is a posteriori: a poor
-//!    subspace shows up as a large `C` and the route declines.
+//!    dropped as the factor's leading rows are), then Rayleigh-Ritz within it.
+//! 2. One direction `v` at a time: Givens rotations of adjacent columns bring `v` to the first
+//!    coordinate (`R <- R Q`, `Q e_0 = v`), each followed by the rotation of two rows that
+//!    restores the triangle (`R <- W^T R Q`): `O(k^2)` work, and the result is again upper
+//!    triangular, `[[y, r^T], [0, R']]`. Were `v` exact, `r` would vanish; it is measured.
+//! 3. After `m` directions, `S = R_m^T R_m` for the remaining triangle (a triangular product,
+//!    about `k^3 / 3` flops) and its eigenvalues (the `symeig` solver). `S` holds the bulk
+//!    alone, so its rounding is of order `eps * sigma_{m+1}^2`, not `eps * sigma_1^2`.
+//! 4. Bounds, level by level: `Y^T Y = [[y^2, y r^T], [y r, R'^T R' + r r^T]]`. When `y^2` is
+//!    separated from the rest by `gap > 0`, every eigenvalue lies within `y^2 |r|^2 / gap` of
+//!    `y^2` or of an eigenvalue of `R'^T R' + r r^T` (the quadratic residual bound of Mathias
+//!    and of Li and Li), and those lie in the eigenvalues of `R'^T R'` plus `[0, |r|^2]`
+//!    (Weyl). Since `r` is measured, the bound is a posteriori: a poor direction shows up as a
+//!    large `r`, and the route declines.
 //!
-//! Each singular value comes back with an interval (eigensolver and product rounding,
-//! coupling, and the reflections), and the caller accepts the values only where those
-//! intervals cannot change the tolerance count or move the entropy-ESS beyond the Gram
-//! route's own bound; otherwise the split goes to the SVD route as before.
+//! Each singular value comes back with an interval (eigensolver and product rounding, the
+//! couplings, the rotations), and the caller accepts the values only where those intervals
+//! cannot change the tolerance count or move the entropy-ESS beyond the Gram route's own
+//! bound; otherwise the split goes to the SVD route as before.
 
-use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
-use faer::linalg::householder::{
-    apply_block_householder_sequence_on_the_right_in_place_scratch as apply_scratch,
-    apply_block_householder_sequence_on_the_right_in_place_with_conj as apply_right,
-};
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
-use faer::linalg::qr::no_pivoting::factor::{qr_in_place, qr_in_place_scratch};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use super::symeig;
@@ -66,6 +61,9 @@ pub(super) struct Deflation {
     warm_k: usize,
     /// Whether the route has settled a split since it was last chosen.
     proven: bool,
+    /// Reused buffers: the rotated triangle, the Gram matrix of the rest.
+    work: Vec<f64>,
+    gram: Vec<f64>,
 }
 
 /// Singular values (non-increasing) with the interval each is known to lie in.
@@ -171,7 +169,7 @@ impl Deflation {
         Ok(out)
     }
 
-    /// Steps 1 to 3 of [`Deflation::values`] and the reduction of `S`: the tridiagonal form of
+    /// Steps 1 to 3 of the module's method and the reduction of `S`: the tridiagonal form of
     /// `S`, whose eigenvalues [`Prepared::finish`] takes (so that those of several splits can
     /// share the vector lanes, see [`symeig::eigenvalues_of_forms`]).
     pub(super) fn prepare(&mut self, r: &[f64], k: usize) -> Result<Option<(Prepared, symeig::TridiagonalForm)>> {
@@ -221,72 +219,105 @@ impl Deflation {
                 return Ok(None);
             }
         }
+        if m > 1 {
+            // Rayleigh-Ritz: the basis of the subspace along the singular directions within it,
+            // largest first (each is deflated on its own).
+            tri_matmul(z.as_mut(), rect, Accum::Replace, rm, upper, x.as_ref(), rect, 1.0, Par::Seq);
+            let h = z.transpose() * &z;
+            let Ok(eig) = h.self_adjoint_eigen(faer::Side::Lower) else {
+                self.stop();
+                return Ok(None);
+            };
+            let u = eig.U();
+            let rev = Mat::<f64>::from_fn(m, m, |i, j| u[(i, m - 1 - j)]);
+            x = &x * &rev;
+        }
         self.warm.clear();
         self.warm.extend((0..m).flat_map(|j| x.col(j).iter().copied().collect::<Vec<_>>()));
         self.warm_k = k;
 
-        // 2. Reflectors spanning X, and Y = R Q.
-        let mut coeff = Mat::<f64>::zeros(m, m);
-        let req = StackReq::any_of(&[
-            qr_in_place_scratch::<f64>(k, m, m, Par::Seq, Default::default()),
-            apply_scratch::<f64>(k, m, k),
-        ]);
-        let mut mem = MemBuffer::new(req);
-        qr_in_place(x.as_mut(), coeff.as_mut(), Par::Seq, MemStack::new(&mut mem), Default::default());
-        let mut y = rm.to_owned();
-        apply_right(x.as_ref(), coeff.as_ref(), faer::Conj::No, y.as_mut(), Par::Seq, MemStack::new(&mut mem));
-        let (y1, y2) = y.as_ref().split_at_col(m);
+        // 2. One direction at a time: rotations that bring it to the first coordinate, each
+        // column rotation followed by the row rotation that restores the triangle.
+        let mut y = std::mem::take(&mut self.work);
+        y.clear();
+        y.extend_from_slice(&r[..k * k]);
+        let mut v: Vec<Vec<f64>> = (0..m).map(|j| x.col(j).iter().copied().collect()).collect();
+        let mut levels = Vec::with_capacity(m);
+        for j in 0..m {
+            let n = k - j;
+            let (head, rest) = v.split_at_mut(j + 1);
+            let dir = &mut head[j];
+            for i in (0..n - 1).rev() {
+                let (c, s, rr) = super::givens(dir[i], dir[i + 1]);
+                dir[i] = rr;
+                dir[i + 1] = 0.0;
+                for w in rest.iter_mut() {
+                    let (p, q) = (w[i], w[i + 1]);
+                    w[i] = c * p + s * q;
+                    w[i + 1] = c * q - s * p;
+                }
+                if s == 0.0 && c == 1.0 {
+                    continue;
+                }
+                // Columns (ci, ci + 1) of the working triangle, rows j..=ci + 1.
+                let ci = j + i;
+                let (left, right) = y.split_at_mut((ci + 1) * k);
+                let col = &mut left[ci * k + j..ci * k + ci + 2];
+                let nxt = &mut right[j..ci + 2];
+                for (p, q) in col.iter_mut().zip(nxt.iter_mut()) {
+                    let (u, w) = (*p, *q);
+                    *p = c * u + s * w;
+                    *q = c * w - s * u;
+                }
+                // Rows (ci, ci + 1): zero the fill at (ci + 1, ci).
+                let (c2, s2, r2) = super::givens(y[ci * k + ci], y[ci * k + ci + 1]);
+                y[ci * k + ci] = r2;
+                y[ci * k + ci + 1] = 0.0;
+                if s2 != 0.0 {
+                    for col in ci + 1..k {
+                        let (u, w) = (y[col * k + ci], y[col * k + ci + 1]);
+                        y[col * k + ci] = c2 * u + s2 * w;
+                        y[col * k + ci + 1] = c2 * w - s2 * u;
+                    }
+                }
+            }
+            // The deflated value and its row beyond the diagonal (the coupling to the rest).
+            let d = y[j * k + j];
+            let row2: f64 = (j + 1..k).map(|col| y[col * k + j] * y[col * k + j]).sum();
+            levels.push((d * d, row2));
+            for w in rest.iter_mut() {
+                w.remove(0);
+            }
+        }
 
-        // 3. The blocks of Y^T Y: S (lower triangle, column-major, for the eigensolver), A, C.
+        // 3. The Gram matrix of the remaining triangle (lower half, column-major).
         let n2 = k - m;
         crate::interrupt::check()?;
-        let mut s = vec![0.0; n2 * n2];
+        let ym = MatRef::from_column_major_slice(&y, k, k).submatrix(m, m, n2, n2);
+        let mut s = std::mem::take(&mut self.gram);
+        s.clear();
+        s.resize(n2 * n2, 0.0);
         tri_matmul(
             MatMut::from_column_major_slice_mut(&mut s, n2, n2),
             lower,
             Accum::Replace,
-            y2.transpose(),
-            rect,
-            y2,
-            rect,
-            1.0,
-            Par::Seq,
-        );
-        let mut a = vec![0.0; m * m];
-        tri_matmul(
-            MatMut::from_column_major_slice_mut(&mut a, m, m),
+            ym.transpose(),
             lower,
-            Accum::Replace,
-            y1.transpose(),
-            rect,
-            y1,
-            rect,
+            ym,
+            upper,
             1.0,
             Par::Seq,
         );
-        let mut c = Mat::<f64>::zeros(m, n2);
-        faer::linalg::matmul::matmul(c.as_mut(), Accum::Replace, y1.transpose(), y2, 1.0, Par::Seq);
-        let tr_a: f64 = (0..m).map(|i| a[i * m + i]).sum();
-        let tr_s: f64 = (0..n2).map(|i| s[i * n2 + i]).sum();
-        let c_fro = c.norm_l2();
-        if !(tr_a.is_finite() && tr_s.is_finite() && c_fro.is_finite()) {
+        let fro2: f64 = y.iter().map(|v| v * v).sum();
+        self.work = y;
+        if !fro2.is_finite() || levels.iter().any(|&(a, c)| !(a.is_finite() && c.is_finite())) {
+            self.gram = s;
             self.stop();
             return Ok(None);
         }
-
-        // 4. Eigenvalues of A; the tridiagonal form of S.
-        let lam_a = match symeig::tridiagonal_form(&mut a, m).and_then(symeig::eigenvalues_of_form) {
-            Ok(mut v) => {
-                v.sort_by(|p, q| q.total_cmp(p));
-                v
-            }
-            Err(Error::Interrupted) => return Err(Error::Interrupted),
-            Err(_) => {
-                self.stop();
-                return Ok(None);
-            }
-        };
-        let form = match symeig::tridiagonal_form(&mut s, n2) {
+        let res = symeig::tridiagonal_form(&mut s, n2);
+        self.gram = s;
+        let form = match res {
             Ok(f) => f,
             Err(Error::Interrupted) => return Err(Error::Interrupted),
             Err(_) => {
@@ -294,54 +325,71 @@ impl Deflation {
                 return Ok(None);
             }
         };
-        Ok(Some((Prepared { k, lam_a, tr_a, tr_s, c_fro }, form)))
+        Ok(Some((Prepared { k, levels, fro: fro2.sqrt() }, form)))
     }
 }
 
 /// What [`Deflation::prepare`] leaves for [`Prepared::finish`].
 pub(super) struct Prepared {
     k: usize,
-    /// Eigenvalues of `A`, non-increasing.
-    lam_a: Vec<f64>,
-    tr_a: f64,
-    tr_s: f64,
-    c_fro: f64,
+    /// Per deflated direction: its value squared (`y_jj^2`) and the squared norm of the rest
+    /// of its row (`|r_j|^2`, what couples it to the remaining triangle).
+    levels: Vec<(f64, f64)>,
+    /// Frobenius norm of the rotated triangle.
+    fro: f64,
 }
 
 impl Prepared {
-    /// Step 5 of [`Deflation::values`]: the values and their intervals from the eigenvalues of
-    /// `S` (any order); `None` where the spectra of `A` and `S` are not separated.
+    /// Step 4 of the module's method: the values and their intervals from the eigenvalues of
+    /// `S` (any order); `None` where a deflated value is not separated from the rest.
     pub(super) fn finish(&self, mut lam_s: Vec<f64>) -> Option<Deflated> {
-        let Prepared { k, ref lam_a, tr_a, tr_s, c_fro } = *self;
-        let m = lam_a.len();
+        let Prepared { k, ref levels, fro } = *self;
+        let m = levels.len();
         let n2 = lam_s.len();
         if m == 0 || n2 == 0 || lam_s.iter().any(|v| !v.is_finite()) {
             return None;
         }
         lam_s.sort_by(|p, q| q.total_cmp(p));
-        // Rounding of the eigensolver and of the k-term products (as the Gram route's bound),
-        // per block at its own scale.
         let eps = f64::EPSILON;
-        let err_a = 2.0 * eps * (k + m) as f64 * lam_a[0].max(0.0);
+        // Rounding of the eigensolver and of the k-term products (as the Gram route's bound).
         let err_s = 2.0 * eps * (k + n2) as f64 * lam_s[0].max(0.0);
-        // ||C|| of the exact product of the computed Y: measured plus its own rounding.
-        let c_bound = c_fro + k as f64 * eps * tr_a.max(0.0).sqrt() * tr_s.max(0.0).sqrt();
-        let gap = (lam_a[m - 1] - err_a) - (lam_s[0] + err_s);
-        if !(gap > 0.0) {
-            return None;
-        }
-        let coupling = c_bound * c_bound / gap;
-        // The m reflections: each singular value of the computed Y is within this of R's.
-        let reflect = 4.0 * (m + 1) as f64 * eps * (tr_a + tr_s).max(0.0).sqrt();
-        let mut out = Deflated { sigma: Vec::with_capacity(k), lo: Vec::with_capacity(k), hi: Vec::with_capacity(k) };
-        for (lam, err) in [(lam_a, err_a), (&lam_s, err_s)] {
-            let e = err + coupling;
-            for &v in lam.iter() {
-                out.sigma.push(v.max(0.0).sqrt());
-                out.lo.push(((v - e).max(0.0).sqrt() - reflect).max(0.0));
-                out.hi.push((v + e).sqrt() + reflect);
+        // Level j: Y_j^T Y_j = [[a, c^T], [c, B]] with a = y_jj^2, c = y_jj r_j,
+        // B = R_{j+1}^T R_{j+1} + r_j r_j^T. Its eigenvalues lie within |c|^2 / gap of a and of
+        // those of B, which lie in those of R_{j+1}^T R_{j+1} plus [0, |r_j|^2]. From the last
+        // level up: `top` bounds the largest eigenvalue below level j; `shift` sums the moves.
+        let mut top = lam_s[0] + err_s;
+        let mut shift = 0.0;
+        for &(a, r2) in levels.iter().rev() {
+            let err_a = 2.0 * eps * k as f64 * a;
+            let below = top + r2;
+            let gap = (a - err_a) - below;
+            if gap.is_nan() || gap <= 0.0 {
+                return None;
             }
+            let d = a * r2 / gap;
+            shift += d + r2;
+            top = (a + err_a + d).max(below + d);
         }
+        // The rotations: each singular value of the rotated triangle is within this of R's.
+        let rot = 8.0 * (m + 1) as f64 * eps * fro;
+        let mut out = Deflated { sigma: Vec::with_capacity(k), lo: Vec::with_capacity(k), hi: Vec::with_capacity(k) };
+        let mut push = |v: f64, e: f64| {
+            out.sigma.push(v.max(0.0).sqrt());
+            out.lo.push(((v - e).max(0.0).sqrt() - rot).max(0.0));
+            out.hi.push((v + e).sqrt() + rot);
+        };
+        for &(a, _) in levels {
+            push(a, 2.0 * eps * k as f64 * a + shift);
+        }
+        for &v in &lam_s {
+            push(v, err_s + shift);
+        }
+        // (The deflated values come first; each exceeds the rest by its gap, but not
+        // necessarily the ones deflated before it.)
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&p, &q| out.sigma[q].total_cmp(&out.sigma[p]));
+        let pick = |v: &[f64]| order.iter().map(|&i| v[i]).collect::<Vec<f64>>();
+        let out = Deflated { sigma: pick(&out.sigma), lo: pick(&out.lo), hi: pick(&out.hi) };
         #[cfg(test)]
         DEFLATED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some(out)
@@ -354,7 +402,7 @@ fn orthonormalise(x: &mut Mat<f64>) -> bool {
     let m = x.ncols();
     for j in 0..m {
         let before = x.col(j).norm_l2();
-        if !(before > 0.0) || !before.is_finite() {
+        if before.is_nan() || before <= 0.0 || !before.is_finite() {
             return false;
         }
         for _ in 0..2 {
@@ -367,7 +415,7 @@ fn orthonormalise(x: &mut Mat<f64>) -> bool {
             }
         }
         let nrm = x.col(j).norm_l2();
-        if !(nrm > 1e-8 * before) {
+        if nrm.is_nan() || nrm <= 1e-8 * before {
             return false;
         }
         let inv = 1.0 / nrm;

@@ -20,12 +20,18 @@
 //! * Per requested split, a Gram route answers first: the eigenvalues of the carried
 //!   `G_t = H_t H_t^T` from the `symeig` module (blocked Householder tridiagonalisation, then
 //!   root-free QL; values only, an interrupt check per panel), accepted where the squaring's
-//!   rounding cannot change the count or the entropy beyond its bound. Otherwise the singular
-//!   values of the small triangle come from a single values-only SVD (no vectors): from order
-//!   16 the kernel's own (the `bidiag` module: blocked Householder bidiagonalisation with an
-//!   interrupt check per panel, then the bidiagonal QR iteration), below it the library's.
-//!   Once the fallback repeats, the splits up to the next retry of the Gram route are reduced
-//!   one by one and their QR iterations run together on the vector lanes (see `svd_batch`).
+//!   rounding cannot change the count or the entropy beyond its bound. Otherwise, where a few
+//!   singular values dominate the rest (near-uniform attention, randomly initialised heads),
+//!   the deflated Gram route (the `deflate` module) takes them off the carried triangle by
+//!   rotations and answers from the Gram matrix of what remains, with a posteriori intervals
+//!   that must settle the split. Failing that, the singular values of the small triangle come
+//!   from a single values-only SVD (no vectors): from order 16 the kernel's own (the `bidiag`
+//!   module: blocked Householder bidiagonalisation with an interrupt check per panel, then
+//!   the bidiagonal QR iteration), below it the library's. Once the Gram route misses, the
+//!   splits up to the next retry are answered together (see `svd_batch`: the deflated
+//!   route's eigensolves and the SVD's QR iterations each run several splits on the vector
+//!   lanes), and the sweep goes back to the Gram route as soon as a split's spectrum shows
+//!   that it would settle it.
 //! * Rounding accumulates along a sweep; its size is tracked, and a block whose
 //!   tolerance count could be changed by it (a singular value within the accumulated error
 //!   of the threshold) is recomputed from a fresh QR of `H_t` (Givens rotations: a library
@@ -191,10 +197,15 @@ pub fn dense_ess<F: Scalar>(data: &[F], batch: usize, l: usize, opts: &DenseOpti
 }
 
 /// Bytes of working memory one operator needs: two `L x L` float64 copies (the operator
-/// and its reversed transpose) and two `L/2 x L/2` factors.
+/// and its reversed transpose) and, per half (each a sweep), six `L/2 x L/2` buffers (the Gram
+/// matrix and its eigensolver's copy, the carried factor and its column-major copy, the
+/// deflated route's rotated triangle and Gram matrix), plus the factors that `svd_batch` keeps
+/// for the deflated route's batched eigensolves (at most `GRAM_RETRY` of order
+/// `DEFLATE_LANES_MAX` per sweep).
 pub fn working_bytes(l: usize) -> Option<u64> {
     let l = l as u64;
-    l.checked_mul(l)?.checked_mul(8 * 2 + 8 / 2)
+    let kept = 2 * (GRAM_RETRY * DEFLATE_LANES_MAX * DEFLATE_LANES_MAX * 8) as u64;
+    l.checked_mul(l)?.checked_mul(8 * 2 + 8 * 3)?.checked_add(kept)
 }
 
 /// Seconds one `n x n` float64 matrix product takes with faer on all rayon threads: a probe of
@@ -869,7 +880,7 @@ fn settle(
                 bound += delta / s * ((p.ln()).abs() + h.abs() + 1.0);
             }
         }
-        if !(bound <= ENTROPY_RTOL) {
+        if bound.is_nan() || bound > ENTROPY_RTOL {
             return None;
         }
         r.ent = ent;
@@ -983,7 +994,7 @@ fn deflated_sigma(
 /// Largest order at which [`svd_batch`] runs the deflated route's eigensolves together on the
 /// vector lanes (each waiting split keeps a copy of its factor; above this order the QL
 /// iteration is a negligible part of a split and each runs on its own).
-const DEFLATE_LANES_MAX: usize = 1024;
+const DEFLATE_LANES_MAX: usize = 512;
 
 /// Test hook: how many runs [`svd_batch`] has answered (all threads).
 #[cfg(test)]
@@ -1414,6 +1425,22 @@ mod tests {
         }
         let used = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before;
         assert!(used > 50, "the deflated route answered {used} splits");
+        // Two dominant rank-one terms over a bulk whose rows are scaled down to 1e-9: blocks
+        // with two values far above the rest.
+        let l = 140;
+        let vecs: Vec<f64> = (0..4 * l).map(|_| lcg(&mut seed)).collect();
+        let mut op = vec![0.0; l * l];
+        for i in 0..l {
+            let row_scale = 1e-4 * 10f64.powf(-5.0 * (lcg(&mut seed) + 0.5));
+            for j in 0..i {
+                op[i * l + j] =
+                    vecs[i] * vecs[l + j] + 0.5 * vecs[2 * l + i] * vecs[3 * l + j] + row_scale * lcg(&mut seed);
+            }
+        }
+        let before = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed);
+        assert_matches_naive(&op, l, 1e-9);
+        let used = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(used > 20, "two directions: the deflated route answered {used} splits");
     }
 
     #[test]
