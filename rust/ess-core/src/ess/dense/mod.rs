@@ -1047,13 +1047,15 @@ fn svd_batch(
         let k = l - *t;
         let fresh_here = c.k0 == k;
         let mut deflated = None;
-        if defl.active() && defl.proven() && (OWN_SVD_MIN..=DEFLATE_LANES_MAX).contains(&k) {
-            if (1e-150..=1e150).contains(&c.max_abs()) {
-                c.column_major_into(&mut buf);
-                if let Some((p, f)) = defl.prepare(&buf, k)? {
-                    dforms.push(f);
-                    deflated = Some(Item::Deflated(p, buf.clone()));
-                }
+        if defl.active()
+            && defl.proven()
+            && (OWN_SVD_MIN..=DEFLATE_LANES_MAX).contains(&k)
+            && (1e-150..=1e150).contains(&c.max_abs())
+        {
+            c.column_major_into(&mut buf);
+            if let Some((p, f)) = defl.prepare(&buf, k)? {
+                dforms.push(f);
+                deflated = Some(Item::Deflated(p, buf.clone()));
             }
         }
         let item = if let Some(item) = deflated {
