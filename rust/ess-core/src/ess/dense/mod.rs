@@ -1443,6 +1443,24 @@ mod tests {
         assert_matches_naive(&op, l, 1e-9);
         let used = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before;
         assert!(used > 20, "two directions: the deflated route answered {used} splits");
+        // Exactly rank 4: one dominant term over three of order 1e-9, the rest exact zeros
+        // (counts decided at the rounding level).
+        let l = 120;
+        let vecs: Vec<f64> = (0..8 * l).map(|_| lcg(&mut seed)).collect();
+        let mut op = vec![0.0; l * l];
+        for i in 0..l {
+            for j in 0..i {
+                let mut v = vecs[i] * vecs[l + j];
+                for r in 1..4 {
+                    v += 1e-9 * vecs[2 * r * l + i] * vecs[(2 * r + 1) * l + j];
+                }
+                op[i * l + j] = v;
+            }
+        }
+        let before = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed);
+        assert_matches_naive(&op, l, 1e-9);
+        let used = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        assert!(used > 20, "rank four: the deflated route answered {used} splits");
     }
 
     #[test]
