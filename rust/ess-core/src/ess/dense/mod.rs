@@ -1420,12 +1420,14 @@ mod tests {
         // The same kind of operator with the deflated Gram route on: it answers most of the
         // splits that the Gram route misses, to the SVD's accuracy.
         let _hooks = deflate::HOOKS.lock().unwrap_or_else(|e| e.into_inner());
+        // How many splits the route answered on `op`, whose curves match a per-split SVD.
+        let answered = |op: &[f64], l: usize| {
+            let before = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed);
+            assert_matches_naive(op, l, 1e-9);
+            deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before
+        };
         let mut seed = 23u64;
-        let before = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed);
-        for l in [70usize, 160] {
-            assert_matches_naive(&near_uniform(l, &mut seed), l, 1e-9);
-        }
-        let used = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let used: usize = [70usize, 160].iter().map(|&l| answered(&near_uniform(l, &mut seed), l)).sum();
         assert!(used > 50, "the deflated route answered {used} splits");
         // Two dominant rank-one terms over a bulk whose rows are scaled down to 1e-9: blocks
         // with two values far above the rest.
@@ -1439,9 +1441,7 @@ mod tests {
                     vecs[i] * vecs[l + j] + 0.5 * vecs[2 * l + i] * vecs[3 * l + j] + row_scale * lcg(&mut seed);
             }
         }
-        let before = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed);
-        assert_matches_naive(&op, l, 1e-9);
-        let used = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let used = answered(&op, l);
         assert!(used > 20, "two directions: the deflated route answered {used} splits");
         // Exactly rank 4: one dominant term over three of order 1e-9, the rest exact zeros
         // (counts decided at the rounding level).
@@ -1457,9 +1457,7 @@ mod tests {
                 op[i * l + j] = v;
             }
         }
-        let before = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed);
-        assert_matches_naive(&op, l, 1e-9);
-        let used = deflate::DEFLATED.load(std::sync::atomic::Ordering::Relaxed) - before;
+        let used = answered(&op, l);
         assert!(used > 20, "rank four: the deflated route answered {used} splits");
     }
 
