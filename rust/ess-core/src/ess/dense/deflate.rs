@@ -42,6 +42,9 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 use super::symeig;
 use crate::error::{Error, Result};
 
+/// Rows of the remaining triangle per product (and per interrupt check) in its Gram matrix.
+const GRAM_ROWS: usize = 128;
+
 /// Most dominant directions deflated.
 pub(super) const MAX_M: usize = 8;
 
@@ -290,24 +293,23 @@ impl Deflation {
             }
         }
 
-        // 3. The Gram matrix of the remaining triangle (lower half, column-major).
+        // 3. The Gram matrix of the remaining triangle (lower half, column-major), as a sum of
+        // products of GRAM_ROWS rows of the triangle each (rows p0..p1 are zero left of column
+        // p0), with an interrupt check per product.
         let n2 = k - m;
-        crate::interrupt::check()?;
         let ym = MatRef::from_column_major_slice(&y, k, k).submatrix(m, m, n2, n2);
         let mut s = std::mem::take(&mut self.gram);
         s.clear();
         s.resize(n2 * n2, 0.0);
-        tri_matmul(
-            MatMut::from_column_major_slice_mut(&mut s, n2, n2),
-            lower,
-            Accum::Replace,
-            ym.transpose(),
-            lower,
-            ym,
-            upper,
-            1.0,
-            Par::Seq,
-        );
+        let mut p0 = 0;
+        while p0 < n2 {
+            crate::interrupt::check()?;
+            let w = GRAM_ROWS.min(n2 - p0);
+            let rows = ym.submatrix(p0, p0, w, n2 - p0);
+            let dst = MatMut::from_column_major_slice_mut(&mut s, n2, n2).submatrix_mut(p0, p0, n2 - p0, n2 - p0);
+            tri_matmul(dst, lower, Accum::Add, rows.transpose(), rect, rows, rect, 1.0, Par::Seq);
+            p0 += w;
+        }
         let fro2: f64 = y.iter().map(|v| v * v).sum();
         self.work = y;
         if !fro2.is_finite() || levels.iter().any(|&(a, c)| !(a.is_finite() && c.is_finite())) {
