@@ -1,6 +1,6 @@
 //! The deflated Gram route: singular values of a triangular factor whose spectrum has a few
 //! dominant values, to the accuracy of an SVD, for the price of one symmetric eigensolve and
-//! one triangular product.
+//! one product for the Gram matrix of the rest.
 //!
 //! # Why
 //!
@@ -21,9 +21,10 @@
 //!    coordinate (`R <- R Q`, `Q e_0 = v`), each followed by the rotation of two rows that
 //!    restores the triangle (`R <- W^T R Q`): `O(k^2)` work, and the result is again upper
 //!    triangular, `[[y, r^T], [0, R']]`. Were `v` exact, `r` would vanish; it is measured.
-//! 3. After `m` directions, `S = R_m^T R_m` for the remaining triangle (a triangular product,
-//!    about `k^3 / 3` flops) and its eigenvalues (the `symeig` solver). `S` holds the bulk
-//!    alone, so its rounding is of order `eps * sigma_{m+1}^2`, not `eps * sigma_1^2`.
+//! 3. After `m` directions, `S = R_m^T R_m` for the remaining triangle (about `k^3 / 3` flops,
+//!    as products of 128 rows of the triangle at a time with an interrupt check per product)
+//!    and its eigenvalues (the `symeig` solver). `S` holds the bulk alone, so its rounding is
+//!    of order `eps * sigma_{m+1}^2`, not `eps * sigma_1^2`.
 //! 4. Bounds, level by level: `Y^T Y = [[y^2, y r^T], [y r, R'^T R' + r r^T]]`. When `y^2` is
 //!    separated from the rest by `gap > 0`, every eigenvalue lies within `y^2 |r|^2 / gap` of
 //!    `y^2` or of an eigenvalue of `R'^T R' + r r^T` (the quadratic residual bound of Mathias
