@@ -800,25 +800,6 @@ fn no_eigenvalues() -> Error {
     Error::Numerical("Gram route: no eigenvalues for this split".into())
 }
 
-/// Results from singular values.
-/// `sigma` are those of `2^exp2 * H_t`; thresholds are rescaled to match.
-fn from_sigma(
-    sigma: &[f64],
-    exp2: i32,
-    t: usize,
-    k: usize,
-    tol: &Tolerance,
-    want_tol: bool,
-    want_ent: bool,
-) -> SplitResult {
-    let smax = sigma.first().copied().unwrap_or(0.0);
-    let tol = tol.scaled_pow2(exp2);
-    SplitResult {
-        tol: if want_tol { tolerance_count(sigma, tol.threshold(smax, k, t)) as f64 } else { 0.0 },
-        ent: if want_ent { entropy_ess(sigma) } else { 0.0 },
-    }
-}
-
 /// Relative accuracy demanded of entropy-ESS from the Gram route before it is trusted.
 const ENTROPY_RTOL: f64 = 1e-7;
 
@@ -926,12 +907,12 @@ fn fresh_sigma(
     Ok((c, sigma))
 }
 
-/// After a split that another route answered with the singular values `sigma` (of
-/// `2^exp2 * H_t`): whether the Gram route would have settled it (the same test on `sigma^2`),
-/// in which case the sweep goes back to it; and, where the deflated route is off, its choice
-/// of directions from this spectrum.
+/// The result of a split that another route answered with the singular values `sigma` (of
+/// `2^exp2 * H_t`; thresholds are rescaled to match), and whether the Gram route would have
+/// settled it (the same test on `sigma^2`), in which case the sweep goes back to it. Where the
+/// deflated route is off, it chooses its directions from this spectrum.
 #[allow(clippy::too_many_arguments)]
-fn after_other_route(
+fn answer_from_sigma(
     defl: &mut Deflation,
     sigma: &[f64],
     exp2: i32,
@@ -940,7 +921,7 @@ fn after_other_route(
     tol: &Tolerance,
     want_tol: bool,
     want_ent: bool,
-) -> bool {
+) -> (SplitResult, bool) {
     let lam: Vec<f64> = sigma
         .iter()
         .map(|&x| {
@@ -951,18 +932,27 @@ fn after_other_route(
     if !defl.active() {
         defl.choose(&lam);
     }
-    gram_route(&lam, t, k, tol, want_tol, want_ent).is_some()
+    let gram_again = gram_route(&lam, t, k, tol, want_tol, want_ent).is_some();
+    let smax = sigma.first().copied().unwrap_or(0.0);
+    let scaled = tol.scaled_pow2(exp2);
+    let result = SplitResult {
+        tol: if want_tol { tolerance_count(sigma, scaled.threshold(smax, k, t)) as f64 } else { 0.0 },
+        ent: if want_ent { entropy_ess(sigma) } else { 0.0 },
+    };
+    (result, gram_again)
 }
 
 /// The deflated Gram route (see the `deflate` module) on the carried factor at split `t`: its
 /// singular values where their intervals settle the split (the factor's accumulated rounding
 /// counted against the tolerance count as in the SVD route); otherwise `None`, and the route
-/// stays off until the Gram route chooses it again. `buf` is left holding the factor
+/// stays off until the Gram route chooses it again. `in_range`: whether the factor's entries
+/// lie in `[1e-150, 1e150]` (the route runs only then). `buf` is left holding the factor
 /// column-major (see [`Carried::column_major_into`]) whenever the route ran.
 #[allow(clippy::too_many_arguments)]
 fn deflated_sigma(
     defl: &mut Deflation,
     c: &Carried,
+    in_range: bool,
     fresh_householder: bool,
     buf: &mut Vec<f64>,
     t: usize,
@@ -971,7 +961,7 @@ fn deflated_sigma(
     want_tol: bool,
     want_ent: bool,
 ) -> Result<Option<Vec<f64>>> {
-    if !defl.active() || k < OWN_SVD_MIN || !(1e-150..=1e150).contains(&c.max_abs()) {
+    if !defl.active() || k < OWN_SVD_MIN || !in_range {
         return Ok(None);
     }
     c.column_major_into(buf);
@@ -1011,7 +1001,7 @@ const GRAM_RETRY: usize = 16;
 /// range, or a count within its accumulated rounding of the threshold) is recomputed from a
 /// fresh factor, as in [`sweep`]; the last such factor, advanced to the end of the run, then
 /// replaces the carried one. `*t` and `c` end at the last target. Also returned: whether the
-/// Gram route would have settled the last split (see [`after_other_route`]).
+/// Gram route would have settled the last split (see [`answer_from_sigma`]).
 #[allow(clippy::too_many_arguments)]
 fn svd_batch(
     a: &[f64],
@@ -1046,12 +1036,9 @@ fn svd_batch(
         }
         let k = l - *t;
         let fresh_here = c.k0 == k;
+        let in_range = (1e-150..=1e150).contains(&c.max_abs());
         let mut deflated = None;
-        if defl.active()
-            && defl.proven()
-            && (OWN_SVD_MIN..=DEFLATE_LANES_MAX).contains(&k)
-            && (1e-150..=1e150).contains(&c.max_abs())
-        {
+        if defl.active() && defl.proven() && (OWN_SVD_MIN..=DEFLATE_LANES_MAX).contains(&k) && in_range {
             c.column_major_into(&mut buf);
             if let Some((p, f)) = defl.prepare(&buf, k)? {
                 dforms.push(f);
@@ -1060,7 +1047,7 @@ fn svd_batch(
         }
         let item = if let Some(item) = deflated {
             item
-        } else if !fresh_here && !(1e-150..=1e150).contains(&c.max_abs()) {
+        } else if !fresh_here && !in_range {
             Item::Fresh
         } else if k < OWN_SVD_MIN {
             match singular_values(c.as_mat().as_ref()) {
@@ -1068,7 +1055,7 @@ fn svd_batch(
                 Err(Error::Interrupted) => return Err(Error::Interrupted),
                 Err(_) => Item::Fresh,
             }
-        } else if let Some(s) = deflated_sigma(defl, c, false, &mut buf, *t, k, tol, want_tol, want_ent)? {
+        } else if let Some(s) = deflated_sigma(defl, c, in_range, false, &mut buf, *t, k, tol, want_tol, want_ent)? {
             Item::Sigma(s)
         } else {
             c.column_major_into(&mut buf);
@@ -1141,8 +1128,9 @@ fn svd_batch(
                 (sigma, scale)
             }
         };
-        gram_again = after_other_route(defl, &sigma, scale, target, k, tol, want_tol, want_ent);
-        out.push((slot, from_sigma(&sigma, scale, target, k, tol, want_tol, want_ent)));
+        let (result, again) = answer_from_sigma(defl, &sigma, scale, target, k, tol, want_tol, want_ent);
+        gram_again = again;
+        out.push((slot, result));
     }
     if let Some((mut fresh, mut tf)) = last_fresh {
         while tf < *t {
@@ -1222,7 +1210,7 @@ fn sweep(
             }
         }
         // After a miss, the other routes answer until their spectrum says that the Gram route
-        // would settle the split again (see `after_other_route`); while the deflated route is
+        // would settle the split again (see `answer_from_sigma`); while the deflated route is
         // off, the Gram route is also retried now and then.
         let try_gram = misses == 0 || (n % GRAM_RETRY == 0 && !deflation.active());
         if batched && !try_gram && k >= OWN_SVD_MIN {
@@ -1280,10 +1268,11 @@ fn sweep(
             Some(c) => {
                 // A block that shrank far below the factor's scale is recomputed from scratch
                 // (its own rescaling keeps subnormal entries exact).
-                let sigma = if c.k0 != k && !(1e-150..=1e150).contains(&c.max_abs()) {
+                let in_range = (1e-150..=1e150).contains(&c.max_abs());
+                let sigma = if c.k0 != k && !in_range {
                     None
                 } else if let Some(s) =
-                    deflated_sigma(&mut deflation, c, false, &mut defl_buf, t, k, tol, want_tol, want_ent)?
+                    deflated_sigma(&mut deflation, c, in_range, false, &mut defl_buf, t, k, tol, want_tol, want_ent)?
                 {
                     Some(s)
                 } else {
@@ -1311,20 +1300,32 @@ fn sweep(
             None => {
                 // A fresh factor, kept for the splits to come; the deflated route first.
                 let c = Carried::fresh_householder(a, l, t)?;
-                let (c, sigma) =
-                    match deflated_sigma(&mut deflation, &c, true, &mut defl_buf, t, k, tol, want_tol, want_ent)? {
-                        Some(sigma) => (c, sigma),
-                        None => fresh_sigma(a, l, t, tol, want_tol, Some(c))?,
-                    };
+                let in_range = (1e-150..=1e150).contains(&c.max_abs());
+                let (c, sigma) = match deflated_sigma(
+                    &mut deflation,
+                    &c,
+                    in_range,
+                    true,
+                    &mut defl_buf,
+                    t,
+                    k,
+                    tol,
+                    want_tol,
+                    want_ent,
+                )? {
+                    Some(sigma) => (c, sigma),
+                    None => fresh_sigma(a, l, t, tol, want_tol, Some(c))?,
+                };
                 let exp2 = c.exp2;
                 carried = Some(c);
                 (sigma, exp2)
             }
         };
-        if after_other_route(&mut deflation, &sigma, scale, t, k, tol, want_tol, want_ent) {
+        let (result, gram_again) = answer_from_sigma(&mut deflation, &sigma, scale, t, k, tol, want_tol, want_ent);
+        if gram_again {
             misses = 0;
         }
-        out.push((slot, from_sigma(&sigma, scale, t, k, tol, want_tol, want_ent)));
+        out.push((slot, result));
     }
     Ok(out)
 }
